@@ -1,0 +1,121 @@
+//! The error every strategy returns, and how a caller tells a replay from a fresh execution.
+
+use std::time::Duration;
+
+/// Errors returned by `#[idempotent]` wrappers and the runtime.
+///
+/// The wrapper keeps the function's own `Result<T, E>`; it needs `E: From<Error>` and converts
+/// these into the caller's error type. The variants follow the usual idempotency vocabulary
+/// (Stripe's idempotency keys, the IETF `Idempotency-Key` HTTP header draft,
+/// <https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/>).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operation already ran for this idempotency key and the strategy stores no response
+    /// to replay (select-before-insert, optimistic, unique-index, state-machine, token).
+    #[error("duplicate request: the operation already ran for this idempotency key")]
+    Duplicate,
+
+    /// Another caller holds an unexpired claim (or lock) on this key and the operation is still
+    /// in progress. Retry later; HTTP services usually answer `409 Conflict`.
+    #[error("a request with this idempotency key is still in progress")]
+    InProgress,
+
+    /// The key was used before with a different request payload (different fingerprint).
+    /// HTTP services usually answer `422 Unprocessable Content`.
+    #[error("idempotency key reused with a different request payload")]
+    FingerprintMismatch,
+
+    /// The row is in a state from which the requested transition is not allowed.
+    #[error("conflict: {0}")]
+    Conflict(String),
+
+    /// The row the strategy guards does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// The caller's claim or lock expired and another caller took it over; this caller's
+    /// completion (or release, or renewal) was refused by compare-and-set on the owner token.
+    #[error("the claim on this idempotency key was lost (its lease expired and another caller took it over)")]
+    LockLost,
+
+    /// The key, scope or operation name is empty, too long, or otherwise unusable.
+    #[error("invalid idempotency key: {0}")]
+    InvalidKey(String),
+
+    /// The one-time token is unknown, expired or already consumed.
+    #[error("invalid or expired idempotency token")]
+    TokenInvalid,
+
+    /// A waiting duplicate (`on_busy = "wait(..)"`) gave up after this long.
+    #[error("gave up waiting {0:?} for the in-progress request with this idempotency key")]
+    WaitTimeout(Duration),
+
+    /// The backend (database or Redis) failed.
+    #[error("idempotency backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+
+    /// A stored record is unreadable: a response failed to (de)serialize, or the record is
+    /// malformed.
+    #[error("idempotency serialization error: {0}")]
+    Serialization(String),
+}
+
+impl Error {
+    /// Wraps any backend error (sqlx, redis) as [`Error::Backend`].
+    pub fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        Error::Backend(Box::new(e))
+    }
+}
+
+#[cfg(feature = "sqlx")]
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::backend(e)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Serialization(e.to_string())
+    }
+}
+
+/// How a wrapped call produced its result.
+///
+/// Read it with [`observe`]; HTTP services use it to set the `Idempotent-Replayed: true`
+/// response header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Disposition {
+    /// The body ran in this call.
+    Executed,
+    /// The body did not run: the stored response of an earlier call was returned.
+    Replayed,
+}
+
+tokio::task_local! {
+    static DISPOSITION: std::cell::Cell<Option<Disposition>>;
+}
+
+/// Runs `fut` and reports how the last `#[idempotent]` call awaited inside it produced its
+/// result (`None` when no wrapped call completed, or it failed before deciding).
+///
+/// ```ignore
+/// let (receipt, how) = idempotent_runtime::observe(svc.place_order(req)).await;
+/// if how == Some(Disposition::Replayed) { /* set Idempotent-Replayed: true */ }
+/// ```
+pub async fn observe<F: Future>(fut: F) -> (F::Output, Option<Disposition>) {
+    DISPOSITION
+        .scope(std::cell::Cell::new(None), async move {
+            let out = fut.await;
+            let how = DISPOSITION.with(|d| d.get());
+            (out, how)
+        })
+        .await
+}
+
+/// Records the disposition of the current call for [`observe`]; a no-op outside it.
+pub(crate) fn record(d: Disposition) {
+    let _ = DISPOSITION.try_with(|cell| cell.set(Some(d)));
+}

@@ -1,0 +1,279 @@
+//! Idempotency keys: (operation name, scope, key parts) → one fixed-size storage key.
+//!
+//! Each component is length-prefixed and type-tagged before hashing with SHA-256, so
+//! `("ab", "c")` and `("a", "bc")` never collide, a string `"42"` and the integer `42` are
+//! different keys, and raw keys of any byte content are stored as 64 hex characters, never
+//! interpolated into SQL or Redis commands.
+
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// The largest accepted key: the sum of all key parts' encoded bytes, in bytes (1 KiB).
+/// Larger keys are rejected with [`Error::InvalidKey`] (Stripe caps keys at 255 characters).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The largest accepted scope or operation name, in bytes.
+pub const MAX_SCOPE_BYTES: usize = 1024;
+
+/// A type usable as (part of) an idempotency key or a scope.
+///
+/// Implemented for strings, byte slices, integers and references to them. An implementation
+/// writes a one-byte type tag and the value's bytes; the caller length-prefixes the result.
+pub trait KeyPart {
+    /// The type tag: `b's'` for text, `b'i'` for integers, `b'b'` for bytes.
+    fn tag(&self) -> u8;
+    /// Appends the value's canonical bytes to `out` (text: UTF-8; integers: decimal ASCII).
+    fn write_bytes(&self, out: &mut Vec<u8>);
+}
+
+impl<T: KeyPart + ?Sized> KeyPart for &T {
+    fn tag(&self) -> u8 {
+        (**self).tag()
+    }
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        (**self).write_bytes(out)
+    }
+}
+
+impl KeyPart for str {
+    fn tag(&self) -> u8 {
+        b's'
+    }
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes())
+    }
+}
+
+impl KeyPart for String {
+    fn tag(&self) -> u8 {
+        b's'
+    }
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes())
+    }
+}
+
+impl KeyPart for std::borrow::Cow<'_, str> {
+    fn tag(&self) -> u8 {
+        b's'
+    }
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes())
+    }
+}
+
+impl KeyPart for [u8] {
+    fn tag(&self) -> u8 {
+        b'b'
+    }
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self)
+    }
+}
+
+impl KeyPart for Vec<u8> {
+    fn tag(&self) -> u8 {
+        b'b'
+    }
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self)
+    }
+}
+
+macro_rules! int_key_part {
+    ($($t:ty),*) => {$(
+        impl KeyPart for $t {
+            fn tag(&self) -> u8 { b'i' }
+            fn write_bytes(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(self.to_string().as_bytes())
+            }
+        }
+    )*};
+}
+int_key_part!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize);
+
+/// The storage key of one idempotent request: a SHA-256 digest of the operation name, the
+/// scope and the key parts, plus the operation name kept for diagnostics.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StorageKey {
+    digest: [u8; 32],
+    operation: String,
+}
+
+impl StorageKey {
+    /// The digest as 64 lowercase hex characters: the value stored in the record table's
+    /// `idempotency_key` column and in Redis key names.
+    pub fn hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+
+    /// The raw 32-byte SHA-256 digest.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// The operation name this key belongs to (e.g. `orders::place_order`).
+    pub fn operation(&self) -> &str {
+        &self.operation
+    }
+}
+
+impl std::fmt::Debug for StorageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StorageKey({} {})", self.operation, self.hex())
+    }
+}
+
+/// Builds a [`StorageKey`] from an operation name, an optional scope and one or more key parts.
+///
+/// ```
+/// use idempotent_runtime::KeyBuilder;
+/// let key = KeyBuilder::new("orders::place").scope(&"tenant-7").part(&"req-1").finish()?;
+/// assert_eq!(key.hex().len(), 64);
+/// # Ok::<(), idempotent_runtime::Error>(())
+/// ```
+///
+/// `finish` returns [`Error::InvalidKey`] when the name, the scope or a key part is empty, when
+/// there is no key part, when the key parts together exceed [`MAX_KEY_BYTES`], or when the name
+/// or scope exceeds [`MAX_SCOPE_BYTES`].
+#[derive(Debug)]
+pub struct KeyBuilder {
+    operation: String,
+    scope: Option<Vec<u8>>,
+    parts: Vec<(u8, Vec<u8>)>,
+}
+
+impl KeyBuilder {
+    /// Starts a key for the operation `name` (the macro passes the `name` option or
+    /// `module_path!()::fn_name`).
+    pub fn new(name: &str) -> Self {
+        KeyBuilder {
+            operation: name.to_owned(),
+            scope: None,
+            parts: Vec::new(),
+        }
+    }
+
+    /// Sets the scope (tenant, caller) the key lives in: two scopes never share records.
+    pub fn scope<K: KeyPart + ?Sized>(mut self, scope: &K) -> Self {
+        let mut bytes = vec![scope.tag()];
+        scope.write_bytes(&mut bytes);
+        self.scope = Some(bytes);
+        self
+    }
+
+    /// Appends one key part (a compound key has several).
+    pub fn part<K: KeyPart + ?Sized>(mut self, part: &K) -> Self {
+        let mut bytes = Vec::new();
+        part.write_bytes(&mut bytes);
+        self.parts.push((part.tag(), bytes));
+        self
+    }
+
+    /// Validates and hashes the key; see the type docs for the errors.
+    pub fn finish(self) -> Result<StorageKey, Error> {
+        if self.operation.is_empty() {
+            return Err(Error::InvalidKey("the operation name is empty".into()));
+        }
+        if self.operation.len() > MAX_SCOPE_BYTES {
+            return Err(Error::InvalidKey(format!(
+                "the operation name is {} bytes; the limit is {MAX_SCOPE_BYTES}",
+                self.operation.len()
+            )));
+        }
+        if self.parts.is_empty() {
+            return Err(Error::InvalidKey("the key has no parts".into()));
+        }
+        let mut total = 0usize;
+        for (i, (_, bytes)) in self.parts.iter().enumerate() {
+            if bytes.is_empty() {
+                return Err(Error::InvalidKey(format!("key part {} is empty", i + 1)));
+            }
+            total += bytes.len();
+        }
+        if total > MAX_KEY_BYTES {
+            return Err(Error::InvalidKey(format!(
+                "the key is {total} bytes; the limit is {MAX_KEY_BYTES}"
+            )));
+        }
+        if let Some(scope) = &self.scope {
+            if scope.len() <= 1 {
+                return Err(Error::InvalidKey("the scope is empty".into()));
+            }
+            if scope.len() - 1 > MAX_SCOPE_BYTES {
+                return Err(Error::InvalidKey(format!(
+                    "the scope is {} bytes; the limit is {MAX_SCOPE_BYTES}",
+                    scope.len() - 1
+                )));
+            }
+        }
+        let mut h = Sha256::new();
+        h.update(b"idempotent-key-v1");
+        let mut field = |tag: u8, bytes: &[u8]| {
+            h.update([tag]);
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        field(b'N', self.operation.as_bytes());
+        match &self.scope {
+            Some(scope) => field(b'S', scope),
+            None => field(b'U', &[]),
+        }
+        for (tag, bytes) in &self.parts {
+            field(b'P', &[*tag]);
+            field(b'V', bytes);
+        }
+        Ok(StorageKey {
+            digest: h.finalize().into(),
+            operation: self.operation,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(parts: &[&str]) -> StorageKey {
+        parts
+            .iter()
+            .fold(KeyBuilder::new("op"), |b, p| b.part(*p))
+            .finish()
+            .unwrap()
+    }
+
+    #[test]
+    fn parts_are_length_prefixed() {
+        assert_ne!(k(&["ab", "c"]), k(&["a", "bc"]));
+        assert_eq!(k(&["ab", "c"]), k(&["ab", "c"]));
+    }
+
+    #[test]
+    fn scope_name_and_type_separate_keys() {
+        let a = KeyBuilder::new("op").scope("t1").part("x").finish().unwrap();
+        let b = KeyBuilder::new("op").scope("t2").part("x").finish().unwrap();
+        let c = KeyBuilder::new("op2").scope("t1").part("x").finish().unwrap();
+        let d = KeyBuilder::new("op").part("x").finish().unwrap();
+        let s = KeyBuilder::new("op").part("42").finish().unwrap();
+        let i = KeyBuilder::new("op").part(&42u32).finish().unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_ne!(s, i);
+        assert_eq!(i, KeyBuilder::new("op").part(&42i64).finish().unwrap());
+    }
+
+    #[test]
+    fn bad_keys_are_rejected() {
+        let e = |r: Result<StorageKey, Error>| matches!(r, Err(Error::InvalidKey(_)));
+        assert!(e(KeyBuilder::new("op").part("").finish()));
+        assert!(e(KeyBuilder::new("op").finish()));
+        assert!(e(KeyBuilder::new("").part("x").finish()));
+        assert!(e(KeyBuilder::new("op").scope("").part("x").finish()));
+        let long = "x".repeat(MAX_KEY_BYTES + 1);
+        assert!(e(KeyBuilder::new("op").part(long.as_str()).finish()));
+        let max = "x".repeat(MAX_KEY_BYTES);
+        assert!(KeyBuilder::new("op").part(max.as_str()).finish().is_ok());
+    }
+}

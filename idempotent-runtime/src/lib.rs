@@ -1,0 +1,26 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod fingerprint;
+pub mod key;
+pub mod store;
+pub mod strategy;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use error::{Disposition, Error, observe};
+pub use fingerprint::{Fingerprint, Fingerprinter};
+pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};
+pub use strategy::OnBusy;
+
+#[cfg(feature = "memory")]
+pub use store::memory::MemoryStore;
+#[cfg(feature = "sqlx")]
+pub use store::sql::{SqlBackend, TxStore, migrate};
+pub use store::ClaimStore;
+
+/// The `#[idempotent]` attribute (re-exported from `idempotent-macros`).
+#[cfg(feature = "macros")]
+pub use idempotent_macros::idempotent;

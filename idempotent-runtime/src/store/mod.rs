@@ -1,0 +1,142 @@
+//! Backends that keep idempotency records: SQL databases through sqlx ([`sql`]) and the
+//! in-process [`MemoryStore`](memory::MemoryStore).
+//!
+//! A record is one row (or map entry) per storage key:
+//! `(idempotency_key, operation, fingerprint, status, owner, response, expires_at)`.
+//! `status` is `in_progress` (a claim, expiring at the end of its lease) or `completed`
+//! (expiring after the record's TTL). Every write after the claim is a compare-and-set on the
+//! claim's `owner` token, and expiry is judged by the backend's own clock.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::{Error, StorageKey};
+
+#[cfg(feature = "memory")]
+pub mod memory;
+#[cfg(feature = "sqlx")]
+pub mod sql;
+
+/// A claim to write: who claims which key for how long.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    /// The storage key.
+    pub key: &'a StorageKey,
+    /// The request fingerprint as 64 hex characters, `None` when fingerprinting is off.
+    pub fingerprint: Option<&'a str>,
+    /// This caller's random owner token (32 hex characters).
+    pub owner: &'a str,
+    /// How long the claim lives without completion.
+    pub lease: Duration,
+}
+
+/// The state of an existing record as read from the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// Claimed and not completed.
+    InProgress,
+    /// Completed, with the serialized (JSON) response.
+    Completed(Vec<u8>),
+}
+
+/// An existing record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The owner token of the claim that wrote it.
+    pub owner: String,
+    /// The stored fingerprint (hex), if any.
+    pub fingerprint: Option<String>,
+    /// In progress or completed.
+    pub state: RecordState,
+    /// `true` when the backend's clock says the lease (in progress) or TTL (completed) is over.
+    pub expired: bool,
+}
+
+/// A store that keeps claims outside the body's transaction ("claim mode" of `dedup_table`).
+///
+/// Implemented for `sqlx::Pool<Postgres | MySql | Sqlite>` and
+/// [`MemoryStore`](memory::MemoryStore). Each method is one atomic step on the backend.
+pub trait ClaimStore: Send + Sync {
+    /// A short backend name for logs and the demo (`"postgres"`, `"mysql"`, `"sqlite"`, `"memory"`).
+    fn backend_name(&self) -> &'static str;
+
+    /// Inserts `claim` as an in-progress record if the key has no record. `Ok(true)` when this
+    /// caller now holds the claim, `Ok(false)` when a record exists.
+    fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Reads the record of `key`, `None` when there is none.
+    fn read(&self, key: &StorageKey) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
+
+    /// Replaces an *expired* record owned by `previous_owner` with `claim` (compare-and-set on
+    /// owner and expiry). `Ok(true)` when this caller now holds the claim.
+    fn take_over(
+        &self,
+        claim: &Claim<'_>,
+        previous_owner: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Marks `owner`'s in-progress claim completed with `response`, kept for `ttl`.
+    /// `Ok(false)` when the claim is no longer `owner`'s (it expired and was taken over).
+    fn complete(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Deletes `owner`'s in-progress claim (compare-and-delete); a no-op when it is not theirs.
+    fn release(&self, key: &StorageKey, owner: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Releases `owner`'s claim without waiting: used when the caller's future is dropped
+    /// mid-body. Spawns the release on the current tokio runtime when there is one; otherwise
+    /// the claim frees itself at the end of its lease.
+    fn release_detached(&self, key: StorageKey, owner: String);
+}
+
+impl<S: ClaimStore + ?Sized> ClaimStore for &S {
+    fn backend_name(&self) -> &'static str {
+        (**self).backend_name()
+    }
+    fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send {
+        (**self).try_claim(claim)
+    }
+    fn read(&self, key: &StorageKey) -> impl Future<Output = Result<Option<Record>, Error>> + Send {
+        (**self).read(key)
+    }
+    fn take_over(
+        &self,
+        claim: &Claim<'_>,
+        previous_owner: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        (**self).take_over(claim, previous_owner)
+    }
+    fn complete(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        (**self).complete(key, owner, response, ttl)
+    }
+    fn release(&self, key: &StorageKey, owner: &str) -> impl Future<Output = Result<(), Error>> + Send {
+        (**self).release(key, owner)
+    }
+    fn release_detached(&self, key: StorageKey, owner: String) {
+        (**self).release_detached(key, owner)
+    }
+}
+
+/// A fresh random claim owner token: 16 bytes from the OS RNG as 32 hex characters.
+pub(crate) fn new_owner() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Backend(format!("no randomness for the owner token: {e}").into()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Milliseconds of a duration as the `i64` the SQL backends bind, saturating.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}

@@ -1,0 +1,323 @@
+//! `strategy = "dedup_table"`: an anti-duplicate table of idempotency records.
+//!
+//! Two modes, chosen by the macro from the function's parameters:
+//!
+//! - **Transactional** ([`run_in_tx`], the body takes `#[tx]`): the record is inserted in the
+//!   same transaction as the body's own writes and completed in it, so both commit together or
+//!   not at all. A concurrent duplicate's insert waits on the primary key until the first
+//!   transaction ends, then reads the committed record and replays it (PostgreSQL
+//!   `ON CONFLICT DO NOTHING`, SQLite `BEGIN IMMEDIATE`, MySQL's duplicate-key error, recognised
+//!   by sqlx's error kind). A rollback or a crash leaves no record.
+//! - **Claim** ([`run`], no `#[tx]`, any [`ClaimStore`]): the claim commits first as
+//!   `in_progress` with a lease judged by the store's clock; the body runs; completion stores the
+//!   response by compare-and-set on the claim's owner token. An error from the body deletes the
+//!   claim; a dropped future releases it at once (or it expires with its lease); an expired
+//!   claim is taken over by exactly one caller (compare-and-set on owner and expiry).
+//!
+//! In both modes a later duplicate gets the stored response, replayed
+//! ([`Disposition::Replayed`](crate::Disposition)); the same key with another fingerprint gets
+//! [`Error::FingerprintMismatch`], checked before in-progress and replay handling.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Backoff, OnBusy};
+use crate::error::{Disposition, record};
+use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner};
+use crate::{Error, Fingerprint, StorageKey};
+
+/// How many times a claim attempt is retried after a deadlock, a serialization failure or a
+/// record that vanished between the failed insert and the read.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// Options of one `dedup_table` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// How long an in-progress claim lives without completion (claim mode), default 30 s.
+    /// A body running longer can be taken over; its completion then fails with
+    /// [`Error::LockLost`].
+    pub lease: Duration,
+    /// How long a completed record is kept and replayed, default 24 h (as Stripe).
+    pub ttl: Duration,
+    /// What a concurrent duplicate gets, default [`OnBusy::Reject`].
+    pub on_busy: OnBusy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lease: Duration::from_secs(30),
+            ttl: Duration::from_secs(24 * 60 * 60),
+            on_busy: OnBusy::Reject,
+        }
+    }
+}
+
+/// What to do about an existing record.
+enum Verdict<T> {
+    Replay(T),
+    TakeOver(String),
+    Busy,
+}
+
+fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<Verdict<T>, Error> {
+    if rec.expired {
+        return Ok(Verdict::TakeOver(rec.owner));
+    }
+    if let (Some(stored), Some(ours)) = (rec.fingerprint.as_deref(), fingerprint)
+        && stored != ours
+    {
+        return Err(Error::FingerprintMismatch);
+    }
+    match rec.state {
+        RecordState::Completed(bytes) => Ok(Verdict::Replay(serde_json::from_slice(&bytes)?)),
+        RecordState::InProgress => Ok(Verdict::Busy),
+    }
+}
+
+/// Handles a busy key per `on_busy`: `Ok(())` to try again after a pause.
+async fn busy(on_busy: OnBusy, started: tokio::time::Instant, backoff: &mut Backoff) -> Result<(), Error> {
+    match on_busy {
+        OnBusy::Reject => Err(Error::InProgress),
+        OnBusy::Wait(limit) => {
+            if started.elapsed() >= limit {
+                return Err(Error::WaitTimeout(limit));
+            }
+            backoff.wait().await;
+            Ok(())
+        }
+    }
+}
+
+/// Releases a claim when the caller's future is dropped mid-body.
+struct ReleaseOnDrop<'s, S: ClaimStore + ?Sized> {
+    store: &'s S,
+    key: &'s StorageKey,
+    owner: &'s str,
+    armed: bool,
+}
+
+impl<S: ClaimStore + ?Sized> Drop for ReleaseOnDrop<'_, S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.release_detached(self.key.clone(), self.owner.to_owned());
+        }
+    }
+}
+
+/// Claim mode: claims `key` in `store`, runs `body` outside any transaction, then completes the
+/// record with the body's response (or deletes the claim if the body fails).
+///
+/// Returns the body's result, or the replayed response of an earlier call. Errors (converted
+/// into `E`): [`Error::FingerprintMismatch`], [`Error::InProgress`] (or
+/// [`Error::WaitTimeout`] with `on_busy = wait`), [`Error::LockLost`] when the claim expired and
+/// was taken over before completion, [`Error::Serialization`], [`Error::Backend`].
+pub async fn run<S, T, E, F>(
+    store: &S,
+    key: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    body: F,
+) -> Result<T, E>
+where
+    S: ClaimStore + ?Sized,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: AsyncFnOnce() -> Result<T, E>,
+{
+    let owner = new_owner()?;
+    let fp = fingerprint.map(|f| f.hex());
+    let claim = Claim {
+        key: &key,
+        fingerprint: fp.as_deref(),
+        owner: &owner,
+        lease: options.lease,
+    };
+    let started = tokio::time::Instant::now();
+    let mut backoff = Backoff::new();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        if store.try_claim(&claim).await? {
+            break;
+        }
+        match store.read(&key).await? {
+            None if attempts < MAX_ATTEMPTS => continue,
+            None => return Err(Error::InProgress.into()),
+            Some(rec) => match judge::<T>(rec, claim.fingerprint)? {
+                Verdict::Replay(v) => {
+                    record(Disposition::Replayed);
+                    return Ok(v);
+                }
+                Verdict::TakeOver(previous) => {
+                    if store.take_over(&claim, &previous).await? {
+                        break;
+                    }
+                }
+                Verdict::Busy => busy(options.on_busy, started, &mut backoff).await?,
+            },
+        }
+    }
+
+    let mut guard = ReleaseOnDrop {
+        store,
+        key: &key,
+        owner: &owner,
+        armed: true,
+    };
+    let result = body().await;
+    guard.armed = false;
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if let Err(release) = store.release(&key, &owner).await {
+                tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
+            }
+            return Err(e);
+        }
+    };
+    let bytes = match serde_json::to_vec(&value) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = store.release(&key, &owner).await;
+            return Err(Error::from(e).into());
+        }
+    };
+    // The effect has happened: try hard to record it, so a retry replays instead of re-running.
+    let mut last = None;
+    for _ in 0..3 {
+        match store.complete(&key, &owner, &bytes, options.ttl).await {
+            Ok(true) => {
+                record(Disposition::Executed);
+                return Ok(value);
+            }
+            Ok(false) => return Err(Error::LockLost.into()),
+            Err(e) => {
+                last = Some(e);
+                backoff.wait().await;
+            }
+        }
+    }
+    Err(last.unwrap_or(Error::LockLost).into())
+}
+
+#[cfg(feature = "sqlx")]
+pub use transactional::run_in_tx;
+
+#[cfg(feature = "sqlx")]
+mod transactional {
+    use super::*;
+    use crate::store::sql::{SqlBackend, TxStore, is_retryable};
+
+    /// Transactional mode: opens a transaction on `store`, inserts the record, runs `body` on
+    /// that transaction's connection, completes the record and commits — one commit for the
+    /// record and the body's writes. A body error rolls everything back; the retry runs again.
+    ///
+    /// Deadlocks and serialization failures while claiming (MySQL 1213, SQLSTATE 40001/40P01,
+    /// SQLite busy) retry the attempt up to 16 times. Errors are those of [`run`](super::run),
+    /// except that [`Error::LockLost`] cannot happen (the claim lives in the transaction).
+    pub async fn run_in_tx<S, T, E, F>(
+        mut store: S,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        options: Options,
+        body: F,
+    ) -> Result<T, E>
+    where
+        S: TxStore,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
+    {
+        let owner = new_owner()?;
+        let fp = fingerprint.map(|f| f.hex());
+        let claim = Claim {
+            key: &key,
+            fingerprint: fp.as_deref(),
+            owner: &owner,
+            lease: options.lease,
+        };
+        let started = tokio::time::Instant::now();
+        let mut backoff = Backoff::new();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut tx = store.begin().await?;
+            let claimed = match claim_in_tx::<S::Database, T>(&mut *tx, &claim).await {
+                Ok(c) => c,
+                Err(e) if is_retryable(&e) && attempts < MAX_ATTEMPTS => {
+                    drop(tx);
+                    backoff.wait().await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match claimed {
+                InTx::Claimed => {
+                    let result = body(&mut *tx).await;
+                    let value = match result {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = tx.rollback().await;
+                            return Err(e);
+                        }
+                    };
+                    let bytes = serde_json::to_vec(&value).map_err(Error::from)?;
+                    if !S::Database::complete(&mut *tx, &key, &owner, &bytes, options.ttl).await? {
+                        return Err(Error::LockLost.into());
+                    }
+                    tx.commit().await.map_err(Error::from)?;
+                    record(Disposition::Executed);
+                    return Ok(value);
+                }
+                InTx::Replay(v) => {
+                    let _ = tx.rollback().await;
+                    record(Disposition::Replayed);
+                    return Ok(v);
+                }
+                InTx::Retry => {
+                    let _ = tx.rollback().await;
+                    if attempts >= MAX_ATTEMPTS {
+                        return Err(Error::InProgress.into());
+                    }
+                }
+                InTx::Busy => {
+                    let _ = tx.rollback().await;
+                    busy(options.on_busy, started, &mut backoff).await?;
+                }
+            }
+        }
+    }
+
+    enum InTx<T> {
+        Claimed,
+        Replay(T),
+        Retry,
+        Busy,
+    }
+
+    async fn claim_in_tx<DB: SqlBackend, T: DeserializeOwned>(
+        conn: &mut DB::Connection,
+        claim: &Claim<'_>,
+    ) -> Result<InTx<T>, Error> {
+        if DB::try_claim(conn, claim).await? {
+            return Ok(InTx::Claimed);
+        }
+        let Some(rec) = DB::read(conn, claim.key).await? else {
+            return Ok(InTx::Retry);
+        };
+        Ok(match judge::<T>(rec, claim.fingerprint)? {
+            Verdict::Replay(v) => InTx::Replay(v),
+            Verdict::TakeOver(previous) => {
+                if DB::take_over(conn, claim, &previous).await? {
+                    InTx::Claimed
+                } else {
+                    InTx::Retry
+                }
+            }
+            Verdict::Busy => InTx::Busy,
+        })
+    }
+}
