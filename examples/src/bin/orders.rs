@@ -1,0 +1,160 @@
+//! The orders demo: a storm of concurrent duplicate and retried requests through every
+//! idempotent operation, then a per-operation summary whose `effects` come from the
+//! database's ledger rows.
+//!
+//! ```text
+//! cargo run -p idempotent-examples --bin orders                       # SQLite file, memory store
+//! cargo run -p idempotent-examples --bin orders -- --database-url postgres://postgres@127.0.0.1/test
+//! cargo run -p idempotent-examples --bin orders -- --database-url mysql://root@127.0.0.1/test --json
+//! ```
+//! Exits 1 when any operation's effects differ from its keys or it saw an error.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use idempotent_examples::report::{OperationReport, Outcome, Report, quantile_ms};
+use idempotent_examples::service::{self, Demo, LEDGER_DDL, OPERATIONS};
+use idempotent_examples::storm;
+use idempotent_runtime::MemoryStore;
+
+/// Order-service demo for #[idempotent]: drives concurrent duplicates through every strategy.
+#[derive(Debug, Parser)]
+#[command(name = "orders")]
+struct Args {
+    /// Database URL (postgres://…, mysql://…, sqlite://path). Default: a fresh SQLite file in
+    /// the system temp directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Requests per operation (rounded down to whole keys of 7 requests each).
+    #[arg(long, default_value_t = 1400)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("run{:x}{:x}", nanos, std::process::id())
+}
+
+/// Hides a password in a URL for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Report, sqlx::Error> {
+    let mut operations = Vec::new();
+    for (i, op) in OPERATIONS.iter().enumerate() {
+        let result = storm::run(args.requests, args.concurrency, |c| demo.call(i, c)).await;
+        let count = |o: Outcome| result.requests.iter().filter(|(x, _)| *x == o).count() as u64;
+        let mut lat: Vec<f64> = result.requests.iter().map(|(_, d)| d.as_secs_f64() * 1000.0).collect();
+        operations.push(OperationReport {
+            operation: op.name.into(),
+            strategy: op.strategy.into(),
+            backend: if op.memory { "memory".into() } else { demo.backend().into() },
+            requests: result.requests.len() as u64,
+            keys: result.keys as u64,
+            effects: demo.effects(op.name).await?,
+            replays: count(Outcome::Replayed),
+            in_progress: result.in_progress,
+            mismatches: count(Outcome::Mismatch),
+            errors: count(Outcome::Error),
+            p50_ms: quantile_ms(&mut lat, 0.50),
+            p99_ms: quantile_ms(&mut lat, 0.99),
+        });
+    }
+    Ok(Report { database, concurrency: args.concurrency, operations })
+}
+
+async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
+    let run = run_id();
+    let pool_size = u32::try_from(args.concurrency.clamp(2, 64)).unwrap_or(32);
+    let store = MemoryStore::new();
+    let (url, _tmp) = match &args.database_url {
+        Some(u) => (u.clone(), None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("orders-demo.db");
+            (format!("sqlite://{}", path.display()), Some(dir))
+        }
+    };
+    let shown = redact(&url);
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let db = sqlx::postgres::PgPoolOptions::new().max_connections(pool_size).connect(&url).await?;
+        idempotent_runtime::migrate(&db).await?;
+        sqlx::query(LEDGER_DDL).execute(&db).await?;
+        let demo = service::postgres::Orders { db, store, run };
+        Ok(drive(&demo, &args, shown).await?)
+    } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        let url = url.replacen("mariadb:", "mysql:", 1);
+        let db = sqlx::mysql::MySqlPoolOptions::new().max_connections(pool_size).connect(&url).await?;
+        idempotent_runtime::migrate(&db).await?;
+        sqlx::query(LEDGER_DDL).execute(&db).await?;
+        let demo = service::mysql::Orders { db, store, run };
+        Ok(drive(&demo, &args, shown).await?)
+    } else if url.starts_with("sqlite:") {
+        let opts: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(30));
+        let db = sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        idempotent_runtime::migrate(&db).await?;
+        sqlx::query(LEDGER_DDL).execute(&db).await?;
+        let demo = service::sqlite::Orders { db, store, run };
+        Ok(drive(&demo, &args, shown).await?)
+    } else {
+        Err(format!("unsupported --database-url `{shown}`: use postgres://, mysql:// or sqlite://").into())
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let json = args.json;
+    match main_inner(args).await {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.table());
+                println!(
+                    "{}",
+                    if report.ok() {
+                        "OK: every operation applied exactly one effect per key, with no errors."
+                    } else {
+                        "FAILED: some operation's effects differ from its keys, or it saw errors."
+                    }
+                );
+            }
+            if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The orders demo service: order placement and payment-message consumption made idempotent
+//! with `#[idempotent]`, plus the storm driver that hammers them with duplicates and the report
+//! it prints. The binary is `src/bin/orders.rs`.
+
+pub mod report;
+pub mod service;
+pub mod storm;

@@ -1,0 +1,157 @@
+//! The `#[idempotent]` attribute macro.
+//!
+//! Use it through `idempotent-runtime`, which re-exports it and provides
+//! everything the generated code calls (`idempotent_runtime::__private`).
+//!
+//! The macro works in three stages, each in its own module:
+//! `parse` (attribute arguments → raw options with spans), `validate`
+//! (checks → a validated configuration) and `expand` (configuration +
+//! function → the wrapper).
+#![warn(missing_docs)]
+
+mod diag;
+mod expand;
+mod parse;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use proc_macro::TokenStream;
+
+/// Makes an `async fn` idempotent: a duplicate call (same key) does not run the
+/// body again; depending on the strategy it gets the first call's response
+/// replayed, `Error::Duplicate`, or `Error::InProgress` while the first call is
+/// still running.
+///
+/// ```ignore
+/// use idempotent_runtime::idempotent;
+///
+/// #[idempotent(strategy = "dedup_table", key = "req.request_id", ttl = "24h")]
+/// async fn place_order(pool: &SqlitePool, req: &PlaceOrder) -> Result<Receipt, AppError> {
+///     // runs once per `req.request_id`; retries get the stored `Receipt` back
+/// }
+/// ```
+///
+/// Callers call the function exactly as written (minus injected parameters,
+/// below). The function must be an `async fn` (free function, inherent or
+/// trait-impl method) returning `Result<T, E>` with
+/// `E: From<idempotent_runtime::Error>`.
+///
+/// # Options
+///
+/// Every value is a string literal (a list of them where noted) and is checked
+/// at compile time, with errors pointing at the offending token. All problems
+/// are reported together.
+///
+/// | option | meaning |
+/// |---|---|
+/// | `strategy` | required: `select_before_insert`, `pessimistic`, `optimistic`, `unique_index`, `dedup_table`, `state_machine`, `distributed_lock`, `token` |
+/// | `key` | required: an expression rooted at a parameter (or `self`), e.g. `"order.code"`, `"req.items.0"`; a list for a compound key: `["order.user_id", "order.code"]` |
+/// | `store` | expression rooted at a parameter or `self` giving the backend; default: the parameter named `db`, `pool` or `store`, else `self.db` in a method |
+/// | `scope` | the caller/tenant part of the storage key, e.g. `"ctx.tenant_id"` |
+/// | `name` | stable operation name in the storage key; default `module_path!()::fn_name` |
+/// | `fingerprint` | which arguments identify the request: `"req"` or `["req", "amount"]`; default every parameter except `self`, the store's and injected ones; `false` turns it off |
+/// | `lease` | how long a claim lives without renewal, e.g. `"30s"` (dedup_table, distributed_lock, token) |
+/// | `ttl` | how long a completed record or issued token is kept, e.g. `"24h"` (dedup_table, distributed_lock, token) |
+/// | `on_busy` | what a concurrent duplicate gets: `"reject"` or `"wait(5s)"` (dedup_table, distributed_lock) |
+/// | `crate` | path of the runtime crate when renamed, e.g. `"::my_runtime"` |
+/// | `table`, `column` | business table and key column (select_before_insert, pessimistic, optimistic, state_machine, unique_index); `column` defaults to the key's last field |
+/// | `version` | expression giving the version the caller read (optimistic); default `<key root>.version` |
+/// | `status_column`, `from`, `to` | the guarded transition (state_machine) |
+/// | `constraint` | the unique index whose violation means duplicate (unique_index) |
+/// | `on_duplicate` | path of an async fn called for a duplicate instead of returning `Error::Duplicate` (select_before_insert, unique_index, optimistic, state_machine) |
+///
+/// Durations are [humantime](https://docs.rs/humantime) strings (`"500ms"`,
+/// `"30s"`, `"24h"`), parsed at compile time; zero is rejected. Table, column,
+/// status column and constraint names must be plain SQL identifiers
+/// (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 characters).
+///
+/// Only `dedup_table` is implemented in this release; the other strategies'
+/// options are checked, then reported as not implemented yet.
+///
+/// # Injected parameters
+///
+/// Parameters marked with these are removed from the public signature and
+/// supplied by the wrapper:
+///
+/// - `#[tx] tx: &mut <DB>Connection`: the open transaction the claim lives in,
+///   so the body's writes commit atomically with it (SQL strategies only);
+/// - `#[fence] fence: FencingToken`: a number that grows with every acquisition
+///   of the lock (distributed_lock only).
+///
+/// # What `dedup_table` expands to
+///
+/// ```ignore
+/// #[idempotent(strategy = "dedup_table", key = "req.id", scope = "ctx.tenant",
+///              lease = "30s", on_busy = "wait(5s)")]
+/// pub async fn place(pool: &PgPool, ctx: &Ctx, req: PlaceOrder) -> Result<Receipt, AppError> {
+///     BODY
+/// }
+/// ```
+///
+/// becomes (`__idempotent_*` locals are hygienic: the body cannot see them)
+///
+/// ```ignore
+/// pub async fn place(pool: &PgPool, ctx: &Ctx, req: PlaceOrder) -> Result<Receipt, AppError> {
+///     let __idempotent_key = match ::idempotent_runtime::__private::KeyBuilder::new(
+///         ::core::concat!(::core::module_path!(), "::", "place"),
+///     )
+///     .scope(&(ctx.tenant))
+///     .part(&(req.id))
+///     .finish()
+///     {
+///         ::core::result::Result::Ok(value) => value,
+///         ::core::result::Result::Err(error) => {
+///             return ::core::result::Result::Err(::idempotent_runtime::__private::into_error(error));
+///         }
+///     };
+///     let __idempotent_fingerprint = match ::idempotent_runtime::__private::Fingerprinter::new()
+///         .arg("ctx", &(ctx))
+///         .arg("req", &(req))
+///         .finish()
+///     {
+///         ::core::result::Result::Ok(value) => value,
+///         ::core::result::Result::Err(error) => {
+///             return ::core::result::Result::Err(::idempotent_runtime::__private::into_error(error));
+///         }
+///     };
+///     let __idempotent_options = ::idempotent_runtime::__private::dedup_table::Options {
+///         lease: ::idempotent_runtime::__private::Duration::from_millis(30000),
+///         on_busy: ::idempotent_runtime::__private::OnBusy::Wait(
+///             ::idempotent_runtime::__private::Duration::from_millis(5000),
+///         ),
+///         ..::core::default::Default::default()
+///     };
+///     ::idempotent_runtime::__private::assert_replayable::<Receipt>();
+///     ::idempotent_runtime::__private::dedup_table::run(
+///         &*pool,
+///         __idempotent_key,
+///         __idempotent_fingerprint,
+///         __idempotent_options,
+///         async || -> Result<Receipt, AppError> { BODY },
+///     )
+///     .await
+/// }
+/// ```
+///
+/// With a `#[tx] tx: &mut PgConnection` parameter, `tx` disappears from the
+/// signature and the last call becomes
+/// `dedup_table::run_in_tx(&*pool, .., async |tx: &mut PgConnection| -> Result<..> { BODY })`.
+///
+/// The store is passed as `&*param` for a `&T` parameter, `&mut *param` for a
+/// `&mut T` one and `&(expr)` otherwise. The body runs inside a (non-`move`)
+/// async closure, so `return` and `?` in it behave as in the original function.
+/// Each generated call carries the span of the option it comes from, so a type
+/// error (a key part without `KeyPart`, a response type that is not
+/// `Serialize + DeserializeOwned`) points at that option or type.
+///
+/// # Errors
+///
+/// When the attribute is wrong, the function is emitted unchanged (without its
+/// `#[tx]`/`#[fence]` markers) next to the errors, so that only the attribute's
+/// errors are reported, not a cascade of "function not found" ones.
+#[proc_macro_attribute]
+pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(attr.into(), item.into()).into()
+}

@@ -1,0 +1,630 @@
+//! Unit tests of the whole expansion: `expand(attr, item)` on valid and
+//! invalid inputs.
+
+use proc_macro2::{TokenStream, TokenTree};
+use quote::quote;
+
+use crate::expand::expand;
+
+/// The messages of every `compile_error!` in `tokens`, in order.
+fn compile_errors(tokens: &TokenStream) -> Vec<String> {
+    let trees: Vec<TokenTree> = tokens.clone().into_iter().collect();
+    let mut messages = Vec::new();
+    for window in trees.windows(3) {
+        if let [
+            TokenTree::Ident(ident),
+            TokenTree::Punct(bang),
+            TokenTree::Group(group),
+        ] = window
+            && ident == "compile_error"
+            && bang.as_char() == '!'
+        {
+            let message: syn::LitStr =
+                syn::parse2(group.stream()).expect("compile_error! holds a string literal");
+            messages.push(message.value());
+        }
+    }
+    messages
+}
+
+/// Expands and returns (output text, error messages).
+fn run(attr: TokenStream, item: TokenStream) -> (String, Vec<String>) {
+    let output = expand(attr, item);
+    let errors = compile_errors(&output);
+    (output.to_string(), errors)
+}
+
+/// Expands input that must be valid; returns the output text.
+fn ok(attr: TokenStream, item: TokenStream) -> String {
+    let output = expand(attr, item);
+    let errors = compile_errors(&output);
+    assert!(errors.is_empty(), "unexpected errors: {errors:#?}");
+    syn::parse2::<syn::ItemFn>(output.clone()).expect("the wrapper is one function");
+    output.to_string()
+}
+
+/// Expands input that must be invalid; returns the messages after checking that
+/// the original function is still emitted.
+fn errs(attr: TokenStream, item: TokenStream) -> Vec<String> {
+    let (text, errors) = run(attr, item);
+    assert!(!errors.is_empty(), "expected errors, got: {text}");
+    assert!(
+        text.contains("fn place"),
+        "the original function must still be emitted: {text}"
+    );
+    errors
+}
+
+/// Asserts that exactly one message is produced and returns it.
+fn one_err(attr: TokenStream, item: TokenStream) -> String {
+    let errors = errs(attr, item);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    errors.into_iter().next().unwrap_or_default()
+}
+
+/// A plain valid function for option tests.
+fn place() -> TokenStream {
+    quote! {
+        pub async fn place(pool: &PgPool, req: PlaceOrder) -> Result<Receipt, AppError> {
+            insert(pool, &req).await
+        }
+    }
+}
+
+#[test]
+fn dedup_table_claim_mode() {
+    let out = ok(quote!(strategy = "dedup_table", key = "req.id"), place());
+    assert!(out.contains("dedup_table :: run ("), "{out}");
+    assert!(!out.contains("run_in_tx"), "{out}");
+    assert!(out.contains(":: idempotent_runtime :: __private :: KeyBuilder :: new"));
+    assert!(out.contains(":: core :: concat ! (:: core :: module_path ! () , \"::\" , \"place\")"));
+    assert!(out.contains(". part (& (req . id))"), "{out}");
+    assert!(out.contains(". arg (\"req\" , & (req))"), "{out}");
+    assert!(
+        !out.contains("\"pool\""),
+        "the store is not fingerprinted: {out}"
+    );
+    assert!(out.contains("& * pool"), "{out}");
+    assert!(out.contains("assert_replayable :: < Receipt > ()"), "{out}");
+    assert!(
+        out.contains("async || -> Result < Receipt , AppError > {"),
+        "{out}"
+    );
+    assert!(out.contains(". await"));
+    assert!(out.contains("pub async fn place (pool : & PgPool , req : PlaceOrder)"));
+    assert!(!out.contains("move"));
+}
+
+#[test]
+fn dedup_table_transactional_mode() {
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> {
+                sqlx::query("...").execute(&mut *tx).await?;
+                Ok(())
+            }
+        },
+    );
+    assert!(out.contains("dedup_table :: run_in_tx ("), "{out}");
+    assert!(out.contains("async | tx : & mut PgConnection | -> Result < () , AppError >"));
+    assert!(
+        out.contains("async fn place (pool : & PgPool , req : & PlaceOrder) ->"),
+        "{out}"
+    );
+    assert!(!out.contains("# [tx]"), "{out}");
+    assert!(
+        !out.contains("\"tx\""),
+        "the transaction is not fingerprinted: {out}"
+    );
+}
+
+#[test]
+fn dedup_table_options_scope_name_and_crate() {
+    let out = ok(
+        quote!(
+            strategy = "dedup_table",
+            key = ["ctx.user", "req.id"],
+            scope = "ctx.tenant_id",
+            name = "orders.place",
+            lease = "30s",
+            ttl = "24h",
+            on_busy = "wait(1.5s)",
+            crate = "::my_rt",
+            fingerprint = ["req", "req.amount"],
+        ),
+        quote! {
+            async fn place(ctx: &Ctx, store: Arc<Store>, req: PlaceOrder) -> Result<u64, AppError> { Ok(1) }
+        },
+    );
+    assert!(out.contains(":: my_rt :: __private :: KeyBuilder :: new (\"orders.place\")"));
+    assert!(
+        out.contains(". scope (& (ctx . tenant_id)) . part (& (ctx . user)) . part (& (req . id))")
+    );
+    assert!(out.contains(". arg (\"req\" , & (req)) . arg (\"req.amount\" , & (req . amount))"));
+    assert!(out.contains("lease : :: my_rt :: __private :: Duration :: from_millis (30000)"));
+    assert!(out.contains("ttl : :: my_rt :: __private :: Duration :: from_millis (86400000)"));
+    assert!(out.contains("on_busy : :: my_rt :: __private :: OnBusy :: Wait (:: my_rt :: __private :: Duration :: from_millis (1500))"));
+    assert!(out.contains(".. :: core :: default :: Default :: default ()"));
+    assert!(
+        out.contains("& (store)"),
+        "an owned store is borrowed: {out}"
+    );
+    assert!(!out.contains("idempotent_runtime"), "{out}");
+}
+
+#[test]
+fn dedup_table_defaults_in_a_method() {
+    let out = ok(
+        quote!(
+            strategy = "dedup_table",
+            key = "self.shard",
+            on_busy = "reject",
+            fingerprint = false
+        ),
+        quote! {
+            async fn place(&self, req: PlaceOrder) -> anyhow::Result<Vec<u8>> { todo!() }
+        },
+    );
+    assert!(out.contains("& (self . db)"), "{out}");
+    assert!(
+        out.contains("Fingerprinter :: disabled () . finish ()"),
+        "{out}"
+    );
+    assert!(out.contains("on_busy : :: idempotent_runtime :: __private :: OnBusy :: Reject ,"));
+    assert!(out.contains("assert_replayable :: < Vec < u8 > >"), "{out}");
+}
+
+#[test]
+fn dedup_table_default_fingerprint_skips_self_store_and_tx() {
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "order.code", store = "conn"),
+        quote! {
+            async fn place(&self, conn: &mut SqliteConnection, order: Order, (a, b): (u8, u8)) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(out.contains("& mut * conn"), "{out}");
+    assert!(
+        out.contains(
+            ". arg (\"order\" , & (order)) . arg (\"a\" , & (a)) . arg (\"b\" , & (b)) . finish ()"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("\"conn\""));
+}
+
+#[test]
+fn key_parts_carry_their_literal_spans() {
+    // In unit tests spans are the fallback kind; at least check that the
+    // expression is re-parsed from the string and not pasted as a literal.
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "req.items[0].sku()"),
+        place(),
+    );
+    assert!(
+        out.contains(". part (& (req . items [0] . sku ()))"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_strategy() {
+    let msg = one_err(quote!(strategy = "dedup", key = "req.id"), place());
+    assert_eq!(
+        msg,
+        "unknown strategy `dedup`; valid strategies are: select_before_insert, pessimistic, optimistic, unique_index, dedup_table, state_machine, distributed_lock, token"
+    );
+    let msg = one_err(quote!(strategy = "dedup_tabel", key = "req.id"), place());
+    assert!(
+        msg.starts_with("unknown strategy `dedup_tabel` (did you mean `dedup_table`?)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_strategy_and_key() {
+    let errors = errs(quote!(), place());
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with("missing `strategy`"), "{errors:#?}");
+    assert!(
+        errors[1].starts_with("missing `key`: add key = \"...\""),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn unknown_and_duplicate_options() {
+    let errors = errs(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            ttl = "1h",
+            ttl = "2h",
+            leese = "1s"
+        ),
+        place(),
+    );
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(
+        errors[0],
+        "duplicate option `ttl`: it is already given above; write it once"
+    );
+    assert!(
+        errors[1].starts_with("unknown option `leese` (did you mean `lease`?); valid options are: strategy, key, store,"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn malformed_values() {
+    let errors = errs(
+        quote!(
+            strategy = "dedup_table",
+            key = req.id,
+            lease = 30,
+            fingerprint = [req],
+            name
+        ),
+        place(),
+    );
+    assert_eq!(
+        errors,
+        vec![
+            "option values are string literals: write `key = \"req.id\"`".to_owned(),
+            "option values are string literals: write `lease = \"30\"`".to_owned(),
+            "expected a string literal such as \"order.code\"".to_owned(),
+            "option `name` needs a value: write `name = \"...\"`".to_owned(),
+        ],
+        "a malformed key must not also be reported missing"
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", ttl = true),
+        place(),
+    );
+    assert_eq!(msg, "option `ttl` takes a string, e.g. ttl = \"24h\"");
+}
+
+#[test]
+fn option_not_used_by_strategy() {
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", table = "orders"),
+        place(),
+    );
+    assert_eq!(
+        msg,
+        "option `table` is not used by strategy `dedup_table`; it applies to: select_before_insert, pessimistic, optimistic, unique_index, state_machine"
+    );
+}
+
+#[test]
+fn roots_must_be_parameters() {
+    let errors = errs(
+        quote!(
+            strategy = "dedup_table",
+            key = ["order.code", "self.x"],
+            scope = "CTX",
+            store = "pool.inner"
+        ),
+        place(),
+    );
+    assert_eq!(
+        errors,
+        vec![
+            "`order` is not a parameter of this function; write a path rooted at one of: pool, req"
+                .to_owned(),
+            "`self` is not a parameter of this function; write a path rooted at one of: pool, req"
+                .to_owned(),
+            "`CTX` is not a parameter of this function; write a path rooted at one of: pool, req"
+                .to_owned(),
+        ]
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "format!(\"{}\", req.id)"),
+        place(),
+    );
+    assert!(
+        msg.starts_with("`format!(\"{}\", req.id)` is not a path rooted at a parameter"),
+        "{msg}"
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "tx.id"),
+        quote!(
+            async fn place(pool: &PgPool, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert_eq!(
+        msg,
+        "`tx` is supplied by the wrapper (`#[tx]`) and cannot be used in `key`; write a path rooted at one of: pool"
+    );
+}
+
+#[test]
+fn durations() {
+    let errors = errs(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            lease = "30 parsecs",
+            ttl = "0s",
+            on_busy = "wait(soon)"
+        ),
+        place(),
+    );
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("`30 parsecs` is not a duration: unknown time unit \"parsecs\""),
+        "{errors:#?}"
+    );
+    assert!(errors[0].ends_with("; write e.g. \"30s\" or \"500ms\""));
+    assert_eq!(
+        errors[1],
+        "a zero `ttl` would forget the record at once; write e.g. \"24h\""
+    );
+    assert!(
+        errors[2].starts_with("`soon` is not a duration"),
+        "{errors:#?}"
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", on_busy = "block"),
+        place(),
+    );
+    assert_eq!(
+        msg,
+        "`block` is not an on_busy policy; write on_busy = \"reject\" or on_busy = \"wait(5s)\""
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", lease = "0"),
+        place(),
+    );
+    assert_eq!(
+        msg,
+        "a zero `lease` would expire at once; write e.g. \"30s\""
+    );
+}
+
+#[test]
+fn sql_identifiers() {
+    let errors = errs(
+        quote!(
+            strategy = "optimistic",
+            key = "req.id",
+            table = "orders; drop table x",
+            column = "1code"
+        ),
+        place(),
+    );
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].starts_with(
+            "`orders; drop table x` is not a plain SQL identifier; `table` takes letters"
+        ),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].starts_with("`1code` is not a plain SQL identifier; `column` takes"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn function_shape() {
+    let errors = errs(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote!(
+            fn place(pool: &PgPool, req: PlaceOrder) -> Option<u8> {
+                None
+            }
+        ),
+    );
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(
+        errors[0],
+        "`#[idempotent]` needs an `async fn`; write `async fn place`"
+    );
+    assert!(
+        errors[1].starts_with("the return type must be `Result<T, E>`"),
+        "{errors:#?}"
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote!(
+            async fn place(pool: &PgPool, req: PlaceOrder) {}
+        ),
+    );
+    assert!(
+        msg.starts_with("`#[idempotent]` needs a function returning `Result<T, E>`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn injected_parameters() {
+    let item = quote! {
+        async fn place(pool: &PgPool, req: u8, #[tx] tx: &mut PgConnection, #[tx] tx2: &mut PgConnection, #[fence] fence: FencingToken) -> Result<(), E> { Ok(()) }
+    };
+    let (text, errors) = run(quote!(strategy = "dedup_table", key = "req"), item);
+    assert_eq!(
+        errors,
+        vec![
+            "`#[tx]` may appear only once: one parameter receives the transaction".to_owned(),
+            "`#[fence]` needs a lock-based strategy (distributed_lock); strategy `dedup_table` issues no fencing token".to_owned(),
+        ]
+    );
+    assert!(
+        !text.contains("# [tx]") && !text.contains("# [fence]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# [allow (unused_variables , unused_mut , unreachable_code)] async fn place (pool : & PgPool , req : u8) -> Result < () , E > { let tx : & mut PgConnection = :: core :: unreachable ! () ; let tx2 : & mut PgConnection = :: core :: unreachable ! () ; let fence : FencingToken = :: core :: unreachable ! () ; Ok (()) }"),
+        "injected parameters leave the signature as in the wrapper: {text}"
+    );
+
+    let msg = one_err(
+        quote!(strategy = "token", key = "req.id"),
+        quote!(
+            async fn place(pool: &PgPool, req: R, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert_eq!(
+        msg,
+        "`#[tx]` needs a SQL strategy (select_before_insert, pessimistic, optimistic, unique_index, dedup_table, state_machine); strategy `token` has no transaction to inject"
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote!(
+            async fn place(pool: &PgPool, req: R, #[tx] (a, b): (u8, u8)) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert_eq!(
+        msg,
+        "a `#[tx]` parameter must be a plain `name: Type`, e.g. `#[tx] tx: &mut PgConnection`"
+    );
+}
+
+#[test]
+fn store_must_resolve() {
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote!(
+            async fn place(backend: &PgPool, req: R) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert_eq!(
+        msg,
+        "no `store`: add `store = \"...\"` naming the backend (e.g. store = \"pool\")"
+    );
+}
+
+#[test]
+fn unimplemented_strategy_is_one_error() {
+    let msg = one_err(
+        quote!(
+            strategy = "optimistic",
+            key = "order.code",
+            table = "orders"
+        ),
+        quote!(
+            async fn place(
+                db: &PgPool,
+                order: &OrderRef,
+                amount: i64,
+                #[tx] tx: &mut PgConnection,
+            ) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert_eq!(
+        msg,
+        "strategy `optimistic` is not implemented yet (coming in a later release); available now: dedup_table"
+    );
+}
+
+#[test]
+fn strategy_requirements_are_checked_before_not_implemented() {
+    let errors = errs(
+        quote!(
+            strategy = "state_machine",
+            key = "req.id",
+            from = "PAID",
+            to = "PAID"
+        ),
+        place(),
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("strategy `state_machine` needs `table`")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("strategy `state_machine` needs `status_column`")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("`from` and `to` are both \"PAID\"")),
+        "{errors:#?}"
+    );
+    assert!(
+        !errors.iter().any(|e| e.contains("not implemented")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn all_errors_are_reported_together() {
+    let errors = errs(
+        quote!(
+            strategy = "dedup_table",
+            key = "nope",
+            lease = "forever",
+            table = "t",
+            bogus = "x"
+        ),
+        quote!(
+            fn place(pool: &PgPool) -> u8 {
+                0
+            }
+        ),
+    );
+    assert_eq!(errors.len(), 6, "{errors:#?}");
+}
+
+#[test]
+fn not_a_function() {
+    let (text, errors) = run(
+        quote!(strategy = "dedup_table", key = "x"),
+        quote!(
+            struct Place;
+        ),
+    );
+    assert!(text.starts_with("struct Place ;"), "{text}");
+    assert_eq!(
+        errors,
+        vec!["`#[idempotent]` goes on an `async fn` with a body (a free function or a method in an `impl` block)".to_owned()]
+    );
+    let (_, errors) = run(
+        quote!(strategy = "dedup_table", key = "x"),
+        quote!(
+            async fn place(&self, x: u8) -> Result<(), E>;
+        ),
+    );
+    assert!(
+        errors[0].starts_with("`#[idempotent]` needs the function's body"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn inner_attributes_stay_inside_the_body() {
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            #[doc = "Places an order."]
+            async fn place(pool: &PgPool, req: R) -> Result<(), E> {
+                #![allow(unused)]
+                Ok(())
+            }
+        },
+    );
+    assert!(
+        out.starts_with("# [doc = \"Places an order.\"] async fn place"),
+        "{out}"
+    );
+    assert!(
+        out.contains("{ # ! [allow (unused)] let __idempotent_key"),
+        "{out}"
+    );
+}

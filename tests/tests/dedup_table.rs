@@ -1,0 +1,554 @@
+//! `strategy = "dedup_table"` on PostgreSQL, MySQL/MariaDB, SQLite (transactional and claim
+//! modes) and the memory store (claim mode). Every test counts effects in a ledger and asserts
+//! the outcome each caller got. Concurrency is lined up with barriers and gates, never sleeps.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+use idempotent_runtime::{Disposition, Error, KeyBuilder, idempotent, observe};
+use idempotent_tests::{AppError, Gate, Receipt, Req, unique};
+use tokio::sync::{Barrier, mpsc};
+
+/// What one caller got.
+#[derive(Debug, Clone, PartialEq)]
+enum Got {
+    Executed(Receipt),
+    Replayed(Receipt),
+    InProgress,
+    Other(String),
+}
+
+fn classify(r: (Result<Receipt, AppError>, Option<Disposition>)) -> Got {
+    match r {
+        (Ok(v), Some(Disposition::Executed)) => Got::Executed(v),
+        (Ok(v), Some(Disposition::Replayed)) => Got::Replayed(v),
+        (Err(AppError::Idempotency(Error::InProgress)), _) => Got::InProgress,
+        (other, how) => Got::Other(format!("{other:?} / {how:?}")),
+    }
+}
+
+fn req(tenant: &str, id: &str, amount: i64) -> Req {
+    Req {
+        tenant: tenant.into(),
+        id: id.into(),
+        amount,
+    }
+}
+
+/// Generates the service and the tests shared by every backend in claim mode, plus the
+/// transactional-mode tests for SQL backends.
+macro_rules! suite {
+    (
+        mod $m:ident;
+        store = $store:ty;
+        setup = $setup:expr;
+        ledger = $ledger:ty;
+        $( tx_conn = $conn:ty; )?
+    ) => {
+        mod $m {
+            use super::*;
+
+            pub struct Svc {
+                pub db: $store,
+                pub ledger: $ledger,
+                pub gate: Gate,
+                pub fail_next: AtomicBool,
+                pub serial: AtomicU64,
+            }
+
+            impl Svc {
+                fn receipt(&self, req: &Req) -> Receipt {
+                    Receipt {
+                        tenant: req.tenant.clone(),
+                        id: req.id.clone(),
+                        amount: req.amount,
+                        serial: self.serial.fetch_add(1, SeqCst) + 1,
+                    }
+                }
+
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_claim", lease = "2s")]
+                pub async fn place_claim(&self, req: &Req) -> Result<Receipt, AppError> {
+                    self.gate.pass().await;
+                    if self.fail_next.swap(false, SeqCst) {
+                        return Err(AppError::Rejected);
+                    }
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_claim", lease = "2s", on_busy = "wait(20s)")]
+                pub async fn place_claim_waiting(&self, req: &Req) -> Result<Receipt, AppError> {
+                    self.gate.pass().await;
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.refund_claim")]
+                pub async fn refund_claim(&self, req: &Req) -> Result<Receipt, AppError> {
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
+                $(
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_tx")]
+                pub async fn place_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<Receipt, AppError> {
+                    self.ledger.record_in(&mut *tx, req).await?;
+                    self.gate.pass().await;
+                    if self.fail_next.swap(false, SeqCst) {
+                        return Err(AppError::Rejected);
+                    }
+                    Ok(self.receipt(req))
+                }
+                )?
+            }
+
+            pub async fn svc() -> Option<(Arc<Svc>, Box<dyn std::any::Any + Send>)> {
+                let (db, guard) = $setup.await?;
+                let ledger = <$ledger>::create(&db).await;
+                Some((
+                    Arc::new(Svc {
+                        db,
+                        ledger,
+                        gate: Gate::default(),
+                        fail_next: AtomicBool::new(false),
+                        serial: AtomicU64::new(0),
+                    }),
+                    Box::new(guard),
+                ))
+            }
+
+            claim_tests!(place_claim);
+            $( tx_tests!($conn); )?
+        }
+    };
+}
+
+/// 64 callers on one key, lined up with a barrier. The first to claim is held at the gate;
+/// `hold_for_others` keeps it there until every other caller has answered (claim mode, where
+/// duplicates answer `InProgress` at once).
+async fn storm<F, Fut>(svc_gate: &Gate, call: F, hold_for_others: bool) -> Vec<Got>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Got> + Send + 'static,
+{
+    const N: usize = 64;
+    let barrier = Arc::new(Barrier::new(N));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    svc_gate.arm();
+    for _ in 0..N {
+        let barrier = barrier.clone();
+        let tx = tx.clone();
+        let fut = call();
+        tokio::spawn(async move {
+            barrier.wait().await;
+            let _ = tx.send(fut.await);
+        });
+    }
+    drop(tx);
+    svc_gate.entered.notified().await;
+    let mut got = Vec::new();
+    if hold_for_others {
+        for _ in 0..N - 1 {
+            got.push(rx.recv().await.expect("a caller vanished"));
+        }
+    }
+    svc_gate.release.notify_one();
+    while let Some(g) = rx.recv().await {
+        got.push(g);
+    }
+    assert_eq!(got.len(), N);
+    got
+}
+
+fn assert_one_executed(got: &[Got]) -> Receipt {
+    let executed: Vec<_> = got.iter().filter_map(|g| match g {
+        Got::Executed(r) => Some(r.clone()),
+        _ => None,
+    }).collect();
+    assert_eq!(executed.len(), 1, "exactly one caller executes: {got:?}");
+    let first = executed[0].clone();
+    for g in got {
+        match g {
+            Got::Executed(_) | Got::InProgress => {}
+            Got::Replayed(r) => assert_eq!(r, &first, "a replay returns the stored response"),
+            Got::Other(e) => panic!("unexpected outcome: {e}"),
+        }
+    }
+    first
+}
+
+macro_rules! claim_tests {
+    ($call:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn concurrent_64_one_key_one_effect() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "order-1", 100);
+            let got = storm(&svc.gate, || {
+                let (svc, r) = (svc.clone(), r.clone());
+                async move { classify(observe(svc.$call(&r)).await) }
+            }, true).await;
+            assert_one_executed(&got);
+            assert_eq!(got.iter().filter(|g| **g == Got::InProgress).count(), 63, "claim mode rejects concurrent duplicates: {got:?}");
+            assert_eq!(svc.ledger.count(&r).await, 1);
+            // After completion every duplicate replays.
+            let again = classify(observe(svc.$call(&r)).await);
+            assert!(matches!(again, Got::Replayed(_)), "{again:?}");
+            assert_eq!(svc.ledger.count(&r).await, 1);
+        }
+
+        #[tokio::test]
+        async fn retry_after_completion_replays_the_same_response() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "order-1", 100);
+            let first = classify(observe(svc.$call(&r)).await);
+            let second = classify(observe(svc.$call(&r)).await);
+            let Got::Executed(a) = first else { panic!("{first:?}") };
+            assert_eq!(second, Got::Replayed(a));
+            assert_eq!(svc.ledger.count(&r).await, 1);
+        }
+
+        #[tokio::test]
+        async fn same_key_different_payload_is_a_fingerprint_mismatch() {
+            let Some((svc, _g)) = svc().await else { return };
+            let t = unique("t");
+            svc.$call(&req(&t, "order-1", 100)).await.unwrap();
+            let e = svc.$call(&req(&t, "order-1", 999)).await;
+            assert!(matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))), "{e:?}");
+            assert_eq!(svc.ledger.count(&req(&t, "order-1", 100)).await, 1);
+            assert_eq!(svc.ledger.count(&req(&t, "order-1", 999)).await, 0);
+        }
+
+        #[tokio::test]
+        async fn scopes_and_operations_are_isolated() {
+            let Some((svc, _g)) = svc().await else { return };
+            let (a, b) = (req(&unique("ta"), "same", 1), req(&unique("tb"), "same", 1));
+            let ra = svc.$call(&a).await.unwrap();
+            let rb = svc.$call(&b).await.unwrap();
+            assert_ne!(ra, rb, "tenant B must not replay tenant A's response");
+            assert_eq!((ra.tenant.as_str(), rb.tenant.as_str()), (a.tenant.as_str(), b.tenant.as_str()));
+            assert_eq!(svc.ledger.count(&a).await, 1);
+            assert_eq!(svc.ledger.count(&b).await, 1);
+            // Another operation with the same key and scope runs on its own.
+            let (refund, how) = observe(svc.refund_claim(&a)).await;
+            assert_eq!(how, Some(Disposition::Executed));
+            assert_ne!(refund.unwrap(), ra);
+            assert_eq!(svc.ledger.count(&a).await, 2);
+        }
+
+        #[tokio::test]
+        async fn body_error_leaves_no_record_and_the_retry_executes() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "order-1", 100);
+            svc.fail_next.store(true, SeqCst);
+            let e = svc.$call(&r).await;
+            assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
+            assert_eq!(svc.ledger.count(&r).await, 0);
+            let (retry, how) = observe(svc.$call(&r)).await;
+            assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+            assert_eq!(svc.ledger.count(&r).await, 1);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn dropped_future_mid_body_frees_the_key() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "order-1", 100);
+            svc.gate.arm();
+            let task = tokio::spawn({
+                let (svc, r) = (svc.clone(), r.clone());
+                async move { svc.$call(&r).await }
+            });
+            svc.gate.entered.notified().await;
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+            // The claim is released at once (or, at the latest, when its 2 s lease ends): a
+            // waiting retry executes.
+            let (retry, how) = observe(svc.place_claim_waiting(&r)).await;
+            assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+            assert_eq!(svc.ledger.count(&r).await, 1);
+        }
+
+        #[tokio::test]
+        async fn bad_keys_are_rejected_or_stored_safely() {
+            let Some((svc, _g)) = svc().await else { return };
+            let t = unique("t");
+            let e = svc.$call(&req(&t, "", 1)).await;
+            assert!(matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))), "{e:?}");
+            let e = svc.$call(&req(&t, &"k".repeat(idempotent_runtime::MAX_KEY_BYTES + 1), 1)).await;
+            assert!(matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))), "{e:?}");
+            let e = svc.$call(&req("", "x", 1)).await;
+            assert!(matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))), "empty scope: {e:?}");
+            for nasty in [
+                "'; DROP TABLE idempotency_records; --",
+                "\" OR 1=1 --\\",
+                "*\r\n$3\r\nDEL\r\n{slot}",
+                "ключ 🔑 \u{7f}\u{1}\t",
+                &"k".repeat(idempotent_runtime::MAX_KEY_BYTES),
+            ] {
+                let r = req(&t, nasty, 7);
+                let (first, how) = observe(svc.$call(&r)).await;
+                assert_eq!(how, Some(Disposition::Executed), "{nasty:?}: {first:?}");
+                let (again, how) = observe(svc.$call(&r)).await;
+                assert_eq!(how, Some(Disposition::Replayed), "{nasty:?}");
+                assert_eq!(first.unwrap(), again.unwrap());
+                assert_eq!(svc.ledger.count(&r).await, 1, "{nasty:?}");
+            }
+        }
+    };
+}
+
+macro_rules! tx_tests {
+    ($conn:ty) => {
+        mod tx {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_64_one_key_one_effect() {
+                let Some((svc, _g)) = svc().await else { return };
+                let r = req(&unique("t"), "order-1", 100);
+                let got = storm(&svc.gate, || {
+                    let (svc, r) = (svc.clone(), r.clone());
+                    async move { classify(observe(svc.place_tx(&r)).await) }
+                }, false).await;
+                assert_one_executed(&got);
+                assert_eq!(svc.ledger.count(&r).await, 1);
+            }
+
+            #[tokio::test]
+            async fn retry_after_completion_replays_the_same_response() {
+                let Some((svc, _g)) = svc().await else { return };
+                let r = req(&unique("t"), "order-1", 100);
+                let first = classify(observe(svc.place_tx(&r)).await);
+                let second = classify(observe(svc.place_tx(&r)).await);
+                let Got::Executed(a) = first else { panic!("{first:?}") };
+                assert_eq!(second, Got::Replayed(a));
+                assert_eq!(svc.ledger.count(&r).await, 1);
+            }
+
+            #[tokio::test]
+            async fn same_key_different_payload_is_a_fingerprint_mismatch() {
+                let Some((svc, _g)) = svc().await else { return };
+                let t = unique("t");
+                svc.place_tx(&req(&t, "order-1", 100)).await.unwrap();
+                let e = svc.place_tx(&req(&t, "order-1", 999)).await;
+                assert!(matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))), "{e:?}");
+                assert_eq!(svc.ledger.count(&req(&t, "order-1", 100)).await, 1);
+                assert_eq!(svc.ledger.count(&req(&t, "order-1", 999)).await, 0);
+            }
+
+            #[tokio::test]
+            async fn scopes_are_isolated() {
+                let Some((svc, _g)) = svc().await else { return };
+                let (a, b) = (req(&unique("ta"), "same", 1), req(&unique("tb"), "same", 1));
+                let ra = svc.place_tx(&a).await.unwrap();
+                let rb = svc.place_tx(&b).await.unwrap();
+                assert_ne!(ra, rb);
+                assert_eq!(svc.ledger.count(&a).await, 1);
+                assert_eq!(svc.ledger.count(&b).await, 1);
+            }
+
+            #[tokio::test]
+            async fn body_error_rolls_back_the_record_and_the_writes() {
+                let Some((svc, _g)) = svc().await else { return };
+                let r = req(&unique("t"), "order-1", 100);
+                svc.fail_next.store(true, SeqCst);
+                let e = svc.place_tx(&r).await;
+                assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
+                // The body wrote its ledger row before failing: rolled back with the record.
+                assert_eq!(svc.ledger.count(&r).await, 0);
+                let key = KeyBuilder::new("tests.place_tx").scope(&r.tenant).part(&r.id).finish().unwrap();
+                assert_eq!(svc.ledger.records_with_key(&key.hex()).await, 0);
+                let (retry, how) = observe(svc.place_tx(&r)).await;
+                assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+                assert_eq!(svc.ledger.count(&r).await, 1);
+                assert_eq!(svc.ledger.records_with_key(&key.hex()).await, 1);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dropped_future_mid_body_rolls_back_and_the_retry_executes() {
+                let Some((svc, _g)) = svc().await else { return };
+                let r = req(&unique("t"), "order-1", 100);
+                svc.gate.arm();
+                let task = tokio::spawn({
+                    let (svc, r) = (svc.clone(), r.clone());
+                    async move { svc.place_tx(&r).await }
+                });
+                svc.gate.entered.notified().await;
+                task.abort();
+                assert!(task.await.unwrap_err().is_cancelled());
+                let (retry, how) = observe(svc.place_tx(&r)).await;
+                assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+                assert_eq!(svc.ledger.count(&r).await, 1);
+            }
+        }
+    };
+}
+
+/// A ledger of effects in a SQL table of its own (one per test).
+macro_rules! sql_ledger {
+    ($name:ident, $pool:ty, $conn:ty, $ph:literal) => {
+        pub struct $name {
+            pool: $pool,
+            table: String,
+        }
+
+        impl $name {
+            pub async fn create(pool: &$pool) -> Self {
+                let table = unique("ledger");
+                sqlx::query(sqlx::AssertSqlSafe(idempotent_tests::ledger_ddl(&table)))
+                    .execute(pool)
+                    .await
+                    .expect("create ledger");
+                $name { pool: pool.clone(), table }
+            }
+
+            fn insert_sql(&self) -> String {
+                let p = |i: usize| $ph.replace("N", &i.to_string());
+                format!("INSERT INTO {} (k, tenant, amount) VALUES ({}, {}, {})", self.table, p(1), p(2), p(3))
+            }
+
+            pub async fn record(&self, req: &Req) -> Result<(), sqlx::Error> {
+                let mut conn = self.pool.acquire().await?;
+                self.record_in(&mut conn, req).await
+            }
+
+            pub async fn record_in(&self, conn: &mut $conn, req: &Req) -> Result<(), sqlx::Error> {
+                sqlx::query(sqlx::AssertSqlSafe(self.insert_sql()))
+                    .bind(&req.id)
+                    .bind(&req.tenant)
+                    .bind(req.amount)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+
+            pub async fn count(&self, req: &Req) -> i64 {
+                let p = |i: usize| $ph.replace("N", &i.to_string());
+                let sql = format!("SELECT COUNT(*) FROM {} WHERE k = {} AND tenant = {} AND amount = {}", self.table, p(1), p(2), p(3));
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(&req.id)
+                    .bind(&req.tenant)
+                    .bind(req.amount)
+                    .fetch_one(&self.pool)
+                    .await
+                    .expect("count ledger")
+            }
+
+            #[allow(dead_code)]
+            pub async fn records_with_key(&self, key_hex: &str) -> i64 {
+                let sql = format!("SELECT COUNT(*) FROM idempotency_records WHERE idempotency_key = {}", $ph.replace("N", "1"));
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(key_hex)
+                    .fetch_one(&self.pool)
+                    .await
+                    .expect("count records")
+            }
+        }
+    };
+}
+
+sql_ledger!(PgLedger, sqlx::PgPool, sqlx::PgConnection, "$N");
+sql_ledger!(MyLedger, sqlx::MySqlPool, sqlx::MySqlConnection, "?");
+sql_ledger!(LiteLedger, sqlx::SqlitePool, sqlx::SqliteConnection, "?N");
+
+/// A ledger of effects for the memory store.
+#[derive(Default)]
+pub struct MemLedger(std::sync::Mutex<Vec<(String, String, i64)>>);
+
+impl MemLedger {
+    pub async fn create(_: &idempotent_runtime::MemoryStore) -> Self {
+        Self::default()
+    }
+    pub async fn record(&self, req: &Req) -> Result<(), sqlx::Error> {
+        self.0.lock().unwrap().push((req.id.clone(), req.tenant.clone(), req.amount));
+        Ok(())
+    }
+    pub async fn count(&self, req: &Req) -> i64 {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, t, a)| *k == req.id && *t == req.tenant && *a == req.amount)
+            .count() as i64
+    }
+}
+
+async fn pg() -> Option<(sqlx::PgPool, ())> {
+    idempotent_tests::postgres().await.map(|p| (p, ()))
+}
+async fn my() -> Option<(sqlx::MySqlPool, ())> {
+    idempotent_tests::mysql().await.map(|p| (p, ()))
+}
+async fn mem() -> Option<(idempotent_runtime::MemoryStore, ())> {
+    Some((idempotent_runtime::MemoryStore::new(), ()))
+}
+
+suite! {
+    mod postgres;
+    store = sqlx::PgPool;
+    setup = pg();
+    ledger = PgLedger;
+    tx_conn = sqlx::PgConnection;
+}
+
+suite! {
+    mod mysql;
+    store = sqlx::MySqlPool;
+    setup = my();
+    ledger = MyLedger;
+    tx_conn = sqlx::MySqlConnection;
+}
+
+suite! {
+    mod sqlite;
+    store = sqlx::SqlitePool;
+    setup = idempotent_tests::sqlite();
+    ledger = LiteLedger;
+    tx_conn = sqlx::SqliteConnection;
+}
+
+suite! {
+    mod memory;
+    store = idempotent_runtime::MemoryStore;
+    setup = mem();
+    ledger = MemLedger;
+}
+
+/// PostgreSQL: a duplicate inside the caller's own open transaction (the store is the caller's
+/// connection, so the claim is a SAVEPOINT) leaves that transaction usable.
+mod postgres_caller_transaction {
+    use super::*;
+    use sqlx::PgConnection;
+
+    #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_tx", store = "conn", fingerprint = "req")]
+    async fn place_in(conn: &mut PgConnection, ledger: &PgLedger, req: &Req, #[tx] tx: &mut PgConnection) -> Result<Receipt, AppError> {
+        ledger.record_in(&mut *tx, req).await?;
+        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+    }
+
+    #[tokio::test]
+    async fn duplicate_inside_callers_transaction_keeps_it_usable() {
+        let Some((svc, _g)) = postgres::svc().await else { return };
+        let r = req(&unique("t"), "order-1", 100);
+        let first = svc.place_tx(&r).await.unwrap();
+
+        let mut tx = svc.db.begin().await.unwrap();
+        let before = req(&r.tenant, "written-before", 1);
+        svc.ledger.record_in(&mut tx, &before).await.unwrap();
+        let (dup, how) = observe(place_in(&mut tx, &svc.ledger, &r)).await;
+        assert_eq!(how, Some(Disposition::Replayed));
+        assert_eq!(dup.unwrap(), first);
+        let mismatch = place_in(&mut tx, &svc.ledger, &req(&r.tenant, "order-1", 5)).await;
+        assert!(matches!(mismatch, Err(AppError::Idempotency(Error::FingerprintMismatch))), "{mismatch:?}");
+        let fresh = req(&r.tenant, "order-2", 100);
+        let (_, how) = observe(place_in(&mut tx, &svc.ledger, &fresh)).await;
+        assert_eq!(how, Some(Disposition::Executed));
+        let after = req(&r.tenant, "written-after", 1);
+        svc.ledger.record_in(&mut tx, &after).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(svc.ledger.count(&before).await, 1);
+        assert_eq!(svc.ledger.count(&after).await, 1);
+        assert_eq!(svc.ledger.count(&r).await, 1);
+        assert_eq!(svc.ledger.count(&fresh).await, 1);
+    }
+}
