@@ -70,14 +70,36 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = format!(
             "database: {}   concurrency: {}\n{:<18} {:<13} {:<9} {:>8} {:>6} {:>7} {:>7} {:>11} {:>10} {:>6} {:>8} {:>8}\n",
-            self.database, self.concurrency, "operation", "strategy", "backend", "requests", "keys", "effects", "replays",
-            "in_progress", "mismatches", "errors", "p50_ms", "p99_ms"
+            self.database,
+            self.concurrency,
+            "operation",
+            "strategy",
+            "backend",
+            "requests",
+            "keys",
+            "effects",
+            "replays",
+            "in_progress",
+            "mismatches",
+            "errors",
+            "p50_ms",
+            "p99_ms"
         );
         for o in &self.operations {
             out.push_str(&format!(
                 "{:<18} {:<13} {:<9} {:>8} {:>6} {:>7} {:>7} {:>11} {:>10} {:>6} {:>8.2} {:>8.2}\n",
-                o.operation, o.strategy, o.backend, o.requests, o.keys, o.effects, o.replays, o.in_progress,
-                o.mismatches, o.errors, o.p50_ms, o.p99_ms
+                o.operation,
+                o.strategy,
+                o.backend,
+                o.requests,
+                o.keys,
+                o.effects,
+                o.replays,
+                o.in_progress,
+                o.mismatches,
+                o.errors,
+                o.p50_ms,
+                o.p99_ms
             ));
         }
         out
@@ -85,6 +107,8 @@ impl Report {
 
     /// `true` when every operation applied exactly one effect per key and saw no error.
     pub fn ok(&self) -> bool {
-        self.operations.iter().all(|o| o.effects == o.keys && o.errors == 0)
+        self.operations
+            .iter()
+            .all(|o| o.effects == o.keys && o.errors == 0)
     }
 }

@@ -79,9 +79,21 @@ pub struct Operation {
 
 /// The operations, in report order.
 pub const OPERATIONS: [Operation; 3] = [
-    Operation { name: "place_order", strategy: "dedup_table", memory: false },
-    Operation { name: "consume_payment", strategy: "dedup_table", memory: false },
-    Operation { name: "reserve_stock", strategy: "dedup_table", memory: true },
+    Operation {
+        name: "place_order",
+        strategy: "dedup_table",
+        memory: false,
+    },
+    Operation {
+        name: "consume_payment",
+        strategy: "dedup_table",
+        memory: false,
+    },
+    Operation {
+        name: "reserve_stock",
+        strategy: "dedup_table",
+        memory: true,
+    },
 ];
 
 /// The service on one database, as the storm driver sees it.
@@ -131,32 +143,91 @@ macro_rules! service {
             }
 
             impl Orders {
-                async fn ledger(&self, conn: &mut $conn, op: &str, key: &str, amount: i64) -> Result<(), sqlx::Error> {
-                    sqlx::query($insert).bind(&self.run).bind(op).bind(key).bind(amount).execute(conn).await?;
+                async fn ledger(
+                    &self,
+                    conn: &mut $conn,
+                    op: &str,
+                    key: &str,
+                    amount: i64,
+                ) -> Result<(), sqlx::Error> {
+                    sqlx::query($insert)
+                        .bind(&self.run)
+                        .bind(op)
+                        .bind(key)
+                        .bind(amount)
+                        .execute(conn)
+                        .await?;
                     Ok(())
                 }
 
                 /// Places an order: the idempotency record and the ledger row commit together.
-                #[idempotent(strategy = "dedup_table", key = "req.order_id", scope = "req.customer", name = "orders.place_order")]
-                pub async fn place_order(&self, req: &PlaceOrder, #[tx] tx: &mut $conn) -> Result<OrderReceipt, DemoError> {
-                    self.ledger(tx, "place_order", &req.order_id, req.amount_cents).await?;
-                    Ok(OrderReceipt { order_id: req.order_id.clone(), amount_cents: req.amount_cents, status: "placed".into() })
+                #[idempotent(
+                    strategy = "dedup_table",
+                    key = "req.order_id",
+                    scope = "req.customer",
+                    name = "orders.place_order"
+                )]
+                pub async fn place_order(
+                    &self,
+                    req: &PlaceOrder,
+                    #[tx] tx: &mut $conn,
+                ) -> Result<OrderReceipt, DemoError> {
+                    self.ledger(tx, "place_order", &req.order_id, req.amount_cents)
+                        .await?;
+                    Ok(OrderReceipt {
+                        order_id: req.order_id.clone(),
+                        amount_cents: req.amount_cents,
+                        status: "placed".into(),
+                    })
                 }
 
                 /// Consumes a payment message; redeliveries replay the first acknowledgement.
-                #[idempotent(strategy = "dedup_table", key = "msg.message_id", scope = "msg.merchant", name = "payments.consume", lease = "15s")]
-                pub async fn consume_payment(&self, msg: &PaymentMessage) -> Result<PaymentAck, DemoError> {
+                #[idempotent(
+                    strategy = "dedup_table",
+                    key = "msg.message_id",
+                    scope = "msg.merchant",
+                    name = "payments.consume",
+                    lease = "15s"
+                )]
+                pub async fn consume_payment(
+                    &self,
+                    msg: &PaymentMessage,
+                ) -> Result<PaymentAck, DemoError> {
                     let mut conn = self.db.acquire().await?;
-                    self.ledger(&mut conn, "consume_payment", &msg.message_id, msg.amount_cents).await?;
-                    Ok(PaymentAck { message_id: msg.message_id.clone(), settled_cents: msg.amount_cents })
+                    self.ledger(
+                        &mut conn,
+                        "consume_payment",
+                        &msg.message_id,
+                        msg.amount_cents,
+                    )
+                    .await?;
+                    Ok(PaymentAck {
+                        message_id: msg.message_id.clone(),
+                        settled_cents: msg.amount_cents,
+                    })
                 }
 
                 /// Reserves stock for an order, deduplicated in the memory store.
-                #[idempotent(strategy = "dedup_table", key = "req.order_id", scope = "req.customer", name = "stock.reserve", store = "self.store", lease = "15s")]
-                pub async fn reserve_stock(&self, req: &PlaceOrder) -> Result<OrderReceipt, DemoError> {
+                #[idempotent(
+                    strategy = "dedup_table",
+                    key = "req.order_id",
+                    scope = "req.customer",
+                    name = "stock.reserve",
+                    store = "self.store",
+                    lease = "15s"
+                )]
+                pub async fn reserve_stock(
+                    &self,
+                    req: &PlaceOrder,
+                ) -> Result<OrderReceipt, DemoError> {
                     let mut conn = self.db.acquire().await?;
-                    self.ledger(&mut conn, "reserve_stock", &req.order_id, req.amount_cents).await?;
-                    Ok(OrderReceipt { order_id: req.order_id.clone(), amount_cents: req.amount_cents, status: "reserved".into() })
+                    self.ledger(&mut conn, "reserve_stock", &req.order_id, req.amount_cents)
+                        .await?;
+                    Ok(OrderReceipt {
+                        order_id: req.order_id.clone(),
+                        amount_cents: req.amount_cents,
+                        status: "reserved".into(),
+                    })
                 }
 
                 fn order(&self, c: Call) -> PlaceOrder {
@@ -196,7 +267,11 @@ macro_rules! service {
                 }
 
                 async fn effects(&self, op: &str) -> Result<u64, sqlx::Error> {
-                    let n: i64 = sqlx::query_scalar($count).bind(&self.run).bind(op).fetch_one(&self.db).await?;
+                    let n: i64 = sqlx::query_scalar($count)
+                        .bind(&self.run)
+                        .bind(op)
+                        .fetch_one(&self.db)
+                        .await?;
                     Ok(u64::try_from(n).unwrap_or(0))
                 }
             }
@@ -204,12 +279,27 @@ macro_rules! service {
     };
 }
 
-service!(postgres, "postgres", sqlx::PgPool, sqlx::PgConnection,
+service!(
+    postgres,
+    "postgres",
+    sqlx::PgPool,
+    sqlx::PgConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES ($1, $2, $3, $4)",
-    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = $1 AND op = $2");
-service!(mysql, "mysql", sqlx::MySqlPool, sqlx::MySqlConnection,
+    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = $1 AND op = $2"
+);
+service!(
+    mysql,
+    "mysql",
+    sqlx::MySqlPool,
+    sqlx::MySqlConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES (?, ?, ?, ?)",
-    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ? AND op = ?");
-service!(sqlite, "sqlite", sqlx::SqlitePool, sqlx::SqliteConnection,
+    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ? AND op = ?"
+);
+service!(
+    sqlite,
+    "sqlite",
+    sqlx::SqlitePool,
+    sqlx::SqliteConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES (?1, ?2, ?3, ?4)",
-    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ?1 AND op = ?2");
+    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ?1 AND op = ?2"
+);

@@ -48,10 +48,16 @@ pub fn plan(keys: usize) -> (Vec<Call>, Vec<Call>) {
     let mut retries = Vec::with_capacity(keys * 2);
     for key in 0..keys {
         for i in 0..5 {
-            first.push(Call { key, different_payload: i == 2 });
+            first.push(Call {
+                key,
+                different_payload: i == 2,
+            });
         }
         for _ in 0..2 {
-            retries.push(Call { key, different_payload: false });
+            retries.push(Call {
+                key,
+                different_payload: false,
+            });
         }
     }
     (first, retries)
@@ -67,7 +73,10 @@ where
 {
     let keys = (requests / REQUESTS_PER_KEY).max(1);
     let (first, retries) = plan(keys);
-    let mut result = StormResult { keys, ..Default::default() };
+    let mut result = StormResult {
+        keys,
+        ..Default::default()
+    };
     for phase in [first, retries] {
         let done: Vec<(Outcome, Duration, u64)> = futures_util::stream::iter(phase)
             .map(|c| {

@@ -36,7 +36,9 @@ pub enum Error {
 
     /// The caller's claim or lock expired and another caller took it over; this caller's
     /// completion (or release, or renewal) was refused by compare-and-set on the owner token.
-    #[error("the claim on this idempotency key was lost (its lease expired and another caller took it over)")]
+    #[error(
+        "the claim on this idempotency key was lost (its lease expired and another caller took it over)"
+    )]
     LockLost,
 
     /// The key, scope or operation name is empty, too long, or otherwise unusable.

@@ -81,7 +81,8 @@ impl Fingerprinter {
                     args.insert(label.to_owned(), v);
                 }
                 Err(e) => {
-                    self.error.get_or_insert_with(|| format!("argument `{label}`: {e}"));
+                    self.error
+                        .get_or_insert_with(|| format!("argument `{label}`: {e}"));
                 }
             }
         }
@@ -170,6 +171,12 @@ mod tests {
         let a = Fingerprinter::new().arg("x", &1).finish().unwrap();
         let b = Fingerprinter::new().arg("y", &1).finish().unwrap();
         assert_ne!(a, b);
-        assert!(Fingerprinter::disabled().arg("x", &1).finish().unwrap().is_none());
+        assert!(
+            Fingerprinter::disabled()
+                .arg("x", &1)
+                .finish()
+                .unwrap()
+                .is_none()
+        );
     }
 }

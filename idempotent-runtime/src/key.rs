@@ -91,7 +91,9 @@ macro_rules! int_key_part {
         }
     )*};
 }
-int_key_part!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize);
+int_key_part!(
+    i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize
+);
 
 /// The storage key of one idempotent request: a SHA-256 digest of the operation name, the
 /// scope and the key parts, plus the operation name kept for diagnostics.
@@ -251,9 +253,21 @@ mod tests {
 
     #[test]
     fn scope_name_and_type_separate_keys() {
-        let a = KeyBuilder::new("op").scope("t1").part("x").finish().unwrap();
-        let b = KeyBuilder::new("op").scope("t2").part("x").finish().unwrap();
-        let c = KeyBuilder::new("op2").scope("t1").part("x").finish().unwrap();
+        let a = KeyBuilder::new("op")
+            .scope("t1")
+            .part("x")
+            .finish()
+            .unwrap();
+        let b = KeyBuilder::new("op")
+            .scope("t2")
+            .part("x")
+            .finish()
+            .unwrap();
+        let c = KeyBuilder::new("op2")
+            .scope("t1")
+            .part("x")
+            .finish()
+            .unwrap();
         let d = KeyBuilder::new("op").part("x").finish().unwrap();
         let s = KeyBuilder::new("op").part("42").finish().unwrap();
         let i = KeyBuilder::new("op").part(&42u32).finish().unwrap();

@@ -15,11 +15,11 @@ pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};
 pub use strategy::OnBusy;
 
+pub use store::ClaimStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 #[cfg(feature = "sqlx")]
 pub use store::sql::{SqlBackend, TxStore, migrate};
-pub use store::ClaimStore;
 
 /// The `#[idempotent]` attribute (re-exported from `idempotent-macros`).
 #[cfg(feature = "macros")]

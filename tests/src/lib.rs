@@ -25,7 +25,10 @@ pub fn ci() -> bool {
 pub fn unique(prefix: &str) -> String {
     let mut b = [0u8; 6];
     getrandom_fill(&mut b);
-    format!("{prefix}_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!(
+        "{prefix}_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
 }
 
 fn getrandom_fill(b: &mut [u8]) {
@@ -52,7 +55,9 @@ pub async fn postgres() -> Option<PgPool> {
         .connect(&url)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}"));
-    idempotent_runtime::migrate(&pool).await.expect("migrate postgres");
+    idempotent_runtime::migrate(&pool)
+        .await
+        .expect("migrate postgres");
     Some(pool)
 }
 
@@ -65,7 +70,9 @@ pub async fn mysql() -> Option<MySqlPool> {
         .connect(&url)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to MySQL at {url}: {e}"));
-    idempotent_runtime::migrate(&pool).await.expect("migrate mysql");
+    idempotent_runtime::migrate(&pool)
+        .await
+        .expect("migrate mysql");
     Some(pool)
 }
 
@@ -83,14 +90,18 @@ pub async fn sqlite() -> Option<(SqlitePool, tempfile::TempDir)> {
         .connect_with(opts)
         .await
         .expect("open sqlite");
-    idempotent_runtime::migrate(&pool).await.expect("migrate sqlite");
+    idempotent_runtime::migrate(&pool)
+        .await
+        .expect("migrate sqlite");
     Some((pool, dir))
 }
 
 /// The DDL of a ledger table: one row per effect (`k` = key, `tenant`, `amount`). The same text
 /// works on PostgreSQL, MySQL and SQLite.
 pub fn ledger_ddl(table: &str) -> String {
-    format!("CREATE TABLE {table} (k VARCHAR(1100) NOT NULL, tenant VARCHAR(200) NOT NULL, amount BIGINT NOT NULL)")
+    format!(
+        "CREATE TABLE {table} (k VARCHAR(1100) NOT NULL, tenant VARCHAR(200) NOT NULL, amount BIGINT NOT NULL)"
+    )
 }
 
 /// A request of the test service: an idempotency key `id` within tenant `tenant`, and a payload

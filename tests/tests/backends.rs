@@ -22,7 +22,10 @@ fn main() {
     if !missing.is_empty() {
         println!("!!! SKIPPED BACKENDS: {} !!!", missing.join(", "));
         if ci {
-            eprintln!("CI=true: every backend is required; missing: {}", missing.join(", "));
+            eprintln!(
+                "CI=true: every backend is required; missing: {}",
+                missing.join(", ")
+            );
             std::process::exit(1);
         }
     }

@@ -161,10 +161,13 @@ where
 }
 
 fn assert_one_executed(got: &[Got]) -> Receipt {
-    let executed: Vec<_> = got.iter().filter_map(|g| match g {
-        Got::Executed(r) => Some(r.clone()),
-        _ => None,
-    }).collect();
+    let executed: Vec<_> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Executed(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
     assert_eq!(executed.len(), 1, "exactly one caller executes: {got:?}");
     let first = executed[0].clone();
     for g in got {
@@ -183,12 +186,21 @@ macro_rules! claim_tests {
         async fn concurrent_64_one_key_one_effect() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "order-1", 100);
-            let got = storm(&svc.gate, || {
-                let (svc, r) = (svc.clone(), r.clone());
-                async move { classify(observe(svc.$call(&r)).await) }
-            }, true).await;
+            let got = storm(
+                &svc.gate,
+                || {
+                    let (svc, r) = (svc.clone(), r.clone());
+                    async move { classify(observe(svc.$call(&r)).await) }
+                },
+                true,
+            )
+            .await;
             assert_one_executed(&got);
-            assert_eq!(got.iter().filter(|g| **g == Got::InProgress).count(), 63, "claim mode rejects concurrent duplicates: {got:?}");
+            assert_eq!(
+                got.iter().filter(|g| **g == Got::InProgress).count(),
+                63,
+                "claim mode rejects concurrent duplicates: {got:?}"
+            );
             assert_eq!(svc.ledger.count(&r).await, 1);
             // After completion every duplicate replays.
             let again = classify(observe(svc.$call(&r)).await);
@@ -202,7 +214,9 @@ macro_rules! claim_tests {
             let r = req(&unique("t"), "order-1", 100);
             let first = classify(observe(svc.$call(&r)).await);
             let second = classify(observe(svc.$call(&r)).await);
-            let Got::Executed(a) = first else { panic!("{first:?}") };
+            let Got::Executed(a) = first else {
+                panic!("{first:?}")
+            };
             assert_eq!(second, Got::Replayed(a));
             assert_eq!(svc.ledger.count(&r).await, 1);
         }
@@ -213,7 +227,10 @@ macro_rules! claim_tests {
             let t = unique("t");
             svc.$call(&req(&t, "order-1", 100)).await.unwrap();
             let e = svc.$call(&req(&t, "order-1", 999)).await;
-            assert!(matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))), "{e:?}");
+            assert!(
+                matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+                "{e:?}"
+            );
             assert_eq!(svc.ledger.count(&req(&t, "order-1", 100)).await, 1);
             assert_eq!(svc.ledger.count(&req(&t, "order-1", 999)).await, 0);
         }
@@ -225,7 +242,10 @@ macro_rules! claim_tests {
             let ra = svc.$call(&a).await.unwrap();
             let rb = svc.$call(&b).await.unwrap();
             assert_ne!(ra, rb, "tenant B must not replay tenant A's response");
-            assert_eq!((ra.tenant.as_str(), rb.tenant.as_str()), (a.tenant.as_str(), b.tenant.as_str()));
+            assert_eq!(
+                (ra.tenant.as_str(), rb.tenant.as_str()),
+                (a.tenant.as_str(), b.tenant.as_str())
+            );
             assert_eq!(svc.ledger.count(&a).await, 1);
             assert_eq!(svc.ledger.count(&b).await, 1);
             // Another operation with the same key and scope runs on its own.
@@ -272,11 +292,26 @@ macro_rules! claim_tests {
             let Some((svc, _g)) = svc().await else { return };
             let t = unique("t");
             let e = svc.$call(&req(&t, "", 1)).await;
-            assert!(matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))), "{e:?}");
-            let e = svc.$call(&req(&t, &"k".repeat(idempotent_runtime::MAX_KEY_BYTES + 1), 1)).await;
-            assert!(matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))), "{e:?}");
+            assert!(
+                matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))),
+                "{e:?}"
+            );
+            let e = svc
+                .$call(&req(
+                    &t,
+                    &"k".repeat(idempotent_runtime::MAX_KEY_BYTES + 1),
+                    1,
+                ))
+                .await;
+            assert!(
+                matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))),
+                "{e:?}"
+            );
             let e = svc.$call(&req("", "x", 1)).await;
-            assert!(matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))), "empty scope: {e:?}");
+            assert!(
+                matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))),
+                "empty scope: {e:?}"
+            );
             for nasty in [
                 "'; DROP TABLE idempotency_records; --",
                 "\" OR 1=1 --\\",
@@ -305,10 +340,15 @@ macro_rules! tx_tests {
             async fn concurrent_64_one_key_one_effect() {
                 let Some((svc, _g)) = svc().await else { return };
                 let r = req(&unique("t"), "order-1", 100);
-                let got = storm(&svc.gate, || {
-                    let (svc, r) = (svc.clone(), r.clone());
-                    async move { classify(observe(svc.place_tx(&r)).await) }
-                }, false).await;
+                let got = storm(
+                    &svc.gate,
+                    || {
+                        let (svc, r) = (svc.clone(), r.clone());
+                        async move { classify(observe(svc.place_tx(&r)).await) }
+                    },
+                    false,
+                )
+                .await;
                 assert_one_executed(&got);
                 assert_eq!(svc.ledger.count(&r).await, 1);
             }
@@ -319,7 +359,9 @@ macro_rules! tx_tests {
                 let r = req(&unique("t"), "order-1", 100);
                 let first = classify(observe(svc.place_tx(&r)).await);
                 let second = classify(observe(svc.place_tx(&r)).await);
-                let Got::Executed(a) = first else { panic!("{first:?}") };
+                let Got::Executed(a) = first else {
+                    panic!("{first:?}")
+                };
                 assert_eq!(second, Got::Replayed(a));
                 assert_eq!(svc.ledger.count(&r).await, 1);
             }
@@ -330,7 +372,10 @@ macro_rules! tx_tests {
                 let t = unique("t");
                 svc.place_tx(&req(&t, "order-1", 100)).await.unwrap();
                 let e = svc.place_tx(&req(&t, "order-1", 999)).await;
-                assert!(matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))), "{e:?}");
+                assert!(
+                    matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+                    "{e:?}"
+                );
                 assert_eq!(svc.ledger.count(&req(&t, "order-1", 100)).await, 1);
                 assert_eq!(svc.ledger.count(&req(&t, "order-1", 999)).await, 0);
             }
@@ -355,7 +400,11 @@ macro_rules! tx_tests {
                 assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
                 // The body wrote its ledger row before failing: rolled back with the record.
                 assert_eq!(svc.ledger.count(&r).await, 0);
-                let key = KeyBuilder::new("tests.place_tx").scope(&r.tenant).part(&r.id).finish().unwrap();
+                let key = KeyBuilder::new("tests.place_tx")
+                    .scope(&r.tenant)
+                    .part(&r.id)
+                    .finish()
+                    .unwrap();
                 assert_eq!(svc.ledger.records_with_key(&key.hex()).await, 0);
                 let (retry, how) = observe(svc.place_tx(&r)).await;
                 assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
@@ -398,12 +447,21 @@ macro_rules! sql_ledger {
                     .execute(pool)
                     .await
                     .expect("create ledger");
-                $name { pool: pool.clone(), table }
+                $name {
+                    pool: pool.clone(),
+                    table,
+                }
             }
 
             fn insert_sql(&self) -> String {
                 let p = |i: usize| $ph.replace("N", &i.to_string());
-                format!("INSERT INTO {} (k, tenant, amount) VALUES ({}, {}, {})", self.table, p(1), p(2), p(3))
+                format!(
+                    "INSERT INTO {} (k, tenant, amount) VALUES ({}, {}, {})",
+                    self.table,
+                    p(1),
+                    p(2),
+                    p(3)
+                )
             }
 
             pub async fn record(&self, req: &Req) -> Result<(), sqlx::Error> {
@@ -423,7 +481,13 @@ macro_rules! sql_ledger {
 
             pub async fn count(&self, req: &Req) -> i64 {
                 let p = |i: usize| $ph.replace("N", &i.to_string());
-                let sql = format!("SELECT COUNT(*) FROM {} WHERE k = {} AND tenant = {} AND amount = {}", self.table, p(1), p(2), p(3));
+                let sql = format!(
+                    "SELECT COUNT(*) FROM {} WHERE k = {} AND tenant = {} AND amount = {}",
+                    self.table,
+                    p(1),
+                    p(2),
+                    p(3)
+                );
                 sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                     .bind(&req.id)
                     .bind(&req.tenant)
@@ -435,7 +499,10 @@ macro_rules! sql_ledger {
 
             #[allow(dead_code)]
             pub async fn records_with_key(&self, key_hex: &str) -> i64 {
-                let sql = format!("SELECT COUNT(*) FROM idempotency_records WHERE idempotency_key = {}", $ph.replace("N", "1"));
+                let sql = format!(
+                    "SELECT COUNT(*) FROM idempotency_records WHERE idempotency_key = {}",
+                    $ph.replace("N", "1")
+                );
                 sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                     .bind(key_hex)
                     .fetch_one(&self.pool)
@@ -459,7 +526,10 @@ impl MemLedger {
         Self::default()
     }
     pub async fn record(&self, req: &Req) -> Result<(), sqlx::Error> {
-        self.0.lock().unwrap().push((req.id.clone(), req.tenant.clone(), req.amount));
+        self.0
+            .lock()
+            .unwrap()
+            .push((req.id.clone(), req.tenant.clone(), req.amount));
         Ok(())
     }
     pub async fn count(&self, req: &Req) -> i64 {
@@ -519,15 +589,34 @@ mod postgres_caller_transaction {
     use super::*;
     use sqlx::PgConnection;
 
-    #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_tx", store = "conn", fingerprint = "req")]
-    async fn place_in(conn: &mut PgConnection, ledger: &PgLedger, req: &Req, #[tx] tx: &mut PgConnection) -> Result<Receipt, AppError> {
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.place_tx",
+        store = "conn",
+        fingerprint = "req"
+    )]
+    async fn place_in(
+        conn: &mut PgConnection,
+        ledger: &PgLedger,
+        req: &Req,
+        #[tx] tx: &mut PgConnection,
+    ) -> Result<Receipt, AppError> {
         ledger.record_in(&mut *tx, req).await?;
-        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: 1,
+        })
     }
 
     #[tokio::test]
     async fn duplicate_inside_callers_transaction_keeps_it_usable() {
-        let Some((svc, _g)) = postgres::svc().await else { return };
+        let Some((svc, _g)) = postgres::svc().await else {
+            return;
+        };
         let r = req(&unique("t"), "order-1", 100);
         let first = svc.place_tx(&r).await.unwrap();
 
@@ -538,7 +627,13 @@ mod postgres_caller_transaction {
         assert_eq!(how, Some(Disposition::Replayed));
         assert_eq!(dup.unwrap(), first);
         let mismatch = place_in(&mut tx, &svc.ledger, &req(&r.tenant, "order-1", 5)).await;
-        assert!(matches!(mismatch, Err(AppError::Idempotency(Error::FingerprintMismatch))), "{mismatch:?}");
+        assert!(
+            matches!(
+                mismatch,
+                Err(AppError::Idempotency(Error::FingerprintMismatch))
+            ),
+            "{mismatch:?}"
+        );
         let fresh = req(&r.tenant, "order-2", 100);
         let (_, how) = observe(place_in(&mut tx, &svc.ledger, &fresh)).await;
         assert_eq!(how, Some(Disposition::Executed));

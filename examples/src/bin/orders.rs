@@ -64,11 +64,19 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
     for (i, op) in OPERATIONS.iter().enumerate() {
         let result = storm::run(args.requests, args.concurrency, |c| demo.call(i, c)).await;
         let count = |o: Outcome| result.requests.iter().filter(|(x, _)| *x == o).count() as u64;
-        let mut lat: Vec<f64> = result.requests.iter().map(|(_, d)| d.as_secs_f64() * 1000.0).collect();
+        let mut lat: Vec<f64> = result
+            .requests
+            .iter()
+            .map(|(_, d)| d.as_secs_f64() * 1000.0)
+            .collect();
         operations.push(OperationReport {
             operation: op.name.into(),
             strategy: op.strategy.into(),
-            backend: if op.memory { "memory".into() } else { demo.backend().into() },
+            backend: if op.memory {
+                "memory".into()
+            } else {
+                demo.backend().into()
+            },
             requests: result.requests.len() as u64,
             keys: result.keys as u64,
             effects: demo.effects(op.name).await?,
@@ -80,7 +88,11 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
             p99_ms: quantile_ms(&mut lat, 0.99),
         });
     }
-    Ok(Report { database, concurrency: args.concurrency, operations })
+    Ok(Report {
+        database,
+        concurrency: args.concurrency,
+        operations,
+    })
 }
 
 async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
@@ -97,14 +109,20 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     };
     let shown = redact(&url);
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let db = sqlx::postgres::PgPoolOptions::new().max_connections(pool_size).connect(&url).await?;
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(pool_size)
+            .connect(&url)
+            .await?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
         let demo = service::postgres::Orders { db, store, run };
         Ok(drive(&demo, &args, shown).await?)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         let url = url.replacen("mariadb:", "mysql:", 1);
-        let db = sqlx::mysql::MySqlPoolOptions::new().max_connections(pool_size).connect(&url).await?;
+        let db = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(pool_size)
+            .connect(&url)
+            .await?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
         let demo = service::mysql::Orders { db, store, run };
@@ -115,13 +133,19 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(30));
-        let db = sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        let db = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
         let demo = service::sqlite::Orders { db, store, run };
         Ok(drive(&demo, &args, shown).await?)
     } else {
-        Err(format!("unsupported --database-url `{shown}`: use postgres://, mysql:// or sqlite://").into())
+        Err(
+            format!("unsupported --database-url `{shown}`: use postgres://, mysql:// or sqlite://")
+                .into(),
+        )
     }
 }
 
@@ -150,7 +174,11 @@ async fn main() -> ExitCode {
                     }
                 );
             }
-            if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -40,7 +40,12 @@ impl Entry {
 struct ExpireAt;
 
 impl moka::Expiry<[u8; 32], Entry> for ExpireAt {
-    fn expire_after_create(&self, _: &[u8; 32], v: &Entry, _: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        v: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(v.expires_at.saturating_duration_since(Instant::now()) + Duration::from_secs(1))
     }
     fn expire_after_update(
@@ -109,30 +114,37 @@ impl MemoryStore {
             .map
             .entry(*c.key.digest())
             .and_compute_with(|cur| match cur {
-                Some(e) if &*e.value().owner == previous_owner && e.value().expired() => Op::Put(Entry::claim(c)),
+                Some(e) if &*e.value().owner == previous_owner && e.value().expired() => {
+                    Op::Put(Entry::claim(c))
+                }
                 _ => Op::Nop,
             });
         matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
     }
 
     fn complete_now(&self, key: &StorageKey, owner: &str, response: &[u8], ttl: Duration) -> bool {
-        let result = self.map.entry(*key.digest()).and_compute_with(|cur| match cur {
-            Some(e) if &*e.value().owner == owner && e.value().response.is_none() => {
-                let mut done = e.into_value();
-                done.response = Some(response.into());
-                done.expires_at = Instant::now() + ttl;
-                Op::Put(done)
-            }
-            _ => Op::Nop,
-        });
+        let result = self
+            .map
+            .entry(*key.digest())
+            .and_compute_with(|cur| match cur {
+                Some(e) if &*e.value().owner == owner && e.value().response.is_none() => {
+                    let mut done = e.into_value();
+                    done.response = Some(response.into());
+                    done.expires_at = Instant::now() + ttl;
+                    Op::Put(done)
+                }
+                _ => Op::Nop,
+            });
         matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
     }
 
     fn release_now(&self, key: &StorageKey, owner: &str) {
-        self.map.entry(*key.digest()).and_compute_with(|cur| match cur {
-            Some(e) if &*e.value().owner == owner && e.value().response.is_none() => Op::Remove,
-            _ => Op::Nop,
-        });
+        self.map
+            .entry(*key.digest())
+            .and_compute_with(|cur| match cur {
+                Some(e) if &*e.value().owner == owner && e.value().response.is_none() => Op::Remove,
+                _ => Op::Nop,
+            });
     }
 
     /// Number of records currently held (approximate while moka has pending maintenance).
@@ -172,7 +184,13 @@ impl ClaimStore for MemoryStore {
         Ok(self.take_over_now(claim, previous_owner))
     }
 
-    async fn complete(&self, key: &StorageKey, owner: &str, response: &[u8], ttl: Duration) -> Result<bool, Error> {
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
         Ok(self.complete_now(key, owner, response, ttl))
     }
 

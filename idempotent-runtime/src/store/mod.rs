@@ -86,7 +86,11 @@ pub trait ClaimStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Deletes `owner`'s in-progress claim (compare-and-delete); a no-op when it is not theirs.
-    fn release(&self, key: &StorageKey, owner: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    fn release(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Releases `owner`'s claim without waiting: used when the caller's future is dropped
     /// mid-body. Spawns the release on the current tokio runtime when there is one; otherwise
@@ -120,7 +124,11 @@ impl<S: ClaimStore + ?Sized> ClaimStore for &S {
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         (**self).complete(key, owner, response, ttl)
     }
-    fn release(&self, key: &StorageKey, owner: &str) -> impl Future<Output = Result<(), Error>> + Send {
+    fn release(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         (**self).release(key, owner)
     }
     fn release_detached(&self, key: StorageKey, owner: String) {

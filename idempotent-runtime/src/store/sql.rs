@@ -64,9 +64,15 @@ pub trait SqlBackend: Database {
     const BEGIN: Option<&'static str>;
 
     /// See [`ClaimStore::try_claim`].
-    fn try_claim(conn: &mut Self::Connection, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn try_claim(
+        conn: &mut Self::Connection,
+        claim: &Claim<'_>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// See [`ClaimStore::read`].
-    fn read(conn: &mut Self::Connection, key: &StorageKey) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
+    fn read(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
     /// See [`ClaimStore::take_over`].
     fn take_over(
         conn: &mut Self::Connection,
@@ -82,7 +88,11 @@ pub trait SqlBackend: Database {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// See [`ClaimStore::release`].
-    fn release(conn: &mut Self::Connection, key: &StorageKey, owner: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    fn release(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Creates the idempotency-record table and its index if missing (the migration shipped in
     /// `migrations/<backend>.sql`). Safe to call concurrently and repeatedly.
     fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), Error>> + Send;
@@ -110,9 +120,10 @@ pub fn is_retryable(e: &Error) -> bool {
     )
 }
 
-fn record_from_row(
-    row: Option<(String, Option<String>, String, Option<Vec<u8>>, i64, i64)>,
-) -> Result<Option<Record>, Error> {
+/// A record row: owner, fingerprint, status, response, expires_at_ms, now_ms.
+type RecordRow = (String, Option<String>, String, Option<Vec<u8>>, i64, i64);
+
+fn record_from_row(row: Option<RecordRow>) -> Result<Option<Record>, Error> {
     let Some((owner, fingerprint, status, response, expires_at_ms, now_ms)) = row else {
         return Ok(None);
     };
@@ -165,7 +176,11 @@ macro_rules! impl_sql_backend {
                 record_from_row(row)
             }
 
-            async fn take_over(conn: &mut $conn, c: &Claim<'_>, previous_owner: &str) -> Result<bool, Error> {
+            async fn take_over(
+                conn: &mut $conn,
+                c: &Claim<'_>,
+                previous_owner: &str,
+            ) -> Result<bool, Error> {
                 const SQL: SqlText = $sql;
                 let done = sqlx::query(SQL.take_over)
                     .bind(c.owner)
@@ -244,7 +259,9 @@ async fn migrate_postgres(pool: &Pool<sqlx::Postgres>) -> Result<(), Error> {
         .execute(&mut *tx)
         .await?;
     for stmt in statements(include_str!("../../migrations/postgres.sql")) {
-        sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -262,7 +279,9 @@ async fn migrate_mysql(pool: &Pool<sqlx::MySql>) -> Result<(), Error> {
 async fn migrate_sqlite(pool: &Pool<sqlx::Sqlite>) -> Result<(), Error> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for stmt in statements(include_str!("../../migrations/sqlite.sql")) {
-        sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -315,7 +334,9 @@ pub trait TxStore: Send {
     /// The sqlx database.
     type Database: SqlBackend;
     /// Opens the transaction (or savepoint). Errors: [`Error::Backend`].
-    fn begin(&mut self) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
+    fn begin(
+        &mut self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
 }
 
 impl<DB: SqlBackend> TxStore for &Pool<DB> {
@@ -349,7 +370,13 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         DB::take_over(&mut conn, claim, previous_owner).await
     }
 
-    async fn complete(&self, key: &StorageKey, owner: &str, response: &[u8], ttl: Duration) -> Result<bool, Error> {
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
         DB::complete(&mut conn, key, owner, response, ttl).await
     }

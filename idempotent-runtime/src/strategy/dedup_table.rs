@@ -78,7 +78,11 @@ fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<
 }
 
 /// Handles a busy key per `on_busy`: `Ok(())` to try again after a pause.
-async fn busy(on_busy: OnBusy, started: tokio::time::Instant, backoff: &mut Backoff) -> Result<(), Error> {
+async fn busy(
+    on_busy: OnBusy,
+    started: tokio::time::Instant,
+    backoff: &mut Backoff,
+) -> Result<(), Error> {
     match on_busy {
         OnBusy::Reject => Err(Error::InProgress),
         OnBusy::Wait(limit) => {
@@ -102,7 +106,8 @@ struct ReleaseOnDrop<'s, S: ClaimStore + ?Sized> {
 impl<S: ClaimStore + ?Sized> Drop for ReleaseOnDrop<'_, S> {
     fn drop(&mut self) {
         if self.armed {
-            self.store.release_detached(self.key.clone(), self.owner.to_owned());
+            self.store
+                .release_detached(self.key.clone(), self.owner.to_owned());
         }
     }
 }
