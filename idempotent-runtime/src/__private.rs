@@ -5,6 +5,13 @@ pub use crate::fingerprint::Fingerprinter;
 pub use crate::key::KeyBuilder;
 pub use crate::strategy::OnBusy;
 pub use crate::strategy::dedup_table;
+#[cfg(feature = "sqlx")]
+pub use crate::store::business::{SqlIdent, Target};
+#[cfg(feature = "sqlx")]
+pub use crate::strategy::{
+    optimistic, pessimistic, select_before_insert, state_machine, unique_index,
+};
+pub use crate::Error;
 pub use ::core::time::Duration;
 
 /// Converts a runtime error into the function's error type.

@@ -53,6 +53,17 @@ pub enum Error {
     #[error("gave up waiting {0:?} for the in-progress request with this idempotency key")]
     WaitTimeout(Duration),
 
+    /// The transaction kept failing with deadlocks or serialization failures (MySQL 1213,
+    /// SQLSTATE 40001/40P01, SQLite busy) and was retried `attempts` times, the whole
+    /// transaction each time; `last` describes the last failure. Retry later.
+    #[error("gave up after {attempts} attempts, each ended by a deadlock or serialization failure (last: {last})")]
+    Contention {
+        /// How many times the transaction ran.
+        attempts: u32,
+        /// The last failure, as text.
+        last: String,
+    },
+
     /// The backend (database or Redis) failed.
     #[error("idempotency backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),

@@ -15,6 +15,8 @@ use crate::{Error, StorageKey};
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "sqlx")]
+pub mod business;
+#[cfg(feature = "sqlx")]
 pub mod sql;
 
 /// A claim to write: who claims which key for how long.

@@ -238,6 +238,10 @@ macro_rules! impl_sql_backend {
                 };
                 Ok(tx)
             }
+            async fn begin_deferred(&mut self) -> Result<sqlx::Transaction<'_, $db>, Error> {
+                let conn: &mut $conn = self;
+                Ok(Connection::begin(conn).await?)
+            }
         }
     };
 }
@@ -337,6 +341,12 @@ pub trait TxStore: Send {
     fn begin(
         &mut self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
+    /// Opens a deferred transaction (or savepoint): plain `BEGIN` on every backend, so on
+    /// SQLite concurrent readers may proceed until one of them writes (`select_before_insert`).
+    /// Errors: [`Error::Backend`].
+    fn begin_deferred(
+        &mut self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
 }
 
 impl<DB: SqlBackend> TxStore for &Pool<DB> {
@@ -347,6 +357,9 @@ impl<DB: SqlBackend> TxStore for &Pool<DB> {
             None => Pool::begin(self).await?,
         };
         Ok(tx)
+    }
+    async fn begin_deferred(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
+        Ok(Pool::begin(self).await?)
     }
 }
 

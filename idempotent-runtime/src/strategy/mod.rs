@@ -4,6 +4,18 @@
 use std::time::Duration;
 
 pub mod dedup_table;
+#[cfg(feature = "sqlx")]
+pub(crate) mod guarded;
+#[cfg(feature = "sqlx")]
+pub mod optimistic;
+#[cfg(feature = "sqlx")]
+pub mod pessimistic;
+#[cfg(feature = "sqlx")]
+pub mod select_before_insert;
+#[cfg(feature = "sqlx")]
+pub mod state_machine;
+#[cfg(feature = "sqlx")]
+pub mod unique_index;
 
 /// What a concurrent duplicate gets while another caller's claim on the same key is in progress
 /// (`on_busy = "reject"` or `on_busy = "wait(5s)"`).

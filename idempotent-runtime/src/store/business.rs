@@ -1,0 +1,209 @@
+//! Business-table access for the SQL strategies that guard the application's own rows
+//! (`select_before_insert`, `pessimistic`, `optimistic`, `unique_index`, `state_machine`).
+//!
+//! SQL text is assembled only from [`SqlIdent`]s — identifiers checked when the program is
+//! compiled (the macro emits them in `const` blocks, so a bad one is a compile error) — and each
+//! backend's placeholders. Every user value (key parts, versions, states) is a bound parameter.
+
+use std::future::Future;
+
+use sqlx::encode::Encode;
+use sqlx::types::Type;
+use sqlx::{Database, Row};
+
+use super::sql::SqlBackend;
+
+/// A query with its arguments, as the business-table helpers pass it around.
+pub type Query<DB> = sqlx::query::Query<'static, DB, <DB as Database>::Arguments>;
+
+/// A SQL identifier (table, column, constraint): `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes.
+///
+/// Built with [`SqlIdent::new`] in a `const` context, so a name that is not a plain identifier
+/// fails compilation; it is then safe to splice into SQL unquoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlIdent(&'static str);
+
+impl SqlIdent {
+    /// Checks `name` and wraps it. Panics (a compile error in `const` context) when `name` is not
+    /// a plain SQL identifier.
+    pub const fn new(name: &'static str) -> SqlIdent {
+        let b = name.as_bytes();
+        assert!(
+            !b.is_empty() && b.len() <= 63,
+            "SQL identifier must be 1 to 63 bytes"
+        );
+        assert!(
+            b[0].is_ascii_alphabetic() || b[0] == b'_',
+            "SQL identifier must start with a letter or `_`"
+        );
+        let mut i = 1;
+        while i < b.len() {
+            assert!(
+                b[i].is_ascii_alphanumeric() || b[i] == b'_',
+                "SQL identifier takes letters, digits and `_` only"
+            );
+            i += 1;
+        }
+        SqlIdent(name)
+    }
+
+    /// The identifier's text.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+/// The business table a strategy guards and the key column(s) its idempotency key lives in
+/// (one column per key part, in the same order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// The table.
+    pub table: SqlIdent,
+    /// The key columns, one per key part.
+    pub columns: &'static [SqlIdent],
+}
+
+impl Target {
+    /// `c1 = p(first) AND c2 = p(first + 1) …` with the backend's placeholders.
+    pub(crate) fn key_predicate<DB: BusinessBackend>(&self, first: usize) -> String {
+        self.columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = {}", c.as_str(), DB::placeholder(first + i)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// `SELECT 1 FROM table WHERE <key> <suffix>`.
+    pub(crate) fn exists_sql<DB: BusinessBackend>(&self, suffix: &str) -> String {
+        format!(
+            "SELECT 1 FROM {} WHERE {}{}",
+            self.table.as_str(),
+            self.key_predicate::<DB>(1),
+            suffix
+        )
+    }
+}
+
+/// The values of an idempotency key's parts, bound in order to [`Target::columns`].
+///
+/// Implemented for tuples of one to four values, each `Encode + Type` for the database
+/// (strings, integers, uuids, … and references to them).
+pub trait KeyValues<DB: Database>: Send + Sync {
+    /// How many parts.
+    const COUNT: usize;
+    /// Binds every part to `q`, in order.
+    fn bind_to(&self, q: Query<DB>) -> Query<DB>;
+}
+
+macro_rules! key_values {
+    ($n:literal; $($t:ident . $i:tt),+) => {
+        impl<DB: Database, $($t),+> KeyValues<DB> for ($($t,)+)
+        where
+            $($t: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync,)+
+        {
+            const COUNT: usize = $n;
+            fn bind_to(&self, q: Query<DB>) -> Query<DB> {
+                q $(.bind(&self.$i))+
+            }
+        }
+    };
+}
+key_values!(1; A.0);
+key_values!(2; A.0, B.1);
+key_values!(3; A.0, B.1, C.2);
+key_values!(4; A.0, B.1, C.2, D.3);
+
+/// What the business-table strategies need from a database beyond [`SqlBackend`]: its
+/// placeholders, its row-lock clauses and three ways to run a statement on a connection.
+///
+/// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite`. Errors are sqlx's.
+pub trait BusinessBackend: SqlBackend {
+    /// The `i`-th (1-based) bind placeholder: `$i` (PostgreSQL), `?` (MySQL), `?i` (SQLite).
+    fn placeholder(i: usize) -> String;
+    /// Appended to a SELECT to lock the rows it reads for update: `" FOR UPDATE"`; empty on
+    /// SQLite, whose `BEGIN IMMEDIATE` already holds the database's write lock.
+    const LOCK_FOR_UPDATE: &'static str;
+    /// Appended to a SELECT that must read the latest committed row rather than the
+    /// transaction's snapshot: `" LOCK IN SHARE MODE"` on MySQL/MariaDB (REPEATABLE READ),
+    /// empty elsewhere.
+    const READ_LATEST: &'static str;
+    /// Binds a text value (a state of `state_machine`) to `q`.
+    fn bind_text(q: Query<Self>, value: &'static str) -> Query<Self>;
+    /// Runs `q`, returning the affected rows (MySQL: matched rows).
+    fn execute(
+        conn: &mut Self::Connection,
+        q: Query<Self>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    /// Runs `q`, returning whether it produced a row.
+    fn fetch_exists(
+        conn: &mut Self::Connection,
+        q: Query<Self>,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+    /// Runs `q`, returning the first row's first column as text (`None`: no row).
+    fn fetch_text(
+        conn: &mut Self::Connection,
+        q: Query<Self>,
+    ) -> impl Future<Output = Result<Option<Option<String>>, sqlx::Error>> + Send;
+}
+
+macro_rules! business_backend {
+    ($feature:literal, $db:ty, $conn:ty, lock = $lock:literal, latest = $latest:literal, $ph:expr) => {
+        #[cfg(feature = $feature)]
+        impl BusinessBackend for $db {
+            fn placeholder(i: usize) -> String {
+                ($ph)(i)
+            }
+            const LOCK_FOR_UPDATE: &'static str = $lock;
+            const READ_LATEST: &'static str = $latest;
+            fn bind_text(q: Query<Self>, value: &'static str) -> Query<Self> {
+                q.bind(value)
+            }
+            async fn execute(conn: &mut $conn, q: Query<Self>) -> Result<u64, sqlx::Error> {
+                Ok(q.execute(&mut *conn).await?.rows_affected())
+            }
+            async fn fetch_exists(conn: &mut $conn, q: Query<Self>) -> Result<bool, sqlx::Error> {
+                Ok(q.fetch_optional(&mut *conn).await?.is_some())
+            }
+            async fn fetch_text(
+                conn: &mut $conn,
+                q: Query<Self>,
+            ) -> Result<Option<Option<String>>, sqlx::Error> {
+                match q.fetch_optional(&mut *conn).await? {
+                    Some(row) => Ok(Some(row.try_get::<Option<String>, _>(0)?)),
+                    None => Ok(None),
+                }
+            }
+        }
+    };
+}
+
+business_backend!(
+    "postgres",
+    sqlx::Postgres,
+    sqlx::PgConnection,
+    lock = " FOR UPDATE",
+    latest = "",
+    |i: usize| format!("${i}")
+);
+business_backend!(
+    "mysql",
+    sqlx::MySql,
+    sqlx::MySqlConnection,
+    lock = " FOR UPDATE",
+    latest = " LOCK IN SHARE MODE",
+    |_: usize| "?".to_owned()
+);
+business_backend!(
+    "sqlite",
+    sqlx::Sqlite,
+    sqlx::SqliteConnection,
+    lock = "",
+    latest = "",
+    |i: usize| format!("?{i}")
+);
+
+/// A statement built from checked identifiers, ready to bind.
+pub(crate) fn query<DB: Database>(sql: &str) -> Query<DB> {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+}

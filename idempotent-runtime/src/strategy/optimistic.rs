@@ -1,0 +1,99 @@
+//! `strategy = "optimistic"`: optimistic concurrency control on a version column.
+//!
+//! In one transaction: `UPDATE table SET version = version + 1 WHERE key = ? AND version = ?`
+//! with the version the caller read; one row → the body runs on the same connection (`#[tx]`)
+//! and everything commits together; no row → the caller's version is stale, a duplicate
+//! ([`Error::Duplicate`], or `on_duplicate`). The update always bumps the version, so a call
+//! whose new values equal the current ones still applies, and MySQL/MariaDB (which report
+//! *matched* rows through sqlx) give the same answers. A body error rolls back, restoring the
+//! version. Protocol: optimistic offline lock (Fowler, *PoEAA*); HTTP `If-Match` preconditions
+//! (RFC 9110 §13.1.1).
+
+use std::error::Error as StdError;
+
+use sqlx::Database;
+use sqlx::encode::Encode;
+use sqlx::types::Type;
+
+use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::error::{Disposition, record};
+use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
+use crate::store::sql::TxStore;
+use crate::Error;
+
+/// The version column's name: every table guarded by `optimistic` has an integer `version`.
+pub const VERSION_COLUMN: SqlIdent = SqlIdent::new("version");
+
+/// Bumps the version of the row whose key columns equal `key` if it still is
+/// `expected_version`, then runs `body` in the same transaction and commits.
+///
+/// Returns the body's result; for a stale version, `on_duplicate()`'s (the macro passes one
+/// returning [`Error::Duplicate`] unless `on_duplicate` is given). A missing row is stale too.
+/// Deadlocks and serialization failures — in the UPDATE, the body or the commit — roll back and
+/// run the whole transaction again, body included (hence `AsyncFnMut`), at most
+/// [`MAX_ATTEMPTS`](super::guarded) times, then [`Error::Contention`]. Other errors:
+/// the body's own, or [`Error::Backend`].
+pub async fn run<S, K, V, T, E, F, D>(
+    mut store: S,
+    target: Target,
+    key: K,
+    expected_version: V,
+    mut body: F,
+    on_duplicate: D,
+) -> Result<T, E>
+where
+    S: TxStore,
+    S::Database: BusinessBackend,
+    K: KeyValues<S::Database>,
+    V: for<'t> Encode<'t, S::Database> + Type<S::Database> + Send + Sync,
+    E: From<Error> + StdError + 'static,
+    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    D: AsyncFnOnce() -> Result<T, E>,
+{
+    let sql = format!(
+        "UPDATE {table} SET {v} = {v} + 1 WHERE {key} AND {v} = {p}",
+        table = target.table.as_str(),
+        v = VERSION_COLUMN.as_str(),
+        key = target.key_predicate::<S::Database>(1),
+        p = <S::Database as BusinessBackend>::placeholder(K::COUNT + 1),
+    );
+    let mut retry = Retry::new();
+    loop {
+        let mut tx = match store.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                retry.on_error(e).await?;
+                continue;
+            }
+        };
+        let q = key.bind_to(query(&sql)).bind(&expected_version);
+        let bumped = match <S::Database as BusinessBackend>::execute(&mut *tx, q).await {
+            Ok(n) => n,
+            Err(e) => {
+                drop(tx);
+                retry.on_sqlx(e).await?;
+                continue;
+            }
+        };
+        if bumped == 0 {
+            let _ = tx.rollback().await;
+            return on_duplicate().await;
+        }
+        match body(&mut *tx).await {
+            Ok(value) => match tx.commit().await {
+                Ok(()) => {
+                    record(Disposition::Executed);
+                    return Ok(value);
+                }
+                Err(e) => retry.on_sqlx(e).await?,
+            },
+            Err(e) => {
+                let _ = tx.rollback().await;
+                match body_failure(&e) {
+                    BodyFailure::Retryable(last) => retry.again(&last).await?,
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `strategy = "pessimistic"`: lock the key's row, let the body re-check under the lock.
+//!
+//! `BEGIN; SELECT 1 FROM table WHERE key = ? FOR UPDATE` (SQLite: `BEGIN IMMEDIATE`, the
+//! database's write lock), then the body runs on that same connection (`#[tx]`) holding the
+//! lock — it never needs a second pooled connection — re-checks its precondition (has this
+//! payment been applied?) and either applies the effect or returns `Error::Duplicate` itself.
+//! Commit on success, rollback on error. Concurrent calls wait for the lock, then re-check.
+//!
+//! Locking a row that does not exist yet locks a gap on InnoDB: two callers can both hold the
+//! gap and deadlock when they insert, and on PostgreSQL nothing is locked, so the second insert
+//! hits the unique index. Both are handled by running the whole transaction again (body
+//! included, hence `AsyncFnMut`): the rerun finds the committed row, locks it, and the body's
+//! re-check answers. Deadlocks and serialization failures rerun at most
+//! [`MAX_ATTEMPTS`](super::guarded) times, a unique violation at most twice; then the error
+//! surfaces ([`Error::Contention`], or the body's own).
+
+use std::error::Error as StdError;
+
+use sqlx::Database;
+
+use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::error::{Disposition, record};
+use crate::store::business::{BusinessBackend, KeyValues, Target, query};
+use crate::store::sql::TxStore;
+use crate::Error;
+
+/// Reruns allowed after the body hit a unique violation.
+const UNIQUE_RERUNS: u32 = 2;
+
+/// Locks the row(s) of `target` with key `key` and runs `body` holding the lock, in one
+/// transaction on one connection.
+///
+/// Returns what the body decides (its `Error::Duplicate` included). Errors:
+/// [`Error::Contention`] after repeated deadlocks or serialization failures; the body's own;
+/// [`Error::Backend`].
+pub async fn run<S, K, T, E, F>(mut store: S, target: Target, key: K, mut body: F) -> Result<T, E>
+where
+    S: TxStore,
+    S::Database: BusinessBackend,
+    K: KeyValues<S::Database>,
+    E: From<Error> + StdError + 'static,
+    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+{
+    let lock = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::LOCK_FOR_UPDATE);
+    let mut retry = Retry::new();
+    let mut unique_reruns = 0;
+    loop {
+        let mut tx = match store.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                retry.on_error(e).await?;
+                continue;
+            }
+        };
+        if let Err(e) =
+            <S::Database as BusinessBackend>::fetch_exists(&mut *tx, key.bind_to(query(&lock)))
+                .await
+        {
+            drop(tx);
+            retry.on_sqlx(e).await?;
+            continue;
+        }
+        match body(&mut *tx).await {
+            Ok(value) => match tx.commit().await {
+                Ok(()) => {
+                    record(Disposition::Executed);
+                    return Ok(value);
+                }
+                Err(e) => retry.on_sqlx(e).await?,
+            },
+            Err(e) => {
+                let _ = tx.rollback().await;
+                match body_failure(&e) {
+                    BodyFailure::Retryable(last) => retry.again(&last).await?,
+                    BodyFailure::Unique(_) if unique_reruns < UNIQUE_RERUNS => {
+                        unique_reruns += 1;
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+}

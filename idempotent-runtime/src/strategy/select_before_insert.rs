@@ -1,0 +1,104 @@
+//! `strategy = "select_before_insert"`: look for the key's row, insert only when absent.
+//!
+//! In one transaction: `SELECT 1 FROM table WHERE key = ?`; a row → duplicate
+//! ([`Error::Duplicate`], or `on_duplicate` — the "update instead of insert" path); no row →
+//! the body (the insert) runs on the same connection (`#[tx]`) and commits.
+//!
+//! The SELECT alone cannot stop two concurrent first calls: both see no row. **The key column
+//! needs a unique index**; the loser's insert then fails (a unique violation after the winner
+//! commits; on SQLite, whose deferred transactions let both read, a busy-snapshot error), the
+//! transaction rolls back, the key is looked up again as the latest committed data, and the
+//! loser gets a duplicate too — never the raw database error.
+
+use std::error::Error as StdError;
+
+use sqlx::Database;
+
+use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::error::{Disposition, record};
+use crate::store::business::{BusinessBackend, KeyValues, Target, query};
+use crate::store::sql::TxStore;
+use crate::Error;
+
+/// Runs `body` when no row of `target` has key `key`, in one transaction with the check.
+///
+/// Returns the body's result, or `on_duplicate()`'s when the row exists (the macro passes one
+/// returning [`Error::Duplicate`]). A body failing with a unique violation or a serialization
+/// failure is a duplicate when the key's row now exists; otherwise serialization failures rerun
+/// the whole transaction (body included) up to the bound, then [`Error::Contention`]. Other
+/// errors: the body's own, [`Error::Backend`].
+pub async fn run<S, K, T, E, F, D>(
+    mut store: S,
+    target: Target,
+    key: K,
+    mut body: F,
+    on_duplicate: D,
+) -> Result<T, E>
+where
+    S: TxStore,
+    S::Database: BusinessBackend,
+    K: KeyValues<S::Database>,
+    E: From<Error> + StdError + 'static,
+    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    D: AsyncFnOnce() -> Result<T, E>,
+{
+    let check = target.exists_sql::<S::Database>("");
+    let recheck = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST);
+    let mut retry = Retry::new();
+    loop {
+        let mut tx = match store.begin_deferred().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                retry.on_error(e).await?;
+                continue;
+            }
+        };
+        let found =
+            <S::Database as BusinessBackend>::fetch_exists(&mut *tx, key.bind_to(query(&check)))
+                .await;
+        match found {
+            Ok(true) => {
+                let _ = tx.rollback().await;
+                return on_duplicate().await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                drop(tx);
+                retry.on_sqlx(e).await?;
+                continue;
+            }
+        }
+        let failure = match body(&mut *tx).await {
+            Ok(value) => match tx.commit().await {
+                Ok(()) => {
+                    record(Disposition::Executed);
+                    return Ok(value);
+                }
+                Err(e) => {
+                    retry.on_sqlx(e).await?;
+                    continue;
+                }
+            },
+            Err(e) => {
+                let _ = tx.rollback().await;
+                e
+            }
+        };
+        let retryable = match body_failure(&failure) {
+            BodyFailure::Other => return Err(failure),
+            BodyFailure::Unique(_) => None,
+            BodyFailure::Retryable(last) => Some(last),
+        };
+        let mut tx = store.begin_deferred().await?;
+        let found =
+            <S::Database as BusinessBackend>::fetch_exists(&mut *tx, key.bind_to(query(&recheck)))
+                .await;
+        let _ = tx.rollback().await;
+        match (found, retryable) {
+            (Ok(true), _) => return on_duplicate().await,
+            (Ok(false), Some(last)) => retry.again(&last).await?,
+            (Ok(false), None) => return Err(failure),
+            (Err(e), _) => return Err(Error::from(e).into()),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! `strategy = "unique_index"`: the business table's unique index is the claim.
+//!
+//! The body runs in a transaction (a SAVEPOINT when the store is a connection already inside the
+//! caller's transaction, which therefore stays usable on PostgreSQL) and inserts the row keyed
+//! by the idempotency key. If its insert violates the unique index *on the key* the transaction
+//! rolls back and the call is a duplicate ([`Error::Duplicate`], or `on_duplicate`). A
+//! violation counts only when sqlx's error kind is `UniqueViolation` and
+//! - the constraint the backend names (PostgreSQL does; MySQL and SQLite do not) is the
+//!   configured `constraint`, and
+//! - when `table` is configured, a row with the key now exists (read after the rollback, as the
+//!   latest committed data).
+//!
+//! So a NOT NULL, foreign-key or CHECK violation, or a violation of another unique index with
+//! a fresh key, stays the body's error. Message text is never inspected.
+
+use std::error::Error as StdError;
+
+use sqlx::Database;
+
+use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::error::{Disposition, record};
+use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
+use crate::store::sql::TxStore;
+use crate::Error;
+
+/// Which unique violation means "duplicate".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// The unique index / constraint on the key, compared where the backend reports
+    /// constraint names (PostgreSQL).
+    pub constraint: Option<SqlIdent>,
+    /// The business table and key column(s): after a violation, the key's row must exist.
+    pub target: Option<Target>,
+}
+
+/// Runs `body` in a transaction and commits; a unique violation on the key is a duplicate.
+///
+/// Returns the body's result, or `on_duplicate()`'s (the macro passes one returning
+/// [`Error::Duplicate`]). Deadlocks and serialization failures rerun the whole transaction,
+/// body included, then give up with [`Error::Contention`]. Other errors: the body's own
+/// (including unique violations that are not on the key), [`Error::Backend`].
+pub async fn run<S, K, T, E, F, D>(
+    mut store: S,
+    options: Options,
+    key: K,
+    mut body: F,
+    on_duplicate: D,
+) -> Result<T, E>
+where
+    S: TxStore,
+    S::Database: BusinessBackend,
+    K: KeyValues<S::Database>,
+    E: From<Error> + StdError + 'static,
+    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    D: AsyncFnOnce() -> Result<T, E>,
+{
+    let exists = options.target.map(|t| {
+        t.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST)
+    });
+    let mut retry = Retry::new();
+    loop {
+        let mut tx = match store.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                retry.on_error(e).await?;
+                continue;
+            }
+        };
+        let failure = match body(&mut *tx).await {
+            Ok(value) => match tx.commit().await {
+                Ok(()) => {
+                    record(Disposition::Executed);
+                    return Ok(value);
+                }
+                Err(e) => {
+                    retry.on_sqlx(e).await?;
+                    continue;
+                }
+            },
+            Err(e) => {
+                let _ = tx.rollback().await;
+                e
+            }
+        };
+        match body_failure(&failure) {
+            BodyFailure::Retryable(last) => retry.again(&last).await?,
+            BodyFailure::Unique(reported) => {
+                let same_constraint = match (reported.as_deref(), options.constraint) {
+                    (Some(reported), Some(ours)) => reported == ours.as_str(),
+                    _ => true,
+                };
+                if !same_constraint {
+                    return Err(failure);
+                }
+                let Some(sql) = &exists else {
+                    return on_duplicate().await;
+                };
+                let mut tx = store.begin_deferred().await?;
+                let found = <S::Database as BusinessBackend>::fetch_exists(
+                    &mut *tx,
+                    key.bind_to(query(sql)),
+                )
+                .await;
+                let _ = tx.rollback().await;
+                return match found {
+                    Ok(true) => on_duplicate().await,
+                    Ok(false) => Err(failure),
+                    Err(e) => Err(Error::from(e).into()),
+                };
+            }
+            BodyFailure::Other => return Err(failure),
+        }
+    }
+}
