@@ -151,35 +151,280 @@ fn not_implemented(config: &Config) -> syn::Error {
     syn::Error::new(
         config.strategy_span,
         format!(
-            "strategy `{}` is not implemented yet (coming in a later release); available now: dedup_table",
+            "strategy `{}` is not implemented yet (coming in a later release); available now: dedup_table, select_before_insert, pessimistic, optimistic, unique_index, state_machine",
             config.strategy.as_str()
         ),
     )
 }
 
-/// `select_before_insert`: not implemented yet.
-fn expand_select_before_insert(config: &Config, _func: &ItemFn) -> syn::Result<TokenStream> {
-    Err(not_implemented(config))
+/// `select_before_insert`: `SELECT 1` on the key's row, the body (the insert) only when absent,
+/// in one transaction (`#[tx]`); the key's unique index catches the race.
+fn expand_select_before_insert(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
+    let rt = &config.runtime;
+    let parts = BusinessParts::new(config, func)?;
+    let target = parts.target(config)?;
+    let (store, key, body, on_duplicate) = (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
+    Ok(wrapper(
+        func,
+        config,
+        quote! {
+            #rt::__private::select_before_insert::run(#store, #target, #key, #body, #on_duplicate).await
+        },
+    ))
 }
 
-/// `pessimistic`: not implemented yet.
-fn expand_pessimistic(config: &Config, _func: &ItemFn) -> syn::Result<TokenStream> {
-    Err(not_implemented(config))
+/// `pessimistic`: `SELECT … FOR UPDATE` on the key's row (SQLite: `BEGIN IMMEDIATE`), the body
+/// runs holding the lock on the same connection (`#[tx]`) and decides.
+fn expand_pessimistic(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
+    let rt = &config.runtime;
+    let parts = BusinessParts::new(config, func)?;
+    let target = parts.target(config)?;
+    let (store, key, body) = (&parts.store, &parts.key, &parts.body);
+    Ok(wrapper(
+        func,
+        config,
+        quote! {
+            #rt::__private::pessimistic::run(#store, #target, #key, #body).await
+        },
+    ))
 }
 
-/// `optimistic`: not implemented yet.
-fn expand_optimistic(config: &Config, _func: &ItemFn) -> syn::Result<TokenStream> {
-    Err(not_implemented(config))
+/// `optimistic`: `UPDATE … SET version = version + 1 WHERE key AND version = expected` in the
+/// body's transaction (`#[tx]`); no row → duplicate.
+fn expand_optimistic(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
+    let rt = &config.runtime;
+    let parts = BusinessParts::new(config, func)?;
+    let target = parts.target(config)?;
+    let version = match &config.version {
+        Some(version) => {
+            let (span, expr) = (version.span, &version.tokens);
+            quote_spanned!(span=> &(#expr))
+        }
+        None => return Err(syn::Error::new(config.strategy_span, "strategy `optimistic` needs `version`")),
+    };
+    let (store, key, body, on_duplicate) = (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
+    Ok(wrapper(
+        func,
+        config,
+        quote! {
+            #rt::__private::optimistic::run(#store, #target, #key, #version, #body, #on_duplicate).await
+        },
+    ))
 }
 
-/// `unique_index`: not implemented yet.
-fn expand_unique_index(config: &Config, _func: &ItemFn) -> syn::Result<TokenStream> {
-    Err(not_implemented(config))
+/// `unique_index`: the body inserts in a transaction (`#[tx]`); a unique violation on the key's
+/// index (by error kind, constraint name where reported, and the key's row existing) is a
+/// duplicate.
+fn expand_unique_index(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
+    let rt = &config.runtime;
+    let parts = BusinessParts::new(config, func)?;
+    if config.constraint.is_none() && config.table.is_none() {
+        return Err(syn::Error::new(
+            config.strategy_span,
+            "strategy `unique_index` needs `constraint` (the unique index on the key, e.g. constraint = \"orders_code_key\") or `table` (to confirm the key's row exists), or both: otherwise any unique violation would count as a duplicate",
+        ));
+    }
+    let constraint = match &config.constraint {
+        Some(c) => {
+            let ident = sql_ident(config, c);
+            quote!(::core::option::Option::Some(#ident))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let target = match &config.table {
+        Some(_) => {
+            let target = parts.target(config)?;
+            quote!(::core::option::Option::Some(#target))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let (store, key, body, on_duplicate) = (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
+    Ok(wrapper(
+        func,
+        config,
+        quote! {
+            #rt::__private::unique_index::run(
+                #store,
+                #rt::__private::unique_index::Options { constraint: #constraint, target: #target },
+                #key,
+                #body,
+                #on_duplicate,
+            )
+            .await
+        },
+    ))
 }
 
-/// `state_machine`: not implemented yet.
-fn expand_state_machine(config: &Config, _func: &ItemFn) -> syn::Result<TokenStream> {
-    Err(not_implemented(config))
+/// `state_machine`: `UPDATE … SET status = to WHERE key AND status = from` in the body's
+/// transaction (`#[tx]`); no row → duplicate, conflict or not found by the row's state.
+fn expand_state_machine(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
+    let rt = &config.runtime;
+    let parts = BusinessParts::new(config, func)?;
+    let target = parts.target(config)?;
+    let (Some(status), Some(from), Some(to)) = (&config.status_column, &config.from, &config.to)
+    else {
+        return Err(syn::Error::new(
+            config.strategy_span,
+            "strategy `state_machine` needs `status_column`, `from` and `to`",
+        ));
+    };
+    let status = sql_ident(config, status);
+    let (store, key, body, on_duplicate) = (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
+    Ok(wrapper(
+        func,
+        config,
+        quote! {
+            #rt::__private::state_machine::run(
+                #store,
+                #rt::__private::state_machine::Transition {
+                    target: #target,
+                    status_column: #status,
+                    from: #from,
+                    to: #to,
+                },
+                #key,
+                #body,
+                #on_duplicate,
+            )
+            .await
+        },
+    ))
+}
+
+/// The pieces every business-table expansion passes to its runtime entry point.
+struct BusinessParts {
+    /// The store argument (`&*pool`, `&mut *conn`, …).
+    store: TokenStream,
+    /// The key parts as a tuple of references: `(&(order.code),)`.
+    key: TokenStream,
+    /// Number of key parts.
+    key_len: usize,
+    /// `async |tx: &mut Conn| -> Result<..> { BODY }`.
+    body: TokenStream,
+    /// `async || path(args).await`, or one returning `Error::Duplicate`.
+    on_duplicate: TokenStream,
+}
+
+impl BusinessParts {
+    /// Builds the shared pieces; the strategy must have a `#[tx]` parameter.
+    fn new(config: &Config, func: &ItemFn) -> syn::Result<BusinessParts> {
+        let rt = &config.runtime;
+        let Some(tx) = &config.tx else {
+            return Err(syn::Error::new(
+                config.strategy_span,
+                format!(
+                    "strategy `{}` runs the body inside its own transaction: add a parameter `#[tx] tx: &mut PgConnection` (or `MySqlConnection`, `SqliteConnection`) and write through it",
+                    config.strategy.as_str()
+                ),
+            ));
+        };
+        let parts = config.key.iter().map(|part| {
+            let (span, expr) = (part.span, &part.tokens);
+            quote_spanned!(span=> &(#expr),)
+        });
+        let key = quote!((#(#parts)*));
+        let param = closure_param(tx);
+        let output = &func.sig.output;
+        let block = &func.block;
+        let body = quote!(async |#param| #output #block);
+        let on_duplicate = match &config.on_duplicate {
+            Some(path) => {
+                let mut args = Vec::new();
+                for (index, arg) in func.sig.inputs.iter().enumerate() {
+                    if index == tx.index {
+                        continue;
+                    }
+                    match arg {
+                        FnArg::Receiver(_) => args.push(quote!(self)),
+                        FnArg::Typed(typed) => match &*typed.pat {
+                            Pat::Ident(pat) if pat.subpat.is_none() => {
+                                let ident = &pat.ident;
+                                args.push(quote!(#ident));
+                            }
+                            other => {
+                                return Err(syn::Error::new_spanned(
+                                    other,
+                                    "`on_duplicate` passes every argument on by name: give this parameter a plain name (`name: Type`)",
+                                ));
+                            }
+                        },
+                    }
+                }
+                quote_spanned!(path.span()=> async || #path(#(#args),*).await)
+            }
+            None => quote! {
+                async || ::core::result::Result::Err(#rt::__private::into_error(
+                    #rt::__private::Error::Duplicate,
+                ))
+            },
+        };
+        Ok(BusinessParts {
+            store: store_argument(&config.store),
+            key,
+            key_len: config.key.len(),
+            body,
+            on_duplicate,
+        })
+    }
+
+    /// `Target { table, columns }`: `column`, or each key part's last field.
+    fn target(&self, config: &Config) -> syn::Result<TokenStream> {
+        let rt = &config.runtime;
+        let Some(table) = &config.table else {
+            return Err(syn::Error::new(
+                config.strategy_span,
+                format!("strategy `{}` needs `table`", config.strategy.as_str()),
+            ));
+        };
+        let columns: Vec<TokenStream> = match &config.column {
+            Some(column) if self.key_len == 1 => vec![sql_ident(config, column)],
+            Some(column) => {
+                return Err(syn::Error::new(
+                    column.span,
+                    format!(
+                        "`column` names one column but the key has {} parts; leave `column` out to use each part's last field as its column",
+                        self.key_len
+                    ),
+                ));
+            }
+            None => {
+                let mut columns = Vec::new();
+                for part in &config.key {
+                    let name = part.last_field.as_ref().map(|f| f.to_string());
+                    match name {
+                        Some(name) if validate::is_sql_ident(name.trim_start_matches("r#")) => {
+                            let lit = LitStr::new(name.trim_start_matches("r#"), part.span);
+                            columns.push(quote_spanned!(part.span=> #rt::__private::SqlIdent::new(#lit)));
+                        }
+                        _ => {
+                            return Err(syn::Error::new(
+                                part.span,
+                                format!(
+                                    "key part `{}` does not end in a field name to use as its column; add column = \"...\"",
+                                    part.text
+                                ),
+                            ));
+                        }
+                    }
+                }
+                columns
+            }
+        };
+        let table = sql_ident(config, table);
+        Ok(quote! {
+            #rt::__private::Target {
+                table: #table,
+                columns: const { &[#(#columns),*] },
+            }
+        })
+    }
+}
+
+/// `const { SqlIdent::new("name") }`: checked again when the program compiles.
+fn sql_ident(config: &Config, ident: &validate::SqlIdent) -> TokenStream {
+    let rt = &config.runtime;
+    let lit = LitStr::new(&ident.name, ident.span);
+    quote_spanned!(ident.span=> const { #rt::__private::SqlIdent::new(#lit) })
 }
 
 /// `distributed_lock`: not implemented yet.

@@ -506,26 +506,47 @@ fn store_must_resolve() {
 #[test]
 fn unimplemented_strategy_is_one_error() {
     let msg = one_err(
+        quote!(strategy = "token", key = "req.id"),
         quote!(
-            strategy = "optimistic",
-            key = "order.code",
-            table = "orders"
-        ),
-        quote!(
-            async fn place(
-                db: &PgPool,
-                order: &OrderRef,
-                amount: i64,
-                #[tx] tx: &mut PgConnection,
-            ) -> Result<(), E> {
+            async fn place(pool: &PgPool, req: &Req) -> Result<(), E> {
                 Ok(())
             }
         ),
     );
     assert_eq!(
         msg,
-        "strategy `optimistic` is not implemented yet (coming in a later release); available now: dedup_table"
+        "strategy `token` is not implemented yet (coming in a later release); available now: dedup_table, select_before_insert, pessimistic, optimistic, unique_index, state_machine"
     );
+}
+
+#[test]
+fn business_strategies_need_tx() {
+    let msg = one_err(
+        quote!(strategy = "optimistic", key = "order.code", table = "orders"),
+        quote!(
+            async fn place(db: &PgPool, order: &OrderRef, amount: i64) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert!(msg.starts_with("strategy `optimistic` runs the body inside its own transaction"), "{msg}");
+}
+
+#[test]
+fn optimistic_expands_to_its_entry_point() {
+    let out = ok(
+        quote!(strategy = "optimistic", key = "order.code", table = "orders"),
+        quote!(
+            async fn add(db: &PgPool, order: &OrderRef, amount: i64, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert!(out.contains("optimistic :: run"), "{out}");
+    assert!(out.contains("SqlIdent :: new (\"orders\")"), "{out}");
+    assert!(out.contains("SqlIdent :: new (\"code\")"), "{out}");
+    assert!(out.contains("& (order . version)"), "{out}");
+    assert!(out.contains("async fn add (db : & PgPool , order : & OrderRef , amount : i64)"), "{out}");
 }
 
 #[test]

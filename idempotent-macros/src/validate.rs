@@ -100,13 +100,12 @@ impl Strategy {
     pub(crate) fn accepts(self, option: OptionName) -> bool {
         use Strategy as S;
         match option {
-            OptionName::Strategy
-            | OptionName::Key
-            | OptionName::Store
-            | OptionName::Scope
-            | OptionName::Name
-            | OptionName::Fingerprint
-            | OptionName::Crate => true,
+            OptionName::Strategy | OptionName::Key | OptionName::Store | OptionName::Crate => true,
+            // The business-table strategies store no record: no operation name, scope or
+            // fingerprint takes part (the key is the row's key).
+            OptionName::Scope | OptionName::Name | OptionName::Fingerprint => {
+                !self.uses_business_table()
+            }
             OptionName::Lease | OptionName::Ttl => {
                 matches!(self, S::DedupTable | S::DistributedLock | S::Token)
             }
