@@ -326,7 +326,7 @@ impl BusinessParts {
         let param = closure_param(tx);
         let output = &func.sig.output;
         let block = &func.block;
-        let body = quote!(async |#param| #output #block);
+        let body = quote!(|| async |#param| #output #block);
         let on_duplicate = match &config.on_duplicate {
             Some(path) => {
                 let mut args = Vec::new();

@@ -78,12 +78,12 @@ impl Retry {
 
     /// Another run after `last` failed: waits a little, or gives up with
     /// [`Error::Contention`] once [`MAX_ATTEMPTS`] runs failed.
-    pub(crate) async fn again(&mut self, last: &dyn std::fmt::Display) -> Result<(), Error> {
+    pub(crate) async fn again(&mut self, last: String) -> Result<(), Error> {
         self.attempts += 1;
         if self.attempts >= MAX_ATTEMPTS {
             return Err(Error::Contention {
                 attempts: self.attempts,
-                last: last.to_string(),
+                last,
             });
         }
         tracing::debug!(attempt = self.attempts, error = %last, "retrying the transaction");
@@ -99,7 +99,7 @@ impl Retry {
             database_error(dyn_e).is_some_and(is_retryable)
         };
         if retryable {
-            self.again(&e).await
+            self.again(e.to_string()).await
         } else {
             Err(e)
         }

@@ -30,10 +30,10 @@ pub const VERSION_COLUMN: SqlIdent = SqlIdent::new("version");
 /// Returns the body's result; for a stale version, `on_duplicate()`'s (the macro passes one
 /// returning [`Error::Duplicate`] unless `on_duplicate` is given). A missing row is stale too.
 /// Deadlocks and serialization failures — in the UPDATE, the body or the commit — roll back and
-/// run the whole transaction again, body included (hence `AsyncFnMut`), at most
+/// run the whole transaction again, body included (`body` makes a fresh body closure for every run), at most
 /// [`MAX_ATTEMPTS`](super::guarded) times, then [`Error::Contention`]. Other errors:
 /// the body's own, or [`Error::Backend`].
-pub async fn run<S, K, V, T, E, F, D>(
+pub async fn run<S, K, V, T, E, F, B, D>(
     mut store: S,
     target: Target,
     key: K,
@@ -47,7 +47,8 @@ where
     K: KeyValues<S::Database>,
     V: for<'t> Encode<'t, S::Database> + Type<S::Database> + Send + Sync,
     E: From<Error> + StdError + 'static,
-    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    F: FnMut() -> B,
+    B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
     D: AsyncFnOnce() -> Result<T, E>,
 {
     let sql = format!(
@@ -79,7 +80,7 @@ where
             let _ = tx.rollback().await;
             return on_duplicate().await;
         }
-        match body(&mut *tx).await {
+        match body()(&mut *tx).await {
             Ok(value) => match tx.commit().await {
                 Ok(()) => {
                     record(Disposition::Executed);
@@ -90,7 +91,7 @@ where
             Err(e) => {
                 let _ = tx.rollback().await;
                 match body_failure(&e) {
-                    BodyFailure::Retryable(last) => retry.again(&last).await?,
+                    BodyFailure::Retryable(last) => retry.again(last).await?,
                     _ => return Err(e),
                 }
             }

@@ -9,7 +9,7 @@
 //! Locking a row that does not exist yet locks a gap on InnoDB: two callers can both hold the
 //! gap and deadlock when they insert, and on PostgreSQL nothing is locked, so the second insert
 //! hits the unique index. Both are handled by running the whole transaction again (body
-//! included, hence `AsyncFnMut`): the rerun finds the committed row, locks it, and the body's
+//! included: `body` makes a fresh body closure for every run): the rerun finds the committed row, locks it, and the body's
 //! re-check answers. Deadlocks and serialization failures rerun at most
 //! [`MAX_ATTEMPTS`](super::guarded) times, a unique violation at most twice; then the error
 //! surfaces ([`Error::Contention`], or the body's own).
@@ -33,13 +33,14 @@ const UNIQUE_RERUNS: u32 = 2;
 /// Returns what the body decides (its `Error::Duplicate` included). Errors:
 /// [`Error::Contention`] after repeated deadlocks or serialization failures; the body's own;
 /// [`Error::Backend`].
-pub async fn run<S, K, T, E, F>(mut store: S, target: Target, key: K, mut body: F) -> Result<T, E>
+pub async fn run<S, K, T, E, F, B>(mut store: S, target: Target, key: K, mut body: F) -> Result<T, E>
 where
     S: TxStore,
     S::Database: BusinessBackend,
     K: KeyValues<S::Database>,
     E: From<Error> + StdError + 'static,
-    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    F: FnMut() -> B,
+    B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
 {
     let lock = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::LOCK_FOR_UPDATE);
     let mut retry = Retry::new();
@@ -60,7 +61,7 @@ where
             retry.on_sqlx(e).await?;
             continue;
         }
-        match body(&mut *tx).await {
+        match body()(&mut *tx).await {
             Ok(value) => match tx.commit().await {
                 Ok(()) => {
                     record(Disposition::Executed);
@@ -71,7 +72,7 @@ where
             Err(e) => {
                 let _ = tx.rollback().await;
                 match body_failure(&e) {
-                    BodyFailure::Retryable(last) => retry.again(&last).await?,
+                    BodyFailure::Retryable(last) => retry.again(last).await?,
                     BodyFailure::Unique(_) if unique_reruns < UNIQUE_RERUNS => {
                         unique_reruns += 1;
                     }

@@ -27,7 +27,7 @@ use crate::Error;
 /// failure is a duplicate when the key's row now exists; otherwise serialization failures rerun
 /// the whole transaction (body included) up to the bound, then [`Error::Contention`]. Other
 /// errors: the body's own, [`Error::Backend`].
-pub async fn run<S, K, T, E, F, D>(
+pub async fn run<S, K, T, E, F, B, D>(
     mut store: S,
     target: Target,
     key: K,
@@ -39,7 +39,8 @@ where
     S::Database: BusinessBackend,
     K: KeyValues<S::Database>,
     E: From<Error> + StdError + 'static,
-    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    F: FnMut() -> B,
+    B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
     D: AsyncFnOnce() -> Result<T, E>,
 {
     let check = target.exists_sql::<S::Database>("");
@@ -68,7 +69,7 @@ where
                 continue;
             }
         }
-        let failure = match body(&mut *tx).await {
+        let failure = match body()(&mut *tx).await {
             Ok(value) => match tx.commit().await {
                 Ok(()) => {
                     record(Disposition::Executed);
@@ -96,7 +97,7 @@ where
         let _ = tx.rollback().await;
         match (found, retryable) {
             (Ok(true), _) => return on_duplicate().await,
-            (Ok(false), Some(last)) => retry.again(&last).await?,
+            (Ok(false), Some(last)) => retry.again(last).await?,
             (Ok(false), None) => return Err(failure),
             (Err(e), _) => return Err(Error::from(e).into()),
         }

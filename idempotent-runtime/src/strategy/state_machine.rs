@@ -38,7 +38,7 @@ pub struct Transition {
 /// [`Error::NotFound`] when there is no row; [`Error::Contention`] after repeated deadlocks or
 /// serialization failures (each reruns the whole transaction, body included); the body's own
 /// errors; [`Error::Backend`].
-pub async fn run<S, K, T, E, F, D>(
+pub async fn run<S, K, T, E, F, B, D>(
     mut store: S,
     transition: Transition,
     key: K,
@@ -50,7 +50,8 @@ where
     S::Database: BusinessBackend,
     K: KeyValues<S::Database>,
     E: From<Error> + StdError + 'static,
-    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    F: FnMut() -> B,
+    B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
     D: AsyncFnOnce() -> Result<T, E>,
 {
     let Transition {
@@ -122,7 +123,7 @@ where
                 .into()),
             };
         }
-        match body(&mut *tx).await {
+        match body()(&mut *tx).await {
             Ok(value) => match tx.commit().await {
                 Ok(()) => {
                     record(Disposition::Executed);
@@ -133,7 +134,7 @@ where
             Err(e) => {
                 let _ = tx.rollback().await;
                 match body_failure(&e) {
-                    BodyFailure::Retryable(last) => retry.again(&last).await?,
+                    BodyFailure::Retryable(last) => retry.again(last).await?,
                     _ => return Err(e),
                 }
             }

@@ -39,7 +39,7 @@ pub struct Options {
 /// [`Error::Duplicate`]). Deadlocks and serialization failures rerun the whole transaction,
 /// body included, then give up with [`Error::Contention`]. Other errors: the body's own
 /// (including unique violations that are not on the key), [`Error::Backend`].
-pub async fn run<S, K, T, E, F, D>(
+pub async fn run<S, K, T, E, F, B, D>(
     mut store: S,
     options: Options,
     key: K,
@@ -51,7 +51,8 @@ where
     S::Database: BusinessBackend,
     K: KeyValues<S::Database>,
     E: From<Error> + StdError + 'static,
-    F: AsyncFnMut(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    F: FnMut() -> B,
+    B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
     D: AsyncFnOnce() -> Result<T, E>,
 {
     let exists = options.target.map(|t| {
@@ -66,7 +67,7 @@ where
                 continue;
             }
         };
-        let failure = match body(&mut *tx).await {
+        let failure = match body()(&mut *tx).await {
             Ok(value) => match tx.commit().await {
                 Ok(()) => {
                     record(Disposition::Executed);
@@ -83,7 +84,7 @@ where
             }
         };
         match body_failure(&failure) {
-            BodyFailure::Retryable(last) => retry.again(&last).await?,
+            BodyFailure::Retryable(last) => retry.again(last).await?,
             BodyFailure::Unique(reported) => {
                 let same_constraint = match (reported.as_deref(), options.constraint) {
                     (Some(reported), Some(ours)) => reported == ours.as_str(),
