@@ -11,6 +11,8 @@ pub enum Outcome {
     Replayed,
     /// Same key, different payload: refused.
     Mismatch,
+    /// `Error::Duplicate`: a strategy that stores no response refused a repeat.
+    Duplicate,
     /// Any other error (a bug, or a backend failure).
     Error,
 }
@@ -32,6 +34,8 @@ pub struct OperationReport {
     pub effects: u64,
     /// Requests answered with a replayed stored response.
     pub replays: u64,
+    /// Requests answered `Error::Duplicate` (strategies that store no response).
+    pub duplicates: u64,
     /// `InProgress` answers seen (the client retried those after a pause).
     pub in_progress: u64,
     /// Requests refused for reusing a key with a different payload.
@@ -69,7 +73,7 @@ impl Report {
     /// The summary as an aligned text table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "database: {}   concurrency: {}\n{:<18} {:<13} {:<9} {:>8} {:>6} {:>7} {:>7} {:>11} {:>10} {:>6} {:>8} {:>8}\n",
+            "database: {}   concurrency: {}\n{:<20} {:<20} {:<9} {:>8} {:>6} {:>7} {:>7} {:>10} {:>11} {:>10} {:>6} {:>8} {:>8}\n",
             self.database,
             self.concurrency,
             "operation",
@@ -79,6 +83,7 @@ impl Report {
             "keys",
             "effects",
             "replays",
+            "duplicates",
             "in_progress",
             "mismatches",
             "errors",
@@ -87,7 +92,7 @@ impl Report {
         );
         for o in &self.operations {
             out.push_str(&format!(
-                "{:<18} {:<13} {:<9} {:>8} {:>6} {:>7} {:>7} {:>11} {:>10} {:>6} {:>8.2} {:>8.2}\n",
+                "{:<20} {:<20} {:<9} {:>8} {:>6} {:>7} {:>7} {:>10} {:>11} {:>10} {:>6} {:>8.2} {:>8.2}\n",
                 o.operation,
                 o.strategy,
                 o.backend,
@@ -95,6 +100,7 @@ impl Report {
                 o.keys,
                 o.effects,
                 o.replays,
+                o.duplicates,
                 o.in_progress,
                 o.mismatches,
                 o.errors,

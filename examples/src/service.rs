@@ -6,6 +6,11 @@
 //! - `consume_payment` — `dedup_table`, claim mode on the database: a redelivered payment
 //!   message is processed once; the claim commits first with a lease.
 //! - `reserve_stock` — `dedup_table`, claim mode on the in-process memory store.
+//! - `register_customer` — `select_before_insert` on `demo_customers` (email primary key).
+//! - `create_order_by_code` — `unique_index` on `demo_orders` (unique `code`).
+//! - `add_to_order_amount` — `optimistic` on `demo_accounts.version` (callers carry version 1).
+//! - `ship_order` — `state_machine` on `demo_shipments.status`, PAID → SHIPPED.
+//! - `debit_wallet` — `pessimistic`: locks the `demo_wallets` row, re-checks `demo_payments`.
 
 use idempotent_runtime::{Disposition, Error};
 use serde::{Deserialize, Serialize};
@@ -78,7 +83,7 @@ pub struct Operation {
 }
 
 /// The operations, in report order.
-pub const OPERATIONS: [Operation; 3] = [
+pub const OPERATIONS: [Operation; 8] = [
     Operation {
         name: "place_order",
         strategy: "dedup_table",
@@ -94,7 +99,76 @@ pub const OPERATIONS: [Operation; 3] = [
         strategy: "dedup_table",
         memory: true,
     },
+    Operation {
+        name: "register_customer",
+        strategy: "select_before_insert",
+        memory: false,
+    },
+    Operation {
+        name: "create_order_by_code",
+        strategy: "unique_index",
+        memory: false,
+    },
+    Operation {
+        name: "add_to_order_amount",
+        strategy: "optimistic",
+        memory: false,
+    },
+    Operation {
+        name: "ship_order",
+        strategy: "state_machine",
+        memory: false,
+    },
+    Operation {
+        name: "debit_wallet",
+        strategy: "pessimistic",
+        memory: false,
+    },
 ];
+
+/// The business tables of the five business-table operations (the same text on every backend).
+pub const DEMO_DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS demo_customers (email VARCHAR(255) NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_orders (code VARCHAR(255) NOT NULL, amount BIGINT NOT NULL, CONSTRAINT demo_orders_code_key UNIQUE (code))",
+    "CREATE TABLE IF NOT EXISTS demo_accounts (code VARCHAR(255) NOT NULL PRIMARY KEY, amount BIGINT NOT NULL, version BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_shipments (code VARCHAR(255) NOT NULL PRIMARY KEY, status VARCHAR(20) NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_wallets (id VARCHAR(255) NOT NULL PRIMARY KEY, balance BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS demo_payments (payment_id VARCHAR(255) NOT NULL PRIMARY KEY, wallet VARCHAR(255) NOT NULL, amount BIGINT NOT NULL)",
+];
+
+/// `$1, $2, …` kept for PostgreSQL, turned into `?` for MySQL and SQLite. The text is the
+/// demo's own constant SQL; values are always bound.
+pub fn sql(text: &str, dollar: bool) -> sqlx::AssertSqlSafe<String> {
+    if dollar {
+        return sqlx::AssertSqlSafe(text.to_owned());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    sqlx::AssertSqlSafe(out)
+}
+
+/// A business-table request: the key's index in the storm and its payload.
+#[derive(Debug, Clone)]
+pub struct KeyedRequest {
+    /// The business key (email, order code, account code, wallet id).
+    pub code: String,
+    /// The payment id (`debit_wallet`).
+    pub payment_id: String,
+    /// The version the caller read (`add_to_order_amount`).
+    pub version: i64,
+    /// Payload: an amount in cents (differs for the different-payload request).
+    pub amount: i64,
+}
 
 /// The service on one database, as the storm driver sees it.
 #[allow(async_fn_in_trait)]
@@ -105,6 +179,12 @@ pub trait Demo {
     async fn call(&self, op: usize, call: Call) -> Attempt;
     /// Effects of `op` in this run, counted from the ledger table.
     async fn effects(&self, op: &str) -> Result<u64, sqlx::Error>;
+    /// Inserts the rows the storm's `keys` keys need before it starts (accounts, shipments,
+    /// wallets). Errors: the database's.
+    async fn prepare(&self, keys: usize) -> Result<(), sqlx::Error> {
+        let _ = keys;
+        Ok(())
+    }
 }
 
 /// Maps a wrapped call's result to what the storm records.
@@ -114,6 +194,7 @@ pub fn attempt<T>(r: Result<T, DemoError>, how: Option<Disposition>) -> Attempt 
         Ok(_) => Attempt::Done(Outcome::Executed),
         Err(DemoError::Idempotency(Error::InProgress)) => Attempt::Busy,
         Err(DemoError::Idempotency(Error::FingerprintMismatch)) => Attempt::Done(Outcome::Mismatch),
+        Err(DemoError::Idempotency(Error::Duplicate)) => Attempt::Done(Outcome::Duplicate),
         Err(e) => {
             eprintln!("error: {e}");
             Attempt::Done(Outcome::Error)
@@ -125,7 +206,7 @@ pub fn attempt<T>(r: Result<T, DemoError>, how: Option<Disposition>) -> Attempt 
 pub const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS demo_ledger (run VARCHAR(64) NOT NULL, op VARCHAR(64) NOT NULL, k VARCHAR(255) NOT NULL, amount BIGINT NOT NULL)";
 
 macro_rules! service {
-    ($m:ident, $name:literal, $pool:ty, $conn:ty, insert = $insert:literal, count = $count:literal) => {
+    ($m:ident, $name:literal, $pool:ty, $conn:ty, insert = $insert:literal, count = $count:literal, dollar = $dollar:literal) => {
         /// The service on this database.
         pub mod $m {
             use super::*;
@@ -230,6 +311,105 @@ macro_rules! service {
                     })
                 }
 
+                /// Registers a customer: inserted only when no row has this email.
+                #[idempotent(strategy = "select_before_insert", key = "req.code", table = "demo_customers", column = "email")]
+                pub async fn register_customer(
+                    &self,
+                    req: &KeyedRequest,
+                    #[tx] tx: &mut $conn,
+                ) -> Result<(), DemoError> {
+                    sqlx::query(sql("INSERT INTO demo_customers (email, name) VALUES ($1, $2)", $dollar))
+                        .bind(&req.code)
+                        .bind(format!("customer {}", req.amount))
+                        .execute(&mut *tx)
+                        .await?;
+                    self.ledger(tx, "register_customer", &req.code, req.amount).await?;
+                    Ok(())
+                }
+
+                /// Creates an order by its code: the unique index on `code` is the claim.
+                #[idempotent(strategy = "unique_index", key = "req.code", table = "demo_orders", constraint = "demo_orders_code_key")]
+                pub async fn create_order_by_code(
+                    &self,
+                    req: &KeyedRequest,
+                    #[tx] tx: &mut $conn,
+                ) -> Result<(), DemoError> {
+                    sqlx::query(sql("INSERT INTO demo_orders (code, amount) VALUES ($1, $2)", $dollar))
+                        .bind(&req.code)
+                        .bind(req.amount)
+                        .execute(&mut *tx)
+                        .await?;
+                    self.ledger(tx, "create_order_by_code", &req.code, req.amount).await?;
+                    Ok(())
+                }
+
+                /// Adds to an order's amount if its version is still the one the caller read.
+                #[idempotent(strategy = "optimistic", key = "req.code", table = "demo_accounts")]
+                pub async fn add_to_order_amount(
+                    &self,
+                    req: &KeyedRequest,
+                    #[tx] tx: &mut $conn,
+                ) -> Result<(), DemoError> {
+                    sqlx::query(sql("UPDATE demo_accounts SET amount = amount + $1 WHERE code = $2", $dollar))
+                        .bind(req.amount)
+                        .bind(&req.code)
+                        .execute(&mut *tx)
+                        .await?;
+                    self.ledger(tx, "add_to_order_amount", &req.code, req.amount).await?;
+                    Ok(())
+                }
+
+                /// Ships a paid order (PAID → SHIPPED).
+                #[idempotent(strategy = "state_machine", key = "req.code", table = "demo_shipments", status_column = "status", from = "PAID", to = "SHIPPED")]
+                pub async fn ship_order(
+                    &self,
+                    req: &KeyedRequest,
+                    #[tx] tx: &mut $conn,
+                ) -> Result<(), DemoError> {
+                    self.ledger(tx, "ship_order", &req.code, req.amount).await?;
+                    Ok(())
+                }
+
+                /// Debits a wallet for a payment, holding the wallet's row lock; the body
+                /// re-checks whether the payment was applied.
+                #[idempotent(strategy = "pessimistic", key = "req.code", table = "demo_wallets", column = "id")]
+                pub async fn debit_wallet(
+                    &self,
+                    req: &KeyedRequest,
+                    #[tx] tx: &mut $conn,
+                ) -> Result<(), DemoError> {
+                    let seen: Option<String> = sqlx::query_scalar(sql("SELECT wallet FROM demo_payments WHERE payment_id = $1", $dollar))
+                        .bind(&req.payment_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if seen.is_some() {
+                        return Err(Error::Duplicate.into());
+                    }
+                    sqlx::query(sql("UPDATE demo_wallets SET balance = balance - $1 WHERE id = $2 AND balance >= $3", $dollar))
+                        .bind(req.amount)
+                        .bind(&req.code)
+                        .bind(req.amount)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(sql("INSERT INTO demo_payments (payment_id, wallet, amount) VALUES ($1, $2, $3)", $dollar))
+                        .bind(&req.payment_id)
+                        .bind(&req.code)
+                        .bind(req.amount)
+                        .execute(&mut *tx)
+                        .await?;
+                    self.ledger(tx, "debit_wallet", &req.payment_id, req.amount).await?;
+                    Ok(())
+                }
+
+                fn keyed(&self, prefix: &str, c: Call) -> KeyedRequest {
+                    KeyedRequest {
+                        code: format!("{}-{prefix}-{}", self.run, c.key),
+                        payment_id: format!("{}-payment-{}", self.run, c.key),
+                        version: 1,
+                        amount: 100 + i64::from(c.different_payload),
+                    }
+                }
+
                 fn order(&self, c: Call) -> PlaceOrder {
                     PlaceOrder {
                         customer: format!("{}-customer-{}", self.run, c.key % 17),
@@ -259,11 +439,51 @@ macro_rules! service {
                             let (r, how) = observe(self.consume_payment(&msg)).await;
                             attempt(r, how)
                         }
-                        _ => {
+                        2 => {
                             let (r, how) = observe(self.reserve_stock(&self.order(c))).await;
                             attempt(r, how)
                         }
+                        3 => {
+                            let (r, how) = observe(self.register_customer(&self.keyed("customer", c))).await;
+                            attempt(r, how)
+                        }
+                        4 => {
+                            let (r, how) = observe(self.create_order_by_code(&self.keyed("order", c))).await;
+                            attempt(r, how)
+                        }
+                        5 => {
+                            let (r, how) = observe(self.add_to_order_amount(&self.keyed("account", c))).await;
+                            attempt(r, how)
+                        }
+                        6 => {
+                            let (r, how) = observe(self.ship_order(&self.keyed("shipment", c))).await;
+                            attempt(r, how)
+                        }
+                        _ => {
+                            let (r, how) = observe(self.debit_wallet(&self.keyed("wallet", c))).await;
+                            attempt(r, how)
+                        }
                     }
+                }
+
+                async fn prepare(&self, keys: usize) -> Result<(), sqlx::Error> {
+                    let mut tx = self.db.begin().await?;
+                    for key in 0..keys {
+                        let run = &self.run;
+                        sqlx::query(sql("INSERT INTO demo_accounts (code, amount, version) VALUES ($1, 0, 1)", $dollar))
+                            .bind(format!("{run}-account-{key}"))
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query(sql("INSERT INTO demo_shipments (code, status) VALUES ($1, 'PAID')", $dollar))
+                            .bind(format!("{run}-shipment-{key}"))
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query(sql("INSERT INTO demo_wallets (id, balance) VALUES ($1, 150)", $dollar))
+                            .bind(format!("{run}-wallet-{key}"))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
                 }
 
                 async fn effects(&self, op: &str) -> Result<u64, sqlx::Error> {
@@ -285,7 +505,8 @@ service!(
     sqlx::PgPool,
     sqlx::PgConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES ($1, $2, $3, $4)",
-    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = $1 AND op = $2"
+    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = $1 AND op = $2",
+    dollar = true
 );
 service!(
     mysql,
@@ -293,7 +514,8 @@ service!(
     sqlx::MySqlPool,
     sqlx::MySqlConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES (?, ?, ?, ?)",
-    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ? AND op = ?"
+    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ? AND op = ?",
+    dollar = false
 );
 service!(
     sqlite,
@@ -301,5 +523,6 @@ service!(
     sqlx::SqlitePool,
     sqlx::SqliteConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES (?1, ?2, ?3, ?4)",
-    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ?1 AND op = ?2"
+    count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ?1 AND op = ?2",
+    dollar = false
 );

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotent_examples::report::{OperationReport, Outcome, Report, quantile_ms};
-use idempotent_examples::service::{self, Demo, LEDGER_DDL, OPERATIONS};
+use idempotent_examples::service::{self, DEMO_DDL, Demo, LEDGER_DDL, OPERATIONS};
 use idempotent_examples::storm;
 use idempotent_runtime::MemoryStore;
 
@@ -61,6 +61,8 @@ fn redact(url: &str) -> String {
 
 async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Report, sqlx::Error> {
     let mut operations = Vec::new();
+    demo.prepare((args.requests / storm::REQUESTS_PER_KEY).max(1))
+        .await?;
     for (i, op) in OPERATIONS.iter().enumerate() {
         let result = storm::run(args.requests, args.concurrency, |c| demo.call(i, c)).await;
         let count = |o: Outcome| result.requests.iter().filter(|(x, _)| *x == o).count() as u64;
@@ -81,6 +83,7 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
             keys: result.keys as u64,
             effects: demo.effects(op.name).await?,
             replays: count(Outcome::Replayed),
+            duplicates: count(Outcome::Duplicate),
             in_progress: result.in_progress,
             mismatches: count(Outcome::Mismatch),
             errors: count(Outcome::Error),
@@ -115,6 +118,9 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .await?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
+        for ddl in DEMO_DDL {
+            sqlx::query(*ddl).execute(&db).await?;
+        }
         let demo = service::postgres::Orders { db, store, run };
         Ok(drive(&demo, &args, shown).await?)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
@@ -125,6 +131,9 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .await?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
+        for ddl in DEMO_DDL {
+            sqlx::query(*ddl).execute(&db).await?;
+        }
         let demo = service::mysql::Orders { db, store, run };
         Ok(drive(&demo, &args, shown).await?)
     } else if url.starts_with("sqlite:") {
@@ -139,6 +148,9 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .await?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
+        for ddl in DEMO_DDL {
+            sqlx::query(*ddl).execute(&db).await?;
+        }
         let demo = service::sqlite::Orders { db, store, run };
         Ok(drive(&demo, &args, shown).await?)
     } else {
