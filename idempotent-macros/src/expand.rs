@@ -163,7 +163,8 @@ fn expand_select_before_insert(config: &Config, func: &ItemFn) -> syn::Result<To
     let rt = &config.runtime;
     let parts = BusinessParts::new(config, func)?;
     let target = parts.target(config)?;
-    let (store, key, body, on_duplicate) = (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
+    let (store, key, body, on_duplicate) =
+        (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
     Ok(wrapper(
         func,
         config,
@@ -200,9 +201,15 @@ fn expand_optimistic(config: &Config, func: &ItemFn) -> syn::Result<TokenStream>
             let (span, expr) = (version.span, &version.tokens);
             quote_spanned!(span=> &(#expr))
         }
-        None => return Err(syn::Error::new(config.strategy_span, "strategy `optimistic` needs `version`")),
+        None => {
+            return Err(syn::Error::new(
+                config.strategy_span,
+                "strategy `optimistic` needs `version`",
+            ));
+        }
     };
-    let (store, key, body, on_duplicate) = (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
+    let (store, key, body, on_duplicate) =
+        (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
     Ok(wrapper(
         func,
         config,
@@ -238,7 +245,8 @@ fn expand_unique_index(config: &Config, func: &ItemFn) -> syn::Result<TokenStrea
         }
         None => quote!(::core::option::Option::None),
     };
-    let (store, key, body, on_duplicate) = (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
+    let (store, key, body, on_duplicate) =
+        (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
     Ok(wrapper(
         func,
         config,
@@ -269,7 +277,8 @@ fn expand_state_machine(config: &Config, func: &ItemFn) -> syn::Result<TokenStre
         ));
     };
     let status = sql_ident(config, status);
-    let (store, key, body, on_duplicate) = (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
+    let (store, key, body, on_duplicate) =
+        (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
     Ok(wrapper(
         func,
         config,
@@ -394,7 +403,9 @@ impl BusinessParts {
                     match name {
                         Some(name) if validate::is_sql_ident(name.trim_start_matches("r#")) => {
                             let lit = LitStr::new(name.trim_start_matches("r#"), part.span);
-                            columns.push(quote_spanned!(part.span=> #rt::__private::SqlIdent::new(#lit)));
+                            columns.push(
+                                quote_spanned!(part.span=> #rt::__private::SqlIdent::new(#lit)),
+                            );
                         }
                         _ => {
                             return Err(syn::Error::new(

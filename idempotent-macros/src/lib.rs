@@ -67,8 +67,10 @@ use proc_macro::TokenStream;
 /// status column and constraint names must be plain SQL identifiers
 /// (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 characters).
 ///
-/// Only `dedup_table` is implemented in this release; the other strategies'
-/// options are checked, then reported as not implemented yet.
+/// Implemented: `dedup_table`, `select_before_insert`, `pessimistic`,
+/// `optimistic`, `unique_index`, `state_machine` (the last five need a `#[tx]`
+/// parameter and take no `scope`, `name` or `fingerprint`); `distributed_lock`
+/// and `token` are checked, then reported as not implemented yet.
 ///
 /// # Injected parameters
 ///

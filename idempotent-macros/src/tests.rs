@@ -522,22 +522,38 @@ fn unimplemented_strategy_is_one_error() {
 #[test]
 fn business_strategies_need_tx() {
     let msg = one_err(
-        quote!(strategy = "optimistic", key = "order.code", table = "orders"),
+        quote!(
+            strategy = "optimistic",
+            key = "order.code",
+            table = "orders"
+        ),
         quote!(
             async fn place(db: &PgPool, order: &OrderRef, amount: i64) -> Result<(), E> {
                 Ok(())
             }
         ),
     );
-    assert!(msg.starts_with("strategy `optimistic` runs the body inside its own transaction"), "{msg}");
+    assert!(
+        msg.starts_with("strategy `optimistic` runs the body inside its own transaction"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn optimistic_expands_to_its_entry_point() {
     let out = ok(
-        quote!(strategy = "optimistic", key = "order.code", table = "orders"),
         quote!(
-            async fn add(db: &PgPool, order: &OrderRef, amount: i64, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+            strategy = "optimistic",
+            key = "order.code",
+            table = "orders"
+        ),
+        quote!(
+            async fn add(
+                db: &PgPool,
+                order: &OrderRef,
+                amount: i64,
+                #[tx] tx: &mut PgConnection,
+            ) -> Result<(), E> {
                 Ok(())
             }
         ),
@@ -546,7 +562,10 @@ fn optimistic_expands_to_its_entry_point() {
     assert!(out.contains("SqlIdent :: new (\"orders\")"), "{out}");
     assert!(out.contains("SqlIdent :: new (\"code\")"), "{out}");
     assert!(out.contains("& (order . version)"), "{out}");
-    assert!(out.contains("async fn add (db : & PgPool , order : & OrderRef , amount : i64)"), "{out}");
+    assert!(
+        out.contains("async fn add (db : & PgPool , order : & OrderRef , amount : i64)"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -56,7 +56,9 @@ pub enum Error {
     /// The transaction kept failing with deadlocks or serialization failures (MySQL 1213,
     /// SQLSTATE 40001/40P01, SQLite busy) and was retried `attempts` times, the whole
     /// transaction each time; `last` describes the last failure. Retry later.
-    #[error("gave up after {attempts} attempts, each ended by a deadlock or serialization failure (last: {last})")]
+    #[error(
+        "gave up after {attempts} attempts, each ended by a deadlock or serialization failure (last: {last})"
+    )]
     Contention {
         /// How many times the transaction ran.
         attempts: u32,

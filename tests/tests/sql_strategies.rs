@@ -34,7 +34,11 @@ fn got<T: std::fmt::Debug>(r: Result<T, AppError>) -> Got {
 fn tally(all: &[Got]) -> (usize, usize) {
     let ok = all.iter().filter(|g| **g == Got::Ok).count();
     let dup = all.iter().filter(|g| **g == Got::Duplicate).count();
-    assert_eq!(ok + dup, all.len(), "only Ok and Duplicate expected: {all:?}");
+    assert_eq!(
+        ok + dup,
+        all.len(),
+        "only Ok and Duplicate expected: {all:?}"
+    );
     (ok, dup)
 }
 
@@ -620,13 +624,21 @@ type Guard = Box<dyn std::any::Any + Send + Sync>;
 
 async fn pg(max: u32) -> Option<(sqlx::PgPool, Guard)> {
     let url = idempotent_tests::server_url(idempotent_tests::POSTGRES_ENV, "PostgreSQL")?;
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(max).connect(&url).await.unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .connect(&url)
+        .await
+        .unwrap();
     Some((pool, Box::new(())))
 }
 
 async fn my(max: u32) -> Option<(sqlx::MySqlPool, Guard)> {
     let url = idempotent_tests::server_url(idempotent_tests::MYSQL_ENV, "MySQL/MariaDB")?;
-    let pool = sqlx::mysql::MySqlPoolOptions::new().max_connections(max).connect(&url).await.unwrap();
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(max)
+        .connect(&url)
+        .await
+        .unwrap();
     Some((pool, Box::new(())))
 }
 
@@ -637,7 +649,11 @@ async fn lite(max: u32) -> Option<(sqlx::SqlitePool, Guard)> {
         .create_if_missing(true)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .busy_timeout(std::time::Duration::from_secs(30));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(max).connect_with(opts).await.unwrap();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(max)
+        .connect_with(opts)
+        .await
+        .unwrap();
     Some((pool, Box::new(dir)))
 }
 
@@ -650,16 +666,24 @@ async fn pg_raise(tx: &mut sqlx::PgConnection, _db: &sqlx::PgPool) -> Result<(),
 }
 
 /// MariaDB/MySQL: SIGNAL SQLSTATE 40001 (what error 1213, a deadlock, reports).
-async fn my_raise(tx: &mut sqlx::MySqlConnection, _db: &sqlx::MySqlPool) -> Result<(), sqlx::Error> {
+async fn my_raise(
+    tx: &mut sqlx::MySqlConnection,
+    _db: &sqlx::MySqlPool,
+) -> Result<(), sqlx::Error> {
     sqlx::query("CALL s3_fail()").execute(tx).await?;
     Ok(())
 }
 
 /// SQLite: a genuine SQLITE_BUSY — another connection (busy timeout 0) tries to write while
 /// this transaction holds the write lock; the body surfaces that error.
-async fn lite_raise(_tx: &mut sqlx::SqliteConnection, db: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
+async fn lite_raise(
+    _tx: &mut sqlx::SqliteConnection,
+    db: &sqlx::SqlitePool,
+) -> Result<(), sqlx::Error> {
     use sqlx::ConnectOptions;
-    let opts = (*db.connect_options()).clone().busy_timeout(std::time::Duration::ZERO);
+    let opts = (*db.connect_options())
+        .clone()
+        .busy_timeout(std::time::Duration::ZERO);
     let mut other = opts.connect().await?;
     sqlx::query("INSERT INTO s3_ledger (op, k) VALUES ('never', 'never')")
         .execute(&mut other)
@@ -738,8 +762,18 @@ mod postgres_caller_transaction {
     use super::*;
     use sqlx::PgConnection;
 
-    #[idempotent(strategy = "unique_index", key = "o.code", table = "s3_ui_uq", constraint = "s3_ui_uq_code", store = "conn")]
-    async fn create_in(conn: &mut PgConnection, o: &NewOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> {
+    #[idempotent(
+        strategy = "unique_index",
+        key = "o.code",
+        table = "s3_ui_uq",
+        constraint = "s3_ui_uq_code",
+        store = "conn"
+    )]
+    async fn create_in(
+        conn: &mut PgConnection,
+        o: &NewOrder,
+        #[tx] tx: &mut PgConnection,
+    ) -> Result<(), AppError> {
         sqlx::query("INSERT INTO s3_ui_uq (tenant, code, amount) VALUES ($1, $2, $3)")
             .bind(&o.tenant)
             .bind(&o.code)
@@ -751,21 +785,46 @@ mod postgres_caller_transaction {
 
     #[tokio::test]
     async fn duplicate_keeps_the_callers_transaction_usable() {
-        let Some(env) = postgres::env(4).await else { return };
-        let o = NewOrder { tenant: "t1".into(), code: unique("o"), invoice: None, amount: Some(1), customer: None };
+        let Some(env) = postgres::env(4).await else {
+            return;
+        };
+        let o = NewOrder {
+            tenant: "t1".into(),
+            code: unique("o"),
+            invoice: None,
+            amount: Some(1),
+            customer: None,
+        };
         let mut tx = env.db.begin().await.unwrap();
         let before = unique("before");
-        sqlx::query("INSERT INTO s3_ledger (op, k) VALUES ('caller', $1)").bind(&before).execute(&mut *tx).await.unwrap();
+        sqlx::query("INSERT INTO s3_ledger (op, k) VALUES ('caller', $1)")
+            .bind(&before)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         assert_eq!(got(create_in(&mut tx, &o).await), Got::Ok);
         assert_eq!(got(create_in(&mut tx, &o).await), Got::Duplicate);
         let after = unique("after");
-        sqlx::query("INSERT INTO s3_ledger (op, k) VALUES ('caller', $1)").bind(&after).execute(&mut *tx).await.unwrap();
+        sqlx::query("INSERT INTO s3_ledger (op, k) VALUES ('caller', $1)")
+            .bind(&after)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         for k in [&before, &after] {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM s3_ledger WHERE op = 'caller' AND k = $1").bind(k).fetch_one(&env.db).await.unwrap();
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM s3_ledger WHERE op = 'caller' AND k = $1")
+                    .bind(k)
+                    .fetch_one(&env.db)
+                    .await
+                    .unwrap();
             assert_eq!(n, 1);
         }
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM s3_ui_uq WHERE code = $1").bind(&o.code).fetch_one(&env.db).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM s3_ui_uq WHERE code = $1")
+            .bind(&o.code)
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
         assert_eq!(n, 1);
     }
 }

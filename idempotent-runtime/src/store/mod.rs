@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use crate::{Error, StorageKey};
 
-#[cfg(feature = "memory")]
-pub mod memory;
 #[cfg(feature = "sqlx")]
 pub mod business;
+#[cfg(feature = "memory")]
+pub mod memory;
 #[cfg(feature = "sqlx")]
 pub mod sql;
 

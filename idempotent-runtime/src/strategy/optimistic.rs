@@ -16,10 +16,10 @@ use sqlx::encode::Encode;
 use sqlx::types::Type;
 
 use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::Error;
 use crate::error::{Disposition, record};
 use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 use crate::store::sql::TxStore;
-use crate::Error;
 
 /// The version column's name: every table guarded by `optimistic` has an integer `version`.
 pub const VERSION_COLUMN: SqlIdent = SqlIdent::new("version");

@@ -19,10 +19,10 @@ use std::error::Error as StdError;
 use sqlx::Database;
 
 use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::Error;
 use crate::error::{Disposition, record};
 use crate::store::business::{BusinessBackend, KeyValues, Target, query};
 use crate::store::sql::TxStore;
-use crate::Error;
 
 /// Reruns allowed after the body hit a unique violation.
 const UNIQUE_RERUNS: u32 = 2;
@@ -33,7 +33,12 @@ const UNIQUE_RERUNS: u32 = 2;
 /// Returns what the body decides (its `Error::Duplicate` included). Errors:
 /// [`Error::Contention`] after repeated deadlocks or serialization failures; the body's own;
 /// [`Error::Backend`].
-pub async fn run<S, K, T, E, F, B>(mut store: S, target: Target, key: K, mut body: F) -> Result<T, E>
+pub async fn run<S, K, T, E, F, B>(
+    mut store: S,
+    target: Target,
+    key: K,
+    mut body: F,
+) -> Result<T, E>
 where
     S: TxStore,
     S::Database: BusinessBackend,

@@ -15,10 +15,10 @@ use std::error::Error as StdError;
 use sqlx::Database;
 
 use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::Error;
 use crate::error::{Disposition, record};
 use crate::store::business::{BusinessBackend, KeyValues, Target, query};
 use crate::store::sql::TxStore;
-use crate::Error;
 
 /// Runs `body` when no row of `target` has key `key`, in one transaction with the check.
 ///

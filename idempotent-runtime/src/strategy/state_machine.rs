@@ -12,10 +12,10 @@ use std::error::Error as StdError;
 use sqlx::Database;
 
 use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::Error;
 use crate::error::{Disposition, record};
 use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 use crate::store::sql::TxStore;
-use crate::Error;
 
 /// The transition a `state_machine` call makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

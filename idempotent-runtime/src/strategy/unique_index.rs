@@ -18,10 +18,10 @@ use std::error::Error as StdError;
 use sqlx::Database;
 
 use super::guarded::{BodyFailure, Retry, body_failure};
+use crate::Error;
 use crate::error::{Disposition, record};
 use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 use crate::store::sql::TxStore;
-use crate::Error;
 
 /// Which unique violation means "duplicate".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,9 +55,9 @@ where
     B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
     D: AsyncFnOnce() -> Result<T, E>,
 {
-    let exists = options.target.map(|t| {
-        t.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST)
-    });
+    let exists = options
+        .target
+        .map(|t| t.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST));
     let mut retry = Retry::new();
     loop {
         let mut tx = match store.begin().await {
