@@ -50,7 +50,7 @@ use proc_macro::TokenStream;
 /// | `key` | required: an expression rooted at a parameter (or `self`), e.g. `"order.code"`, `"req.items.0"`; a list for a compound key: `["order.user_id", "order.code"]` |
 /// | `store` | expression rooted at a parameter or `self` giving the backend; default: the parameter named `db`, `pool` or `store`, else `self.db` in a method |
 /// | `scope` | the caller/tenant part of the storage key, e.g. `"ctx.tenant_id"` |
-/// | `name` | stable operation name in the storage key; default `module_path!()::fn_name` |
+/// | `name` | stable operation name in the storage key; default `module_path!()::fn_name`, and `module_path!()::Type::fn_name` in a method (`Type` = the last path segment of `Self`); give it explicitly for associated functions without `self` that share a name with another function in the module |
 /// | `fingerprint` | which arguments identify the request: `"req"` or `["req", "amount"]`; default every parameter except `self`, the store's and injected ones; `false` turns it off |
 /// | `lease` | how long a claim lives without renewal, e.g. `"30s"` (dedup_table, distributed_lock, token) |
 /// | `ttl` | how long a completed record or issued token is kept, e.g. `"24h"` (dedup_table, distributed_lock, token) |

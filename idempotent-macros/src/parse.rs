@@ -271,7 +271,13 @@ fn parse_value(name: &Ident, input: ParseStream) -> syn::Result<RawValue> {
         return Err(input.error(format!("option `{name}` needs a value after `=`")));
     }
     let rest: TokenStream = input.parse()?;
-    let text = compact(&rest.to_string());
+    let mut text = compact(&rest.to_string());
+    // A bare number for a duration means nothing without a unit: suggest seconds.
+    if matches!(name.to_string().as_str(), "lease" | "ttl")
+        && text.bytes().all(|b| b.is_ascii_digit())
+    {
+        text.push('s');
+    }
     Err(syn::Error::new_spanned(
         rest,
         format!("option values are string literals: write `{name} = \"{text}\"`"),

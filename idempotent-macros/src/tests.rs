@@ -271,7 +271,7 @@ fn malformed_values() {
         errors,
         vec![
             "option values are string literals: write `key = \"req.id\"`".to_owned(),
-            "option values are string literals: write `lease = \"30\"`".to_owned(),
+            "option values are string literals: write `lease = \"30s\"`".to_owned(),
             "expected a string literal such as \"order.code\"".to_owned(),
             "option `name` needs a value: write `name = \"...\"`".to_owned(),
         ],

@@ -391,7 +391,23 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     };
     let name = name.unwrap_or_else(|| {
         let fn_name = func.sig.ident.unraw_string();
-        quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+        if info.has_self {
+            // Methods: `module::Type::method`, so two types' same-named methods in one module
+            // never share records. The type's last path segment (generics dropped) keeps the
+            // name independent of how rustc spells the full path.
+            quote!(&*::std::format!(
+                "{}::{}::{}",
+                ::core::module_path!(),
+                {
+                    let full = ::core::any::type_name::<Self>();
+                    let base = full.split('<').next().unwrap_or(full);
+                    base.rsplit("::").next().unwrap_or(base)
+                },
+                #fn_name
+            ))
+        } else {
+            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+        }
     });
 
     let key = check_key(args, &info, &mut errors);

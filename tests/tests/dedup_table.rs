@@ -83,6 +83,21 @@ macro_rules! suite {
                     Ok(self.receipt(req))
                 }
 
+                /// Returns a response that does not survive a JSON round trip (NaN → null).
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.nan_claim")]
+                pub async fn nan_claim(&self, req: &Req) -> Result<f64, AppError> {
+                    self.ledger.record(req).await?;
+                    Ok(f64::NAN)
+                }
+
+                /// A 300 ms lease, renewed while the body runs.
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.short_lease", lease = "300ms")]
+                pub async fn short_lease(&self, req: &Req) -> Result<Receipt, AppError> {
+                    self.gate.pass().await;
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
                 #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.refund_claim")]
                 pub async fn refund_claim(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.ledger.record(req).await?;
@@ -90,6 +105,13 @@ macro_rules! suite {
                 }
 
                 $(
+                /// Transactional, with a response that does not survive a JSON round trip.
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.nan_tx")]
+                pub async fn nan_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<f64, AppError> {
+                    self.ledger.record_in(&mut *tx, req).await?;
+                    Ok(f64::NAN)
+                }
+
                 #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_tx")]
                 pub async fn place_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<Receipt, AppError> {
                     self.ledger.record_in(&mut *tx, req).await?;
@@ -288,6 +310,45 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test]
+        async fn unstorable_response_still_runs_the_body_once() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "nan-1", 1);
+            let (first, how) = observe(svc.nan_claim(&r)).await;
+            assert!(first.unwrap().is_nan());
+            assert_eq!(how, Some(Disposition::Executed));
+            let again = svc.nan_claim(&r).await;
+            assert!(
+                matches!(again, Err(AppError::Idempotency(Error::Serialization(_)))),
+                "{again:?}"
+            );
+            assert_eq!(svc.ledger.count(&r).await, 1, "the body ran exactly once");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn lease_is_renewed_while_the_body_runs() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "slow-1", 1);
+            svc.gate.arm();
+            let first = tokio::spawn({
+                let (svc, r) = (svc.clone(), r.clone());
+                async move { observe(svc.short_lease(&r)).await }
+            });
+            svc.gate.entered.notified().await;
+            // Let wall-clock time pass well beyond the 300 ms lease (this waits for the
+            // lease to lapse; it does not order the callers).
+            tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+            let dup = svc.short_lease(&r).await;
+            assert!(
+                matches!(dup, Err(AppError::Idempotency(Error::InProgress))),
+                "renewed claim holds: {dup:?}"
+            );
+            svc.gate.release.notify_one();
+            let (res, how) = first.await.unwrap();
+            assert_eq!(how, Some(Disposition::Executed), "{res:?}");
+            assert_eq!(svc.ledger.count(&r).await, 1);
+        }
+
+        #[tokio::test]
         async fn bad_keys_are_rejected_or_stored_safely() {
             let Some((svc, _g)) = svc().await else { return };
             let t = unique("t");
@@ -410,6 +471,18 @@ macro_rules! tx_tests {
                 assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
                 assert_eq!(svc.ledger.count(&r).await, 1);
                 assert_eq!(svc.ledger.records_with_key(&key.hex()).await, 1);
+            }
+
+            #[tokio::test]
+            async fn unstorable_response_rolls_the_call_back() {
+                let Some((svc, _g)) = svc().await else { return };
+                let r = req(&unique("t"), "nan-1", 1);
+                let e = svc.nan_tx(&r).await;
+                assert!(
+                    matches!(e, Err(AppError::Idempotency(Error::Serialization(_)))),
+                    "{e:?}"
+                );
+                assert_eq!(svc.ledger.count(&r).await, 0, "rolled back with the record");
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,5 +718,99 @@ mod postgres_caller_transaction {
         assert_eq!(svc.ledger.count(&after).await, 1);
         assert_eq!(svc.ledger.count(&r).await, 1);
         assert_eq!(svc.ledger.count(&fresh).await, 1);
+    }
+}
+
+/// Two types' same-named methods in one module are different operations by default.
+mod same_named_methods {
+    use super::*;
+    use idempotent_runtime::MemoryStore;
+
+    struct Refunds {
+        store: MemoryStore,
+    }
+    struct Charges {
+        store: MemoryStore,
+    }
+
+    impl Refunds {
+        #[idempotent(strategy = "dedup_table", key = "id", store = "self.store")]
+        async fn apply(&self, id: &str, amount: i64) -> Result<String, AppError> {
+            Ok(format!("refunded {amount} for {id}"))
+        }
+    }
+
+    impl Charges {
+        #[idempotent(strategy = "dedup_table", key = "id", store = "self.store")]
+        async fn apply(&self, id: &str, amount: i64) -> Result<String, AppError> {
+            Ok(format!("charged {amount} for {id}"))
+        }
+    }
+
+    #[tokio::test]
+    async fn do_not_share_records() {
+        let store = MemoryStore::new();
+        let refunds = Refunds {
+            store: store.clone(),
+        };
+        let charges = Charges { store };
+        let (r, how_r) = observe(refunds.apply("order-1", 500)).await;
+        let (c, how_c) = observe(charges.apply("order-1", 500)).await;
+        assert_eq!(r.unwrap(), "refunded 500 for order-1");
+        assert_eq!(c.unwrap(), "charged 500 for order-1");
+        assert_eq!(
+            (how_r, how_c),
+            (Some(Disposition::Executed), Some(Disposition::Executed))
+        );
+    }
+}
+
+/// MySQL/MariaDB: inside the caller's REPEATABLE READ transaction whose snapshot predates the
+/// first call's commit, a duplicate still replays (the record is read with a locking read).
+mod mysql_caller_transaction {
+    use super::*;
+    use sqlx::MySqlConnection;
+
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.place_tx",
+        store = "conn",
+        fingerprint = "req"
+    )]
+    async fn place_in(
+        conn: &mut MySqlConnection,
+        ledger: &MyLedger,
+        req: &Req,
+        #[tx] tx: &mut MySqlConnection,
+    ) -> Result<Receipt, AppError> {
+        ledger.record_in(&mut *tx, req).await?;
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: 1,
+        })
+    }
+
+    #[tokio::test]
+    async fn duplicate_after_an_old_snapshot_replays() {
+        let Some((svc, _g)) = mysql::svc().await else {
+            return;
+        };
+        let r = req(&unique("t"), "order-1", 100);
+        let mut tx = svc.db.begin().await.unwrap();
+        // Take the snapshot before the first call commits.
+        let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_records")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let first = svc.place_tx(&r).await.unwrap();
+        let (dup, how) = observe(place_in(&mut tx, &svc.ledger, &r)).await;
+        assert_eq!(how, Some(Disposition::Replayed), "{dup:?}");
+        assert_eq!(dup.unwrap(), first);
+        tx.commit().await.unwrap();
+        assert_eq!(svc.ledger.count(&r).await, 1);
     }
 }

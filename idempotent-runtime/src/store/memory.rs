@@ -138,6 +138,21 @@ impl MemoryStore {
         matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
     }
 
+    fn renew_now(&self, key: &StorageKey, owner: &str, lease: Duration) -> bool {
+        let result = self
+            .map
+            .entry(*key.digest())
+            .and_compute_with(|cur| match cur {
+                Some(e) if &*e.value().owner == owner && e.value().response.is_none() => {
+                    let mut renewed = e.into_value();
+                    renewed.expires_at = Instant::now() + lease;
+                    Op::Put(renewed)
+                }
+                _ => Op::Nop,
+            });
+        matches!(result, moka::ops::compute::CompResult::ReplacedWith(_))
+    }
+
     fn release_now(&self, key: &StorageKey, owner: &str) {
         self.map
             .entry(*key.digest())
@@ -192,6 +207,10 @@ impl ClaimStore for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         Ok(self.complete_now(key, owner, response, ttl))
+    }
+
+    async fn renew(&self, key: &StorageKey, owner: &str, lease: Duration) -> Result<bool, Error> {
+        Ok(self.renew_now(key, owner, lease))
     }
 
     async fn release(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {

@@ -87,6 +87,15 @@ pub trait ClaimStore: Send + Sync {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
+    /// Extends `owner`'s in-progress claim to end `lease` from now (the backend's clock):
+    /// compare-and-set on the owner. `Ok(false)` when the claim is no longer `owner`'s.
+    fn renew(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
     /// Deletes `owner`'s in-progress claim (compare-and-delete); a no-op when it is not theirs.
     fn release(
         &self,
@@ -126,6 +135,14 @@ impl<S: ClaimStore + ?Sized> ClaimStore for &S {
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         (**self).complete(key, owner, response, ttl)
     }
+    fn renew(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        (**self).renew(key, owner, lease)
+    }
     fn release(
         &self,
         key: &StorageKey,
@@ -149,4 +166,18 @@ pub(crate) fn new_owner() -> Result<String, Error> {
 /// Milliseconds of a duration as the `i64` the SQL backends bind, saturating.
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// `true` when `e` is transient for the backend (deadlock, serialization failure, SQLite busy)
+/// and the failed step may be retried.
+pub(crate) fn retryable(e: &Error) -> bool {
+    #[cfg(feature = "sqlx")]
+    {
+        sql::is_retryable(e)
+    }
+    #[cfg(not(feature = "sqlx"))]
+    {
+        let _ = e;
+        false
+    }
 }

@@ -19,13 +19,14 @@ struct SqlText {
     read: &'static str,
     take_over: &'static str,
     complete: &'static str,
+    renew: &'static str,
     release: &'static str,
 }
 
 /// One template for every backend: `$now` is the backend's "now in Unix ms" expression, `p1..p6`
 /// its placeholders in binding order, `$on_conflict` what follows the claim INSERT.
 macro_rules! sql_text {
-    (now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal], on_conflict = $oc:literal) => {
+    (now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal], on_conflict = $oc:literal, read_lock = $rl:literal) => {
         SqlText {
             try_claim: concat!(
                 "INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) VALUES (",
@@ -33,7 +34,7 @@ macro_rules! sql_text {
             ),
             read: concat!(
                 "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
-                " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1
+                " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1, $rl
             ),
             take_over: concat!(
                 "UPDATE idempotency_records SET owner = ", $p1, ", fingerprint = ", $p2, ", operation = ", $p3,
@@ -43,6 +44,10 @@ macro_rules! sql_text {
             complete: concat!(
                 "UPDATE idempotency_records SET status = 'completed', response = ", $p1, ", expires_at_ms = ", $now, " + ", $p2,
                 " WHERE idempotency_key = ", $p3, " AND owner = ", $p4, " AND status = 'in_progress'"
+            ),
+            renew: concat!(
+                "UPDATE idempotency_records SET expires_at_ms = ", $now, " + ", $p1,
+                " WHERE idempotency_key = ", $p2, " AND owner = ", $p3, " AND status = 'in_progress'"
             ),
             release: concat!(
                 "DELETE FROM idempotency_records WHERE idempotency_key = ", $p1, " AND owner = ", $p2,
@@ -86,6 +91,13 @@ pub trait SqlBackend: Database {
         owner: &str,
         response: &[u8],
         ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// See [`ClaimStore::renew`].
+    fn renew(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// See [`ClaimStore::release`].
     fn release(
@@ -212,6 +224,22 @@ macro_rules! impl_sql_backend {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn renew(
+                conn: &mut $conn,
+                key: &StorageKey,
+                owner: &str,
+                lease: Duration,
+            ) -> Result<bool, Error> {
+                const SQL: SqlText = $sql;
+                let done = sqlx::query(SQL.renew)
+                    .bind(millis(lease))
+                    .bind(key.hex())
+                    .bind(owner)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn release(conn: &mut $conn, key: &StorageKey, owner: &str) -> Result<(), Error> {
                 const SQL: SqlText = $sql;
                 sqlx::query(SQL.release)
@@ -230,6 +258,9 @@ macro_rules! impl_sql_backend {
         #[cfg(feature = $feature)]
         impl TxStore for &mut $conn {
             type Database = $db;
+            fn in_callers_transaction(&self) -> bool {
+                self.is_in_transaction()
+            }
             async fn begin(&mut self) -> Result<sqlx::Transaction<'_, $db>, Error> {
                 let conn: &mut $conn = self;
                 let tx = match <$db as SqlBackend>::BEGIN {
@@ -299,7 +330,8 @@ impl_sql_backend!(
     sql_text!(
         now = "(extract(epoch from clock_timestamp()) * 1000)::bigint",
         p = ["$1", "$2", "$3", "$4", "$5", "$6"],
-        on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING"
+        on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING",
+        read_lock = ""
     ),
     migrate_postgres
 );
@@ -312,7 +344,10 @@ impl_sql_backend!(
     sql_text!(
         now = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
         p = ["?", "?", "?", "?", "?", "?"],
-        on_conflict = ""
+        on_conflict = "",
+        // A locking read returns the latest committed record even inside the caller's
+        // REPEATABLE READ transaction, whose snapshot may predate it.
+        read_lock = " LOCK IN SHARE MODE"
     ),
     migrate_mysql
 );
@@ -325,7 +360,8 @@ impl_sql_backend!(
     sql_text!(
         now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
         p = ["?1", "?2", "?3", "?4", "?5", "?6"],
-        on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING"
+        on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING",
+        read_lock = ""
     ),
     migrate_sqlite
 );
@@ -347,6 +383,12 @@ pub trait TxStore: Send {
     fn begin_deferred(
         &mut self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
+    /// `true` when the store is a connection already inside the caller's transaction: the
+    /// strategy then works in a SAVEPOINT, and a deadlock or serialization failure is returned
+    /// at once (only the caller can retry its whole transaction). Pools return `false`.
+    fn in_callers_transaction(&self) -> bool {
+        false
+    }
 }
 
 impl<DB: SqlBackend> TxStore for &Pool<DB> {
@@ -392,6 +434,11 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
         DB::complete(&mut conn, key, owner, response, ttl).await
+    }
+
+    async fn renew(&self, key: &StorageKey, owner: &str, lease: Duration) -> Result<bool, Error> {
+        let mut conn = self.acquire().await?;
+        DB::renew(&mut conn, key, owner, lease).await
     }
 
     async fn release(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {

@@ -25,24 +25,36 @@ use serde::de::DeserializeOwned;
 
 use super::{Backoff, OnBusy};
 use crate::error::{Disposition, record};
-use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner};
+use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
 use crate::{Error, Fingerprint, StorageKey};
 
-/// How many times a claim attempt is retried after a deadlock, a serialization failure or a
-/// record that vanished between the failed insert and the read.
+/// How many times a claim attempt is retried after a deadlock, a serialization failure, SQLite
+/// busy, or a record that vanished between the failed insert and the read.
 const MAX_ATTEMPTS: u32 = 16;
+
+/// The largest response stored for replay by default: 4 MiB of JSON (below MySQL's and
+/// MariaDB's default `max_allowed_packet` of 16 MiB / 64 MiB).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Stored instead of a response that could not be kept (fails to serialize, fails to
+/// deserialize back, or is too large). Never valid JSON, so never mistaken for a response.
+const UNSTORABLE: &[u8] = b"\0unstorable:";
 
 /// Options of one `dedup_table` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
-    /// How long an in-progress claim lives without completion (claim mode), default 30 s.
-    /// A body running longer can be taken over; its completion then fails with
-    /// [`Error::LockLost`].
+    /// How long an in-progress claim lives without renewal (claim mode), default 30 s. The
+    /// claim is renewed every `lease / 3` while the body runs, so only a crashed or stalled
+    /// process lets it expire; a claim taken over after expiry makes the late completion fail
+    /// with [`Error::LockLost`].
     pub lease: Duration,
     /// How long a completed record is kept and replayed, default 24 h (as Stripe).
     pub ttl: Duration,
     /// What a concurrent duplicate gets, default [`OnBusy::Reject`].
     pub on_busy: OnBusy,
+    /// The largest serialized (JSON) response stored for replay, in bytes, default
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`].
+    pub max_response_bytes: usize,
 }
 
 impl Default for Options {
@@ -51,6 +63,67 @@ impl Default for Options {
             lease: Duration::from_secs(30),
             ttl: Duration::from_secs(24 * 60 * 60),
             on_busy: OnBusy::Reject,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+/// Serializes `value` for replay and checks that it reads back as a `T`; the reason when it
+/// cannot be stored.
+fn storable<T: Serialize + DeserializeOwned>(value: &T, limit: usize) -> Result<Vec<u8>, String> {
+    let bytes = serde_json::to_vec(value).map_err(|e| format!("it failed to serialize: {e}"))?;
+    if bytes.len() > limit {
+        return Err(format!(
+            "it is {} bytes of JSON; the limit is {limit} (Options::max_response_bytes)",
+            bytes.len()
+        ));
+    }
+    serde_json::from_slice::<T>(&bytes)
+        .map_err(|e| format!("it does not read back after serializing: {e}"))?;
+    Ok(bytes)
+}
+
+/// Runs `step` again while it fails with a transient backend error, at most
+/// [`MAX_ATTEMPTS`] times in all, with backoff.
+async fn retrying<R, Fut: Future<Output = Result<R, Error>>>(
+    mut step: impl FnMut() -> Fut,
+) -> Result<R, Error> {
+    let mut backoff = Backoff::new();
+    let mut attempts = 1;
+    loop {
+        match step().await {
+            Err(e) if retryable(&e) && attempts < MAX_ATTEMPTS => {
+                attempts += 1;
+                backoff.wait().await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Renews `owner`'s claim every `lease / 3` until the claim is lost; never returns while the
+/// claim is held. Transient failures are retried on the next tick.
+async fn keep_renewed<S: ClaimStore + ?Sized>(
+    store: &S,
+    key: &StorageKey,
+    owner: &str,
+    lease: Duration,
+) {
+    let every = (lease / 3).max(Duration::from_millis(1));
+    loop {
+        tokio::time::sleep(every).await;
+        match store.renew(key, owner, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    ?key,
+                    "the claim was lost before the body finished; completion will fail with LockLost"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(?key, error = %e, "renewing the claim failed; retrying at the next tick")
+            }
         }
     }
 }
@@ -72,7 +145,13 @@ fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<
         return Err(Error::FingerprintMismatch);
     }
     match rec.state {
-        RecordState::Completed(bytes) => Ok(Verdict::Replay(serde_json::from_slice(&bytes)?)),
+        RecordState::Completed(bytes) => match bytes.strip_prefix(UNSTORABLE) {
+            Some(reason) => Err(Error::Serialization(format!(
+                "the first call with this idempotency key succeeded, but its response was not stored for replay: {}",
+                String::from_utf8_lossy(reason)
+            ))),
+            None => Ok(Verdict::Replay(serde_json::from_slice(&bytes)?)),
+        },
         RecordState::InProgress => Ok(Verdict::Busy),
     }
 }
@@ -145,10 +224,10 @@ where
     let mut attempts = 0;
     loop {
         attempts += 1;
-        if store.try_claim(&claim).await? {
+        if retrying(|| store.try_claim(&claim)).await? {
             break;
         }
-        match store.read(&key).await? {
+        match retrying(|| store.read(&key)).await? {
             None if attempts < MAX_ATTEMPTS => continue,
             None => return Err(Error::InProgress.into()),
             Some(rec) => match judge::<T>(rec, claim.fingerprint)? {
@@ -157,7 +236,7 @@ where
                     return Ok(v);
                 }
                 Verdict::TakeOver(previous) => {
-                    if store.take_over(&claim, &previous).await? {
+                    if retrying(|| store.take_over(&claim, &previous)).await? {
                         break;
                     }
                 }
@@ -172,40 +251,37 @@ where
         owner: &owner,
         armed: true,
     };
-    let result = body().await;
+    let result = {
+        let mut body = std::pin::pin!(body());
+        tokio::select! {
+            r = &mut body => r,
+            () = keep_renewed(store, &key, &owner, options.lease) => body.await,
+        }
+    };
     guard.armed = false;
     let value = match result {
         Ok(v) => v,
         Err(e) => {
-            if let Err(release) = store.release(&key, &owner).await {
+            if let Err(release) = retrying(|| store.release(&key, &owner)).await {
                 tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
             }
             return Err(e);
         }
     };
-    let bytes = match serde_json::to_vec(&value) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = store.release(&key, &owner).await;
-            return Err(Error::from(e).into());
+    // The effect has happened: record it even when the response cannot be kept, so a retry
+    // never runs the body a second time.
+    let bytes = storable(&value, options.max_response_bytes).unwrap_or_else(|reason| {
+        tracing::warn!(?key, %reason, "the response is not stored for replay; duplicates get Error::Serialization");
+        [UNSTORABLE, reason.as_bytes()].concat()
+    });
+    match retrying(|| store.complete(&key, &owner, &bytes, options.ttl)).await {
+        Ok(true) => {
+            record(Disposition::Executed);
+            Ok(value)
         }
-    };
-    // The effect has happened: try hard to record it, so a retry replays instead of re-running.
-    let mut last = None;
-    for _ in 0..3 {
-        match store.complete(&key, &owner, &bytes, options.ttl).await {
-            Ok(true) => {
-                record(Disposition::Executed);
-                return Ok(value);
-            }
-            Ok(false) => return Err(Error::LockLost.into()),
-            Err(e) => {
-                last = Some(e);
-                backoff.wait().await;
-            }
-        }
+        Ok(false) => Err(Error::LockLost.into()),
+        Err(e) => Err(e.into()),
     }
-    Err(last.unwrap_or(Error::LockLost).into())
 }
 
 #[cfg(feature = "sqlx")]
@@ -249,10 +325,19 @@ mod transactional {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut tx = store.begin().await?;
+            let nested = store.in_callers_transaction();
+            let may_retry = |e: &Error| !nested && is_retryable(e) && attempts < MAX_ATTEMPTS;
+            let mut tx = match store.begin().await {
+                Ok(tx) => tx,
+                Err(e) if may_retry(&e) => {
+                    backoff.wait().await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let claimed = match claim_in_tx::<S::Database, T>(&mut *tx, &claim).await {
                 Ok(c) => c,
-                Err(e) if is_retryable(&e) && attempts < MAX_ATTEMPTS => {
+                Err(e) if may_retry(&e) => {
                     drop(tx);
                     backoff.wait().await;
                     continue;
@@ -269,7 +354,18 @@ mod transactional {
                             return Err(e);
                         }
                     };
-                    let bytes = serde_json::to_vec(&value).map_err(Error::from)?;
+                    // Nothing is committed yet: a response that cannot be stored undoes the
+                    // whole call, and the caller learns why.
+                    let bytes = match storable(&value, options.max_response_bytes) {
+                        Ok(b) => b,
+                        Err(reason) => {
+                            let _ = tx.rollback().await;
+                            return Err(Error::Serialization(format!(
+                                "the response cannot be stored for replay, so the call was rolled back: {reason}"
+                            ))
+                            .into());
+                        }
+                    };
                     if !S::Database::complete(&mut *tx, &key, &owner, &bytes, options.ttl).await? {
                         return Err(Error::LockLost.into());
                     }
@@ -284,9 +380,10 @@ mod transactional {
                 }
                 InTx::Retry => {
                     let _ = tx.rollback().await;
-                    if attempts >= MAX_ATTEMPTS {
+                    if nested || attempts >= MAX_ATTEMPTS {
                         return Err(Error::InProgress.into());
                     }
+                    backoff.wait().await;
                 }
                 InTx::Busy => {
                     let _ = tx.rollback().await;
