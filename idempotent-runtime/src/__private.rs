@@ -5,6 +5,8 @@ pub use crate::fingerprint::Fingerprinter;
 pub use crate::key::KeyBuilder;
 pub use crate::strategy::OnBusy;
 pub use crate::strategy::dedup_table;
+pub use crate::strategy::distributed_lock;
+pub use crate::strategy::token;
 pub use ::core::time::Duration;
 
 /// Converts a runtime error into the function's error type.

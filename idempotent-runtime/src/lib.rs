@@ -14,8 +14,13 @@ pub use error::{Disposition, Error, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};
 pub use strategy::OnBusy;
+pub use strategy::distributed_lock::FencingToken;
+pub use strategy::token::issue_token;
 
 pub use store::ClaimStore;
+pub use store::{LockStore, TokenStore};
+#[cfg(feature = "redis")]
+pub use store::redis::RedisStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 #[cfg(feature = "sqlx")]

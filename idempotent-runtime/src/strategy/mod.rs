@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 pub mod dedup_table;
+pub mod distributed_lock;
+pub mod token;
 
 /// What a concurrent duplicate gets while another caller's claim on the same key is in progress
 /// (`on_busy = "reject"` or `on_busy = "wait(5s)"`).
