@@ -524,7 +524,7 @@ fn unimplemented_strategy_is_one_error() {
     );
     assert_eq!(
         msg,
-        "strategy `optimistic` is not implemented yet (coming in a later release); available now: dedup_table"
+        "strategy `optimistic` is not implemented yet (coming in a later release); available now: dedup_table, distributed_lock, token"
     );
 }
 

@@ -6,6 +6,7 @@ pub use crate::key::KeyBuilder;
 pub use crate::strategy::OnBusy;
 pub use crate::strategy::dedup_table;
 pub use crate::strategy::distributed_lock;
+pub use crate::strategy::distributed_lock::FencingToken;
 pub use crate::strategy::token;
 pub use ::core::time::Duration;
 
