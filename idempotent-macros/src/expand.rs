@@ -237,7 +237,12 @@ fn expand_token(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
                 "strategy `token` takes one key part, the token: write key = \"req.token\" (the value from `issue_token`)",
             ));
         }
-        [] => return Err(syn::Error::new(config.strategy_span, "strategy `token` needs `key`")),
+        [] => {
+            return Err(syn::Error::new(
+                config.strategy_span,
+                "strategy `token` needs `key`",
+            ));
+        }
     };
     let locals = Locals::new();
     let key = key_statement(config, &locals.key);

@@ -18,13 +18,13 @@ pub use strategy::distributed_lock::FencingToken;
 pub use strategy::token::issue_token;
 
 pub use store::ClaimStore;
-pub use store::{LockStore, TokenStore};
-#[cfg(feature = "redis")]
-pub use store::redis::RedisStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::RedisStore;
 #[cfg(feature = "sqlx")]
 pub use store::sql::{SqlBackend, TxStore, migrate};
+pub use store::{LockStore, TokenStore};
 
 /// The `#[idempotent]` attribute (re-exported from `idempotent-macros`).
 #[cfg(feature = "macros")]

@@ -236,7 +236,9 @@ pub fn redis_server_on_path() -> bool {
         if ci() {
             panic!("redis-server/redis-cli not on PATH and CI=true: the Redis Cluster is required");
         }
-        eprintln!("!!! SKIPPED: redis-server/redis-cli not on PATH; Redis Cluster tests do not run !!!");
+        eprintln!(
+            "!!! SKIPPED: redis-server/redis-cli not on PATH; Redis Cluster tests do not run !!!"
+        );
     }
     ok
 }
@@ -284,8 +286,18 @@ impl RedisServer {
         let port = self.port.to_string();
         let dir = self.dir.path().to_string_lossy().into_owned();
         let mut args = vec![
-            "--port", &port, "--bind", "127.0.0.1", "--dir", &dir, "--save", "",
-            "--daemonize", "no", "--logfile", "redis.log",
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
         ];
         let has_aof = self.args.iter().any(|a| a == "--appendonly");
         if !has_aof {

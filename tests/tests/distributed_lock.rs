@@ -27,7 +27,9 @@ impl FencedLedger {
     /// `true` when accepted.
     fn write(&self, req: &Req, fence: u64) -> bool {
         let mut highest = self.highest.lock().unwrap();
-        let h = highest.entry((req.tenant.clone(), req.id.clone())).or_default();
+        let h = highest
+            .entry((req.tenant.clone(), req.id.clone()))
+            .or_default();
         if fence < *h {
             return false;
         }
@@ -92,12 +94,26 @@ impl<S: LockStore> Svc<S> {
         })
     }
 
-    #[idempotent(strategy = "distributed_lock", key = "req.id", scope = "req.tenant", name = "tests.settle", store = "self.store", lease = "5s")]
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.settle",
+        store = "self.store",
+        lease = "5s"
+    )]
     async fn settle(&self, req: &Req, #[fence] fence: FencingToken) -> Result<Receipt, AppError> {
         self.body(req, fence).await
     }
 
-    #[idempotent(strategy = "distributed_lock", key = "req.id", scope = "req.tenant", name = "tests.settle", store = "self.store", lease = "300ms")]
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.settle",
+        store = "self.store",
+        lease = "300ms"
+    )]
     async fn settle_short(
         &self,
         req: &Req,
@@ -106,7 +122,15 @@ impl<S: LockStore> Svc<S> {
         self.body(req, fence).await
     }
 
-    #[idempotent(strategy = "distributed_lock", key = "req.id", scope = "req.tenant", name = "tests.settle", store = "self.store", lease = "5s", on_busy = "wait(20s)")]
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.settle",
+        store = "self.store",
+        lease = "5s",
+        on_busy = "wait(20s)"
+    )]
     async fn settle_waiting(
         &self,
         req: &Req,
@@ -116,7 +140,13 @@ impl<S: LockStore> Svc<S> {
     }
 
     /// No `#[fence]` parameter: the token is still issued, the body just does not see it.
-    #[idempotent(strategy = "distributed_lock", key = "req.id", scope = "req.tenant", name = "tests.report", store = "self.store")]
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.report",
+        store = "self.store"
+    )]
     async fn report(&self, req: &Req) -> Result<Receipt, AppError> {
         self.body(req, FencingToken(u64::MAX)).await
     }
@@ -206,7 +236,11 @@ async fn fence_grows_with_every_acquisition<S: LockStore + 'static>(store: S) {
     assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
     assert_eq!(svc.ledger.count(&r), 0, "a failed body leaves no effect");
     let (retry, how) = observe(svc.settle(&r)).await;
-    assert_eq!(how, Some(Disposition::Executed), "the lock was released: {retry:?}");
+    assert_eq!(
+        how,
+        Some(Disposition::Executed),
+        "the lock was released: {retry:?}"
+    );
     let fences = svc.fences.lock().unwrap().clone();
     assert_eq!(fences.len(), 2);
     assert!(fences[1] > fences[0], "{fences:?}");
@@ -226,7 +260,10 @@ async fn lease_is_renewed_while_the_body_runs<S: LockStore + 'static>(store: S) 
     svc.gate.entered.notified().await;
     // Three leases pass; renewal (every 100 ms) keeps the lock.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(classify(observe(svc.settle_short(&r)).await), Got::InProgress);
+    assert_eq!(
+        classify(observe(svc.settle_short(&r)).await),
+        Got::InProgress
+    );
     svc.gate.release.notify_one();
     let first = first.await.unwrap();
     assert!(matches!(first, Got::Executed(_)), "{first:?}");
@@ -262,7 +299,11 @@ async fn expired_holder_is_fenced_off_and_gets_lock_lost<S: LockStore + 'static>
         matches!(first, Err(AppError::Idempotency(Error::LockLost))),
         "{first:?}"
     );
-    assert_eq!(svc.rejected_writes.load(SeqCst), 1, "the stale write is fenced off");
+    assert_eq!(
+        svc.rejected_writes.load(SeqCst),
+        1,
+        "the stale write is fenced off"
+    );
     assert_eq!(svc.ledger.count(&r), 1);
     // The first could not delete the second's lock: a third caller still sees it held.
     assert_eq!(classify(observe(svc.settle(&r)).await), Got::InProgress);
@@ -301,7 +342,12 @@ async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
         }
     };
     assert!(f2 > f1, "{f1} then {f2}");
-    assert!(!store.renew(&key, &a, Duration::from_secs(10)).await.unwrap());
+    assert!(
+        !store
+            .renew(&key, &a, Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
     assert!(!store.release_lock(&key, &a).await.unwrap());
     assert!(
         !store
@@ -316,7 +362,12 @@ async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
             .unwrap(),
         Acquired::Held { .. }
     ));
-    assert!(store.renew(&key, &b, Duration::from_secs(10)).await.unwrap());
+    assert!(
+        store
+            .renew(&key, &b, Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .complete_lock(&key, &b, b"\"done\"", Duration::from_secs(10))
@@ -362,7 +413,11 @@ async fn fingerprint_and_scope<S: LockStore + 'static>(store: S) {
     );
     let other = req(&unique("t"), "p", 1);
     let (_, how) = observe(svc.settle(&other)).await;
-    assert_eq!(how, Some(Disposition::Executed), "another tenant runs on its own");
+    assert_eq!(
+        how,
+        Some(Disposition::Executed),
+        "another tenant runs on its own"
+    );
     assert_eq!(svc.ledger.count(&req(&t, "p", 1)), 1);
     assert_eq!(svc.ledger.count(&other), 1);
 }

@@ -55,17 +55,39 @@ impl<S: ClaimStore> Svc<S> {
         })
     }
 
-    #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place", store = "self.store", lease = "5s")]
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.place",
+        store = "self.store",
+        lease = "5s"
+    )]
     async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
         self.body(req).await
     }
 
-    #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place", store = "self.store", lease = "300ms")]
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.place",
+        store = "self.store",
+        lease = "300ms"
+    )]
     async fn place_short(&self, req: &Req) -> Result<Receipt, AppError> {
         self.body(req).await
     }
 
-    #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place", store = "self.store", lease = "5s", on_busy = "wait(20s)")]
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.place",
+        store = "self.store",
+        lease = "5s",
+        on_busy = "wait(20s)"
+    )]
     async fn place_waiting(&self, req: &Req) -> Result<Receipt, AppError> {
         self.body(req).await
     }

@@ -38,7 +38,14 @@ impl<S: TokenStore> Svc<S> {
     }
 
     /// `req.id` carries the token.
-    #[idempotent(strategy = "token", key = "req.id", scope = "req.tenant", name = "tests.checkout", store = "self.store", lease = "5s")]
+    #[idempotent(
+        strategy = "token",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.checkout",
+        store = "self.store",
+        lease = "5s"
+    )]
     async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {
         self.gate.pass().await;
         if self.fail_next.swap(false, SeqCst) {
@@ -56,7 +63,13 @@ impl<S: TokenStore> Svc<S> {
         })
     }
 
-    #[idempotent(strategy = "token", key = "req.id", scope = "req.tenant", name = "tests.refund", store = "self.store")]
+    #[idempotent(
+        strategy = "token",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.refund",
+        store = "self.store"
+    )]
     async fn refund(&self, req: &Req) -> Result<Receipt, AppError> {
         Ok(Receipt {
             tenant: req.tenant.clone(),
@@ -137,12 +150,16 @@ async fn concurrent_50_one_token_one_effect<S: TokenStore + 'static>(store: S) {
 async fn unknown_or_expired_token_is_invalid<S: TokenStore + 'static>(store: S) {
     let svc = Svc::new(store);
     let t = unique("t");
-    let e = svc.checkout(&req(&t, "0123456789abcdef0123456789abcdef", 1)).await;
+    let e = svc
+        .checkout(&req(&t, "0123456789abcdef0123456789abcdef", 1))
+        .await;
     assert!(
         matches!(e, Err(AppError::Idempotency(Error::TokenInvalid))),
         "{e:?}"
     );
-    let short = issue_token(&svc.store, Duration::from_millis(100)).await.unwrap();
+    let short = issue_token(&svc.store, Duration::from_millis(100))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     let e = svc.checkout(&req(&t, &short, 1)).await;
     assert!(
@@ -322,7 +339,9 @@ mod redis_servers {
         let e = idempotent_runtime::RedisStore::connect(&server.url()).await;
         match e {
             Err(Error::Backend(source)) => assert!(
-                source.to_string().contains("cannot run the idempotency Lua scripts"),
+                source
+                    .to_string()
+                    .contains("cannot run the idempotency Lua scripts"),
                 "{source}"
             ),
             other => panic!("{other:?}"),

@@ -209,20 +209,25 @@ impl ClaimStore for MemoryStore {
     }
 }
 
+/// A held lock: `(owner, fingerprint, lease end)`.
+type HeldLock = (Arc<str>, Option<Arc<str>>, Instant);
+/// A stored response: `(fingerprint, response, ttl end)`.
+type StoredResponse = (Option<Arc<str>>, Arc<[u8]>, Instant);
+
 /// One key's lock and stored response (`distributed_lock`).
 #[derive(Debug, Default)]
 struct LockEntry {
     /// `(owner, fingerprint, lease end)` of the current lock.
-    lock: Option<(Arc<str>, Option<Arc<str>>, Instant)>,
+    lock: Option<HeldLock>,
     /// `(fingerprint, response, ttl end)` of the completed call.
-    response: Option<(Option<Arc<str>>, Arc<[u8]>, Instant)>,
+    response: Option<StoredResponse>,
 }
 
 impl LockEntry {
-    fn live_lock(&self) -> Option<&(Arc<str>, Option<Arc<str>>, Instant)> {
+    fn live_lock(&self) -> Option<&HeldLock> {
         self.lock.as_ref().filter(|l| l.2 > Instant::now())
     }
-    fn live_response(&self) -> Option<&(Option<Arc<str>>, Arc<[u8]>, Instant)> {
+    fn live_response(&self) -> Option<&StoredResponse> {
         self.response.as_ref().filter(|r| r.2 > Instant::now())
     }
     fn held_by(&self, owner: &str) -> bool {
@@ -403,7 +408,10 @@ impl TokenStore for MemoryStore {
     ) -> Result<Consumed, Error> {
         let mut tokens = lock(&self.tokens);
         let now = Instant::now();
-        let Some(t) = tokens.get_mut(token_key.digest()).filter(|t| t.expires_at > now) else {
+        let Some(t) = tokens
+            .get_mut(token_key.digest())
+            .filter(|t| t.expires_at > now)
+        else {
             return Ok(Consumed::Invalid);
         };
         let (b, f) = (
@@ -442,7 +450,9 @@ impl TokenStore for MemoryStore {
         match tokens.get_mut(token_key.digest()) {
             Some(t)
                 if t.response.is_none()
-                    && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner && c.1 > now) =>
+                    && t.consumer
+                        .as_ref()
+                        .is_some_and(|c| &*c.0 == owner && c.1 > now) =>
             {
                 t.response = Some(response.into());
                 t.consumer = None;

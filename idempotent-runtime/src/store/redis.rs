@@ -134,15 +134,15 @@ impl RedisStore {
     }
 
     async fn check_support(&self) -> Result<(), Error> {
-        let info: String = self
-            .eval(&mut CHECK.key("idem:{check}"))
-            .await
-            .map_err(|e| match e {
-                Error::Backend(source) => Error::Backend(
-                    format!("Redis cannot run the idempotency Lua scripts: {source}").into(),
-                ),
-                other => other,
-            })?;
+        let info: String =
+            self.eval(&mut CHECK.key("idem:{check}"))
+                .await
+                .map_err(|e| match e {
+                    Error::Backend(source) => Error::Backend(
+                        format!("Redis cannot run the idempotency Lua scripts: {source}").into(),
+                    ),
+                    other => other,
+                })?;
         let version = info
             .lines()
             .find_map(|l| l.strip_prefix("redis_version:"))
@@ -288,9 +288,9 @@ impl LockStore for RedisStore {
             .await?;
         match code {
             0 => {
-                let fence = text(a)?
-                    .parse::<u64>()
-                    .map_err(|_| Error::Serialization("the fencing counter is not a number".into()))?;
+                let fence = text(a)?.parse::<u64>().map_err(|_| {
+                    Error::Serialization("the fencing counter is not a number".into())
+                })?;
                 Ok(Acquired::Acquired { fence })
             }
             1 => Ok(Acquired::Replay {

@@ -165,7 +165,10 @@ async fn keep_renewed<S: LockStore + ?Sized>(
         match store.renew(key, owner, lease).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(?key, "lock lost: its lease expired and another caller holds it");
+                tracing::warn!(
+                    ?key,
+                    "lock lost: its lease expired and another caller holds it"
+                );
                 return;
             }
             Err(e) => tracing::warn!(?key, error = %e, "renewing the lock failed; retrying"),
@@ -283,10 +286,7 @@ where
     // The effect has happened: try hard to record it, so a retry replays instead of re-running.
     let mut last = None;
     for _ in 0..3 {
-        match store
-            .complete_lock(&key, &owner, &bytes, options.ttl)
-            .await
-        {
+        match store.complete_lock(&key, &owner, &bytes, options.ttl).await {
             Ok(true) => {
                 record(Disposition::Executed);
                 return Ok(value);

@@ -64,7 +64,10 @@ pub fn token_key<K: KeyPart + ?Sized>(token: &K) -> Result<StorageKey, Error> {
 /// request (and with every retry of that request).
 ///
 /// Errors: [`Error::Backend`] when the store fails or the OS has no randomness.
-pub async fn issue_token<S: TokenStore + ?Sized>(store: &S, ttl: Duration) -> Result<String, Error> {
+pub async fn issue_token<S: TokenStore + ?Sized>(
+    store: &S,
+    ttl: Duration,
+) -> Result<String, Error> {
     let token = new_owner()?;
     store.issue(&token_key(token.as_str())?, ttl).await?;
     Ok(token)
