@@ -1,4 +1,4 @@
-//! The order service, once per database: the same three idempotent operations on PostgreSQL,
+//! The order service, once per database: the same idempotent operations on PostgreSQL,
 //! MySQL/MariaDB and SQLite (the functions differ only in their connection type).
 //!
 //! - `place_order` — `dedup_table`, transactional: the idempotency record and the order's
@@ -11,6 +11,11 @@
 //! - `add_to_order_amount` — `optimistic` on `demo_accounts.version` (callers carry version 1).
 //! - `ship_order` — `state_machine` on `demo_shipments.status`, PAID → SHIPPED.
 //! - `debit_wallet` — `pessimistic`: locks the `demo_wallets` row, re-checks `demo_payments`.
+//! - `settle_period` — `distributed_lock` on the key-value store (memory, or Redis with
+//!   `--redis-url`): 8 workers per period run the settlement job, one settles (its fencing token
+//!   goes into the ledger row), the others get the settlement replayed.
+//! - `checkout` — `token`: the client gets a one-time token, submits, double-clicks and
+//!   retries with the same token; one checkout per token.
 
 use idempotent_runtime::{Disposition, Error};
 use serde::{Deserialize, Serialize};
@@ -83,7 +88,7 @@ pub struct Operation {
 }
 
 /// The operations, in report order.
-pub const OPERATIONS: [Operation; 8] = [
+pub const OPERATIONS: [Operation; 10] = [
     Operation {
         name: "place_order",
         strategy: "dedup_table",
@@ -123,6 +128,16 @@ pub const OPERATIONS: [Operation; 8] = [
         name: "debit_wallet",
         strategy: "pessimistic",
         memory: false,
+    },
+    Operation {
+        name: "settle_period",
+        strategy: "distributed_lock",
+        memory: true,
+    },
+    Operation {
+        name: "checkout",
+        strategy: "token",
+        memory: true,
     },
 ];
 
@@ -185,6 +200,72 @@ pub trait Demo {
         let _ = keys;
         Ok(())
     }
+    /// Where the key-value operations (`memory: true`) keep their records: `memory`,
+    /// `redis` or `redis-cluster`.
+    fn kv_backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// The key-value store of the lock- and token-guarded operations (`--redis-url` selects Redis;
+/// the default is the in-process memory store).
+#[derive(Debug, Clone)]
+pub enum Kv {
+    /// The in-process memory store.
+    Memory(idempotent_runtime::MemoryStore),
+    /// Redis, standalone or Cluster.
+    Redis(idempotent_runtime::RedisStore),
+}
+
+impl Kv {
+    /// `memory`, `redis` or `redis-cluster`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kv::Memory(_) => "memory",
+            Kv::Redis(r) => r.name(),
+        }
+    }
+}
+
+/// A settlement job for one period: every worker of the period runs it, exactly one settles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettlementJob {
+    /// The ledger (the scope of the key).
+    pub ledger: String,
+    /// The period (the key), e.g. `2025-06-period-7`.
+    pub period: String,
+}
+
+/// The outcome of a settlement, stored and replayed to the other workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settlement {
+    /// Echo of the period.
+    pub period: String,
+    /// The fencing token the settling worker held.
+    pub fence: u64,
+}
+
+/// A checkout submitted with a one-time token from `issue_token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkout {
+    /// The customer (the scope).
+    pub customer: String,
+    /// The one-time token the client got before submitting (the key).
+    pub token: String,
+    /// Amount in cents.
+    pub amount_cents: i64,
+}
+
+/// Workers per settlement period in the demo.
+pub const WORKERS_PER_PERIOD: usize = 8;
+
+/// Maps a token-guarded call's result: a concurrent duplicate (`Duplicate`, the double click
+/// while the first submit runs) makes the client retry with the same token, like `InProgress`.
+pub fn token_attempt<T>(r: Result<T, DemoError>, how: Option<Disposition>) -> Attempt {
+    match r {
+        Err(DemoError::Idempotency(Error::Duplicate)) => Attempt::Busy,
+        other => attempt(other, how),
+    }
 }
 
 /// Maps a wrapped call's result to what the storm records.
@@ -210,7 +291,9 @@ macro_rules! service {
         /// The service on this database.
         pub mod $m {
             use super::*;
-            use idempotent_runtime::{MemoryStore, idempotent, observe};
+            use idempotent_runtime::{
+                FencingToken, LockStore, MemoryStore, TokenStore, idempotent, issue_token, observe,
+            };
 
             /// The order service.
             pub struct Orders {
@@ -221,6 +304,12 @@ macro_rules! service {
                 /// This run's id: part of every scope and ledger row, so runs never replay each
                 /// other.
                 pub run: String,
+                /// The store of `settle_period` (locks) and `checkout` (tokens).
+                pub kv: Kv,
+                /// The token each checkout key's client got (issued once per key).
+                pub tokens: std::sync::Mutex<
+                    std::collections::HashMap<usize, std::sync::Arc<tokio::sync::OnceCell<String>>>,
+                >,
             }
 
             impl Orders {
@@ -410,6 +499,106 @@ macro_rules! service {
                     }
                 }
 
+                /// Settles one period; run by every worker, applied once. The ledger row
+                /// carries the fencing token the settling worker held.
+                #[idempotent(
+                    strategy = "distributed_lock",
+                    key = "job.period",
+                    scope = "job.ledger",
+                    name = "settlement.settle_period",
+                    store = "kv",
+                    lease = "10s"
+                )]
+                pub async fn settle_period<K: LockStore>(
+                    &self,
+                    kv: &K,
+                    job: &SettlementJob,
+                    #[fence] fence: FencingToken,
+                ) -> Result<Settlement, DemoError> {
+                    let mut conn = self.db.acquire().await?;
+                    let fence_value = i64::try_from(fence.get()).unwrap_or(i64::MAX);
+                    self.ledger(&mut conn, "settle_period", &job.period, fence_value)
+                        .await?;
+                    Ok(Settlement {
+                        period: job.period.clone(),
+                        fence: fence.get(),
+                    })
+                }
+
+                /// Checks out with a one-time token: the submit and every retry carry the same
+                /// token; the first consumes it, the retries replay its receipt.
+                #[idempotent(
+                    strategy = "token",
+                    key = "req.token",
+                    scope = "req.customer",
+                    name = "orders.checkout",
+                    store = "kv",
+                    lease = "10s"
+                )]
+                pub async fn checkout<K: TokenStore>(
+                    &self,
+                    kv: &K,
+                    req: &Checkout,
+                ) -> Result<OrderReceipt, DemoError> {
+                    let mut conn = self.db.acquire().await?;
+                    self.ledger(&mut conn, "checkout", &req.token, req.amount_cents)
+                        .await?;
+                    Ok(OrderReceipt {
+                        order_id: req.token.clone(),
+                        amount_cents: req.amount_cents,
+                        status: "checked_out".into(),
+                    })
+                }
+
+                /// The token of checkout key `key`, issued on first use (once per key).
+                async fn token_for(&self, key: usize) -> Result<String, Error> {
+                    let cell = self
+                        .tokens
+                        .lock()
+                        .map_err(|_| Error::Backend("token table poisoned".into()))?
+                        .entry(key)
+                        .or_default()
+                        .clone();
+                    let ttl = std::time::Duration::from_secs(3600);
+                    cell.get_or_try_init(|| async {
+                        match &self.kv {
+                            Kv::Memory(m) => issue_token(m, ttl).await,
+                            Kv::Redis(r) => issue_token(r, ttl).await,
+                        }
+                    })
+                    .await
+                    .cloned()
+                }
+
+                async fn call_settle(&self, c: Call) -> Attempt {
+                    let job = SettlementJob {
+                        ledger: format!("{}-ledger-{}", self.run, c.key % 3),
+                        period: format!("period-{}", c.key),
+                    };
+                    let (r, how) = match &self.kv {
+                        Kv::Memory(m) => observe(self.settle_period(m, &job)).await,
+                        Kv::Redis(r) => observe(self.settle_period(r, &job)).await,
+                    };
+                    attempt(r, how)
+                }
+
+                async fn call_checkout(&self, c: Call) -> Attempt {
+                    let token = match self.token_for(c.key).await {
+                        Ok(t) => t,
+                        Err(e) => return attempt::<()>(Err(e.into()), None),
+                    };
+                    let req = Checkout {
+                        customer: format!("{}-customer-{}", self.run, c.key % 17),
+                        token,
+                        amount_cents: 2000 + c.key as i64 + i64::from(c.different_payload),
+                    };
+                    let (r, how) = match &self.kv {
+                        Kv::Memory(m) => observe(self.checkout(m, &req)).await,
+                        Kv::Redis(r) => observe(self.checkout(r, &req)).await,
+                    };
+                    token_attempt(r, how)
+                }
+
                 fn order(&self, c: Call) -> PlaceOrder {
                     PlaceOrder {
                         customer: format!("{}-customer-{}", self.run, c.key % 17),
@@ -459,10 +648,12 @@ macro_rules! service {
                             let (r, how) = observe(self.ship_order(&self.keyed("shipment", c))).await;
                             attempt(r, how)
                         }
-                        _ => {
+                        7 => {
                             let (r, how) = observe(self.debit_wallet(&self.keyed("wallet", c))).await;
                             attempt(r, how)
                         }
+                        8 => self.call_settle(c).await,
+                        _ => self.call_checkout(c).await,
                     }
                 }
 
@@ -484,6 +675,10 @@ macro_rules! service {
                             .await?;
                     }
                     tx.commit().await
+                }
+
+                fn kv_backend(&self) -> &'static str {
+                    self.kv.name()
                 }
 
                 async fn effects(&self, op: &str) -> Result<u64, sqlx::Error> {

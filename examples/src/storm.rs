@@ -108,3 +108,63 @@ where
     }
     result
 }
+
+/// The worker pattern: for each of `keys` keys, `workers` identical calls in flight together
+/// (all workers of a job wake up for the same period); `Busy` answers are retried as in
+/// [`run`]. Requests = keys × workers.
+pub async fn workers<F, Fut>(
+    requests: usize,
+    workers: usize,
+    concurrency: usize,
+    call: F,
+) -> StormResult
+where
+    F: Fn(Call) -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let workers = workers.max(1);
+    let keys = (requests / workers).max(1);
+    let calls: Vec<Call> = (0..keys)
+        .flat_map(|key| {
+            std::iter::repeat_n(
+                Call {
+                    key,
+                    different_payload: false,
+                },
+                workers,
+            )
+        })
+        .collect();
+    let mut result = StormResult {
+        keys,
+        ..Default::default()
+    };
+    let done: Vec<(Outcome, Duration, u64)> = futures_util::stream::iter(calls)
+        .map(|c| {
+            let call = &call;
+            async move {
+                let start = Instant::now();
+                let mut busy = 0u64;
+                let mut pause = Duration::from_millis(2);
+                loop {
+                    match call(c).await {
+                        Attempt::Done(o) => return (o, start.elapsed(), busy),
+                        Attempt::Busy if busy < 200 => {
+                            busy += 1;
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(50));
+                        }
+                        Attempt::Busy => return (Outcome::Error, start.elapsed(), busy),
+                    }
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    for (o, d, busy) in done {
+        result.requests.push((o, d));
+        result.in_progress += busy;
+    }
+    result
+}

@@ -1,8 +1,7 @@
 //! Stage 3: a validated [`Config`] + the function → the wrapper's tokens.
 //!
 //! [`expand`] drives the three stages; below it there is one function per
-//! strategy. Only `dedup_table` generates code so far; the others report that
-//! they are not implemented yet (their configuration is validated all the same).
+//! strategy; every strategy generates code.
 
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{ToTokens as _, quote, quote_spanned};
@@ -144,17 +143,6 @@ fn expand_strategy(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
         Strategy::DistributedLock => expand_distributed_lock(config, func),
         Strategy::Token => expand_token(config, func),
     }
-}
-
-/// The error for a strategy whose expansion is still to come.
-fn not_implemented(config: &Config) -> syn::Error {
-    syn::Error::new(
-        config.strategy_span,
-        format!(
-            "strategy `{}` is not implemented yet (coming in a later release); available now: dedup_table, select_before_insert, pessimistic, optimistic, unique_index, state_machine",
-            config.strategy.as_str()
-        ),
-    )
 }
 
 /// `select_before_insert`: `SELECT 1` on the key's row, the body (the insert) only when absent,
@@ -438,14 +426,98 @@ fn sql_ident(config: &Config, ident: &validate::SqlIdent) -> TokenStream {
     quote_spanned!(ident.span=> const { #rt::__private::SqlIdent::new(#lit) })
 }
 
-/// `distributed_lock`: not implemented yet.
-fn expand_distributed_lock(config: &Config, _func: &ItemFn) -> syn::Result<TokenStream> {
-    Err(not_implemented(config))
+/// `distributed_lock`: acquire a leased lock (with a fencing token, handed to
+/// the `#[fence]` parameter if there is one), run the body while the lease is
+/// renewed, store the response for replay.
+fn expand_distributed_lock(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
+    let rt = &config.runtime;
+    let locals = Locals::new();
+    let key = key_statement(config, &locals.key);
+    let fingerprint = fingerprint_statement(config, &locals.fingerprint);
+    let options_ident = &locals.options;
+    let options = options_literal(config, quote!(#rt::__private::distributed_lock::Options));
+    let assert = assert_replayable(config);
+    let store = store_argument(&config.store);
+    let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
+    let output = &func.sig.output;
+    let block = &func.block;
+    let param = match &config.fence {
+        Some(fence) => closure_param(fence),
+        None => {
+            let unused = Ident::new("__idempotent_fence", Span::mixed_site());
+            quote!(#unused: #rt::__private::FencingToken)
+        }
+    };
+    Ok(wrapper(
+        func,
+        config,
+        quote! {
+            #key
+            #fingerprint
+            let #options_ident = #options;
+            #assert
+            #rt::__private::distributed_lock::run(
+                #store,
+                #key_ident,
+                #fingerprint_ident,
+                #options_ident,
+                async |#param| #output #block,
+            )
+            .await
+        },
+    ))
 }
 
-/// `token`: not implemented yet.
-fn expand_token(config: &Config, _func: &ItemFn) -> syn::Result<TokenStream> {
-    Err(not_implemented(config))
+/// `token`: consume the one-time token (the single key part) in one server
+/// step, run the body, store the response under the token for replay.
+fn expand_token(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
+    let rt = &config.runtime;
+    let token = match config.key.as_slice() {
+        [token] => token,
+        [_, second, ..] => {
+            return Err(syn::Error::new(
+                second.span,
+                "strategy `token` takes one key part, the token: write key = \"req.token\" (the value from `issue_token`)",
+            ));
+        }
+        [] => {
+            return Err(syn::Error::new(
+                config.strategy_span,
+                "strategy `token` needs `key`",
+            ));
+        }
+    };
+    let locals = Locals::new();
+    let key = key_statement(config, &locals.key);
+    let fingerprint = fingerprint_statement(config, &locals.fingerprint);
+    let options_ident = &locals.options;
+    let options = options_literal(config, quote!(#rt::__private::token::Options));
+    let assert = assert_replayable(config);
+    let store = store_argument(&config.store);
+    let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
+    let output = &func.sig.output;
+    let block = &func.block;
+    let (span, token_expr) = (token.span, &token.tokens);
+    let token_arg = quote_spanned!(span=> &(#token_expr));
+    Ok(wrapper(
+        func,
+        config,
+        quote! {
+            #key
+            #fingerprint
+            let #options_ident = #options;
+            #assert
+            #rt::__private::token::run(
+                #store,
+                #token_arg,
+                #key_ident,
+                #fingerprint_ident,
+                #options_ident,
+                async || #output #block,
+            )
+            .await
+        },
+    ))
 }
 
 /// `dedup_table`: claim the key in the idempotency-record table, run the body,

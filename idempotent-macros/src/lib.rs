@@ -67,10 +67,10 @@ use proc_macro::TokenStream;
 /// status column and constraint names must be plain SQL identifiers
 /// (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 characters).
 ///
-/// Implemented: `dedup_table`, `select_before_insert`, `pessimistic`,
-/// `optimistic`, `unique_index`, `state_machine` (the last five need a `#[tx]`
-/// parameter and take no `scope`, `name` or `fingerprint`); `distributed_lock`
-/// and `token` are checked, then reported as not implemented yet.
+/// All eight strategies are implemented. `select_before_insert`, `pessimistic`,
+/// `optimistic`, `unique_index` and `state_machine` need a `#[tx]` parameter and
+/// take no `scope`, `name` or `fingerprint`; `distributed_lock` and `token` take
+/// no `#[tx]`.
 ///
 /// # Injected parameters
 ///

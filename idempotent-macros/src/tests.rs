@@ -504,22 +504,6 @@ fn store_must_resolve() {
 }
 
 #[test]
-fn unimplemented_strategy_is_one_error() {
-    let msg = one_err(
-        quote!(strategy = "token", key = "req.id"),
-        quote!(
-            async fn place(pool: &PgPool, req: &Req) -> Result<(), E> {
-                Ok(())
-            }
-        ),
-    );
-    assert_eq!(
-        msg,
-        "strategy `token` is not implemented yet (coming in a later release); available now: dedup_table, select_before_insert, pessimistic, optimistic, unique_index, state_machine"
-    );
-}
-
-#[test]
 fn business_strategies_need_tx() {
     let msg = one_err(
         quote!(

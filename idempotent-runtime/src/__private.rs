@@ -8,6 +8,9 @@ pub use crate::key::KeyBuilder;
 pub use crate::store::business::{SqlIdent, Target};
 pub use crate::strategy::OnBusy;
 pub use crate::strategy::dedup_table;
+pub use crate::strategy::distributed_lock;
+pub use crate::strategy::distributed_lock::FencingToken;
+pub use crate::strategy::token;
 #[cfg(feature = "sqlx")]
 pub use crate::strategy::{
     optimistic, pessimistic, select_before_insert, state_machine, unique_index,

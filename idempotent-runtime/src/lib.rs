@@ -14,12 +14,17 @@ pub use error::{Disposition, Error, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};
 pub use strategy::OnBusy;
+pub use strategy::distributed_lock::FencingToken;
+pub use strategy::token::issue_token;
 
 pub use store::ClaimStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::RedisStore;
 #[cfg(feature = "sqlx")]
 pub use store::sql::{SqlBackend, TxStore, migrate};
+pub use store::{LockStore, TokenStore};
 
 /// The `#[idempotent]` attribute (re-exported from `idempotent-macros`).
 #[cfg(feature = "macros")]

@@ -10,6 +10,7 @@ fn main() {
     for (var, what) in [
         (idempotent_tests::POSTGRES_ENV, "postgres"),
         (idempotent_tests::MYSQL_ENV, "mysql"),
+        (idempotent_tests::REDIS_ENV, "redis"),
     ] {
         match std::env::var(var) {
             Ok(url) if !url.is_empty() => println!("  {what:<9}: ran against {url}"),
@@ -17,6 +18,19 @@ fn main() {
                 println!("  {what:<9}: SKIPPED — set {var} to a server URL to run its tests");
                 missing.push(what);
             }
+        }
+    }
+    match std::env::var(idempotent_tests::REDIS_CLUSTER_ENV) {
+        Ok(urls) if !urls.trim().is_empty() => println!("  cluster  : ran against {urls}"),
+        _ if idempotent_tests::redis_server_on_path() => println!(
+            "  cluster  : ran on the suite's own 3-master cluster (redis-server --cluster-enabled yes, loopback)"
+        ),
+        _ => {
+            println!(
+                "  cluster  : SKIPPED — put redis-server on PATH or set {} to the nodes' URLs",
+                idempotent_tests::REDIS_CLUSTER_ENV
+            );
+            missing.push("redis-cluster");
         }
     }
     if !missing.is_empty() {

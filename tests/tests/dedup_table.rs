@@ -309,6 +309,66 @@ macro_rules! claim_tests {
             assert_eq!(svc.ledger.count(&r).await, 1);
         }
 
+        /// A holder that crashed (stopped renewing) leaves an in-progress claim with a short
+        /// lease. Until it lapses callers get `InProgress`; then exactly one of 16 concurrent
+        /// retries takes over, and the crashed holder can neither complete nor renew.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn expired_claim_is_taken_over_by_exactly_one_caller() {
+            use idempotent_runtime::ClaimStore;
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "order-1", 100);
+            let key = KeyBuilder::new("tests.place_claim")
+                .scope(&r.tenant)
+                .part(&r.id)
+                .finish()
+                .unwrap();
+            let crashed = idempotent_runtime::store::Claim {
+                key: &key,
+                fingerprint: None,
+                owner: "crashed-holder",
+                lease: std::time::Duration::from_millis(300),
+            };
+            assert!(svc.db.try_claim(&crashed).await.unwrap());
+            let early = classify(observe(svc.$call(&r)).await);
+            assert_eq!(early, Got::InProgress);
+            // Let the crashed holder's lease lapse (waiting for time, not ordering callers).
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            let barrier = Arc::new(Barrier::new(16));
+            let tasks: Vec<_> = (0..16)
+                .map(|_| {
+                    let (svc, r, barrier) = (svc.clone(), r.clone(), barrier.clone());
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        classify(observe(svc.$call(&r)).await)
+                    })
+                })
+                .collect();
+            let mut got = Vec::new();
+            for t in tasks {
+                got.push(t.await.unwrap());
+            }
+            let first = assert_one_executed(&got);
+            assert_eq!(svc.ledger.count(&r).await, 1);
+            let late = svc
+                .db
+                .complete(
+                    &key,
+                    "crashed-holder",
+                    b"{}",
+                    std::time::Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
+            assert!(!late, "the crashed holder's late completion is refused");
+            let renewed = svc
+                .db
+                .renew(&key, "crashed-holder", std::time::Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert!(!renewed, "the crashed holder cannot renew the new claim");
+            assert_eq!(classify(observe(svc.$call(&r)).await), Got::Replayed(first));
+        }
+
         #[tokio::test]
         async fn unstorable_response_still_runs_the_body_once() {
             let Some((svc, _g)) = svc().await else { return };

@@ -6,6 +6,7 @@
 //! cargo run -p idempotent-examples --bin orders                       # SQLite file, memory store
 //! cargo run -p idempotent-examples --bin orders -- --database-url postgres://postgres@127.0.0.1/test
 //! cargo run -p idempotent-examples --bin orders -- --database-url mysql://root@127.0.0.1/test --json
+//! cargo run -p idempotent-examples --bin orders -- --redis-url redis://127.0.0.1:6379
 //! ```
 //! Exits 1 when any operation's effects differ from its keys or it saw an error.
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotent_examples::report::{OperationReport, Outcome, Report, quantile_ms};
-use idempotent_examples::service::{self, DEMO_DDL, Demo, LEDGER_DDL, OPERATIONS};
+use idempotent_examples::service::{self, DEMO_DDL, Demo, Kv, LEDGER_DDL, OPERATIONS};
 use idempotent_examples::storm;
 use idempotent_runtime::MemoryStore;
 
@@ -26,6 +27,10 @@ struct Args {
     /// the system temp directory.
     #[arg(long)]
     database_url: Option<String>,
+    /// Redis for the lock- and token-guarded operations (`redis://127.0.0.1:6379`; several
+    /// comma-separated node URLs select a Redis Cluster). Default: the in-process memory store.
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Requests per operation (rounded down to whole keys of 7 requests each).
     #[arg(long, default_value_t = 1400)]
     requests: usize,
@@ -64,7 +69,17 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
     demo.prepare((args.requests / storm::REQUESTS_PER_KEY).max(1))
         .await?;
     for (i, op) in OPERATIONS.iter().enumerate() {
-        let result = storm::run(args.requests, args.concurrency, |c| demo.call(i, c)).await;
+        let result = if op.name == "settle_period" {
+            storm::workers(
+                args.requests,
+                service::WORKERS_PER_PERIOD,
+                args.concurrency,
+                |c| demo.call(i, c),
+            )
+            .await
+        } else {
+            storm::run(args.requests, args.concurrency, |c| demo.call(i, c)).await
+        };
         let count = |o: Outcome| result.requests.iter().filter(|(x, _)| *x == o).count() as u64;
         let mut lat: Vec<f64> = result
             .requests
@@ -74,7 +89,9 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
         operations.push(OperationReport {
             operation: op.name.into(),
             strategy: op.strategy.into(),
-            backend: if op.memory {
+            backend: if op.memory && op.name != "reserve_stock" {
+                demo.kv_backend().into()
+            } else if op.memory {
                 "memory".into()
             } else {
                 demo.backend().into()
@@ -102,6 +119,15 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     let run = run_id();
     let pool_size = u32::try_from(args.concurrency.clamp(2, 64)).unwrap_or(32);
     let store = MemoryStore::new();
+    let kv = match &args.redis_url {
+        None => Kv::Memory(MemoryStore::new()),
+        Some(urls) if urls.contains(',') => {
+            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+            Kv::Redis(idempotent_runtime::RedisStore::connect_cluster(&nodes).await?)
+        }
+        Some(url) => Kv::Redis(idempotent_runtime::RedisStore::connect(url).await?),
+    };
+    let tokens = std::sync::Mutex::default();
     let (url, _tmp) = match &args.database_url {
         Some(u) => (u.clone(), None),
         None => {
@@ -121,7 +147,13 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         for ddl in DEMO_DDL {
             sqlx::query(*ddl).execute(&db).await?;
         }
-        let demo = service::postgres::Orders { db, store, run };
+        let demo = service::postgres::Orders {
+            db,
+            store,
+            run,
+            kv,
+            tokens,
+        };
         Ok(drive(&demo, &args, shown).await?)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         let url = url.replacen("mariadb:", "mysql:", 1);
@@ -134,7 +166,13 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         for ddl in DEMO_DDL {
             sqlx::query(*ddl).execute(&db).await?;
         }
-        let demo = service::mysql::Orders { db, store, run };
+        let demo = service::mysql::Orders {
+            db,
+            store,
+            run,
+            kv,
+            tokens,
+        };
         Ok(drive(&demo, &args, shown).await?)
     } else if url.starts_with("sqlite:") {
         let opts: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
@@ -151,7 +189,13 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         for ddl in DEMO_DDL {
             sqlx::query(*ddl).execute(&db).await?;
         }
-        let demo = service::sqlite::Orders { db, store, run };
+        let demo = service::sqlite::Orders {
+            db,
+            store,
+            run,
+            kv,
+            tokens,
+        };
         Ok(drive(&demo, &args, shown).await?)
     } else {
         Err(

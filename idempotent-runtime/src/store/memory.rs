@@ -3,13 +3,14 @@
 //! calls on one key serially); expiry is judged by tokio's clock, so `tokio::time::pause` works
 //! in tests. Records vanish with the process.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use moka::ops::compute::Op;
 use tokio::time::Instant;
 
-use super::{Claim, ClaimStore, Record, RecordState};
+use super::{Acquired, Claim, ClaimStore, Consumed, LockStore, Record, RecordState, TokenStore};
 use crate::{Error, StorageKey};
 
 #[derive(Clone, Debug)]
@@ -66,6 +67,8 @@ impl moka::Expiry<[u8; 32], Entry> for ExpireAt {
 #[derive(Clone)]
 pub struct MemoryStore {
     map: moka::sync::Cache<[u8; 32], Entry>,
+    locks: Arc<Mutex<Locks>>,
+    tokens: Arc<Mutex<HashMap<[u8; 32], TokenEntry>>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -95,6 +98,8 @@ impl MemoryStore {
                 .max_capacity(max_records)
                 .expire_after(ExpireAt)
                 .build(),
+            locks: Arc::default(),
+            tokens: Arc::default(),
         }
     }
 
@@ -220,5 +225,268 @@ impl ClaimStore for MemoryStore {
 
     fn release_detached(&self, key: StorageKey, owner: String) {
         self.release_now(&key, &owner);
+    }
+}
+
+/// A held lock: `(owner, fingerprint, lease end)`.
+type HeldLock = (Arc<str>, Option<Arc<str>>, Instant);
+/// A stored response: `(fingerprint, response, ttl end)`.
+type StoredResponse = (Option<Arc<str>>, Arc<[u8]>, Instant);
+
+/// One key's lock and stored response (`distributed_lock`).
+#[derive(Debug, Default)]
+struct LockEntry {
+    /// `(owner, fingerprint, lease end)` of the current lock.
+    lock: Option<HeldLock>,
+    /// `(fingerprint, response, ttl end)` of the completed call.
+    response: Option<StoredResponse>,
+}
+
+impl LockEntry {
+    fn live_lock(&self) -> Option<&HeldLock> {
+        self.lock.as_ref().filter(|l| l.2 > Instant::now())
+    }
+    fn live_response(&self) -> Option<&StoredResponse> {
+        self.response.as_ref().filter(|r| r.2 > Instant::now())
+    }
+    fn held_by(&self, owner: &str) -> bool {
+        self.live_lock().is_some_and(|l| &*l.0 == owner)
+    }
+}
+
+/// The lock table: entries plus one store-wide fencing counter (so that purging an idle
+/// entry can never make a key's fencing token go backwards).
+#[derive(Debug, Default)]
+struct Locks {
+    entries: HashMap<[u8; 32], LockEntry>,
+    fence: u64,
+    writes: u64,
+}
+
+impl Locks {
+    /// Drops idle entries (no live lock, no live response) every 4096 writes.
+    fn maybe_purge(&mut self) {
+        self.writes += 1;
+        if self.writes.is_multiple_of(4096) {
+            self.entries
+                .retain(|_, e| e.live_lock().is_some() || e.live_response().is_some());
+        }
+    }
+}
+
+/// One token's state (`token`).
+#[derive(Debug)]
+struct TokenEntry {
+    /// `None` while issued and unused; `(owner, lease end)` while a call holds it.
+    consumer: Option<(Arc<str>, Instant)>,
+    binding: Option<Arc<str>>,
+    fingerprint: Option<Arc<str>>,
+    response: Option<Arc<[u8]>>,
+    expires_at: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the guard cannot leave an entry half-written (each step is one
+    // assignment), so a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemoryStore {
+    fn release_lock_now(&self, key: &StorageKey, owner: &str) -> bool {
+        let mut locks = lock(&self.locks);
+        match locks.entries.get_mut(key.digest()) {
+            Some(e) if e.held_by(owner) => {
+                e.lock = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn restore_token_now(&self, token_key: &StorageKey, owner: &str) -> bool {
+        let mut tokens = lock(&self.tokens);
+        match tokens.get_mut(token_key.digest()) {
+            Some(t)
+                if t.response.is_none()
+                    && t.expires_at > Instant::now()
+                    && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner) =>
+            {
+                t.consumer = None;
+                t.binding = None;
+                t.fingerprint = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl LockStore for MemoryStore {
+    fn lock_backend_name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn acquire(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        fingerprint: Option<&str>,
+        lease: Duration,
+    ) -> Result<Acquired, Error> {
+        let mut locks = lock(&self.locks);
+        locks.maybe_purge();
+        let fence = locks.fence + 1;
+        let e = locks.entries.entry(*key.digest()).or_default();
+        if let Some((fp, response, _)) = e.live_response() {
+            return Ok(Acquired::Replay {
+                fingerprint: fp.as_deref().map(str::to_owned),
+                response: response.to_vec(),
+            });
+        }
+        if let Some((_, fp, _)) = e.live_lock() {
+            return Ok(Acquired::Held {
+                fingerprint: fp.as_deref().map(str::to_owned),
+            });
+        }
+        e.lock = Some((
+            owner.into(),
+            fingerprint.map(Into::into),
+            Instant::now() + lease,
+        ));
+        locks.fence = fence;
+        Ok(Acquired::Acquired { fence })
+    }
+
+    async fn renew(&self, key: &StorageKey, owner: &str, lease: Duration) -> Result<bool, Error> {
+        let mut locks = lock(&self.locks);
+        match locks.entries.get_mut(key.digest()) {
+            Some(e) if e.held_by(owner) => {
+                if let Some(l) = e.lock.as_mut() {
+                    l.2 = Instant::now() + lease;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn complete_lock(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let mut locks = lock(&self.locks);
+        match locks.entries.get_mut(key.digest()) {
+            Some(e) if e.held_by(owner) => {
+                let fp = e.lock.take().and_then(|l| l.1);
+                e.response = Some((fp, response.into(), Instant::now() + ttl));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lock(&self, key: &StorageKey, owner: &str) -> Result<bool, Error> {
+        Ok(self.release_lock_now(key, owner))
+    }
+
+    fn release_lock_detached(&self, key: StorageKey, owner: String) {
+        self.release_lock_now(&key, &owner);
+    }
+}
+
+impl TokenStore for MemoryStore {
+    async fn issue(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
+        let mut tokens = lock(&self.tokens);
+        let now = Instant::now();
+        if tokens.len() % 4096 == 4095 {
+            tokens.retain(|_, t| t.expires_at > now);
+        }
+        tokens.insert(
+            *token_key.digest(),
+            TokenEntry {
+                consumer: None,
+                binding: None,
+                fingerprint: None,
+                response: None,
+                expires_at: now + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        token_key: &StorageKey,
+        owner: &str,
+        binding: &str,
+        fingerprint: Option<&str>,
+        lease: Duration,
+    ) -> Result<Consumed, Error> {
+        let mut tokens = lock(&self.tokens);
+        let now = Instant::now();
+        let Some(t) = tokens
+            .get_mut(token_key.digest())
+            .filter(|t| t.expires_at > now)
+        else {
+            return Ok(Consumed::Invalid);
+        };
+        let (b, f) = (
+            t.binding.as_deref().unwrap_or_default().to_owned(),
+            t.fingerprint.as_deref().map(str::to_owned),
+        );
+        if let Some(response) = &t.response {
+            return Ok(Consumed::Replay {
+                binding: b,
+                fingerprint: f,
+                response: response.to_vec(),
+            });
+        }
+        if t.consumer.as_ref().is_some_and(|c| c.1 > now) {
+            return Ok(Consumed::Busy {
+                binding: b,
+                fingerprint: f,
+            });
+        }
+        t.consumer = Some((owner.into(), now + lease));
+        t.binding = Some(binding.into());
+        t.fingerprint = fingerprint.map(Into::into);
+        t.expires_at = t.expires_at.max(now + lease);
+        Ok(Consumed::Claimed)
+    }
+
+    async fn complete_token(
+        &self,
+        token_key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let mut tokens = lock(&self.tokens);
+        let now = Instant::now();
+        match tokens.get_mut(token_key.digest()) {
+            Some(t)
+                if t.response.is_none()
+                    && t.consumer
+                        .as_ref()
+                        .is_some_and(|c| &*c.0 == owner && c.1 > now) =>
+            {
+                t.response = Some(response.into());
+                t.consumer = None;
+                t.expires_at = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn restore_token(&self, token_key: &StorageKey, owner: &str) -> Result<bool, Error> {
+        Ok(self.restore_token_now(token_key, owner))
+    }
+
+    fn restore_token_detached(&self, token_key: StorageKey, owner: String) {
+        self.restore_token_now(&token_key, &owner);
     }
 }

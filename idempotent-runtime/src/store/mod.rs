@@ -16,6 +16,8 @@ use crate::{Error, StorageKey};
 pub mod business;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlx")]
 pub mod sql;
 
@@ -180,4 +182,143 @@ pub(crate) fn retryable(e: &Error) -> bool {
         let _ = e;
         false
     }
+}
+
+/// What [`LockStore::acquire`] found on a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// This caller now holds the lock (`SET … NX PX lease` succeeded); `fence` is the key's
+    /// fencing token, one higher than any earlier acquisition's.
+    Acquired {
+        /// The fencing token of this acquisition.
+        fence: u64,
+    },
+    /// The key has a completed response stored for replay.
+    Replay {
+        /// The fingerprint (hex) stored with the response, if any.
+        fingerprint: Option<String>,
+        /// The serialized (JSON) response.
+        response: Vec<u8>,
+    },
+    /// Another caller holds an unexpired lock on the key.
+    Held {
+        /// The fingerprint (hex) of the holder's request, if any.
+        fingerprint: Option<String>,
+    },
+}
+
+/// A store of leased locks with fencing tokens and stored responses: the backend of
+/// `distributed_lock`. Implemented for [`MemoryStore`](memory::MemoryStore) and
+/// [`RedisStore`](redis::RedisStore) (standalone and Cluster). Each method is one atomic step
+/// (one Lua script on Redis); every write after acquisition is a compare-and-set on the owner.
+pub trait LockStore: Send + Sync {
+    /// A short backend name for logs and the demo (`"redis"`, `"redis-cluster"`, `"memory"`).
+    fn lock_backend_name(&self) -> &'static str;
+
+    /// In one step: replays a stored response if there is one, else takes the lock for `owner`
+    /// for `lease` (if free) and increments the key's fencing counter, else reports the holder.
+    fn acquire(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        fingerprint: Option<&str>,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Acquired, Error>> + Send;
+
+    /// Extends `owner`'s lock to `lease` from now (compare-and-`PEXPIRE`). `Ok(false)` when
+    /// the lock is no longer `owner`'s.
+    fn renew(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Stores `response` for replay for `ttl` and deletes `owner`'s lock, in one step and only
+    /// if the lock is still `owner`'s. `Ok(false)` (nothing written) when it is not.
+    fn complete_lock(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Deletes `owner`'s lock (compare-and-delete). `Ok(false)` when it is not `owner`'s.
+    fn release_lock(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Releases `owner`'s lock without waiting (the caller's future was dropped): spawned on
+    /// the current tokio runtime when there is one, otherwise the lock ends with its lease.
+    fn release_lock_detached(&self, key: StorageKey, owner: String);
+}
+
+/// What [`TokenStore::consume`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// The token was issued and unused (or its consumer's lease ended): this caller consumed it.
+    Claimed,
+    /// Another call consumed the token and is still running.
+    Busy {
+        /// The binding (operation and scope, hex) of that call.
+        binding: String,
+        /// Its request fingerprint (hex), if any.
+        fingerprint: Option<String>,
+    },
+    /// A call completed with this token; its response is stored for replay.
+    Replay {
+        /// The binding (operation and scope, hex) of that call.
+        binding: String,
+        /// Its request fingerprint (hex), if any.
+        fingerprint: Option<String>,
+        /// The serialized (JSON) response.
+        response: Vec<u8>,
+    },
+    /// No such token: never issued, expired, or its replay record expired.
+    Invalid,
+}
+
+/// A store of one-time tokens: the backend of `token`. Implemented for
+/// [`MemoryStore`](memory::MemoryStore) and [`RedisStore`](redis::RedisStore). Each method is
+/// one atomic step on the server (one Lua script on Redis: never GET then DEL).
+pub trait TokenStore: Send + Sync {
+    /// Stores a fresh token under `token_key`, valid for `ttl`.
+    fn issue(
+        &self,
+        token_key: &StorageKey,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Consumes the token for `owner` in one step (see [`Consumed`]). The consumption lasts
+    /// `lease`; a consumer that neither completes nor restores within it loses it to the next.
+    fn consume(
+        &self,
+        token_key: &StorageKey,
+        owner: &str,
+        binding: &str,
+        fingerprint: Option<&str>,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Consumed, Error>> + Send;
+
+    /// Stores `response` for replay for `ttl`, if the token is still consumed by `owner`.
+    fn complete_token(
+        &self,
+        token_key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Puts the token back to issued (the body failed retryably), if `owner` consumed it.
+    fn restore_token(
+        &self,
+        token_key: &StorageKey,
+        owner: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// [`restore_token`](TokenStore::restore_token) without waiting (dropped future).
+    fn restore_token_detached(&self, token_key: StorageKey, owner: String);
 }

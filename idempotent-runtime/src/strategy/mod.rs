@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub mod dedup_table;
+pub mod distributed_lock;
 #[cfg(feature = "sqlx")]
 pub(crate) mod guarded;
 #[cfg(feature = "sqlx")]
@@ -14,6 +15,7 @@ pub mod pessimistic;
 pub mod select_before_insert;
 #[cfg(feature = "sqlx")]
 pub mod state_machine;
+pub mod token;
 #[cfg(feature = "sqlx")]
 pub mod unique_index;
 

@@ -1,0 +1,302 @@
+//! `strategy = "distributed_lock"`: a leased lock with a fencing token, renewed while the body
+//! runs, and the response stored for replay.
+//!
+//! Protocol (one entry point, [`run`]; Redis details in [`RedisStore`](crate::store::redis)):
+//!
+//! 1. **Acquire** — one atomic step: a stored response is replayed; else `SET lock owner NX PX
+//!    lease` and `INCR fence` hand this caller the lock and a [`FencingToken`] one higher than
+//!    any earlier acquisition of the key; else the key is held: [`Error::InProgress`] (or wait,
+//!    `on_busy = "wait(5s)"`). The fingerprint is checked first ([`Error::FingerprintMismatch`]).
+//! 2. **Validity** — if acquiring took so long that the lease (minus 1 % + 2 ms for clock drift,
+//!    as Redlock) is already over, the body never runs: the lock is released and the call fails
+//!    with [`Error::LockLost`].
+//! 3. **Body**, with the lease renewed every lease/3 by compare-and-`PEXPIRE` on the owner.
+//!    A renewal that finds another owner stops renewing: the lock is lost.
+//! 4. **Complete** — compare-and-set in one script: if the lock is still this owner's, store
+//!    the response for `ttl` and delete the lock; otherwise nothing is written and the caller
+//!    gets [`Error::LockLost`] (its body may have run concurrently with the next holder's: guard
+//!    external writes with the fencing token). A body error releases the lock by
+//!    compare-and-delete, so a retry runs again; a dropped future releases it at once (spawned)
+//!    or leaves it to its lease.
+//!
+//! Round trips on Redis: a fresh call costs 2 commands (acquire, complete) plus one per
+//! renewal; a replay costs 1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use super::{Backoff, OnBusy};
+use crate::error::{Disposition, record};
+use crate::store::{Acquired, LockStore, new_owner};
+use crate::{Error, Fingerprint, StorageKey};
+
+/// A fencing token: a number that grows with every acquisition of the same key's lock.
+///
+/// The body receives it as `#[fence] fence: FencingToken` and passes it along with its writes
+/// to other systems, which reject a write carrying a token lower than one they have already
+/// seen (Kleppmann, "How to do distributed locking", 2016). A holder whose lease expired and
+/// whose lock was taken over then cannot overwrite the new holder's writes.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct FencingToken(pub u64);
+
+impl FencingToken {
+    /// The token's value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Options of one `distributed_lock` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// How long the lock lives without renewal, default 30 s. It is renewed every third of it
+    /// while the body runs; a holder that stops renewing (crashed, partitioned) loses it after
+    /// at most this long.
+    pub lease: Duration,
+    /// How long the response is kept and replayed, default 24 h.
+    pub ttl: Duration,
+    /// What a concurrent duplicate gets, default [`OnBusy::Reject`].
+    pub on_busy: OnBusy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lease: Duration::from_secs(30),
+            ttl: Duration::from_secs(24 * 60 * 60),
+            on_busy: OnBusy::Reject,
+        }
+    }
+}
+
+type HookFn =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static>;
+
+/// Test hooks (fault injection), installed for one task with [`with_hooks`]. Not for
+/// production use.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Never renew the lease (simulates a holder that is paused or partitioned).
+    pub block_renewal: bool,
+    /// Awaited right after the acquire step returns, before the validity check (simulates a
+    /// slow acquisition).
+    pub after_acquire: Option<HookFn>,
+}
+
+impl Hooks {
+    /// Builds the `after_acquire` hook from an async closure.
+    pub fn after_acquire<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.after_acquire = Some(Arc::new(move || Box::pin(f())));
+        self
+    }
+}
+
+tokio::task_local! {
+    static HOOKS: Hooks;
+}
+
+/// Runs `fut` with `hooks` installed for the `distributed_lock` calls it makes. Test-only.
+#[doc(hidden)]
+pub async fn with_hooks<F: Future>(hooks: Hooks, fut: F) -> F::Output {
+    HOOKS.scope(hooks, fut).await
+}
+
+/// Releases the lock when the caller's future is dropped mid-body.
+struct ReleaseOnDrop<'s, S: LockStore + ?Sized> {
+    store: &'s S,
+    key: &'s StorageKey,
+    owner: &'s str,
+    armed: bool,
+}
+
+impl<S: LockStore + ?Sized> Drop for ReleaseOnDrop<'_, S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store
+                .release_lock_detached(self.key.clone(), self.owner.to_owned());
+        }
+    }
+}
+
+fn check_fingerprint(stored: Option<&str>, ours: Option<&str>) -> Result<(), Error> {
+    match (stored, ours) {
+        (Some(s), Some(o)) if s != o => Err(Error::FingerprintMismatch),
+        _ => Ok(()),
+    }
+}
+
+/// The part of the lease assumed lost to clock drift between client and server (Redlock's
+/// 1 % + 2 ms).
+fn drift(lease: Duration) -> Duration {
+    lease / 100 + Duration::from_millis(2)
+}
+
+/// Renews the lease every third of it; returns when the lock turns out to be lost.
+async fn keep_renewed<S: LockStore + ?Sized>(
+    store: &S,
+    key: &StorageKey,
+    owner: &str,
+    lease: Duration,
+    blocked: bool,
+) {
+    if blocked {
+        return std::future::pending().await;
+    }
+    let period = (lease / 3).max(Duration::from_millis(1));
+    loop {
+        tokio::time::sleep(period).await;
+        match store.renew(key, owner, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    ?key,
+                    "lock lost: its lease expired and another caller holds it"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(?key, error = %e, "renewing the lock failed; retrying"),
+        }
+    }
+}
+
+/// Acquires the lock on `key` in `store`, runs `body` with the acquisition's fencing token
+/// while renewing the lease, then stores the response for replay and releases the lock in one
+/// compare-and-set step.
+///
+/// Returns the body's result or the replayed response of an earlier call. Errors (converted
+/// into `E`): [`Error::FingerprintMismatch`], [`Error::InProgress`] (or
+/// [`Error::WaitTimeout`]), [`Error::LockLost`] (the lease ran out before the body could start,
+/// or before completion and another caller took the lock), [`Error::Serialization`],
+/// [`Error::Backend`] (Redis unreachable or restarted; the body never runs twice within one
+/// call, and the lock frees itself within its lease).
+pub async fn run<S, T, E, F>(
+    store: &S,
+    key: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    body: F,
+) -> Result<T, E>
+where
+    S: LockStore + ?Sized,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: AsyncFnOnce(FencingToken) -> Result<T, E>,
+{
+    let owner = new_owner()?;
+    let fp = fingerprint.map(|f| f.hex());
+    let hooks = HOOKS.try_with(Hooks::clone).unwrap_or_default();
+    let started = Instant::now();
+    let mut backoff = Backoff::new();
+    let (fence, sent) = loop {
+        let sent = Instant::now();
+        match store
+            .acquire(&key, &owner, fp.as_deref(), options.lease)
+            .await?
+        {
+            Acquired::Acquired { fence } => break (fence, sent),
+            Acquired::Replay {
+                fingerprint,
+                response,
+            } => {
+                check_fingerprint(fingerprint.as_deref(), fp.as_deref())?;
+                let value = serde_json::from_slice(&response).map_err(Error::from)?;
+                record(Disposition::Replayed);
+                return Ok(value);
+            }
+            Acquired::Held { fingerprint } => {
+                check_fingerprint(fingerprint.as_deref(), fp.as_deref())?;
+                match options.on_busy {
+                    OnBusy::Reject => return Err(Error::InProgress.into()),
+                    OnBusy::Wait(limit) => {
+                        if started.elapsed() >= limit {
+                            return Err(Error::WaitTimeout(limit).into());
+                        }
+                        backoff.wait().await;
+                    }
+                }
+            }
+        }
+    };
+
+    let mut guard = ReleaseOnDrop {
+        store,
+        key: &key,
+        owner: &owner,
+        armed: true,
+    };
+    if let Some(hook) = &hooks.after_acquire {
+        hook().await;
+    }
+    if sent.elapsed() + drift(options.lease) >= options.lease {
+        guard.armed = false;
+        let _ = store.release_lock(&key, &owner).await;
+        tracing::warn!(
+            ?key,
+            "acquiring the lock took longer than its lease; the body was not run"
+        );
+        return Err(Error::LockLost.into());
+    }
+
+    let result = {
+        let body = body(FencingToken(fence));
+        let renewal = keep_renewed(store, &key, &owner, options.lease, hooks.block_renewal);
+        tokio::pin!(body);
+        tokio::pin!(renewal);
+        tokio::select! {
+            biased;
+            r = &mut body => r,
+            () = &mut renewal => body.await,
+        }
+    };
+    guard.armed = false;
+
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if let Err(release) = store.release_lock(&key, &owner).await {
+                tracing::warn!(?key, error = %release, "releasing the lock failed; it frees itself when its lease ends");
+            }
+            return Err(e);
+        }
+    };
+    let bytes = match serde_json::to_vec(&value) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = store.release_lock(&key, &owner).await;
+            return Err(Error::from(e).into());
+        }
+    };
+    // The effect has happened: try hard to record it, so a retry replays instead of re-running.
+    let mut last = None;
+    for _ in 0..3 {
+        match store.complete_lock(&key, &owner, &bytes, options.ttl).await {
+            Ok(true) => {
+                record(Disposition::Executed);
+                return Ok(value);
+            }
+            Ok(false) => return Err(Error::LockLost.into()),
+            Err(e) => {
+                last = Some(e);
+                backoff.wait().await;
+            }
+        }
+    }
+    Err(last.unwrap_or(Error::LockLost).into())
+}

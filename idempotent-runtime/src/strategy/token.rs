@@ -1,0 +1,204 @@
+//! `strategy = "token"`: the client first gets a one-time token ([`issue_token`]), then sends
+//! it with the request; the call consumes it in one server-side step.
+//!
+//! Protocol (one entry point, [`run`]):
+//!
+//! 1. **Consume** — one atomic step (a Lua script on Redis, never GET then DEL): an issued token
+//!    becomes *consumed by this caller* for `lease`; a token consumed by another running call
+//!    gives [`Error::Duplicate`]; a completed token replays its response; an unknown or expired
+//!    token gives [`Error::TokenInvalid`].
+//! 2. **Body**. On success the response is stored under the token for `ttl` by compare-and-set
+//!    on the consumer; a retry with the same token replays it. On an error the token is
+//!    restored to issued (compare-and-set), so the client retries with the same token; a
+//!    dropped future restores it at once (spawned) or, failing that, the consumption ends with
+//!    its lease and the next call with the token runs.
+//!
+//! The token is bound to the call that consumed it: its *binding* is the storage key of
+//! (operation name, scope, token), so the token replays only for the same operation and scope
+//! (another gets [`Error::TokenInvalid`]) and the same payload (another gets
+//! [`Error::FingerprintMismatch`]).
+//!
+//! Round trips on Redis: a fresh call 2 (consume, complete), a replay 1.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Backoff;
+use crate::error::{Disposition, record};
+use crate::store::{Consumed, TokenStore, new_owner};
+use crate::{Error, Fingerprint, KeyBuilder, KeyPart, StorageKey};
+
+/// The operation name under which tokens are stored.
+const TOKEN_OPERATION: &str = "idempotent::token";
+
+/// Options of one `token` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// How long a consumed token stays with its consumer without completion, default 30 s;
+    /// after it a crashed consumer's token can be used again.
+    pub lease: Duration,
+    /// How long the response is kept and replayed to retries with the token, default 24 h.
+    pub ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lease: Duration::from_secs(30),
+            ttl: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// The storage key of a token (its own namespace, independent of any operation).
+///
+/// Errors: [`Error::InvalidKey`] for an empty or oversized token.
+pub fn token_key<K: KeyPart + ?Sized>(token: &K) -> Result<StorageKey, Error> {
+    KeyBuilder::new(TOKEN_OPERATION).part(token).finish()
+}
+
+/// Issues a one-time token valid for `ttl`: 16 random bytes from the OS RNG as 32 lowercase
+/// hex characters, stored in `store` as unused. Hand it to the client, which sends it with the
+/// request (and with every retry of that request).
+///
+/// Errors: [`Error::Backend`] when the store fails or the OS has no randomness.
+pub async fn issue_token<S: TokenStore + ?Sized>(
+    store: &S,
+    ttl: Duration,
+) -> Result<String, Error> {
+    let token = new_owner()?;
+    store.issue(&token_key(token.as_str())?, ttl).await?;
+    Ok(token)
+}
+
+/// Restores the token when the caller's future is dropped mid-body.
+struct RestoreOnDrop<'s, S: TokenStore + ?Sized> {
+    store: &'s S,
+    key: &'s StorageKey,
+    owner: &'s str,
+    armed: bool,
+}
+
+impl<S: TokenStore + ?Sized> Drop for RestoreOnDrop<'_, S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store
+                .restore_token_detached(self.key.clone(), self.owner.to_owned());
+        }
+    }
+}
+
+fn check(
+    stored_binding: &str,
+    stored_fp: Option<&str>,
+    binding: &str,
+    fp: Option<&str>,
+) -> Result<(), Error> {
+    if stored_binding != binding {
+        return Err(Error::TokenInvalid);
+    }
+    match (stored_fp, fp) {
+        (Some(s), Some(o)) if s != o => Err(Error::FingerprintMismatch),
+        _ => Ok(()),
+    }
+}
+
+/// Consumes `token` in `store`, runs `body`, and stores its response under the token for
+/// replay (or restores the token if the body fails).
+///
+/// `binding` is the call's storage key (operation name, scope, token). Returns the body's
+/// result or the replayed response of the call that consumed the token. Errors (converted into
+/// `E`): [`Error::TokenInvalid`] (unknown, expired, or bound to another operation or scope),
+/// [`Error::Duplicate`] (another call with the token is running), [`Error::FingerprintMismatch`],
+/// [`Error::LockLost`] (the consumption's lease ended and another call took the token),
+/// [`Error::InvalidKey`], [`Error::Serialization`], [`Error::Backend`].
+pub async fn run<S, K, T, E, F>(
+    store: &S,
+    token: &K,
+    binding: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    body: F,
+) -> Result<T, E>
+where
+    S: TokenStore + ?Sized,
+    K: KeyPart + ?Sized,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: AsyncFnOnce() -> Result<T, E>,
+{
+    let key = token_key(token)?;
+    let owner = new_owner()?;
+    let fp = fingerprint.map(|f| f.hex());
+    let bind = binding.hex();
+    match store
+        .consume(&key, &owner, &bind, fp.as_deref(), options.lease)
+        .await?
+    {
+        Consumed::Claimed => {}
+        Consumed::Invalid => return Err(Error::TokenInvalid.into()),
+        Consumed::Busy {
+            binding,
+            fingerprint,
+        } => {
+            check(&binding, fingerprint.as_deref(), &bind, fp.as_deref())?;
+            return Err(Error::Duplicate.into());
+        }
+        Consumed::Replay {
+            binding,
+            fingerprint,
+            response,
+        } => {
+            check(&binding, fingerprint.as_deref(), &bind, fp.as_deref())?;
+            let value = serde_json::from_slice(&response).map_err(Error::from)?;
+            record(Disposition::Replayed);
+            return Ok(value);
+        }
+    }
+
+    let mut guard = RestoreOnDrop {
+        store,
+        key: &key,
+        owner: &owner,
+        armed: true,
+    };
+    let result = body().await;
+    guard.armed = false;
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if let Err(restore) = store.restore_token(&key, &owner).await {
+                tracing::warn!(?key, error = %restore, "restoring the token failed; it frees itself when its lease ends");
+            }
+            return Err(e);
+        }
+    };
+    let bytes = match serde_json::to_vec(&value) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = store.restore_token(&key, &owner).await;
+            return Err(Error::from(e).into());
+        }
+    };
+    let mut backoff = Backoff::new();
+    let mut last = None;
+    for _ in 0..3 {
+        match store
+            .complete_token(&key, &owner, &bytes, options.ttl)
+            .await
+        {
+            Ok(true) => {
+                record(Disposition::Executed);
+                return Ok(value);
+            }
+            Ok(false) => return Err(Error::LockLost.into()),
+            Err(e) => {
+                last = Some(e);
+                backoff.wait().await;
+            }
+        }
+    }
+    Err(last.unwrap_or(Error::LockLost).into())
+}

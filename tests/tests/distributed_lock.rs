@@ -1,0 +1,635 @@
+//! `strategy = "distributed_lock"` on standalone Redis, a 3-master Redis Cluster (started by the
+//! suite) and the memory store. Effects are counted in a fenced ledger (it refuses a write whose
+//! fencing token is lower than one it has seen for the key); the outcome of every caller is
+//! asserted. Concurrency is lined up with barriers and gates; only lease expiry waits for time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use idempotent_runtime::store::Acquired;
+use idempotent_runtime::strategy::distributed_lock::{Hooks, with_hooks};
+use idempotent_runtime::{
+    Disposition, Error, FencingToken, KeyBuilder, LockStore, idempotent, observe,
+};
+use idempotent_tests::{AppError, Gate, Receipt, Req, unique};
+use tokio::sync::{Barrier, mpsc};
+
+/// A ledger that accepts a write only if its fencing token is at least the highest it has seen
+/// for the key (the storage side of fencing).
+#[derive(Default)]
+pub struct FencedLedger {
+    rows: Mutex<Vec<(String, String, u64)>>,
+    highest: Mutex<std::collections::HashMap<(String, String), u64>>,
+}
+
+impl FencedLedger {
+    /// `true` when accepted.
+    fn write(&self, req: &Req, fence: u64) -> bool {
+        let mut highest = self.highest.lock().unwrap();
+        let h = highest
+            .entry((req.tenant.clone(), req.id.clone()))
+            .or_default();
+        if fence < *h {
+            return false;
+        }
+        *h = fence;
+        self.rows
+            .lock()
+            .unwrap()
+            .push((req.tenant.clone(), req.id.clone(), fence));
+        true
+    }
+
+    fn count(&self, req: &Req) -> usize {
+        self.rows
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, k, _)| *t == req.tenant && *k == req.id)
+            .count()
+    }
+}
+
+pub struct Svc<S> {
+    store: S,
+    ledger: FencedLedger,
+    gate: Gate,
+    after_write: Gate,
+    fail_next: AtomicBool,
+    rejected_writes: AtomicU64,
+    serial: AtomicU64,
+    fences: Mutex<Vec<u64>>,
+}
+
+impl<S: LockStore> Svc<S> {
+    fn new(store: S) -> Arc<Self> {
+        Arc::new(Svc {
+            store,
+            ledger: FencedLedger::default(),
+            gate: Gate::default(),
+            after_write: Gate::default(),
+            fail_next: AtomicBool::new(false),
+            rejected_writes: AtomicU64::new(0),
+            serial: AtomicU64::new(0),
+            fences: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn body(&self, req: &Req, fence: FencingToken) -> Result<Receipt, AppError> {
+        self.fences.lock().unwrap().push(fence.get());
+        self.gate.pass().await;
+        if self.fail_next.swap(false, SeqCst) {
+            return Err(AppError::Rejected);
+        }
+        if !self.ledger.write(req, fence.get()) {
+            self.rejected_writes.fetch_add(1, SeqCst);
+        }
+        self.after_write.pass().await;
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: self.serial.fetch_add(1, SeqCst) + 1,
+        })
+    }
+
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.settle",
+        store = "self.store",
+        lease = "5s"
+    )]
+    async fn settle(&self, req: &Req, #[fence] fence: FencingToken) -> Result<Receipt, AppError> {
+        self.body(req, fence).await
+    }
+
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.settle",
+        store = "self.store",
+        lease = "300ms"
+    )]
+    async fn settle_short(
+        &self,
+        req: &Req,
+        #[fence] fence: FencingToken,
+    ) -> Result<Receipt, AppError> {
+        self.body(req, fence).await
+    }
+
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.settle",
+        store = "self.store",
+        lease = "5s",
+        on_busy = "wait(20s)"
+    )]
+    async fn settle_waiting(
+        &self,
+        req: &Req,
+        #[fence] fence: FencingToken,
+    ) -> Result<Receipt, AppError> {
+        self.body(req, fence).await
+    }
+
+    /// No `#[fence]` parameter: the token is still issued, the body just does not see it.
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.report",
+        store = "self.store"
+    )]
+    async fn report(&self, req: &Req) -> Result<Receipt, AppError> {
+        self.body(req, FencingToken(u64::MAX)).await
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Got {
+    Executed(Receipt),
+    Replayed(Receipt),
+    InProgress,
+    Other(String),
+}
+
+fn classify(r: (Result<Receipt, AppError>, Option<Disposition>)) -> Got {
+    match r {
+        (Ok(v), Some(Disposition::Executed)) => Got::Executed(v),
+        (Ok(v), Some(Disposition::Replayed)) => Got::Replayed(v),
+        (Err(AppError::Idempotency(Error::InProgress)), _) => Got::InProgress,
+        (other, how) => Got::Other(format!("{other:?} / {how:?}")),
+    }
+}
+
+fn req(tenant: &str, id: &str, amount: i64) -> Req {
+    Req {
+        tenant: tenant.into(),
+        id: id.into(),
+        amount,
+    }
+}
+
+/// Calls `settle_short` until it stops answering `InProgress` (waits out a lease).
+async fn settle_when_free<S: LockStore>(svc: &Svc<S>, r: &Req) -> Got {
+    loop {
+        match classify(observe(svc.settle_short(r)).await) {
+            Got::InProgress => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => return other,
+        }
+    }
+}
+
+// ----------------------------------------------------------------- tests, generic over stores
+
+async fn concurrent_64_one_key_one_effect<S: LockStore + 'static>(store: S) {
+    const N: usize = 64;
+    let svc = Svc::new(store);
+    let r = req(&unique("t"), "period-1", 100);
+    let barrier = Arc::new(Barrier::new(N));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    svc.gate.arm();
+    for _ in 0..N {
+        let (svc, r, barrier, tx) = (svc.clone(), r.clone(), barrier.clone(), tx.clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            let _ = tx.send(classify(observe(svc.settle(&r)).await));
+        });
+    }
+    drop(tx);
+    svc.gate.entered.notified().await;
+    let mut got = Vec::new();
+    for _ in 0..N - 1 {
+        got.push(rx.recv().await.unwrap());
+    }
+    assert!(
+        got.iter().all(|g| *g == Got::InProgress),
+        "while the holder runs, every other caller gets InProgress: {got:?}"
+    );
+    svc.gate.release.notify_one();
+    let last = rx.recv().await.unwrap();
+    let Got::Executed(receipt) = last else {
+        panic!("{last:?}")
+    };
+    assert_eq!(svc.ledger.count(&r), 1);
+    for _ in 0..3 {
+        assert_eq!(
+            classify(observe(svc.settle(&r)).await),
+            Got::Replayed(receipt.clone())
+        );
+    }
+    assert_eq!(svc.ledger.count(&r), 1);
+}
+
+async fn fence_grows_with_every_acquisition<S: LockStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let r = req(&unique("t"), "period-1", 1);
+    svc.fail_next.store(true, SeqCst);
+    let e = svc.settle(&r).await;
+    assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
+    assert_eq!(svc.ledger.count(&r), 0, "a failed body leaves no effect");
+    let (retry, how) = observe(svc.settle(&r)).await;
+    assert_eq!(
+        how,
+        Some(Disposition::Executed),
+        "the lock was released: {retry:?}"
+    );
+    let fences = svc.fences.lock().unwrap().clone();
+    assert_eq!(fences.len(), 2);
+    assert!(fences[1] > fences[0], "{fences:?}");
+    // Without a #[fence] parameter the strategy works the same.
+    let (rep, how) = observe(svc.report(&r)).await;
+    assert_eq!(how, Some(Disposition::Executed), "{rep:?}");
+}
+
+async fn lease_is_renewed_while_the_body_runs<S: LockStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let r = req(&unique("t"), "period-1", 1);
+    svc.gate.arm();
+    let first = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        async move { classify(observe(svc.settle_short(&r)).await) }
+    });
+    svc.gate.entered.notified().await;
+    // Three leases pass; renewal (every 100 ms) keeps the lock.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        classify(observe(svc.settle_short(&r)).await),
+        Got::InProgress
+    );
+    svc.gate.release.notify_one();
+    let first = first.await.unwrap();
+    assert!(matches!(first, Got::Executed(_)), "{first:?}");
+    assert_eq!(svc.ledger.count(&r), 1);
+}
+
+async fn expired_holder_is_fenced_off_and_gets_lock_lost<S: LockStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let r = req(&unique("t"), "period-1", 1);
+    svc.gate.arm();
+    let first = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        let hooks = Hooks {
+            block_renewal: true,
+            ..Hooks::default()
+        };
+        async move { with_hooks(hooks, observe(svc.settle_short(&r))).await }
+    });
+    svc.gate.entered.notified().await;
+    // The first holder is paused with renewal blocked: its 300 ms lease runs out and a second
+    // caller acquires the lock (fence + 1), writes, and is held after its write.
+    svc.after_write.arm();
+    let second = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        async move { settle_when_free(&svc, &r).await }
+    });
+    svc.after_write.entered.notified().await;
+    assert_eq!(svc.ledger.count(&r), 1, "the second holder's write");
+    // Let the first go on: its fenced write is refused, its completion is refused.
+    svc.gate.release.notify_one();
+    let (first, _) = first.await.unwrap();
+    assert!(
+        matches!(first, Err(AppError::Idempotency(Error::LockLost))),
+        "{first:?}"
+    );
+    assert_eq!(
+        svc.rejected_writes.load(SeqCst),
+        1,
+        "the stale write is fenced off"
+    );
+    assert_eq!(svc.ledger.count(&r), 1);
+    // The first could not delete the second's lock: a third caller still sees it held.
+    assert_eq!(classify(observe(svc.settle(&r)).await), Got::InProgress);
+    svc.after_write.release.notify_one();
+    let second = second.await.unwrap();
+    let Got::Executed(receipt) = second else {
+        panic!("{second:?}")
+    };
+    assert_eq!(
+        classify(observe(svc.settle(&r)).await),
+        Got::Replayed(receipt)
+    );
+    let fences = svc.fences.lock().unwrap().clone();
+    assert!(fences[1] > fences[0], "{fences:?}");
+}
+
+async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
+    let key = KeyBuilder::new(&unique("op")).part("k").finish().unwrap();
+    let (a, b, c) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
+    let Acquired::Acquired { fence: f1 } = store
+        .acquire(&key, &a, None, Duration::from_millis(200))
+        .await
+        .unwrap()
+    else {
+        panic!("a acquires")
+    };
+    let f2 = loop {
+        match store
+            .acquire(&key, &b, None, Duration::from_secs(10))
+            .await
+            .unwrap()
+        {
+            Acquired::Acquired { fence } => break fence,
+            Acquired::Held { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(f2 > f1, "{f1} then {f2}");
+    assert!(
+        !store
+            .renew(&key, &a, Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert!(!store.release_lock(&key, &a).await.unwrap());
+    assert!(
+        !store
+            .complete_lock(&key, &a, b"\"stale\"", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store
+            .acquire(&key, &c, None, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Acquired::Held { .. }
+    ));
+    assert!(
+        store
+            .renew(&key, &b, Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .complete_lock(&key, &b, b"\"done\"", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .acquire(&key, &c, None, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Acquired::Replay {
+            fingerprint: None,
+            response: b"\"done\"".to_vec()
+        }
+    );
+}
+
+async fn slow_acquisition_never_runs_the_body<S: LockStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let r = req(&unique("t"), "period-1", 1);
+    let hooks = Hooks::default().after_acquire(|| tokio::time::sleep(Duration::from_millis(400)));
+    let (got, _) = with_hooks(hooks, observe(svc.settle_short(&r))).await;
+    assert!(
+        matches!(got, Err(AppError::Idempotency(Error::LockLost))),
+        "{got:?}"
+    );
+    assert!(svc.fences.lock().unwrap().is_empty(), "the body never ran");
+    assert_eq!(svc.ledger.count(&r), 0);
+    let (retry, how) = observe(svc.settle_short(&r)).await;
+    assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+    assert_eq!(svc.ledger.count(&r), 1);
+}
+
+async fn fingerprint_and_scope<S: LockStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let t = unique("t");
+    svc.settle(&req(&t, "p", 1)).await.unwrap();
+    let e = svc.settle(&req(&t, "p", 2)).await;
+    assert!(
+        matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+        "{e:?}"
+    );
+    let other = req(&unique("t"), "p", 1);
+    let (_, how) = observe(svc.settle(&other)).await;
+    assert_eq!(
+        how,
+        Some(Disposition::Executed),
+        "another tenant runs on its own"
+    );
+    assert_eq!(svc.ledger.count(&req(&t, "p", 1)), 1);
+    assert_eq!(svc.ledger.count(&other), 1);
+}
+
+async fn dropped_future_releases_the_lock<S: LockStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let r = req(&unique("t"), "period-1", 1);
+    svc.gate.arm();
+    let task = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        async move { svc.settle(&r).await }
+    });
+    svc.gate.entered.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let (retry, how) = observe(svc.settle_waiting(&r)).await;
+    assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+    assert_eq!(svc.ledger.count(&r), 1);
+}
+
+macro_rules! on_backends {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(idempotent_runtime::MemoryStore::new()).await
+            }
+            )*
+        }
+        mod redis {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some(store) = idempotent_tests::redis().await else { return };
+                super::$test(store).await
+            }
+            )*
+        }
+        mod cluster {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some(store) = idempotent_tests::redis_cluster().await else { return };
+                super::$test(store).await
+            }
+            )*
+        }
+    };
+}
+
+on_backends!(
+    concurrent_64_one_key_one_effect,
+    fence_grows_with_every_acquisition,
+    lease_is_renewed_while_the_body_runs,
+    expired_holder_is_fenced_off_and_gets_lock_lost,
+    stale_owner_cannot_renew_release_or_complete,
+    slow_acquisition_never_runs_the_body,
+    fingerprint_and_scope,
+    dropped_future_releases_the_lock,
+);
+
+// --------------------------------------------------------- Redis outages and round trips
+
+mod redis_servers {
+    use super::*;
+    use idempotent_tests::{RedisCluster, RedisServer, redis_server_on_path};
+
+    /// A fresh call costs at most 2 commands (no renewal within a 5 s lease), a replay 1; on a
+    /// private server so that no other test's commands are counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trips_standalone() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let server = RedisServer::start(&[]);
+        let store = idempotent_runtime::RedisStore::connect(&server.url())
+            .await
+            .unwrap();
+        count_round_trips(Svc::new(store), || server.commands_executed()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trips_cluster() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let cluster = RedisCluster::start(3);
+        let store = idempotent_runtime::RedisStore::connect_cluster(&cluster.urls())
+            .await
+            .unwrap();
+        count_round_trips(Svc::new(store), || cluster.commands_executed()).await;
+    }
+
+    async fn count_round_trips<S: LockStore>(svc: Arc<Svc<S>>, count: impl Fn() -> u64) {
+        let t = unique("t");
+        // Warm-up: the first use of each script on a server loads it (EVALSHA → NOSCRIPT → EVAL).
+        svc.settle(&req(&t, "warm", 1)).await.unwrap();
+        svc.settle(&req(&t, "warm", 1)).await.unwrap();
+        let r = req(&t, "period-1", 1);
+        let before = count();
+        let (_, how) = observe(svc.settle(&r)).await;
+        let fresh = count() - before;
+        assert_eq!(how, Some(Disposition::Executed));
+        let before = count();
+        let (_, how) = observe(svc.settle(&r)).await;
+        let replay = count() - before;
+        assert_eq!(how, Some(Disposition::Replayed));
+        assert!(fresh <= 2, "a fresh call cost {fresh} commands");
+        assert!(replay <= 1, "a replay cost {replay} commands");
+    }
+
+    /// Redis down before the call: a typed Backend error, no effect; back up: the key is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_redis_is_a_backend_error() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let mut server = RedisServer::start(&[]);
+        let store = idempotent_runtime::RedisStore::connect(&server.url())
+            .await
+            .unwrap();
+        let svc = Svc::new(store);
+        let r = req(&unique("t"), "period-1", 1);
+        server.stop();
+        let e = svc.settle(&r).await;
+        assert!(
+            matches!(e, Err(AppError::Idempotency(Error::Backend(_)))),
+            "{e:?}"
+        );
+        assert_eq!(svc.ledger.count(&r), 0);
+        server.restart();
+        let mut got = classify(observe(svc.settle(&r)).await);
+        for _ in 0..50 {
+            if !matches!(got, Got::Other(_)) {
+                break;
+            }
+            // The connection manager reconnects in the background.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            got = classify(observe(svc.settle(&r)).await);
+        }
+        assert!(matches!(got, Got::Executed(_)), "{got:?}");
+        assert_eq!(svc.ledger.count(&r), 1);
+    }
+
+    /// Redis killed while the body runs and not back: the caller gets a typed Backend error,
+    /// the body ran once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_lost_mid_call_is_a_backend_error_and_one_effect() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let mut server = RedisServer::start(&[]);
+        let store = idempotent_runtime::RedisStore::connect(&server.url())
+            .await
+            .unwrap();
+        let svc = Svc::new(store);
+        let r = req(&unique("t"), "period-1", 1);
+        svc.gate.arm();
+        let call = tokio::spawn({
+            let (svc, r) = (svc.clone(), r.clone());
+            async move { svc.settle(&r).await }
+        });
+        svc.gate.entered.notified().await;
+        server.stop();
+        svc.gate.release.notify_one();
+        let got = call.await.unwrap();
+        assert!(
+            matches!(got, Err(AppError::Idempotency(Error::Backend(_)))),
+            "{got:?}"
+        );
+        assert_eq!(svc.ledger.count(&r), 1);
+    }
+
+    /// Redis restarted (with its append-only file) while the body runs: the completion
+    /// reconnects and records the response; one effect, and the retry replays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_restarted_mid_call_records_once() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let mut server = RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+        let store = idempotent_runtime::RedisStore::connect(&server.url())
+            .await
+            .unwrap();
+        let svc = Svc::new(store);
+        let r = req(&unique("t"), "period-1", 1);
+        svc.gate.arm();
+        let call = tokio::spawn({
+            let (svc, r) = (svc.clone(), r.clone());
+            async move { observe(svc.settle(&r)).await }
+        });
+        svc.gate.entered.notified().await;
+        server.restart();
+        svc.gate.release.notify_one();
+        let got = classify(call.await.unwrap());
+        assert_eq!(svc.ledger.count(&r), 1);
+        match got {
+            Got::Executed(receipt) => {
+                assert_eq!(
+                    classify(observe(svc.settle(&r)).await),
+                    Got::Replayed(receipt)
+                );
+            }
+            // The reconnect outlasted the completion's retries: typed error, and the lock
+            // (persisted) still holds off a retry until its lease ends.
+            Got::Other(e) => {
+                assert!(e.contains("Backend"), "{e}");
+                assert_eq!(classify(observe(svc.settle(&r)).await), Got::InProgress);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(svc.ledger.count(&r), 1);
+    }
+}

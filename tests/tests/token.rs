@@ -1,0 +1,350 @@
+//! `strategy = "token"` on standalone Redis, a 3-master Redis Cluster (started by the suite)
+//! and the memory store. Effects are counted in a ledger; every caller's outcome is asserted.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use idempotent_runtime::{Disposition, Error, TokenStore, idempotent, issue_token, observe};
+use idempotent_tests::{AppError, Gate, Receipt, Req, unique};
+use tokio::sync::{Barrier, mpsc};
+
+pub struct Svc<S> {
+    store: S,
+    ledger: Mutex<Vec<(String, String, i64)>>,
+    gate: Gate,
+    fail_next: AtomicBool,
+    serial: AtomicU64,
+}
+
+impl<S: TokenStore> Svc<S> {
+    fn new(store: S) -> Arc<Self> {
+        Arc::new(Svc {
+            store,
+            ledger: Mutex::default(),
+            gate: Gate::default(),
+            fail_next: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
+        })
+    }
+
+    fn count(&self, r: &Req) -> usize {
+        self.ledger
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, k, a)| *t == r.tenant && *k == r.id && *a == r.amount)
+            .count()
+    }
+
+    /// `req.id` carries the token.
+    #[idempotent(
+        strategy = "token",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.checkout",
+        store = "self.store",
+        lease = "5s"
+    )]
+    async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {
+        self.gate.pass().await;
+        if self.fail_next.swap(false, SeqCst) {
+            return Err(AppError::Rejected);
+        }
+        self.ledger
+            .lock()
+            .unwrap()
+            .push((req.tenant.clone(), req.id.clone(), req.amount));
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: self.serial.fetch_add(1, SeqCst) + 1,
+        })
+    }
+
+    #[idempotent(
+        strategy = "token",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.refund",
+        store = "self.store"
+    )]
+    async fn refund(&self, req: &Req) -> Result<Receipt, AppError> {
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: -req.amount,
+            serial: 0,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Got {
+    Executed(Receipt),
+    Replayed(Receipt),
+    Duplicate,
+    Other(String),
+}
+
+fn classify(r: (Result<Receipt, AppError>, Option<Disposition>)) -> Got {
+    match r {
+        (Ok(v), Some(Disposition::Executed)) => Got::Executed(v),
+        (Ok(v), Some(Disposition::Replayed)) => Got::Replayed(v),
+        (Err(AppError::Idempotency(Error::Duplicate)), _) => Got::Duplicate,
+        (other, how) => Got::Other(format!("{other:?} / {how:?}")),
+    }
+}
+
+fn req(tenant: &str, token: &str, amount: i64) -> Req {
+    Req {
+        tenant: tenant.into(),
+        id: token.into(),
+        amount,
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn concurrent_50_one_token_one_effect<S: TokenStore + 'static>(store: S) {
+    const N: usize = 50;
+    let svc = Svc::new(store);
+    let token = issue_token(&svc.store, HOUR).await.unwrap();
+    assert_eq!(token.len(), 32);
+    let r = req(&unique("t"), &token, 100);
+    let barrier = Arc::new(Barrier::new(N));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    svc.gate.arm();
+    for _ in 0..N {
+        let (svc, r, barrier, tx) = (svc.clone(), r.clone(), barrier.clone(), tx.clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            let _ = tx.send(classify(observe(svc.checkout(&r)).await));
+        });
+    }
+    drop(tx);
+    svc.gate.entered.notified().await;
+    let mut got = Vec::new();
+    for _ in 0..N - 1 {
+        got.push(rx.recv().await.unwrap());
+    }
+    assert_eq!(
+        got.iter().filter(|g| **g == Got::Duplicate).count(),
+        N - 1,
+        "{got:?}"
+    );
+    svc.gate.release.notify_one();
+    let Got::Executed(receipt) = rx.recv().await.unwrap() else {
+        panic!("the holder executes")
+    };
+    assert_eq!(svc.count(&r), 1);
+    // A retry with the same token after success replays the response.
+    assert_eq!(
+        classify(observe(svc.checkout(&r)).await),
+        Got::Replayed(receipt)
+    );
+    assert_eq!(svc.count(&r), 1);
+}
+
+async fn unknown_or_expired_token_is_invalid<S: TokenStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let t = unique("t");
+    let e = svc
+        .checkout(&req(&t, "0123456789abcdef0123456789abcdef", 1))
+        .await;
+    assert!(
+        matches!(e, Err(AppError::Idempotency(Error::TokenInvalid))),
+        "{e:?}"
+    );
+    let short = issue_token(&svc.store, Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let e = svc.checkout(&req(&t, &short, 1)).await;
+    assert!(
+        matches!(e, Err(AppError::Idempotency(Error::TokenInvalid))),
+        "{e:?}"
+    );
+    let e = svc.checkout(&req(&t, "", 1)).await;
+    assert!(
+        matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))),
+        "{e:?}"
+    );
+    assert_eq!(svc.ledger.lock().unwrap().len(), 0);
+}
+
+async fn body_failure_restores_the_token<S: TokenStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let token = issue_token(&svc.store, HOUR).await.unwrap();
+    let r = req(&unique("t"), &token, 5);
+    svc.fail_next.store(true, SeqCst);
+    let e = svc.checkout(&r).await;
+    assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
+    assert_eq!(svc.count(&r), 0);
+    let got = classify(observe(svc.checkout(&r)).await);
+    assert!(matches!(got, Got::Executed(_)), "{got:?}");
+    assert_eq!(svc.count(&r), 1);
+}
+
+async fn token_is_bound_to_payload_operation_and_scope<S: TokenStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let token = issue_token(&svc.store, HOUR).await.unwrap();
+    let t = unique("t");
+    svc.checkout(&req(&t, &token, 5)).await.unwrap();
+    let e = svc.checkout(&req(&t, &token, 6)).await;
+    assert!(
+        matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+        "{e:?}"
+    );
+    let e = svc.checkout(&req(&unique("t"), &token, 5)).await;
+    assert!(
+        matches!(e, Err(AppError::Idempotency(Error::TokenInvalid))),
+        "another tenant: {e:?}"
+    );
+    let e = svc.refund(&req(&t, &token, 5)).await;
+    assert!(
+        matches!(e, Err(AppError::Idempotency(Error::TokenInvalid))),
+        "another operation: {e:?}"
+    );
+    assert_eq!(svc.count(&req(&t, &token, 5)), 1);
+}
+
+async fn dropped_future_restores_the_token<S: TokenStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let token = issue_token(&svc.store, HOUR).await.unwrap();
+    let r = req(&unique("t"), &token, 5);
+    svc.gate.arm();
+    let task = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        async move { svc.checkout(&r).await }
+    });
+    svc.gate.entered.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    // The restore is spawned: retry until it has landed.
+    let mut got = classify(observe(svc.checkout(&r)).await);
+    for _ in 0..100 {
+        if got != Got::Duplicate {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        got = classify(observe(svc.checkout(&r)).await);
+    }
+    assert!(matches!(got, Got::Executed(_)), "{got:?}");
+    assert_eq!(svc.count(&r), 1);
+}
+
+macro_rules! on_backends {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(idempotent_runtime::MemoryStore::new()).await
+            }
+            )*
+        }
+        mod redis {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some(store) = idempotent_tests::redis().await else { return };
+                super::$test(store).await
+            }
+            )*
+        }
+        mod cluster {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some(store) = idempotent_tests::redis_cluster().await else { return };
+                super::$test(store).await
+            }
+            )*
+        }
+    };
+}
+
+on_backends!(
+    concurrent_50_one_token_one_effect,
+    unknown_or_expired_token_is_invalid,
+    body_failure_restores_the_token,
+    token_is_bound_to_payload_operation_and_scope,
+    dropped_future_restores_the_token,
+);
+
+mod redis_servers {
+    use super::*;
+    use idempotent_tests::{RedisCluster, RedisServer, redis_server_on_path};
+
+    async fn count_round_trips<S: TokenStore>(svc: Arc<Svc<S>>, count: impl Fn() -> u64) {
+        let t = unique("t");
+        let warm = issue_token(&svc.store, HOUR).await.unwrap();
+        svc.checkout(&req(&t, &warm, 1)).await.unwrap();
+        svc.checkout(&req(&t, &warm, 1)).await.unwrap();
+        let token = issue_token(&svc.store, HOUR).await.unwrap();
+        let r = req(&t, &token, 1);
+        let before = count();
+        let (_, how) = observe(svc.checkout(&r)).await;
+        let fresh = count() - before;
+        assert_eq!(how, Some(Disposition::Executed));
+        let before = count();
+        let (_, how) = observe(svc.checkout(&r)).await;
+        let replay = count() - before;
+        assert_eq!(how, Some(Disposition::Replayed));
+        assert!(fresh <= 2, "a token call cost {fresh} commands");
+        assert!(replay <= 1, "a replay cost {replay} commands");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trips_standalone() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let server = RedisServer::start(&[]);
+        let store = idempotent_runtime::RedisStore::connect(&server.url())
+            .await
+            .unwrap();
+        count_round_trips(Svc::new(store), || server.commands_executed()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trips_cluster() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let cluster = RedisCluster::start(3);
+        let store = idempotent_runtime::RedisStore::connect_cluster(&cluster.urls())
+            .await
+            .unwrap();
+        count_round_trips(Svc::new(store), || cluster.commands_executed()).await;
+    }
+
+    /// A server that cannot run the scripts (scripting renamed away) is refused when the store
+    /// is built, not at the first call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_server_support_fails_fast() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let server = RedisServer::start(&[
+            "--rename-command",
+            "EVAL",
+            "EVAL_DISABLED_FOR_TEST",
+            "--rename-command",
+            "EVALSHA",
+            "EVALSHA_DISABLED_FOR_TEST",
+        ]);
+        let e = idempotent_runtime::RedisStore::connect(&server.url()).await;
+        match e {
+            Err(Error::Backend(source)) => assert!(
+                source
+                    .to_string()
+                    .contains("cannot run the idempotency Lua scripts"),
+                "{source}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
