@@ -203,14 +203,16 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
     let fingerprint = fingerprint_statement(config, &locals.fingerprint);
     let options_ident = &locals.options;
     let options = options_literal(config, quote!(#rt::__private::dedup_table::Options));
-    let assert = assert_replayable(config);
+    // The response type goes in the call's turbofish, spanned at the user's `T`, so that
+    // `run`'s `T: Serialize + DeserializeOwned` is reported at `T` in the signature.
+    let (ok_type, _) = result_type_args(&func.sig.output);
     let store = store_argument(&config.store);
     let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
     let output = &func.sig.output;
     let block = &func.block;
     let run = match &config.tx {
         None => quote! {
-            #rt::__private::dedup_table::run(
+            #rt::__private::dedup_table::run::<_, #ok_type, _, _>(
                 #store,
                 #key_ident,
                 #fingerprint_ident,
@@ -220,14 +222,22 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
             .await
         },
         Some(tx) => {
-            let param = closure_param(tx);
+            // The closure's parameter type comes from the store; the user's `#[tx]` type is
+            // checked by a `let` spanned at it, so a connection of another database is one
+            // "mismatched types" error at that type.
+            let (mutability, ident, ty) = (&tx.mutability, &tx.ident, &tx.ty);
+            let conn = Ident::new("__idempotent_tx", Span::mixed_site());
+            let conn_at_ty = Ident::new("__idempotent_tx", Span::mixed_site().located_at(ty.span()));
+            let bind = quote_spanned!(ty.span()=> let #mutability #ident: #ty = #conn_at_ty;);
+            let closure = quote!(async |#conn|);
+            let block = quote!({ #bind #block });
             quote! {
-                #rt::__private::dedup_table::run_in_tx(
+                #rt::__private::dedup_table::run_in_tx::<_, #ok_type, _, _>(
                     #store,
                     #key_ident,
                     #fingerprint_ident,
                     #options_ident,
-                    async |#param| #output #block,
+                    #closure #output #block,
                 )
                 .await
             }
@@ -240,7 +250,6 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
             #key
             #fingerprint
             let #options_ident = #options;
-            #assert
             #run
         },
     ))
@@ -357,8 +366,41 @@ fn options_literal(config: &Config, options_type: TokenStream) -> TokenStream {
     }
 }
 
+/// `T` and `E` of a `-> Result<T, E>` return type as turbofish arguments, each `_` when it
+/// cannot be named there (`impl Trait`) or the type is not spelled `Result<T, E>` (an alias).
+fn result_type_args(output: &syn::ReturnType) -> (TokenStream, TokenStream) {
+    let infer = || quote!(_);
+    let syn::ReturnType::Type(_, ty) = output else {
+        return (infer(), infer());
+    };
+    let syn::Type::Path(path) = &**ty else {
+        return (infer(), infer());
+    };
+    let Some(last) = path.path.segments.last() else {
+        return (infer(), infer());
+    };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return (infer(), infer());
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) if !validate::mentions_impl(&ty.to_token_stream()) => {
+            Some(ty.to_token_stream())
+        }
+        syn::GenericArgument::Type(_) => Some(infer()),
+        _ => None,
+    });
+    match (last.ident == "Result", types.next(), types.next(), types.next()) {
+        (true, Some(ok), Some(err), None) => (ok, err),
+        _ => (infer(), infer()),
+    }
+}
+
 /// `assert_replayable::<T>();` for replaying strategies, spanned at `T` so an
 /// unserializable response type is reported there.
+#[allow(
+    dead_code,
+    reason = "dedup_table checks `T` through its call's turbofish; kept for the strategies whose entry point cannot"
+)]
 fn assert_replayable(config: &Config) -> Option<TokenStream> {
     if !config.strategy.replays() {
         return None;
@@ -379,6 +421,10 @@ fn store_argument(store: &Store) -> TokenStream {
 }
 
 /// `mut? name: Type` for the body closure's injected parameter.
+#[allow(
+    dead_code,
+    reason = "dedup_table binds `#[tx]` with a checked `let`; kept for the other strategies' expansions"
+)]
 fn closure_param(injected: &Injected) -> TokenStream {
     let (mutability, ident, ty) = (&injected.mutability, &injected.ident, &injected.ty);
     quote!(#mutability #ident: #ty)
