@@ -205,7 +205,10 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
     let options = options_literal(config, quote!(#rt::__private::dedup_table::Options));
     // The response type goes in the call's turbofish, spanned at the user's `T`, so that
     // `run`'s `T: Serialize + DeserializeOwned` is reported at `T` in the signature.
-    let (ok_type, _) = result_type_args(&func.sig.output);
+    let ok_type = match &config.ok_type {
+        Some(ty) => ty.to_token_stream(),
+        None => quote!(_),
+    };
     let store = store_argument(&config.store);
     let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
     let output = &func.sig.output;
@@ -227,7 +230,8 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
             // "mismatched types" error at that type.
             let (mutability, ident, ty) = (&tx.mutability, &tx.ident, &tx.ty);
             let conn = Ident::new("__idempotent_tx", Span::mixed_site());
-            let conn_at_ty = Ident::new("__idempotent_tx", Span::mixed_site().located_at(ty.span()));
+            let conn_at_ty =
+                Ident::new("__idempotent_tx", Span::mixed_site().located_at(ty.span()));
             let bind = quote_spanned!(ty.span()=> let #mutability #ident: #ty = #conn_at_ty;);
             let closure = quote!(async |#conn|);
             let block = quote!({ #bind #block });
@@ -363,35 +367,6 @@ fn options_literal(config: &Config, options_type: TokenStream) -> TokenStream {
             #on_busy
             ..::core::default::Default::default()
         }
-    }
-}
-
-/// `T` and `E` of a `-> Result<T, E>` return type as turbofish arguments, each `_` when it
-/// cannot be named there (`impl Trait`) or the type is not spelled `Result<T, E>` (an alias).
-fn result_type_args(output: &syn::ReturnType) -> (TokenStream, TokenStream) {
-    let infer = || quote!(_);
-    let syn::ReturnType::Type(_, ty) = output else {
-        return (infer(), infer());
-    };
-    let syn::Type::Path(path) = &**ty else {
-        return (infer(), infer());
-    };
-    let Some(last) = path.path.segments.last() else {
-        return (infer(), infer());
-    };
-    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
-        return (infer(), infer());
-    };
-    let mut types = args.args.iter().filter_map(|arg| match arg {
-        syn::GenericArgument::Type(ty) if !validate::mentions_impl(&ty.to_token_stream()) => {
-            Some(ty.to_token_stream())
-        }
-        syn::GenericArgument::Type(_) => Some(infer()),
-        _ => None,
-    });
-    match (last.ident == "Result", types.next(), types.next(), types.next()) {
-        (true, Some(ok), Some(err), None) => (ok, err),
-        _ => (infer(), infer()),
     }
 }
 

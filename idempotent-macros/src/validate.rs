@@ -639,7 +639,10 @@ fn check_key(args: &RawArgs, info: &FnInfo, errors: &mut Errors) -> Option<Vec<P
     let parts: Vec<PathExpr> = parts.into_iter().collect::<Option<_>>()?;
     let mut distinct = true;
     for (index, part) in parts.iter().enumerate() {
-        if parts[..index].iter().any(|earlier| earlier.text == part.text) {
+        if parts[..index]
+            .iter()
+            .any(|earlier| earlier.text == part.text)
+        {
             errors.at(
                 part.span,
                 format!(
