@@ -125,8 +125,7 @@ use proc_macro::TokenStream;
 ///         ),
 ///         ..::core::default::Default::default()
 ///     };
-///     ::idempotent_runtime::__private::assert_replayable::<Receipt>();
-///     ::idempotent_runtime::__private::dedup_table::run(
+///     ::idempotent_runtime::__private::dedup_table::run::<_, Receipt, _, _>(
 ///         &*pool,
 ///         __idempotent_key,
 ///         __idempotent_fingerprint,
@@ -139,14 +138,18 @@ use proc_macro::TokenStream;
 ///
 /// With a `#[tx] tx: &mut PgConnection` parameter, `tx` disappears from the
 /// signature and the last call becomes
-/// `dedup_table::run_in_tx(&*pool, .., async |tx: &mut PgConnection| -> Result<..> { BODY })`.
+/// `dedup_table::run_in_tx::<_, Receipt, _, _>(&*pool, .., async |__idempotent_tx| -> Result<..> { let tx: &mut PgConnection = __idempotent_tx; BODY })`:
+/// the connection's type comes from the store, and a `#[tx]` type of another
+/// database is one "mismatched types" error at that type.
 ///
 /// The store is passed as `&*param` for a `&T` parameter, `&mut *param` for a
 /// `&mut T` one and `&(expr)` otherwise. The body runs inside a (non-`move`)
 /// async closure, so `return` and `?` in it behave as in the original function.
 /// Each generated call carries the span of the option it comes from, so a type
-/// error (a key part without `KeyPart`, a response type that is not
-/// `Serialize + DeserializeOwned`) points at that option or type.
+/// error points at that option or type: a key part without `KeyPart` at the
+/// `key` string, a key path naming a missing field at the `key` string, a
+/// response type that is not `Serialize + DeserializeOwned` at `T` in the
+/// signature (through the turbofish above).
 ///
 /// # Errors
 ///

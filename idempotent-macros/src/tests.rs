@@ -74,7 +74,10 @@ fn place() -> TokenStream {
 #[test]
 fn dedup_table_claim_mode() {
     let out = ok(quote!(strategy = "dedup_table", key = "req.id"), place());
-    assert!(out.contains("dedup_table :: run ("), "{out}");
+    assert!(
+        out.contains("dedup_table :: run :: < _ , Receipt , _ , _ > ("),
+        "{out}"
+    );
     assert!(!out.contains("run_in_tx"), "{out}");
     assert!(out.contains(":: idempotent_runtime :: __private :: KeyBuilder :: new"));
     assert!(out.contains(":: core :: concat ! (:: core :: module_path ! () , \"::\" , \"place\")"));
@@ -85,7 +88,6 @@ fn dedup_table_claim_mode() {
         "the store is not fingerprinted: {out}"
     );
     assert!(out.contains("& * pool"), "{out}");
-    assert!(out.contains("assert_replayable :: < Receipt > ()"), "{out}");
     assert!(
         out.contains("async || -> Result < Receipt , AppError > {"),
         "{out}"
@@ -106,8 +108,16 @@ fn dedup_table_transactional_mode() {
             }
         },
     );
-    assert!(out.contains("dedup_table :: run_in_tx ("), "{out}");
-    assert!(out.contains("async | tx : & mut PgConnection | -> Result < () , AppError >"));
+    assert!(
+        out.contains("dedup_table :: run_in_tx :: < _ , () , _ , _ > ("),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "-> Result < () , AppError > { let tx : & mut PgConnection = __idempotent_tx ;"
+        ),
+        "{out}"
+    );
     assert!(
         out.contains("async fn place (pool : & PgPool , req : & PlaceOrder) ->"),
         "{out}"
@@ -172,7 +182,7 @@ fn dedup_table_defaults_in_a_method() {
         "{out}"
     );
     assert!(out.contains("on_busy : :: idempotent_runtime :: __private :: OnBusy :: Reject ,"));
-    assert!(out.contains("assert_replayable :: < Vec < u8 > >"), "{out}");
+    assert!(out.contains("run :: < _ , Vec < u8 > , _ , _ >"), "{out}");
 }
 
 #[test]

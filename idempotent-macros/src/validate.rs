@@ -414,7 +414,11 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
 
     let scope = usable(OptionName::Scope)
         .and_then(|o| expect_str(o, &mut errors))
-        .and_then(|lit| info.path_expr(lit, OptionName::Scope, &mut errors));
+        .and_then(|lit| info.path_expr(lit, OptionName::Scope, &mut errors))
+        .filter(|scope| {
+            key.as_deref()
+                .is_none_or(|key| check_scope_not_key(scope, key, &mut errors))
+        });
 
     let store = check_store(usable(OptionName::Store), &info, &mut errors);
 
@@ -647,7 +651,40 @@ fn check_key(args: &RawArgs, info: &FnInfo, errors: &mut Errors) -> Option<Vec<P
         .into_iter()
         .map(|lit| info.path_expr(lit, OptionName::Key, errors))
         .collect();
-    parts.into_iter().collect()
+    let parts: Vec<PathExpr> = parts.into_iter().collect::<Option<_>>()?;
+    let mut distinct = true;
+    for (index, part) in parts.iter().enumerate() {
+        if parts[..index]
+            .iter()
+            .any(|earlier| earlier.text == part.text)
+        {
+            errors.at(
+                part.span,
+                format!(
+                    "`{}` is listed twice in `key`; a compound key names each part once",
+                    part.text
+                ),
+            );
+            distinct = false;
+        }
+    }
+    distinct.then_some(parts)
+}
+
+/// A `scope` that is also a key part would make the key the same for every scope value: the
+/// two options conflict.
+fn check_scope_not_key(scope: &PathExpr, key: &[PathExpr], errors: &mut Errors) -> bool {
+    if key.iter().any(|part| part.text == scope.text) {
+        errors.at(
+            scope.span,
+            format!(
+                "`{}` is both the `scope` and a `key` part; the scope names the caller or tenant (e.g. scope = \"ctx.tenant_id\") and the key the request within it",
+                scope.text
+            ),
+        );
+        return false;
+    }
+    true
 }
 
 /// `store = "..."` or its default.

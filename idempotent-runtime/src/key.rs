@@ -20,6 +20,11 @@ pub const MAX_SCOPE_BYTES: usize = 1024;
 ///
 /// Implemented for strings, byte slices, integers and references to them. An implementation
 /// writes a one-byte type tag and the value's bytes; the caller length-prefixes the result.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be part of an idempotency key or scope: it does not implement `KeyPart`",
+    label = "this key part is a `{Self}`",
+    note = "key parts are strings, byte strings or integers: point `key`/`scope` at such a field (e.g. \"req.id.0\" for a newtype), or implement `idempotent_runtime::KeyPart` for `{Self}`"
+)]
 pub trait KeyPart {
     /// The type tag: `b's'` for text, `b'i'` for integers, `b'b'` for bytes.
     fn tag(&self) -> u8;

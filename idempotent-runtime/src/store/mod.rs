@@ -60,6 +60,11 @@ pub struct Record {
 ///
 /// Implemented for `sqlx::Pool<Postgres | MySql | Sqlite>` and
 /// [`MemoryStore`](memory::MemoryStore). Each method is one atomic step on the backend.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an idempotency store: `store` must give a `ClaimStore`",
+    label = "this store is a `{Self}`",
+    note = "write `store = \"...\"` naming a sqlx pool (`PgPool`, `MySqlPool`, `SqlitePool`) or an `idempotent_runtime::MemoryStore`; or add a `#[tx] tx: &mut <DB>Connection` parameter to claim inside the body's transaction"
+)]
 pub trait ClaimStore: Send + Sync {
     /// A short backend name for logs and the demo (`"postgres"`, `"mysql"`, `"sqlite"`, `"memory"`).
     fn backend_name(&self) -> &'static str;

@@ -370,6 +370,11 @@ impl_sql_backend!(
 /// body's writes: a pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`: a new transaction on a pooled
 /// connection) or a connection (`&mut PgConnection`, …: a new transaction, or a SAVEPOINT when
 /// the connection is already inside the caller's transaction, which then stays usable).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot open the transaction that `#[tx]` injects",
+    label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
+    note = "the memory store has no transactions: remove the `#[tx]` parameter to claim outside the body, or use a SQL store"
+)]
 pub trait TxStore: Send {
     /// The sqlx database.
     type Database: SqlBackend;

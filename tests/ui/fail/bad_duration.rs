@@ -1,0 +1,12 @@
+//! A duration humantime cannot read.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(strategy = "dedup_table", key = "req.id", lease = "30 parsecs")]
+pub async fn place(pool: &SqlitePool, req: &Req) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+//! A compound key with no parts.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(strategy = "dedup_table", key = [])]
+pub async fn place(pool: &SqlitePool, req: &Req) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

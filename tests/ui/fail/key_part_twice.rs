@@ -1,0 +1,12 @@
+//! Conflicting options: the same key part listed twice in a compound key.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(strategy = "dedup_table", key = ["req.id", "req.id"])]
+pub async fn place(pool: &SqlitePool, req: &Req) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

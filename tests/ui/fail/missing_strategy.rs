@@ -1,0 +1,12 @@
+//! No `strategy` at all.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(key = "req.id")]
+pub async fn place(pool: &SqlitePool, req: &Req) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

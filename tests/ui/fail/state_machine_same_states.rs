@@ -1,0 +1,19 @@
+//! Conflicting options: a transition from a state to itself.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(
+    strategy = "state_machine",
+    key = "req.id",
+    table = "orders",
+    status_column = "status",
+    from = "PAID",
+    to = "PAID"
+)]
+pub async fn ship(pool: &SqlitePool, req: &Req) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

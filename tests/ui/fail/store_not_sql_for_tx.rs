@@ -1,0 +1,15 @@
+//! With `#[tx]` the store must be a SQL pool or connection; the memory store has no transaction.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+
+#[idempotent(strategy = "dedup_table", key = "req.id")]
+pub async fn place(
+    store: &idempotent_runtime::MemoryStore,
+    req: &Req,
+    #[tx] tx: &mut sqlx::SqliteConnection,
+) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+//! `#[tx]` on `token`.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+
+#[idempotent(strategy = "token", key = "req.id")]
+pub async fn place(
+    store: &idempotent_runtime::MemoryStore,
+    req: &Req,
+    #[tx] tx: &mut sqlx::SqliteConnection,
+) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

@@ -1,0 +1,17 @@
+//! Two `#[tx]` parameters: there is one transaction.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(strategy = "dedup_table", key = "req.id")]
+pub async fn place(
+    pool: &SqlitePool,
+    req: &Req,
+    #[tx] tx: &mut sqlx::SqliteConnection,
+    #[tx] other: &mut sqlx::SqliteConnection,
+) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

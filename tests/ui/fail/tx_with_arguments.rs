@@ -1,0 +1,16 @@
+//! `#[tx]` takes no arguments.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(strategy = "dedup_table", key = "req.id")]
+pub async fn place(
+    pool: &SqlitePool,
+    req: &Req,
+    #[tx(isolation = "serializable")] tx: &mut sqlx::SqliteConnection,
+) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+//! A `#[tx]` connection type for another database than the store.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(strategy = "dedup_table", key = "req.id")]
+pub async fn place(
+    pool: &SqlitePool,
+    req: &Req,
+    #[tx] tx: &mut sqlx::PgConnection,
+) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}

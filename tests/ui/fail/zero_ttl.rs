@@ -1,0 +1,12 @@
+//! A zero `ttl` would forget the record at once.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Receipt, Req};
+use sqlx::SqlitePool;
+
+#[idempotent(strategy = "dedup_table", key = "req.id", ttl = "0s")]
+pub async fn place(pool: &SqlitePool, req: &Req) -> Result<Receipt, AppError> {
+    todo!()
+}
+
+fn main() {}
