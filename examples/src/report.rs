@@ -108,6 +108,12 @@ impl Report {
                 o.p99_ms
             ));
         }
+        out.push_str(concat!(
+            "effects: ledger rows written by the bodies (must equal keys). replays: stored response returned.\n",
+            "duplicates: Error::Duplicate (strategies that store no response). in_progress: InProgress answers, retried by the client.\n",
+            "mismatches: same key, different payload, refused; one request per key carries another payload, and when it\n",
+            "  arrives first the honest client's requests are the refused ones, so mismatches can exceed keys.\n",
+        ));
         out
     }
 

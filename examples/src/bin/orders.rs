@@ -31,15 +31,26 @@ struct Args {
     /// comma-separated node URLs select a Redis Cluster). Default: the in-process memory store.
     #[arg(long)]
     redis_url: Option<String>,
-    /// Requests per operation (rounded down to whole keys of 7 requests each).
-    #[arg(long, default_value_t = 1400)]
+    /// Requests per operation, at least 7 (rounded down to whole keys of 7 requests each).
+    #[arg(long, default_value_t = 1400, value_parser = at_least::<7>)]
     requests: usize,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 32)]
+    /// Requests in flight at once, at least 1.
+    #[arg(long, default_value_t = 32, value_parser = at_least::<1>)]
     concurrency: usize,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// Parses a count of at least `MIN`.
+fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a count: {e}"))?;
+    if n < MIN {
+        return Err(format!("must be at least {MIN}"));
+    }
+    Ok(n)
 }
 
 fn run_id() -> String {
@@ -140,8 +151,10 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
-            .await?;
+            .await
+            .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
         for ddl in DEMO_DDL {
@@ -159,8 +172,10 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         let url = url.replacen("mariadb:", "mysql:", 1);
         let db = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
-            .await?;
+            .await
+            .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
         for ddl in DEMO_DDL {
@@ -183,7 +198,8 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         let db = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
-            .await?;
+            .await
+            .map_err(|e| format!("cannot open the SQLite database {shown}: {e}"))?;
         idempotent_runtime::migrate(&db).await?;
         sqlx::query(LEDGER_DDL).execute(&db).await?;
         for ddl in DEMO_DDL {
