@@ -563,6 +563,44 @@ mod redis_servers {
         assert_eq!(svc.ledger.count(&r), 1);
     }
 
+    /// Redis restarted without persistence forgets the fencing counter: the next acquisition's
+    /// token is still higher than every earlier one (the counter restarts from the server's
+    /// clock), so a stalled holder's old token keeps losing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fencing_tokens_keep_growing_across_a_restart_without_persistence() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let mut server = RedisServer::start(&[]);
+        let store = idempotent_runtime::RedisStore::connect(&server.url())
+            .await
+            .unwrap();
+        let svc = Svc::new(store);
+        let r = req(&unique("t"), "period-1", 1);
+        for _ in 0..3 {
+            svc.fail_next.store(true, SeqCst);
+            assert!(matches!(svc.settle(&r).await, Err(AppError::Rejected)));
+        }
+        server.stop();
+        server.restart();
+        let mut got = classify(observe(svc.settle(&r)).await);
+        for _ in 0..50 {
+            if !matches!(got, Got::Other(_)) {
+                break;
+            }
+            // The connection manager reconnects in the background.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            got = classify(observe(svc.settle(&r)).await);
+        }
+        assert!(matches!(got, Got::Executed(_)), "{got:?}");
+        let fences = svc.fences.lock().unwrap().clone();
+        assert_eq!(fences.len(), 4, "{fences:?}");
+        assert!(
+            fences.windows(2).all(|w| w[1] > w[0]),
+            "fencing tokens must grow: {fences:?}"
+        );
+    }
+
     /// Redis killed while the body runs and not back: the caller gets a typed Backend error,
     /// the body ran once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,33 @@ impl<S: TokenStore> Svc<S> {
         })
     }
 
+    /// A 300 ms lease, renewed while the body runs.
+    #[idempotent(
+        strategy = "token",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.checkout",
+        store = "self.store",
+        lease = "300ms"
+    )]
+    async fn checkout_short(&self, req: &Req) -> Result<Receipt, AppError> {
+        self.checkout_body(req).await
+    }
+
+    async fn checkout_body(&self, req: &Req) -> Result<Receipt, AppError> {
+        self.gate.pass().await;
+        self.ledger
+            .lock()
+            .unwrap()
+            .push((req.tenant.clone(), req.id.clone(), req.amount));
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: self.serial.fetch_add(1, SeqCst) + 1,
+        })
+    }
+
     #[idempotent(
         strategy = "token",
         key = "req.id",
@@ -235,6 +262,36 @@ async fn dropped_future_restores_the_token<S: TokenStore + 'static>(store: S) {
     assert_eq!(svc.count(&r), 1);
 }
 
+/// A body slower than its lease keeps the token: a retry meanwhile is a `Duplicate` and never
+/// runs the body; the slow call completes and later retries replay it.
+async fn slow_body_keeps_the_token<S: TokenStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let token = issue_token(&svc.store, HOUR).await.unwrap();
+    let r = req(&unique("t"), &token, 5);
+    svc.gate.arm();
+    let first = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        async move { observe(svc.checkout_short(&r)).await }
+    });
+    svc.gate.entered.notified().await;
+    // Let wall-clock time pass well beyond the 300 ms lease (this waits for the lease, it does
+    // not order the callers).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        classify(observe(svc.checkout_short(&r)).await),
+        Got::Duplicate
+    );
+    svc.gate.release.notify_one();
+    let Got::Executed(receipt) = classify(first.await.unwrap()) else {
+        panic!("the slow call must complete");
+    };
+    assert_eq!(
+        classify(observe(svc.checkout_short(&r)).await),
+        Got::Replayed(receipt)
+    );
+    assert_eq!(svc.count(&r), 1);
+}
+
 macro_rules! on_backends {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -267,6 +324,7 @@ macro_rules! on_backends {
 }
 
 on_backends!(
+    slow_body_keeps_the_token,
     concurrent_50_one_token_one_effect,
     unknown_or_expired_token_is_invalid,
     body_failure_restores_the_token,

@@ -468,14 +468,31 @@ impl TokenStore for MemoryStore {
         let now = Instant::now();
         match tokens.get_mut(token_key.digest()) {
             Some(t)
-                if t.response.is_none()
-                    && t.consumer
-                        .as_ref()
-                        .is_some_and(|c| &*c.0 == owner && c.1 > now) =>
+                if t.response.is_none() && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner) =>
             {
                 t.response = Some(response.into());
                 t.consumer = None;
                 t.expires_at = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn renew_token(
+        &self,
+        token_key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        let mut tokens = lock(&self.tokens);
+        let now = Instant::now();
+        match tokens.get_mut(token_key.digest()) {
+            Some(t)
+                if t.response.is_none() && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner) =>
+            {
+                t.consumer = Some((owner.into(), now + lease));
+                t.expires_at = t.expires_at.max(now + lease);
                 Ok(true)
             }
             _ => Ok(false),

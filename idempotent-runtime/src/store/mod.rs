@@ -317,6 +317,16 @@ pub trait TokenStore: Send + Sync {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
+    /// Extends `owner`'s consumption of the token to end `lease` from now (compare-and-set on
+    /// the owner; the token's own expiry is pushed out if it would end first). `Ok(false)` when
+    /// the token is no longer consumed by `owner`.
+    fn renew_token(
+        &self,
+        token_key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
     /// Puts the token back to issued (the body failed retryably), if `owner` consumed it.
     fn restore_token(
         &self,

@@ -217,7 +217,13 @@ static LOCK_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
 local r = redis.call('HMGET', KEYS[3], 'f', 'r')
 if r[2] then return {1, r[1] or '', r[2]} end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0, tostring(redis.call('INCR', KEYS[2])), ''}
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    -- A missing counter (new key, or Redis restarted without persistence) starts at the
+    -- server's clock in microseconds, above any value an earlier counter reached.
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[2], string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2])))
+  end
+  return {0, string.format('%d', redis.call('INCR', KEYS[2])), ''}
 end
 return {2, redis.call('GET', KEYS[1]) or '', ''}
 ",
@@ -389,14 +395,28 @@ return {1, '', '', ''}
 static TOKEN_COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local t = redis.call('HMGET', KEYS[1], 's', 'o', 'd')
+local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if tonumber(t[3]) <= ms then return 0 end
 redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
 redis.call('HDEL', KEYS[1], 'o', 'd')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+",
+    )
+});
+
+/// KEYS: tok. ARGV: owner, lease ms. → 1 renewed (compare-and-set on the owner), 0 not the
+/// owner's consumption.
+static TOKEN_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('HMGET', KEYS[1], 's', 'o')
+if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local lease = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'd', string.format('%d', ms + lease))
+if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
 return 1
 ",
     )
@@ -474,6 +494,23 @@ impl TokenStore for RedisStore {
                     .arg(owner)
                     .arg(response)
                     .arg(millis(ttl).max(1)),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn renew_token(
+        &self,
+        token_key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        let n: i64 = self
+            .eval(
+                TOKEN_RENEW
+                    .key(rkey(token_key, "tok"))
+                    .arg(owner)
+                    .arg(millis(lease).max(1)),
             )
             .await?;
         Ok(n == 1)

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, OnBusy};
+use super::{Backoff, OnBusy, keep_renewed};
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
 use crate::{Error, Fingerprint, StorageKey};
@@ -38,7 +38,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Stored instead of a response that could not be kept (fails to serialize, fails to
 /// deserialize back, or is too large). Never valid JSON, so never mistaken for a response.
-const UNSTORABLE: &[u8] = b"\0unstorable:";
+pub(crate) const UNSTORABLE: &[u8] = b"\0unstorable:";
 
 /// Options of one `dedup_table` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,10 @@ impl Default for Options {
 
 /// Serializes `value` for replay and checks that it reads back as a `T`; the reason when it
 /// cannot be stored.
-fn storable<T: Serialize + DeserializeOwned>(value: &T, limit: usize) -> Result<Vec<u8>, String> {
+pub(crate) fn storable<T: Serialize + DeserializeOwned>(
+    value: &T,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
     let bytes = serde_json::to_vec(value).map_err(|e| format!("it failed to serialize: {e}"))?;
     if bytes.len() > limit {
         return Err(format!(
@@ -81,6 +84,18 @@ fn storable<T: Serialize + DeserializeOwned>(value: &T, limit: usize) -> Result<
     serde_json::from_slice::<T>(&bytes)
         .map_err(|e| format!("it does not read back after serializing: {e}"))?;
     Ok(bytes)
+}
+
+/// Reads a stored response back; [`Error::Serialization`] when the first call's response was
+/// recorded as not storable.
+pub(crate) fn replayed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    match bytes.strip_prefix(UNSTORABLE) {
+        Some(reason) => Err(Error::Serialization(format!(
+            "the first call with this idempotency key succeeded, but its response was not stored for replay: {}",
+            String::from_utf8_lossy(reason)
+        ))),
+        None => Ok(serde_json::from_slice(bytes)?),
+    }
 }
 
 /// Runs `step` again while it fails with a transient backend error, at most
@@ -97,33 +112,6 @@ async fn retrying<R, Fut: Future<Output = Result<R, Error>>>(
                 backoff.wait().await;
             }
             other => return other,
-        }
-    }
-}
-
-/// Renews `owner`'s claim every `lease / 3` until the claim is lost; never returns while the
-/// claim is held. Transient failures are retried on the next tick.
-async fn keep_renewed<S: ClaimStore + ?Sized>(
-    store: &S,
-    key: &StorageKey,
-    owner: &str,
-    lease: Duration,
-) {
-    let every = (lease / 3).max(Duration::from_millis(1));
-    loop {
-        tokio::time::sleep(every).await;
-        match store.renew(key, owner, lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(
-                    ?key,
-                    "the claim was lost before the body finished; completion will fail with LockLost"
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(?key, error = %e, "renewing the claim failed; retrying at the next tick")
-            }
         }
     }
 }
@@ -145,13 +133,7 @@ fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<
         return Err(Error::FingerprintMismatch);
     }
     match rec.state {
-        RecordState::Completed(bytes) => match bytes.strip_prefix(UNSTORABLE) {
-            Some(reason) => Err(Error::Serialization(format!(
-                "the first call with this idempotency key succeeded, but its response was not stored for replay: {}",
-                String::from_utf8_lossy(reason)
-            ))),
-            None => Ok(Verdict::Replay(serde_json::from_slice(&bytes)?)),
-        },
+        RecordState::Completed(bytes) => Ok(Verdict::Replay(replayed(&bytes)?)),
         RecordState::InProgress => Ok(Verdict::Busy),
     }
 }
@@ -255,7 +237,7 @@ where
         let mut body = std::pin::pin!(body());
         tokio::select! {
             r = &mut body => r,
-            () = keep_renewed(store, &key, &owner, options.lease) => body.await,
+            () = keep_renewed(options.lease, || store.renew(&key, &owner, options.lease)) => body.await,
         }
     };
     guard.armed = false;

@@ -216,7 +216,7 @@ where
                 response,
             } => {
                 check_fingerprint(fingerprint.as_deref(), fp.as_deref())?;
-                let value = serde_json::from_slice(&response).map_err(Error::from)?;
+                let value = super::dedup_table::replayed(&response)?;
                 record(Disposition::Replayed);
                 return Ok(value);
             }
@@ -276,13 +276,14 @@ where
             return Err(e);
         }
     };
-    let bytes = match serde_json::to_vec(&value) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = store.release_lock(&key, &owner).await;
-            return Err(Error::from(e).into());
-        }
-    };
+    // The effect has happened: record it even when the response cannot be kept, so a retry
+    // never runs the body a second time (it gets Error::Serialization).
+    let bytes =
+        super::dedup_table::storable(&value, super::dedup_table::DEFAULT_MAX_RESPONSE_BYTES)
+            .unwrap_or_else(|reason| {
+                tracing::warn!(?key, %reason, "the response is not stored for replay");
+                [super::dedup_table::UNSTORABLE, reason.as_bytes()].concat()
+            });
     // The effect has happened: try hard to record it, so a retry replays instead of re-running.
     let mut last = None;
     for _ in 0..3 {

@@ -31,6 +31,31 @@ pub enum OnBusy {
     Wait(Duration),
 }
 
+/// Calls `renew` every `lease / 3` until it reports the claim lost (`Ok(false)`); never returns
+/// while the claim is held. A failed renewal is logged and tried again at the next tick. Used
+/// while a body runs, raced against it with `tokio::select!`.
+pub(crate) async fn keep_renewed<Fut>(lease: Duration, mut renew: impl FnMut() -> Fut)
+where
+    Fut: Future<Output = Result<bool, crate::Error>>,
+{
+    let every = (lease / 3).max(Duration::from_millis(1));
+    loop {
+        tokio::time::sleep(every).await;
+        match renew().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    "the claim was lost before the body finished; completion will fail with LockLost"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the claim failed; retrying at the next tick")
+            }
+        }
+    }
+}
+
 /// Bounded exponential backoff for polling and transaction retries.
 #[derive(Debug)]
 pub(crate) struct Backoff {

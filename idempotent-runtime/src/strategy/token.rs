@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Backoff;
+use super::{Backoff, keep_renewed};
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
 use crate::{Error, Fingerprint, KeyBuilder, KeyPart, StorageKey};
@@ -152,7 +152,7 @@ where
             response,
         } => {
             check(&binding, fingerprint.as_deref(), &bind, fp.as_deref())?;
-            let value = serde_json::from_slice(&response).map_err(Error::from)?;
+            let value = super::dedup_table::replayed(&response)?;
             record(Disposition::Replayed);
             return Ok(value);
         }
@@ -164,7 +164,15 @@ where
         owner: &owner,
         armed: true,
     };
-    let result = body().await;
+    // Renew the consumption while the body runs, so a slow body keeps its claim on the token
+    // and a retry never runs it a second time.
+    let result = {
+        let mut body = std::pin::pin!(body());
+        tokio::select! {
+            r = &mut body => r,
+            () = keep_renewed(options.lease, || store.renew_token(&key, &owner, options.lease)) => body.await,
+        }
+    };
     guard.armed = false;
     let value = match result {
         Ok(v) => v,
@@ -175,13 +183,14 @@ where
             return Err(e);
         }
     };
-    let bytes = match serde_json::to_vec(&value) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = store.restore_token(&key, &owner).await;
-            return Err(Error::from(e).into());
-        }
-    };
+    // The effect has happened: consume the token for good even when the response cannot be
+    // kept, so a retry never runs the body a second time (it gets Error::Serialization).
+    let bytes =
+        super::dedup_table::storable(&value, super::dedup_table::DEFAULT_MAX_RESPONSE_BYTES)
+            .unwrap_or_else(|reason| {
+                tracing::warn!(?key, %reason, "the response is not stored for replay");
+                [super::dedup_table::UNSTORABLE, reason.as_bytes()].concat()
+            });
     let mut backoff = Backoff::new();
     let mut last = None;
     for _ in 0..3 {
