@@ -531,26 +531,38 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
     let fingerprint = fingerprint_statement(config, &locals.fingerprint);
     let options_ident = &locals.options;
     let options = options_literal(config, quote!(#rt::__private::dedup_table::Options));
-    // The response type goes in the call's turbofish, spanned at the user's `T`, so that
-    // `run`'s `T: Serialize + DeserializeOwned` is reported at `T` in the signature.
+    // The response type goes in the call's turbofish, and the whole call (path, arguments'
+    // parentheses, `.await`) is spanned at the user's `T`, so that `run`'s `T: Replayable` is
+    // reported once, at `T` in the signature (rustc merges equal errors at one span).
     let ok_type = match &config.ok_type {
         Some(ty) => ty.to_token_stream(),
         None => quote!(_),
     };
+    let ok_span = config
+        .ok_type
+        .as_ref()
+        .map_or_else(Span::call_site, |ty| ty.span());
+    let await_ = quote_spanned!(ok_span=> .await);
+    let rt_at_ok = validate::respan(rt.to_token_stream(), ok_span);
+    // `S` is inferred, but written as `_` at the store: rustc reports an unmet `ClaimStore`
+    // bound at the generic argument it belongs to.
+    let store_infer = quote_spanned!(config.store.span=> _);
+    let run_path = quote_spanned!(ok_span=> #rt_at_ok::__private::dedup_table::run::<#store_infer, #ok_type, _, _>);
+    let run_in_tx_path = quote_spanned!(ok_span=> #rt_at_ok::__private::dedup_table::run_in_tx::<#store_infer, #ok_type, _, _>);
     let store = store_argument(&config.store);
     let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
     let output = &func.sig.output;
     let block = &func.block;
     let run = match &config.tx {
-        None => quote! {
-            #rt::__private::dedup_table::run::<_, #ok_type, _, _>(
+        None => quote_spanned! {ok_span=>
+            #run_path(
                 #store,
                 #key_ident,
                 #fingerprint_ident,
                 #options_ident,
                 async || #output #block,
             )
-            .await
+            #await_
         },
         Some(tx) => {
             // The closure's parameter type comes from the store; the user's `#[tx]` type is
@@ -563,15 +575,15 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
             let bind = quote_spanned!(ty.span()=> let #mutability #ident: #ty = #conn_at_ty;);
             let closure = quote!(async |#conn|);
             let block = quote!({ #bind #block });
-            quote! {
-                #rt::__private::dedup_table::run_in_tx::<_, #ok_type, _, _>(
+            quote_spanned! {ok_span=>
+                #run_in_tx_path(
                     #store,
                     #key_ident,
                     #fingerprint_ident,
                     #options_ident,
                     #closure #output #block,
                 )
-                .await
+                #await_
             }
         }
     };

@@ -25,4 +25,4 @@ pub fn into_error<E: From<crate::Error>>(e: crate::Error) -> E {
 
 /// Compile-time check that a replaying strategy's response type can be stored and replayed.
 #[inline(always)]
-pub fn assert_replayable<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+pub fn assert_replayable<T: crate::strategy::Replayable>() {}

@@ -189,7 +189,7 @@ pub async fn run<S, T, E, F>(
 ) -> Result<T, E>
 where
     S: ClaimStore + ?Sized,
-    T: Serialize + DeserializeOwned,
+    T: super::Replayable,
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
@@ -290,7 +290,7 @@ mod transactional {
     ) -> Result<T, E>
     where
         S: TxStore,
-        T: Serialize + DeserializeOwned,
+        T: crate::strategy::Replayable,
         E: From<Error>,
         F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
     {

@@ -25,8 +25,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::{Backoff, OnBusy};
@@ -195,7 +193,7 @@ pub async fn run<S, T, E, F>(
 ) -> Result<T, E>
 where
     S: LockStore + ?Sized,
-    T: Serialize + DeserializeOwned,
+    T: super::Replayable,
     E: From<Error>,
     F: AsyncFnOnce(FencingToken) -> Result<T, E>,
 {

@@ -76,3 +76,18 @@ impl Backoff {
         self.next = (self.next * 2).min(self.max);
     }
 }
+
+/// A response type a replaying strategy (`dedup_table`, `distributed_lock`, `token`) can store
+/// and give back to duplicates: any `T: Serialize + DeserializeOwned` (stored as JSON).
+///
+/// One trait instead of two bounds so that a response type that is neither gives one compile
+/// error, at the function's `T`, saying what to derive.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored for replay: a replaying strategy's response type must be `Serialize + DeserializeOwned`",
+    label = "the `Ok` type of this function is stored and replayed to duplicates",
+    note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}`, or return a type that has them"
+)]
+pub trait Replayable: serde::Serialize + serde::de::DeserializeOwned {}
+
+#[diagnostic::do_not_recommend]
+impl<T: serde::Serialize + serde::de::DeserializeOwned> Replayable for T {}

@@ -22,9 +22,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use super::{Backoff, keep_renewed};
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
@@ -125,7 +122,7 @@ pub async fn run<S, K, T, E, F>(
 where
     S: TokenStore + ?Sized,
     K: KeyPart + ?Sized,
-    T: Serialize + DeserializeOwned,
+    T: super::Replayable,
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
