@@ -53,8 +53,13 @@ pub struct OperationReport {
 pub struct Report {
     /// The database the demo ran on (credentials removed).
     pub database: String,
+    /// Where the lock- and token-guarded operations kept their records (`memory`, `redis`,
+    /// `redis-cluster`).
+    pub kv: String,
     /// Concurrent requests in flight.
     pub concurrency: usize,
+    /// `true` when every operation applied exactly one effect per key, with no errors.
+    pub ok: bool,
     /// Per-operation lines.
     pub operations: Vec<OperationReport>,
 }
@@ -73,8 +78,9 @@ impl Report {
     /// The summary as an aligned text table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "database: {}   concurrency: {}\n{:<20} {:<20} {:<9} {:>8} {:>6} {:>7} {:>7} {:>10} {:>11} {:>10} {:>6} {:>8} {:>8}\n",
+            "database: {}   key-value store: {}   concurrency: {}\n{:<20} {:<20} {:<9} {:>8} {:>6} {:>7} {:>7} {:>10} {:>11} {:>10} {:>6} {:>8} {:>8}\n",
             self.database,
+            self.kv,
             self.concurrency,
             "operation",
             "strategy",

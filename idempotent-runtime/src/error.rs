@@ -11,8 +11,11 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The operation already ran for this idempotency key and the strategy stores no response
-    /// to replay (select-before-insert, optimistic, unique-index, state-machine, token).
+    /// The operation already ran (or, for `token`, is running) for this idempotency key and
+    /// there is no response to replay: select-before-insert, pessimistic (the body's re-check),
+    /// optimistic, unique-index and state-machine store none; `token` answers a concurrent use
+    /// of a token whose first call has not completed yet this way (DESIGN: "one wins, others
+    /// Duplicate") and replays once it has.
     #[error("duplicate request: the operation already ran for this idempotency key")]
     Duplicate,
 

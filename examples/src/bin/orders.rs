@@ -119,9 +119,14 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
             p99_ms: quantile_ms(&mut lat, 0.99),
         });
     }
+    let ok = operations
+        .iter()
+        .all(|o| o.effects == o.keys && o.errors == 0);
     Ok(Report {
         database,
+        kv: demo.kv_backend().to_owned(),
         concurrency: args.concurrency,
+        ok,
         operations,
     })
 }
