@@ -496,22 +496,24 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         });
 
     // Strategy-specific required options and defaults (DESIGN.md §2).
-    if let Some((strategy, _)) = strategy {
+    if let Some((strategy, strategy_span)) = strategy {
         let needs_table = strategy.uses_business_table() && strategy != Strategy::UniqueIndex;
         let given = |name: OptionName| args.get(name).is_some();
         if needs_table && table.is_none() && !given(OptionName::Table) {
             errors.at(
-                Span::call_site(),
+                strategy_span,
                 format!(
                     "strategy `{}` needs `table`: add table = \"...\" naming the business table the key lives in",
                     strategy.as_str()
                 ),
             );
         }
+        // A compound key without `column` uses each part's last field (checked in expand).
         if needs_table
             && column.is_none()
             && !given(OptionName::Column)
             && let Some(key) = &key
+            && key.len() == 1
         {
             column = default_column(key, &mut errors);
         }
@@ -530,7 +532,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
             ] {
                 if !present && !given(name) {
                     errors.at(
-                        Span::call_site(),
+                        strategy_span,
                         format!(
                             "strategy `state_machine` needs `{0}`: add {0} = \"...\" (e.g. status_column = \"status\", from = \"PAID\", to = \"SHIPPED\")",
                             name.as_str()
@@ -999,7 +1001,7 @@ fn default_column(key: &[PathExpr], errors: &mut Errors) -> Option<SqlIdent> {
         _ => {
             let text: Vec<&str> = key.iter().map(|k| k.text.as_str()).collect();
             errors.at(
-                Span::call_site(),
+                key.first().map_or_else(Span::call_site, |part| part.span),
                 format!(
                     "no `column`: the key `{}` does not end in a single field name to use as the column; add column = \"...\" naming the key column of `table`",
                     text.join("`, `")
@@ -1025,7 +1027,7 @@ fn default_version(key: &[PathExpr], errors: &mut Errors) -> Option<PathExpr> {
         });
     }
     errors.at(
-        Span::call_site(),
+        key.first().map_or_else(Span::call_site, |part| part.span),
         "no `version`: the key has no single root parameter to read `.version` from; add version = \"...\" giving the version the caller read (e.g. version = \"order.version\")",
     );
     None

@@ -216,6 +216,11 @@ pub enum Acquired {
 /// `distributed_lock`. Implemented for [`MemoryStore`](memory::MemoryStore) and
 /// [`RedisStore`](redis::RedisStore) (standalone and Cluster). Each method is one atomic step
 /// (one Lua script on Redis); every write after acquisition is a compare-and-set on the owner.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold the leased locks that `distributed_lock` needs: `store` must give a `LockStore`",
+    label = "this store is a `{Self}`, which has no leased locks",
+    note = "write `store = \"...\"` naming an `idempotent_runtime::RedisStore` or `idempotent_runtime::MemoryStore`; a SQL pool cannot hold a distributed lock (use `dedup_table` for SQL)"
+)]
 pub trait LockStore: Send + Sync {
     /// A short backend name for logs and the demo (`"redis"`, `"redis-cluster"`, `"memory"`).
     fn lock_backend_name(&self) -> &'static str;
@@ -289,6 +294,11 @@ pub enum Consumed {
 /// A store of one-time tokens: the backend of `token`. Implemented for
 /// [`MemoryStore`](memory::MemoryStore) and [`RedisStore`](redis::RedisStore). Each method is
 /// one atomic step on the server (one Lua script on Redis: never GET then DEL).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold the one-time tokens that `token` needs: `store` must give a `TokenStore`",
+    label = "this store is a `{Self}`, which has no one-time tokens",
+    note = "write `store = \"...\"` naming an `idempotent_runtime::RedisStore` or `idempotent_runtime::MemoryStore`; a SQL pool cannot hold one-time tokens (use `dedup_table` for SQL)"
+)]
 pub trait TokenStore: Send + Sync {
     /// Stores a fresh token under `token_key`, valid for `ttl`.
     fn issue(

@@ -1,0 +1,18 @@
+//! `state_machine` without either end of the transition: both `from` and `to` are reported.
+
+use idempotent_runtime::idempotent;
+use idempotent_tests::{AppError, Req};
+
+use sqlx::{SqliteConnection, SqlitePool};
+
+#[idempotent(strategy = "state_machine", key = "req.id", table = "shipments", status_column = "status")]
+pub async fn ship(
+    pool: &SqlitePool,
+    req: &Req,
+    #[tx] tx: &mut SqliteConnection,
+) -> Result<(), AppError> {
+    let _ = (req, tx);
+    Ok(())
+}
+
+fn main() {}
