@@ -180,9 +180,14 @@ pub const REDIS_ENV: &str = "IDEMPOTENT_REDIS_URL";
 pub const REDIS_CLUSTER_ENV: &str = "IDEMPOTENT_REDIS_CLUSTER_URLS";
 
 /// A [`RedisStore`](idempotent_runtime::RedisStore) on the standalone server of
-/// `IDEMPOTENT_REDIS_URL`, or `None` when skipped (panics under `CI=true`).
+/// `IDEMPOTENT_REDIS_URL`; unset, on a throwaway `redis-server` the suite starts on a free
+/// loopback port (once per test binary) when the binary is on PATH; else `None` (skipped, or
+/// a panic under `CI=true`).
 pub async fn redis() -> Option<idempotent_runtime::RedisStore> {
-    let url = server_url(REDIS_ENV, "Redis")?;
+    let url = match std::env::var(REDIS_ENV) {
+        Ok(url) if !url.is_empty() => url,
+        _ => throwaway_redis_url().or_else(|| server_url(REDIS_ENV, "Redis"))?,
+    };
     Some(
         idempotent_runtime::RedisStore::connect(&url)
             .await
@@ -220,6 +225,28 @@ pub fn cluster_urls() -> Option<Vec<String>> {
         })
         .as_ref()
         .map(RedisCluster::urls)
+}
+
+/// The URL of the suite's own standalone `redis-server` (started once per test binary, stopped
+/// when it exits), or `None` when `redis-server` is not on PATH. Not used under `CI=true`, where
+/// `IDEMPOTENT_REDIS_URL` names the server.
+pub fn throwaway_redis_url() -> Option<String> {
+    if ci() {
+        return None;
+    }
+    static SHARED: std::sync::OnceLock<Option<RedisServer>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let on_path = std::process::Command::new("redis-server")
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            on_path.then(|| RedisServer::start(&[]))
+        })
+        .as_ref()
+        .map(RedisServer::url)
 }
 
 /// Whether `redis-server` and `redis-cli` can be run; panics under `CI=true` when not.

@@ -14,6 +14,9 @@ fn main() {
     ] {
         match std::env::var(var) {
             Ok(url) if !url.is_empty() => println!("  {what:<9}: ran against {url}"),
+            _ if what == "redis" && !ci && idempotent_tests::redis_server_on_path() => {
+                println!("  {what:<9}: ran on the suite's own redis-server (loopback, free port)")
+            }
             _ => {
                 println!("  {what:<9}: SKIPPED — set {var} to a server URL to run its tests");
                 missing.push(what);
