@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, OnBusy, keep_renewed};
+use super::{Backoff, OnBusy, keep_renewed, response_bytes};
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
 use crate::{Error, Fingerprint, StorageKey};
@@ -252,10 +252,7 @@ where
     };
     // The effect has happened: record it even when the response cannot be kept, so a retry
     // never runs the body a second time.
-    let bytes = storable(&value, options.max_response_bytes).unwrap_or_else(|reason| {
-        tracing::warn!(?key, %reason, "the response is not stored for replay; duplicates get Error::Serialization");
-        [UNSTORABLE, reason.as_bytes()].concat()
-    });
+    let bytes = response_bytes(&key, &value, options.max_response_bytes);
     match retrying(|| store.complete(&key, &owner, &bytes, options.ttl)).await {
         Ok(true) => {
             record(Disposition::Executed);

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Backoff, OnBusy};
+use super::{Backoff, OnBusy, complete_recorded, response_bytes};
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
 use crate::{Error, Fingerprint, StorageKey};
@@ -274,28 +274,9 @@ where
             return Err(e);
         }
     };
-    // The effect has happened: record it even when the response cannot be kept, so a retry
-    // never runs the body a second time (it gets Error::Serialization).
-    let bytes =
-        super::dedup_table::storable(&value, super::dedup_table::DEFAULT_MAX_RESPONSE_BYTES)
-            .unwrap_or_else(|reason| {
-                tracing::warn!(?key, %reason, "the response is not stored for replay");
-                [super::dedup_table::UNSTORABLE, reason.as_bytes()].concat()
-            });
-    // The effect has happened: try hard to record it, so a retry replays instead of re-running.
-    let mut last = None;
-    for _ in 0..3 {
-        match store.complete_lock(&key, &owner, &bytes, options.ttl).await {
-            Ok(true) => {
-                record(Disposition::Executed);
-                return Ok(value);
-            }
-            Ok(false) => return Err(Error::LockLost.into()),
-            Err(e) => {
-                last = Some(e);
-                backoff.wait().await;
-            }
-        }
-    }
-    Err(last.unwrap_or(Error::LockLost).into())
+    // The effect has happened: record it, even when the response cannot be kept, so a retry
+    // replays instead of re-running the body.
+    let bytes = response_bytes(&key, &value, super::dedup_table::DEFAULT_MAX_RESPONSE_BYTES);
+    complete_recorded(|| store.complete_lock(&key, &owner, &bytes, options.ttl)).await?;
+    Ok(value)
 }

@@ -56,6 +56,48 @@ where
     }
 }
 
+/// The body succeeded: its response serialized for replay, or — when it cannot be kept (fails
+/// to serialize, does not read back, exceeds `limit` bytes) — the "unstorable" marker, so the
+/// record still completes and a retry never runs the body again (it gets
+/// `Error::Serialization`).
+pub(crate) fn response_bytes<T>(key: &crate::StorageKey, value: &T, limit: usize) -> Vec<u8>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    dedup_table::storable(value, limit).unwrap_or_else(|reason| {
+        tracing::warn!(?key, %reason, "the response is not stored for replay; duplicates get Error::Serialization");
+        [dedup_table::UNSTORABLE, reason.as_bytes()].concat()
+    })
+}
+
+/// Records a completed call with `complete` (a compare-and-set on the owner), trying up to 3
+/// times on backend errors: the effect has happened, so a retry should replay, not re-run.
+/// `Ok(())` marks the call executed; [`Error::LockLost`](crate::Error::LockLost) when the claim
+/// is no longer this caller's; the last backend error otherwise.
+pub(crate) async fn complete_recorded<Fut>(
+    mut complete: impl FnMut() -> Fut,
+) -> Result<(), crate::Error>
+where
+    Fut: Future<Output = Result<bool, crate::Error>>,
+{
+    let mut backoff = Backoff::new();
+    let mut last = None;
+    for _ in 0..3 {
+        match complete().await {
+            Ok(true) => {
+                crate::error::record(crate::Disposition::Executed);
+                return Ok(());
+            }
+            Ok(false) => return Err(crate::Error::LockLost),
+            Err(e) => {
+                last = Some(e);
+                backoff.wait().await;
+            }
+        }
+    }
+    Err(last.unwrap_or(crate::Error::LockLost))
+}
+
 /// Bounded exponential backoff for polling and transaction retries.
 #[derive(Debug)]
 pub(crate) struct Backoff {

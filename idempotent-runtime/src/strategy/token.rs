@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use super::{Backoff, keep_renewed};
+use super::{complete_recorded, keep_renewed, response_bytes};
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
 use crate::{Error, Fingerprint, KeyBuilder, KeyPart, StorageKey};
@@ -180,31 +180,9 @@ where
             return Err(e);
         }
     };
-    // The effect has happened: consume the token for good even when the response cannot be
-    // kept, so a retry never runs the body a second time (it gets Error::Serialization).
-    let bytes =
-        super::dedup_table::storable(&value, super::dedup_table::DEFAULT_MAX_RESPONSE_BYTES)
-            .unwrap_or_else(|reason| {
-                tracing::warn!(?key, %reason, "the response is not stored for replay");
-                [super::dedup_table::UNSTORABLE, reason.as_bytes()].concat()
-            });
-    let mut backoff = Backoff::new();
-    let mut last = None;
-    for _ in 0..3 {
-        match store
-            .complete_token(&key, &owner, &bytes, options.ttl)
-            .await
-        {
-            Ok(true) => {
-                record(Disposition::Executed);
-                return Ok(value);
-            }
-            Ok(false) => return Err(Error::LockLost.into()),
-            Err(e) => {
-                last = Some(e);
-                backoff.wait().await;
-            }
-        }
-    }
-    Err(last.unwrap_or(Error::LockLost).into())
+    // The effect has happened: consume the token for good, even when the response cannot be
+    // kept, so a retry never runs the body a second time.
+    let bytes = response_bytes(&key, &value, super::dedup_table::DEFAULT_MAX_RESPONSE_BYTES);
+    complete_recorded(|| store.complete_token(&key, &owner, &bytes, options.ttl)).await?;
+    Ok(value)
 }
