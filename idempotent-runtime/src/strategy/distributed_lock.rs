@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Backoff, OnBusy, complete_recorded, response_bytes};
+use super::{Backoff, OnBusy, complete_recorded, keep_renewed, response_bytes};
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
 use crate::{Error, Fingerprint, StorageKey};
@@ -146,34 +146,6 @@ fn drift(lease: Duration) -> Duration {
     lease / 100 + Duration::from_millis(2)
 }
 
-/// Renews the lease every third of it; returns when the lock turns out to be lost.
-async fn keep_renewed<S: LockStore + ?Sized>(
-    store: &S,
-    key: &StorageKey,
-    owner: &str,
-    lease: Duration,
-    blocked: bool,
-) {
-    if blocked {
-        return std::future::pending().await;
-    }
-    let period = (lease / 3).max(Duration::from_millis(1));
-    loop {
-        tokio::time::sleep(period).await;
-        match store.renew(key, owner, lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(
-                    ?key,
-                    "lock lost: its lease expired and another caller holds it"
-                );
-                return;
-            }
-            Err(e) => tracing::warn!(?key, error = %e, "renewing the lock failed; retrying"),
-        }
-    }
-}
-
 /// Acquires the lock on `key` in `store`, runs `body` with the acquisition's fencing token
 /// while renewing the lease, then stores the response for replay and releases the lock in one
 /// compare-and-set step.
@@ -254,7 +226,12 @@ where
 
     let result = {
         let body = body(FencingToken(fence));
-        let renewal = keep_renewed(store, &key, &owner, options.lease, hooks.block_renewal);
+        let renewal = async {
+            if hooks.block_renewal {
+                return std::future::pending().await;
+            }
+            keep_renewed(options.lease, || store.renew(&key, &owner, options.lease)).await
+        };
         tokio::pin!(body);
         tokio::pin!(renewal);
         tokio::select! {
