@@ -78,35 +78,43 @@ where
         ..Default::default()
     };
     for phase in [first, retries] {
-        let done: Vec<(Outcome, Duration, u64)> = futures_util::stream::iter(phase)
-            .map(|c| {
-                let call = &call;
-                async move {
-                    let start = Instant::now();
-                    let mut busy = 0u64;
-                    let mut pause = Duration::from_millis(2);
-                    loop {
-                        match call(c).await {
-                            Attempt::Done(o) => return (o, start.elapsed(), busy),
-                            Attempt::Busy if busy < 200 => {
-                                busy += 1;
-                                tokio::time::sleep(pause).await;
-                                pause = (pause * 2).min(Duration::from_millis(50));
-                            }
-                            Attempt::Busy => return (Outcome::Error, start.elapsed(), busy),
-                        }
-                    }
-                }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
-        for (o, d, busy) in done {
-            result.requests.push((o, d));
-            result.in_progress += busy;
-        }
+        run_phase(phase, concurrency, &call, &mut result).await;
     }
     result
+}
+
+/// Sends `calls` with `concurrency` in flight; each `Busy` attempt is retried after a pause
+/// (2 ms doubling to 50 ms), at most 200 times, after which the request counts as an error.
+/// Appends each request's outcome and latency to `result`.
+async fn run_phase<F, Fut>(calls: Vec<Call>, concurrency: usize, call: &F, result: &mut StormResult)
+where
+    F: Fn(Call) -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let done: Vec<(Outcome, Duration, u64)> = futures_util::stream::iter(calls)
+        .map(|c| async move {
+            let start = Instant::now();
+            let mut busy = 0u64;
+            let mut pause = Duration::from_millis(2);
+            loop {
+                match call(c).await {
+                    Attempt::Done(o) => return (o, start.elapsed(), busy),
+                    Attempt::Busy if busy < 200 => {
+                        busy += 1;
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    Attempt::Busy => return (Outcome::Error, start.elapsed(), busy),
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    for (o, d, busy) in done {
+        result.requests.push((o, d));
+        result.in_progress += busy;
+    }
 }
 
 /// The worker pattern: for each of `keys` keys, `workers` identical calls in flight together
@@ -139,32 +147,6 @@ where
         keys,
         ..Default::default()
     };
-    let done: Vec<(Outcome, Duration, u64)> = futures_util::stream::iter(calls)
-        .map(|c| {
-            let call = &call;
-            async move {
-                let start = Instant::now();
-                let mut busy = 0u64;
-                let mut pause = Duration::from_millis(2);
-                loop {
-                    match call(c).await {
-                        Attempt::Done(o) => return (o, start.elapsed(), busy),
-                        Attempt::Busy if busy < 200 => {
-                            busy += 1;
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_millis(50));
-                        }
-                        Attempt::Busy => return (Outcome::Error, start.elapsed(), busy),
-                    }
-                }
-            }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
-    for (o, d, busy) in done {
-        result.requests.push((o, d));
-        result.in_progress += busy;
-    }
+    run_phase(calls, concurrency, &call, &mut result).await;
     result
 }

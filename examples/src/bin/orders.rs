@@ -153,6 +153,25 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         }
     };
     let shown = redact(&url);
+    // Creates the demo's tables in `db`, then drives the storm through the service on it.
+    macro_rules! run_on {
+        ($db:expr, $backend:ident) => {{
+            let db = $db;
+            idempotent_runtime::migrate(&db).await?;
+            sqlx::query(LEDGER_DDL).execute(&db).await?;
+            for ddl in DEMO_DDL {
+                sqlx::query(*ddl).execute(&db).await?;
+            }
+            let demo = service::$backend::Orders {
+                db,
+                store,
+                run,
+                kv,
+                tokens,
+            };
+            Ok(drive(&demo, &args, shown).await?)
+        }};
+    }
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(pool_size)
@@ -160,19 +179,7 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .connect(&url)
             .await
             .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
-        idempotent_runtime::migrate(&db).await?;
-        sqlx::query(LEDGER_DDL).execute(&db).await?;
-        for ddl in DEMO_DDL {
-            sqlx::query(*ddl).execute(&db).await?;
-        }
-        let demo = service::postgres::Orders {
-            db,
-            store,
-            run,
-            kv,
-            tokens,
-        };
-        Ok(drive(&demo, &args, shown).await?)
+        run_on!(db, postgres)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         let url = url.replacen("mariadb:", "mysql:", 1);
         let db = sqlx::mysql::MySqlPoolOptions::new()
@@ -181,19 +188,7 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .connect(&url)
             .await
             .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
-        idempotent_runtime::migrate(&db).await?;
-        sqlx::query(LEDGER_DDL).execute(&db).await?;
-        for ddl in DEMO_DDL {
-            sqlx::query(*ddl).execute(&db).await?;
-        }
-        let demo = service::mysql::Orders {
-            db,
-            store,
-            run,
-            kv,
-            tokens,
-        };
-        Ok(drive(&demo, &args, shown).await?)
+        run_on!(db, mysql)
     } else if url.starts_with("sqlite:") {
         let opts: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
         let opts = opts
@@ -205,19 +200,7 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .connect_with(opts)
             .await
             .map_err(|e| format!("cannot open the SQLite database {shown}: {e}"))?;
-        idempotent_runtime::migrate(&db).await?;
-        sqlx::query(LEDGER_DDL).execute(&db).await?;
-        for ddl in DEMO_DDL {
-            sqlx::query(*ddl).execute(&db).await?;
-        }
-        let demo = service::sqlite::Orders {
-            db,
-            store,
-            run,
-            kv,
-            tokens,
-        };
-        Ok(drive(&demo, &args, shown).await?)
+        run_on!(db, sqlite)
     } else {
         Err(
             format!("unsupported --database-url `{shown}`: use postgres://, mysql:// or sqlite://")
