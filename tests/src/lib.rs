@@ -482,3 +482,35 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::commands_executed).sum()
     }
 }
+
+/// What one caller of a test service got: the outcome a test asserts per caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Got {
+    /// The body ran for this call.
+    Executed(Receipt),
+    /// An earlier call's stored response was replayed.
+    Replayed(Receipt),
+    /// `Error::InProgress`.
+    InProgress,
+    /// `Error::Duplicate`.
+    Duplicate,
+    /// Anything else, described.
+    Other(String),
+}
+
+/// Classifies the result of `observe(call)` into a [`Got`].
+pub fn classify(
+    r: (
+        Result<Receipt, AppError>,
+        Option<idempotent_runtime::Disposition>,
+    ),
+) -> Got {
+    use idempotent_runtime::{Disposition, Error};
+    match r {
+        (Ok(v), Some(Disposition::Executed)) => Got::Executed(v),
+        (Ok(v), Some(Disposition::Replayed)) => Got::Replayed(v),
+        (Err(AppError::Idempotency(Error::InProgress)), _) => Got::InProgress,
+        (Err(AppError::Idempotency(Error::Duplicate)), _) => Got::Duplicate,
+        (other, how) => Got::Other(format!("{other:?} / {how:?}")),
+    }
+}

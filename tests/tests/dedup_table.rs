@@ -6,26 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use idempotent_runtime::{Disposition, Error, KeyBuilder, idempotent, observe};
-use idempotent_tests::{AppError, Gate, Receipt, Req, unique};
+use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, unique};
 use tokio::sync::{Barrier, mpsc};
-
-/// What one caller got.
-#[derive(Debug, Clone, PartialEq)]
-enum Got {
-    Executed(Receipt),
-    Replayed(Receipt),
-    InProgress,
-    Other(String),
-}
-
-fn classify(r: (Result<Receipt, AppError>, Option<Disposition>)) -> Got {
-    match r {
-        (Ok(v), Some(Disposition::Executed)) => Got::Executed(v),
-        (Ok(v), Some(Disposition::Replayed)) => Got::Replayed(v),
-        (Err(AppError::Idempotency(Error::InProgress)), _) => Got::InProgress,
-        (other, how) => Got::Other(format!("{other:?} / {how:?}")),
-    }
-}
 
 fn req(tenant: &str, id: &str, amount: i64) -> Req {
     Req {
@@ -196,7 +178,7 @@ fn assert_one_executed(got: &[Got]) -> Receipt {
         match g {
             Got::Executed(_) | Got::InProgress => {}
             Got::Replayed(r) => assert_eq!(r, &first, "a replay returns the stored response"),
-            Got::Other(e) => panic!("unexpected outcome: {e}"),
+            other => panic!("unexpected outcome: {other:?}"),
         }
     }
     first

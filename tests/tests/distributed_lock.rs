@@ -12,7 +12,7 @@ use idempotent_runtime::strategy::distributed_lock::{Hooks, with_hooks};
 use idempotent_runtime::{
     Disposition, Error, FencingToken, KeyBuilder, LockStore, idempotent, observe,
 };
-use idempotent_tests::{AppError, Gate, Receipt, Req, unique};
+use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, unique};
 use tokio::sync::{Barrier, mpsc};
 
 /// A ledger that accepts a write only if its fencing token is at least the highest it has seen
@@ -149,23 +149,6 @@ impl<S: LockStore> Svc<S> {
     )]
     async fn report(&self, req: &Req) -> Result<Receipt, AppError> {
         self.body(req, FencingToken(u64::MAX)).await
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Got {
-    Executed(Receipt),
-    Replayed(Receipt),
-    InProgress,
-    Other(String),
-}
-
-fn classify(r: (Result<Receipt, AppError>, Option<Disposition>)) -> Got {
-    match r {
-        (Ok(v), Some(Disposition::Executed)) => Got::Executed(v),
-        (Ok(v), Some(Disposition::Replayed)) => Got::Replayed(v),
-        (Err(AppError::Idempotency(Error::InProgress)), _) => Got::InProgress,
-        (other, how) => Got::Other(format!("{other:?} / {how:?}")),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idempotent_runtime::{ClaimStore, Disposition, Error, idempotent, observe};
-use idempotent_tests::{AppError, Gate, Receipt, Req, unique};
+use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, unique};
 use tokio::sync::{Barrier, mpsc};
 
 pub struct Svc<S> {
@@ -90,23 +90,6 @@ impl<S: ClaimStore> Svc<S> {
     )]
     async fn place_waiting(&self, req: &Req) -> Result<Receipt, AppError> {
         self.body(req).await
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Got {
-    Executed(Receipt),
-    Replayed(Receipt),
-    InProgress,
-    Other(String),
-}
-
-fn classify(r: (Result<Receipt, AppError>, Option<Disposition>)) -> Got {
-    match r {
-        (Ok(v), Some(Disposition::Executed)) => Got::Executed(v),
-        (Ok(v), Some(Disposition::Replayed)) => Got::Replayed(v),
-        (Err(AppError::Idempotency(Error::InProgress)), _) => Got::InProgress,
-        (other, how) => Got::Other(format!("{other:?} / {how:?}")),
     }
 }
 

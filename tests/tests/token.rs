@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idempotent_runtime::{Disposition, Error, TokenStore, idempotent, issue_token, observe};
-use idempotent_tests::{AppError, Gate, Receipt, Req, unique};
+use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, unique};
 use tokio::sync::{Barrier, mpsc};
 
 pub struct Svc<S> {
@@ -104,23 +104,6 @@ impl<S: TokenStore> Svc<S> {
             amount: -req.amount,
             serial: 0,
         })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Got {
-    Executed(Receipt),
-    Replayed(Receipt),
-    Duplicate,
-    Other(String),
-}
-
-fn classify(r: (Result<Receipt, AppError>, Option<Disposition>)) -> Got {
-    match r {
-        (Ok(v), Some(Disposition::Executed)) => Got::Executed(v),
-        (Ok(v), Some(Disposition::Replayed)) => Got::Replayed(v),
-        (Err(AppError::Idempotency(Error::Duplicate)), _) => Got::Duplicate,
-        (other, how) => Got::Other(format!("{other:?} / {how:?}")),
     }
 }
 
