@@ -139,9 +139,25 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         None => Kv::Memory(MemoryStore::new()),
         Some(urls) if urls.contains(',') => {
             let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
-            Kv::Redis(idempotent_runtime::RedisStore::connect_cluster(&nodes).await?)
+            Kv::Redis(
+                idempotent_runtime::RedisStore::connect_cluster(&nodes)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "cannot connect to the Redis Cluster --redis-url {}: {e}",
+                            redact(urls)
+                        )
+                    })?,
+            )
         }
-        Some(url) => Kv::Redis(idempotent_runtime::RedisStore::connect(url).await?),
+        Some(url) => Kv::Redis(idempotent_runtime::RedisStore::connect(url).await.map_err(
+            |e| {
+                format!(
+                    "cannot connect to --redis-url {} (expected redis://host:port): {e}",
+                    redact(url)
+                )
+            },
+        )?),
     };
     let tokens = std::sync::Mutex::default();
     let (url, _tmp) = match &args.database_url {
