@@ -148,40 +148,44 @@ fn expand_strategy(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
 /// `select_before_insert`: `SELECT 1` on the key's row, the body (the insert) only when absent,
 /// in one transaction (`#[tx]`); the key's unique index catches the race.
 fn expand_select_before_insert(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
-    let rt = &config.runtime;
     let parts = BusinessParts::new(config, func)?;
     let target = parts.target(config)?;
-    let (store, key, body, on_duplicate) =
-        (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
-    Ok(wrapper(
-        func,
+    let (store, key, kit, body, on_duplicate) = (
+        &parts.store,
+        &parts.key,
+        &parts.kit,
+        &parts.body,
+        &parts.on_duplicate,
+    );
+    let call = call_entry(
         config,
-        quote! {
-            #rt::__private::select_before_insert::run(#store, #target, #key, #body, #on_duplicate).await
-        },
-    ))
+        parts.key_span,
+        quote!(select_before_insert::run),
+        None,
+        quote!(#store, #target, #key, #kit, #body, #on_duplicate),
+    );
+    Ok(wrapper(func, config, call))
 }
 
 /// `pessimistic`: `SELECT … FOR UPDATE` on the key's row (SQLite: `BEGIN IMMEDIATE`), the body
 /// runs holding the lock on the same connection (`#[tx]`) and decides.
 fn expand_pessimistic(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
-    let rt = &config.runtime;
     let parts = BusinessParts::new(config, func)?;
     let target = parts.target(config)?;
-    let (store, key, body) = (&parts.store, &parts.key, &parts.body);
-    Ok(wrapper(
-        func,
+    let (store, key, kit, body) = (&parts.store, &parts.key, &parts.kit, &parts.body);
+    let call = call_entry(
         config,
-        quote! {
-            #rt::__private::pessimistic::run(#store, #target, #key, #body).await
-        },
-    ))
+        parts.key_span,
+        quote!(pessimistic::run),
+        None,
+        quote!(#store, #target, #key, #kit, #body),
+    );
+    Ok(wrapper(func, config, call))
 }
 
 /// `optimistic`: `UPDATE … SET version = version + 1 WHERE key AND version = expected` in the
 /// body's transaction (`#[tx]`); no row → duplicate.
 fn expand_optimistic(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
-    let rt = &config.runtime;
     let parts = BusinessParts::new(config, func)?;
     let target = parts.target(config)?;
     let version = match &config.version {
@@ -196,15 +200,21 @@ fn expand_optimistic(config: &Config, func: &ItemFn) -> syn::Result<TokenStream>
             ));
         }
     };
-    let (store, key, body, on_duplicate) =
-        (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
-    Ok(wrapper(
-        func,
+    let (store, key, kit, body, on_duplicate) = (
+        &parts.store,
+        &parts.key,
+        &parts.kit,
+        &parts.body,
+        &parts.on_duplicate,
+    );
+    let call = call_entry(
         config,
-        quote! {
-            #rt::__private::optimistic::run(#store, #target, #key, #version, #body, #on_duplicate).await
-        },
-    ))
+        parts.key_span,
+        quote!(optimistic::run),
+        None,
+        quote!(#store, #target, #key, #version, #kit, #body, #on_duplicate),
+    );
+    Ok(wrapper(func, config, call))
 }
 
 /// `unique_index`: the body inserts in a transaction (`#[tx]`); a unique violation on the key's
@@ -233,22 +243,28 @@ fn expand_unique_index(config: &Config, func: &ItemFn) -> syn::Result<TokenStrea
         }
         None => quote!(::core::option::Option::None),
     };
-    let (store, key, body, on_duplicate) =
-        (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
-    Ok(wrapper(
-        func,
+    let (store, key, kit, body, on_duplicate) = (
+        &parts.store,
+        &parts.key,
+        &parts.kit,
+        &parts.body,
+        &parts.on_duplicate,
+    );
+    let call = call_entry(
         config,
+        parts.key_span,
+        quote!(unique_index::run),
+        None,
         quote! {
-            #rt::__private::unique_index::run(
-                #store,
-                #rt::__private::unique_index::Options { constraint: #constraint, target: #target },
-                #key,
-                #body,
-                #on_duplicate,
-            )
-            .await
+            #store,
+            #rt::__private::unique_index::Options { constraint: #constraint, target: #target },
+            #key,
+            #kit,
+            #body,
+            #on_duplicate,
         },
-    ))
+    );
+    Ok(wrapper(func, config, call))
 }
 
 /// `state_machine`: `UPDATE … SET status = to WHERE key AND status = from` in the body's
@@ -265,27 +281,33 @@ fn expand_state_machine(config: &Config, func: &ItemFn) -> syn::Result<TokenStre
         ));
     };
     let status = sql_ident(config, status);
-    let (store, key, body, on_duplicate) =
-        (&parts.store, &parts.key, &parts.body, &parts.on_duplicate);
-    Ok(wrapper(
-        func,
+    let (store, key, kit, body, on_duplicate) = (
+        &parts.store,
+        &parts.key,
+        &parts.kit,
+        &parts.body,
+        &parts.on_duplicate,
+    );
+    let call = call_entry(
         config,
+        parts.key_span,
+        quote!(state_machine::run),
+        None,
         quote! {
-            #rt::__private::state_machine::run(
-                #store,
-                #rt::__private::state_machine::Transition {
-                    target: #target,
-                    status_column: #status,
-                    from: #from,
-                    to: #to,
-                },
-                #key,
-                #body,
-                #on_duplicate,
-            )
-            .await
+            #store,
+            #rt::__private::state_machine::Transition {
+                target: #target,
+                status_column: #status,
+                from: #from,
+                to: #to,
+            },
+            #key,
+            #kit,
+            #body,
+            #on_duplicate,
         },
-    ))
+    );
+    Ok(wrapper(func, config, call))
 }
 
 /// The pieces every business-table expansion passes to its runtime entry point.
@@ -296,6 +318,11 @@ struct BusinessParts {
     key: TokenStream,
     /// Number of key parts.
     key_len: usize,
+    /// Where the entry point's call and `.await` are spanned: the first key part, so that a
+    /// key part the database cannot bind is reported once.
+    key_span: Span,
+    /// `error_kit()`, spanned at `E`: the one check of `E`'s bounds.
+    kit: TokenStream,
     /// `async |tx: &mut Conn| -> Result<..> { BODY }`.
     body: TokenStream,
     /// `async || path(args).await`, or one returning `Error::Duplicate`.
@@ -319,7 +346,16 @@ impl BusinessParts {
             let (span, expr) = (part.span, &part.tokens);
             quote_spanned!(span=> &(#expr),)
         });
-        let key = quote!((#(#parts)*));
+        let key_span = config
+            .key
+            .first()
+            .map_or_else(Span::call_site, |part| part.span);
+        let key = quote_spanned!(key_span=> (#(#parts)*));
+        let kit = {
+            let span = config.err_span;
+            let rt = validate::respan(rt.to_token_stream(), span);
+            quote_spanned!(span=> #rt::__private::error_kit())
+        };
         let param = closure_param(tx);
         let output = &func.sig.output;
         let block = &func.block;
@@ -349,16 +385,20 @@ impl BusinessParts {
                 }
                 quote_spanned!(path.span()=> async || #path(#(#args),*).await)
             }
-            None => quote! {
-                async || ::core::result::Result::Err(#rt::__private::into_error(
-                    #rt::__private::Error::Duplicate,
-                ))
-            },
+            None => {
+                let into_error = into_error_fn(config);
+                let duplicate = quote_spanned! {config.err_span=>
+                    #into_error(#rt::__private::Error::Duplicate)
+                };
+                quote!(async || ::core::result::Result::Err(#duplicate))
+            }
         };
         Ok(BusinessParts {
-            store: store_argument(&config.store),
+            store: store_through(config, "tx_store"),
             key,
             key_len: config.key.len(),
+            key_span,
+            kit,
             body,
             on_duplicate,
         })
@@ -436,8 +476,8 @@ fn expand_distributed_lock(config: &Config, func: &ItemFn) -> syn::Result<TokenS
     let fingerprint = fingerprint_statement(config, &locals.fingerprint);
     let options_ident = &locals.options;
     let options = options_literal(config, quote!(#rt::__private::distributed_lock::Options));
-    let assert = assert_replayable(config);
-    let store = store_argument(&config.store);
+    let store = store_through(config, "lock_store");
+    let into_error = into_error_fn(config);
     let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
     let output = &func.sig.output;
     let block = &func.block;
@@ -448,6 +488,18 @@ fn expand_distributed_lock(config: &Config, func: &ItemFn) -> syn::Result<TokenS
             quote!(#unused: #rt::__private::FencingToken)
         }
     };
+    let call = call_replaying(
+        config,
+        quote!(distributed_lock::run),
+        quote! {
+            #store,
+            #key_ident,
+            #fingerprint_ident,
+            #options_ident,
+            #into_error,
+            async |#param| #output #block,
+        },
+    );
     Ok(wrapper(
         func,
         config,
@@ -455,15 +507,7 @@ fn expand_distributed_lock(config: &Config, func: &ItemFn) -> syn::Result<TokenS
             #key
             #fingerprint
             let #options_ident = #options;
-            #assert
-            #rt::__private::distributed_lock::run(
-                #store,
-                #key_ident,
-                #fingerprint_ident,
-                #options_ident,
-                async |#param| #output #block,
-            )
-            .await
+            #call
         },
     ))
 }
@@ -492,13 +536,26 @@ fn expand_token(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
     let fingerprint = fingerprint_statement(config, &locals.fingerprint);
     let options_ident = &locals.options;
     let options = options_literal(config, quote!(#rt::__private::token::Options));
-    let assert = assert_replayable(config);
-    let store = store_argument(&config.store);
+    let store = store_through(config, "token_store");
+    let into_error = into_error_fn(config);
     let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
     let output = &func.sig.output;
     let block = &func.block;
     let (span, token_expr) = (token.span, &token.tokens);
     let token_arg = quote_spanned!(span=> &(#token_expr));
+    let call = call_replaying(
+        config,
+        quote!(token::run),
+        quote! {
+            #store,
+            #token_arg,
+            #key_ident,
+            #fingerprint_ident,
+            #options_ident,
+            #into_error,
+            async || #output #block,
+        },
+    );
     Ok(wrapper(
         func,
         config,
@@ -506,16 +563,7 @@ fn expand_token(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
             #key
             #fingerprint
             let #options_ident = #options;
-            #assert
-            #rt::__private::token::run(
-                #store,
-                #token_arg,
-                #key_ident,
-                #fingerprint_ident,
-                #options_ident,
-                async || #output #block,
-            )
-            .await
+            #call
         },
     ))
 }
@@ -531,60 +579,48 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
     let fingerprint = fingerprint_statement(config, &locals.fingerprint);
     let options_ident = &locals.options;
     let options = options_literal(config, quote!(#rt::__private::dedup_table::Options));
-    // The response type goes in the call's turbofish, and the whole call (path, arguments'
-    // parentheses, `.await`) is spanned at the user's `T`, so that `run`'s `T: Replayable` is
-    // reported once, at `T` in the signature (rustc merges equal errors at one span).
-    let ok_type = match &config.ok_type {
-        Some(ty) => ty.to_token_stream(),
-        None => quote!(_),
-    };
-    let ok_span = config
-        .ok_type
-        .as_ref()
-        .map_or_else(Span::call_site, |ty| ty.span());
-    let await_ = quote_spanned!(ok_span=> .await);
-    let rt_at_ok = validate::respan(rt.to_token_stream(), ok_span);
-    // `S` is inferred, but written as `_` at the store: rustc reports an unmet `ClaimStore`
-    // bound at the generic argument it belongs to.
-    let store_infer = quote_spanned!(config.store.span=> _);
-    let run_path = quote_spanned!(ok_span=> #rt_at_ok::__private::dedup_table::run::<#store_infer, #ok_type, _, _>);
-    let run_in_tx_path = quote_spanned!(ok_span=> #rt_at_ok::__private::dedup_table::run_in_tx::<#store_infer, #ok_type, _, _>);
-    let store = store_argument(&config.store);
+    let into_error = into_error_fn(config);
     let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
     let output = &func.sig.output;
     let block = &func.block;
-    let run = match &config.tx {
-        None => quote_spanned! {ok_span=>
-            #run_path(
-                #store,
-                #key_ident,
-                #fingerprint_ident,
-                #options_ident,
-                async || #output #block,
+    let call = match &config.tx {
+        None => {
+            let store = store_through(config, "claim_store");
+            call_replaying(
+                config,
+                quote!(dedup_table::run),
+                quote! {
+                    #store,
+                    #key_ident,
+                    #fingerprint_ident,
+                    #options_ident,
+                    #into_error,
+                    async || #output #block,
+                },
             )
-            #await_
-        },
+        }
         Some(tx) => {
             // The closure's parameter type comes from the store; the user's `#[tx]` type is
             // checked by a `let` spanned at it, so a connection of another database is one
             // "mismatched types" error at that type.
+            let store = store_through(config, "tx_store");
             let (mutability, ident, ty) = (&tx.mutability, &tx.ident, &tx.ty);
             let conn = Ident::new("__idempotent_tx", Span::mixed_site());
             let conn_at_ty =
                 Ident::new("__idempotent_tx", Span::mixed_site().located_at(ty.span()));
             let bind = quote_spanned!(ty.span()=> let #mutability #ident: #ty = #conn_at_ty;);
-            let closure = quote!(async |#conn|);
-            let block = quote!({ #bind #block });
-            quote_spanned! {ok_span=>
-                #run_in_tx_path(
+            call_replaying(
+                config,
+                quote!(dedup_table::run_in_tx),
+                quote! {
                     #store,
                     #key_ident,
                     #fingerprint_ident,
                     #options_ident,
-                    #closure #output #block,
-                )
-                #await_
-            }
+                    #into_error,
+                    async |#conn| #output { #bind #block },
+                },
+            )
         }
     };
     Ok(wrapper(
@@ -594,9 +630,48 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
             #key
             #fingerprint
             let #options_ident = #options;
-            #run
+            #call
         },
     ))
+}
+
+/// `rt::__private::<entry>::<generics>(args).await`, with the path and the `.await` spanned at
+/// `span`.
+///
+/// rustc reports an unmet bound of the entry point at the call and again at its `.await`; with
+/// both at the one type the bound is about, the two reports are one. Bounds a user can break
+/// are therefore either about that type, or checked before the call (see `__private`).
+fn call_entry(
+    config: &Config,
+    span: Span,
+    entry: TokenStream,
+    generics: Option<TokenStream>,
+    args: TokenStream,
+) -> TokenStream {
+    let rt = validate::respan(config.runtime.to_token_stream(), span);
+    let entry = validate::respan(entry, span);
+    let generics = generics.map(|generics| quote_spanned!(span=> ::<#generics>));
+    let await_ = quote_spanned!(span=> .await);
+    quote_spanned!(span=> #rt::__private::#entry #generics (#args) #await_)
+}
+
+/// The call of a replaying strategy's entry point (`run::<S, [K,] T, E, F>`), spanned at the
+/// user's `T`, so that `T: Replayable` is reported once, there. The store's type is `_` at the
+/// store; `E` needs nothing (the converter from [`into_error_fn`] carries it).
+fn call_replaying(config: &Config, entry: TokenStream, args: TokenStream) -> TokenStream {
+    let (ok_type, ok_span) = match &config.ok_type {
+        Some(ty) => (ty.to_token_stream(), ty.span()),
+        None => (quote!(_), Span::call_site()),
+    };
+    let store = quote_spanned!(config.store.span=> _);
+    let token = matches!(config.strategy, Strategy::Token).then(|| quote!(_,));
+    call_entry(
+        config,
+        ok_span,
+        entry,
+        Some(quote!(#store, #token #ok_type, _, _)),
+        args,
+    )
 }
 
 /// Names of the wrapper's locals: mixed-site spans, so the user's code (the
@@ -625,12 +700,16 @@ impl Locals {
 /// `match expr { Ok(v) => v, Err(e) => return Err(into_error(e)) }`: a runtime
 /// error before the body runs becomes the function's own error type.
 fn try_runtime(config: &Config, expr: TokenStream) -> TokenStream {
-    let rt = &config.runtime;
+    // The whole conversion is spanned at `E`: rustc points an unmet bound of a call at the
+    // call expression, parentheses included.
+    let into_error = into_error_fn(config);
+    let error = Ident::new("error", config.err_span);
+    let convert = quote_spanned!(config.err_span=> #into_error(#error));
     quote! {
         match #expr {
             ::core::result::Result::Ok(value) => value,
-            ::core::result::Result::Err(error) => {
-                return ::core::result::Result::Err(#rt::__private::into_error(error));
+            ::core::result::Result::Err(#error) => {
+                return ::core::result::Result::Err(#convert);
             }
         }
     }
@@ -710,19 +789,22 @@ fn options_literal(config: &Config, options_type: TokenStream) -> TokenStream {
     }
 }
 
-/// `assert_replayable::<T>();` for replaying strategies, spanned at `T` so an
-/// unserializable response type is reported there.
-#[allow(
-    dead_code,
-    reason = "dedup_table checks `T` through its call's turbofish; kept for the strategies whose entry point cannot"
-)]
-fn assert_replayable(config: &Config) -> Option<TokenStream> {
-    if !config.strategy.replays() {
-        return None;
-    }
-    let ty = config.ok_type.as_ref()?;
-    let rt = &config.runtime;
-    Some(quote_spanned!(ty.span()=> #rt::__private::assert_replayable::<#ty>();))
+/// `rt::__private::into_error`, spanned at the user's `E`: the one place `E: From<Error>` is
+/// checked, however often it is used.
+fn into_error_fn(config: &Config) -> TokenStream {
+    let span = config.err_span;
+    let rt = validate::respan(config.runtime.to_token_stream(), span);
+    quote_spanned!(span=> #rt::__private::into_error)
+}
+
+/// `rt::__private::<through>(store)`, spanned at the store: the one place a store of the wrong
+/// kind is reported (`claim_store`, `tx_store`, `lock_store`, `token_store`).
+fn store_through(config: &Config, through: &str) -> TokenStream {
+    let span = config.store.span;
+    let rt = validate::respan(config.runtime.to_token_stream(), span);
+    let through = Ident::new(through, span);
+    let store = store_argument(&config.store);
+    quote_spanned!(span=> #rt::__private::#through(#store))
 }
 
 /// The store as the runtime takes it: `&*param`, `&mut *param` or `&(expr)`.
@@ -736,10 +818,6 @@ fn store_argument(store: &Store) -> TokenStream {
 }
 
 /// `mut? name: Type` for the body closure's injected parameter.
-#[allow(
-    dead_code,
-    reason = "dedup_table binds `#[tx]` with a checked `let`; kept for the other strategies' expansions"
-)]
 fn closure_param(injected: &Injected) -> TokenStream {
     let (mutability, ident, ty) = (&injected.mutability, &injected.ident, &injected.ty);
     quote!(#mutability #ident: #ty)

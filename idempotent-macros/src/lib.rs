@@ -126,10 +126,11 @@ use proc_macro::TokenStream;
 ///         ..::core::default::Default::default()
 ///     };
 ///     ::idempotent_runtime::__private::dedup_table::run::<_, Receipt, _, _>(
-///         &*pool,
+///         ::idempotent_runtime::__private::claim_store(&*pool),
 ///         __idempotent_key,
 ///         __idempotent_fingerprint,
 ///         __idempotent_options,
+///         ::idempotent_runtime::__private::into_error,
 ///         async || -> Result<Receipt, AppError> { BODY },
 ///     )
 ///     .await
@@ -138,18 +139,35 @@ use proc_macro::TokenStream;
 ///
 /// With a `#[tx] tx: &mut PgConnection` parameter, `tx` disappears from the
 /// signature and the last call becomes
-/// `dedup_table::run_in_tx::<_, Receipt, _, _>(&*pool, .., async |__idempotent_tx| -> Result<..> { let tx: &mut PgConnection = __idempotent_tx; BODY })`:
+/// `dedup_table::run_in_tx::<_, Receipt, _, _>(tx_store(&*pool), .., into_error, async |__idempotent_tx| -> Result<..> { let tx: &mut PgConnection = __idempotent_tx; BODY })`:
 /// the connection's type comes from the store, and a `#[tx]` type of another
 /// database is one "mismatched types" error at that type.
 ///
 /// The store is passed as `&*param` for a `&T` parameter, `&mut *param` for a
 /// `&mut T` one and `&(expr)` otherwise. The body runs inside a (non-`move`)
 /// async closure, so `return` and `?` in it behave as in the original function.
-/// Each generated call carries the span of the option it comes from, so a type
-/// error points at that option or type: a key part without `KeyPart` at the
-/// `key` string, a key path naming a missing field at the `key` string, a
-/// response type that is not `Serialize + DeserializeOwned` at `T` in the
-/// signature (through the turbofish above).
+///
+/// # One error per mistake, at the user's token
+///
+/// rustc reports an unmet bound of an `async fn` twice, at the call and at its
+/// `.await`, so no bound a user can break is left on the runtime's entry point
+/// unless the call and its `.await` both carry the span of the type it is
+/// about. Each generated piece carries the span of the option or type it comes
+/// from:
+///
+/// - the store goes through `claim_store` (`tx_store`, `lock_store`,
+///   `token_store`), spanned at `store`: a store of the wrong kind is one error
+///   there, naming what to write;
+/// - `into_error` (and, for the business-table strategies, `error_kit`) is
+///   spanned at `E` in the signature: an error type without
+///   `From<idempotent_runtime::Error>` (or, for those strategies, not a
+///   `std::error::Error`) is one error there;
+/// - the replaying strategies' call and `.await` are spanned at `T`: a response
+///   type that is not `Serialize + DeserializeOwned` is one error there;
+/// - the business-table strategies' call and `.await` are spanned at the key: a
+///   key part sqlx cannot bind is one error there;
+/// - a key part without `KeyPart`, or a key path naming a missing field, is
+///   rustc's error at the `key` string.
 ///
 /// # Errors
 ///

@@ -75,15 +75,6 @@ impl Strategy {
         !matches!(self, Strategy::DistributedLock | Strategy::Token)
     }
 
-    /// Whether the strategy stores the response and replays it to duplicates,
-    /// which needs `T: Serialize + DeserializeOwned`.
-    pub(crate) fn replays(self) -> bool {
-        matches!(
-            self,
-            Strategy::DedupTable | Strategy::DistributedLock | Strategy::Token
-        )
-    }
-
     /// Whether the strategy works on a business table (`table`, `column`).
     fn uses_business_table(self) -> bool {
         matches!(
@@ -154,10 +145,6 @@ pub(crate) enum OnBusy {
 }
 
 /// A table, column or constraint name, checked to be a plain SQL identifier.
-#[allow(
-    dead_code,
-    reason = "read by the table-based expansions, not written yet"
-)]
 pub(crate) struct SqlIdent {
     /// The identifier.
     pub(crate) name: String,
@@ -276,64 +263,31 @@ pub(crate) struct Config {
     /// Concurrent-duplicate policy, when given.
     pub(crate) on_busy: Option<OnBusy>,
     /// Business table (table-based strategies; required except for unique_index).
-    #[allow(
-        dead_code,
-        reason = "read by the table-based expansions, not written yet"
-    )]
     pub(crate) table: Option<SqlIdent>,
     /// Key column (given or derived from the key's last field).
-    #[allow(
-        dead_code,
-        reason = "read by the table-based expansions, not written yet"
-    )]
     pub(crate) column: Option<SqlIdent>,
     /// Expected version (optimistic; given or `<key root>.version`).
-    #[allow(
-        dead_code,
-        reason = "read by the optimistic expansion, not written yet"
-    )]
     pub(crate) version: Option<PathExpr>,
     /// Status column (state_machine).
-    #[allow(
-        dead_code,
-        reason = "read by the state_machine expansion, not written yet"
-    )]
     pub(crate) status_column: Option<SqlIdent>,
     /// State before the transition (state_machine).
-    #[allow(
-        dead_code,
-        reason = "read by the state_machine expansion, not written yet"
-    )]
     pub(crate) from: Option<LitStr>,
     /// State after the transition (state_machine).
-    #[allow(
-        dead_code,
-        reason = "read by the state_machine expansion, not written yet"
-    )]
     pub(crate) to: Option<LitStr>,
     /// Unique index whose violation means duplicate (unique_index).
-    #[allow(
-        dead_code,
-        reason = "read by the unique_index expansion, not written yet"
-    )]
     pub(crate) constraint: Option<SqlIdent>,
     /// Function called for a duplicate instead of returning `Error::Duplicate`.
-    #[allow(
-        dead_code,
-        reason = "read by the non-replaying expansions, not written yet"
-    )]
     pub(crate) on_duplicate: Option<TokenStream>,
     /// The `#[tx]` parameter.
     pub(crate) tx: Option<Injected>,
     /// The `#[fence]` parameter.
-    #[allow(
-        dead_code,
-        reason = "read by the distributed_lock expansion, not written yet"
-    )]
     pub(crate) fence: Option<Injected>,
     /// `T` of the return type `Result<T, E>`, when it can be named in a
     /// turbofish (for the replayability assertion).
     pub(crate) ok_type: Option<Type>,
+    /// Where bounds on the function's error type are reported: `E` of `Result<T, E>`, or the
+    /// return type when it names no `E` (`io::Result<T>`).
+    pub(crate) err_span: Span,
 }
 
 /// Checks `args` against `func` and returns the configuration, or every
@@ -578,6 +532,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         tx: info.tx,
         fence: info.fence,
         ok_type: info.ok_type,
+        err_span: info.err_span,
     })
 }
 
@@ -1141,6 +1096,8 @@ struct FnInfo {
     fence: Option<Injected>,
     /// `T` of `Result<T, E>`, when nameable.
     ok_type: Option<Type>,
+    /// `E` of `Result<T, E>`, or the return type.
+    err_span: Span,
 }
 
 impl FnInfo {
@@ -1187,6 +1144,12 @@ impl FnInfo {
             tx: None,
             fence: None,
             ok_type,
+            err_span: match &sig.output {
+                ReturnType::Default => Span::call_site(),
+                ReturnType::Type(_, ty) => {
+                    result_err_span(ty).unwrap_or_else(|| syn::spanned::Spanned::span(ty))
+                }
+            },
         };
         for (index, arg) in sig.inputs.iter().enumerate() {
             match arg {
@@ -1451,6 +1414,24 @@ fn result_ok_type(ty: &Type) -> Result<Option<Type>, ()> {
             }
         }
         _ => Err(()),
+    }
+}
+
+/// The span of `E` in a return type `Result<T, E>`, when it names one.
+fn result_err_span(ty: &Type) -> Option<Span> {
+    match ty {
+        Type::Paren(inner) => result_err_span(&inner.elem),
+        Type::Group(inner) => result_err_span(&inner.elem),
+        Type::Path(path) => {
+            let PathArguments::AngleBracketed(args) = &path.path.segments.last()?.arguments else {
+                return None;
+            };
+            match args.args.iter().nth(1)? {
+                GenericArgument::Type(err) => Some(syn::spanned::Spanned::span(err)),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

@@ -99,6 +99,35 @@ impl From<serde_json::Error> for Error {
     }
 }
 
+/// An error type an `#[idempotent]` function may return: one that can hold this crate's
+/// [`Error`] (duplicates, in-progress calls, backend failures come back as it).
+///
+/// Implemented for every `E: From<Error>`; with thiserror, a variant
+/// `#[error(transparent)] Idempotency(#[from] idempotent_runtime::Error)` gives it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold an `idempotent_runtime::Error`: the function's error type must implement `From<idempotent_runtime::Error>`",
+    label = "duplicates, in-progress calls and backend failures are returned as this type",
+    note = "add `impl From<idempotent_runtime::Error> for {Self}`, or with thiserror a variant `#[error(transparent)] Idempotency(#[from] idempotent_runtime::Error)`"
+)]
+pub trait FunctionError: From<Error> {}
+
+#[diagnostic::do_not_recommend]
+impl<E: From<Error>> FunctionError for E {}
+
+/// An error type a business-table strategy's function (`select_before_insert`, `pessimistic`,
+/// `optimistic`, `unique_index`, `state_machine`) may return: a [`FunctionError`] that is
+/// also a `std::error::Error + 'static`, because the strategy looks for the database's error
+/// (a unique violation, a deadlock) in its source chain.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must be a `std::error::Error + 'static` that implements `From<idempotent_runtime::Error>`",
+    label = "the strategy looks for the database's error in this type's source chain",
+    note = "derive `thiserror::Error` for `{Self}` with a `#[from] sqlx::Error` variant and a `#[from] idempotent_runtime::Error` variant"
+)]
+pub trait SqlFunctionError: FunctionError + std::error::Error + 'static {}
+
+#[diagnostic::do_not_recommend]
+impl<E: From<Error> + std::error::Error + 'static> SqlFunctionError for E {}
+
 /// How a wrapped call produced its result.
 ///
 /// Read it with [`observe`]; HTTP services use it to set the `Idempotent-Replayed: true`

@@ -10,7 +10,7 @@ pub mod strategy;
 #[doc(hidden)]
 pub mod __private;
 
-pub use error::{Disposition, Error, observe};
+pub use error::{Disposition, Error, FunctionError, SqlFunctionError, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};
 pub use strategy::OnBusy;

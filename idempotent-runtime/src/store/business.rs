@@ -87,8 +87,7 @@ impl Target {
 
 /// The values of an idempotency key's parts, bound in order to [`Target::columns`].
 ///
-/// Implemented for tuples of one to four values, each `Encode + Type` for the database
-/// (strings, integers, uuids, … and references to them).
+/// Implemented for tuples of one to four values, each a [`KeyValue`] of the database.
 pub trait KeyValues<DB: Database>: Send + Sync {
     /// How many parts.
     const COUNT: usize;
@@ -96,11 +95,23 @@ pub trait KeyValues<DB: Database>: Send + Sync {
     fn bind_to(&self, q: Query<DB>) -> Query<DB>;
 }
 
+/// One key part's value, as the database binds it: sqlx's `Encode + Type` (strings,
+/// integers, uuids, … and references to them), shareable across threads.
+#[diagnostic::on_unimplemented(
+    message = "the key part `{Self}` cannot be bound to a column by sqlx for `{DB}`",
+    label = "this key part is a `{Self}`",
+    note = "a business-table strategy compares each key part with its column: give a key part of a column type (`String`, `&str`, an integer, `Uuid`, …), or a field of one"
+)]
+pub trait KeyValue<DB: Database>: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync {}
+
+#[diagnostic::do_not_recommend]
+impl<DB: Database, T> KeyValue<DB> for T where T: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync {}
+
 macro_rules! key_values {
     ($n:literal; $($t:ident . $i:tt),+) => {
         impl<DB: Database, $($t),+> KeyValues<DB> for ($($t,)+)
         where
-            $($t: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync,)+
+            $($t: KeyValue<DB>,)+
         {
             const COUNT: usize = $n;
             fn bind_to(&self, q: Query<DB>) -> Query<DB> {

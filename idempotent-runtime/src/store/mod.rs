@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::{Error, StorageKey};
 
+mod arg;
 #[cfg(feature = "sqlx")]
 pub mod business;
 #[cfg(feature = "memory")]
@@ -20,6 +21,10 @@ pub mod memory;
 pub mod redis;
 #[cfg(feature = "sqlx")]
 pub mod sql;
+
+#[cfg(feature = "sqlx")]
+pub use arg::IntoTxStore;
+pub use arg::{AsClaimStore, AsLockStore, AsTokenStore};
 
 /// A claim to write: who claims which key for how long.
 #[derive(Debug, Clone)]
@@ -65,7 +70,7 @@ pub struct Record {
     label = "this store is a `{Self}`",
     note = "write `store = \"...\"` naming a sqlx pool (`PgPool`, `MySqlPool`, `SqlitePool`) or an `idempotent_runtime::MemoryStore`; or add a `#[tx] tx: &mut <DB>Connection` parameter to claim inside the body's transaction"
 )]
-pub trait ClaimStore: Send + Sync {
+pub trait ClaimStore: AsClaimStore<Store = Self> + Send + Sync {
     /// A short backend name for logs and the demo (`"postgres"`, `"mysql"`, `"sqlite"`, `"memory"`).
     fn backend_name(&self) -> &'static str;
 
@@ -116,52 +121,6 @@ pub trait ClaimStore: Send + Sync {
     fn release_detached(&self, key: StorageKey, owner: String);
 }
 
-impl<S: ClaimStore + ?Sized> ClaimStore for &S {
-    fn backend_name(&self) -> &'static str {
-        (**self).backend_name()
-    }
-    fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send {
-        (**self).try_claim(claim)
-    }
-    fn read(&self, key: &StorageKey) -> impl Future<Output = Result<Option<Record>, Error>> + Send {
-        (**self).read(key)
-    }
-    fn take_over(
-        &self,
-        claim: &Claim<'_>,
-        previous_owner: &str,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
-        (**self).take_over(claim, previous_owner)
-    }
-    fn complete(
-        &self,
-        key: &StorageKey,
-        owner: &str,
-        response: &[u8],
-        ttl: Duration,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
-        (**self).complete(key, owner, response, ttl)
-    }
-    fn renew(
-        &self,
-        key: &StorageKey,
-        owner: &str,
-        lease: Duration,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
-        (**self).renew(key, owner, lease)
-    }
-    fn release(
-        &self,
-        key: &StorageKey,
-        owner: &str,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        (**self).release(key, owner)
-    }
-    fn release_detached(&self, key: StorageKey, owner: String) {
-        (**self).release_detached(key, owner)
-    }
-}
-
 /// A fresh random claim owner token: 16 bytes from the OS RNG as 32 hex characters.
 pub(crate) fn new_owner() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
@@ -170,7 +129,8 @@ pub(crate) fn new_owner() -> Result<String, Error> {
     Ok(hex::encode(bytes))
 }
 
-/// Milliseconds of a duration as the `i64` the SQL backends bind, saturating.
+/// Milliseconds of a duration as the `i64` the SQL and Redis backends send, saturating.
+#[cfg(any(feature = "sqlx", feature = "redis"))]
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
@@ -221,7 +181,7 @@ pub enum Acquired {
     label = "this store is a `{Self}`, which has no leased locks",
     note = "write `store = \"...\"` naming an `idempotent_runtime::RedisStore` or `idempotent_runtime::MemoryStore`; a SQL pool cannot hold a distributed lock (use `dedup_table` for SQL)"
 )]
-pub trait LockStore: Send + Sync {
+pub trait LockStore: AsLockStore<Store = Self> + Send + Sync {
     /// A short backend name for logs and the demo (`"redis"`, `"redis-cluster"`, `"memory"`).
     fn lock_backend_name(&self) -> &'static str;
 
@@ -299,7 +259,7 @@ pub enum Consumed {
     label = "this store is a `{Self}`, which has no one-time tokens",
     note = "write `store = \"...\"` naming an `idempotent_runtime::RedisStore` or `idempotent_runtime::MemoryStore`; a SQL pool cannot hold one-time tokens (use `dedup_table` for SQL)"
 )]
-pub trait TokenStore: Send + Sync {
+pub trait TokenStore: AsTokenStore<Store = Self> + Send + Sync {
     /// Stores a fresh token under `token_key`, valid for `ttl`.
     fn issue(
         &self,

@@ -375,7 +375,7 @@ impl_sql_backend!(
     label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
     note = "the memory store has no transactions: remove the `#[tx]` parameter to claim outside the body, or use a SQL store"
 )]
-pub trait TxStore: Send {
+pub trait TxStore: super::IntoTxStore<Store = Self> + Send {
     /// The sqlx database.
     type Database: SqlBackend;
     /// Opens the transaction (or savepoint). Errors: [`Error::Backend`].

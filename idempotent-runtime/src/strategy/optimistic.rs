@@ -31,7 +31,7 @@ pub const VERSION_COLUMN: SqlIdent = SqlIdent::new("version");
 /// returning [`Error::Duplicate`] unless `on_duplicate` is given). A missing row is stale too.
 /// Deadlocks and serialization failures — in the UPDATE, the body or the commit — roll back and
 /// run the whole transaction again, body included (`body` makes a fresh body closure for every run), at most
-/// [`MAX_ATTEMPTS`](super::guarded) times, then [`Error::Contention`]. Other errors:
+/// 10 (`MAX_ATTEMPTS`) times, then [`Error::Contention`]. Other errors:
 /// the body's own, or [`Error::Backend`].
 pub async fn run<S, K, V, T, E, F, B, D>(
     mut store: S,

@@ -11,7 +11,7 @@
 //! hits the unique index. Both are handled by running the whole transaction again (body
 //! included: `body` makes a fresh body closure for every run): the rerun finds the committed row, locks it, and the body's
 //! re-check answers. Deadlocks and serialization failures rerun at most
-//! [`MAX_ATTEMPTS`](super::guarded) times, a unique violation at most twice; then the error
+//! 10 (`MAX_ATTEMPTS`) times, a unique violation at most twice; then the error
 //! surfaces ([`Error::Contention`], or the body's own).
 
 use std::error::Error as StdError;
