@@ -150,19 +150,12 @@ fn expand_strategy(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
 fn expand_select_before_insert(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
     let parts = BusinessParts::new(config, func)?;
     let target = parts.target(config)?;
-    let (store, key, kit, body, on_duplicate) = (
-        &parts.store,
-        &parts.key,
-        &parts.kit,
-        &parts.body,
-        &parts.on_duplicate,
-    );
-    let call = call_entry(
+    let call = parts.call(
         config,
-        parts.key_span,
         quote!(select_before_insert::run),
+        target,
         None,
-        quote!(#store, #target, #key, #kit, #body, #on_duplicate),
+        true,
     );
     Ok(wrapper(func, config, call))
 }
@@ -172,14 +165,7 @@ fn expand_select_before_insert(config: &Config, func: &ItemFn) -> syn::Result<To
 fn expand_pessimistic(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
     let parts = BusinessParts::new(config, func)?;
     let target = parts.target(config)?;
-    let (store, key, kit, body) = (&parts.store, &parts.key, &parts.kit, &parts.body);
-    let call = call_entry(
-        config,
-        parts.key_span,
-        quote!(pessimistic::run),
-        None,
-        quote!(#store, #target, #key, #kit, #body),
-    );
+    let call = parts.call(config, quote!(pessimistic::run), target, None, false);
     Ok(wrapper(func, config, call))
 }
 
@@ -200,20 +186,7 @@ fn expand_optimistic(config: &Config, func: &ItemFn) -> syn::Result<TokenStream>
             ));
         }
     };
-    let (store, key, kit, body, on_duplicate) = (
-        &parts.store,
-        &parts.key,
-        &parts.kit,
-        &parts.body,
-        &parts.on_duplicate,
-    );
-    let call = call_entry(
-        config,
-        parts.key_span,
-        quote!(optimistic::run),
-        None,
-        quote!(#store, #target, #key, #version, #kit, #body, #on_duplicate),
-    );
+    let call = parts.call(config, quote!(optimistic::run), target, Some(version), true);
     Ok(wrapper(func, config, call))
 }
 
@@ -243,27 +216,9 @@ fn expand_unique_index(config: &Config, func: &ItemFn) -> syn::Result<TokenStrea
         }
         None => quote!(::core::option::Option::None),
     };
-    let (store, key, kit, body, on_duplicate) = (
-        &parts.store,
-        &parts.key,
-        &parts.kit,
-        &parts.body,
-        &parts.on_duplicate,
-    );
-    let call = call_entry(
-        config,
-        parts.key_span,
-        quote!(unique_index::run),
-        None,
-        quote! {
-            #store,
-            #rt::__private::unique_index::Options { constraint: #constraint, target: #target },
-            #key,
-            #kit,
-            #body,
-            #on_duplicate,
-        },
-    );
+    let options =
+        quote!(#rt::__private::unique_index::Options { constraint: #constraint, target: #target });
+    let call = parts.call(config, quote!(unique_index::run), options, None, true);
     Ok(wrapper(func, config, call))
 }
 
@@ -281,32 +236,15 @@ fn expand_state_machine(config: &Config, func: &ItemFn) -> syn::Result<TokenStre
         ));
     };
     let status = sql_ident(config, status);
-    let (store, key, kit, body, on_duplicate) = (
-        &parts.store,
-        &parts.key,
-        &parts.kit,
-        &parts.body,
-        &parts.on_duplicate,
-    );
-    let call = call_entry(
-        config,
-        parts.key_span,
-        quote!(state_machine::run),
-        None,
-        quote! {
-            #store,
-            #rt::__private::state_machine::Transition {
-                target: #target,
-                status_column: #status,
-                from: #from,
-                to: #to,
-            },
-            #key,
-            #kit,
-            #body,
-            #on_duplicate,
-        },
-    );
+    let transition = quote! {
+        #rt::__private::state_machine::Transition {
+            target: #target,
+            status_column: #status,
+            from: #from,
+            to: #to,
+        }
+    };
+    let call = parts.call(config, quote!(state_machine::run), transition, None, true);
     Ok(wrapper(func, config, call))
 }
 
@@ -402,6 +340,28 @@ impl BusinessParts {
             body,
             on_duplicate,
         })
+    }
+
+    /// `rt::__private::<entry>(store, before, key, [after,] kit, body, [on_duplicate]).await`,
+    /// spanned at the key (see [`call_entry`]).
+    fn call(
+        &self,
+        config: &Config,
+        entry: TokenStream,
+        before: TokenStream,
+        after: Option<TokenStream>,
+        on_duplicate: bool,
+    ) -> TokenStream {
+        let (store, key, kit, body) = (&self.store, &self.key, &self.kit, &self.body);
+        let after = after.map(|after| quote!(#after,));
+        let on_duplicate = on_duplicate.then_some(&self.on_duplicate);
+        call_entry(
+            config,
+            self.key_span,
+            entry,
+            None,
+            quote!(#store, #before, #key, #after #kit, #body, #on_duplicate),
+        )
     }
 
     /// `Target { table, columns }`: `column`, or each key part's last field.
