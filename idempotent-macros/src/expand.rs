@@ -294,10 +294,10 @@ impl BusinessParts {
             let rt = validate::respan(rt.to_token_stream(), span);
             quote_spanned!(span=> #rt::__private::error_kit())
         };
-        let param = closure_param(tx);
+        let (param, bind) = injected_binding(tx);
         let output = &func.sig.output;
         let block = &func.block;
-        let body = quote!(|| async |#param| #output #block);
+        let body = quote!(|| async |#param| #output { #bind #block });
         let on_duplicate = match &config.on_duplicate {
             Some(path) => {
                 let mut args = Vec::new();
@@ -441,11 +441,11 @@ fn expand_distributed_lock(config: &Config, func: &ItemFn) -> syn::Result<TokenS
     let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
     let output = &func.sig.output;
     let block = &func.block;
-    let param = match &config.fence {
-        Some(fence) => closure_param(fence),
+    let (param, bind) = match &config.fence {
+        Some(fence) => injected_binding(fence),
         None => {
             let unused = Ident::new("__idempotent_fence", Span::mixed_site());
-            quote!(#unused: #rt::__private::FencingToken)
+            (quote!(#unused: #rt::__private::FencingToken), quote!())
         }
     };
     let call = call_replaying(
@@ -457,7 +457,7 @@ fn expand_distributed_lock(config: &Config, func: &ItemFn) -> syn::Result<TokenS
             #fingerprint_ident,
             #options_ident,
             #into_error,
-            async |#param| #output #block,
+            async |#param| #output { #bind #block },
         },
     );
     Ok(wrapper(
@@ -564,11 +564,7 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
             // checked by a `let` spanned at it, so a connection of another database is one
             // "mismatched types" error at that type.
             let store = store_through(config, "tx_store");
-            let (mutability, ident, ty) = (&tx.mutability, &tx.ident, &tx.ty);
-            let conn = Ident::new("__idempotent_tx", Span::mixed_site());
-            let conn_at_ty =
-                Ident::new("__idempotent_tx", Span::mixed_site().located_at(ty.span()));
-            let bind = quote_spanned!(ty.span()=> let #mutability #ident: #ty = #conn_at_ty;);
+            let (conn, bind) = injected_binding(tx);
             call_replaying(
                 config,
                 quote!(dedup_table::run_in_tx),
@@ -777,10 +773,20 @@ fn store_argument(store: &Store) -> TokenStream {
     }
 }
 
-/// `mut? name: Type` for the body closure's injected parameter.
-fn closure_param(injected: &Injected) -> TokenStream {
+/// The body closure's parameter for an injected value (`#[tx]`, `#[fence]`), untyped so its
+/// type comes from the runtime, and the statement binding it to the user's name and type:
+/// `let mut? name: Type = __idempotent_<name>;`, spanned at `Type`, so a parameter of the wrong
+/// type is one "mismatched types" error at that type.
+fn injected_binding(injected: &Injected) -> (TokenStream, TokenStream) {
     let (mutability, ident, ty) = (&injected.mutability, &injected.ident, &injected.ty);
-    quote!(#mutability #ident: #ty)
+    let name = format!(
+        "__idempotent_{}",
+        ident.to_string().trim_start_matches("r#")
+    );
+    let param = Ident::new(&name, Span::mixed_site());
+    let param_at_ty = Ident::new(&name, Span::mixed_site().located_at(ty.span()));
+    let bind = quote_spanned!(ty.span()=> let #mutability #ident: #ty = #param_at_ty;);
+    (quote!(#param), bind)
 }
 
 /// The function with its injected parameters removed and `body` as its body;

@@ -434,7 +434,7 @@ fn function_shape() {
         "`#[idempotent]` needs an `async fn`; write `async fn place`"
     );
     assert!(
-        errors[1].starts_with("the return type must be `Result<T, E>`"),
+        errors[1].starts_with("the return type must be written `Result<T, E>`"),
         "{errors:#?}"
     );
     let msg = one_err(
@@ -660,5 +660,59 @@ fn inner_attributes_stay_inside_the_body() {
     assert!(
         out.contains("{ # ! [allow (unused)] let __idempotent_key"),
         "{out}"
+    );
+}
+
+#[test]
+fn return_type_with_impl_trait_is_refused() {
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote!(
+            async fn place(pool: &PgPool, req: PlaceOrder) -> Result<impl Serialize, AppError> {
+                Ok(1)
+            }
+        ),
+    );
+    assert!(
+        msg.starts_with("the return type cannot contain `impl Trait`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn applying_the_attribute_twice_is_refused() {
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote!(
+            #[idempotent(strategy = "dedup_table", key = "req.id")]
+            async fn place(pool: &PgPool, req: PlaceOrder) -> Result<Receipt, AppError> {
+                todo!()
+            }
+        ),
+    );
+    assert!(msg.starts_with("`#[idempotent]` is applied twice"), "{msg}");
+}
+
+#[test]
+fn business_key_of_five_parts_is_refused() {
+    let msg = one_err(
+        quote!(
+            strategy = "unique_index",
+            key = ["r.a", "r.b", "r.c", "r.d", "r.e"],
+            table = "t"
+        ),
+        quote!(
+            async fn place(
+                pool: &PgPool,
+                r: &R,
+                #[tx] tx: &mut PgConnection,
+            ) -> Result<(), AppError> {
+                Ok(())
+            }
+        ),
+    );
+    assert_eq!(
+        msg,
+        "strategy `unique_index` compares at most 4 key parts with their columns; this is part 5"
     );
 }

@@ -290,6 +290,9 @@ pub(crate) struct Config {
     pub(crate) err_span: Span,
 }
 
+/// The most key parts a business-table strategy binds (the runtime's `KeyValues` tuples).
+const MAX_BUSINESS_KEY_PARTS: usize = 4;
+
 /// Checks `args` against `func` and returns the configuration, or every
 /// problem found (together with the ones already in `errors`).
 pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn::Result<Config> {
@@ -365,6 +368,19 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     });
 
     let key = check_key(args, &info, &mut errors);
+    if let (Some((strategy, _)), Some(key)) = (strategy, &key)
+        && strategy.uses_business_table()
+        && let Some(fifth) = key.get(MAX_BUSINESS_KEY_PARTS)
+    {
+        errors.at(
+            fifth.span,
+            format!(
+                "strategy `{}` compares at most {MAX_BUSINESS_KEY_PARTS} key parts with their columns; this is part {}",
+                strategy.as_str(),
+                MAX_BUSINESS_KEY_PARTS + 1
+            ),
+        );
+    }
 
     let scope = usable(OptionName::Scope)
         .and_then(|o| expect_str(o, &mut errors))
@@ -1131,12 +1147,33 @@ impl FnInfo {
                 Err(()) => {
                     errors.push(syn::Error::new_spanned(
                         ty,
-                        "the return type must be `Result<T, E>` with `E: From<idempotent_runtime::Error>`, so that duplicates and backend failures can be returned",
+                        "the return type must be written `Result<T, E>` (or through an alias named `Result`, like `io::Result<T>`) with `E: From<idempotent_runtime::Error>`, so that duplicates and backend failures can be returned",
                     ));
                     None
                 }
             },
         };
+        if let ReturnType::Type(_, ty) = &sig.output
+            && mentions_impl(&ty.to_token_stream())
+        {
+            errors.push(syn::Error::new_spanned(
+                ty,
+                "the return type cannot contain `impl Trait`: the wrapper returns the body's result from a closure and, for replaying strategies, stores it; name the type",
+            ));
+        }
+        for attr in &func.attrs {
+            if attr
+                .path()
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "idempotent")
+            {
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    "`#[idempotent]` is applied twice: the outer wrapper's claim would make the inner one see every call as in progress; keep one attribute",
+                ));
+            }
+        }
 
         let mut info = FnInfo {
             params: Vec::new(),

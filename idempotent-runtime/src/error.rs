@@ -121,7 +121,7 @@ impl<E: From<Error>> FunctionError for E {}
 #[diagnostic::on_unimplemented(
     message = "`{Self}` must be a `std::error::Error + 'static` that implements `From<idempotent_runtime::Error>`",
     label = "the strategy looks for the database's error in this type's source chain",
-    note = "derive `thiserror::Error` for `{Self}` with a `#[from] sqlx::Error` variant and a `#[from] idempotent_runtime::Error` variant"
+    note = "implement `std::error::Error` and `From<idempotent_runtime::Error>` for `{Self}`, e.g. an enum deriving `thiserror::Error` with `#[from] sqlx::Error` and `#[from] idempotent_runtime::Error` variants (a `Box<dyn Error>` is not itself a `std::error::Error`)"
 )]
 pub trait SqlFunctionError: FunctionError + std::error::Error + 'static {}
 

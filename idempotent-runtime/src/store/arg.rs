@@ -56,7 +56,7 @@ pub trait AsTokenStore {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot open the transaction that `#[tx]` injects",
     label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
-    note = "the memory store has no transactions: remove the `#[tx]` parameter to claim outside the body, or use a SQL store; in generic code, bound the store's type by `idempotent_runtime::TxStore`"
+    note = "`#[tx]` runs the body in a transaction the store opens: write `store = \"...\"` naming a sqlx pool or a `&mut` connection of the `#[tx]` parameter's database; the memory store and Redis have no transactions (remove `#[tx]` to claim outside the body); in generic code, take the pool as `&sqlx::Pool<DB>` with `DB: idempotent_runtime::SqlBackend`"
 )]
 pub trait IntoTxStore {
     /// The store that opens the transaction.
@@ -156,6 +156,23 @@ mod sql {
     impl<DB: SqlBackend> IntoTxStore for &Pool<DB> {
         type Store = Self;
         fn into_tx_store(self) -> Self {
+            self
+        }
+    }
+
+    /// A `&mut PgPool` parameter (or `MySqlPool`, `SqlitePool`) opens the transaction through
+    /// the shared reference.
+    impl<'a, DB: SqlBackend> IntoTxStore for &'a mut Pool<DB> {
+        type Store = &'a Pool<DB>;
+        fn into_tx_store(self) -> &'a Pool<DB> {
+            self
+        }
+    }
+
+    /// A `&&PgPool` parameter (or `MySqlPool`, `SqlitePool`).
+    impl<'a, DB: SqlBackend> IntoTxStore for &&'a Pool<DB> {
+        type Store = &'a Pool<DB>;
+        fn into_tx_store(self) -> &'a Pool<DB> {
             self
         }
     }
