@@ -40,17 +40,12 @@ pub use business::{
 #[cfg(feature = "sqlx")]
 use crate::store::IntoTxStore;
 use crate::store::{AsClaimStore, AsLockStore, AsTokenStore};
-use crate::strategy::Replayable;
 
 /// Converts a runtime error into the function's error type.
 #[inline]
 pub fn into_error<E: crate::FunctionError>(e: crate::Error) -> E {
     E::from(e)
 }
-
-/// Compile-time check that a replaying strategy's response type can be stored and replayed.
-#[inline(always)]
-pub fn assert_replayable<T: Replayable>() {}
 
 /// `store` seen as a [`ClaimStore`](crate::ClaimStore); the one place a store of the wrong kind is reported.
 #[inline(always)]

@@ -1,6 +1,7 @@
-//! What the five business-table strategies share: recognising database errors inside the
-//! body's own error type, and the bounded retry of a whole transaction after a deadlock or a
-//! serialization failure.
+//! What the five business-table strategies share: running the body in the strategy's
+//! transaction and committing it, recognising database errors inside the body's own error
+//! type, and the bounded retry of a whole transaction after a deadlock or a serialization
+//! failure.
 
 use std::error::Error as StdError;
 
@@ -8,6 +9,7 @@ use sqlx::error::{DatabaseError, ErrorKind};
 
 use super::Backoff;
 use crate::Error;
+use crate::error::{Disposition, record};
 
 /// How many times one call runs its transaction before giving up with
 /// [`Error::Contention`].
@@ -128,5 +130,46 @@ pub(crate) fn body_failure<E: StdError + 'static>(e: &E) -> BodyFailure {
         Some(d) if is_retryable(d) => BodyFailure::Retryable(d.message().to_owned()),
         Some(d) if is_unique(d) => BodyFailure::Unique(d.constraint().map(str::to_owned)),
         _ => BodyFailure::Other,
+    }
+}
+
+/// What running the body in the strategy's transaction came to.
+pub(crate) enum Ran<T, E> {
+    /// The body succeeded and the transaction committed (recorded as executed).
+    Committed(T),
+    /// The commit failed with a retryable error, already waited for: run the whole
+    /// transaction again.
+    Again,
+    /// The body failed; the transaction was rolled back.
+    Failed(E),
+}
+
+/// Runs `body` on `tx` and commits. A commit that fails is retried through `retry` (or its
+/// error returned); a failed body rolls the transaction back and hands its error on for the
+/// strategy to classify with [`body_failure`].
+pub(crate) async fn run_and_commit<DB, T, E, B>(
+    mut tx: sqlx::Transaction<'_, DB>,
+    body: B,
+    retry: &mut Retry,
+) -> Result<Ran<T, E>, Error>
+where
+    DB: sqlx::Database,
+    B: AsyncFnOnce(&mut DB::Connection) -> Result<T, E>,
+{
+    match body(&mut *tx).await {
+        Ok(value) => match tx.commit().await {
+            Ok(()) => {
+                record(Disposition::Executed);
+                Ok(Ran::Committed(value))
+            }
+            Err(e) => {
+                retry.on_sqlx(e).await?;
+                Ok(Ran::Again)
+            }
+        },
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Ok(Ran::Failed(e))
+        }
     }
 }

@@ -14,9 +14,8 @@ use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::guarded::{BodyFailure, Retry, body_failure};
+use super::guarded::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
 use crate::Error;
-use crate::error::{Disposition, record};
 use crate::store::business::{BusinessBackend, KeyValues, Target, query};
 use crate::store::sql::TxStore;
 
@@ -69,21 +68,10 @@ where
                 continue;
             }
         }
-        let failure = match body()(&mut *tx).await {
-            Ok(value) => match tx.commit().await {
-                Ok(()) => {
-                    record(Disposition::Executed);
-                    return Ok(value);
-                }
-                Err(e) => {
-                    retry.on_sqlx(e).await?;
-                    continue;
-                }
-            },
-            Err(e) => {
-                let _ = tx.rollback().await;
-                e
-            }
+        let failure = match run_and_commit(tx, body(), &mut retry).await? {
+            Ran::Committed(value) => return Ok(value),
+            Ran::Again => continue,
+            Ran::Failed(e) => e,
         };
         let retryable = match body_failure(&failure) {
             BodyFailure::Other => return Err(failure),

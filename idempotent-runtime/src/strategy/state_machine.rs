@@ -11,9 +11,8 @@ use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::guarded::{BodyFailure, Retry, body_failure};
+use super::guarded::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
 use crate::Error;
-use crate::error::{Disposition, record};
 use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 use crate::store::sql::TxStore;
 
@@ -123,21 +122,14 @@ where
                 .into()),
             };
         }
-        match body()(&mut *tx).await {
-            Ok(value) => match tx.commit().await {
-                Ok(()) => {
-                    record(Disposition::Executed);
-                    return Ok(value);
-                }
-                Err(e) => retry.on_sqlx(e).await?,
-            },
-            Err(e) => {
-                let _ = tx.rollback().await;
-                match body_failure(&e) {
-                    BodyFailure::Retryable(last) => retry.again(last).await?,
-                    _ => return Err(e),
-                }
-            }
+        let e = match run_and_commit(tx, body(), &mut retry).await? {
+            Ran::Committed(value) => return Ok(value),
+            Ran::Again => continue,
+            Ran::Failed(e) => e,
+        };
+        match body_failure(&e) {
+            BodyFailure::Retryable(last) => retry.again(last).await?,
+            _ => return Err(e),
         }
     }
 }

@@ -17,9 +17,8 @@ use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::guarded::{BodyFailure, Retry, body_failure};
+use super::guarded::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
 use crate::Error;
-use crate::error::{Disposition, record};
 use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 use crate::store::sql::TxStore;
 
@@ -60,28 +59,17 @@ where
         .map(|t| t.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST));
     let mut retry = Retry::new();
     loop {
-        let mut tx = match store.begin().await {
+        let tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
                 retry.on_error(e).await?;
                 continue;
             }
         };
-        let failure = match body()(&mut *tx).await {
-            Ok(value) => match tx.commit().await {
-                Ok(()) => {
-                    record(Disposition::Executed);
-                    return Ok(value);
-                }
-                Err(e) => {
-                    retry.on_sqlx(e).await?;
-                    continue;
-                }
-            },
-            Err(e) => {
-                let _ = tx.rollback().await;
-                e
-            }
+        let failure = match run_and_commit(tx, body(), &mut retry).await? {
+            Ran::Committed(value) => return Ok(value),
+            Ran::Again => continue,
+            Ran::Failed(e) => e,
         };
         match body_failure(&failure) {
             BodyFailure::Retryable(last) => retry.again(last).await?,
