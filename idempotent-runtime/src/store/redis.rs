@@ -170,6 +170,13 @@ impl RedisStore {
         }
     }
 
+    /// Runs a compare-and-set script, which returns 1 when the owner (or state) matched and
+    /// the write happened, 0 otherwise.
+    async fn eval_cas(&self, inv: &mut ScriptInvocation<'_>) -> Result<bool, Error> {
+        let n: i64 = self.eval(inv).await?;
+        Ok(n == 1)
+    }
+
     /// Spawns `f(store)` on the current tokio runtime, if any (detached releases).
     fn spawn<F, Fut>(&self, f: F)
     where
@@ -314,15 +321,13 @@ impl LockStore for RedisStore {
     }
 
     async fn renew(&self, key: &StorageKey, owner: &str, lease: Duration) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(
-                LOCK_RENEW
-                    .key(rkey(key, "lock"))
-                    .arg(owner)
-                    .arg(millis(lease).max(1)),
-            )
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(
+            LOCK_RENEW
+                .key(rkey(key, "lock"))
+                .arg(owner)
+                .arg(millis(lease).max(1)),
+        )
+        .await
     }
 
     async fn complete_lock(
@@ -332,24 +337,20 @@ impl LockStore for RedisStore {
         response: &[u8],
         ttl: Duration,
     ) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(
-                LOCK_COMPLETE
-                    .key(rkey(key, "lock"))
-                    .key(rkey(key, "resp"))
-                    .arg(owner)
-                    .arg(response)
-                    .arg(millis(ttl).max(1)),
-            )
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(
+            LOCK_COMPLETE
+                .key(rkey(key, "lock"))
+                .key(rkey(key, "resp"))
+                .arg(owner)
+                .arg(response)
+                .arg(millis(ttl).max(1)),
+        )
+        .await
     }
 
     async fn release_lock(&self, key: &StorageKey, owner: &str) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(LOCK_RELEASE.key(rkey(key, "lock")).arg(owner))
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(LOCK_RELEASE.key(rkey(key, "lock")).arg(owner))
+            .await
     }
 
     fn release_lock_detached(&self, key: StorageKey, owner: String) {
@@ -487,16 +488,14 @@ impl TokenStore for RedisStore {
         response: &[u8],
         ttl: Duration,
     ) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(
-                TOKEN_COMPLETE
-                    .key(rkey(token_key, "tok"))
-                    .arg(owner)
-                    .arg(response)
-                    .arg(millis(ttl).max(1)),
-            )
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(
+            TOKEN_COMPLETE
+                .key(rkey(token_key, "tok"))
+                .arg(owner)
+                .arg(response)
+                .arg(millis(ttl).max(1)),
+        )
+        .await
     }
 
     async fn renew_token(
@@ -505,22 +504,18 @@ impl TokenStore for RedisStore {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(
-                TOKEN_RENEW
-                    .key(rkey(token_key, "tok"))
-                    .arg(owner)
-                    .arg(millis(lease).max(1)),
-            )
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(
+            TOKEN_RENEW
+                .key(rkey(token_key, "tok"))
+                .arg(owner)
+                .arg(millis(lease).max(1)),
+        )
+        .await
     }
 
     async fn restore_token(&self, token_key: &StorageKey, owner: &str) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(TOKEN_RESTORE.key(rkey(token_key, "tok")).arg(owner))
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(TOKEN_RESTORE.key(rkey(token_key, "tok")).arg(owner))
+            .await
     }
 
     fn restore_token_detached(&self, token_key: StorageKey, owner: String) {
@@ -599,16 +594,14 @@ impl ClaimStore for RedisStore {
     }
 
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(
-                REC_CLAIM
-                    .key(rkey(claim.key, "rec"))
-                    .arg(claim.owner)
-                    .arg(claim.fingerprint.unwrap_or(""))
-                    .arg(millis(claim.lease).max(1)),
-            )
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(
+            REC_CLAIM
+                .key(rkey(claim.key, "rec"))
+                .arg(claim.owner)
+                .arg(claim.fingerprint.unwrap_or(""))
+                .arg(millis(claim.lease).max(1)),
+        )
+        .await
     }
 
     async fn read(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
@@ -641,28 +634,24 @@ impl ClaimStore for RedisStore {
         response: &[u8],
         ttl: Duration,
     ) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(
-                REC_COMPLETE
-                    .key(rkey(key, "rec"))
-                    .arg(owner)
-                    .arg(response)
-                    .arg(millis(ttl).max(1)),
-            )
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(
+            REC_COMPLETE
+                .key(rkey(key, "rec"))
+                .arg(owner)
+                .arg(response)
+                .arg(millis(ttl).max(1)),
+        )
+        .await
     }
 
     async fn renew(&self, key: &StorageKey, owner: &str, lease: Duration) -> Result<bool, Error> {
-        let n: i64 = self
-            .eval(
-                REC_RENEW
-                    .key(rkey(key, "rec"))
-                    .arg(owner)
-                    .arg(millis(lease).max(1)),
-            )
-            .await?;
-        Ok(n == 1)
+        self.eval_cas(
+            REC_RENEW
+                .key(rkey(key, "rec"))
+                .arg(owner)
+                .arg(millis(lease).max(1)),
+        )
+        .await
     }
 
     async fn release(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
