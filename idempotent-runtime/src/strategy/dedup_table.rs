@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, OnBusy, keep_renewed, response_bytes};
+use super::{Backoff, OnBusy, response_bytes, while_renewing};
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
 use crate::{Error, Fingerprint, StorageKey};
@@ -233,13 +233,10 @@ where
         owner: &owner,
         armed: true,
     };
-    let result = {
-        let mut body = std::pin::pin!(body());
-        tokio::select! {
-            r = &mut body => r,
-            () = keep_renewed(options.lease, || store.renew(&key, &owner, options.lease)) => body.await,
-        }
-    };
+    let result = while_renewing(options.lease, body(), || {
+        store.renew(&key, &owner, options.lease)
+    })
+    .await;
     guard.armed = false;
     let value = match result {
         Ok(v) => v,

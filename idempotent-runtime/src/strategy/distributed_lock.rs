@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Backoff, OnBusy, complete_recorded, keep_renewed, response_bytes};
+use super::{Backoff, OnBusy, complete_recorded, response_bytes, while_renewing};
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
 use crate::{Error, Fingerprint, StorageKey};
@@ -224,22 +224,14 @@ where
         return Err(Error::LockLost.into());
     }
 
-    let result = {
-        let body = body(FencingToken(fence));
-        let renewal = async {
-            if hooks.block_renewal {
-                return std::future::pending().await;
-            }
-            keep_renewed(options.lease, || store.renew(&key, &owner, options.lease)).await
-        };
-        tokio::pin!(body);
-        tokio::pin!(renewal);
-        tokio::select! {
-            biased;
-            r = &mut body => r,
-            () = &mut renewal => body.await,
+    let result = while_renewing(options.lease, body(FencingToken(fence)), || async {
+        if hooks.block_renewal {
+            // Test hook: the renewal never happens, as when Redis is partitioned away.
+            std::future::pending::<()>().await;
         }
-    };
+        store.renew(&key, &owner, options.lease).await
+    })
+    .await;
     guard.armed = false;
 
     let value = match result {

@@ -31,10 +31,29 @@ pub enum OnBusy {
     Wait(Duration),
 }
 
+/// Runs `body` while calling `renew` every `lease / 3`, so a body slower than its lease keeps
+/// its claim, lock or token. When a renewal reports the claim lost (`Ok(false)`) renewing
+/// stops and the body runs on; its completion is then refused (compare-and-set on the owner).
+/// Shared by `dedup_table` claim mode, `distributed_lock` and `token`.
+pub(crate) async fn while_renewing<R, Fut>(
+    lease: Duration,
+    body: impl Future<Output = R>,
+    renew: impl FnMut() -> Fut,
+) -> R
+where
+    Fut: Future<Output = Result<bool, crate::Error>>,
+{
+    let mut body = std::pin::pin!(body);
+    tokio::select! {
+        biased;
+        r = &mut body => r,
+        () = keep_renewed(lease, renew) => body.await,
+    }
+}
+
 /// Calls `renew` every `lease / 3` until it reports the claim lost (`Ok(false)`); never returns
-/// while the claim is held. A failed renewal is logged and tried again at the next tick. Used
-/// while a body runs, raced against it with `tokio::select!`.
-pub(crate) async fn keep_renewed<Fut>(lease: Duration, mut renew: impl FnMut() -> Fut)
+/// while the claim is held. A failed renewal is logged and tried again at the next tick.
+async fn keep_renewed<Fut>(lease: Duration, mut renew: impl FnMut() -> Fut)
 where
     Fut: Future<Output = Result<bool, crate::Error>>,
 {

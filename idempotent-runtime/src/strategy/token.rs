@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use super::{complete_recorded, keep_renewed, response_bytes};
+use super::{complete_recorded, response_bytes, while_renewing};
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
 use crate::{Error, Fingerprint, KeyBuilder, KeyPart, StorageKey};
@@ -163,13 +163,10 @@ where
     };
     // Renew the consumption while the body runs, so a slow body keeps its claim on the token
     // and a retry never runs it a second time.
-    let result = {
-        let mut body = std::pin::pin!(body());
-        tokio::select! {
-            r = &mut body => r,
-            () = keep_renewed(options.lease, || store.renew_token(&key, &owner, options.lease)) => body.await,
-        }
-    };
+    let result = while_renewing(options.lease, body(), || {
+        store.renew_token(&key, &owner, options.lease)
+    })
+    .await;
     guard.armed = false;
     let value = match result {
         Ok(v) => v,
