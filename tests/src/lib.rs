@@ -170,6 +170,103 @@ impl Gate {
     }
 }
 
+/// The effects of a test service whose ledger lives in memory: a [`Gate`] to hold bodies, a
+/// one-shot failure switch, the ledger of `(tenant, key, amount)` rows and an execution
+/// counter. Services keep one and deref to it, so tests read `svc.gate`, `svc.count(&r)`.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Holds the next body when armed.
+    pub gate: Gate,
+    /// When set, the next body fails with [`AppError::Rejected`] and writes nothing.
+    pub fail_next: std::sync::atomic::AtomicBool,
+    ledger: std::sync::Mutex<Vec<(String, String, i64)>>,
+    serial: std::sync::atomic::AtomicU64,
+}
+
+impl Effects {
+    /// The body: passes the gate, fails once if `fail_next` is set, otherwise writes one ledger
+    /// row and returns a receipt numbered by execution (1, 2, …).
+    pub async fn apply(&self, req: &Req) -> Result<Receipt, AppError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.gate.pass().await;
+        if self.fail_next.swap(false, SeqCst) {
+            return Err(AppError::Rejected);
+        }
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((req.tenant.clone(), req.id.clone(), req.amount));
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: self.serial.fetch_add(1, SeqCst) + 1,
+        })
+    }
+
+    /// Ledger rows written for exactly this request (tenant, key and amount).
+    pub fn count(&self, r: &Req) -> usize {
+        self.rows()
+            .iter()
+            .filter(|(t, k, a)| *t == r.tenant && *k == r.id && *a == r.amount)
+            .count()
+    }
+
+    /// All ledger rows written.
+    pub fn total(&self) -> usize {
+        self.rows().len()
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, Vec<(String, String, i64)>> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Runs each listed `async fn test(store)` on standalone Redis and on the suite's Redis Cluster,
+/// as `redis::test` and `cluster::test` (multi-threaded tokio, 4 workers). A backend that is
+/// unavailable returns early outside CI and fails under `CI=true` (see [`redis`]).
+#[macro_export]
+macro_rules! on_redis_backends {
+    ($($test:ident),* $(,)?) => {
+        mod redis {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some(store) = $crate::redis().await else { return };
+                super::$test(store).await
+            }
+            )*
+        }
+        mod cluster {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some(store) = $crate::redis_cluster().await else { return };
+                super::$test(store).await
+            }
+            )*
+        }
+    };
+}
+
+/// [`on_redis_backends!`] plus the in-process memory store, as `memory::test`.
+#[macro_export]
+macro_rules! on_kv_backends {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(idempotent_runtime::MemoryStore::new()).await
+            }
+            )*
+        }
+        $crate::on_redis_backends!($($test),*);
+    };
+}
+
 // ------------------------------------------------------------------------------------ Redis
 
 /// Environment variable naming the standalone Redis server for tests (`redis://127.0.0.1:6379`).

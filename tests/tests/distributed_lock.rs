@@ -421,38 +421,7 @@ async fn dropped_future_releases_the_lock<S: LockStore + 'static>(store: S) {
     assert_eq!(svc.ledger.count(&r), 1);
 }
 
-macro_rules! on_backends {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                super::$test(idempotent_runtime::MemoryStore::new()).await
-            }
-            )*
-        }
-        mod redis {
-            $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                let Some(store) = idempotent_tests::redis().await else { return };
-                super::$test(store).await
-            }
-            )*
-        }
-        mod cluster {
-            $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                let Some(store) = idempotent_tests::redis_cluster().await else { return };
-                super::$test(store).await
-            }
-            )*
-        }
-    };
-}
-
-on_backends!(
+idempotent_tests::on_kv_backends!(
     concurrent_64_one_key_one_effect,
     fence_grows_with_every_acquisition,
     lease_is_renewed_while_the_body_runs,

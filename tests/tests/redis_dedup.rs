@@ -2,56 +2,31 @@
 //! (the memory store's claim mode is covered in `dedup_table.rs`). Effects counted in a ledger,
 //! every caller's outcome asserted, concurrency lined up with barriers and gates.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use idempotent_runtime::{ClaimStore, Disposition, Error, idempotent, observe};
-use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, unique};
+use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, unique};
 use tokio::sync::{Barrier, mpsc};
 
 pub struct Svc<S> {
     store: S,
-    ledger: Mutex<Vec<(String, String, i64)>>,
-    gate: Gate,
-    fail_next: AtomicBool,
-    serial: AtomicU64,
+    fx: Effects,
+}
+
+impl<S> std::ops::Deref for Svc<S> {
+    type Target = Effects;
+    fn deref(&self) -> &Effects {
+        &self.fx
+    }
 }
 
 impl<S: ClaimStore> Svc<S> {
     fn new(store: S) -> Arc<Self> {
         Arc::new(Svc {
             store,
-            ledger: Mutex::default(),
-            gate: Gate::default(),
-            fail_next: AtomicBool::new(false),
-            serial: AtomicU64::new(0),
-        })
-    }
-
-    fn count(&self, r: &Req) -> usize {
-        self.ledger
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, k, a)| *t == r.tenant && *k == r.id && *a == r.amount)
-            .count()
-    }
-
-    async fn body(&self, req: &Req) -> Result<Receipt, AppError> {
-        self.gate.pass().await;
-        if self.fail_next.swap(false, SeqCst) {
-            return Err(AppError::Rejected);
-        }
-        self.ledger
-            .lock()
-            .unwrap()
-            .push((req.tenant.clone(), req.id.clone(), req.amount));
-        Ok(Receipt {
-            tenant: req.tenant.clone(),
-            id: req.id.clone(),
-            amount: req.amount,
-            serial: self.serial.fetch_add(1, SeqCst) + 1,
+            fx: Effects::default(),
         })
     }
 
@@ -64,7 +39,7 @@ impl<S: ClaimStore> Svc<S> {
         lease = "5s"
     )]
     async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
-        self.body(req).await
+        self.fx.apply(req).await
     }
 
     #[idempotent(
@@ -76,7 +51,7 @@ impl<S: ClaimStore> Svc<S> {
         lease = "300ms"
     )]
     async fn place_short(&self, req: &Req) -> Result<Receipt, AppError> {
-        self.body(req).await
+        self.fx.apply(req).await
     }
 
     #[idempotent(
@@ -89,7 +64,7 @@ impl<S: ClaimStore> Svc<S> {
         on_busy = "wait(20s)"
     )]
     async fn place_waiting(&self, req: &Req) -> Result<Receipt, AppError> {
-        self.body(req).await
+        self.fx.apply(req).await
     }
 }
 
@@ -244,30 +219,7 @@ async fn expired_claim_is_taken_over<S: ClaimStore + 'static>(store: S) {
     );
 }
 
-macro_rules! on_backends {
-    ($($test:ident),* $(,)?) => {
-        mod redis {
-            $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                let Some(store) = idempotent_tests::redis().await else { return };
-                super::$test(store).await
-            }
-            )*
-        }
-        mod cluster {
-            $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                let Some(store) = idempotent_tests::redis_cluster().await else { return };
-                super::$test(store).await
-            }
-            )*
-        }
-    };
-}
-
-on_backends!(
+idempotent_tests::on_redis_backends!(
     concurrent_64_one_key_one_effect,
     fingerprint_mismatch_and_scopes,
     body_error_releases_the_claim,

@@ -1,40 +1,32 @@
 //! `strategy = "token"` on standalone Redis, a 3-master Redis Cluster (started by the suite)
 //! and the memory store. Effects are counted in a ledger; every caller's outcome is asserted.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use idempotent_runtime::{Disposition, Error, TokenStore, idempotent, issue_token, observe};
-use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, unique};
+use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, unique};
 use tokio::sync::{Barrier, mpsc};
 
 pub struct Svc<S> {
     store: S,
-    ledger: Mutex<Vec<(String, String, i64)>>,
-    gate: Gate,
-    fail_next: AtomicBool,
-    serial: AtomicU64,
+    fx: Effects,
+}
+
+impl<S> std::ops::Deref for Svc<S> {
+    type Target = Effects;
+    fn deref(&self) -> &Effects {
+        &self.fx
+    }
 }
 
 impl<S: TokenStore> Svc<S> {
     fn new(store: S) -> Arc<Self> {
         Arc::new(Svc {
             store,
-            ledger: Mutex::default(),
-            gate: Gate::default(),
-            fail_next: AtomicBool::new(false),
-            serial: AtomicU64::new(0),
+            fx: Effects::default(),
         })
-    }
-
-    fn count(&self, r: &Req) -> usize {
-        self.ledger
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, k, a)| *t == r.tenant && *k == r.id && *a == r.amount)
-            .count()
     }
 
     /// `req.id` carries the token.
@@ -47,20 +39,7 @@ impl<S: TokenStore> Svc<S> {
         lease = "5s"
     )]
     async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {
-        self.gate.pass().await;
-        if self.fail_next.swap(false, SeqCst) {
-            return Err(AppError::Rejected);
-        }
-        self.ledger
-            .lock()
-            .unwrap()
-            .push((req.tenant.clone(), req.id.clone(), req.amount));
-        Ok(Receipt {
-            tenant: req.tenant.clone(),
-            id: req.id.clone(),
-            amount: req.amount,
-            serial: self.serial.fetch_add(1, SeqCst) + 1,
-        })
+        self.fx.apply(req).await
     }
 
     /// A 300 ms lease, renewed while the body runs.
@@ -73,21 +52,7 @@ impl<S: TokenStore> Svc<S> {
         lease = "300ms"
     )]
     async fn checkout_short(&self, req: &Req) -> Result<Receipt, AppError> {
-        self.checkout_body(req).await
-    }
-
-    async fn checkout_body(&self, req: &Req) -> Result<Receipt, AppError> {
-        self.gate.pass().await;
-        self.ledger
-            .lock()
-            .unwrap()
-            .push((req.tenant.clone(), req.id.clone(), req.amount));
-        Ok(Receipt {
-            tenant: req.tenant.clone(),
-            id: req.id.clone(),
-            amount: req.amount,
-            serial: self.serial.fetch_add(1, SeqCst) + 1,
-        })
+        self.fx.apply(req).await
     }
 
     #[idempotent(
@@ -181,7 +146,7 @@ async fn unknown_or_expired_token_is_invalid<S: TokenStore + 'static>(store: S) 
         matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))),
         "{e:?}"
     );
-    assert_eq!(svc.ledger.lock().unwrap().len(), 0);
+    assert_eq!(svc.total(), 0);
 }
 
 async fn body_failure_restores_the_token<S: TokenStore + 'static>(store: S) {
@@ -275,38 +240,7 @@ async fn slow_body_keeps_the_token<S: TokenStore + 'static>(store: S) {
     assert_eq!(svc.count(&r), 1);
 }
 
-macro_rules! on_backends {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                super::$test(idempotent_runtime::MemoryStore::new()).await
-            }
-            )*
-        }
-        mod redis {
-            $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                let Some(store) = idempotent_tests::redis().await else { return };
-                super::$test(store).await
-            }
-            )*
-        }
-        mod cluster {
-            $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                let Some(store) = idempotent_tests::redis_cluster().await else { return };
-                super::$test(store).await
-            }
-            )*
-        }
-    };
-}
-
-on_backends!(
+idempotent_tests::on_kv_backends!(
     slow_body_keeps_the_token,
     concurrent_50_one_token_one_effect,
     unknown_or_expired_token_is_invalid,
