@@ -431,16 +431,7 @@ fn sql_ident(config: &Config, ident: &validate::SqlIdent) -> TokenStream {
 /// renewed, store the response for replay.
 fn expand_distributed_lock(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
     let rt = &config.runtime;
-    let locals = Locals::new();
-    let key = key_statement(config, &locals.key);
-    let fingerprint = fingerprint_statement(config, &locals.fingerprint);
-    let options_ident = &locals.options;
-    let options = options_literal(config, quote!(#rt::__private::distributed_lock::Options));
-    let store = store_through(config, "lock_store");
-    let into_error = into_error_fn(config);
-    let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
-    let output = &func.sig.output;
-    let block = &func.block;
+    let (output, block) = (&func.sig.output, &func.block);
     let (param, bind) = match &config.fence {
         Some(fence) => injected_binding(fence),
         None => {
@@ -448,34 +439,18 @@ fn expand_distributed_lock(config: &Config, func: &ItemFn) -> syn::Result<TokenS
             (quote!(#unused: #rt::__private::FencingToken), quote!())
         }
     };
-    let call = call_replaying(
+    Ok(replaying(
         config,
-        quote!(distributed_lock::run),
-        quote! {
-            #store,
-            #key_ident,
-            #fingerprint_ident,
-            #options_ident,
-            #into_error,
-            async |#param| #output { #bind #block },
-        },
-    );
-    Ok(wrapper(
         func,
-        config,
-        quote! {
-            #key
-            #fingerprint
-            let #options_ident = #options;
-            #call
-        },
+        ("distributed_lock", "run", "lock_store"),
+        None,
+        quote!(async |#param| #output { #bind #block }),
     ))
 }
 
 /// `token`: consume the one-time token (the single key part) in one server
 /// step, run the body, store the response under the token for replay.
 fn expand_token(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
-    let rt = &config.runtime;
     let token = match config.key.as_slice() {
         [token] => token,
         [_, second, ..] => {
@@ -491,40 +466,14 @@ fn expand_token(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
             ));
         }
     };
-    let locals = Locals::new();
-    let key = key_statement(config, &locals.key);
-    let fingerprint = fingerprint_statement(config, &locals.fingerprint);
-    let options_ident = &locals.options;
-    let options = options_literal(config, quote!(#rt::__private::token::Options));
-    let store = store_through(config, "token_store");
-    let into_error = into_error_fn(config);
-    let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
-    let output = &func.sig.output;
-    let block = &func.block;
+    let (output, block) = (&func.sig.output, &func.block);
     let (span, token_expr) = (token.span, &token.tokens);
-    let token_arg = quote_spanned!(span=> &(#token_expr));
-    let call = call_replaying(
+    Ok(replaying(
         config,
-        quote!(token::run),
-        quote! {
-            #store,
-            #token_arg,
-            #key_ident,
-            #fingerprint_ident,
-            #options_ident,
-            #into_error,
-            async || #output #block,
-        },
-    );
-    Ok(wrapper(
         func,
-        config,
-        quote! {
-            #key
-            #fingerprint
-            let #options_ident = #options;
-            #call
-        },
+        ("token", "run", "token_store"),
+        Some(quote_spanned!(span=> &(#token_expr))),
+        quote!(async || #output #block),
     ))
 }
 
@@ -533,53 +482,81 @@ fn expand_token(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
 /// committed first, with a lease), transactional mode with it (the claim lives
 /// in the body's transaction).
 fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream> {
-    let rt = &config.runtime;
-    let locals = Locals::new();
-    let key = key_statement(config, &locals.key);
-    let fingerprint = fingerprint_statement(config, &locals.fingerprint);
-    let options_ident = &locals.options;
-    let options = options_literal(config, quote!(#rt::__private::dedup_table::Options));
-    let into_error = into_error_fn(config);
-    let (key_ident, fingerprint_ident) = (&locals.key, &locals.fingerprint);
-    let output = &func.sig.output;
-    let block = &func.block;
-    let call = match &config.tx {
-        None => {
-            let store = store_through(config, "claim_store");
-            call_replaying(
-                config,
-                quote!(dedup_table::run),
-                quote! {
-                    #store,
-                    #key_ident,
-                    #fingerprint_ident,
-                    #options_ident,
-                    #into_error,
-                    async || #output #block,
-                },
-            )
-        }
+    let (output, block) = (&func.sig.output, &func.block);
+    Ok(match &config.tx {
+        None => replaying(
+            config,
+            func,
+            ("dedup_table", "run", "claim_store"),
+            None,
+            quote!(async || #output #block),
+        ),
         Some(tx) => {
             // The closure's parameter type comes from the store; the user's `#[tx]` type is
             // checked by a `let` spanned at it, so a connection of another database is one
             // "mismatched types" error at that type.
-            let store = store_through(config, "tx_store");
             let (conn, bind) = injected_binding(tx);
-            call_replaying(
+            replaying(
                 config,
-                quote!(dedup_table::run_in_tx),
-                quote! {
-                    #store,
-                    #key_ident,
-                    #fingerprint_ident,
-                    #options_ident,
-                    #into_error,
-                    async |#conn| #output { #bind #block },
-                },
+                func,
+                ("dedup_table", "run_in_tx", "tx_store"),
+                None,
+                quote!(async |#conn| #output { #bind #block }),
             )
         }
+    })
+}
+
+/// The wrapper of a replaying strategy: the storage key, the fingerprint and the options as
+/// hygienic locals, then `rt::__private::<module>::<entry>(<through>(store), [token,] key,
+/// fingerprint, options, into_error, body).await`.
+fn replaying(
+    config: &Config,
+    func: &ItemFn,
+    (module, entry, through): (&str, &str, &str),
+    token: Option<TokenStream>,
+    body: TokenStream,
+) -> TokenStream {
+    let rt = &config.runtime;
+    let locals = Locals::new();
+    let key = key_statement(config, &locals.key);
+    let fingerprint = fingerprint_statement(config, &locals.fingerprint);
+    let module = Ident::new(module, Span::call_site());
+    let entry = Ident::new(entry, Span::call_site());
+    let options = options_literal(config, quote!(#rt::__private::#module::Options));
+    let store = store_through(config, through);
+    let into_error = into_error_fn(config);
+    let Locals {
+        key: key_ident,
+        fingerprint: fingerprint_ident,
+        options: options_ident,
+    } = &locals;
+    // The call is spanned at the user's `T`, so that `T: Replayable` is reported once, there;
+    // the store's type is `_` at the store; `E` needs nothing (`into_error` carries it). The
+    // generics are `<S, [K,] T, E, F>`, `K` being the token's type.
+    let (ok_type, ok_span) = match &config.ok_type {
+        Some(ty) => (ty.to_token_stream(), ty.span()),
+        None => (quote!(_), Span::call_site()),
     };
-    Ok(wrapper(
+    let store_type = quote_spanned!(config.store.span=> _);
+    let token_type = token.is_some().then(|| quote!(_,));
+    let token = token.map(|token| quote!(#token,));
+    let call = call_entry(
+        config,
+        ok_span,
+        quote!(#module::#entry),
+        Some(quote!(#store_type, #token_type #ok_type, _, _)),
+        quote! {
+            #store,
+            #token
+            #key_ident,
+            #fingerprint_ident,
+            #options_ident,
+            #into_error,
+            #body,
+        },
+    );
+    wrapper(
         func,
         config,
         quote! {
@@ -588,7 +565,7 @@ fn expand_dedup_table(config: &Config, func: &ItemFn) -> syn::Result<TokenStream
             let #options_ident = #options;
             #call
         },
-    ))
+    )
 }
 
 /// `rt::__private::<entry>::<generics>(args).await`, with the path and the `.await` spanned at
@@ -609,25 +586,6 @@ fn call_entry(
     let generics = generics.map(|generics| quote_spanned!(span=> ::<#generics>));
     let await_ = quote_spanned!(span=> .await);
     quote_spanned!(span=> #rt::__private::#entry #generics (#args) #await_)
-}
-
-/// The call of a replaying strategy's entry point (`run::<S, [K,] T, E, F>`), spanned at the
-/// user's `T`, so that `T: Replayable` is reported once, there. The store's type is `_` at the
-/// store; `E` needs nothing (the converter from [`into_error_fn`] carries it).
-fn call_replaying(config: &Config, entry: TokenStream, args: TokenStream) -> TokenStream {
-    let (ok_type, ok_span) = match &config.ok_type {
-        Some(ty) => (ty.to_token_stream(), ty.span()),
-        None => (quote!(_), Span::call_site()),
-    };
-    let store = quote_spanned!(config.store.span=> _);
-    let token = matches!(config.strategy, Strategy::Token).then(|| quote!(_,));
-    call_entry(
-        config,
-        ok_span,
-        entry,
-        Some(quote!(#store, #token #ok_type, _, _)),
-        args,
-    )
 }
 
 /// Names of the wrapper's locals: mixed-site spans, so the user's code (the
