@@ -287,13 +287,30 @@ pub fn attempt<T>(r: Result<T, DemoError>, how: Option<Disposition>) -> Attempt 
 pub const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS demo_ledger (run VARCHAR(64) NOT NULL, op VARCHAR(64) NOT NULL, k VARCHAR(255) NOT NULL, amount BIGINT NOT NULL)";
 
 macro_rules! service {
-    ($m:ident, $name:literal, $pool:ty, $conn:ty, insert = $insert:literal, count = $count:literal, dollar = $dollar:literal) => {
+    ($m:ident, $name:literal, $pool:ty, $conn:ty, insert = $insert:literal, count = $count:literal, dollar = $dollar:literal, ddl_lock = $ddl_lock:expr) => {
         /// The service on this database.
         pub mod $m {
             use super::*;
             use idempotent_runtime::{
                 FencingToken, LockStore, MemoryStore, TokenStore, idempotent, issue_token, observe,
             };
+
+            /// Creates the demo's tables ([`LEDGER_DDL`], [`DEMO_DDL`]) in one transaction. On
+            /// PostgreSQL the transaction first takes an advisory lock, because concurrent
+            /// `CREATE TABLE IF NOT EXISTS` race on its catalog (two demos started together on
+            /// a fresh database). Errors: sqlx's.
+            pub async fn create_tables(db: &$pool) -> Result<(), sqlx::Error> {
+                let mut tx = db.begin().await?;
+                let lock: Option<&str> = $ddl_lock;
+                if let Some(lock) = lock {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
+                sqlx::query(LEDGER_DDL).execute(&mut *tx).await?;
+                for ddl in DEMO_DDL {
+                    sqlx::query(*ddl).execute(&mut *tx).await?;
+                }
+                tx.commit().await
+            }
 
             /// The order service.
             pub struct Orders {
@@ -701,7 +718,8 @@ service!(
     sqlx::PgConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES ($1, $2, $3, $4)",
     count = "SELECT COUNT(*) FROM demo_ledger WHERE run = $1 AND op = $2",
-    dollar = true
+    dollar = true,
+    ddl_lock = Some("SELECT pg_advisory_xact_lock(7297175460591402612)")
 );
 service!(
     mysql,
@@ -710,7 +728,8 @@ service!(
     sqlx::MySqlConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES (?, ?, ?, ?)",
     count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ? AND op = ?",
-    dollar = false
+    dollar = false,
+    ddl_lock = None
 );
 service!(
     sqlite,
@@ -719,5 +738,6 @@ service!(
     sqlx::SqliteConnection,
     insert = "INSERT INTO demo_ledger (run, op, k, amount) VALUES (?1, ?2, ?3, ?4)",
     count = "SELECT COUNT(*) FROM demo_ledger WHERE run = ?1 AND op = ?2",
-    dollar = false
+    dollar = false,
+    ddl_lock = None
 );

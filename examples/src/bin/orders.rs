@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotent_examples::report::{OperationReport, Outcome, Report, quantile_ms};
-use idempotent_examples::service::{self, DEMO_DDL, Demo, Kv, LEDGER_DDL, OPERATIONS};
+use idempotent_examples::service::{self, Demo, Kv, OPERATIONS};
 use idempotent_examples::storm;
 use idempotent_runtime::MemoryStore;
 
@@ -173,11 +173,12 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     macro_rules! run_on {
         ($db:expr, $backend:ident) => {{
             let db = $db;
-            idempotent_runtime::migrate(&db).await?;
-            sqlx::query(LEDGER_DDL).execute(&db).await?;
-            for ddl in DEMO_DDL {
-                sqlx::query(*ddl).execute(&db).await?;
-            }
+            idempotent_runtime::migrate(&db)
+                .await
+                .map_err(|e| format!("creating the idempotency-record table on {shown}: {e}"))?;
+            service::$backend::create_tables(&db)
+                .await
+                .map_err(|e| format!("creating the demo's tables on {shown}: {e}"))?;
             let demo = service::$backend::Orders {
                 db,
                 store,
