@@ -367,12 +367,27 @@ pub fn redis_server_on_path() -> bool {
     ok
 }
 
-/// A free loopback port `p` whose cluster bus port `p + 10000` is free too.
+/// A free loopback port `p` whose cluster bus port `p + 10000` is free too, never handed out
+/// before in this test binary (as a port or as a bus port): tests start servers in parallel,
+/// and a port released by one `free_port` call must not go to a second server.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let port = l.local_addr().expect("local addr").port();
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if port >= 55_000 {
+            continue;
+        }
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let clashes = [port, port + 10_000, port.saturating_sub(10_000)]
+            .iter()
+            .any(|p| handed_out.contains(p));
+        if !clashes && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            handed_out.insert(port);
+            handed_out.insert(port + 10_000);
             return port;
         }
     }
@@ -442,12 +457,18 @@ impl RedisServer {
         self.wait_answering();
     }
 
+    /// Waits until the port answers `PING`, then checks that the server answering is this one
+    /// (its `dir` is this server's temporary directory), not another test's.
     fn wait_answering(&self) {
         for _ in 0..200 {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "ping"])
-                .output();
-            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG") {
+            if self.cli(&["ping"]).trim() == "PONG" {
+                let dir = self.cli(&["config", "get", "dir"]);
+                let ours = self.dir.path().to_string_lossy();
+                assert!(
+                    dir.lines().any(|line| line.trim() == ours),
+                    "port {} is answered by another redis-server (dir {dir:?}, expected {ours})",
+                    self.port
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));

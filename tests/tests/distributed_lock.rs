@@ -573,6 +573,11 @@ mod redis_servers {
         });
         svc.gate.entered.notified().await;
         server.stop();
+        assert_ne!(
+            server.cli(&["ping"]).trim(),
+            "PONG",
+            "the server must be down"
+        );
         svc.gate.release.notify_one();
         let got = call.await.unwrap();
         assert!(
