@@ -18,6 +18,7 @@ use idempotent_examples::report::{OperationReport, Outcome, Report, quantile_ms}
 use idempotent_examples::service::{self, Demo, Kv, OPERATIONS};
 use idempotent_examples::storm;
 use idempotent_runtime::MemoryStore;
+use sqlx::Connection as _;
 
 /// Order-service demo for #[idempotent]: drives concurrent duplicates through every strategy.
 #[derive(Debug, Parser)]
@@ -189,7 +190,15 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             Ok(drive(&demo, &args, shown).await?)
         }};
     }
+    // One plain connection first: a refused port or a bad password is reported at once, as
+    // the server said it, instead of as a pool timeout after 10 s.
+    let probe = |e: sqlx::Error| format!("cannot connect to {shown}: {e}");
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        sqlx::PgConnection::connect(&url)
+            .await
+            .map_err(probe)?
+            .close()
+            .await?;
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))
@@ -199,6 +208,11 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         run_on!(db, postgres)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         let url = url.replacen("mariadb:", "mysql:", 1);
+        sqlx::MySqlConnection::connect(&url)
+            .await
+            .map_err(probe)?
+            .close()
+            .await?;
         let db = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))
