@@ -153,10 +153,13 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         }
         Some(url) => Kv::Redis(idempotent_runtime::RedisStore::connect(url).await.map_err(
             |e| {
-                format!(
-                    "cannot connect to --redis-url {} (expected redis://host:port): {e}",
-                    redact(url)
-                )
+                // The expected form only helps when the URL is not a Redis URL at all.
+                let hint = if url.starts_with("redis://") || url.starts_with("rediss://") {
+                    ""
+                } else {
+                    " (expected redis://host:port)"
+                };
+                format!("cannot connect to --redis-url {}{hint}: {e}", redact(url))
             },
         )?),
     };
