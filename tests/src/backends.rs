@@ -180,7 +180,7 @@ pub async fn redis_cluster() -> Option<idempotent_runtime::RedisStore> {
 
 /// Runs each listed `async fn test(store)` on standalone Redis and on the suite's Redis Cluster,
 /// as `redis::test` and `cluster::test` (multi-threaded tokio, 4 workers). A backend that is
-/// unavailable returns early outside CI and fails under `CI=true` (see [`redis`]).
+/// unavailable returns early outside CI and fails under `CI=true` (see [`redis()`]).
 #[macro_export]
 macro_rules! on_redis_backends {
     ($($test:ident),* $(,)?) => {
