@@ -11,7 +11,7 @@
 //! | [`backends`] | env var names, the CI rule, [`unique`] names, connecting to each backend, `on_redis_backends!` / `on_kv_backends!` |
 //! | [`business`] | the business-table suites' per-backend kit (schema, `s3_ledger`, dialect, retryable-error injection), `on_business_backends!` |
 //! | [`fixtures`] | [`Req`], [`Receipt`], [`AppError`], the pause points [`Gate`] and [`Once`] |
-//! | [`ledger`] | [`ledger_ddl`] and the in-memory [`Effects`] |
+//! | [`ledger`] | [`ledger_ddl`], the SQL and memory ledgers ([`PgLedger`], [`MyLedger`], [`LiteLedger`], [`MemLedger`]), the in-memory [`Effects`] |
 //! | [`outcome`] | [`Got`] with [`classify`], [`got`] and [`tally`] |
 //! | [`redis_server`] | [`RedisServer`], [`RedisCluster`], [`free_port`], the throwaway server and cluster |
 //!
@@ -29,7 +29,7 @@ pub use backends::{
     postgres, redis, redis_cluster, server_url, sqlite, sqlite_pool, unique,
 };
 pub use fixtures::{AppError, Gate, Once, Receipt, Req};
-pub use ledger::{Effects, ledger_ddl};
+pub use ledger::{Effects, LiteLedger, MemLedger, MyLedger, PgLedger, ledger_ddl};
 pub use outcome::{Got, classify, got, tally};
 pub use redis_server::{
     RedisCluster, RedisServer, SCRIPT_INTERNAL, cluster_urls, free_port, redis_server_on_path,
