@@ -21,6 +21,8 @@ use idempotent_runtime::MemoryStore;
 use sqlx::Connection as _;
 
 /// Order-service demo for #[idempotent]: drives concurrent duplicates through every strategy.
+// The doc above is also clap's `--help` text, so `#[idempotent]` stays as written there.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Parser)]
 #[command(name = "orders")]
 struct Args {
