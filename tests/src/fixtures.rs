@@ -19,6 +19,15 @@ pub struct Req {
     pub amount: i64,
 }
 
+/// A [`Req`] for idempotency key `id` in tenant `tenant` with payload `amount` (minor units).
+pub fn req(tenant: &str, id: &str, amount: i64) -> Req {
+    Req {
+        tenant: tenant.into(),
+        id: id.into(),
+        amount,
+    }
+}
+
 /// The response the test service returns and the strategies replay. `serial` numbers
 /// executions of one service, so a replay is told from a re-execution.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

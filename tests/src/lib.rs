@@ -28,7 +28,7 @@ pub use backends::{
     Guard, MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, ci, mysql, mysql_pool, pg_pool,
     postgres, redis, redis_cluster, server_url, sqlite, sqlite_pool, unique,
 };
-pub use fixtures::{AppError, Gate, Once, Receipt, Req};
+pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};
 pub use ledger::{Effects, LiteLedger, MemLedger, MyLedger, PgLedger, ledger_ddl};
 pub use outcome::{Got, classify, got, tally};
 pub use redis_server::{

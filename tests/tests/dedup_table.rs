@@ -6,16 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use idempotent_runtime::{Disposition, Error, KeyBuilder, idempotent, observe};
-use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, unique};
+use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, req, unique};
 use tokio::sync::{Barrier, mpsc};
-
-fn req(tenant: &str, id: &str, amount: i64) -> Req {
-    Req {
-        tenant: tenant.into(),
-        id: id.into(),
-        amount,
-    }
-}
 
 /// Generates the service and the tests shared by every backend in claim mode, plus the
 /// transactional-mode tests for SQL backends.

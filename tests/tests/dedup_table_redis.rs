@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use idempotent_runtime::{ClaimStore, Disposition, Error, idempotent, observe};
-use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, unique};
+use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
 pub struct Svc<S> {
@@ -65,14 +65,6 @@ impl<S: ClaimStore> Svc<S> {
     )]
     async fn place_waiting(&self, req: &Req) -> Result<Receipt, AppError> {
         self.fx.apply(req).await
-    }
-}
-
-fn req(tenant: &str, id: &str, amount: i64) -> Req {
-    Req {
-        tenant: tenant.into(),
-        id: id.into(),
-        amount,
     }
 }
 

@@ -12,7 +12,7 @@ use idempotent_runtime::strategy::distributed_lock::{Hooks, with_hooks};
 use idempotent_runtime::{
     Disposition, Error, FencingToken, KeyBuilder, LockStore, idempotent, observe,
 };
-use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, unique};
+use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
 /// A ledger that accepts a write only if its fencing token is at least the highest it has seen
@@ -149,14 +149,6 @@ impl<S: LockStore> Svc<S> {
     )]
     async fn report(&self, req: &Req) -> Result<Receipt, AppError> {
         self.body(req, FencingToken(u64::MAX)).await
-    }
-}
-
-fn req(tenant: &str, id: &str, amount: i64) -> Req {
-    Req {
-        tenant: tenant.into(),
-        id: id.into(),
-        amount,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use idempotent_runtime::{Disposition, Error, TokenStore, idempotent, issue_token, observe};
-use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, unique};
+use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
 pub struct Svc<S> {
@@ -69,14 +69,6 @@ impl<S: TokenStore> Svc<S> {
             amount: -req.amount,
             serial: 0,
         })
-    }
-}
-
-fn req(tenant: &str, token: &str, amount: i64) -> Req {
-    Req {
-        tenant: tenant.into(),
-        id: token.into(),
-        amount,
     }
 }
 
