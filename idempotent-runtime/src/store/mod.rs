@@ -1,6 +1,6 @@
 //! The store traits the strategies call ([`ClaimStore`], [`LockStore`], [`TokenStore`], with
 //! their common [`Store`]), their record types, and the backends, one home each: SQL databases
-//! through sqlx ([`sql`], one file per database), Redis ([`redis`]) and the in-process
+//! through sqlx ([`sql`], one file per database), Redis (`redis`) and the in-process
 //! [`MemoryStore`](memory::MemoryStore). What a `store = "..."` argument may be is in the
 //! store-argument traits ([`AsClaimStore`] and its siblings); each backend implements them
 //! next to its store traits.

@@ -78,7 +78,8 @@ macro_rules! sql_text {
 /// open transaction of `dedup_table`'s transactional mode).
 ///
 /// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite` behind the features of the
-/// same names, each in its own file through [`sql_backend!`]. Errors: every method returns [`Error::Backend`] carrying the `sqlx::Error`.
+/// same names, each in its own file (`store/sql/<database>.rs`, through `sql_backend!`).
+/// Errors: every method returns [`Error::Backend`] carrying the `sqlx::Error`.
 pub trait SqlBackend: Database {
     /// The statement that opens a top-level transaction (`BEGIN IMMEDIATE` on SQLite, so the
     /// write lock is taken up front and two writers never deadlock upgrading a read lock).
