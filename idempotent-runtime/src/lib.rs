@@ -24,7 +24,7 @@ pub use store::memory::MemoryStore;
 pub use store::redis::RedisStore;
 #[cfg(feature = "sqlx")]
 pub use store::sql::{SqlBackend, TxStore, migrate};
-pub use store::{LockStore, TokenStore};
+pub use store::{LockStore, Store, TokenStore};
 
 /// The `#[idempotent]` attribute (re-exported from `idempotent-macros`).
 #[cfg(feature = "macros")]

@@ -325,7 +325,7 @@ macro_rules! claim_tests {
             assert_eq!(svc.ledger.count(&r).await, 1);
             let late = svc
                 .db
-                .complete(
+                .complete_claim(
                     &key,
                     "crashed-holder",
                     b"{}",
@@ -336,7 +336,7 @@ macro_rules! claim_tests {
             assert!(!late, "the crashed holder's late completion is refused");
             let renewed = svc
                 .db
-                .renew(&key, "crashed-holder", std::time::Duration::from_secs(60))
+                .renew_claim(&key, "crashed-holder", std::time::Duration::from_secs(60))
                 .await
                 .unwrap();
             assert!(!renewed, "the crashed holder cannot renew the new claim");

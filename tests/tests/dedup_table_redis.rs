@@ -195,13 +195,13 @@ async fn expired_claim_is_taken_over<S: ClaimStore + 'static>(store: S) {
     assert_eq!(svc.count(&r), 1);
     let late = svc
         .store
-        .complete(&key, "crashed-holder", b"{}", Duration::from_secs(60))
+        .complete_claim(&key, "crashed-holder", b"{}", Duration::from_secs(60))
         .await
         .unwrap();
     assert!(!late, "the crashed holder's late completion is refused");
     let renewed = svc
         .store
-        .renew(&key, "crashed-holder", Duration::from_secs(60))
+        .renew_claim(&key, "crashed-holder", Duration::from_secs(60))
         .await
         .unwrap();
     assert!(!renewed, "the crashed holder cannot renew the new claim");

@@ -299,7 +299,7 @@ async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
     let key = KeyBuilder::new(&unique("op")).part("k").finish().unwrap();
     let (a, b, c) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
     let Acquired::Acquired { fence: f1 } = store
-        .acquire(&key, &a, None, Duration::from_millis(200))
+        .acquire_lock(&key, &a, None, Duration::from_millis(200))
         .await
         .unwrap()
     else {
@@ -307,7 +307,7 @@ async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
     };
     let f2 = loop {
         match store
-            .acquire(&key, &b, None, Duration::from_secs(10))
+            .acquire_lock(&key, &b, None, Duration::from_secs(10))
             .await
             .unwrap()
         {
@@ -319,7 +319,7 @@ async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
     assert!(f2 > f1, "{f1} then {f2}");
     assert!(
         !store
-            .renew(&key, &a, Duration::from_secs(10))
+            .renew_lock(&key, &a, Duration::from_secs(10))
             .await
             .unwrap()
     );
@@ -332,14 +332,14 @@ async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
     );
     assert!(matches!(
         store
-            .acquire(&key, &c, None, Duration::from_secs(10))
+            .acquire_lock(&key, &c, None, Duration::from_secs(10))
             .await
             .unwrap(),
         Acquired::Held { .. }
     ));
     assert!(
         store
-            .renew(&key, &b, Duration::from_secs(10))
+            .renew_lock(&key, &b, Duration::from_secs(10))
             .await
             .unwrap()
     );
@@ -351,7 +351,7 @@ async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
     );
     assert_eq!(
         store
-            .acquire(&key, &c, None, Duration::from_secs(10))
+            .acquire_lock(&key, &c, None, Duration::from_secs(10))
             .await
             .unwrap(),
         Acquired::Replay {

@@ -2,6 +2,9 @@
 //! single-process services. Every step is atomic per key (moka's `and_compute_with` runs
 //! calls on one key serially); expiry is judged by tokio's clock, so `tokio::time::pause` works
 //! in tests. Records vanish with the process.
+//!
+//! Here live the memory store's [`ClaimStore`], [`LockStore`] and [`TokenStore`] impls and its
+//! store-argument impls ([`AsClaimStore`] and its siblings).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +13,10 @@ use std::time::Duration;
 use moka::ops::compute::Op;
 use tokio::time::Instant;
 
-use super::{Acquired, Claim, ClaimStore, Consumed, LockStore, Record, RecordState, TokenStore};
+use super::{
+    Acquired, AsClaimStore, AsLockStore, AsTokenStore, Claim, ClaimStore, Consumed, LockStore,
+    Record, RecordState, Store, TokenStore,
+};
 use crate::{Error, StorageKey};
 
 #[derive(Clone, Debug)]
@@ -179,16 +185,39 @@ impl MemoryStore {
     }
 }
 
-impl ClaimStore for MemoryStore {
+impl Store for MemoryStore {
     fn backend_name(&self) -> &'static str {
         "memory"
     }
+}
 
+impl AsClaimStore for MemoryStore {
+    type Store = Self;
+    fn as_claim_store(&self) -> &Self {
+        self
+    }
+}
+
+impl AsLockStore for MemoryStore {
+    type Store = Self;
+    fn as_lock_store(&self) -> &Self {
+        self
+    }
+}
+
+impl AsTokenStore for MemoryStore {
+    type Store = Self;
+    fn as_token_store(&self) -> &Self {
+        self
+    }
+}
+
+impl ClaimStore for MemoryStore {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
         Ok(self.claim_now(claim))
     }
 
-    async fn read(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
+    async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
         Ok(self.map.get(key.digest()).map(|e| Record {
             owner: e.owner.to_string(),
             fingerprint: e.fingerprint.as_deref().map(str::to_owned),
@@ -200,11 +229,15 @@ impl ClaimStore for MemoryStore {
         }))
     }
 
-    async fn take_over(&self, claim: &Claim<'_>, previous_owner: &str) -> Result<bool, Error> {
+    async fn take_over_claim(
+        &self,
+        claim: &Claim<'_>,
+        previous_owner: &str,
+    ) -> Result<bool, Error> {
         Ok(self.take_over_now(claim, previous_owner))
     }
 
-    async fn complete(
+    async fn complete_claim(
         &self,
         key: &StorageKey,
         owner: &str,
@@ -214,16 +247,21 @@ impl ClaimStore for MemoryStore {
         Ok(self.complete_now(key, owner, response, ttl))
     }
 
-    async fn renew(&self, key: &StorageKey, owner: &str, lease: Duration) -> Result<bool, Error> {
+    async fn renew_claim(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
         Ok(self.renew_now(key, owner, lease))
     }
 
-    async fn release(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
+    async fn release_claim(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
         self.release_now(key, owner);
         Ok(())
     }
 
-    fn release_detached(&self, key: StorageKey, owner: String) {
+    fn release_claim_detached(&self, key: StorageKey, owner: String) {
         self.release_now(&key, &owner);
     }
 }
@@ -322,11 +360,7 @@ impl MemoryStore {
 }
 
 impl LockStore for MemoryStore {
-    fn lock_backend_name(&self) -> &'static str {
-        "memory"
-    }
-
-    async fn acquire(
+    async fn acquire_lock(
         &self,
         key: &StorageKey,
         owner: &str,
@@ -357,7 +391,12 @@ impl LockStore for MemoryStore {
         Ok(Acquired::Acquired { fence })
     }
 
-    async fn renew(&self, key: &StorageKey, owner: &str, lease: Duration) -> Result<bool, Error> {
+    async fn renew_lock(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
         let mut locks = lock(&self.locks);
         match locks.entries.get_mut(key.digest()) {
             Some(e) if e.held_by(owner) => {
@@ -398,7 +437,7 @@ impl LockStore for MemoryStore {
 }
 
 impl TokenStore for MemoryStore {
-    async fn issue(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
+    async fn issue_token(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
         let mut tokens = lock(&self.tokens);
         let now = Instant::now();
         if tokens.len() % 4096 == 4095 {
@@ -417,7 +456,7 @@ impl TokenStore for MemoryStore {
         Ok(())
     }
 
-    async fn consume(
+    async fn consume_token(
         &self,
         token_key: &StorageKey,
         owner: &str,

@@ -1,5 +1,9 @@
-//! Backends that keep idempotency records: SQL databases through sqlx ([`sql`]) and the
-//! in-process [`MemoryStore`](memory::MemoryStore).
+//! The store traits the strategies call ([`ClaimStore`], [`LockStore`], [`TokenStore`], with
+//! their common [`Store`]), their record types, and the backends, one home each: SQL databases
+//! through sqlx ([`sql`], one file per database), Redis (`redis`) and the in-process
+//! [`MemoryStore`](memory::MemoryStore). What a `store = "..."` argument may be is in the
+//! store-argument traits ([`AsClaimStore`] and its siblings); each backend implements them
+//! next to its store traits.
 //!
 //! A record is one row (or map entry) per storage key:
 //! `(idempotency_key, operation, fingerprint, status, owner, response, expires_at)`.
@@ -13,14 +17,17 @@ use std::time::Duration;
 use crate::{Error, StorageKey};
 
 mod arg;
-#[cfg(feature = "sqlx")]
-pub mod business;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlx")]
 pub mod sql;
+
+/// The business-table access of the SQL strategies, at its former path
+/// (`store::business`); it lives in [`sql::business`].
+#[cfg(feature = "sqlx")]
+pub use sql::business;
 
 #[cfg(feature = "sqlx")]
 pub use arg::IntoTxStore;
@@ -61,6 +68,13 @@ pub struct Record {
     pub expired: bool,
 }
 
+/// What every store has, whichever strategies it serves: a name for logs and the demo.
+pub trait Store: Send + Sync {
+    /// A short backend name (`"postgres"`, `"mysql"`, `"sqlite"`, `"redis"`,
+    /// `"redis-cluster"`, `"memory"`).
+    fn backend_name(&self) -> &'static str;
+}
+
 /// A store that keeps claims outside the body's transaction ("claim mode" of `dedup_table`).
 ///
 /// Implemented for `sqlx::Pool<Postgres | MySql | Sqlite>` and
@@ -70,20 +84,20 @@ pub struct Record {
     label = "this store is a `{Self}`",
     note = "write `store = \"...\"` naming a sqlx pool (`PgPool`, `MySqlPool`, `SqlitePool`) or an `idempotent_runtime::MemoryStore`; or add a `#[tx] tx: &mut <DB>Connection` parameter to claim inside the body's transaction"
 )]
-pub trait ClaimStore: AsClaimStore<Store = Self> + Send + Sync {
-    /// A short backend name for logs and the demo (`"postgres"`, `"mysql"`, `"sqlite"`, `"memory"`).
-    fn backend_name(&self) -> &'static str;
-
+pub trait ClaimStore: Store + AsClaimStore<Store = Self> {
     /// Inserts `claim` as an in-progress record if the key has no record. `Ok(true)` when this
     /// caller now holds the claim, `Ok(false)` when a record exists.
     fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Reads the record of `key`, `None` when there is none.
-    fn read(&self, key: &StorageKey) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
+    fn read_record(
+        &self,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
 
     /// Replaces an *expired* record owned by `previous_owner` with `claim` (compare-and-set on
     /// owner and expiry). `Ok(true)` when this caller now holds the claim.
-    fn take_over(
+    fn take_over_claim(
         &self,
         claim: &Claim<'_>,
         previous_owner: &str,
@@ -91,7 +105,7 @@ pub trait ClaimStore: AsClaimStore<Store = Self> + Send + Sync {
 
     /// Marks `owner`'s in-progress claim completed with `response`, kept for `ttl`.
     /// `Ok(false)` when the claim is no longer `owner`'s (it expired and was taken over).
-    fn complete(
+    fn complete_claim(
         &self,
         key: &StorageKey,
         owner: &str,
@@ -101,7 +115,7 @@ pub trait ClaimStore: AsClaimStore<Store = Self> + Send + Sync {
 
     /// Extends `owner`'s in-progress claim to end `lease` from now (the backend's clock):
     /// compare-and-set on the owner. `Ok(false)` when the claim is no longer `owner`'s.
-    fn renew(
+    fn renew_claim(
         &self,
         key: &StorageKey,
         owner: &str,
@@ -109,7 +123,7 @@ pub trait ClaimStore: AsClaimStore<Store = Self> + Send + Sync {
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Deletes `owner`'s in-progress claim (compare-and-delete); a no-op when it is not theirs.
-    fn release(
+    fn release_claim(
         &self,
         key: &StorageKey,
         owner: &str,
@@ -118,7 +132,7 @@ pub trait ClaimStore: AsClaimStore<Store = Self> + Send + Sync {
     /// Releases `owner`'s claim without waiting: used when the caller's future is dropped
     /// mid-body. Spawns the release on the current tokio runtime when there is one; otherwise
     /// the claim frees itself at the end of its lease.
-    fn release_detached(&self, key: StorageKey, owner: String);
+    fn release_claim_detached(&self, key: StorageKey, owner: String);
 }
 
 /// A fresh random claim owner token: 16 bytes from the OS RNG as 32 hex characters.
@@ -149,7 +163,7 @@ pub(crate) fn retryable(e: &Error) -> bool {
     }
 }
 
-/// What [`LockStore::acquire`] found on a key.
+/// What [`LockStore::acquire_lock`] found on a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
     /// This caller now holds the lock (`SET … NX PX lease` succeeded); `fence` is the key's
@@ -181,13 +195,10 @@ pub enum Acquired {
     label = "this store is a `{Self}`, which has no leased locks",
     note = "write `store = \"...\"` naming an `idempotent_runtime::RedisStore` or `idempotent_runtime::MemoryStore`; a SQL pool cannot hold a distributed lock (use `dedup_table` for SQL)"
 )]
-pub trait LockStore: AsLockStore<Store = Self> + Send + Sync {
-    /// A short backend name for logs and the demo (`"redis"`, `"redis-cluster"`, `"memory"`).
-    fn lock_backend_name(&self) -> &'static str;
-
+pub trait LockStore: Store + AsLockStore<Store = Self> {
     /// In one step: replays a stored response if there is one, else takes the lock for `owner`
     /// for `lease` (if free) and increments the key's fencing counter, else reports the holder.
-    fn acquire(
+    fn acquire_lock(
         &self,
         key: &StorageKey,
         owner: &str,
@@ -197,7 +208,7 @@ pub trait LockStore: AsLockStore<Store = Self> + Send + Sync {
 
     /// Extends `owner`'s lock to `lease` from now (compare-and-`PEXPIRE`). `Ok(false)` when
     /// the lock is no longer `owner`'s.
-    fn renew(
+    fn renew_lock(
         &self,
         key: &StorageKey,
         owner: &str,
@@ -226,7 +237,7 @@ pub trait LockStore: AsLockStore<Store = Self> + Send + Sync {
     fn release_lock_detached(&self, key: StorageKey, owner: String);
 }
 
-/// What [`TokenStore::consume`] found.
+/// What [`TokenStore::consume_token`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Consumed {
     /// The token was issued and unused (or its consumer's lease ended): this caller consumed it.
@@ -259,9 +270,10 @@ pub enum Consumed {
     label = "this store is a `{Self}`, which has no one-time tokens",
     note = "write `store = \"...\"` naming an `idempotent_runtime::RedisStore` or `idempotent_runtime::MemoryStore`; a SQL pool cannot hold one-time tokens (use `dedup_table` for SQL)"
 )]
-pub trait TokenStore: AsTokenStore<Store = Self> + Send + Sync {
-    /// Stores a fresh token under `token_key`, valid for `ttl`.
-    fn issue(
+pub trait TokenStore: Store + AsTokenStore<Store = Self> {
+    /// Stores a fresh token under `token_key`, valid for `ttl`. (The free function
+    /// [`issue_token`](crate::issue_token) makes the token and calls this.)
+    fn issue_token(
         &self,
         token_key: &StorageKey,
         ttl: Duration,
@@ -269,7 +281,7 @@ pub trait TokenStore: AsTokenStore<Store = Self> + Send + Sync {
 
     /// Consumes the token for `owner` in one step (see [`Consumed`]). The consumption lasts
     /// `lease`; a consumer that neither completes nor restores within it loses it to the next.
-    fn consume(
+    fn consume_token(
         &self,
         token_key: &StorageKey,
         owner: &str,

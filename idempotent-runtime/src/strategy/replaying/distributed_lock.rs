@@ -21,15 +21,22 @@
 //!
 //! Round trips on Redis: a fresh call costs 2 commands (acquire, complete) plus one per
 //! renewal; a replay costs 1.
+//!
+//! The replay codec, renewal, drop guard, completion and busy-wait are the replaying family's,
+//! in [`replaying`](super).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Backoff, OnBusy, complete_recorded, response_bytes, while_renewing};
+use super::{
+    DEFAULT_MAX_RESPONSE_BYTES, DropGuard, busy, check_fingerprint, complete_recorded, replayed,
+    response_bytes, while_renewing,
+};
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
+use crate::strategy::{Backoff, OnBusy};
 use crate::{Error, Fingerprint, StorageKey};
 
 /// A fencing token: a number that grows with every acquisition of the same key's lock.
@@ -116,30 +123,6 @@ pub async fn with_hooks<F: Future>(hooks: Hooks, fut: F) -> F::Output {
     HOOKS.scope(hooks, fut).await
 }
 
-/// Releases the lock when the caller's future is dropped mid-body.
-struct ReleaseOnDrop<'s, S: LockStore + ?Sized> {
-    store: &'s S,
-    key: &'s StorageKey,
-    owner: &'s str,
-    armed: bool,
-}
-
-impl<S: LockStore + ?Sized> Drop for ReleaseOnDrop<'_, S> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store
-                .release_lock_detached(self.key.clone(), self.owner.to_owned());
-        }
-    }
-}
-
-fn check_fingerprint(stored: Option<&str>, ours: Option<&str>) -> Result<(), Error> {
-    match (stored, ours) {
-        (Some(s), Some(o)) if s != o => Err(Error::FingerprintMismatch),
-        _ => Ok(()),
-    }
-}
-
 /// The part of the lease assumed lost to clock drift between client and server (Redlock's
 /// 1 % + 2 ms).
 fn drift(lease: Duration) -> Duration {
@@ -177,7 +160,7 @@ where
     let (fence, sent) = loop {
         let sent = Instant::now();
         match store
-            .acquire(&key, &owner, fp.as_deref(), options.lease)
+            .acquire_lock(&key, &owner, fp.as_deref(), options.lease)
             .await?
         {
             Acquired::Acquired { fence } => break (fence, sent),
@@ -186,36 +169,23 @@ where
                 response,
             } => {
                 check_fingerprint(fingerprint.as_deref(), fp.as_deref())?;
-                let value = super::dedup_table::replayed(&response)?;
+                let value = replayed(&response)?;
                 record(Disposition::Replayed);
                 return Ok(value);
             }
             Acquired::Held { fingerprint } => {
                 check_fingerprint(fingerprint.as_deref(), fp.as_deref())?;
-                match options.on_busy {
-                    OnBusy::Reject => return Err(Error::InProgress.into()),
-                    OnBusy::Wait(limit) => {
-                        if started.elapsed() >= limit {
-                            return Err(Error::WaitTimeout(limit).into());
-                        }
-                        backoff.wait().await;
-                    }
-                }
+                busy(options.on_busy, started, &mut backoff).await?;
             }
         }
     };
 
-    let mut guard = ReleaseOnDrop {
-        store,
-        key: &key,
-        owner: &owner,
-        armed: true,
-    };
+    let mut guard = DropGuard::new(|| store.release_lock_detached(key.clone(), owner.clone()));
     if let Some(hook) = &hooks.after_acquire {
         hook().await;
     }
     if sent.elapsed() + drift(options.lease) >= options.lease {
-        guard.armed = false;
+        guard.disarm();
         let _ = store.release_lock(&key, &owner).await;
         tracing::warn!(
             ?key,
@@ -229,10 +199,10 @@ where
             // Test hook: the renewal never happens, as when Redis is partitioned away.
             std::future::pending::<()>().await;
         }
-        store.renew(&key, &owner, options.lease).await
+        store.renew_lock(&key, &owner, options.lease).await
     })
     .await;
-    guard.armed = false;
+    guard.disarm();
 
     let value = match result {
         Ok(v) => v,
@@ -245,7 +215,7 @@ where
     };
     // The effect has happened: record it, even when the response cannot be kept, so a retry
     // replays instead of re-running the body.
-    let bytes = response_bytes(&key, &value, super::dedup_table::DEFAULT_MAX_RESPONSE_BYTES);
+    let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES);
     complete_recorded(|| store.complete_lock(&key, &owner, &bytes, options.ttl)).await?;
     Ok(value)
 }

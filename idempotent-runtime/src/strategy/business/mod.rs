@@ -1,68 +1,29 @@
-//! What the five business-table strategies share: running the body in the strategy's
-//! transaction and committing it, recognising database errors inside the body's own error
-//! type, and the bounded retry of a whole transaction after a deadlock or a serialization
-//! failure.
+//! The business-table strategies — [`select_before_insert`], [`pessimistic`], [`optimistic`],
+//! [`unique_index`] and [`state_machine`] — which guard the application's own rows in the
+//! body's transaction, and what they share: running the body in the strategy's transaction and
+//! committing it, classifying the body's error by the database error inside it (through the
+//! one classification in `store/sql/errors.rs`), and the bounded retry of a whole transaction
+//! after a deadlock or a serialization failure.
+//!
+//! The strategies see databases only through the generic [`TxStore`](crate::TxStore) and
+//! [`BusinessBackend`](crate::store::sql::business::BusinessBackend) traits.
 
 use std::error::Error as StdError;
-
-use sqlx::error::{DatabaseError, ErrorKind};
 
 use super::Backoff;
 use crate::Error;
 use crate::error::{Disposition, record};
+use crate::store::sql::errors::{database_error, is_transient, is_unique};
+
+pub mod optimistic;
+pub mod pessimistic;
+pub mod select_before_insert;
+pub mod state_machine;
+pub mod unique_index;
 
 /// How many times one call runs its transaction before giving up with
 /// [`Error::Contention`].
 pub(crate) const MAX_ATTEMPTS: u32 = 10;
-
-/// The first database error in `e`'s source chain (`e` included): a `sqlx::Error::Database`,
-/// the boxed database error itself (what `#[error(transparent)]` wrappers expose), a
-/// backend-specific error type, or one inside [`Error::Backend`].
-pub(crate) fn database_error<'a>(
-    e: &'a (dyn StdError + 'static),
-) -> Option<&'a (dyn DatabaseError + 'static)> {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(sqlx::Error::Database(d)) = err.downcast_ref::<sqlx::Error>() {
-            return Some(&**d);
-        }
-        if let Some(d) = err.downcast_ref::<Box<dyn DatabaseError>>() {
-            return Some(&**d);
-        }
-        #[cfg(feature = "postgres")]
-        if let Some(d) = err.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-            return Some(d);
-        }
-        #[cfg(feature = "mysql")]
-        if let Some(d) = err.downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-            return Some(d);
-        }
-        #[cfg(feature = "sqlite")]
-        if let Some(d) = err.downcast_ref::<sqlx::sqlite::SqliteError>() {
-            return Some(d);
-        }
-        if let Some(Error::Backend(inner)) = err.downcast_ref::<Error>() {
-            let inner: &(dyn StdError + 'static) = &**inner;
-            return database_error(inner);
-        }
-        current = err.source();
-    }
-    None
-}
-
-/// `true` for a deadlock or serialization failure (SQLSTATE 40001 — MySQL reports error 1213
-/// with it — or 40P01) and SQLite's busy/locked codes: the transaction may be run again.
-pub(crate) fn is_retryable(d: &dyn DatabaseError) -> bool {
-    matches!(
-        d.code().as_deref(),
-        Some("40001" | "40P01" | "5" | "6" | "261" | "262" | "517")
-    )
-}
-
-/// `true` for a unique or primary-key violation, by sqlx's error kind.
-pub(crate) fn is_unique(d: &dyn DatabaseError) -> bool {
-    d.kind() == ErrorKind::UniqueViolation
-}
 
 /// Counts the runs of one call's transaction.
 pub(crate) struct Retry {
@@ -98,7 +59,7 @@ impl Retry {
     pub(crate) async fn on_error(&mut self, e: Error) -> Result<(), Error> {
         let retryable = {
             let dyn_e: &(dyn StdError + 'static) = &e;
-            database_error(dyn_e).is_some_and(is_retryable)
+            database_error(dyn_e).is_some_and(is_transient)
         };
         if retryable {
             self.again(e.to_string()).await
@@ -127,7 +88,7 @@ pub(crate) enum BodyFailure {
 pub(crate) fn body_failure<E: StdError + 'static>(e: &E) -> BodyFailure {
     let dyn_e: &(dyn StdError + 'static) = e;
     match database_error(dyn_e) {
-        Some(d) if is_retryable(d) => BodyFailure::Retryable(d.message().to_owned()),
+        Some(d) if is_transient(d) => BodyFailure::Retryable(d.message().to_owned()),
         Some(d) if is_unique(d) => BodyFailure::Unique(d.constraint().map(str::to_owned)),
         _ => BodyFailure::Other,
     }

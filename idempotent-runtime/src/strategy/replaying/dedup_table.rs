@@ -17,28 +17,24 @@
 //! In both modes a later duplicate gets the stored response, replayed
 //! ([`Disposition::Replayed`](crate::Disposition)); the same key with another fingerprint gets
 //! [`Error::FingerprintMismatch`], checked before in-progress and replay handling.
+//!
+//! The replay codec, renewal, drop guard and busy-wait are the replaying family's, in
+//! [`replaying`](super).
 
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, OnBusy, response_bytes, while_renewing};
+pub use super::DEFAULT_MAX_RESPONSE_BYTES;
+use super::{DropGuard, busy, check_fingerprint, replayed, response_bytes, while_renewing};
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
+use crate::strategy::{Backoff, OnBusy};
 use crate::{Error, Fingerprint, StorageKey};
 
 /// How many times a claim attempt is retried after a deadlock, a serialization failure, SQLite
 /// busy, or a record that vanished between the failed insert and the read.
 const MAX_ATTEMPTS: u32 = 16;
-
-/// The largest response stored for replay by default: 4 MiB of JSON (below MySQL's and
-/// MariaDB's default `max_allowed_packet` of 16 MiB / 64 MiB).
-pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Stored instead of a response that could not be kept (fails to serialize, fails to
-/// deserialize back, or is too large). Never valid JSON, so never mistaken for a response.
-pub(crate) const UNSTORABLE: &[u8] = b"\0unstorable:";
 
 /// Options of one `dedup_table` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,36 +61,6 @@ impl Default for Options {
             on_busy: OnBusy::Reject,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
-    }
-}
-
-/// Serializes `value` for replay and checks that it reads back as a `T`; the reason when it
-/// cannot be stored.
-pub(crate) fn storable<T: Serialize + DeserializeOwned>(
-    value: &T,
-    limit: usize,
-) -> Result<Vec<u8>, String> {
-    let bytes = serde_json::to_vec(value).map_err(|e| format!("it failed to serialize: {e}"))?;
-    if bytes.len() > limit {
-        return Err(format!(
-            "it is {} bytes of JSON; the limit is {limit} (Options::max_response_bytes)",
-            bytes.len()
-        ));
-    }
-    serde_json::from_slice::<T>(&bytes)
-        .map_err(|e| format!("it does not read back after serializing: {e}"))?;
-    Ok(bytes)
-}
-
-/// Reads a stored response back; [`Error::Serialization`] when the first call's response was
-/// recorded as not storable.
-pub(crate) fn replayed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    match bytes.strip_prefix(UNSTORABLE) {
-        Some(reason) => Err(Error::Serialization(format!(
-            "the first call with this idempotency key succeeded, but its response was not stored for replay: {}",
-            String::from_utf8_lossy(reason)
-        ))),
-        None => Ok(serde_json::from_slice(bytes)?),
     }
 }
 
@@ -127,49 +93,10 @@ fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<
     if rec.expired {
         return Ok(Verdict::TakeOver(rec.owner));
     }
-    if let (Some(stored), Some(ours)) = (rec.fingerprint.as_deref(), fingerprint)
-        && stored != ours
-    {
-        return Err(Error::FingerprintMismatch);
-    }
+    check_fingerprint(rec.fingerprint.as_deref(), fingerprint)?;
     match rec.state {
         RecordState::Completed(bytes) => Ok(Verdict::Replay(replayed(&bytes)?)),
         RecordState::InProgress => Ok(Verdict::Busy),
-    }
-}
-
-/// Handles a busy key per `on_busy`: `Ok(())` to try again after a pause.
-async fn busy(
-    on_busy: OnBusy,
-    started: tokio::time::Instant,
-    backoff: &mut Backoff,
-) -> Result<(), Error> {
-    match on_busy {
-        OnBusy::Reject => Err(Error::InProgress),
-        OnBusy::Wait(limit) => {
-            if started.elapsed() >= limit {
-                return Err(Error::WaitTimeout(limit));
-            }
-            backoff.wait().await;
-            Ok(())
-        }
-    }
-}
-
-/// Releases a claim when the caller's future is dropped mid-body.
-struct ReleaseOnDrop<'s, S: ClaimStore + ?Sized> {
-    store: &'s S,
-    key: &'s StorageKey,
-    owner: &'s str,
-    armed: bool,
-}
-
-impl<S: ClaimStore + ?Sized> Drop for ReleaseOnDrop<'_, S> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store
-                .release_detached(self.key.clone(), self.owner.to_owned());
-        }
     }
 }
 
@@ -209,7 +136,7 @@ where
         if retrying(|| store.try_claim(&claim)).await? {
             break;
         }
-        match retrying(|| store.read(&key)).await? {
+        match retrying(|| store.read_record(&key)).await? {
             None if attempts < MAX_ATTEMPTS => continue,
             None => return Err(Error::InProgress.into()),
             Some(rec) => match judge::<T>(rec, claim.fingerprint)? {
@@ -218,7 +145,7 @@ where
                     return Ok(v);
                 }
                 Verdict::TakeOver(previous) => {
-                    if retrying(|| store.take_over(&claim, &previous)).await? {
+                    if retrying(|| store.take_over_claim(&claim, &previous)).await? {
                         break;
                     }
                 }
@@ -227,21 +154,16 @@ where
         }
     }
 
-    let mut guard = ReleaseOnDrop {
-        store,
-        key: &key,
-        owner: &owner,
-        armed: true,
-    };
+    let mut guard = DropGuard::new(|| store.release_claim_detached(key.clone(), owner.clone()));
     let result = while_renewing(options.lease, body(), || {
-        store.renew(&key, &owner, options.lease)
+        store.renew_claim(&key, &owner, options.lease)
     })
     .await;
-    guard.armed = false;
+    guard.disarm();
     let value = match result {
         Ok(v) => v,
         Err(e) => {
-            if let Err(release) = retrying(|| store.release(&key, &owner)).await {
+            if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
                 tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
             }
             return Err(e);
@@ -250,7 +172,7 @@ where
     // The effect has happened: record it even when the response cannot be kept, so a retry
     // never runs the body a second time.
     let bytes = response_bytes(&key, &value, options.max_response_bytes);
-    match retrying(|| store.complete(&key, &owner, &bytes, options.ttl)).await {
+    match retrying(|| store.complete_claim(&key, &owner, &bytes, options.ttl)).await {
         Ok(true) => {
             record(Disposition::Executed);
             Ok(value)
@@ -265,6 +187,7 @@ pub use transactional::run_in_tx;
 
 #[cfg(feature = "sqlx")]
 mod transactional {
+    use super::super::storable;
     use super::*;
     use crate::store::sql::{SqlBackend, TxStore, is_retryable};
 
@@ -284,7 +207,7 @@ mod transactional {
     ) -> Result<T, E>
     where
         S: TxStore,
-        T: crate::strategy::Replayable,
+        T: crate::strategy::replaying::Replayable,
         E: From<Error>,
         F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
     {
@@ -342,7 +265,9 @@ mod transactional {
                             .into());
                         }
                     };
-                    if !S::Database::complete(&mut *tx, &key, &owner, &bytes, options.ttl).await? {
+                    if !S::Database::complete_claim(&mut *tx, &key, &owner, &bytes, options.ttl)
+                        .await?
+                    {
                         return Err(Error::LockLost.into());
                     }
                     tx.commit().await.map_err(Error::from)?;
@@ -383,13 +308,13 @@ mod transactional {
         if DB::try_claim(conn, claim).await? {
             return Ok(InTx::Claimed);
         }
-        let Some(rec) = DB::read(conn, claim.key).await? else {
+        let Some(rec) = DB::read_record(conn, claim.key).await? else {
             return Ok(InTx::Retry);
         };
         Ok(match judge::<T>(rec, claim.fingerprint)? {
             Verdict::Replay(v) => InTx::Replay(v),
             Verdict::TakeOver(previous) => {
-                if DB::take_over(conn, claim, &previous).await? {
+                if DB::take_over_claim(conn, claim, &previous).await? {
                     InTx::Claimed
                 } else {
                     InTx::Retry

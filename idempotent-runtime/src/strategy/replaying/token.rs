@@ -19,10 +19,16 @@
 //! [`Error::FingerprintMismatch`]).
 //!
 //! Round trips on Redis: a fresh call 2 (consume, complete), a replay 1.
+//!
+//! The replay codec, renewal, drop guard and completion are the replaying family's, in
+//! [`replaying`](super).
 
 use std::time::Duration;
 
-use super::{complete_recorded, response_bytes, while_renewing};
+use super::{
+    DEFAULT_MAX_RESPONSE_BYTES, DropGuard, check_fingerprint, complete_recorded, replayed,
+    response_bytes, while_renewing,
+};
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
 use crate::{Error, Fingerprint, KeyBuilder, KeyPart, StorageKey};
@@ -66,25 +72,8 @@ pub async fn issue_token<S: TokenStore + ?Sized>(
     ttl: Duration,
 ) -> Result<String, Error> {
     let token = new_owner()?;
-    store.issue(&token_key(token.as_str())?, ttl).await?;
+    store.issue_token(&token_key(token.as_str())?, ttl).await?;
     Ok(token)
-}
-
-/// Restores the token when the caller's future is dropped mid-body.
-struct RestoreOnDrop<'s, S: TokenStore + ?Sized> {
-    store: &'s S,
-    key: &'s StorageKey,
-    owner: &'s str,
-    armed: bool,
-}
-
-impl<S: TokenStore + ?Sized> Drop for RestoreOnDrop<'_, S> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.store
-                .restore_token_detached(self.key.clone(), self.owner.to_owned());
-        }
-    }
 }
 
 fn check(
@@ -96,10 +85,7 @@ fn check(
     if stored_binding != binding {
         return Err(Error::TokenInvalid);
     }
-    match (stored_fp, fp) {
-        (Some(s), Some(o)) if s != o => Err(Error::FingerprintMismatch),
-        _ => Ok(()),
-    }
+    check_fingerprint(stored_fp, fp)
 }
 
 /// Consumes `token` in `store`, runs `body`, and stores its response under the token for
@@ -131,7 +117,7 @@ where
     let fp = fingerprint.map(|f| f.hex());
     let bind = binding.hex();
     match store
-        .consume(&key, &owner, &bind, fp.as_deref(), options.lease)
+        .consume_token(&key, &owner, &bind, fp.as_deref(), options.lease)
         .await?
     {
         Consumed::Claimed => {}
@@ -149,25 +135,20 @@ where
             response,
         } => {
             check(&binding, fingerprint.as_deref(), &bind, fp.as_deref())?;
-            let value = super::dedup_table::replayed(&response)?;
+            let value = replayed(&response)?;
             record(Disposition::Replayed);
             return Ok(value);
         }
     }
 
-    let mut guard = RestoreOnDrop {
-        store,
-        key: &key,
-        owner: &owner,
-        armed: true,
-    };
+    let mut guard = DropGuard::new(|| store.restore_token_detached(key.clone(), owner.clone()));
     // Renew the consumption while the body runs, so a slow body keeps its claim on the token
     // and a retry never runs it a second time.
     let result = while_renewing(options.lease, body(), || {
         store.renew_token(&key, &owner, options.lease)
     })
     .await;
-    guard.armed = false;
+    guard.disarm();
     let value = match result {
         Ok(v) => v,
         Err(e) => {
@@ -179,7 +160,7 @@ where
     };
     // The effect has happened: consume the token for good, even when the response cannot be
     // kept, so a retry never runs the body a second time.
-    let bytes = response_bytes(&key, &value, super::dedup_table::DEFAULT_MAX_RESPONSE_BYTES);
+    let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES);
     complete_recorded(|| store.complete_token(&key, &owner, &bytes, options.ttl)).await?;
     Ok(value)
 }

@@ -15,10 +15,10 @@ use sqlx::Database;
 use sqlx::encode::Encode;
 use sqlx::types::Type;
 
-use super::guarded::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
 use crate::Error;
-use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 use crate::store::sql::TxStore;
+use crate::store::sql::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 
 /// The version column's name: every table guarded by `optimistic` has an integer `version`.
 pub const VERSION_COLUMN: SqlIdent = SqlIdent::new("version");

@@ -14,10 +14,10 @@ use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::guarded::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
 use crate::Error;
-use crate::store::business::{BusinessBackend, KeyValues, Target, query};
 use crate::store::sql::TxStore;
+use crate::store::sql::business::{BusinessBackend, KeyValues, Target, query};
 
 /// Runs `body` when no row of `target` has key `key`, in one transaction with the check.
 ///

@@ -11,10 +11,10 @@ use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::guarded::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
 use crate::Error;
-use crate::store::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 use crate::store::sql::TxStore;
+use crate::store::sql::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
 
 /// The transition a `state_machine` call makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

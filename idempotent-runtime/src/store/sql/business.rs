@@ -4,14 +4,17 @@
 //! SQL text is assembled only from [`SqlIdent`]s — identifiers checked when the program is
 //! compiled (the macro emits them in `const` blocks, so a bad one is a compile error) — and each
 //! backend's placeholders. Every user value (key parts, versions, states) is a bound parameter.
+//!
+//! Each database implements [`BusinessBackend`] in its own file (`postgres.rs`, `mysql.rs`,
+//! `sqlite.rs`, through `business_backend!`).
 
 use std::future::Future;
 
+use sqlx::Database;
 use sqlx::encode::Encode;
 use sqlx::types::Type;
-use sqlx::{Database, Row};
 
-use super::sql::SqlBackend;
+use super::SqlBackend;
 
 /// A query with its arguments, as the business-table helpers pass it around.
 pub type Query<DB> = sqlx::query::Query<'static, DB, <DB as Database>::Arguments>;
@@ -128,7 +131,8 @@ key_values!(4; A.0, B.1, C.2, D.3);
 /// What the business-table strategies need from a database beyond [`SqlBackend`]: its
 /// placeholders, its row-lock clauses and three ways to run a statement on a connection.
 ///
-/// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite`. Errors are sqlx's.
+/// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite`, each in its own file.
+/// Errors are sqlx's.
 pub trait BusinessBackend: SqlBackend {
     /// The `i`-th (1-based) bind placeholder: `$i` (PostgreSQL), `?` (MySQL), `?i` (SQLite).
     fn placeholder(i: usize) -> String;
@@ -157,62 +161,6 @@ pub trait BusinessBackend: SqlBackend {
         q: Query<Self>,
     ) -> impl Future<Output = Result<Option<Option<String>>, sqlx::Error>> + Send;
 }
-
-macro_rules! business_backend {
-    ($feature:literal, $db:ty, $conn:ty, lock = $lock:literal, latest = $latest:literal, $ph:expr) => {
-        #[cfg(feature = $feature)]
-        impl BusinessBackend for $db {
-            fn placeholder(i: usize) -> String {
-                ($ph)(i)
-            }
-            const LOCK_FOR_UPDATE: &'static str = $lock;
-            const READ_LATEST: &'static str = $latest;
-            fn bind_text(q: Query<Self>, value: &'static str) -> Query<Self> {
-                q.bind(value)
-            }
-            async fn execute(conn: &mut $conn, q: Query<Self>) -> Result<u64, sqlx::Error> {
-                Ok(q.execute(&mut *conn).await?.rows_affected())
-            }
-            async fn fetch_exists(conn: &mut $conn, q: Query<Self>) -> Result<bool, sqlx::Error> {
-                Ok(q.fetch_optional(&mut *conn).await?.is_some())
-            }
-            async fn fetch_text(
-                conn: &mut $conn,
-                q: Query<Self>,
-            ) -> Result<Option<Option<String>>, sqlx::Error> {
-                match q.fetch_optional(&mut *conn).await? {
-                    Some(row) => Ok(Some(row.try_get::<Option<String>, _>(0)?)),
-                    None => Ok(None),
-                }
-            }
-        }
-    };
-}
-
-business_backend!(
-    "postgres",
-    sqlx::Postgres,
-    sqlx::PgConnection,
-    lock = " FOR UPDATE",
-    latest = "",
-    |i: usize| format!("${i}")
-);
-business_backend!(
-    "mysql",
-    sqlx::MySql,
-    sqlx::MySqlConnection,
-    lock = " FOR UPDATE",
-    latest = " LOCK IN SHARE MODE",
-    |_: usize| "?".to_owned()
-);
-business_backend!(
-    "sqlite",
-    sqlx::Sqlite,
-    sqlx::SqliteConnection,
-    lock = "",
-    latest = "",
-    |i: usize| format!("?{i}")
-);
 
 /// A statement built from checked identifiers, ready to bind.
 pub(crate) fn query<DB: Database>(sql: &str) -> Query<DB> {

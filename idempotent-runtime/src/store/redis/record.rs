@@ -1,0 +1,157 @@
+//! `dedup_table`'s claim mode on Redis: the [`ClaimStore`] impl and its scripts. One hash per
+//! record, `idem:{H}:rec`; see the [module](super) for the layout.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{RedisStore, opt, rkey, text};
+use crate::store::{Claim, ClaimStore, Record, RecordState, millis};
+use crate::{Error, StorageKey};
+
+/// KEYS: rec. ARGV: owner, fingerprint, lease ms. → 1 claimed, 0 a record exists.
+static REC_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'o', ARGV[1], 'f', ARGV[2], 's', 'p')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+",
+    )
+});
+
+/// KEYS: rec. ARGV: owner, response, ttl ms. → 1 completed, 0 not the owner's claim.
+static REC_COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('HMGET', KEYS[1], 's', 'o')
+if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+",
+    )
+});
+
+/// KEYS: rec. ARGV: owner, lease ms. → 1 renewed (compare-and-`PEXPIRE`), 0 not the owner's
+/// in-progress claim.
+static REC_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('HMGET', KEYS[1], 's', 'o')
+if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+",
+    )
+});
+
+/// KEYS: rec. ARGV: owner. → 1 deleted, 0 not the owner's claim.
+static REC_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('HMGET', KEYS[1], 's', 'o')
+if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+",
+    )
+});
+
+/// KEYS: rec. → {owner, fingerprint, state, response} (all '' when absent).
+static REC_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('HMGET', KEYS[1], 'o', 'f', 's', 'r')
+return {t[1] or '', t[2] or '', t[3] or '', t[4] or ''}
+",
+    )
+});
+
+/// `dedup_table` claim mode on Redis: the record is a hash whose `PX` is the claim's lease,
+/// then the response's TTL. Redis deletes expired records itself, so [`ClaimStore::read_record`]
+/// never reports an expired record and a take-over is a fresh claim.
+impl ClaimStore for RedisStore {
+    async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
+        self.eval_cas(
+            REC_CLAIM
+                .key(rkey(claim.key, "rec"))
+                .arg(claim.owner)
+                .arg(claim.fingerprint.unwrap_or(""))
+                .arg(millis(claim.lease).max(1)),
+        )
+        .await
+    }
+
+    async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
+        let (o, f, s, r): (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) =
+            self.eval(&mut REC_READ.key(rkey(key, "rec"))).await?;
+        if s.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Record {
+            owner: text(o)?,
+            fingerprint: opt(f)?,
+            state: if s == b"c" {
+                RecordState::Completed(r)
+            } else {
+                RecordState::InProgress
+            },
+            expired: false,
+        }))
+    }
+
+    async fn take_over_claim(
+        &self,
+        claim: &Claim<'_>,
+        _previous_owner: &str,
+    ) -> Result<bool, Error> {
+        // Redis removed the expired record itself: taking over is claiming a free key.
+        self.try_claim(claim).await
+    }
+
+    async fn complete_claim(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        self.eval_cas(
+            REC_COMPLETE
+                .key(rkey(key, "rec"))
+                .arg(owner)
+                .arg(response)
+                .arg(millis(ttl).max(1)),
+        )
+        .await
+    }
+
+    async fn renew_claim(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        self.eval_cas(
+            REC_RENEW
+                .key(rkey(key, "rec"))
+                .arg(owner)
+                .arg(millis(lease).max(1)),
+        )
+        .await
+    }
+
+    async fn release_claim(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
+        let _: i64 = self
+            .eval(REC_RELEASE.key(rkey(key, "rec")).arg(owner))
+            .await?;
+        Ok(())
+    }
+
+    fn release_claim_detached(&self, key: StorageKey, owner: String) {
+        self.spawn(|s| async move {
+            let _ = s.release_claim(&key, &owner).await;
+        });
+    }
+}

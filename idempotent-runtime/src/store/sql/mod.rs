@@ -1,0 +1,541 @@
+//! SQL backends through sqlx: PostgreSQL, MySQL/MariaDB and SQLite, one file each.
+//!
+//! This file holds what every SQL database shares: the [`SqlBackend`] and [`TxStore`] traits,
+//! the generic impls for `sqlx::Pool<DB>` ([`ClaimStore`], the store-argument traits), the
+//! one template of the claim statements (`sql_text!`), the macros that implement the traits
+//! for one database, and [`migrate`]. Each database's file
+//! (`postgres.rs`, `mysql.rs`, `sqlite.rs`) holds its dialect (placeholders, "now" expression,
+//! lock clauses, `BEGIN` statement), its claim SQL, its migration (`migrations/<db>.sql`), its
+//! business-table impl ([`BusinessBackend`](business::BusinessBackend)), its `#[tx]` impls
+//! (`&mut <DB>Connection`) and how its own error type is recognised; [`errors`] holds the one
+//! classification of database errors (unique violation, retryable), [`business`] the
+//! business-table access of the five business-table strategies.
+//!
+//! Adding a database: a file here invoking the macros below (`sql_text!`, `sql_backend!`,
+//! `tx_store!`, `business_backend!`), one line in `backends!`, a migration under
+//! `migrations/` and a feature in `Cargo.toml`.
+//!
+//! All SQL is static text with bound parameters; the storage key, owner and fingerprint are hex
+//! strings and the response is a byte blob, so no user value is ever interpolated into SQL.
+//! Time is the database's clock in Unix milliseconds (`clock_timestamp()` on PostgreSQL,
+//! `NOW(3)` on MySQL, `julianday('now')` on SQLite), never the application's.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::{Database, Pool};
+
+use super::{AsClaimStore, Claim, ClaimStore, IntoTxStore, Record, RecordState, Store};
+use crate::{Error, StorageKey};
+
+/// The claim statements of one backend, built by [`sql_text!`] from one template.
+struct SqlText {
+    try_claim: &'static str,
+    read: &'static str,
+    take_over: &'static str,
+    complete: &'static str,
+    renew: &'static str,
+    release: &'static str,
+}
+
+/// One template for every backend: `$now` is the backend's "now in Unix ms" expression, `p1..p6`
+/// its placeholders in binding order, `$on_conflict` what follows the claim INSERT, `$read_lock`
+/// what follows the record SELECT. Each backend's file invokes it once.
+macro_rules! sql_text {
+    (now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal], on_conflict = $oc:literal, read_lock = $rl:literal) => {
+        $crate::store::sql::SqlText {
+            try_claim: concat!(
+                "INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) VALUES (",
+                $p1, ", ", $p2, ", ", $p3, ", 'in_progress', ", $p4, ", NULL, ", $now, " + ", $p5, ", ", $now, ")", $oc
+            ),
+            read: concat!(
+                "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
+                " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1, $rl
+            ),
+            take_over: concat!(
+                "UPDATE idempotency_records SET owner = ", $p1, ", fingerprint = ", $p2, ", operation = ", $p3,
+                ", status = 'in_progress', response = NULL, expires_at_ms = ", $now, " + ", $p4,
+                " WHERE idempotency_key = ", $p5, " AND owner = ", $p6, " AND expires_at_ms <= ", $now
+            ),
+            complete: concat!(
+                "UPDATE idempotency_records SET status = 'completed', response = ", $p1, ", expires_at_ms = ", $now, " + ", $p2,
+                " WHERE idempotency_key = ", $p3, " AND owner = ", $p4, " AND status = 'in_progress'"
+            ),
+            renew: concat!(
+                "UPDATE idempotency_records SET expires_at_ms = ", $now, " + ", $p1,
+                " WHERE idempotency_key = ", $p2, " AND owner = ", $p3, " AND status = 'in_progress'"
+            ),
+            release: concat!(
+                "DELETE FROM idempotency_records WHERE idempotency_key = ", $p1, " AND owner = ", $p2,
+                " AND status = 'in_progress'"
+            ),
+        }
+    };
+}
+
+/// A sqlx database that can hold idempotency records: the per-backend SQL and the atomic steps
+/// the strategies use, each on a connection the caller supplies (a pooled connection, or the
+/// open transaction of `dedup_table`'s transactional mode).
+///
+/// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite` behind the features of the
+/// same names, each in its own file (`store/sql/<database>.rs`, through `sql_backend!`).
+/// Errors: every method returns [`Error::Backend`] carrying the `sqlx::Error`.
+pub trait SqlBackend: Database {
+    /// The statement that opens a top-level transaction (`BEGIN IMMEDIATE` on SQLite, so the
+    /// write lock is taken up front and two writers never deadlock upgrading a read lock).
+    const BEGIN: Option<&'static str>;
+
+    /// See [`ClaimStore::try_claim`].
+    fn try_claim(
+        conn: &mut Self::Connection,
+        claim: &Claim<'_>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// See [`ClaimStore::read_record`].
+    fn read_record(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
+    /// See [`ClaimStore::take_over_claim`].
+    fn take_over_claim(
+        conn: &mut Self::Connection,
+        claim: &Claim<'_>,
+        previous_owner: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// See [`ClaimStore::complete_claim`].
+    fn complete_claim(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// See [`ClaimStore::renew_claim`].
+    fn renew_claim(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// See [`ClaimStore::release_claim`].
+    fn release_claim(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Creates the idempotency-record table and its index if missing (the migration shipped in
+    /// `migrations/<backend>.sql`). Safe to call concurrently and repeatedly.
+    fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// A record row: owner, fingerprint, status, response, expires_at_ms, now_ms.
+type RecordRow = (String, Option<String>, String, Option<Vec<u8>>, i64, i64);
+
+fn record_from_row(row: Option<RecordRow>) -> Result<Option<Record>, Error> {
+    let Some((owner, fingerprint, status, response, expires_at_ms, now_ms)) = row else {
+        return Ok(None);
+    };
+    let state = match (status.as_str(), response) {
+        ("in_progress", _) => RecordState::InProgress,
+        ("completed", Some(r)) => RecordState::Completed(r),
+        (other, _) => {
+            return Err(Error::Serialization(format!(
+                "idempotency record has status `{other}` without a usable response"
+            )));
+        }
+    };
+    Ok(Some(Record {
+        owner,
+        fingerprint,
+        state,
+        expired: expires_at_ms <= now_ms,
+    }))
+}
+
+/// Statements of a migration file, split at `;` line ends.
+fn statements(sql: &'static str) -> impl Iterator<Item = &'static str> {
+    sql.split(";\n").map(str::trim).filter(|s| {
+        s.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+    })
+}
+
+/// Implements [`SqlBackend`] for one database: `sql_backend!(database = sqlx::Postgres,
+/// connection = sqlx::PgConnection, begin = None, sql = SQL, migrate = migrate)`, where `SQL`
+/// is the backend's [`SqlText`] and `migrate` its migration function. Each backend's file
+/// invokes it once.
+macro_rules! sql_backend {
+    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, sql = $sql:expr, migrate = $migrate:expr $(,)?) => {
+        impl $crate::store::sql::SqlBackend for $db {
+            const BEGIN: Option<&'static str> = $begin;
+
+            async fn try_claim(
+                conn: &mut $conn,
+                c: &$crate::store::Claim<'_>,
+            ) -> Result<bool, $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                let r = sqlx::query(TEXT.try_claim)
+                    .bind(c.key.hex())
+                    .bind(c.key.operation())
+                    .bind(c.fingerprint)
+                    .bind(c.owner)
+                    .bind($crate::store::millis(c.lease))
+                    .execute(&mut *conn)
+                    .await;
+                match r {
+                    Ok(done) => Ok(done.rows_affected() == 1),
+                    Err(e) if $crate::store::sql::errors::is_unique_violation(&e) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn read_record(
+                conn: &mut $conn,
+                key: &$crate::StorageKey,
+            ) -> Result<Option<$crate::store::Record>, $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                let row = sqlx::query_as(TEXT.read)
+                    .bind(key.hex())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                $crate::store::sql::record_from_row(row)
+            }
+
+            async fn take_over_claim(
+                conn: &mut $conn,
+                c: &$crate::store::Claim<'_>,
+                previous_owner: &str,
+            ) -> Result<bool, $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                let done = sqlx::query(TEXT.take_over)
+                    .bind(c.owner)
+                    .bind(c.fingerprint)
+                    .bind(c.key.operation())
+                    .bind($crate::store::millis(c.lease))
+                    .bind(c.key.hex())
+                    .bind(previous_owner)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn complete_claim(
+                conn: &mut $conn,
+                key: &$crate::StorageKey,
+                owner: &str,
+                response: &[u8],
+                ttl: std::time::Duration,
+            ) -> Result<bool, $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                let done = sqlx::query(TEXT.complete)
+                    .bind(response)
+                    .bind($crate::store::millis(ttl))
+                    .bind(key.hex())
+                    .bind(owner)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn renew_claim(
+                conn: &mut $conn,
+                key: &$crate::StorageKey,
+                owner: &str,
+                lease: std::time::Duration,
+            ) -> Result<bool, $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                let done = sqlx::query(TEXT.renew)
+                    .bind($crate::store::millis(lease))
+                    .bind(key.hex())
+                    .bind(owner)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release_claim(
+                conn: &mut $conn,
+                key: &$crate::StorageKey,
+                owner: &str,
+            ) -> Result<(), $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                sqlx::query(TEXT.release)
+                    .bind(key.hex())
+                    .bind(owner)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn migrate(pool: &sqlx::Pool<$db>) -> Result<(), $crate::Error> {
+                ($migrate)(pool).await
+            }
+        }
+    };
+}
+
+/// Implements the `#[tx]` traits for one database's connection: [`TxStore`] and
+/// [`IntoTxStore`] for `&mut <DB>Connection` (`tx_store!(database = sqlx::Postgres,
+/// connection = sqlx::PgConnection)`). Each backend's file invokes it once.
+macro_rules! tx_store {
+    (database = $db:ty, connection = $conn:ty $(,)?) => {
+        impl $crate::store::sql::TxStore for &mut $conn {
+            type Database = $db;
+            fn in_callers_transaction(&self) -> bool {
+                sqlx::Connection::is_in_transaction(&**self)
+            }
+            async fn begin(&mut self) -> Result<sqlx::Transaction<'_, $db>, $crate::Error> {
+                let conn: &mut $conn = self;
+                let tx = match <$db as $crate::store::sql::SqlBackend>::BEGIN {
+                    Some(stmt) if !sqlx::Connection::is_in_transaction(&*conn) => {
+                        sqlx::Connection::begin_with(conn, stmt).await?
+                    }
+                    _ => sqlx::Connection::begin(conn).await?,
+                };
+                Ok(tx)
+            }
+            async fn begin_deferred(
+                &mut self,
+            ) -> Result<sqlx::Transaction<'_, $db>, $crate::Error> {
+                let conn: &mut $conn = self;
+                Ok(sqlx::Connection::begin(conn).await?)
+            }
+        }
+
+        impl $crate::store::IntoTxStore for &mut $conn {
+            type Store = Self;
+            fn into_tx_store(self) -> Self {
+                self
+            }
+        }
+    };
+}
+
+/// Implements [`BusinessBackend`](business::BusinessBackend) for one database:
+/// `business_backend!(database = sqlx::Postgres, connection = sqlx::PgConnection,
+/// lock_for_update = " FOR UPDATE", read_latest = "", placeholder = |i: usize| ...)`.
+/// Each backend's file invokes it once.
+macro_rules! business_backend {
+    (database = $db:ty, connection = $conn:ty, lock_for_update = $lock:literal, read_latest = $latest:literal, placeholder = $ph:expr $(,)?) => {
+        impl $crate::store::sql::business::BusinessBackend for $db {
+            fn placeholder(i: usize) -> String {
+                ($ph)(i)
+            }
+            const LOCK_FOR_UPDATE: &'static str = $lock;
+            const READ_LATEST: &'static str = $latest;
+            fn bind_text(
+                q: $crate::store::sql::business::Query<Self>,
+                value: &'static str,
+            ) -> $crate::store::sql::business::Query<Self> {
+                q.bind(value)
+            }
+            async fn execute(
+                conn: &mut $conn,
+                q: $crate::store::sql::business::Query<Self>,
+            ) -> Result<u64, sqlx::Error> {
+                Ok(q.execute(&mut *conn).await?.rows_affected())
+            }
+            async fn fetch_exists(
+                conn: &mut $conn,
+                q: $crate::store::sql::business::Query<Self>,
+            ) -> Result<bool, sqlx::Error> {
+                Ok(q.fetch_optional(&mut *conn).await?.is_some())
+            }
+            async fn fetch_text(
+                conn: &mut $conn,
+                q: $crate::store::sql::business::Query<Self>,
+            ) -> Result<Option<Option<String>>, sqlx::Error> {
+                match q.fetch_optional(&mut *conn).await? {
+                    Some(row) => Ok(Some(sqlx::Row::try_get::<Option<String>, _>(&row, 0)?)),
+                    None => Ok(None),
+                }
+            }
+        }
+    };
+}
+
+/// The databases compiled in: one line per backend, `"feature" => module`. Declares each
+/// backend's module behind its feature and [`backend_database_error`], which asks each
+/// backend to recognise its own database-error type.
+macro_rules! backends {
+    ($($feature:literal => $module:ident),+ $(,)?) => {
+        $(
+            #[cfg(feature = $feature)]
+            mod $module;
+        )+
+
+        /// `e` itself as a database error of a compiled-in backend's own error type
+        /// (`PgDatabaseError`, `MySqlDatabaseError`, `SqliteError`), as the body may expose it
+        /// unboxed; `None` otherwise. Used by [`errors::database_error`].
+        pub(crate) fn backend_database_error<'a>(
+            e: &'a (dyn std::error::Error + 'static),
+        ) -> Option<&'a (dyn sqlx::error::DatabaseError + 'static)> {
+            $(
+                #[cfg(feature = $feature)]
+                if let Some(d) = $module::database_error(e) {
+                    return Some(d);
+                }
+            )+
+            let _ = e;
+            None
+        }
+    };
+}
+
+pub mod business;
+pub mod errors;
+
+backends! {
+    "postgres" => postgres,
+    "mysql" => mysql,
+    "sqlite" => sqlite,
+}
+
+pub use errors::is_retryable;
+
+/// Where `dedup_table`'s transactional mode opens the transaction that holds the claim and the
+/// body's writes: a pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`: a new transaction on a pooled
+/// connection) or a connection (`&mut PgConnection`, …: a new transaction, or a SAVEPOINT when
+/// the connection is already inside the caller's transaction, which then stays usable).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot open the transaction that `#[tx]` injects",
+    label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
+    note = "the memory store has no transactions: remove the `#[tx]` parameter to claim outside the body, or use a SQL store"
+)]
+pub trait TxStore: IntoTxStore<Store = Self> + Send {
+    /// The sqlx database.
+    type Database: SqlBackend;
+    /// Opens the transaction (or savepoint). Errors: [`Error::Backend`].
+    fn begin(
+        &mut self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
+    /// Opens a deferred transaction (or savepoint): plain `BEGIN` on every backend, so on
+    /// SQLite concurrent readers may proceed until one of them writes (`select_before_insert`).
+    /// Errors: [`Error::Backend`].
+    fn begin_deferred(
+        &mut self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
+    /// `true` when the store is a connection already inside the caller's transaction: the
+    /// strategy then works in a SAVEPOINT, and a deadlock or serialization failure is returned
+    /// at once (only the caller can retry its whole transaction). Pools return `false`.
+    fn in_callers_transaction(&self) -> bool {
+        false
+    }
+}
+
+impl<DB: SqlBackend> TxStore for &Pool<DB> {
+    type Database = DB;
+    async fn begin(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
+        let tx = match DB::BEGIN {
+            Some(stmt) => Pool::begin_with(self, stmt).await?,
+            None => Pool::begin(self).await?,
+        };
+        Ok(tx)
+    }
+    async fn begin_deferred(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
+        Ok(Pool::begin(self).await?)
+    }
+}
+
+impl<DB: SqlBackend> Store for Pool<DB> {
+    fn backend_name(&self) -> &'static str {
+        <DB as Database>::NAME
+    }
+}
+
+impl<DB: SqlBackend> ClaimStore for Pool<DB> {
+    async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
+        let mut conn = self.acquire().await?;
+        DB::try_claim(&mut conn, claim).await
+    }
+
+    async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
+        let mut conn = self.acquire().await?;
+        DB::read_record(&mut conn, key).await
+    }
+
+    async fn take_over_claim(
+        &self,
+        claim: &Claim<'_>,
+        previous_owner: &str,
+    ) -> Result<bool, Error> {
+        let mut conn = self.acquire().await?;
+        DB::take_over_claim(&mut conn, claim, previous_owner).await
+    }
+
+    async fn complete_claim(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let mut conn = self.acquire().await?;
+        DB::complete_claim(&mut conn, key, owner, response, ttl).await
+    }
+
+    async fn renew_claim(
+        &self,
+        key: &StorageKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        let mut conn = self.acquire().await?;
+        DB::renew_claim(&mut conn, key, owner, lease).await
+    }
+
+    async fn release_claim(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
+        let mut conn = self.acquire().await?;
+        DB::release_claim(&mut conn, key, owner).await
+    }
+
+    fn release_claim_detached(&self, key: StorageKey, owner: String) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.clone();
+        handle.spawn(async move {
+            if let Err(e) = pool.release_claim(&key, &owner).await {
+                tracing::warn!(?key, error = %e, "releasing a dropped claim failed; it frees itself when its lease ends");
+            }
+        });
+    }
+}
+
+impl<DB: SqlBackend> AsClaimStore for Pool<DB> {
+    type Store = Self;
+    fn as_claim_store(&self) -> &Self {
+        self
+    }
+}
+
+impl<DB: SqlBackend> IntoTxStore for &Pool<DB> {
+    type Store = Self;
+    fn into_tx_store(self) -> Self {
+        self
+    }
+}
+
+/// A `&mut PgPool` parameter (or `MySqlPool`, `SqlitePool`) opens the transaction through
+/// the shared reference.
+impl<'a, DB: SqlBackend> IntoTxStore for &'a mut Pool<DB> {
+    type Store = &'a Pool<DB>;
+    fn into_tx_store(self) -> &'a Pool<DB> {
+        self
+    }
+}
+
+/// A `&&PgPool` parameter (or `MySqlPool`, `SqlitePool`).
+impl<'a, DB: SqlBackend> IntoTxStore for &&'a Pool<DB> {
+    type Store = &'a Pool<DB>;
+    fn into_tx_store(self) -> &'a Pool<DB> {
+        self
+    }
+}
+
+/// Creates the idempotency-record table (`idempotency_records`) and its index in `pool`'s
+/// database if they are missing. Call once at startup; safe to call concurrently.
+///
+/// Errors: [`Error::Backend`] when the database refuses the DDL.
+pub async fn migrate<DB: SqlBackend>(pool: &Pool<DB>) -> Result<(), Error> {
+    DB::migrate(pool).await
+}
