@@ -5,13 +5,28 @@
 //!
 //! The macro works in three stages, each in its own module:
 //! `parse` (attribute arguments → raw options with spans), `validate`
-//! (checks → a validated configuration) and `expand` (configuration +
-//! function → the wrapper).
+//! (every check → a validated configuration, `model`) and `expand`
+//! (configuration + function → the wrapper; it cannot fail).
+//!
+//! - `strategy`: one table of rules per strategy (options taken, required,
+//!   defaulted; `#[tx]`/`#[fence]`; key parts);
+//! - `signature`: the function's parameters, injected `#[tx]`/`#[fence]` and
+//!   `Result<T, E>`;
+//! - `options`: the checks of the options' values; `syntax`: token helpers;
+//! - `fallback`: the unchanged function emitted next to the errors;
+//!   `diag`: error collection and "did you mean" hints;
+//! - `expand/replaying.rs`, `expand/business.rs`: code per strategy family.
 #![warn(missing_docs)]
 
 mod diag;
 mod expand;
+mod fallback;
+mod model;
+mod options;
 mod parse;
+mod signature;
+mod strategy;
+mod syntax;
 mod validate;
 
 #[cfg(test)]
