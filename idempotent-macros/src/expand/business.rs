@@ -52,22 +52,19 @@ pub(super) fn expand(config: &Config, business: &Business, func: &ItemFn) -> Tok
     let (param, bind) = injected_binding(&business.tx, false);
     let (output, block) = (&func.sig.output, &func.block);
     let body = quote!(|| async |#param| #output { #bind #block });
-    call_entry(
-        config,
-        key_span,
-        "business",
-        None,
-        quote! {
-            #rt::__private::Business {
-                store: #store,
-                key: #key,
-                kit: #kit,
-                strategy: #strategy,
-                on_duplicate: #on_duplicate,
-            },
-            #body,
-        },
-    )
+    // rustc may blame an unmet bound on the argument holding the type: the `Business` literal
+    // is spanned at the key too, so that report and the call's are one.
+    let business = private_at(config, key_span, "Business");
+    let call = quote_spanned! {key_span=>
+        #business {
+            store: #store,
+            key: #key,
+            kit: #kit,
+            strategy: #strategy,
+            on_duplicate: #on_duplicate,
+        }
+    };
+    call_entry(config, key_span, "business", None, quote!(#call, #body,))
 }
 
 /// The strategy's own part: `SelectBeforeInsert { target }`, `Optimistic { target, version }`, …
