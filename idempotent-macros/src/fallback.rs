@@ -104,4 +104,3 @@ pub(crate) fn strip_injected_attrs(sig: &mut Signature) {
         attrs.retain(|attr| InjectKind::of(attr).is_none());
     }
 }
-

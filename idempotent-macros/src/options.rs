@@ -7,7 +7,9 @@ use quote::{ToTokens as _, quote, quote_spanned};
 use syn::{Ident, LitStr};
 
 use crate::diag::{Errors, did_you_mean};
-use crate::model::{Fingerprint, FingerprintArg, Millis, OnBusy, PathExpr, SqlIdent, Store, StoreKind};
+use crate::model::{
+    Fingerprint, FingerprintArg, Millis, OnBusy, PathExpr, SqlIdent, Store, StoreKind,
+};
 use crate::parse::{OptionName, RawArgs, RawOption, RawValue};
 use crate::signature::{FnInfo, reference_kind};
 use crate::strategy::Strategy;
@@ -50,7 +52,11 @@ pub(crate) fn check_strategy(args: &RawArgs, errors: &mut Errors) -> Option<(Str
 }
 
 /// `key = "a.b"` or `key = ["a.b", "c"]`: required, each part rooted at a parameter.
-pub(crate) fn check_key(args: &RawArgs, info: &FnInfo, errors: &mut Errors) -> Option<Vec<PathExpr>> {
+pub(crate) fn check_key(
+    args: &RawArgs,
+    info: &FnInfo,
+    errors: &mut Errors,
+) -> Option<Vec<PathExpr>> {
     let Some(option) = args.get(OptionName::Key) else {
         errors.at(
             Span::call_site(),
@@ -122,7 +128,11 @@ pub(crate) fn check_scope_not_key(scope: &PathExpr, key: &[PathExpr], errors: &m
 }
 
 /// `store = "..."` or its default.
-pub(crate) fn check_store(option: Option<&RawOption>, info: &FnInfo, errors: &mut Errors) -> Option<Store> {
+pub(crate) fn check_store(
+    option: Option<&RawOption>,
+    info: &FnInfo,
+    errors: &mut Errors,
+) -> Option<Store> {
     if let Some(option) = option {
         let lit = expect_str(option, errors)?;
         let expr = info.path_expr(lit, OptionName::Store, errors)?;
@@ -261,7 +271,12 @@ pub(crate) fn check_on_busy(lit: &LitStr, errors: &mut Errors) -> Option<OnBusy>
 }
 
 /// Parses `text` (written in `lit`) as a positive duration with millisecond resolution.
-pub(crate) fn duration(lit: &LitStr, text: &str, zero_message: &str, errors: &mut Errors) -> Option<Millis> {
+pub(crate) fn duration(
+    lit: &LitStr,
+    text: &str,
+    zero_message: &str,
+    errors: &mut Errors,
+) -> Option<Millis> {
     let span = lit.span();
     match humantime::parse_duration(text.trim()) {
         Err(error) => {
@@ -330,7 +345,11 @@ pub(crate) fn is_sql_ident(name: &str) -> bool {
 }
 
 /// A path option (`crate`, `on_duplicate`), re-spanned to its literal.
-pub(crate) fn parse_path_option(lit: &LitStr, example: &str, errors: &mut Errors) -> Option<TokenStream> {
+pub(crate) fn parse_path_option(
+    lit: &LitStr,
+    example: &str,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
     let text = lit.value();
     let parsed = syn::parse_str::<TokenStream>(text.trim())
         .and_then(|tokens| syn::parse2::<syn::Path>(respan(tokens, lit.span())));
@@ -432,7 +451,6 @@ pub(crate) fn default_version(key: &[PathExpr], errors: &mut Errors) -> Option<P
     );
     None
 }
-
 
 /// The key's columns for the business table: `column` for a one-part key; without it the
 /// key's last field (`order.code` → `code`) when `single_default`, and each part's last field

@@ -4,7 +4,9 @@
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens as _;
-use syn::{Expr, FnArg, GenericArgument, Ident, ItemFn, LitStr, Pat, PathArguments, ReturnType, Type};
+use syn::{
+    Expr, FnArg, GenericArgument, Ident, ItemFn, LitStr, Pat, PathArguments, ReturnType, Type,
+};
 
 use crate::diag::Errors;
 use crate::model::{InjectKind, Injected, PathExpr, StoreKind};
@@ -248,7 +250,12 @@ impl FnInfo {
 
     /// Parses `lit` as an expression rooted at a parameter (or `self` in a
     /// method), for option `option`.
-    pub(crate) fn path_expr(&self, lit: &LitStr, option: OptionName, errors: &mut Errors) -> Option<PathExpr> {
+    pub(crate) fn path_expr(
+        &self,
+        lit: &LitStr,
+        option: OptionName,
+        errors: &mut Errors,
+    ) -> Option<PathExpr> {
         let value = lit.value();
         let text = value.trim();
         let roots = self.roots();
@@ -411,4 +418,3 @@ pub(crate) fn reference_kind(ty: &Type) -> StoreKind {
         _ => StoreKind::Borrow,
     }
 }
-

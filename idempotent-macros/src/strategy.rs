@@ -121,7 +121,11 @@ pub(crate) const TABLE: &[Rules] = &[
         strategy: Strategy::SelectBeforeInsert,
         name: "select_before_insert",
         family: FamilyKind::Business,
-        options: &[OptionName::Table, OptionName::Column, OptionName::OnDuplicate],
+        options: &[
+            OptionName::Table,
+            OptionName::Column,
+            OptionName::OnDuplicate,
+        ],
         required: &[TABLE_REQUIRED],
         one_of: None,
         defaults: &[OptionName::Column],

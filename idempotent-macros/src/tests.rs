@@ -192,7 +192,10 @@ fn dedup_table_defaults_in_a_method() {
         "{out}"
     );
     assert!(out.contains("on_busy : :: idempotent_runtime :: __private :: OnBusy :: Reject ,"));
-    assert!(out.contains("replaying :: < _ , Vec < u8 > , _ , _ >"), "{out}");
+    assert!(
+        out.contains("replaying :: < _ , Vec < u8 > , _ , _ >"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -568,7 +571,10 @@ fn optimistic_expands_to_its_entry_point() {
             }
         ),
     );
-    assert!(out.contains(":: idempotent_runtime :: __private :: business ("), "{out}");
+    assert!(
+        out.contains(":: idempotent_runtime :: __private :: business ("),
+        "{out}"
+    );
     assert!(
         out.contains("strategy : :: idempotent_runtime :: __private :: Optimistic { target :"),
         "{out}"
@@ -777,7 +783,11 @@ fn strategy_shape_errors_are_reported_with_the_others() {
     assert!(errors[1].starts_with("`on_duplicate` passes every argument on by name"));
 
     let msg = one_err(
-        quote!(strategy = "pessimistic", key = ["r.a", "r.b()"], table = "t"),
+        quote!(
+            strategy = "pessimistic",
+            key = ["r.a", "r.b()"],
+            table = "t"
+        ),
         quote! {
             async fn place(pool: &PgPool, r: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
         },
@@ -807,5 +817,8 @@ fn a_malformed_tx_is_not_also_reported_missing() {
             async fn place(pool: &PgPool, r: &R, #[tx] (a, b): (u8, u8)) -> Result<(), E> { Ok(()) }
         },
     );
-    assert!(msg.starts_with("a `#[tx]` parameter must be a plain"), "{msg}");
+    assert!(
+        msg.starts_with("a `#[tx]` parameter must be a plain"),
+        "{msg}"
+    );
 }

@@ -14,13 +14,13 @@ use syn::{FnArg, ItemFn, LitStr, Pat};
 
 use crate::diag::Errors;
 use crate::model::{
-    Business, BusinessRule, Config, Family, Fingerprint, InjectKind, Millis, OnBusy, OnDuplicate, PathExpr,
-    ReplayMode, Replaying, SqlIdent, Target,
+    Business, BusinessRule, Config, Family, Fingerprint, InjectKind, Millis, OnBusy, OnDuplicate,
+    PathExpr, ReplayMode, Replaying, SqlIdent, Target,
 };
 use crate::options::{
-    check_fingerprint, check_key, check_on_busy, check_scope_not_key, check_store,
-    check_strategy, default_runtime, default_version, duration, expect_str, key_columns,
-    parse_path_option, sql_ident,
+    check_fingerprint, check_key, check_on_busy, check_scope_not_key, check_store, check_strategy,
+    default_runtime, default_version, duration, expect_str, key_columns, parse_path_option,
+    sql_ident,
 };
 use crate::parse::{OptionName, RawArgs, RawOption};
 use crate::signature::FnInfo;
@@ -199,7 +199,15 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     };
     let family = strategy.and_then(|(strategy, span)| {
         check_required(args, strategy, span, &mut errors);
-        family(args, func, &info, strategy, key.as_deref(), checked, &mut errors)
+        family(
+            args,
+            func,
+            &info,
+            strategy,
+            key.as_deref(),
+            checked,
+            &mut errors,
+        )
     });
 
     errors.finish()?;
@@ -438,7 +446,10 @@ fn on_duplicate(path: TokenStream, func: &ItemFn, errors: &mut Errors) -> Option
     let mut ok = true;
     for arg in &func.sig.inputs {
         if let FnArg::Typed(typed) = arg
-            && typed.attrs.iter().any(|attr| InjectKind::of(attr).is_some())
+            && typed
+                .attrs
+                .iter()
+                .any(|attr| InjectKind::of(attr).is_some())
         {
             continue;
         }

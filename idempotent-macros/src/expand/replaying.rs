@@ -171,7 +171,11 @@ fn fingerprint_statement(config: &Config, replaying: &Replaying, local: &Ident) 
 
 /// `Options { lease: .., ttl: .., on_busy: .., ..Default::default() }` with the
 /// options that were given.
-fn options_literal(config: &Config, replaying: &Replaying, options_type: TokenStream) -> TokenStream {
+fn options_literal(
+    config: &Config,
+    replaying: &Replaying,
+    options_type: TokenStream,
+) -> TokenStream {
     let rt = &config.runtime;
     let duration = |millis: &Millis| {
         let ms = Literal::u64_unsuffixed(millis.ms);

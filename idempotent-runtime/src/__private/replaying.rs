@@ -8,8 +8,8 @@ use crate::store::{ClaimStore, LockStore, TokenStore};
 use crate::strategy::Replayable;
 
 pub use crate::strategy::dedup_table::Options as DedupTableOptions;
-pub use crate::strategy::distributed_lock::Options as LockOptions;
 use crate::strategy::distributed_lock::FencingToken;
+pub use crate::strategy::distributed_lock::Options as LockOptions;
 pub use crate::strategy::token::Options as TokenOptions;
 
 /// One call of a replaying strategy, as the generated code fills it.
