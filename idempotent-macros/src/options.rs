@@ -20,7 +20,7 @@ pub(crate) fn default_runtime() -> TokenStream {
     quote!(::idempotent_runtime)
 }
 
-/// `strategy = "..."`: required, one of [`Strategy::ALL`].
+/// `strategy = "..."`: required, one of the strategies in [`crate::strategy::TABLE`].
 pub(crate) fn check_strategy(args: &RawArgs, errors: &mut Errors) -> Option<(Strategy, Span)> {
     let names = Strategy::names();
     let Some(option) = args.get(OptionName::Strategy) else {

@@ -2,7 +2,7 @@
 //! change in any release.
 //!
 //! Each strategy family has one adapter, called with a struct the generated code fills by
-//! field name: [`replaying`] with a [`Replay`] (`dedup_table`, `distributed_lock`, `token`)
+//! field name: `replaying` with a [`Replay`] (`dedup_table`, `distributed_lock`, `token`)
 //! and `business` with a `Business` (the five business-table strategies). Both hand the
 //! strategy the one error wrapper, [`Failure`], so that the strategies' bounds on the error
 //! type hold for any user `E`.
