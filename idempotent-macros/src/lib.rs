@@ -5,13 +5,28 @@
 //!
 //! The macro works in three stages, each in its own module:
 //! `parse` (attribute arguments → raw options with spans), `validate`
-//! (checks → a validated configuration) and `expand` (configuration +
-//! function → the wrapper).
+//! (every check → a validated configuration, `model`) and `expand`
+//! (configuration + function → the wrapper; it cannot fail).
+//!
+//! - `strategy`: one table of rules per strategy (options taken, required,
+//!   defaulted; `#[tx]`/`#[fence]`; key parts);
+//! - `signature`: the function's parameters, injected `#[tx]`/`#[fence]` and
+//!   `Result<T, E>`;
+//! - `options`: the checks of the options' values; `syntax`: token helpers;
+//! - `fallback`: the unchanged function emitted next to the errors;
+//!   `diag`: error collection and "did you mean" hints;
+//! - `expand/replaying.rs`, `expand/business.rs`: code per strategy family.
 #![warn(missing_docs)]
 
 mod diag;
 mod expand;
+mod fallback;
+mod model;
+mod options;
 mod parse;
+mod signature;
+mod strategy;
+mod syntax;
 mod validate;
 
 #[cfg(test)]
@@ -118,30 +133,39 @@ use proc_macro::TokenStream;
 ///             return ::core::result::Result::Err(::idempotent_runtime::__private::into_error(error));
 ///         }
 ///     };
-///     let __idempotent_options = ::idempotent_runtime::__private::dedup_table::Options {
-///         lease: ::idempotent_runtime::__private::Duration::from_millis(30000),
-///         on_busy: ::idempotent_runtime::__private::OnBusy::Wait(
-///             ::idempotent_runtime::__private::Duration::from_millis(5000),
-///         ),
-///         ..::core::default::Default::default()
-///     };
-///     ::idempotent_runtime::__private::dedup_table::run::<_, Receipt, _, _>(
-///         ::idempotent_runtime::__private::claim_store(&*pool),
-///         __idempotent_key,
-///         __idempotent_fingerprint,
-///         __idempotent_options,
-///         ::idempotent_runtime::__private::into_error,
-///         async || -> Result<Receipt, AppError> { BODY },
+///     ::idempotent_runtime::__private::replaying::<_, Receipt, _, _>(
+///         ::idempotent_runtime::__private::Replay {
+///             strategy: ::idempotent_runtime::__private::DedupTable {
+///                 store: ::idempotent_runtime::__private::claim_store(&*pool),
+///                 options: ::idempotent_runtime::__private::DedupTableOptions {
+///                     lease: ::idempotent_runtime::__private::Duration::from_millis(30000),
+///                     on_busy: ::idempotent_runtime::__private::OnBusy::Wait(
+///                         ::idempotent_runtime::__private::Duration::from_millis(5000),
+///                     ),
+///                     ..::core::default::Default::default()
+///                 },
+///             },
+///             key: __idempotent_key,
+///             fingerprint: __idempotent_fingerprint,
+///             into_error: ::idempotent_runtime::__private::into_error,
+///         },
+///         async |_| -> Result<Receipt, AppError> { BODY },
 ///     )
 ///     .await
 /// }
 /// ```
 ///
 /// With a `#[tx] tx: &mut PgConnection` parameter, `tx` disappears from the
-/// signature and the last call becomes
-/// `dedup_table::run_in_tx::<_, Receipt, _, _>(tx_store(&*pool), .., into_error, async |__idempotent_tx| -> Result<..> { let tx: &mut PgConnection = __idempotent_tx; BODY })`:
+/// signature, the strategy becomes
+/// `DedupTableInTx { store: tx_store(&*pool), .. }` and the body
+/// `async |__idempotent_tx| -> Result<..> { let tx: &mut PgConnection = __idempotent_tx; BODY }`:
 /// the connection's type comes from the store, and a `#[tx]` type of another
-/// database is one "mismatched types" error at that type.
+/// database is one "mismatched types" error at that type. The other replaying
+/// strategies fill `DistributedLock { store: lock_store(..), options }` (the
+/// body is lent the fencing token) and `Token { store: token_store(..), token, options }`.
+///
+/// The business-table strategies call
+/// `__private::business(Business { store: tx_store(..), key: (&(order.code),), kit: error_kit(), strategy: Optimistic { target, version }, on_duplicate }, || async |__idempotent_tx| -> .. { .. BODY })`.
 ///
 /// The store is passed as `&*param` for a `&T` parameter, `&mut *param` for a
 /// `&mut T` one and `&(expr)` otherwise. The body runs inside a (non-`move`)
@@ -162,10 +186,10 @@ use proc_macro::TokenStream;
 ///   spanned at `E` in the signature: an error type without
 ///   `From<idempotent_runtime::Error>` (or, for those strategies, not a
 ///   `std::error::Error`) is one error there;
-/// - the replaying strategies' call and `.await` are spanned at `T`: a response
+/// - the replaying adapter's call and `.await` are spanned at `T`: a response
 ///   type that is not `Serialize + DeserializeOwned` is one error there;
-/// - the business-table strategies' call and `.await` are spanned at the key: a
-///   key part sqlx cannot bind is one error there;
+/// - the business adapter's call, its `Business { .. }` argument and `.await` are
+///   spanned at the key: a key part sqlx cannot bind is one error there;
 /// - a key part without `KeyPart`, or a key path naming a missing field, is
 ///   rustc's error at the `key` string.
 ///

@@ -75,7 +75,13 @@ fn place() -> TokenStream {
 fn dedup_table_claim_mode() {
     let out = ok(quote!(strategy = "dedup_table", key = "req.id"), place());
     assert!(
-        out.contains("dedup_table :: run :: < _ , Receipt , _ , _ > ("),
+        out.contains("__private :: replaying :: < _ , Receipt , _ , _ > ("),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "strategy : :: idempotent_runtime :: __private :: DedupTable { store : :: idempotent_runtime :: __private :: claim_store (& * pool) , options : :: idempotent_runtime :: __private :: DedupTableOptions {"
+        ),
         "{out}"
     );
     assert!(!out.contains("run_in_tx"), "{out}");
@@ -89,7 +95,7 @@ fn dedup_table_claim_mode() {
     );
     assert!(out.contains("& * pool"), "{out}");
     assert!(
-        out.contains("async || -> Result < Receipt , AppError > {"),
+        out.contains("async | _ | -> Result < Receipt , AppError > {"),
         "{out}"
     );
     assert!(out.contains(". await"));
@@ -109,7 +115,11 @@ fn dedup_table_transactional_mode() {
         },
     );
     assert!(
-        out.contains("dedup_table :: run_in_tx :: < _ , () , _ , _ > ("),
+        out.contains("__private :: replaying :: < _ , () , _ , _ > ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("__private :: DedupTableInTx { store : :: idempotent_runtime :: __private :: tx_store (& * pool)"),
         "{out}"
     );
     assert!(
@@ -182,7 +192,10 @@ fn dedup_table_defaults_in_a_method() {
         "{out}"
     );
     assert!(out.contains("on_busy : :: idempotent_runtime :: __private :: OnBusy :: Reject ,"));
-    assert!(out.contains("run :: < _ , Vec < u8 > , _ , _ >"), "{out}");
+    assert!(
+        out.contains("replaying :: < _ , Vec < u8 > , _ , _ >"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -405,7 +418,13 @@ fn sql_identifiers() {
         ),
         place(),
     );
-    assert_eq!(errors.len(), 2, "{errors:#?}");
+    // `place` has no `#[tx]`: reported together with the identifiers.
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("strategy `optimistic` runs the body inside its own transaction"),
+        "{errors:#?}"
+    );
+    let errors = &errors[1..];
     assert!(
         errors[0].starts_with(
             "`orders; drop table x` is not a plain SQL identifier; `table` takes letters"
@@ -552,7 +571,18 @@ fn optimistic_expands_to_its_entry_point() {
             }
         ),
     );
-    assert!(out.contains("optimistic :: run"), "{out}");
+    assert!(
+        out.contains(":: idempotent_runtime :: __private :: business ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("strategy : :: idempotent_runtime :: __private :: Optimistic { target :"),
+        "{out}"
+    );
+    assert!(
+        out.contains("on_duplicate : :: idempotent_runtime :: __private :: no_handler () ,"),
+        "{out}"
+    );
     assert!(out.contains("SqlIdent :: new (\"orders\")"), "{out}");
     assert!(out.contains("SqlIdent :: new (\"code\")"), "{out}");
     assert!(out.contains("& (order . version)"), "{out}");
@@ -714,5 +744,81 @@ fn business_key_of_five_parts_is_refused() {
     assert_eq!(
         msg,
         "strategy `unique_index` compares at most 4 key parts with their columns; this is part 5"
+    );
+}
+
+#[test]
+fn strategy_shape_errors_are_reported_with_the_others() {
+    // Each of these was once raised only after validation succeeded.
+    let errors = errs(
+        quote!(
+            strategy = "unique_index",
+            key = ["r.a", "r.b"],
+            column = "a",
+            lease = "1s"
+        ),
+        quote! {
+            async fn place(pool: &PgPool, r: &R) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(errors[0].starts_with("option `lease` is not used by strategy `unique_index`"));
+    assert!(errors[1].starts_with("strategy `unique_index` runs the body inside its own"));
+    assert!(errors[2].starts_with("strategy `unique_index` needs `constraint`"));
+
+    let errors = errs(
+        quote!(
+            strategy = "select_before_insert",
+            key = ["r.a", "r.b"],
+            table = "t",
+            column = "a",
+            on_duplicate = "again"
+        ),
+        quote! {
+            async fn place(pool: &PgPool, r: &R, (x, y): (u8, u8), #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with("`column` names one column but the key has 2 parts"));
+    assert!(errors[1].starts_with("`on_duplicate` passes every argument on by name"));
+
+    let msg = one_err(
+        quote!(
+            strategy = "pessimistic",
+            key = ["r.a", "r.b()"],
+            table = "t"
+        ),
+        quote! {
+            async fn place(pool: &PgPool, r: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(
+        msg.starts_with("key part `r.b()` does not end in a field name to use as its column"),
+        "{msg}"
+    );
+
+    let msg = one_err(
+        quote!(strategy = "token", key = ["r.a", "r.b"]),
+        quote! {
+            async fn place(store: &MemoryStore, r: &R) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(
+        msg.starts_with("strategy `token` takes one key part, the token"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_malformed_tx_is_not_also_reported_missing() {
+    let msg = one_err(
+        quote!(strategy = "pessimistic", key = "r.a", table = "t"),
+        quote! {
+            async fn place(pool: &PgPool, r: &R, #[tx] (a, b): (u8, u8)) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(
+        msg.starts_with("a `#[tx]` parameter must be a plain"),
+        "{msg}"
     );
 }

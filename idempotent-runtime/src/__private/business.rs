@@ -1,22 +1,26 @@
-//! The five business-table strategies' entry points without bounds on the user's `E`: they
-//! take an [`ErrorKit`] (built where `E` is written, so an unmet bound is reported there
-//! once) and call the strategies with [`SqlError`], which meets their bounds for any `E`.
+//! The business-table family's adapter: [`business`] runs `select_before_insert`,
+//! `pessimistic`, `optimistic`, `unique_index` or `state_machine`, picked by the type of
+//! [`Business::strategy`], without a bound on the user's `E`: it takes an [`ErrorKit`]
+//! (built where `E` is written, so an unmet bound is reported there once) and hands the
+//! strategy [`Failure`], which meets its bounds for any `E`.
 
 use std::error::Error as StdError;
-use std::fmt;
 
 use sqlx::{Database, Encode, Type};
 
-use crate::Error;
+use super::{AsStdError, Error, Failure};
 use crate::store::business::{BusinessBackend, KeyValues, Target};
 use crate::store::sql::TxStore;
+
+pub use crate::strategy::state_machine::Transition as StateMachine;
+pub use crate::strategy::unique_index::Options as UniqueIndex;
 
 /// How the wrapper handles the function's error type `E`: convert a runtime error into it,
 /// and see it as a `std::error::Error` (the strategies look for database errors in its
 /// source chain).
 pub struct ErrorKit<E> {
     into_error: fn(Error) -> E,
-    as_std: fn(&E) -> &(dyn StdError + 'static),
+    as_std: AsStdError<E>,
 }
 
 impl<E> Clone for ErrorKit<E> {
@@ -39,235 +43,166 @@ pub fn error_kit<E: crate::SqlFunctionError>() -> ErrorKit<E> {
 impl<E> ErrorKit<E> {
     /// The user's error back out of a strategy's result.
     #[inline(always)]
-    fn split<T>(self, result: Result<T, SqlError<E>>) -> Result<T, E> {
-        match result {
-            Ok(value) => Ok(value),
-            Err(SqlError::Body(e, _)) => Err(e),
-            Err(SqlError::Runtime(e)) => Err((self.into_error)(e)),
-        }
+    fn split<T>(self, result: Result<T, Failure<E>>) -> Result<T, E> {
+        Failure::split(result, self.into_error)
     }
 
     /// Wraps the body's error, keeping it visible as a `std::error::Error`.
     #[inline(always)]
-    fn wrap<T>(self, result: Result<T, E>) -> Result<T, SqlError<E>> {
-        result.map_err(|e| SqlError::Body(e, self.as_std))
-    }
-}
-
-/// The body's error (with its [`StdError`] view) or a runtime error: what the strategies see.
-pub enum SqlError<E> {
-    /// A runtime error, converted into `E` afterwards.
-    Runtime(Error),
-    /// The body's error, returned as it is.
-    Body(E, fn(&E) -> &(dyn StdError + 'static)),
-}
-
-impl<E> From<Error> for SqlError<E> {
-    fn from(e: Error) -> Self {
-        SqlError::Runtime(e)
-    }
-}
-
-impl<E> fmt::Debug for SqlError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SqlError::Runtime(e) => fmt::Debug::fmt(e, f),
-            SqlError::Body(e, as_std) => fmt::Debug::fmt(as_std(e), f),
-        }
-    }
-}
-
-impl<E> fmt::Display for SqlError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SqlError::Runtime(e) => fmt::Display::fmt(e, f),
-            SqlError::Body(e, as_std) => fmt::Display::fmt(as_std(e), f),
-        }
-    }
-}
-
-/// The source is the wrapped error itself, so a database error anywhere in the body's chain
-/// is still found.
-impl<E: 'static> StdError for SqlError<E> {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match self {
-            SqlError::Runtime(e) => Some(e),
-            SqlError::Body(e, as_std) => Some(as_std(e)),
-        }
+    fn wrap<T>(self, result: Result<T, E>) -> Result<T, Failure<E>> {
+        result.map_err(|e| Failure::Body(e, Some(self.as_std)))
     }
 }
 
 /// The body's connection type for store `S`.
 type Conn<S> = <<S as TxStore>::Database as Database>::Connection;
 
-/// The body factory, with the body's error wrapped.
-macro_rules! wrapped_body {
-    ($kit:ident, $body:ident, $S:ty) => {
-        move || {
-            let body = $body();
-            async move |conn: &mut Conn<$S>| $kit.wrap(body(conn).await)
+/// The type of "no `on_duplicate` handler" (see [`no_handler`]).
+pub type NoHandler<T, E> = fn() -> core::future::Ready<Result<T, E>>;
+
+/// No `on_duplicate` handler: a duplicate is `Error::Duplicate`.
+#[inline(always)]
+pub fn no_handler<T, E>() -> Option<NoHandler<T, E>> {
+    None
+}
+
+/// One call of a business-table strategy, as the generated code fills it.
+pub struct Business<S, K, E, P, D> {
+    /// The transactional store (through `tx_store`).
+    pub store: S,
+    /// The key parts, a tuple of references.
+    pub key: K,
+    /// [`error_kit`], spanned at the user's `E`.
+    pub kit: ErrorKit<E>,
+    /// The strategy with its table and options ([`SelectBeforeInsert`], [`Optimistic`], …).
+    pub strategy: P,
+    /// `on_duplicate`, called for a duplicate instead of returning `Error::Duplicate`
+    /// ([`no_handler`] when not given).
+    pub on_duplicate: Option<D>,
+}
+
+/// A business-table strategy with its table and options: what the adapter dispatches on.
+pub trait BusinessStrategy<DB: BusinessBackend> {
+    /// Runs the strategy's entry point.
+    fn run<S, K, T, E, F, B, D>(
+        self,
+        store: S,
+        key: K,
+        body: F,
+        on_duplicate: D,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        S: TxStore<Database = DB>,
+        K: KeyValues<DB>,
+        E: From<Error> + StdError + 'static,
+        F: FnMut() -> B,
+        B: AsyncFnOnce(&mut <DB as Database>::Connection) -> Result<T, E>,
+        D: AsyncFnOnce() -> Result<T, E>;
+}
+
+/// The business family's adapter: runs `call.strategy` with the body's (and the handler's)
+/// error passed through and a runtime error converted by `call.kit`.
+pub async fn business<S, K, E, P, D, T, F, B>(
+    call: Business<S, K, E, P, D>,
+    mut body: F,
+) -> Result<T, E>
+where
+    S: TxStore,
+    S::Database: BusinessBackend,
+    K: KeyValues<S::Database>,
+    P: BusinessStrategy<S::Database>,
+    D: AsyncFnOnce() -> Result<T, E>,
+    E: 'static,
+    F: FnMut() -> B,
+    B: AsyncFnOnce(&mut Conn<S>) -> Result<T, E>,
+{
+    let Business {
+        store,
+        key,
+        kit,
+        strategy,
+        on_duplicate,
+    } = call;
+    let body = move || {
+        let body = body();
+        async move |conn: &mut Conn<S>| kit.wrap(body(conn).await)
+    };
+    let on_duplicate = async move || match on_duplicate {
+        Some(handler) => kit.wrap(handler().await),
+        None => Err(Failure::Runtime(Error::Duplicate)),
+    };
+    kit.split(strategy.run(store, key, body, on_duplicate).await)
+}
+
+/// Implements [`BusinessStrategy`] for `$ty` by calling `$run`, whose arguments are listed
+/// by name (`strategy` is `self`).
+macro_rules! business_strategy {
+    ($(#[$meta:meta])* [$($generics:tt)*] $ty:ty, |$this:ident, $store:ident, $key:ident, $body:ident, $dup:ident| $call:expr) => {
+        $(#[$meta])*
+        impl<DB: BusinessBackend, $($generics)*> BusinessStrategy<DB> for $ty {
+            #[allow(unused_variables)]
+            async fn run<S, K, T, E, F, B, D>(
+                self,
+                $store: S,
+                $key: K,
+                $body: F,
+                $dup: D,
+            ) -> Result<T, E>
+            where
+                S: TxStore<Database = DB>,
+                K: KeyValues<DB>,
+                E: From<Error> + StdError + 'static,
+                F: FnMut() -> B,
+                B: AsyncFnOnce(&mut <DB as Database>::Connection) -> Result<T, E>,
+                D: AsyncFnOnce() -> Result<T, E>,
+            {
+                let $this = self;
+                $call.await
+            }
         }
     };
 }
 
-/// `select_before_insert`'s entry point, see [`crate::strategy::select_before_insert::run`].
-pub mod select_before_insert {
-    use super::*;
-
-    /// [`crate::strategy::select_before_insert::run`] with `kit` for the bounds on `E`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn run<S, K, T, E, F, B, D>(
-        store: S,
-        target: Target,
-        key: K,
-        kit: ErrorKit<E>,
-        mut body: F,
-        on_duplicate: D,
-    ) -> Result<T, E>
-    where
-        S: TxStore,
-        S::Database: BusinessBackend,
-        K: KeyValues<S::Database>,
-        E: 'static,
-        F: FnMut() -> B,
-        B: AsyncFnOnce(&mut Conn<S>) -> Result<T, E>,
-        D: AsyncFnOnce() -> Result<T, E>,
-    {
-        let body = wrapped_body!(kit, body, S);
-        let on_duplicate = async move || kit.wrap(on_duplicate().await);
-        let result =
-            crate::strategy::select_before_insert::run(store, target, key, body, on_duplicate)
-                .await;
-        kit.split(result)
-    }
+/// `select_before_insert`: [`crate::strategy::select_before_insert::run`].
+pub struct SelectBeforeInsert {
+    /// The business table and key column(s).
+    pub target: Target,
 }
 
-/// `pessimistic`'s entry point, see [`crate::strategy::pessimistic::run`].
-pub mod pessimistic {
-    use super::*;
+business_strategy!([] SelectBeforeInsert, |this, store, key, body, on_duplicate| {
+    crate::strategy::select_before_insert::run(store, this.target, key, body, on_duplicate)
+});
 
-    /// [`crate::strategy::pessimistic::run`] with `kit` for the bounds on `E`.
-    pub async fn run<S, K, T, E, F, B>(
-        store: S,
-        target: Target,
-        key: K,
-        kit: ErrorKit<E>,
-        mut body: F,
-    ) -> Result<T, E>
-    where
-        S: TxStore,
-        S::Database: BusinessBackend,
-        K: KeyValues<S::Database>,
-        E: 'static,
-        F: FnMut() -> B,
-        B: AsyncFnOnce(&mut Conn<S>) -> Result<T, E>,
-    {
-        let body = wrapped_body!(kit, body, S);
-        let result = crate::strategy::pessimistic::run(store, target, key, body).await;
-        kit.split(result)
-    }
+/// `pessimistic`: [`crate::strategy::pessimistic::run`] (the body decides about duplicates).
+pub struct Pessimistic {
+    /// The business table and key column(s).
+    pub target: Target,
 }
 
-/// `optimistic`'s entry point, see [`crate::strategy::optimistic::run`].
-pub mod optimistic {
-    use super::*;
+business_strategy!([] Pessimistic, |this, store, key, body, on_duplicate| {
+    crate::strategy::pessimistic::run(store, this.target, key, body)
+});
 
-    /// [`crate::strategy::optimistic::run`] with `kit` for the bounds on `E`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn run<S, K, V, T, E, F, B, D>(
-        store: S,
-        target: Target,
-        key: K,
-        expected_version: V,
-        kit: ErrorKit<E>,
-        mut body: F,
-        on_duplicate: D,
-    ) -> Result<T, E>
-    where
-        S: TxStore,
-        S::Database: BusinessBackend,
-        K: KeyValues<S::Database>,
-        V: for<'t> Encode<'t, S::Database> + Type<S::Database> + Send + Sync,
-        E: 'static,
-        F: FnMut() -> B,
-        B: AsyncFnOnce(&mut Conn<S>) -> Result<T, E>,
-        D: AsyncFnOnce() -> Result<T, E>,
-    {
-        let body = wrapped_body!(kit, body, S);
-        let on_duplicate = async move || kit.wrap(on_duplicate().await);
-        let result = crate::strategy::optimistic::run(
-            store,
-            target,
-            key,
-            expected_version,
-            body,
-            on_duplicate,
-        )
-        .await;
-        kit.split(result)
-    }
+/// `optimistic`: [`crate::strategy::optimistic::run`] with the version the caller read.
+pub struct Optimistic<V> {
+    /// The business table and key column(s).
+    pub target: Target,
+    /// The expected version.
+    pub version: V,
 }
 
-/// `unique_index`'s entry point, see [`crate::strategy::unique_index::run`].
-pub mod unique_index {
-    pub use crate::strategy::unique_index::Options;
-
-    use super::*;
-
-    /// [`crate::strategy::unique_index::run`] with `kit` for the bounds on `E`.
-    pub async fn run<S, K, T, E, F, B, D>(
-        store: S,
-        options: Options,
-        key: K,
-        kit: ErrorKit<E>,
-        mut body: F,
-        on_duplicate: D,
-    ) -> Result<T, E>
-    where
-        S: TxStore,
-        S::Database: BusinessBackend,
-        K: KeyValues<S::Database>,
-        E: 'static,
-        F: FnMut() -> B,
-        B: AsyncFnOnce(&mut Conn<S>) -> Result<T, E>,
-        D: AsyncFnOnce() -> Result<T, E>,
-    {
-        let body = wrapped_body!(kit, body, S);
-        let on_duplicate = async move || kit.wrap(on_duplicate().await);
-        let result =
-            crate::strategy::unique_index::run(store, options, key, body, on_duplicate).await;
-        kit.split(result)
+business_strategy!(
+    [V: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync]
+    Optimistic<V>,
+    |this, store, key, body, on_duplicate| {
+        crate::strategy::optimistic::run(store, this.target, key, this.version, body, on_duplicate)
     }
-}
+);
 
-/// `state_machine`'s entry point, see [`crate::strategy::state_machine::run`].
-pub mod state_machine {
-    pub use crate::strategy::state_machine::Transition;
+business_strategy!([] UniqueIndex, |this, store, key, body, on_duplicate| {
+    crate::strategy::unique_index::run(store, this, key, body, on_duplicate)
+});
 
-    use super::*;
-
-    /// [`crate::strategy::state_machine::run`] with `kit` for the bounds on `E`.
-    pub async fn run<S, K, T, E, F, B, D>(
-        store: S,
-        transition: Transition,
-        key: K,
-        kit: ErrorKit<E>,
-        mut body: F,
-        on_duplicate: D,
-    ) -> Result<T, E>
-    where
-        S: TxStore,
-        S::Database: BusinessBackend,
-        K: KeyValues<S::Database>,
-        E: 'static,
-        F: FnMut() -> B,
-        B: AsyncFnOnce(&mut Conn<S>) -> Result<T, E>,
-        D: AsyncFnOnce() -> Result<T, E>,
-    {
-        let body = wrapped_body!(kit, body, S);
-        let on_duplicate = async move || kit.wrap(on_duplicate().await);
-        let result =
-            crate::strategy::state_machine::run(store, transition, key, body, on_duplicate).await;
-        kit.split(result)
-    }
-}
+business_strategy!([] StateMachine, |this, store, key, body, on_duplicate| {
+    crate::strategy::state_machine::run(store, this, key, body, on_duplicate)
+});

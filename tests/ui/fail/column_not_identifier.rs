@@ -2,10 +2,10 @@
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};
-use sqlx::SqlitePool;
+use sqlx::{SqliteConnection, SqlitePool};
 
 #[idempotent(strategy = "select_before_insert", key = "req.id", table = "orders", column = "order-id")]
-pub async fn place(pool: &SqlitePool, req: &Req) -> Result<Receipt, AppError> {
+pub async fn place(pool: &SqlitePool, req: &Req, #[tx] tx: &mut SqliteConnection) -> Result<Receipt, AppError> {
     todo!()
 }
 

@@ -2,7 +2,7 @@
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};
-use sqlx::SqlitePool;
+use sqlx::{SqliteConnection, SqlitePool};
 
 #[idempotent(
     strategy = "state_machine",
@@ -12,7 +12,7 @@ use sqlx::SqlitePool;
     from = "PAID",
     to = "PAID"
 )]
-pub async fn ship(pool: &SqlitePool, req: &Req) -> Result<Receipt, AppError> {
+pub async fn ship(pool: &SqlitePool, req: &Req, #[tx] tx: &mut SqliteConnection) -> Result<Receipt, AppError> {
     todo!()
 }
 

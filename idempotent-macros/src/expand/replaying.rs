@@ -1,0 +1,209 @@
+//! Code generation for the replaying strategies (`dedup_table`, `distributed_lock`, `token`):
+//! the storage key and fingerprint as hygienic locals, then one call of
+//! `__private::replaying` with a `Replay { strategy, key, fingerprint, into_error }`.
+
+use proc_macro2::{Literal, Span, TokenStream};
+use quote::{ToTokens as _, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+use syn::{Ident, ItemFn, LitStr};
+
+use super::{call_entry, injected_binding, private_at, store_through};
+use crate::model::{Config, Fingerprint, Millis, OnBusy, ReplayMode, Replaying};
+
+/// The wrapper's body for a replaying strategy.
+///
+/// ```text
+/// let __idempotent_key = <KeyBuilder ... finish()>?;
+/// let __idempotent_fingerprint = <Fingerprinter ... finish()>?;
+/// rt::__private::replaying::<_, T, _, _>(
+///     rt::__private::Replay { strategy: rt::__private::DedupTable { store, options },
+///                             key, fingerprint, into_error },
+///     async |injected| -> Result<T, E> { BODY },
+/// ).await
+/// ```
+pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> TokenStream {
+    let rt = &config.runtime;
+    let key_local = Ident::new("__idempotent_key", Span::mixed_site());
+    let fingerprint_local = Ident::new("__idempotent_fingerprint", Span::mixed_site());
+    let key = key_statement(config, replaying, &key_local);
+    let fingerprint = fingerprint_statement(config, replaying, &fingerprint_local);
+
+    let options = |name: &str| {
+        let name = Ident::new(name, Span::call_site());
+        options_literal(config, replaying, quote!(#rt::__private::#name))
+    };
+    let (output, block) = (&func.sig.output, &func.block);
+    let (strategy, body) = match &replaying.mode {
+        ReplayMode::DedupTable => {
+            let store = store_through(config, "claim_store");
+            let options = options("DedupTableOptions");
+            (
+                quote!(#rt::__private::DedupTable { store: #store, options: #options }),
+                quote!(async |_| #output #block),
+            )
+        }
+        ReplayMode::DedupTableInTx(tx) => {
+            // The closure's parameter type comes from the store; the user's `#[tx]` type is
+            // checked by a `let` spanned at it, so a connection of another database is one
+            // "mismatched types" error at that type.
+            let store = store_through(config, "tx_store");
+            let options = options("DedupTableOptions");
+            let (conn, bind) = injected_binding(tx, false);
+            (
+                quote!(#rt::__private::DedupTableInTx { store: #store, options: #options }),
+                quote!(async |#conn| #output { #bind #block }),
+            )
+        }
+        ReplayMode::DistributedLock(fence) => {
+            let store = store_through(config, "lock_store");
+            let options = options("LockOptions");
+            let body = match fence {
+                Some(fence) => {
+                    let (param, bind) = injected_binding(fence, true);
+                    quote!(async |#param| #output { #bind #block })
+                }
+                None => quote!(async |_| #output #block),
+            };
+            (
+                quote!(#rt::__private::DistributedLock { store: #store, options: #options }),
+                body,
+            )
+        }
+        ReplayMode::Token(token) => {
+            let store = store_through(config, "token_store");
+            let options = options("TokenOptions");
+            let (span, token) = (token.span, &token.tokens);
+            let token = quote_spanned!(span=> &(#token));
+            (
+                quote!(#rt::__private::Token { store: #store, token: #token, options: #options }),
+                quote!(async |_| #output #block),
+            )
+        }
+    };
+
+    // The call is spanned at the user's `T`, so that `T: Replayable` is reported once, there;
+    // the strategy's type (which holds the store) is `_` at the store; `E` needs nothing
+    // (`into_error` carries it). The generics are `<M, T, E, F>`.
+    let (ok_type, ok_span) = match &config.ok_type {
+        Some(ty) => (ty.to_token_stream(), ty.span()),
+        None => (quote!(_), Span::call_site()),
+    };
+    let strategy_type = quote_spanned!(config.store.span=> _);
+    let into_error = private_at(config, config.err_span, "into_error");
+    let call = call_entry(
+        config,
+        ok_span,
+        "replaying",
+        Some(quote!(#strategy_type, #ok_type, _, _)),
+        quote! {
+            #rt::__private::Replay {
+                strategy: #strategy,
+                key: #key_local,
+                fingerprint: #fingerprint_local,
+                into_error: #into_error,
+            },
+            #body,
+        },
+    );
+    quote! {
+        #key
+        #fingerprint
+        #call
+    }
+}
+
+/// `match expr { Ok(v) => v, Err(e) => return Err(into_error(e)) }`: a runtime
+/// error before the body runs becomes the function's own error type.
+fn try_runtime(config: &Config, expr: TokenStream) -> TokenStream {
+    // The whole conversion is spanned at `E`: rustc points an unmet bound of a call at the
+    // call expression, parentheses included.
+    let into_error = private_at(config, config.err_span, "into_error");
+    let error = Ident::new("error", config.err_span);
+    let convert = quote_spanned!(config.err_span=> #into_error(#error));
+    quote! {
+        match #expr {
+            ::core::result::Result::Ok(value) => value,
+            ::core::result::Result::Err(#error) => {
+                return ::core::result::Result::Err(#convert);
+            }
+        }
+    }
+}
+
+/// `let __idempotent_key = KeyBuilder::new(name).scope(..).part(..)...finish()?;`
+fn key_statement(config: &Config, replaying: &Replaying, local: &Ident) -> TokenStream {
+    let rt = &config.runtime;
+    let name = &replaying.name;
+    let scope = replaying.scope.as_ref().map(|scope| {
+        let (span, expr) = (scope.span, &scope.tokens);
+        quote_spanned!(span=> .scope(&(#expr)))
+    });
+    let parts = config.key.iter().map(|part| {
+        let (span, expr) = (part.span, &part.tokens);
+        quote_spanned!(span=> .part(&(#expr)))
+    });
+    let value = try_runtime(
+        config,
+        quote!(#rt::__private::KeyBuilder::new(#name) #scope #(#parts)* .finish()),
+    );
+    quote!(let #local = #value;)
+}
+
+/// `let __idempotent_fingerprint = Fingerprinter::new().arg("x", &(x))...finish()?;`
+fn fingerprint_statement(config: &Config, replaying: &Replaying, local: &Ident) -> TokenStream {
+    let rt = &config.runtime;
+    let builder = match &replaying.fingerprint {
+        Fingerprint::Disabled(span) => {
+            quote_spanned!(*span=> #rt::__private::Fingerprinter::disabled())
+        }
+        Fingerprint::Args(args) => {
+            let calls = args.iter().map(|arg| {
+                let (span, expr) = (arg.span, &arg.tokens);
+                let label = LitStr::new(&arg.label, span);
+                quote_spanned!(span=> .arg(#label, &(#expr)))
+            });
+            quote!(#rt::__private::Fingerprinter::new() #(#calls)*)
+        }
+    };
+    let value = try_runtime(config, quote!(#builder.finish()));
+    quote!(let #local = #value;)
+}
+
+/// `Options { lease: .., ttl: .., on_busy: .., ..Default::default() }` with the
+/// options that were given.
+fn options_literal(
+    config: &Config,
+    replaying: &Replaying,
+    options_type: TokenStream,
+) -> TokenStream {
+    let rt = &config.runtime;
+    let duration = |millis: &Millis| {
+        let ms = Literal::u64_unsuffixed(millis.ms);
+        quote_spanned!(millis.span=> #rt::__private::Duration::from_millis(#ms))
+    };
+    let lease = replaying.lease.as_ref().map(|lease| {
+        let value = duration(lease);
+        quote_spanned!(lease.span=> lease: #value,)
+    });
+    let ttl = replaying.ttl.as_ref().map(|ttl| {
+        let value = duration(ttl);
+        quote_spanned!(ttl.span=> ttl: #value,)
+    });
+    let on_busy = replaying.on_busy.as_ref().map(|on_busy| match on_busy {
+        OnBusy::Reject(span) => {
+            quote_spanned!(*span=> on_busy: #rt::__private::OnBusy::Reject,)
+        }
+        OnBusy::Wait(wait) => {
+            let value = duration(wait);
+            quote_spanned!(wait.span=> on_busy: #rt::__private::OnBusy::Wait(#value),)
+        }
+    });
+    quote! {
+        #options_type {
+            #lease
+            #ttl
+            #on_busy
+            ..::core::default::Default::default()
+        }
+    }
+}

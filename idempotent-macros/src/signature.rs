@@ -1,0 +1,420 @@
+//! The annotated function's signature: its parameters and receiver, the injected
+//! `#[tx]`/`#[fence]` parameters, and the `T` and `E` of its `Result<T, E>`. [`FnInfo`] also
+//! resolves the attribute's path expressions against the parameters.
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens as _;
+use syn::{
+    Expr, FnArg, GenericArgument, Ident, ItemFn, LitStr, Pat, PathArguments, ReturnType, Type,
+};
+
+use crate::diag::Errors;
+use crate::model::{InjectKind, Injected, PathExpr, StoreKind};
+use crate::parse::OptionName;
+use crate::syntax::{UnrawString as _, last_field, mentions_impl, respan, root_ident};
+
+/// One typed parameter of the function.
+pub(crate) struct Param {
+    /// Every name the parameter's pattern binds (one for `name: Type`).
+    pub(crate) bindings: Vec<Ident>,
+    /// The name, when the pattern is a plain `name` / `mut name`.
+    pub(crate) simple: Option<Ident>,
+    /// The declared type.
+    pub(crate) ty: Type,
+    /// Whether it carries `#[tx]` / `#[fence]`.
+    pub(crate) injected: Option<InjectKind>,
+}
+
+/// What the checks need to know about the annotated function.
+pub(crate) struct FnInfo {
+    /// Typed parameters in order (the receiver is not one).
+    pub(crate) params: Vec<Param>,
+    /// Whether the function is a method (has a `self` receiver).
+    pub(crate) has_self: bool,
+    /// The `#[tx]` parameter.
+    pub(crate) tx: Option<Injected>,
+    /// Whether any parameter carries `#[tx]`, well-formed or not.
+    pub(crate) tx_marked: bool,
+    /// The `#[fence]` parameter.
+    pub(crate) fence: Option<Injected>,
+    /// `T` of `Result<T, E>`, when nameable.
+    pub(crate) ok_type: Option<Type>,
+    /// `E` of `Result<T, E>`, or the return type.
+    pub(crate) err_span: Span,
+}
+
+impl FnInfo {
+    /// Checks the function's shape (`async`, `Result` return, `#[tx]`/`#[fence]`
+    /// use) and records its parameters.
+    pub(crate) fn analyze(func: &ItemFn, errors: &mut Errors) -> FnInfo {
+        let sig = &func.sig;
+        if sig.asyncness.is_none() {
+            errors.at(
+                sig.fn_token.span,
+                format!(
+                    "`#[idempotent]` needs an `async fn`; write `async fn {}`",
+                    sig.ident
+                ),
+            );
+        }
+        let ok_type = match &sig.output {
+            ReturnType::Default => {
+                errors.between(
+                    sig.fn_token.span,
+                    sig.paren_token.span.close(),
+                    format!(
+                        "`#[idempotent]` needs a function returning `Result<T, E>` with `E: From<idempotent_runtime::Error>`; add a return type, e.g. `async fn {}(...) -> Result<Order, AppError>`",
+                        sig.ident
+                    ),
+                );
+                None
+            }
+            ReturnType::Type(_, ty) => match result_ok_type(ty) {
+                Ok(ok) => ok,
+                Err(()) => {
+                    errors.push(syn::Error::new_spanned(
+                        ty,
+                        "the return type must be written `Result<T, E>` (or through an alias named `Result`, like `io::Result<T>`) with `E: From<idempotent_runtime::Error>`, so that duplicates and backend failures can be returned",
+                    ));
+                    None
+                }
+            },
+        };
+        if let ReturnType::Type(_, ty) = &sig.output
+            && mentions_impl(&ty.to_token_stream())
+        {
+            errors.push(syn::Error::new_spanned(
+                ty,
+                "the return type cannot contain `impl Trait`: the wrapper returns the body's result from a closure and, for replaying strategies, stores it; name the type",
+            ));
+        }
+        for attr in &func.attrs {
+            if attr
+                .path()
+                .segments
+                .last()
+                .is_some_and(|s| s.ident == "idempotent")
+            {
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    "`#[idempotent]` is applied twice: the outer wrapper's claim would make the inner one see every call as in progress; keep one attribute",
+                ));
+            }
+        }
+
+        let mut info = FnInfo {
+            params: Vec::new(),
+            has_self: false,
+            tx: None,
+            tx_marked: false,
+            fence: None,
+            ok_type,
+            err_span: match &sig.output {
+                ReturnType::Default => Span::call_site(),
+                ReturnType::Type(_, ty) => {
+                    result_err_span(ty).unwrap_or_else(|| syn::spanned::Spanned::span(ty))
+                }
+            },
+        };
+        for (index, arg) in sig.inputs.iter().enumerate() {
+            match arg {
+                FnArg::Receiver(receiver) => {
+                    info.has_self = true;
+                    for attr in &receiver.attrs {
+                        if let Some(kind) = InjectKind::of(attr) {
+                            errors.push(syn::Error::new_spanned(
+                                attr,
+                                format!(
+                                    "`#[{}]` goes on a parameter of its own, not on `self`",
+                                    kind.as_str()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                FnArg::Typed(typed) => {
+                    let injected = info.injected_kind(index, typed, errors);
+                    let mut bindings = Vec::new();
+                    collect_bindings(&typed.pat, &mut bindings);
+                    let simple = match &*typed.pat {
+                        Pat::Ident(pat) if pat.subpat.is_none() && pat.by_ref.is_none() => {
+                            Some(pat.ident.clone())
+                        }
+                        _ => None,
+                    };
+                    info.params.push(Param {
+                        bindings,
+                        simple,
+                        ty: (*typed.ty).clone(),
+                        injected,
+                    });
+                }
+            }
+        }
+        info
+    }
+
+    /// Reads `#[tx]` / `#[fence]` on one parameter, recording it in `self.tx`
+    /// / `self.fence` and reporting misuse.
+    fn injected_kind(
+        &mut self,
+        index: usize,
+        typed: &syn::PatType,
+        errors: &mut Errors,
+    ) -> Option<InjectKind> {
+        let mut found: Option<InjectKind> = None;
+        for attr in &typed.attrs {
+            let Some(kind) = InjectKind::of(attr) else {
+                continue;
+            };
+            let name = kind.as_str();
+            if kind == InjectKind::Tx {
+                self.tx_marked = true;
+            }
+            if !matches!(attr.meta, syn::Meta::Path(_)) {
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    format!("`#[{name}]` takes no arguments: write `#[{name}]`"),
+                ));
+            }
+            if let Some(previous) = found {
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    if previous == kind {
+                        format!("`#[{name}]` is written twice on this parameter")
+                    } else {
+                        "a parameter cannot be both `#[tx]` and `#[fence]`".to_owned()
+                    },
+                ));
+                continue;
+            }
+            found = Some(kind);
+            let slot = match kind {
+                InjectKind::Tx => &mut self.tx,
+                InjectKind::Fence => &mut self.fence,
+            };
+            if slot.is_some() {
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    match kind {
+                        InjectKind::Tx => "`#[tx]` may appear only once: one parameter receives the transaction",
+                        InjectKind::Fence => "`#[fence]` may appear only once: one parameter receives the fencing token",
+                    },
+                ));
+                continue;
+            }
+            match &*typed.pat {
+                Pat::Ident(pat) if pat.subpat.is_none() && pat.by_ref.is_none() => {
+                    *slot = Some(Injected {
+                        index,
+                        attr: attr.clone(),
+                        mutability: pat.mutability,
+                        ident: pat.ident.clone(),
+                        ty: (*typed.ty).clone(),
+                    });
+                }
+                other => errors.push(syn::Error::new_spanned(
+                    other,
+                    match kind {
+                        InjectKind::Tx => "a `#[tx]` parameter must be a plain `name: Type`, e.g. `#[tx] tx: &mut PgConnection`",
+                        InjectKind::Fence => "a `#[fence]` parameter must be a plain `name: Type`, e.g. `#[fence] fence: FencingToken`",
+                    },
+                )),
+            }
+        }
+        found
+    }
+
+    /// The names an expression may start from: `self` in a method, then every
+    /// non-injected parameter binding.
+    pub(crate) fn roots(&self) -> Vec<String> {
+        let mut roots = Vec::new();
+        if self.has_self {
+            roots.push("self".to_owned());
+        }
+        for param in &self.params {
+            if param.injected.is_none() {
+                roots.extend(param.bindings.iter().map(|b| b.unraw_string()));
+            }
+        }
+        roots
+    }
+
+    /// A plausible example path for messages (`order.code` style).
+    pub(crate) fn example_path(&self) -> String {
+        match self.roots().into_iter().find(|r| r != "self") {
+            Some(root) => format!("{root}.id"),
+            None => "order.code".to_owned(),
+        }
+    }
+
+    /// Parses `lit` as an expression rooted at a parameter (or `self` in a
+    /// method), for option `option`.
+    pub(crate) fn path_expr(
+        &self,
+        lit: &LitStr,
+        option: OptionName,
+        errors: &mut Errors,
+    ) -> Option<PathExpr> {
+        let value = lit.value();
+        let text = value.trim();
+        let roots = self.roots();
+        let hint = if roots.is_empty() {
+            "this function has no parameters to take it from; add one".to_owned()
+        } else {
+            format!("write a path rooted at one of: {}", roots.join(", "))
+        };
+        if text.is_empty() {
+            errors.at(
+                lit.span(),
+                format!("`{}` is empty; {hint}", option.as_str()),
+            );
+            return None;
+        }
+        let parsed = syn::parse_str::<TokenStream>(text).and_then(|tokens| {
+            let tokens = respan(tokens, lit.span());
+            syn::parse2::<Expr>(tokens.clone()).map(|expr| (tokens, expr))
+        });
+        let (tokens, expr) = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                errors.at(
+                    lit.span(),
+                    format!("`{text}` is not a valid Rust expression ({error}); {hint}"),
+                );
+                return None;
+            }
+        };
+        let Some(root) = root_ident(&expr) else {
+            errors.at(
+                lit.span(),
+                format!("`{text}` is not a path rooted at a parameter; {hint}"),
+            );
+            return None;
+        };
+        let root_text = root.unraw_string();
+        if !roots.contains(&root_text) {
+            let injected = self.params.iter().find_map(|p| {
+                p.injected
+                    .filter(|_| p.bindings.iter().any(|b| b.unraw_string() == root_text))
+            });
+            let message = match injected {
+                Some(kind) => format!(
+                    "`{root_text}` is supplied by the wrapper (`#[{}]`) and cannot be used in `{}`; {hint}",
+                    kind.as_str(),
+                    option.as_str()
+                ),
+                None => format!("`{root_text}` is not a parameter of this function; {hint}"),
+            };
+            errors.at(lit.span(), message);
+            return None;
+        }
+        Some(PathExpr {
+            last_field: last_field(&expr),
+            root: root.clone(),
+            tokens,
+            span: lit.span(),
+            text: text.to_owned(),
+        })
+    }
+
+    /// How to borrow a store expression: a bare reference parameter is
+    /// reborrowed, anything else borrowed.
+    pub(crate) fn store_kind(&self, expr: &PathExpr) -> StoreKind {
+        let mut trees = expr.tokens.clone().into_iter();
+        let bare = matches!(
+            (trees.next(), trees.next()),
+            (Some(TokenTree::Ident(ident)), None) if ident == expr.root && ident != "self"
+        );
+        if !bare {
+            return StoreKind::Borrow;
+        }
+        self.params
+            .iter()
+            .find(|p| p.simple.as_ref() == Some(&expr.root))
+            .map_or(StoreKind::Borrow, |p| reference_kind(&p.ty))
+    }
+}
+
+/// Every identifier bound by a parameter pattern.
+fn collect_bindings(pat: &Pat, out: &mut Vec<Ident>) {
+    match pat {
+        Pat::Ident(pat) => {
+            out.push(pat.ident.clone());
+            if let Some((_, sub)) = &pat.subpat {
+                collect_bindings(sub, out);
+            }
+        }
+        Pat::Or(pat) => {
+            if let Some(first) = pat.cases.first() {
+                collect_bindings(first, out);
+            }
+        }
+        Pat::Paren(pat) => collect_bindings(&pat.pat, out),
+        Pat::Reference(pat) => collect_bindings(&pat.pat, out),
+        Pat::Type(pat) => collect_bindings(&pat.pat, out),
+        Pat::Slice(pat) => pat.elems.iter().for_each(|p| collect_bindings(p, out)),
+        Pat::Tuple(pat) => pat.elems.iter().for_each(|p| collect_bindings(p, out)),
+        Pat::TupleStruct(pat) => pat.elems.iter().for_each(|p| collect_bindings(p, out)),
+        Pat::Struct(pat) => pat
+            .fields
+            .iter()
+            .for_each(|field| collect_bindings(&field.pat, out)),
+        _ => {}
+    }
+}
+
+/// For a return type whose last path segment is `Result`: `Ok(Some(T))` when
+/// its first generic argument is a type that can be named in a turbofish,
+/// `Ok(None)` when it cannot; `Err(())` when the type is not a `Result`.
+fn result_ok_type(ty: &Type) -> Result<Option<Type>, ()> {
+    match ty {
+        Type::Paren(inner) => result_ok_type(&inner.elem),
+        Type::Group(inner) => result_ok_type(&inner.elem),
+        Type::Path(path) => {
+            let last = path.path.segments.last().ok_or(())?;
+            if last.ident != "Result" {
+                return Err(());
+            }
+            let PathArguments::AngleBracketed(args) = &last.arguments else {
+                return Ok(None);
+            };
+            match args.args.first() {
+                Some(GenericArgument::Type(ok)) if !mentions_impl(&ok.to_token_stream()) => {
+                    Ok(Some(ok.clone()))
+                }
+                _ => Ok(None),
+            }
+        }
+        _ => Err(()),
+    }
+}
+
+/// The span of `E` in a return type `Result<T, E>`, when it names one.
+fn result_err_span(ty: &Type) -> Option<Span> {
+    match ty {
+        Type::Paren(inner) => result_err_span(&inner.elem),
+        Type::Group(inner) => result_err_span(&inner.elem),
+        Type::Path(path) => {
+            let PathArguments::AngleBracketed(args) = &path.path.segments.last()?.arguments else {
+                return None;
+            };
+            match args.args.iter().nth(1)? {
+                GenericArgument::Type(err) => Some(syn::spanned::Spanned::span(err)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `&T` → reborrow, `&mut T` → mutable reborrow, else borrow.
+pub(crate) fn reference_kind(ty: &Type) -> StoreKind {
+    match ty {
+        Type::Reference(reference) if reference.mutability.is_some() => StoreKind::ReborrowMut,
+        Type::Reference(_) => StoreKind::Reborrow,
+        Type::Paren(inner) => reference_kind(&inner.elem),
+        Type::Group(inner) => reference_kind(&inner.elem),
+        _ => StoreKind::Borrow,
+    }
+}

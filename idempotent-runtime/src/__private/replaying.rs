@@ -1,0 +1,179 @@
+//! The replaying family's adapter: [`replaying`] runs `dedup_table` (claim or in-transaction
+//! mode), `distributed_lock` or `token`, picked by the type of [`Replay::strategy`], without
+//! a bound on the user's `E`.
+
+use super::{Error, Failure, Fingerprint, StorageKey};
+use crate::key::KeyPart;
+use crate::store::{ClaimStore, LockStore, TokenStore};
+use crate::strategy::Replayable;
+
+pub use crate::strategy::dedup_table::Options as DedupTableOptions;
+use crate::strategy::distributed_lock::FencingToken;
+pub use crate::strategy::distributed_lock::Options as LockOptions;
+pub use crate::strategy::token::Options as TokenOptions;
+
+/// One call of a replaying strategy, as the generated code fills it.
+pub struct Replay<M, E> {
+    /// The strategy with its store and options ([`DedupTable`], [`DistributedLock`], …).
+    pub strategy: M,
+    /// The storage key.
+    pub key: StorageKey,
+    /// The request's fingerprint (`None`: `fingerprint = false`).
+    pub fingerprint: Option<Fingerprint>,
+    /// [`into_error`](super::into_error), spanned at the user's `E`.
+    pub into_error: fn(Error) -> E,
+}
+
+/// A replaying strategy with its store and options: what the adapter dispatches on.
+pub trait ReplayStrategy {
+    /// What the body is lent: the transaction's connection, the fencing token, or `()`.
+    type Injected;
+
+    /// Runs the strategy's entry point with `body`.
+    fn run<T, E, F>(
+        self,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        body: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        T: Replayable,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>;
+}
+
+/// The replaying family's adapter: runs `call.strategy` with the body's error passed through
+/// and a runtime error converted by `call.into_error`.
+#[inline]
+pub async fn replaying<M, T, E, F>(call: Replay<M, E>, body: F) -> Result<T, E>
+where
+    M: ReplayStrategy,
+    T: Replayable,
+    F: AsyncFnOnce(&mut M::Injected) -> Result<T, E>,
+{
+    let Replay {
+        strategy,
+        key,
+        fingerprint,
+        into_error,
+    } = call;
+    let body = async move |injected: &mut M::Injected| {
+        body(injected).await.map_err(|e| Failure::Body(e, None))
+    };
+    Failure::split(strategy.run(key, fingerprint, body).await, into_error)
+}
+
+/// `dedup_table` without `#[tx]`: [`crate::strategy::dedup_table::run`].
+pub struct DedupTable<'a, S: ?Sized> {
+    /// The claim store.
+    pub store: &'a S,
+    /// `lease`, `ttl`, `on_busy`.
+    pub options: DedupTableOptions,
+}
+
+impl<S: ClaimStore + ?Sized> ReplayStrategy for DedupTable<'_, S> {
+    type Injected = ();
+
+    async fn run<T, E, F>(
+        self,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        body: F,
+    ) -> Result<T, E>
+    where
+        T: Replayable,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
+    {
+        let body = async move || body(&mut ()).await;
+        crate::strategy::dedup_table::run(self.store, key, fingerprint, self.options, body).await
+    }
+}
+
+/// `dedup_table` with `#[tx]`: [`crate::strategy::dedup_table::run_in_tx`].
+#[cfg(feature = "sqlx")]
+pub struct DedupTableInTx<S> {
+    /// The transactional store.
+    pub store: S,
+    /// `lease`, `ttl`, `on_busy`.
+    pub options: DedupTableOptions,
+}
+
+#[cfg(feature = "sqlx")]
+impl<S: crate::TxStore> ReplayStrategy for DedupTableInTx<S> {
+    type Injected = <S::Database as sqlx::Database>::Connection;
+
+    async fn run<T, E, F>(
+        self,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        body: F,
+    ) -> Result<T, E>
+    where
+        T: Replayable,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
+    {
+        crate::strategy::dedup_table::run_in_tx(self.store, key, fingerprint, self.options, body)
+            .await
+    }
+}
+
+/// `distributed_lock`: [`crate::strategy::distributed_lock::run`]; the body is lent the
+/// fencing token.
+pub struct DistributedLock<'a, S: ?Sized> {
+    /// The lock store.
+    pub store: &'a S,
+    /// `lease`, `ttl`, `on_busy`.
+    pub options: LockOptions,
+}
+
+impl<S: LockStore + ?Sized> ReplayStrategy for DistributedLock<'_, S> {
+    type Injected = FencingToken;
+
+    async fn run<T, E, F>(
+        self,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        body: F,
+    ) -> Result<T, E>
+    where
+        T: Replayable,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
+    {
+        let body = async move |mut fence: FencingToken| body(&mut fence).await;
+        crate::strategy::distributed_lock::run(self.store, key, fingerprint, self.options, body)
+            .await
+    }
+}
+
+/// `token`: [`crate::strategy::token::run`], consuming `token`.
+pub struct Token<'a, S: ?Sized, K: ?Sized> {
+    /// The token store.
+    pub store: &'a S,
+    /// The one-time token (the key's single part).
+    pub token: &'a K,
+    /// `lease`, `ttl`.
+    pub options: TokenOptions,
+}
+
+impl<S: TokenStore + ?Sized, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
+    type Injected = ();
+
+    async fn run<T, E, F>(
+        self,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        body: F,
+    ) -> Result<T, E>
+    where
+        T: Replayable,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
+    {
+        let body = async move || body(&mut ()).await;
+        crate::strategy::token::run(self.store, self.token, key, fingerprint, self.options, body)
+            .await
+    }
+}
