@@ -18,9 +18,11 @@ use std::time::Duration;
 pub mod business;
 pub mod replaying;
 
+// Every strategy module (and each family's public items) at `strategy::<name>`, so adding a
+// strategy touches its family only.
 #[cfg(feature = "sqlx")]
-pub use business::{optimistic, pessimistic, select_before_insert, state_machine, unique_index};
-pub use replaying::{Replayable, dedup_table, distributed_lock, token};
+pub use business::*;
+pub use replaying::*;
 
 /// What a concurrent duplicate gets while another caller's claim on the same key is in progress
 /// (`on_busy = "reject"` or `on_busy = "wait(5s)"`).
