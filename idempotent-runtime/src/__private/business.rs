@@ -6,10 +6,10 @@
 
 use std::error::Error as StdError;
 
-use sqlx::{Database, Encode, Type};
+use sqlx::Database;
 
 use super::{AsStdError, Error, Failure};
-use crate::store::business::{BusinessBackend, KeyValues, Target};
+use crate::store::business::{BusinessBackend, KeyValues, Target, VersionValue};
 use crate::store::sql::TxStore;
 
 pub use crate::strategy::state_machine::Transition as StateMachine;
@@ -192,7 +192,7 @@ pub struct Optimistic<V> {
 }
 
 business_strategy!(
-    [V: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync]
+    [V: VersionValue<DB>]
     Optimistic<V>,
     |this, store, key, body, on_duplicate| {
         crate::strategy::optimistic::run(store, this.target, key, this.version, body, on_duplicate)

@@ -110,6 +110,20 @@ pub trait KeyValue<DB: Database>: for<'t> Encode<'t, DB> + Type<DB> + Send + Syn
 #[diagnostic::do_not_recommend]
 impl<DB: Database, T> KeyValue<DB> for T where T: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync {}
 
+/// The version an `optimistic` caller read, as the database binds it: sqlx's `Encode + Type`
+/// (an integer, or a reference to one), shareable across threads. One trait instead of two
+/// bounds, so that a version sqlx cannot bind is one compile error naming `version`.
+#[diagnostic::on_unimplemented(
+    message = "the `version` value `{Self}` cannot be bound by sqlx for `{DB}`",
+    label = "the `version` of this key's row is a `{Self}`",
+    note = "`optimistic` compares the version column with the version the caller read: write `version = \"...\"` naming an integer field (`i32`, `i64`) of the column's type"
+)]
+pub trait VersionValue<DB: Database>: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync {}
+
+#[diagnostic::do_not_recommend]
+impl<DB: Database, T> VersionValue<DB> for T where T: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync
+{}
+
 macro_rules! key_values {
     ($n:literal; $($t:ident . $i:tt),+) => {
         impl<DB: Database, $($t),+> KeyValues<DB> for ($($t,)+)
