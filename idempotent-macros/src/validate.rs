@@ -365,24 +365,44 @@ fn family(
     errors: &mut Errors,
 ) -> Option<Family> {
     let rules = strategy.rules();
-    if rules.family == FamilyKind::Replaying {
-        let mode = match strategy {
-            Strategy::Token => ReplayMode::Token(key?.first()?.clone()),
-            Strategy::DistributedLock => ReplayMode::DistributedLock(info.fence.clone()),
-            _ => match &info.tx {
-                Some(tx) => ReplayMode::DedupTableInTx(tx.clone()),
-                None => ReplayMode::DedupTable,
-            },
-        };
-        return Some(Family::Replaying(Replaying {
-            mode,
-            name: checked.name,
-            scope: checked.scope,
-            fingerprint: checked.fingerprint?,
-            lease: checked.lease,
-            ttl: checked.ttl,
-            on_busy: checked.on_busy,
-        }));
+    // Exhaustive (no `_` arm), here and for the business rule below: a new strategy that
+    // is not given its model variant does not compile.
+    let mode = match strategy {
+        Strategy::Token => Some(ReplayMode::Token(key?.first()?.clone())),
+        Strategy::DistributedLock => Some(ReplayMode::DistributedLock(info.fence.clone())),
+        Strategy::DedupTable => Some(match &info.tx {
+            Some(tx) => ReplayMode::DedupTableInTx(tx.clone()),
+            None => ReplayMode::DedupTable,
+        }),
+        Strategy::SelectBeforeInsert
+        | Strategy::Pessimistic
+        | Strategy::Optimistic
+        | Strategy::UniqueIndex
+        | Strategy::StateMachine => None,
+    };
+    match (rules.family, mode) {
+        (FamilyKind::Business, None) => {}
+        (FamilyKind::Replaying, Some(mode)) => {
+            return Some(Family::Replaying(Replaying {
+                mode,
+                name: checked.name,
+                scope: checked.scope,
+                fingerprint: checked.fingerprint?,
+                lease: checked.lease,
+                ttl: checked.ttl,
+                on_busy: checked.on_busy,
+            }));
+        }
+        _ => {
+            errors.at(
+                Span::call_site(),
+                format!(
+                    "internal error of #[idempotent]: the rule table and the model disagree on the family of `{}`",
+                    rules.name
+                ),
+            );
+            return None;
+        }
     }
 
     let given = |name: OptionName| args.get(name).is_some();
@@ -425,12 +445,13 @@ fn family(
             constraint: checked.constraint,
             target,
         },
-        _ => BusinessRule::StateMachine {
+        Strategy::StateMachine => BusinessRule::StateMachine {
             target: target?,
             status_column: checked.status_column?,
             from: checked.from?,
             to: checked.to?,
         },
+        Strategy::DedupTable | Strategy::DistributedLock | Strategy::Token => return None,
     };
     Some(Family::Business(Business {
         rule,

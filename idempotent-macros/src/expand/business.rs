@@ -6,7 +6,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::{ItemFn, LitStr};
 
-use super::{call_entry, injected_binding, private_at, store_through};
+use super::{bound_block, call_entry, injected_binding, private_at, store_through};
 use crate::model::{Business, BusinessRule, Config, SqlIdent, Target};
 
 /// The wrapper's body for a business-table strategy.
@@ -51,7 +51,8 @@ pub(super) fn expand(config: &Config, business: &Business, func: &ItemFn) -> Tok
     };
     let (param, bind) = injected_binding(&business.tx, false);
     let (output, block) = (&func.sig.output, &func.block);
-    let body = quote!(|| async |#param| #output { #bind #block });
+    let bound = bound_block(&bind, block);
+    let body = quote!(|| async |#param| #output #bound);
     // rustc may blame an unmet bound on the argument holding the type: the `Business` literal
     // is spanned at the key too, so that report and the call's are one.
     let business = private_at(config, key_span, "Business");

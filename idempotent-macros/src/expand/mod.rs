@@ -140,3 +140,11 @@ fn wrapper(func: &ItemFn, config: &Config, body: TokenStream) -> TokenStream {
         }
     }
 }
+
+/// The body with the injected parameter's binding first: `{ let tx: &mut Conn = …; STMTS }`.
+/// The user's statements are spliced rather than nested (`{ bind { STMTS } }`), so a one-line
+/// body draws no `unused_braces` warning at the user's braces.
+pub(super) fn bound_block(bind: &TokenStream, block: &syn::Block) -> TokenStream {
+    let stmts = &block.stmts;
+    quote_spanned!(block.brace_token.span.join()=> { #bind #(#stmts)* })
+}

@@ -7,7 +7,7 @@ use quote::{ToTokens as _, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{Ident, ItemFn, LitStr};
 
-use super::{call_entry, injected_binding, private_at, store_through};
+use super::{bound_block, call_entry, injected_binding, private_at, store_through};
 use crate::model::{Config, Fingerprint, Millis, OnBusy, ReplayMode, Replaying};
 
 /// The wrapper's body for a replaying strategy.
@@ -49,9 +49,10 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
             let store = store_through(config, "tx_store");
             let options = options("DedupTableOptions");
             let (conn, bind) = injected_binding(tx, false);
+            let bound = bound_block(&bind, block);
             (
                 quote!(#rt::__private::DedupTableInTx { store: #store, options: #options }),
-                quote!(async |#conn| #output { #bind #block }),
+                quote!(async |#conn| #output #bound),
             )
         }
         ReplayMode::DistributedLock(fence) => {
@@ -60,7 +61,8 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
             let body = match fence {
                 Some(fence) => {
                     let (param, bind) = injected_binding(fence, true);
-                    quote!(async |#param| #output { #bind #block })
+                    let bound = bound_block(&bind, block);
+                    quote!(async |#param| #output #bound)
                 }
                 None => quote!(async |_| #output #block),
             };

@@ -44,17 +44,10 @@ pub use ::core::time::Duration;
 mod business;
 mod replaying;
 
+// Each family's adapter whole, so a new strategy's struct needs no line here.
 #[cfg(feature = "sqlx")]
-pub use business::{
-    Business, BusinessStrategy, ErrorKit, NoHandler, Optimistic, Pessimistic, SelectBeforeInsert,
-    StateMachine, UniqueIndex, business, error_kit, no_handler,
-};
-#[cfg(feature = "sqlx")]
-pub use replaying::DedupTableInTx;
-pub use replaying::{
-    DedupTable, DedupTableOptions, DistributedLock, LockOptions, Replay, ReplayStrategy, Token,
-    TokenOptions, replaying,
-};
+pub use business::*;
+pub use replaying::*;
 
 #[cfg(feature = "sqlx")]
 use crate::store::IntoTxStore;

@@ -86,3 +86,28 @@ impl<A: AsTokenStore + ?Sized> AsTokenStore for &A {
         (**self).as_token_store()
     }
 }
+
+/// A store shared behind an [`Arc`](std::sync::Arc) (`store = "self.store"` with
+/// `store: Arc<MemoryStore>`) is the store it points to.
+impl<A: AsClaimStore + ?Sized> AsClaimStore for std::sync::Arc<A> {
+    type Store = A::Store;
+    fn as_claim_store(&self) -> &A::Store {
+        (**self).as_claim_store()
+    }
+}
+
+/// A store shared behind an [`Arc`](std::sync::Arc) is the store it points to.
+impl<A: AsLockStore + ?Sized> AsLockStore for std::sync::Arc<A> {
+    type Store = A::Store;
+    fn as_lock_store(&self) -> &A::Store {
+        (**self).as_lock_store()
+    }
+}
+
+/// A store shared behind an [`Arc`](std::sync::Arc) is the store it points to.
+impl<A: AsTokenStore + ?Sized> AsTokenStore for std::sync::Arc<A> {
+    type Store = A::Store;
+    fn as_token_store(&self) -> &A::Store {
+        (**self).as_token_store()
+    }
+}
