@@ -380,18 +380,17 @@ fn family(
                 None => ReplayMode::DedupTable,
             },
         };
-        let on_cancel = match (&mode, checked.on_cancel) {
-            (
-                ReplayMode::DedupTableInTx(_),
-                Some(OnCancel::Keep(span) | OnCancel::Release(span)),
-            ) => {
+        // Reported at the option's name once its value is known good (a bad value is one
+        // error, already reported).
+        let on_cancel = match (&mode, checked.on_cancel, args.get(OptionName::OnCancel)) {
+            (ReplayMode::DedupTableInTx(_), Some(_), Some(option)) => {
                 errors.at(
-                    span,
+                    option.ident.span(),
                     "`on_cancel` does not apply with `#[tx]`: a future dropped mid-body rolls its transaction back, claim included, so there is no claim to keep or release; remove on_cancel, or drop `#[tx]` to use claim mode",
                 );
                 None
             }
-            (_, on_cancel) => on_cancel,
+            (_, on_cancel, _) => on_cancel,
         };
         return Some(Family::Replaying(Replaying {
             mode,
