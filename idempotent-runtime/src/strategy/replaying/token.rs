@@ -13,7 +13,7 @@
 //!    dropped mid-body keeps the token consumed until the lease ends (`on_cancel = "keep"`, the
 //!    default: a retry meanwhile gets [`Error::Duplicate`], after it the next call with the
 //!    token runs) or restores it at once in the background (`on_cancel = "release"`, see
-//!    [`OnCancel`](crate::OnCancel)).
+//!    [`OnCancel`]).
 //!
 //! The token is bound to the call that consumed it: its *binding* is the storage key of
 //! (operation name, scope, token), so the token replays only for the same operation and scope
