@@ -70,6 +70,7 @@ use proc_macro::TokenStream;
 /// | `lease` | how long a claim lives without renewal, e.g. `"30s"` (dedup_table, distributed_lock, token) |
 /// | `ttl` | how long a completed record or issued token is kept, e.g. `"24h"` (dedup_table, distributed_lock, token) |
 /// | `on_busy` | what a concurrent duplicate gets: `"reject"` or `"wait(5s)"` (dedup_table, distributed_lock) |
+/// | `on_cancel` | what a future dropped mid-body does with its claim, lock or consumed token: `"keep"` (default: it stays until the lease ends, so an immediate retry gets `InProgress` — `Duplicate` for token — instead of a second run) or `"release"` (freed at once: the retry runs the body again, though the first run's effect may be half done). dedup_table without `#[tx]`, distributed_lock, token; with `#[tx]` a dropped transaction rolls back, so it is an error there |
 /// | `crate` | path of the runtime crate when renamed, e.g. `"::my_runtime"` |
 /// | `table`, `column` | business table and key column (select_before_insert, pessimistic, optimistic, state_machine, unique_index); `column` defaults to the key's last field |
 /// | `version` | expression giving the version the caller read (optimistic); default `<key root>.version` |

@@ -37,6 +37,14 @@ pub(crate) enum OnBusy {
     Wait(Millis),
 }
 
+/// What a future dropped mid-body does with its claim (`on_cancel`).
+pub(crate) enum OnCancel {
+    /// `"keep"`: the claim stays until its lease ends.
+    Keep(Span),
+    /// `"release"`: the claim is released at once in the background.
+    Release(Span),
+}
+
 /// A table, column or constraint name, checked to be a plain SQL identifier.
 pub(crate) struct SqlIdent {
     /// The identifier.
@@ -176,6 +184,8 @@ pub(crate) struct Replaying {
     pub(crate) ttl: Option<Millis>,
     /// Concurrent-duplicate policy, when given.
     pub(crate) on_busy: Option<OnBusy>,
+    /// Dropped-future policy, when given (claim mode only).
+    pub(crate) on_cancel: Option<OnCancel>,
 }
 
 /// The replaying strategies.

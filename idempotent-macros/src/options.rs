@@ -1,6 +1,6 @@
 //! Checks of the options' values, each turning a raw option into its validated form or
 //! recording why it cannot: `strategy`, `key`, `scope`, `store`, `fingerprint`, durations,
-//! `on_busy`, SQL identifiers, paths, and the defaults derived from the key.
+//! `on_busy`, `on_cancel`, SQL identifiers, paths, and the defaults derived from the key.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens as _, quote, quote_spanned};
@@ -8,7 +8,7 @@ use syn::{Ident, LitStr};
 
 use crate::diag::{Errors, did_you_mean};
 use crate::model::{
-    Fingerprint, FingerprintArg, Millis, OnBusy, PathExpr, SqlIdent, Store, StoreKind,
+    Fingerprint, FingerprintArg, Millis, OnBusy, OnCancel, PathExpr, SqlIdent, Store, StoreKind,
 };
 use crate::parse::{OptionName, RawArgs, RawOption, RawValue};
 use crate::signature::{FnInfo, reference_kind};
@@ -270,6 +270,23 @@ pub(crate) fn check_on_busy(lit: &LitStr, errors: &mut Errors) -> Option<OnBusy>
     }
 }
 
+/// `on_cancel = "keep" | "release"`.
+pub(crate) fn check_on_cancel(lit: &LitStr, errors: &mut Errors) -> Option<OnCancel> {
+    match lit.value().trim() {
+        "keep" => Some(OnCancel::Keep(lit.span())),
+        "release" => Some(OnCancel::Release(lit.span())),
+        text => {
+            errors.at(
+                lit.span(),
+                format!(
+                    "`{text}` is not an on_cancel policy; write on_cancel = \"keep\" (a future dropped mid-body keeps its claim until the lease ends, the default) or on_cancel = \"release\" (it frees the key at once, so a retry may run the body again)"
+                ),
+            );
+            None
+        }
+    }
+}
+
 /// Parses `text` (written in `lit`) as a positive duration with millisecond resolution.
 pub(crate) fn duration(
     lit: &LitStr,
@@ -402,6 +419,7 @@ pub(crate) fn example(name: OptionName) -> &'static str {
         OptionName::To => "SHIPPED",
         OptionName::Constraint => "orders_code_key",
         OptionName::OnBusy => "wait(5s)",
+        OptionName::OnCancel => "release",
         OptionName::OnDuplicate => "Self::on_duplicate",
     }
 }

@@ -67,6 +67,7 @@ option_names! {
     To => "to",
     Constraint => "constraint",
     OnBusy => "on_busy",
+    OnCancel => "on_cancel",
     OnDuplicate => "on_duplicate",
 }
 

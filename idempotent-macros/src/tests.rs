@@ -822,3 +822,100 @@ fn a_malformed_tx_is_not_also_reported_missing() {
         "{msg}"
     );
 }
+
+#[test]
+fn on_cancel_in_claim_mode_lock_and_token() {
+    let out = ok(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            on_cancel = "release"
+        ),
+        place(),
+    );
+    assert!(
+        out.contains("on_cancel : :: idempotent_runtime :: __private :: OnCancel :: Release ,"),
+        "{out}"
+    );
+    let out = ok(
+        quote!(
+            strategy = "distributed_lock",
+            key = "req.id",
+            store = "pool",
+            on_cancel = "keep"
+        ),
+        place(),
+    );
+    assert!(
+        out.contains("on_cancel : :: idempotent_runtime :: __private :: OnCancel :: Keep ,"),
+        "{out}"
+    );
+    let out = ok(
+        quote!(
+            strategy = "token",
+            key = "req.id",
+            store = "pool",
+            on_cancel = " release "
+        ),
+        place(),
+    );
+    assert!(out.contains("OnCancel :: Release"), "{out}");
+    // Not written: the runtime's default (keep) applies.
+    let out = ok(quote!(strategy = "dedup_table", key = "req.id"), place());
+    assert!(!out.contains("on_cancel"), "{out}");
+}
+
+#[test]
+fn on_cancel_bad_value_lists_the_valid_ones() {
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", on_cancel = "drop"),
+        place(),
+    );
+    assert!(
+        msg.starts_with(
+            "`drop` is not an on_cancel policy; write on_cancel = \"keep\" (a future dropped mid-body keeps its claim until the lease ends, the default) or on_cancel = \"release\""
+        ),
+        "{msg}"
+    );
+    let msg = one_err(
+        quote!(strategy = "token", key = "req.id", on_cancel = true),
+        place(),
+    );
+    assert_eq!(
+        msg,
+        "option `on_cancel` takes a string, e.g. on_cancel = \"release\""
+    );
+}
+
+#[test]
+fn on_cancel_with_tx_is_an_error() {
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", on_cancel = "keep"),
+        quote! {
+            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { Ok(()) }
+        },
+    );
+    assert!(
+        msg.starts_with("`on_cancel` does not apply with `#[tx]`: a future dropped mid-body rolls its transaction back"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn on_cancel_on_a_business_strategy_is_an_error() {
+    let msg = one_err(
+        quote!(
+            strategy = "optimistic",
+            key = "req.id",
+            table = "orders",
+            on_cancel = "keep"
+        ),
+        quote! {
+            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { Ok(()) }
+        },
+    );
+    assert_eq!(
+        msg,
+        "option `on_cancel` is not used by strategy `optimistic`; it applies to: dedup_table, distributed_lock, token"
+    );
+}

@@ -14,13 +14,13 @@ use syn::{FnArg, ItemFn, LitStr, Pat};
 
 use crate::diag::Errors;
 use crate::model::{
-    Business, BusinessRule, Config, Family, Fingerprint, InjectKind, Millis, OnBusy, OnDuplicate,
-    PathExpr, ReplayMode, Replaying, SqlIdent, Target,
+    Business, BusinessRule, Config, Family, Fingerprint, InjectKind, Millis, OnBusy, OnCancel,
+    OnDuplicate, PathExpr, ReplayMode, Replaying, SqlIdent, Target,
 };
 use crate::options::{
-    check_fingerprint, check_key, check_on_busy, check_scope_not_key, check_store, check_strategy,
-    default_runtime, default_version, duration, expect_str, key_columns, parse_path_option,
-    sql_ident,
+    check_fingerprint, check_key, check_on_busy, check_on_cancel, check_scope_not_key, check_store,
+    check_strategy, default_runtime, default_version, duration, expect_str, key_columns,
+    parse_path_option, sql_ident,
 };
 use crate::parse::{OptionName, RawArgs, RawOption};
 use crate::signature::FnInfo;
@@ -42,6 +42,8 @@ struct Checked {
     ttl: Option<Millis>,
     /// `on_busy`.
     on_busy: Option<OnBusy>,
+    /// `on_cancel`.
+    on_cancel: Option<OnCancel>,
     /// `table`.
     table: Option<SqlIdent>,
     /// `column`.
@@ -134,6 +136,9 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     let on_busy = usable(OptionName::OnBusy)
         .and_then(|o| expect_str(o, &mut errors))
         .and_then(|lit| check_on_busy(lit, &mut errors));
+    let on_cancel = usable(OptionName::OnCancel)
+        .and_then(|o| expect_str(o, &mut errors))
+        .and_then(|lit| check_on_cancel(lit, &mut errors));
 
     let sql = |name: OptionName, errors: &mut Errors| {
         usable(name)
@@ -188,6 +193,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         lease,
         ttl,
         on_busy,
+        on_cancel,
         table,
         column,
         status_column,
@@ -383,6 +389,18 @@ fn family(
     match (rules.family, mode) {
         (FamilyKind::Business, None) => {}
         (FamilyKind::Replaying, Some(mode)) => {
+            // Reported at the option's name once its value is known good (a bad value is one
+            // error, already reported).
+            let on_cancel = match (&mode, checked.on_cancel, args.get(OptionName::OnCancel)) {
+                (ReplayMode::DedupTableInTx(_), Some(_), Some(option)) => {
+                    errors.at(
+                        option.ident.span(),
+                        "`on_cancel` does not apply with `#[tx]`: a future dropped mid-body rolls its transaction back, claim included, so there is no claim to keep or release; remove on_cancel, or drop `#[tx]` to use claim mode",
+                    );
+                    None
+                }
+                (_, on_cancel, _) => on_cancel,
+            };
             return Some(Family::Replaying(Replaying {
                 mode,
                 name: checked.name,
@@ -391,6 +409,7 @@ fn family(
                 lease: checked.lease,
                 ttl: checked.ttl,
                 on_busy: checked.on_busy,
+                on_cancel,
             }));
         }
         _ => {

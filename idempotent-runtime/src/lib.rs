@@ -13,9 +13,9 @@ pub mod __private;
 pub use error::{Disposition, Error, FunctionError, SqlFunctionError, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};
-pub use strategy::OnBusy;
 pub use strategy::distributed_lock::FencingToken;
 pub use strategy::token::issue_token;
+pub use strategy::{OnBusy, OnCancel};
 
 pub use store::ClaimStore;
 #[cfg(feature = "memory")]

@@ -12,7 +12,7 @@
 //! | [`business`] | the business-table suites' per-backend kit (schema, `s3_ledger`, dialect, retryable-error injection), `on_business_backends!` |
 //! | [`fixtures`] | [`Req`], [`Receipt`], [`AppError`], the pause points [`Gate`] and [`Once`] |
 //! | [`ledger`] | [`ledger_ddl`], the SQL and memory ledgers ([`PgLedger`], [`MyLedger`], [`LiteLedger`], [`MemLedger`]), the in-memory [`Effects`] |
-//! | [`outcome`] | [`Got`] with [`classify`], [`got`] and [`tally`] |
+//! | [`outcome`] | [`Got`] with [`classify`], [`got`], [`tally`] and [`poll_while`] |
 //! | [`redis_server`] | [`RedisServer`], [`RedisCluster`], [`free_port`], the throwaway server and cluster |
 //!
 //! The items test files use are re-exported here, so they `use idempotent_tests::{…}`.
@@ -30,7 +30,7 @@ pub use backends::{
 };
 pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};
 pub use ledger::{Effects, LiteLedger, MemLedger, MyLedger, PgLedger, ledger_ddl};
-pub use outcome::{Got, classify, got, tally};
+pub use outcome::{Got, classify, got, poll_while, tally};
 pub use redis_server::{
     RedisCluster, RedisServer, SCRIPT_INTERNAL, cluster_urls, free_port, redis_server_on_path,
     throwaway_redis_url,

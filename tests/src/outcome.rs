@@ -64,3 +64,25 @@ pub fn tally(all: &[Got]) -> (usize, usize) {
     );
     (ok, dup)
 }
+
+/// Calls `call` until it gets something other than `busy` (`Got::InProgress`, or
+/// `Got::Duplicate` for `token`), 20 ms apart, and returns that outcome; panics when `within`
+/// passes first. Waits out a lease or a background release by polling, never by a fixed sleep.
+pub async fn poll_while<F, Fut>(busy: &Got, within: std::time::Duration, mut call: F) -> Got
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Got>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        let got = call().await;
+        if got != *busy {
+            return got;
+        }
+        assert!(
+            started.elapsed() < within,
+            "still {busy:?} after {within:?}: the key was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use idempotent_runtime::{Disposition, Error, KeyBuilder, idempotent, observe};
-use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, req, unique};
+use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, poll_while, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
 /// Generates the service and the tests shared by every backend in claim mode, plus the
@@ -52,6 +52,32 @@ macro_rules! suite {
 
                 #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_claim", lease = "2s", on_busy = "wait(20s)")]
                 pub async fn place_claim_waiting(&self, req: &Req) -> Result<Receipt, AppError> {
+                    self.gate.pass().await;
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
+                /// `place_claim` with `on_cancel = "release"`: a future dropped mid-body frees the
+                /// key at once.
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_claim", lease = "2s", on_cancel = "release")]
+                pub async fn place_claim_release(&self, req: &Req) -> Result<Receipt, AppError> {
+                    self.gate.pass().await;
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
+                /// The default `on_cancel = "keep"` with a 1 s lease.
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.cancel_keep", lease = "1s")]
+                pub async fn cancel_keep(&self, req: &Req) -> Result<Receipt, AppError> {
+                    self.gate.pass().await;
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
+                /// `on_cancel = "release"` with the default 30 s lease: only the release frees
+                /// the key within a test's patience.
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.cancel_release", on_cancel = "release")]
+                pub async fn cancel_release(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
                     Ok(self.receipt(req))
@@ -271,15 +297,85 @@ macro_rules! claim_tests {
             svc.gate.arm();
             let task = tokio::spawn({
                 let (svc, r) = (svc.clone(), r.clone());
-                async move { svc.$call(&r).await }
+                async move { svc.place_claim_release(&r).await }
             });
             svc.gate.entered.notified().await;
             task.abort();
             assert!(task.await.unwrap_err().is_cancelled());
-            // The claim is released at once (or, at the latest, when its 2 s lease ends): a
-            // waiting retry executes.
+            // `on_cancel = "release"`: the claim is released at once in the background (or, at
+            // the latest, when its 2 s lease ends): a waiting retry executes.
             let (retry, how) = observe(svc.place_claim_waiting(&r)).await;
             assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+            assert_eq!(svc.ledger.count(&r).await, 1);
+        }
+
+        /// `on_cancel = "keep"` (the default): a future dropped mid-body keeps its claim, so the
+        /// immediate retry gets `InProgress` and writes nothing; once the 1 s lease has ended
+        /// (nobody renews it) a retry executes exactly once, and later ones replay.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn dropped_mid_body_keeps_the_claim_until_the_lease_ends() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "order-1", 100);
+            let before_claim = std::time::Instant::now();
+            svc.gate.arm();
+            let task = tokio::spawn({
+                let (svc, r) = (svc.clone(), r.clone());
+                async move { svc.cancel_keep(&r).await }
+            });
+            svc.gate.entered.notified().await;
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+            assert_eq!(
+                classify(observe(svc.cancel_keep(&r)).await),
+                Got::InProgress
+            );
+            assert_eq!(
+                svc.ledger.count(&r).await,
+                0,
+                "the retry did not run the body"
+            );
+            let got = poll_while(
+                &Got::InProgress,
+                std::time::Duration::from_secs(10),
+                || async { classify(observe(svc.cancel_keep(&r)).await) },
+            )
+            .await;
+            let Got::Executed(receipt) = got else {
+                panic!("after the lease a retry executes: {got:?}")
+            };
+            // The claim was kept, not released: it lasted its lease (less 100 ms for the store's
+            // timestamp resolution), counted from before it was taken.
+            assert!(before_claim.elapsed() >= std::time::Duration::from_millis(900));
+            assert_eq!(svc.ledger.count(&r).await, 1);
+            assert_eq!(
+                classify(observe(svc.cancel_keep(&r)).await),
+                Got::Replayed(receipt)
+            );
+            assert_eq!(svc.ledger.count(&r).await, 1);
+        }
+
+        /// `on_cancel = "release"`: a future dropped mid-body frees the key at once (its lease
+        /// is 30 s), so a retry executes as soon as the background release has landed.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn dropped_mid_body_with_release_frees_the_key_at_once() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "order-1", 100);
+            svc.gate.arm();
+            let task = tokio::spawn({
+                let (svc, r) = (svc.clone(), r.clone());
+                async move { svc.cancel_release(&r).await }
+            });
+            svc.gate.entered.notified().await;
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+            assert_eq!(svc.ledger.count(&r).await, 0);
+            let got = poll_while(
+                &Got::InProgress,
+                std::time::Duration::from_secs(5),
+                || async { classify(observe(svc.cancel_release(&r)).await) },
+            )
+            .await;
+            assert!(matches!(got, Got::Executed(_)), "{got:?}");
             assert_eq!(svc.ledger.count(&r).await, 1);
         }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use idempotent_runtime::{ClaimStore, Disposition, Error, idempotent, observe};
-use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, req, unique};
+use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, poll_while, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
 pub struct Svc<S> {
@@ -54,16 +54,30 @@ impl<S: ClaimStore> Svc<S> {
         self.fx.apply(req).await
     }
 
+    /// `on_cancel = "release"` with the default 30 s lease: only the release frees the key
+    /// within a test's patience.
     #[idempotent(
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
         name = "tests.place",
         store = "self.store",
-        lease = "5s",
-        on_busy = "wait(20s)"
+        on_cancel = "release"
     )]
-    async fn place_waiting(&self, req: &Req) -> Result<Receipt, AppError> {
+    async fn place_release(&self, req: &Req) -> Result<Receipt, AppError> {
+        self.fx.apply(req).await
+    }
+
+    /// The default `on_cancel = "keep"` with a 1 s lease.
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.place",
+        store = "self.store",
+        lease = "1s"
+    )]
+    async fn place_keep(&self, req: &Req) -> Result<Receipt, AppError> {
         self.fx.apply(req).await
     }
 }
@@ -126,19 +140,60 @@ async fn body_error_releases_the_claim<S: ClaimStore + 'static>(store: S) {
     assert_eq!(svc.count(&r), 1);
 }
 
-async fn dropped_future_releases_the_claim<S: ClaimStore + 'static>(store: S) {
+/// `on_cancel = "release"`: a future dropped mid-body releases its 30 s claim at once in the
+/// background, so a retry executes as soon as the release has landed.
+async fn dropped_future_with_release_frees_the_key_at_once<S: ClaimStore + 'static>(store: S) {
     let svc = Svc::new(store);
     let r = req(&unique("t"), "o", 1);
     svc.gate.arm();
     let task = tokio::spawn({
         let (svc, r) = (svc.clone(), r.clone());
-        async move { svc.place(&r).await }
+        async move { svc.place_release(&r).await }
     });
     svc.gate.entered.notified().await;
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    let (retry, how) = observe(svc.place_waiting(&r)).await;
-    assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+    assert_eq!(svc.count(&r), 0);
+    let got = poll_while(&Got::InProgress, Duration::from_secs(5), || async {
+        classify(observe(svc.place(&r)).await)
+    })
+    .await;
+    assert!(matches!(got, Got::Executed(_)), "{got:?}");
+    assert_eq!(svc.count(&r), 1);
+}
+
+/// `on_cancel = "keep"` (the default): a future dropped mid-body keeps its claim, so the
+/// immediate retry gets `InProgress` and writes nothing; once the 1 s lease has ended (nobody
+/// renews it) a retry executes exactly once, and later ones replay.
+async fn dropped_future_keeps_the_claim_until_the_lease_ends<S: ClaimStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let r = req(&unique("t"), "o", 1);
+    let before_claim = std::time::Instant::now();
+    svc.gate.arm();
+    let task = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        async move { svc.place_keep(&r).await }
+    });
+    svc.gate.entered.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(classify(observe(svc.place_keep(&r)).await), Got::InProgress);
+    assert_eq!(svc.count(&r), 0, "the retry did not run the body");
+    let got = poll_while(&Got::InProgress, Duration::from_secs(10), || async {
+        classify(observe(svc.place_keep(&r)).await)
+    })
+    .await;
+    let Got::Executed(receipt) = got else {
+        panic!("after the lease a retry executes: {got:?}")
+    };
+    // The claim was kept, not released: it lasted its lease (less 100 ms of slack), counted
+    // from before it was taken.
+    assert!(before_claim.elapsed() >= Duration::from_millis(900));
+    assert_eq!(svc.count(&r), 1);
+    assert_eq!(
+        classify(observe(svc.place_keep(&r)).await),
+        Got::Replayed(receipt)
+    );
     assert_eq!(svc.count(&r), 1);
 }
 
@@ -215,6 +270,7 @@ idempotent_tests::on_redis_backends!(
     concurrent_64_one_key_one_effect,
     fingerprint_mismatch_and_scopes,
     body_error_releases_the_claim,
-    dropped_future_releases_the_claim,
+    dropped_future_with_release_frees_the_key_at_once,
+    dropped_future_keeps_the_claim_until_the_lease_ends,
     expired_claim_is_taken_over,
 );

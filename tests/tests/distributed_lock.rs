@@ -12,7 +12,7 @@ use idempotent_runtime::strategy::distributed_lock::{Hooks, with_hooks};
 use idempotent_runtime::{
     Disposition, Error, FencingToken, KeyBuilder, LockStore, idempotent, observe,
 };
-use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, req, unique};
+use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, poll_while, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
 /// A ledger that accepts a write only if its fencing token is at least the highest it has seen
@@ -132,6 +132,41 @@ impl<S: LockStore> Svc<S> {
         on_busy = "wait(20s)"
     )]
     async fn settle_waiting(
+        &self,
+        req: &Req,
+        #[fence] fence: FencingToken,
+    ) -> Result<Receipt, AppError> {
+        self.body(req, fence).await
+    }
+
+    /// `on_cancel = "release"` with the default 30 s lease: only the release frees the key
+    /// within a test's patience.
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.settle",
+        store = "self.store",
+        on_cancel = "release"
+    )]
+    async fn settle_release(
+        &self,
+        req: &Req,
+        #[fence] fence: FencingToken,
+    ) -> Result<Receipt, AppError> {
+        self.body(req, fence).await
+    }
+
+    /// The default `on_cancel = "keep"` with a 1 s lease.
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.settle",
+        store = "self.store",
+        lease = "1s"
+    )]
+    async fn settle_keep(
         &self,
         req: &Req,
         #[fence] fence: FencingToken,
@@ -397,19 +432,60 @@ async fn fingerprint_and_scope<S: LockStore + 'static>(store: S) {
     assert_eq!(svc.ledger.count(&other), 1);
 }
 
-async fn dropped_future_releases_the_lock<S: LockStore + 'static>(store: S) {
+/// `on_cancel = "release"`: a future dropped mid-body releases its 30 s lock at once in the
+/// background, so a waiting retry (up to 20 s, less than the lease) executes.
+async fn dropped_future_with_release_frees_the_lock_at_once<S: LockStore + 'static>(store: S) {
     let svc = Svc::new(store);
     let r = req(&unique("t"), "period-1", 1);
     svc.gate.arm();
     let task = tokio::spawn({
         let (svc, r) = (svc.clone(), r.clone());
-        async move { svc.settle(&r).await }
+        async move { svc.settle_release(&r).await }
     });
     svc.gate.entered.notified().await;
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(svc.ledger.count(&r), 0);
     let (retry, how) = observe(svc.settle_waiting(&r)).await;
     assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
+    assert_eq!(svc.ledger.count(&r), 1);
+}
+
+/// `on_cancel = "keep"` (the default): a future dropped mid-body keeps its lock, so the
+/// immediate retry gets `InProgress` and writes nothing; once the 1 s lease has ended (nobody
+/// renews it) a retry executes exactly once, and later ones replay.
+async fn dropped_future_keeps_the_lock_until_the_lease_ends<S: LockStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let r = req(&unique("t"), "period-1", 1);
+    let before_lock = std::time::Instant::now();
+    svc.gate.arm();
+    let task = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        async move { svc.settle_keep(&r).await }
+    });
+    svc.gate.entered.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        classify(observe(svc.settle_keep(&r)).await),
+        Got::InProgress
+    );
+    assert_eq!(svc.ledger.count(&r), 0, "the retry did not run the body");
+    let got = poll_while(&Got::InProgress, Duration::from_secs(10), || async {
+        classify(observe(svc.settle_keep(&r)).await)
+    })
+    .await;
+    let Got::Executed(receipt) = got else {
+        panic!("after the lease a retry executes: {got:?}")
+    };
+    // The lock was kept, not released: it lasted its lease (less 100 ms of slack), counted from
+    // before it was taken.
+    assert!(before_lock.elapsed() >= Duration::from_millis(900));
+    assert_eq!(svc.ledger.count(&r), 1);
+    assert_eq!(
+        classify(observe(svc.settle_keep(&r)).await),
+        Got::Replayed(receipt)
+    );
     assert_eq!(svc.ledger.count(&r), 1);
 }
 
@@ -421,7 +497,8 @@ idempotent_tests::on_kv_backends!(
     stale_owner_cannot_renew_release_or_complete,
     slow_acquisition_never_runs_the_body,
     fingerprint_and_scope,
-    dropped_future_releases_the_lock,
+    dropped_future_with_release_frees_the_lock_at_once,
+    dropped_future_keeps_the_lock_until_the_lease_ends,
 );
 
 // --------------------------------------------------------- Redis outages and round trips

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use idempotent_runtime::{Disposition, Error, TokenStore, idempotent, issue_token, observe};
-use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, req, unique};
+use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, poll_while, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
 pub struct Svc<S> {
@@ -52,6 +52,33 @@ impl<S: TokenStore> Svc<S> {
         lease = "300ms"
     )]
     async fn checkout_short(&self, req: &Req) -> Result<Receipt, AppError> {
+        self.fx.apply(req).await
+    }
+
+    /// `on_cancel = "release"` with the default 30 s lease: only the restore frees the token
+    /// within a test's patience.
+    #[idempotent(
+        strategy = "token",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.checkout",
+        store = "self.store",
+        on_cancel = "release"
+    )]
+    async fn checkout_release(&self, req: &Req) -> Result<Receipt, AppError> {
+        self.fx.apply(req).await
+    }
+
+    /// The default `on_cancel = "keep"` with a 1 s lease.
+    #[idempotent(
+        strategy = "token",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.checkout",
+        store = "self.store",
+        lease = "1s"
+    )]
+    async fn checkout_keep(&self, req: &Req) -> Result<Receipt, AppError> {
         self.fx.apply(req).await
     }
 
@@ -177,28 +204,68 @@ async fn token_is_bound_to_payload_operation_and_scope<S: TokenStore + 'static>(
     assert_eq!(svc.count(&req(&t, &token, 5)), 1);
 }
 
-async fn dropped_future_restores_the_token<S: TokenStore + 'static>(store: S) {
+/// `on_cancel = "release"`: a future dropped mid-body restores its token (consumed for 30 s)
+/// at once in the background, so a retry with the token executes as soon as the restore has
+/// landed.
+async fn dropped_future_with_release_restores_the_token<S: TokenStore + 'static>(store: S) {
     let svc = Svc::new(store);
     let token = issue_token(&svc.store, HOUR).await.unwrap();
     let r = req(&unique("t"), &token, 5);
     svc.gate.arm();
     let task = tokio::spawn({
         let (svc, r) = (svc.clone(), r.clone());
-        async move { svc.checkout(&r).await }
+        async move { svc.checkout_release(&r).await }
     });
     svc.gate.entered.notified().await;
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(svc.count(&r), 0);
     // The restore is spawned: retry until it has landed.
-    let mut got = classify(observe(svc.checkout(&r)).await);
-    for _ in 0..100 {
-        if got != Got::Duplicate {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        got = classify(observe(svc.checkout(&r)).await);
-    }
+    let got = poll_while(&Got::Duplicate, Duration::from_secs(5), || async {
+        classify(observe(svc.checkout(&r)).await)
+    })
+    .await;
     assert!(matches!(got, Got::Executed(_)), "{got:?}");
+    assert_eq!(svc.count(&r), 1);
+}
+
+/// `on_cancel = "keep"` (the default): a future dropped mid-body keeps the token consumed, so
+/// the immediate retry with it gets `Duplicate` (what a concurrent duplicate gets) and writes
+/// nothing; once the 1 s lease has ended (nobody renews it) a retry executes exactly once, and
+/// later ones replay.
+async fn dropped_future_keeps_the_token_until_the_lease_ends<S: TokenStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let token = issue_token(&svc.store, HOUR).await.unwrap();
+    let r = req(&unique("t"), &token, 5);
+    let before_consume = std::time::Instant::now();
+    svc.gate.arm();
+    let task = tokio::spawn({
+        let (svc, r) = (svc.clone(), r.clone());
+        async move { svc.checkout_keep(&r).await }
+    });
+    svc.gate.entered.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        classify(observe(svc.checkout_keep(&r)).await),
+        Got::Duplicate
+    );
+    assert_eq!(svc.count(&r), 0, "the retry did not run the body");
+    let got = poll_while(&Got::Duplicate, Duration::from_secs(10), || async {
+        classify(observe(svc.checkout_keep(&r)).await)
+    })
+    .await;
+    let Got::Executed(receipt) = got else {
+        panic!("after the lease a retry executes: {got:?}")
+    };
+    // The token was kept, not restored: it stayed consumed for its lease (less 100 ms of
+    // slack), counted from before it was consumed.
+    assert!(before_consume.elapsed() >= Duration::from_millis(900));
+    assert_eq!(svc.count(&r), 1);
+    assert_eq!(
+        classify(observe(svc.checkout_keep(&r)).await),
+        Got::Replayed(receipt)
+    );
     assert_eq!(svc.count(&r), 1);
 }
 
@@ -238,7 +305,8 @@ idempotent_tests::on_kv_backends!(
     unknown_or_expired_token_is_invalid,
     body_failure_restores_the_token,
     token_is_bound_to_payload_operation_and_scope,
-    dropped_future_restores_the_token,
+    dropped_future_with_release_restores_the_token,
+    dropped_future_keeps_the_token_until_the_lease_ends,
 );
 
 mod redis_servers {

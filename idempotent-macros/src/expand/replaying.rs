@@ -8,7 +8,7 @@ use syn::spanned::Spanned as _;
 use syn::{Ident, ItemFn, LitStr};
 
 use super::{bound_block, call_entry, injected_binding, private_at, store_through};
-use crate::model::{Config, Fingerprint, Millis, OnBusy, ReplayMode, Replaying};
+use crate::model::{Config, Fingerprint, Millis, OnBusy, OnCancel, ReplayMode, Replaying};
 
 /// The wrapper's body for a replaying strategy.
 ///
@@ -171,7 +171,7 @@ fn fingerprint_statement(config: &Config, replaying: &Replaying, local: &Ident) 
     quote!(let #local = #value;)
 }
 
-/// `Options { lease: .., ttl: .., on_busy: .., ..Default::default() }` with the
+/// `Options { lease: .., ttl: .., on_busy: .., on_cancel: .., ..Default::default() }` with the
 /// options that were given.
 fn options_literal(
     config: &Config,
@@ -200,11 +200,23 @@ fn options_literal(
             quote_spanned!(wait.span=> on_busy: #rt::__private::OnBusy::Wait(#value),)
         }
     });
+    let on_cancel = replaying
+        .on_cancel
+        .as_ref()
+        .map(|on_cancel| match on_cancel {
+            OnCancel::Keep(span) => {
+                quote_spanned!(*span=> on_cancel: #rt::__private::OnCancel::Keep,)
+            }
+            OnCancel::Release(span) => {
+                quote_spanned!(*span=> on_cancel: #rt::__private::OnCancel::Release,)
+            }
+        });
     quote! {
         #options_type {
             #lease
             #ttl
             #on_busy
+            #on_cancel
             ..::core::default::Default::default()
         }
     }

@@ -36,8 +36,8 @@ pub use crate::fingerprint::{Fingerprint, Fingerprinter};
 pub use crate::key::{KeyBuilder, StorageKey};
 #[cfg(feature = "sqlx")]
 pub use crate::store::business::{SqlIdent, Target};
-pub use crate::strategy::OnBusy;
 pub use crate::strategy::distributed_lock::FencingToken;
+pub use crate::strategy::{OnBusy, OnCancel};
 pub use ::core::time::Duration;
 
 #[cfg(feature = "sqlx")]

@@ -67,7 +67,7 @@ where
 pub struct DedupTable<'a, S: ?Sized> {
     /// The claim store.
     pub store: &'a S,
-    /// `lease`, `ttl`, `on_busy`.
+    /// `lease`, `ttl`, `on_busy`, `on_cancel`.
     pub options: DedupTableOptions,
 }
 
@@ -95,7 +95,7 @@ impl<S: ClaimStore + ?Sized> ReplayStrategy for DedupTable<'_, S> {
 pub struct DedupTableInTx<S> {
     /// The transactional store.
     pub store: S,
-    /// `lease`, `ttl`, `on_busy`.
+    /// `ttl`, `on_busy` (`on_cancel` does not apply: a dropped transaction rolls back).
     pub options: DedupTableOptions,
 }
 
@@ -124,7 +124,7 @@ impl<S: crate::TxStore> ReplayStrategy for DedupTableInTx<S> {
 pub struct DistributedLock<'a, S: ?Sized> {
     /// The lock store.
     pub store: &'a S,
-    /// `lease`, `ttl`, `on_busy`.
+    /// `lease`, `ttl`, `on_busy`, `on_cancel`.
     pub options: LockOptions,
 }
 
@@ -154,7 +154,7 @@ pub struct Token<'a, S: ?Sized, K: ?Sized> {
     pub store: &'a S,
     /// The one-time token (the key's single part).
     pub token: &'a K,
-    /// `lease`, `ttl`.
+    /// `lease`, `ttl`, `on_cancel`.
     pub options: TokenOptions,
 }
 

@@ -17,6 +17,7 @@ pub struct Ctx {
     lease = "30s",
     ttl = "24h",
     on_busy = "wait(5s)",
+    on_cancel = "release",
     crate = "::idempotent_runtime"
 )]
 pub async fn place(

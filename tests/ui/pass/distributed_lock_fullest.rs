@@ -17,6 +17,7 @@ pub struct Ctx {
     lease = "30s",
     ttl = "24h",
     on_busy = "wait(5s)",
+    on_cancel = "release",
     crate = "::idempotent_runtime"
 )]
 pub async fn settle(
@@ -44,6 +45,7 @@ impl Payments {
         lease = "500ms",
         ttl = "7days",
         on_busy = "reject",
+        on_cancel = "keep",
         crate = "::idempotent_runtime"
     )]
     pub async fn settle(&self, req: &Req, #[fence] fence: FencingToken) -> Result<Receipt, AppError> {

@@ -16,6 +16,7 @@ pub struct Ctx {
     fingerprint = ["req", "req.amount"],
     lease = "30s",
     ttl = "24h",
+    on_cancel = "keep",
     crate = "::idempotent_runtime"
 )]
 pub async fn checkout(
@@ -42,6 +43,7 @@ impl Checkout {
         fingerprint = false,
         lease = "500ms",
         ttl = "7days",
+        on_cancel = "release",
         crate = "::idempotent_runtime"
     )]
     pub async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {

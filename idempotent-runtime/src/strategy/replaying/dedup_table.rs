@@ -11,7 +11,8 @@
 //! - **Claim** ([`run`], no `#[tx]`, any [`ClaimStore`]): the claim commits first as
 //!   `in_progress` with a lease judged by the store's clock; the body runs; completion stores the
 //!   response by compare-and-set on the claim's owner token. An error from the body deletes the
-//!   claim; a dropped future releases it at once (or it expires with its lease); an expired
+//!   claim; a future dropped mid-body keeps it until its lease ends (`on_cancel = "keep"`, the
+//!   default) or releases it at once (`on_cancel = "release"`, see [`OnCancel`]); an expired
 //!   claim is taken over by exactly one caller (compare-and-set on owner and expiry).
 //!
 //! In both modes a later duplicate gets the stored response, replayed
@@ -29,7 +30,7 @@ pub use super::DEFAULT_MAX_RESPONSE_BYTES;
 use super::{DropGuard, busy, check_fingerprint, replayed, response_bytes, while_renewing};
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
-use crate::strategy::{Backoff, OnBusy};
+use crate::strategy::{Backoff, OnBusy, OnCancel};
 use crate::{Error, Fingerprint, StorageKey};
 
 /// How many times a claim attempt is retried after a deadlock, a serialization failure, SQLite
@@ -48,6 +49,10 @@ pub struct Options {
     pub ttl: Duration,
     /// What a concurrent duplicate gets, default [`OnBusy::Reject`].
     pub on_busy: OnBusy,
+    /// What a future dropped mid-body does with its claim (claim mode only; a dropped
+    /// transaction rolls back), default [`OnCancel::Keep`]: the claim stays until its lease
+    /// ends, so an immediate retry gets [`Error::InProgress`] rather than a second run.
+    pub on_cancel: OnCancel,
     /// The largest serialized (JSON) response stored for replay, in bytes, default
     /// [`DEFAULT_MAX_RESPONSE_BYTES`].
     pub max_response_bytes: usize,
@@ -59,6 +64,7 @@ impl Default for Options {
             lease: Duration::from_secs(30),
             ttl: Duration::from_secs(24 * 60 * 60),
             on_busy: OnBusy::Reject,
+            on_cancel: OnCancel::Keep,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
@@ -154,7 +160,9 @@ where
         }
     }
 
-    let mut guard = DropGuard::new(|| store.release_claim_detached(key.clone(), owner.clone()));
+    let mut guard = DropGuard::new(options.on_cancel, || {
+        store.release_claim_detached(key.clone(), owner.clone())
+    });
     let result = while_renewing(options.lease, body(), || {
         store.renew_claim(&key, &owner, options.lease)
     })

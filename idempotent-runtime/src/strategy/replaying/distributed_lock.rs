@@ -16,8 +16,9 @@
 //!    the response for `ttl` and delete the lock; otherwise nothing is written and the caller
 //!    gets [`Error::LockLost`] (its body may have run concurrently with the next holder's: guard
 //!    external writes with the fencing token). A body error releases the lock by
-//!    compare-and-delete, so a retry runs again; a dropped future releases it at once (spawned)
-//!    or leaves it to its lease.
+//!    compare-and-delete, so a retry runs again; a future dropped mid-body leaves the lock to
+//!    its lease (`on_cancel = "keep"`, the default) or releases it at once in the background
+//!    (`on_cancel = "release"`, see [`OnCancel`]).
 //!
 //! Round trips on Redis: a fresh call costs 2 commands (acquire, complete) plus one per
 //! renewal; a replay costs 1.
@@ -36,7 +37,7 @@ use super::{
 };
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
-use crate::strategy::{Backoff, OnBusy};
+use crate::strategy::{Backoff, OnBusy, OnCancel};
 use crate::{Error, Fingerprint, StorageKey};
 
 /// A fencing token: a number that grows with every acquisition of the same key's lock.
@@ -74,6 +75,10 @@ pub struct Options {
     pub ttl: Duration,
     /// What a concurrent duplicate gets, default [`OnBusy::Reject`].
     pub on_busy: OnBusy,
+    /// What a future dropped mid-body does with its lock, default [`OnCancel::Keep`]: the lock
+    /// stays until its lease ends, so an immediate retry gets [`Error::InProgress`] rather than
+    /// a second run.
+    pub on_cancel: OnCancel,
 }
 
 impl Default for Options {
@@ -82,6 +87,7 @@ impl Default for Options {
             lease: Duration::from_secs(30),
             ttl: Duration::from_secs(24 * 60 * 60),
             on_busy: OnBusy::Reject,
+            on_cancel: OnCancel::Keep,
         }
     }
 }
@@ -180,7 +186,9 @@ where
         }
     };
 
-    let mut guard = DropGuard::new(|| store.release_lock_detached(key.clone(), owner.clone()));
+    let mut guard = DropGuard::new(options.on_cancel, || {
+        store.release_lock_detached(key.clone(), owner.clone())
+    });
     if let Some(hook) = &hooks.after_acquire {
         hook().await;
     }

@@ -11,8 +11,8 @@
 //! - **busy-wait**: `busy` applies [`OnBusy`] to a key another caller holds;
 //! - **fingerprints**: `check_fingerprint` compares a stored fingerprint with the call's;
 //! - **renewal**: `while_renewing` runs the body while renewing the lease every third of it;
-//! - the **drop guard** `DropGuard`, which gives the claim back when the caller's future is
-//!   dropped mid-body;
+//! - the **drop guard** `DropGuard`, which applies [`OnCancel`] when the caller's future is
+//!   dropped mid-body (keep the claim until its lease ends, or give it back at once);
 //! - **completion**: `complete_recorded` records the response by compare-and-set on the owner;
 //! - [`Replayable`], the bound on a replayed response type.
 
@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Backoff, OnBusy};
+use super::{Backoff, OnBusy, OnCancel};
 use crate::Error;
 
 pub mod dedup_table;
@@ -122,16 +122,20 @@ pub(crate) async fn busy(
     }
 }
 
-/// Gives a claim, lock or token back when the caller's future is dropped mid-body: runs
-/// `undo` (a detached release or restore) on drop unless [`disarm`](DropGuard::disarm)ed first.
+/// Applies [`OnCancel`] when the caller's future is dropped mid-body: with
+/// [`OnCancel::Release`] runs `undo` (a detached release or restore) on drop unless
+/// [`disarm`](DropGuard::disarm)ed first; with [`OnCancel::Keep`] does nothing, so the claim,
+/// lock or consumed token stays until its lease ends (its renewal died with the future).
 pub(crate) struct DropGuard<F: FnOnce()> {
     undo: Option<F>,
 }
 
 impl<F: FnOnce()> DropGuard<F> {
-    /// An armed guard.
-    pub(crate) fn new(undo: F) -> Self {
-        DropGuard { undo: Some(undo) }
+    /// A guard armed with `undo` when `on_cancel` is [`OnCancel::Release`], inert otherwise.
+    pub(crate) fn new(on_cancel: OnCancel, undo: F) -> Self {
+        DropGuard {
+            undo: (on_cancel == OnCancel::Release).then_some(undo),
+        }
     }
 
     /// The body returned: nothing to undo on drop.

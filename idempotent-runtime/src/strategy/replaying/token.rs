@@ -9,9 +9,11 @@
 //!    token gives [`Error::TokenInvalid`].
 //! 2. **Body**. On success the response is stored under the token for `ttl` by compare-and-set
 //!    on the consumer; a retry with the same token replays it. On an error the token is
-//!    restored to issued (compare-and-set), so the client retries with the same token; a
-//!    dropped future restores it at once (spawned) or, failing that, the consumption ends with
-//!    its lease and the next call with the token runs.
+//!    restored to issued (compare-and-set), so the client retries with the same token. A future
+//!    dropped mid-body keeps the token consumed until the lease ends (`on_cancel = "keep"`, the
+//!    default: a retry meanwhile gets [`Error::Duplicate`], after it the next call with the
+//!    token runs) or restores it at once in the background (`on_cancel = "release"`, see
+//!    [`OnCancel`]).
 //!
 //! The token is bound to the call that consumed it: its *binding* is the storage key of
 //! (operation name, scope, token), so the token replays only for the same operation and scope
@@ -31,6 +33,7 @@ use super::{
 };
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
+use crate::strategy::OnCancel;
 use crate::{Error, Fingerprint, KeyBuilder, KeyPart, StorageKey};
 
 /// The operation name under which tokens are stored.
@@ -44,6 +47,10 @@ pub struct Options {
     pub lease: Duration,
     /// How long the response is kept and replayed to retries with the token, default 24 h.
     pub ttl: Duration,
+    /// What a future dropped mid-body does with the consumed token, default
+    /// [`OnCancel::Keep`]: it stays consumed until the lease ends, so an immediate retry with
+    /// the token gets [`Error::Duplicate`] rather than a second run.
+    pub on_cancel: OnCancel,
 }
 
 impl Default for Options {
@@ -51,6 +58,7 @@ impl Default for Options {
         Options {
             lease: Duration::from_secs(30),
             ttl: Duration::from_secs(24 * 60 * 60),
+            on_cancel: OnCancel::Keep,
         }
     }
 }
@@ -141,7 +149,9 @@ where
         }
     }
 
-    let mut guard = DropGuard::new(|| store.restore_token_detached(key.clone(), owner.clone()));
+    let mut guard = DropGuard::new(options.on_cancel, || {
+        store.restore_token_detached(key.clone(), owner.clone())
+    });
     // Renew the consumption while the body runs, so a slow body keeps its claim on the token
     // and a retry never runs it a second time.
     let result = while_renewing(options.lease, body(), || {
