@@ -107,7 +107,7 @@ impl From<serde_json::Error> for Error {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot hold an `idempotent_runtime::Error`: the function's error type must implement `From<idempotent_runtime::Error>`",
     label = "duplicates, in-progress calls and backend failures are returned as this type",
-    note = "add `impl From<idempotent_runtime::Error> for {Self}`, or with thiserror a variant `#[error(transparent)] Idempotency(#[from] idempotent_runtime::Error)`"
+    note = "for an error type of your own, add `impl From<idempotent_runtime::Error> for {Self}` (with thiserror, a variant `#[error(transparent)] Idempotency(#[from] idempotent_runtime::Error)`); for another crate's type (`std::io::Error`, `String`, …), which cannot get that impl, return an error enum of your own that wraps both"
 )]
 pub trait FunctionError: From<Error> {}
 
