@@ -1,7 +1,7 @@
 //! Fault injection for the claim-mode strategies: [`Faulty`], a store that wraps any store and
 //! implements the store traits it implements ([`ClaimStore`], [`LockStore`], [`TokenStore`]) by
 //! delegating, with the switches of [`Faults`] — hold a completion at a gate, fail completions
-//! with a backend error — and the scenarios every claim store
+//! with a backend error, lose the reply of an acquisition — and the scenarios every claim store
 //! must pass under those faults ([`FaultSvc`] and the `async fn`s below, which each strategy's
 //! test file runs on every store it applies to).
 
@@ -32,6 +32,9 @@ pub struct Faults {
     pub fail_completes: AtomicU32,
     /// Every completion fails with [`Error::Backend`] without reaching the store.
     pub fail_every_complete: AtomicBool,
+    /// The next this many acquisitions (`try_claim`, `acquire_lock`, `consume_token`) run on
+    /// the store and then fail with [`Error::Backend`]: a reply lost after the step ran.
+    pub lose_acquire_replies: AtomicU32,
     /// Completions that reached the store.
     pub completes_delivered: AtomicU32,
 }
@@ -53,6 +56,13 @@ impl Faults {
         }
         self.completes_delivered.fetch_add(1, SeqCst);
         Ok(())
+    }
+
+    fn after_acquire<R>(&self, result: Result<R, Error>) -> Result<R, Error> {
+        if result.is_ok() && take_one(&self.lose_acquire_replies) {
+            return Err(injected("the acquisition ran, its reply was lost"));
+        }
+        result
     }
 }
 
@@ -105,7 +115,8 @@ impl<S: TokenStore> AsTokenStore for Faulty<S> {
 
 impl<S: ClaimStore> ClaimStore for Faulty<S> {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
-        self.inner.try_claim(claim).await
+        let r = self.inner.try_claim(claim).await;
+        self.faults.after_acquire(r)
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
@@ -113,7 +124,8 @@ impl<S: ClaimStore> ClaimStore for Faulty<S> {
     }
 
     async fn take_over_claim(&self, claim: &Claim<'_>, previous: &str) -> Result<bool, Error> {
-        self.inner.take_over_claim(claim, previous).await
+        let r = self.inner.take_over_claim(claim, previous).await;
+        self.faults.after_acquire(r)
     }
 
     async fn complete_claim(
@@ -153,9 +165,11 @@ impl<S: LockStore> LockStore for Faulty<S> {
         fingerprint: Option<&str>,
         lease: Duration,
     ) -> Result<Acquired, Error> {
-        self.inner
+        let r = self
+            .inner
             .acquire_lock(key, owner, fingerprint, lease)
-            .await
+            .await;
+        self.faults.after_acquire(r)
     }
 
     async fn renew_lock(
@@ -200,9 +214,11 @@ impl<S: TokenStore> TokenStore for Faulty<S> {
         fingerprint: Option<&str>,
         lease: Duration,
     ) -> Result<Consumed, Error> {
-        self.inner
+        let r = self
+            .inner
             .consume_token(token_key, owner, binding, fingerprint, lease)
-            .await
+            .await;
+        self.faults.after_acquire(r)
     }
 
     async fn complete_token(
@@ -358,4 +374,24 @@ pub async fn completion_that_never_lands_is_unrecorded<T: FaultSvc>(svc: Arc<T>)
         "after the lease a retry runs again: {after:?}"
     );
     assert_eq!(svc.effects().count(&r), 2, "the documented second effect");
+}
+
+/// Issue input 3: the acquisition ran on the store but its reply was lost. The caller gets
+/// `Error::Backend` and releases by owner in the background, so the next call (another owner)
+/// executes within a second, long before the 30 s lease; one effect.
+pub async fn lost_acquisition_reply_frees_the_key<T: FaultSvc>(svc: Arc<T>) {
+    let r = svc.fresh().await;
+    svc.faults().lose_acquire_replies.store(1, SeqCst);
+    let (first, how) = svc.clone().call(Lease::S30, r.clone()).await;
+    assert!(
+        matches!(first, Err(AppError::Idempotency(Error::Backend(_)))),
+        "{first:?} / {how:?}"
+    );
+    assert_eq!(svc.effects().count(&r), 0, "the body did not run");
+    let next = poll_while(&svc.busy(), Duration::from_secs(1), || {
+        call_got(&svc, Lease::S30, &r)
+    })
+    .await;
+    assert!(matches!(next, Got::Executed(_)), "{next:?}");
+    assert_eq!(svc.effects().count(&r), 1);
 }

@@ -837,14 +837,17 @@ mod mysql_caller_transaction {
     }
 }
 
-/// Issue 10 items 1 and 2 in claim mode on every claim store (PostgreSQL, MySQL/MariaDB, SQLite,
+/// Issue 10 items 1–3 in claim mode on every claim store (PostgreSQL, MySQL/MariaDB, SQLite,
 /// memory, Redis, Redis Cluster), with faults injected by a wrapping store
 /// ([`Faulty`](idempotent_tests::Faulty)): a completion held while the caller is aborted,
-/// completions failing with backend errors.
+/// completions failing with backend errors, a claim whose reply is lost; and a claim sent twice
+/// by one owner, directly against the store.
 mod faults {
     use std::pin::Pin;
+    use std::time::Duration;
 
     use idempotent_runtime::ClaimStore;
+    use idempotent_runtime::store::Claim;
     use idempotent_tests::faults as scenario;
     use idempotent_tests::{Effects, FaultSvc, Faults, Faulty, Lease, Observed};
 
@@ -953,9 +956,51 @@ mod faults {
         scenario::completion_that_never_lands_is_unrecorded(Svc::new(store)).await
     }
 
+    async fn lost_claim_reply_frees_the_key<S: ClaimStore>(store: S) {
+        scenario::lost_acquisition_reply_frees_the_key(Svc::new(store)).await
+    }
+
+    /// The same owner's claim sent twice is claimed both times; another owner's is not; once
+    /// completed, the owner's claim is no longer "claimed" (the record replays).
+    async fn claim_sent_twice_by_one_owner_is_claimed_both_times<S: ClaimStore>(store: S) {
+        let key = KeyBuilder::new(&unique("op")).part("k").finish().unwrap();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        let claim = Claim {
+            key: &key,
+            fingerprint: None,
+            owner: &a,
+            lease: Duration::from_secs(30),
+        };
+        assert!(store.try_claim(&claim).await.unwrap(), "claimed");
+        assert!(
+            store.try_claim(&claim).await.unwrap(),
+            "the same owner again: claimed"
+        );
+        let other = Claim {
+            owner: &b,
+            ..claim.clone()
+        };
+        assert!(
+            !store.try_claim(&other).await.unwrap(),
+            "another owner: not claimed"
+        );
+        assert!(
+            store
+                .complete_claim(&key, &a, b"1", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.try_claim(&claim).await.unwrap(),
+            "completed: not claimed again"
+        );
+    }
+
     idempotent_tests::on_claim_backends!(
         cancelled_while_completing_still_records,
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
+        lost_claim_reply_frees_the_key,
+        claim_sent_twice_by_one_owner_is_claimed_both_times,
     );
 }

@@ -704,9 +704,11 @@ mod redis_servers {
     }
 }
 
-/// Issue 10 items 1 and 2 for `distributed_lock` on every lock store (memory, Redis, Redis
+/// Issue 10 items 1–3 for `distributed_lock` on every lock store (memory, Redis, Redis
 /// Cluster), with faults injected by a wrapping store ([`Faulty`](idempotent_tests::Faulty)):
-/// a completion held while the caller is aborted, completions failing with backend errors.
+/// a completion held while the caller is aborted, completions failing with backend errors, an
+/// acquisition whose reply is lost; and an acquisition sent twice by one owner, directly
+/// against the store.
 mod faults {
     use std::pin::Pin;
 
@@ -818,9 +820,40 @@ mod faults {
         scenario::completion_that_never_lands_is_unrecorded(FSvc::new(store)).await
     }
 
+    async fn lost_lock_reply_frees_the_key<S: LockStore>(store: S) {
+        scenario::lost_acquisition_reply_frees_the_key(FSvc::new(store)).await
+    }
+
+    /// The same owner's acquisition sent twice is acquired both times with the same fence;
+    /// another owner's is held off.
+    async fn lock_sent_twice_by_one_owner_is_acquired_both_times<S: LockStore>(store: S) {
+        let key = KeyBuilder::new(&unique("op")).part("k").finish().unwrap();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        let lease = Duration::from_secs(30);
+        let first = store.acquire_lock(&key, &a, None, lease).await.unwrap();
+        let Acquired::Acquired { fence } = first else {
+            panic!("a acquires: {first:?}")
+        };
+        assert_eq!(
+            store.acquire_lock(&key, &a, None, lease).await.unwrap(),
+            Acquired::Acquired { fence },
+            "the same owner again: acquired, same fence"
+        );
+        assert!(matches!(
+            store.acquire_lock(&key, &b, None, lease).await.unwrap(),
+            Acquired::Held { .. }
+        ));
+        assert!(
+            store.release_lock(&key, &a).await.unwrap(),
+            "a still holds it"
+        );
+    }
+
     idempotent_tests::on_kv_backends!(
         cancelled_while_completing_still_records,
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
+        lost_lock_reply_frees_the_key,
+        lock_sent_twice_by_one_owner_is_acquired_both_times,
     );
 }

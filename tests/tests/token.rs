@@ -384,12 +384,15 @@ mod redis_servers {
     }
 }
 
-/// Issue 10 items 1 and 2 for `token` on every token store (memory, Redis, Redis Cluster), with
+/// Issue 10 items 1–3 for `token` on every token store (memory, Redis, Redis Cluster), with
 /// faults injected by a wrapping store ([`Faulty`](idempotent_tests::Faulty)): a completion
-/// held while the caller is aborted, completions failing with backend errors.
+/// held while the caller is aborted, completions failing with backend errors, a consumption
+/// whose reply is lost; and a consumption sent twice by one owner, directly against the store.
 mod faults {
     use std::pin::Pin;
 
+    use idempotent_runtime::store::Consumed;
+    use idempotent_runtime::strategy::token::token_key;
     use idempotent_tests::faults as scenario;
     use idempotent_tests::{Effects, FaultSvc, Faults, Faulty, Lease, Observed};
 
@@ -499,9 +502,40 @@ mod faults {
         scenario::completion_that_never_lands_is_unrecorded(FSvc::new(store)).await
     }
 
+    async fn lost_consume_reply_frees_the_token<S: TokenStore>(store: S) {
+        scenario::lost_acquisition_reply_frees_the_key(FSvc::new(store)).await
+    }
+
+    /// The same owner's consumption sent twice is claimed both times; another owner's is busy.
+    async fn consume_sent_twice_by_one_owner_is_claimed_both_times<S: TokenStore>(store: S) {
+        let token = issue_token(&store, HOUR).await.unwrap();
+        let key = token_key(token.as_str()).unwrap();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        let lease = Duration::from_secs(30);
+        let consume = async |owner: &str| {
+            store
+                .consume_token(&key, owner, "bind", None, lease)
+                .await
+                .unwrap()
+        };
+        assert_eq!(consume(&a).await, Consumed::Claimed);
+        assert_eq!(
+            consume(&a).await,
+            Consumed::Claimed,
+            "the same owner again: claimed"
+        );
+        assert!(matches!(consume(&b).await, Consumed::Busy { .. }));
+        assert!(
+            store.restore_token(&key, &a).await.unwrap(),
+            "a still holds it"
+        );
+    }
+
     idempotent_tests::on_kv_backends!(
         cancelled_while_completing_still_records,
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
+        lost_consume_reply_frees_the_token,
+        consume_sent_twice_by_one_owner_is_claimed_both_times,
     );
 }

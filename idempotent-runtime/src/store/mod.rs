@@ -86,6 +86,10 @@ pub trait Store: Send + Sync {
 /// that the record is written even if the caller's future is dropped meanwhile. Every built-in
 /// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
 /// of your own that owns its state should keep it behind an `Arc`.
+///
+/// **Idempotent acquisition.** [`try_claim`](ClaimStore::try_claim) run again with the same
+/// owner while that owner's claim is in progress answers `Ok(true)`: a claim whose reply was
+/// lost (a timeout, a client that resends) can be retried, and then released by owner.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an idempotency store: `store` must give a `ClaimStore`",
     label = "this store is a `{Self}`",
@@ -93,7 +97,9 @@ pub trait Store: Send + Sync {
 )]
 pub trait ClaimStore: Store + Clone + 'static + AsClaimStore<Store = Self> {
     /// Inserts `claim` as an in-progress record if the key has no record. `Ok(true)` when this
-    /// caller now holds the claim, `Ok(false)` when a record exists.
+    /// caller now holds the claim — including when the record is already `claim.owner`'s
+    /// unexpired in-progress claim (the same claim sent again) — `Ok(false)` when another
+    /// record exists.
     fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Reads the record of `key`, `None` when there is none.
@@ -204,6 +210,9 @@ pub enum Acquired {
 /// that the record is written even if the caller's future is dropped meanwhile. Every built-in
 /// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
 /// of your own that owns its state should keep it behind an `Arc`.
+///
+/// **Idempotent acquisition.** [`acquire_lock`](LockStore::acquire_lock) run again by the owner
+/// that holds the lock answers [`Acquired::Acquired`] with the same fencing token.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot hold the leased locks that `distributed_lock` needs: `store` must give a `LockStore`",
     label = "this store is a `{Self}`, which has no leased locks",
@@ -212,6 +221,8 @@ pub enum Acquired {
 pub trait LockStore: Store + Clone + 'static + AsLockStore<Store = Self> {
     /// In one step: replays a stored response if there is one, else takes the lock for `owner`
     /// for `lease` (if free) and increments the key's fencing counter, else reports the holder.
+    /// When the holder is `owner` itself (the same acquisition sent again) the lease is reset
+    /// to `lease` and the answer is [`Acquired::Acquired`] with the fence it already holds.
     fn acquire_lock(
         &self,
         key: &StorageKey,
@@ -286,6 +297,9 @@ pub enum Consumed {
 /// that the record is written even if the caller's future is dropped meanwhile. Every built-in
 /// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
 /// of your own that owns its state should keep it behind an `Arc`.
+///
+/// **Idempotent consumption.** [`consume_token`](TokenStore::consume_token) run again by the
+/// owner that consumed the token answers [`Consumed::Claimed`].
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot hold the one-time tokens that `token` needs: `store` must give a `TokenStore`",
     label = "this store is a `{Self}`, which has no one-time tokens",
@@ -302,6 +316,8 @@ pub trait TokenStore: Store + Clone + 'static + AsTokenStore<Store = Self> {
 
     /// Consumes the token for `owner` in one step (see [`Consumed`]). The consumption lasts
     /// `lease`; a consumer that neither completes nor restores within it loses it to the next.
+    /// A token already consumed by `owner` (the same step sent again) answers
+    /// [`Consumed::Claimed`] with its lease reset to `lease`.
     fn consume_token(
         &self,
         token_key: &StorageKey,

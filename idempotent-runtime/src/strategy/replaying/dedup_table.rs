@@ -29,8 +29,8 @@ use serde::de::DeserializeOwned;
 
 pub use super::DEFAULT_MAX_RESPONSE_BYTES;
 use super::{
-    Completion, DropGuard, busy, check_fingerprint, complete_recorded, replayed, response_bytes,
-    while_renewing,
+    Completion, DropGuard, busy, check_fingerprint, complete_recorded, released_if_uncertain,
+    replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
@@ -119,7 +119,8 @@ fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<
 /// was taken over before completion, [`Error::Unrecorded`] when the body ran but its response
 /// could not be recorded (completion runs in a task of its own that survives the caller's
 /// future and retries backend errors for up to the lease), [`Error::Serialization`],
-/// [`Error::Backend`].
+/// [`Error::Backend`] (before the body ran; a claim whose reply may have been lost is released
+/// by owner in the background).
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
@@ -146,7 +147,8 @@ where
     let mut attempts = 0;
     loop {
         attempts += 1;
-        if retrying(|| store.try_claim(&claim)).await? {
+        let release = || store.release_claim_detached(key.clone(), owner.clone());
+        if released_if_uncertain(retrying(|| store.try_claim(&claim)).await, release)? {
             break;
         }
         match retrying(|| store.read_record(&key)).await? {
@@ -158,7 +160,8 @@ where
                     return Ok(v);
                 }
                 Verdict::TakeOver(previous) => {
-                    if retrying(|| store.take_over_claim(&claim, &previous)).await? {
+                    let taken = retrying(|| store.take_over_claim(&claim, &previous)).await;
+                    if released_if_uncertain(taken, release)? {
                         break;
                     }
                 }

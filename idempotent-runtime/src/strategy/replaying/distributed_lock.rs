@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, busy, check_fingerprint, complete_recorded,
-    replayed, response_bytes, while_renewing,
+    released_if_uncertain, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
@@ -146,8 +146,8 @@ fn drift(lease: Duration) -> Duration {
 /// [`Error::Unrecorded`] (the body ran but its response could not be recorded: completion runs
 /// in a task of its own that survives the caller's future and retries backend errors for up to
 /// the lease, renewing it), [`Error::Backend`] (Redis unreachable or restarted before the body
-/// ran; the body never runs twice within one call, and the lock frees itself within its
-/// lease).
+/// ran; the body never runs twice within one call, and a lock whose acquisition reply may
+/// have been lost is released by owner in the background).
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
@@ -168,10 +168,12 @@ where
     let mut backoff = Backoff::new();
     let (fence, sent) = loop {
         let sent = Instant::now();
-        match store
+        let acquired = store
             .acquire_lock(&key, &owner, fp.as_deref(), options.lease)
-            .await?
-        {
+            .await;
+        match released_if_uncertain(acquired, || {
+            store.release_lock_detached(key.clone(), owner.clone())
+        })? {
             Acquired::Acquired { fence } => break (fence, sent),
             Acquired::Replay {
                 fingerprint,

@@ -16,6 +16,8 @@
 //! - **completion**: `complete_recorded` records the response by compare-and-set on the owner,
 //!   in a task of its own that outlives the caller's future, retrying backend errors for up to
 //!   the lease while renewing it;
+//! - **uncertain acquisition**: `released_if_uncertain` releases by owner after an acquisition
+//!   step failed with a backend error (its reply may have been lost);
 //! - [`Replayable`], the bound on a replayed response type.
 
 use std::time::Duration;
@@ -281,4 +283,19 @@ async fn finish<C: Completion>(completion: C, lease: Duration) -> Result<(), Err
         }
     };
     while_renewing(lease, attempts, || completion.renew()).await
+}
+
+/// An acquisition step's result (claim, take-over, lock, token consumption), after running
+/// `release` — a detached release by this caller's owner token — when it failed with
+/// [`Error::Backend`]: the step may have run on the server with its reply lost, leaving the
+/// key held by a caller that is about to give up. Acquisition is idempotent per owner, so a
+/// resent step is harmless and the release frees what it may have taken.
+pub(crate) fn released_if_uncertain<R>(
+    result: Result<R, Error>,
+    release: impl FnOnce(),
+) -> Result<R, Error> {
+    if let Err(Error::Backend(_)) = &result {
+        release();
+    }
+    result
 }

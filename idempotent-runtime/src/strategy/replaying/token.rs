@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, check_fingerprint, complete_recorded,
-    replayed, response_bytes, while_renewing,
+    released_if_uncertain, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
@@ -103,7 +103,9 @@ fn check(
 /// [`Error::LockLost`] (the consumption's lease ended and another call took the token),
 /// [`Error::Unrecorded`] (the body ran but its response could not be recorded: completion runs
 /// in a task of its own that survives the caller's future and retries backend errors for up to
-/// the lease, renewing it), [`Error::InvalidKey`], [`Error::Serialization`], [`Error::Backend`].
+/// the lease, renewing it), [`Error::InvalidKey`], [`Error::Serialization`], [`Error::Backend`]
+/// (before the body ran; a consumption whose reply may have been lost is restored by owner in
+/// the background).
 pub async fn run<S, K, T, E, F>(
     store: &S,
     token: &K,
@@ -123,10 +125,12 @@ where
     let owner = new_owner()?;
     let fp = fingerprint.map(|f| f.hex());
     let bind = binding.hex();
-    match store
+    let consumed = store
         .consume_token(&key, &owner, &bind, fp.as_deref(), options.lease)
-        .await?
-    {
+        .await;
+    match released_if_uncertain(consumed, || {
+        store.restore_token_detached(key.clone(), owner.clone())
+    })? {
         Consumed::Claimed => {}
         Consumed::Invalid => return Err(Error::TokenInvalid.into()),
         Consumed::Busy {
