@@ -44,6 +44,25 @@ pub enum Error {
     )]
     LockLost,
 
+    /// The body ran and returned `Ok` — **its effect happened** — but its response could not
+    /// be recorded: completing the claim, lock or token (claim-mode `dedup_table`,
+    /// `distributed_lock`, `token`) kept failing with backend errors, retried with backoff
+    /// while the lease was renewed, for `retried_for` (as long as the lease). The record is
+    /// not written and the key stays in progress until its lease ends: a retry meanwhile gets
+    /// [`Error::InProgress`] (or [`Error::Duplicate`] for `token`), and a retry after the lease
+    /// may run the body a second time. Treat the call as succeeded-but-unconfirmed: reconcile
+    /// before retrying, or retry only an effect that is safe to repeat.
+    #[error(
+        "the operation ran, but its result could not be recorded for this idempotency key (retried for {retried_for:?}; last error: {last}); a retry after the lease may run it again"
+    )]
+    Unrecorded {
+        /// How long completion was retried before giving up.
+        retried_for: Duration,
+        /// The last store error completion met (usually [`Error::Backend`]).
+        #[source]
+        last: Box<Error>,
+    },
+
     /// The key, scope or operation name is empty, too long, or otherwise unusable.
     #[error("invalid idempotency key: {0}")]
     InvalidKey(String),

@@ -220,3 +220,40 @@ macro_rules! on_kv_backends {
         $crate::on_redis_backends!($($test),*);
     };
 }
+
+/// [`on_kv_backends!`] plus PostgreSQL, MySQL/MariaDB and SQLite (sqlx pools, migrated), as
+/// `postgres::test`, `mysql::test`, `sqlite::test`: every claim store. A server backend that is
+/// unset returns early outside CI and fails under `CI=true`.
+#[macro_export]
+macro_rules! on_claim_backends {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some(pool) = $crate::postgres().await else { return };
+                super::$test(pool).await
+            }
+            )*
+        }
+        mod mysql {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some(pool) = $crate::mysql().await else { return };
+                super::$test(pool).await
+            }
+            )*
+        }
+        mod sqlite {
+            $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let Some((pool, _dir)) = $crate::sqlite().await else { return };
+                super::$test(pool).await
+            }
+            )*
+        }
+        $crate::on_kv_backends!($($test),*);
+    };
+}

@@ -8,8 +8,9 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`backends`] | env var names, the CI rule, [`unique`] names, connecting to each backend, `on_redis_backends!` / `on_kv_backends!` |
+//! | [`backends`] | env var names, the CI rule, [`unique`] names, connecting to each backend, `on_redis_backends!` / `on_kv_backends!` / `on_claim_backends!` |
 //! | [`business`] | the business-table suites' per-backend kit (schema, `s3_ledger`, dialect, retryable-error injection), `on_business_backends!` |
+//! | [`faults`] | [`Faulty`], the fault-injecting store wrapper, and the fault scenarios every claim store runs ([`FaultSvc`]) |
 //! | [`fixtures`] | [`Req`], [`Receipt`], [`AppError`], the pause points [`Gate`] and [`Once`] |
 //! | [`ledger`] | [`ledger_ddl`], the SQL and memory ledgers ([`PgLedger`], [`MyLedger`], [`LiteLedger`], [`MemLedger`]), the in-memory [`Effects`] |
 //! | [`outcome`] | [`Got`] with [`classify`], [`got`], [`tally`] and [`poll_while`] |
@@ -19,6 +20,7 @@
 
 pub mod backends;
 pub mod business;
+pub mod faults;
 pub mod fixtures;
 pub mod ledger;
 pub mod outcome;
@@ -28,6 +30,7 @@ pub use backends::{
     Guard, MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, ci, mysql, mysql_pool, pg_pool,
     postgres, redis, redis_cluster, server_url, sqlite, sqlite_pool, unique,
 };
+pub use faults::{FaultSvc, Faults, Faulty, Lease, Observed};
 pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};
 pub use ledger::{Effects, LiteLedger, MemLedger, MyLedger, PgLedger, ledger_ddl};
 pub use outcome::{Got, classify, got, poll_while, tally};

@@ -836,3 +836,171 @@ mod mysql_caller_transaction {
         assert_eq!(svc.ledger.count(&r).await, 1);
     }
 }
+
+/// Issue 10 items 1–3 in claim mode on every claim store (PostgreSQL, MySQL/MariaDB, SQLite,
+/// memory, Redis, Redis Cluster), with faults injected by a wrapping store
+/// ([`Faulty`](idempotent_tests::Faulty)): a completion held while the caller is aborted,
+/// completions failing with backend errors, a claim whose reply is lost; and a claim sent twice
+/// by one owner, directly against the store.
+mod faults {
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use idempotent_runtime::ClaimStore;
+    use idempotent_runtime::store::Claim;
+    use idempotent_tests::faults as scenario;
+    use idempotent_tests::{Effects, FaultSvc, Faults, Faulty, Lease, Observed};
+
+    use super::*;
+
+    pub struct Svc<S> {
+        store: Faulty<S>,
+        fx: Effects,
+    }
+
+    impl<S: ClaimStore> Svc<S> {
+        fn new(store: S) -> Arc<Self> {
+            Arc::new(Svc {
+                store: Faulty::new(store),
+                fx: Effects::default(),
+            })
+        }
+
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "300ms"
+        )]
+        async fn place_300ms(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "1s"
+        )]
+        async fn place_1s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "5s"
+        )]
+        async fn place_5s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "30s"
+        )]
+        async fn place_30s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+    }
+
+    impl<S: ClaimStore> FaultSvc for Svc<S> {
+        fn busy(&self) -> Got {
+            Got::InProgress
+        }
+        fn faults(&self) -> &Faults {
+            &self.store.faults
+        }
+        fn effects(&self) -> &Effects {
+            &self.fx
+        }
+        async fn fresh(&self) -> Req {
+            req(&unique("t"), "order-1", 100)
+        }
+        fn call(
+            self: Arc<Self>,
+            lease: Lease,
+            r: Req,
+        ) -> Pin<Box<dyn Future<Output = Observed> + Send>> {
+            Box::pin(async move {
+                match lease {
+                    Lease::Ms300 => observe(self.place_300ms(&r)).await,
+                    Lease::S1 => observe(self.place_1s(&r)).await,
+                    Lease::S5 => observe(self.place_5s(&r)).await,
+                    Lease::S30 => observe(self.place_30s(&r)).await,
+                }
+            })
+        }
+    }
+
+    async fn cancelled_while_completing_still_records<S: ClaimStore>(store: S) {
+        scenario::cancelled_while_completing_still_records(Svc::new(store)).await
+    }
+
+    async fn transient_completion_errors_are_retried<S: ClaimStore>(store: S) {
+        scenario::transient_completion_errors_are_retried(Svc::new(store)).await
+    }
+
+    async fn completion_that_never_lands_is_unrecorded<S: ClaimStore>(store: S) {
+        scenario::completion_that_never_lands_is_unrecorded(Svc::new(store)).await
+    }
+
+    async fn lost_claim_reply_frees_the_key<S: ClaimStore>(store: S) {
+        scenario::lost_acquisition_reply_frees_the_key(Svc::new(store)).await
+    }
+
+    /// The same owner's claim sent twice is claimed both times; another owner's is not; once
+    /// completed, the owner's claim is no longer "claimed" (the record replays).
+    async fn claim_sent_twice_by_one_owner_is_claimed_both_times<S: ClaimStore>(store: S) {
+        let key = KeyBuilder::new(&unique("op")).part("k").finish().unwrap();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        let claim = Claim {
+            key: &key,
+            fingerprint: None,
+            owner: &a,
+            lease: Duration::from_secs(30),
+        };
+        assert!(store.try_claim(&claim).await.unwrap(), "claimed");
+        assert!(
+            store.try_claim(&claim).await.unwrap(),
+            "the same owner again: claimed"
+        );
+        let other = Claim {
+            owner: &b,
+            ..claim.clone()
+        };
+        assert!(
+            !store.try_claim(&other).await.unwrap(),
+            "another owner: not claimed"
+        );
+        assert!(
+            store
+                .complete_claim(&key, &a, b"1", Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.try_claim(&claim).await.unwrap(),
+            "completed: not claimed again"
+        );
+    }
+
+    idempotent_tests::on_claim_backends!(
+        cancelled_while_completing_still_records,
+        transient_completion_errors_are_retried,
+        completion_that_never_lands_is_unrecorded,
+        lost_claim_reply_frees_the_key,
+        claim_sent_twice_by_one_owner_is_claimed_both_times,
+    );
+}

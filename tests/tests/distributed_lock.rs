@@ -622,8 +622,10 @@ mod redis_servers {
         );
     }
 
-    /// Redis killed while the body runs and not back: the caller gets a typed Backend error,
-    /// the body ran once.
+    /// Redis killed while the body runs and not back: completion is retried for the lease
+    /// (5 s), then the caller gets the typed `Error::Unrecorded` (the effect happened, its
+    /// record is not written; before issue 10 this was `Error::Backend` after 3 tries) whose
+    /// last error is the backend's; the body ran once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_lost_mid_call_is_a_backend_error_and_one_effect() {
         if !redis_server_on_path() {
@@ -650,7 +652,11 @@ mod redis_servers {
         svc.gate.release.notify_one();
         let got = call.await.unwrap();
         assert!(
-            matches!(got, Err(AppError::Idempotency(Error::Backend(_)))),
+            matches!(
+                &got,
+                Err(AppError::Idempotency(Error::Unrecorded { last, .. }))
+                    if matches!(**last, Error::Backend(_))
+            ),
             "{got:?}"
         );
         assert_eq!(svc.ledger.count(&r), 1);
@@ -686,14 +692,168 @@ mod redis_servers {
                     Got::Replayed(receipt)
                 );
             }
-            // The reconnect outlasted the completion's retries: typed error, and the lock
-            // (persisted) still holds off a retry until its lease ends.
+            // The reconnect outlasted the completion's retries (the lease): typed error, and
+            // the lock (persisted) still holds off a retry until its lease ends.
             Got::Other(e) => {
-                assert!(e.contains("Backend"), "{e}");
+                assert!(e.contains("Unrecorded"), "{e}");
                 assert_eq!(classify(observe(svc.settle(&r)).await), Got::InProgress);
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(svc.ledger.count(&r), 1);
     }
+}
+
+/// Issue 10 items 1–3 for `distributed_lock` on every lock store (memory, Redis, Redis
+/// Cluster), with faults injected by a wrapping store ([`Faulty`](idempotent_tests::Faulty)):
+/// a completion held while the caller is aborted, completions failing with backend errors, an
+/// acquisition whose reply is lost; and an acquisition sent twice by one owner, directly
+/// against the store.
+mod faults {
+    use std::pin::Pin;
+
+    use idempotent_tests::faults as scenario;
+    use idempotent_tests::{Effects, FaultSvc, Faults, Faulty, Lease, Observed};
+
+    use super::*;
+
+    pub struct FSvc<S> {
+        store: Faulty<S>,
+        fx: Effects,
+    }
+
+    impl<S: LockStore> FSvc<S> {
+        fn new(store: S) -> Arc<Self> {
+            Arc::new(FSvc {
+                store: Faulty::new(store),
+                fx: Effects::default(),
+            })
+        }
+
+        #[idempotent(
+            strategy = "distributed_lock",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "300ms"
+        )]
+        async fn settle_300ms(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "distributed_lock",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "1s"
+        )]
+        async fn settle_1s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "distributed_lock",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "5s"
+        )]
+        async fn settle_5s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "distributed_lock",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "30s"
+        )]
+        async fn settle_30s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+    }
+
+    impl<S: LockStore> FaultSvc for FSvc<S> {
+        fn busy(&self) -> Got {
+            Got::InProgress
+        }
+        fn faults(&self) -> &Faults {
+            &self.store.faults
+        }
+        fn effects(&self) -> &Effects {
+            &self.fx
+        }
+        async fn fresh(&self) -> Req {
+            req(&unique("t"), "period-1", 100)
+        }
+        fn call(
+            self: Arc<Self>,
+            lease: Lease,
+            r: Req,
+        ) -> Pin<Box<dyn Future<Output = Observed> + Send>> {
+            Box::pin(async move {
+                match lease {
+                    Lease::Ms300 => observe(self.settle_300ms(&r)).await,
+                    Lease::S1 => observe(self.settle_1s(&r)).await,
+                    Lease::S5 => observe(self.settle_5s(&r)).await,
+                    Lease::S30 => observe(self.settle_30s(&r)).await,
+                }
+            })
+        }
+    }
+
+    async fn cancelled_while_completing_still_records<S: LockStore>(store: S) {
+        scenario::cancelled_while_completing_still_records(FSvc::new(store)).await
+    }
+
+    async fn transient_completion_errors_are_retried<S: LockStore>(store: S) {
+        scenario::transient_completion_errors_are_retried(FSvc::new(store)).await
+    }
+
+    async fn completion_that_never_lands_is_unrecorded<S: LockStore>(store: S) {
+        scenario::completion_that_never_lands_is_unrecorded(FSvc::new(store)).await
+    }
+
+    async fn lost_lock_reply_frees_the_key<S: LockStore>(store: S) {
+        scenario::lost_acquisition_reply_frees_the_key(FSvc::new(store)).await
+    }
+
+    /// The same owner's acquisition sent twice is acquired both times with the same fence;
+    /// another owner's is held off.
+    async fn lock_sent_twice_by_one_owner_is_acquired_both_times<S: LockStore>(store: S) {
+        let key = KeyBuilder::new(&unique("op")).part("k").finish().unwrap();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        let lease = Duration::from_secs(30);
+        let first = store.acquire_lock(&key, &a, None, lease).await.unwrap();
+        let Acquired::Acquired { fence } = first else {
+            panic!("a acquires: {first:?}")
+        };
+        assert_eq!(
+            store.acquire_lock(&key, &a, None, lease).await.unwrap(),
+            Acquired::Acquired { fence },
+            "the same owner again: acquired, same fence"
+        );
+        assert!(matches!(
+            store.acquire_lock(&key, &b, None, lease).await.unwrap(),
+            Acquired::Held { .. }
+        ));
+        assert!(
+            store.release_lock(&key, &a).await.unwrap(),
+            "a still holds it"
+        );
+    }
+
+    idempotent_tests::on_kv_backends!(
+        cancelled_while_completing_still_records,
+        transient_completion_errors_are_retried,
+        completion_that_never_lands_is_unrecorded,
+        lost_lock_reply_frees_the_key,
+        lock_sent_twice_by_one_owner_is_acquired_both_times,
+    );
 }

@@ -383,3 +383,159 @@ mod redis_servers {
         }
     }
 }
+
+/// Issue 10 items 1–3 for `token` on every token store (memory, Redis, Redis Cluster), with
+/// faults injected by a wrapping store ([`Faulty`](idempotent_tests::Faulty)): a completion
+/// held while the caller is aborted, completions failing with backend errors, a consumption
+/// whose reply is lost; and a consumption sent twice by one owner, directly against the store.
+mod faults {
+    use std::pin::Pin;
+
+    use idempotent_runtime::store::Consumed;
+    use idempotent_runtime::strategy::token::token_key;
+    use idempotent_tests::faults as scenario;
+    use idempotent_tests::{Effects, FaultSvc, Faults, Faulty, Lease, Observed};
+
+    use super::*;
+
+    pub struct FSvc<S> {
+        store: Faulty<S>,
+        fx: Effects,
+    }
+
+    impl<S: TokenStore> FSvc<S> {
+        fn new(store: S) -> Arc<Self> {
+            Arc::new(FSvc {
+                store: Faulty::new(store),
+                fx: Effects::default(),
+            })
+        }
+
+        #[idempotent(
+            strategy = "token",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "300ms"
+        )]
+        async fn checkout_300ms(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "token",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "1s"
+        )]
+        async fn checkout_1s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "token",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "5s"
+        )]
+        async fn checkout_5s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "token",
+            key = "req.id",
+            scope = "req.tenant",
+            name = "tests.faults",
+            store = "self.store",
+            lease = "30s"
+        )]
+        async fn checkout_30s(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.fx.apply(req).await
+        }
+    }
+
+    impl<S: TokenStore> FaultSvc for FSvc<S> {
+        fn busy(&self) -> Got {
+            Got::Duplicate
+        }
+        fn faults(&self) -> &Faults {
+            &self.store.faults
+        }
+        fn effects(&self) -> &Effects {
+            &self.fx
+        }
+        async fn fresh(&self) -> Req {
+            let token = issue_token(&self.store, HOUR).await.unwrap();
+            req(&unique("t"), &token, 100)
+        }
+        fn call(
+            self: Arc<Self>,
+            lease: Lease,
+            r: Req,
+        ) -> Pin<Box<dyn Future<Output = Observed> + Send>> {
+            Box::pin(async move {
+                match lease {
+                    Lease::Ms300 => observe(self.checkout_300ms(&r)).await,
+                    Lease::S1 => observe(self.checkout_1s(&r)).await,
+                    Lease::S5 => observe(self.checkout_5s(&r)).await,
+                    Lease::S30 => observe(self.checkout_30s(&r)).await,
+                }
+            })
+        }
+    }
+
+    async fn cancelled_while_completing_still_records<S: TokenStore>(store: S) {
+        scenario::cancelled_while_completing_still_records(FSvc::new(store)).await
+    }
+
+    async fn transient_completion_errors_are_retried<S: TokenStore>(store: S) {
+        scenario::transient_completion_errors_are_retried(FSvc::new(store)).await
+    }
+
+    async fn completion_that_never_lands_is_unrecorded<S: TokenStore>(store: S) {
+        scenario::completion_that_never_lands_is_unrecorded(FSvc::new(store)).await
+    }
+
+    async fn lost_consume_reply_frees_the_token<S: TokenStore>(store: S) {
+        scenario::lost_acquisition_reply_frees_the_key(FSvc::new(store)).await
+    }
+
+    /// The same owner's consumption sent twice is claimed both times; another owner's is busy.
+    async fn consume_sent_twice_by_one_owner_is_claimed_both_times<S: TokenStore>(store: S) {
+        let token = issue_token(&store, HOUR).await.unwrap();
+        let key = token_key(token.as_str()).unwrap();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        let lease = Duration::from_secs(30);
+        let consume = async |owner: &str| {
+            store
+                .consume_token(&key, owner, "bind", None, lease)
+                .await
+                .unwrap()
+        };
+        assert_eq!(consume(&a).await, Consumed::Claimed);
+        assert_eq!(
+            consume(&a).await,
+            Consumed::Claimed,
+            "the same owner again: claimed"
+        );
+        assert!(matches!(consume(&b).await, Consumed::Busy { .. }));
+        assert!(
+            store.restore_token(&key, &a).await.unwrap(),
+            "a still holds it"
+        );
+    }
+
+    idempotent_tests::on_kv_backends!(
+        cancelled_while_completing_still_records,
+        transient_completion_errors_are_retried,
+        completion_that_never_lands_is_unrecorded,
+        lost_consume_reply_frees_the_token,
+        consume_sent_twice_by_one_owner_is_claimed_both_times,
+    );
+}

@@ -71,7 +71,7 @@ pub struct DedupTable<'a, S: ?Sized> {
     pub options: DedupTableOptions,
 }
 
-impl<S: ClaimStore + ?Sized> ReplayStrategy for DedupTable<'_, S> {
+impl<S: ClaimStore> ReplayStrategy for DedupTable<'_, S> {
     type Injected = ();
 
     async fn run<T, E, F>(
@@ -128,7 +128,7 @@ pub struct DistributedLock<'a, S: ?Sized> {
     pub options: LockOptions,
 }
 
-impl<S: LockStore + ?Sized> ReplayStrategy for DistributedLock<'_, S> {
+impl<S: LockStore> ReplayStrategy for DistributedLock<'_, S> {
     type Injected = FencingToken;
 
     async fn run<T, E, F>(
@@ -158,7 +158,7 @@ pub struct Token<'a, S: ?Sized, K: ?Sized> {
     pub options: TokenOptions,
 }
 
-impl<S: TokenStore + ?Sized, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
+impl<S: TokenStore, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
     type Injected = ();
 
     async fn run<T, E, F>(

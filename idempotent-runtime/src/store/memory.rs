@@ -115,9 +115,17 @@ impl MemoryStore {
             .entry(*c.key.digest())
             .and_compute_with(|cur| match cur {
                 None => Op::Put(Entry::claim(c)),
+                // The same owner claiming again (a resent claim): still theirs, lease reset.
+                Some(e) if &*e.value().owner == c.owner && e.value().response.is_none() => {
+                    Op::Put(Entry::claim(c))
+                }
                 Some(_) => Op::Nop,
             });
-        matches!(result, moka::ops::compute::CompResult::Inserted(_))
+        matches!(
+            result,
+            moka::ops::compute::CompResult::Inserted(_)
+                | moka::ops::compute::CompResult::ReplacedWith(_)
+        )
     }
 
     fn take_over_now(&self, c: &Claim<'_>, previous_owner: &str) -> bool {
@@ -266,15 +274,15 @@ impl ClaimStore for MemoryStore {
     }
 }
 
-/// A held lock: `(owner, fingerprint, lease end)`.
-type HeldLock = (Arc<str>, Option<Arc<str>>, Instant);
+/// A held lock: `(owner, fingerprint, lease end, fencing token)`.
+type HeldLock = (Arc<str>, Option<Arc<str>>, Instant, u64);
 /// A stored response: `(fingerprint, response, ttl end)`.
 type StoredResponse = (Option<Arc<str>>, Arc<[u8]>, Instant);
 
 /// One key's lock and stored response (`distributed_lock`).
 #[derive(Debug, Default)]
 struct LockEntry {
-    /// `(owner, fingerprint, lease end)` of the current lock.
+    /// `(owner, fingerprint, lease end, fencing token)` of the current lock.
     lock: Option<HeldLock>,
     /// `(fingerprint, response, ttl end)` of the completed call.
     response: Option<StoredResponse>,
@@ -377,7 +385,16 @@ impl LockStore for MemoryStore {
                 response: response.to_vec(),
             });
         }
-        if let Some((_, fp, _)) = e.live_lock() {
+        if let Some((holder, fp, _, held)) = e.live_lock() {
+            if &**holder == owner {
+                // The same owner acquiring again (a resent acquisition): still theirs, with
+                // the fence it holds, lease reset.
+                let held = *held;
+                if let Some(l) = e.lock.as_mut() {
+                    l.2 = Instant::now() + lease;
+                }
+                return Ok(Acquired::Acquired { fence: held });
+            }
             return Ok(Acquired::Held {
                 fingerprint: fp.as_deref().map(str::to_owned),
             });
@@ -386,6 +403,7 @@ impl LockStore for MemoryStore {
             owner.into(),
             fingerprint.map(Into::into),
             Instant::now() + lease,
+            fence,
         ));
         locks.fence = fence;
         Ok(Acquired::Acquired { fence })
@@ -483,7 +501,12 @@ impl TokenStore for MemoryStore {
                 response: response.to_vec(),
             });
         }
-        if t.consumer.as_ref().is_some_and(|c| c.1 > now) {
+        // A live consumption by another owner is busy; the same owner consuming again (a
+        // resent consumption) takes it again below, lease reset.
+        if t.consumer
+            .as_ref()
+            .is_some_and(|c| c.1 > now && &*c.0 != owner)
+        {
             return Ok(Consumed::Busy {
                 binding: b,
                 fingerprint: f,

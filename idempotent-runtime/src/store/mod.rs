@@ -79,14 +79,27 @@ pub trait Store: Send + Sync {
 ///
 /// Implemented for `sqlx::Pool<Postgres | MySql | Sqlite>` and
 /// [`MemoryStore`](memory::MemoryStore). Each method is one atomic step on the backend.
+///
+/// **Owned handles.** The store must be a cheap-to-clone handle to shared state (`Clone + Send
+/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response in a
+/// task of its own (spawned on the current tokio runtime, holding a clone of the store), so
+/// that the record is written even if the caller's future is dropped meanwhile. Every built-in
+/// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
+/// of your own that owns its state should keep it behind an `Arc`.
+///
+/// **Idempotent acquisition.** [`try_claim`](ClaimStore::try_claim) run again with the same
+/// owner while that owner's claim is in progress answers `Ok(true)`: a claim whose reply was
+/// lost (a timeout, a client that resends) can be retried, and then released by owner.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an idempotency store: `store` must give a `ClaimStore`",
     label = "this store is a `{Self}`",
     note = "write `store = \"...\"` naming a sqlx pool (`PgPool`, `MySqlPool`, `SqlitePool`) or an `idempotent_runtime::MemoryStore`; or add a `#[tx] tx: &mut <DB>Connection` parameter to claim inside the body's transaction"
 )]
-pub trait ClaimStore: Store + AsClaimStore<Store = Self> {
+pub trait ClaimStore: Store + Clone + 'static + AsClaimStore<Store = Self> {
     /// Inserts `claim` as an in-progress record if the key has no record. `Ok(true)` when this
-    /// caller now holds the claim, `Ok(false)` when a record exists.
+    /// caller now holds the claim — including when the record is already `claim.owner`'s
+    /// unexpired in-progress claim (the same claim sent again) — `Ok(false)` when another
+    /// record exists.
     fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Reads the record of `key`, `None` when there is none.
@@ -190,14 +203,26 @@ pub enum Acquired {
 /// `distributed_lock`. Implemented for [`MemoryStore`](memory::MemoryStore) and
 /// [`RedisStore`](redis::RedisStore) (standalone and Cluster). Each method is one atomic step
 /// (one Lua script on Redis); every write after acquisition is a compare-and-set on the owner.
+///
+/// **Owned handles.** The store must be a cheap-to-clone handle to shared state (`Clone + Send
+/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response in a
+/// task of its own (spawned on the current tokio runtime, holding a clone of the store), so
+/// that the record is written even if the caller's future is dropped meanwhile. Every built-in
+/// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
+/// of your own that owns its state should keep it behind an `Arc`.
+///
+/// **Idempotent acquisition.** [`acquire_lock`](LockStore::acquire_lock) run again by the owner
+/// that holds the lock answers [`Acquired::Acquired`] with the same fencing token.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot hold the leased locks that `distributed_lock` needs: `store` must give a `LockStore`",
     label = "this store is a `{Self}`, which has no leased locks",
     note = "write `store = \"...\"` naming an `idempotent_runtime::RedisStore` or `idempotent_runtime::MemoryStore`; a SQL pool cannot hold a distributed lock (use `dedup_table` for SQL)"
 )]
-pub trait LockStore: Store + AsLockStore<Store = Self> {
+pub trait LockStore: Store + Clone + 'static + AsLockStore<Store = Self> {
     /// In one step: replays a stored response if there is one, else takes the lock for `owner`
     /// for `lease` (if free) and increments the key's fencing counter, else reports the holder.
+    /// When the holder is `owner` itself (the same acquisition sent again) the lease is reset
+    /// to `lease` and the answer is [`Acquired::Acquired`] with the fence it already holds.
     fn acquire_lock(
         &self,
         key: &StorageKey,
@@ -265,12 +290,22 @@ pub enum Consumed {
 /// A store of one-time tokens: the backend of `token`. Implemented for
 /// [`MemoryStore`](memory::MemoryStore) and [`RedisStore`](redis::RedisStore). Each method is
 /// one atomic step on the server (one Lua script on Redis: never GET then DEL).
+///
+/// **Owned handles.** The store must be a cheap-to-clone handle to shared state (`Clone + Send
+/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response in a
+/// task of its own (spawned on the current tokio runtime, holding a clone of the store), so
+/// that the record is written even if the caller's future is dropped meanwhile. Every built-in
+/// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
+/// of your own that owns its state should keep it behind an `Arc`.
+///
+/// **Idempotent consumption.** [`consume_token`](TokenStore::consume_token) run again by the
+/// owner that consumed the token answers [`Consumed::Claimed`].
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot hold the one-time tokens that `token` needs: `store` must give a `TokenStore`",
     label = "this store is a `{Self}`, which has no one-time tokens",
     note = "write `store = \"...\"` naming an `idempotent_runtime::RedisStore` or `idempotent_runtime::MemoryStore`; a SQL pool cannot hold one-time tokens (use `dedup_table` for SQL)"
 )]
-pub trait TokenStore: Store + AsTokenStore<Store = Self> {
+pub trait TokenStore: Store + Clone + 'static + AsTokenStore<Store = Self> {
     /// Stores a fresh token under `token_key`, valid for `ttl`. (The free function
     /// [`issue_token`](crate::issue_token) makes the token and calls this.)
     fn issue_token(
@@ -281,6 +316,8 @@ pub trait TokenStore: Store + AsTokenStore<Store = Self> {
 
     /// Consumes the token for `owner` in one step (see [`Consumed`]). The consumption lasts
     /// `lease`; a consumer that neither completes nor restores within it loses it to the next.
+    /// A token already consumed by `owner` (the same step sent again) answers
+    /// [`Consumed::Claimed`] with its lease reset to `lease`.
     fn consume_token(
         &self,
         token_key: &StorageKey,

@@ -82,6 +82,11 @@ impl Backoff {
         }
     }
 
+    /// The pause the next [`wait`](Self::wait) takes.
+    pub(crate) fn next(&self) -> Duration {
+        self.next
+    }
+
     pub(crate) async fn wait(&mut self) {
         tokio::time::sleep(self.next).await;
         self.next = (self.next * 2).min(self.max);

@@ -11,8 +11,9 @@ use super::{RedisStore, opt, rkey, text};
 use crate::store::{Acquired, LockStore, millis};
 use crate::{Error, StorageKey};
 
-/// KEYS: lock, fence, resp. ARGV: owner..fingerprint, lease ms.
-/// → {0, fence, ''} acquired | {1, fingerprint, response} replay | {2, holder value, ''} held.
+/// KEYS: lock, fence, resp. ARGV: owner..fingerprint, lease ms, owner.
+/// → {0, fence, ''} acquired (or already held by the owner: a resent acquisition, lease reset,
+/// same fence) | {1, fingerprint, response} replay | {2, holder value, ''} held.
 static LOCK_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -27,7 +28,12 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {0, string.format('%d', redis.call('INCR', KEYS[2])), ''}
 end
-return {2, redis.call('GET', KEYS[1]) or '', ''}
+local v = redis.call('GET', KEYS[1]) or ''
+if string.sub(v, 1, #ARGV[3]) == ARGV[3] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {0, redis.call('GET', KEYS[2]) or '0', ''}
+end
+return {2, v, ''}
 ",
     )
 });
@@ -87,7 +93,8 @@ impl LockStore for RedisStore {
                     .key(rkey(key, "fence"))
                     .key(rkey(key, "resp"))
                     .arg(value)
-                    .arg(millis(lease).max(1)),
+                    .arg(millis(lease).max(1))
+                    .arg(owner),
             )
             .await?;
         match code {

@@ -10,11 +10,19 @@ use super::{RedisStore, opt, rkey, text};
 use crate::store::{Claim, ClaimStore, Record, RecordState, millis};
 use crate::{Error, StorageKey};
 
-/// KEYS: rec. ARGV: owner, fingerprint, lease ms. → 1 claimed, 0 a record exists.
+/// KEYS: rec. ARGV: owner, fingerprint, lease ms. → 1 claimed (or already the owner's
+/// in-progress claim: a resent claim, lease reset), 0 another record exists.
 static REC_CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local t = redis.call('HMGET', KEYS[1], 's', 'o')
+if t[1] then
+  if t[1] == 'p' and t[2] == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return 1
+  end
+  return 0
+end
 redis.call('HSET', KEYS[1], 'o', ARGV[1], 'f', ARGV[2], 's', 'p')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1

@@ -22,16 +22,17 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[1])
 });
 
 /// KEYS: tok. ARGV: owner, lease ms, binding, fingerprint.
-/// → {0,..} invalid | {1,..} claimed | {2, binding, fp, ''} busy | {3, binding, fp, response}.
+/// → {0,..} invalid | {1,..} claimed (also when already consumed by the owner: a resent
+/// consumption, lease reset) | {2, binding, fp, ''} busy | {3, binding, fp, response}.
 static TOKEN_CONSUME: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local t = redis.call('HMGET', KEYS[1], 's', 'd', 'b', 'f', 'r')
+local t = redis.call('HMGET', KEYS[1], 's', 'd', 'b', 'f', 'r', 'o')
 if not t[1] then return {0, '', '', ''} end
 if t[1] == 'c' then return {3, t[3] or '', t[4] or '', t[5] or ''} end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if t[1] == 'p' and tonumber(t[2]) > ms then return {2, t[3] or '', t[4] or '', ''} end
+if t[1] == 'p' and tonumber(t[2]) > ms and t[6] ~= ARGV[1] then return {2, t[3] or '', t[4] or '', ''} end
 local lease = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 's', 'p', 'o', ARGV[1], 'd', string.format('%d', ms + lease), 'b', ARGV[3], 'f', ARGV[4])
 if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end

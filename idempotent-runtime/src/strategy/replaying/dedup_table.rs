@@ -10,7 +10,8 @@
 //!   by sqlx's error kind). A rollback or a crash leaves no record.
 //! - **Claim** ([`run`], no `#[tx]`, any [`ClaimStore`]): the claim commits first as
 //!   `in_progress` with a lease judged by the store's clock; the body runs; completion stores the
-//!   response by compare-and-set on the claim's owner token. An error from the body deletes the
+//!   response by compare-and-set on the claim's owner token, in a task of its own that outlives
+//!   the caller's future and retries backend errors for up to the lease. An error from the body deletes the
 //!   claim; a future dropped mid-body keeps it until its lease ends (`on_cancel = "keep"`, the
 //!   default) or releases it at once (`on_cancel = "release"`, see [`OnCancel`]); an expired
 //!   claim is taken over by exactly one caller (compare-and-set on owner and expiry).
@@ -27,7 +28,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 pub use super::DEFAULT_MAX_RESPONSE_BYTES;
-use super::{DropGuard, busy, check_fingerprint, replayed, response_bytes, while_renewing};
+use super::{
+    Completion, DropGuard, busy, check_fingerprint, complete_recorded, released_if_uncertain,
+    replayed, response_bytes, while_renewing,
+};
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
 use crate::strategy::{Backoff, OnBusy, OnCancel};
@@ -112,7 +116,11 @@ fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<
 /// Returns the body's result, or the replayed response of an earlier call. Errors (converted
 /// into `E`): [`Error::FingerprintMismatch`], [`Error::InProgress`] (or
 /// [`Error::WaitTimeout`] with `on_busy = wait`), [`Error::LockLost`] when the claim expired and
-/// was taken over before completion, [`Error::Serialization`], [`Error::Backend`].
+/// was taken over before completion, [`Error::Unrecorded`] when the body ran but its response
+/// could not be recorded (completion runs in a task of its own that survives the caller's
+/// future and retries backend errors for up to the lease), [`Error::Serialization`],
+/// [`Error::Backend`] (before the body ran; a claim whose reply may have been lost is released
+/// by owner in the background).
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
@@ -121,7 +129,7 @@ pub async fn run<S, T, E, F>(
     body: F,
 ) -> Result<T, E>
 where
-    S: ClaimStore + ?Sized,
+    S: ClaimStore,
     T: super::Replayable,
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
@@ -139,7 +147,8 @@ where
     let mut attempts = 0;
     loop {
         attempts += 1;
-        if retrying(|| store.try_claim(&claim)).await? {
+        let release = || store.release_claim_detached(key.clone(), owner.clone());
+        if released_if_uncertain(retrying(|| store.try_claim(&claim)).await, release)? {
             break;
         }
         match retrying(|| store.read_record(&key)).await? {
@@ -151,7 +160,8 @@ where
                     return Ok(v);
                 }
                 Verdict::TakeOver(previous) => {
-                    if retrying(|| store.take_over_claim(&claim, &previous)).await? {
+                    let taken = retrying(|| store.take_over_claim(&claim, &previous)).await;
+                    if released_if_uncertain(taken, release)? {
                         break;
                     }
                 }
@@ -180,13 +190,45 @@ where
     // The effect has happened: record it even when the response cannot be kept, so a retry
     // never runs the body a second time.
     let bytes = response_bytes(&key, &value, options.max_response_bytes);
-    match retrying(|| store.complete_claim(&key, &owner, &bytes, options.ttl)).await {
-        Ok(true) => {
-            record(Disposition::Executed);
-            Ok(value)
-        }
-        Ok(false) => Err(Error::LockLost.into()),
-        Err(e) => Err(e.into()),
+    let completion = Completing {
+        store: store.clone(),
+        key: key.clone(),
+        owner: owner.clone(),
+        response: bytes,
+        ttl: options.ttl,
+        lease: options.lease,
+    };
+    complete_recorded(completion, options.lease).await?;
+    Ok(value)
+}
+
+/// The completion of a claim-mode call, on an owned store handle (see [`Completion`]).
+struct Completing<S> {
+    store: S,
+    key: StorageKey,
+    owner: String,
+    response: Vec<u8>,
+    ttl: Duration,
+    lease: Duration,
+}
+
+impl<S: ClaimStore> Completion for Completing<S> {
+    fn complete(&self) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.store
+            .complete_claim(&self.key, &self.owner, &self.response, self.ttl)
+    }
+
+    fn renew(&self) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.store.renew_claim(&self.key, &self.owner, self.lease)
+    }
+
+    /// The record is completed under this caller's owner token: an earlier attempt landed.
+    async fn landed(&self) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .read_record(&self.key)
+            .await?
+            .is_some_and(|r| r.owner == self.owner && matches!(r.state, RecordState::Completed(_))))
     }
 }
 

@@ -32,8 +32,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    DEFAULT_MAX_RESPONSE_BYTES, DropGuard, busy, check_fingerprint, complete_recorded, replayed,
-    response_bytes, while_renewing,
+    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, busy, check_fingerprint, complete_recorded,
+    released_if_uncertain, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
@@ -143,8 +143,11 @@ fn drift(lease: Duration) -> Duration {
 /// into `E`): [`Error::FingerprintMismatch`], [`Error::InProgress`] (or
 /// [`Error::WaitTimeout`]), [`Error::LockLost`] (the lease ran out before the body could start,
 /// or before completion and another caller took the lock), [`Error::Serialization`],
-/// [`Error::Backend`] (Redis unreachable or restarted; the body never runs twice within one
-/// call, and the lock frees itself within its lease).
+/// [`Error::Unrecorded`] (the body ran but its response could not be recorded: completion runs
+/// in a task of its own that survives the caller's future and retries backend errors for up to
+/// the lease, renewing it), [`Error::Backend`] (Redis unreachable or restarted before the body
+/// ran; the body never runs twice within one call, and a lock whose acquisition reply may
+/// have been lost is released by owner in the background).
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
@@ -153,7 +156,7 @@ pub async fn run<S, T, E, F>(
     body: F,
 ) -> Result<T, E>
 where
-    S: LockStore + ?Sized,
+    S: LockStore,
     T: super::Replayable,
     E: From<Error>,
     F: AsyncFnOnce(FencingToken) -> Result<T, E>,
@@ -165,10 +168,12 @@ where
     let mut backoff = Backoff::new();
     let (fence, sent) = loop {
         let sent = Instant::now();
-        match store
+        let acquired = store
             .acquire_lock(&key, &owner, fp.as_deref(), options.lease)
-            .await?
-        {
+            .await;
+        match released_if_uncertain(acquired, || {
+            store.release_lock_detached(key.clone(), owner.clone())
+        })? {
             Acquired::Acquired { fence } => break (fence, sent),
             Acquired::Replay {
                 fingerprint,
@@ -224,6 +229,35 @@ where
     // The effect has happened: record it, even when the response cannot be kept, so a retry
     // replays instead of re-running the body.
     let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES);
-    complete_recorded(|| store.complete_lock(&key, &owner, &bytes, options.ttl)).await?;
+    let completion = Completing {
+        store: store.clone(),
+        key: key.clone(),
+        owner: owner.clone(),
+        response: bytes,
+        ttl: options.ttl,
+        lease: options.lease,
+    };
+    complete_recorded(completion, options.lease).await?;
     Ok(value)
+}
+
+/// The completion of a `distributed_lock` call, on an owned store handle (see [`Completion`]).
+struct Completing<S> {
+    store: S,
+    key: StorageKey,
+    owner: String,
+    response: Vec<u8>,
+    ttl: Duration,
+    lease: Duration,
+}
+
+impl<S: LockStore> Completion for Completing<S> {
+    fn complete(&self) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.store
+            .complete_lock(&self.key, &self.owner, &self.response, self.ttl)
+    }
+
+    fn renew(&self) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.store.renew_lock(&self.key, &self.owner, self.lease)
+    }
 }

@@ -13,7 +13,11 @@
 //! - **renewal**: `while_renewing` runs the body while renewing the lease every third of it;
 //! - the **drop guard** `DropGuard`, which applies [`OnCancel`] when the caller's future is
 //!   dropped mid-body (keep the claim until its lease ends, or give it back at once);
-//! - **completion**: `complete_recorded` records the response by compare-and-set on the owner;
+//! - **completion**: `complete_recorded` records the response by compare-and-set on the owner,
+//!   in a task of its own that outlives the caller's future, retrying backend errors for up to
+//!   the lease while renewing it;
+//! - **uncertain acquisition**: `released_if_uncertain` releases by owner after an acquisition
+//!   step failed with a backend error (its reply may have been lost);
 //! - [`Replayable`], the bound on a replayed response type.
 
 use std::time::Duration;
@@ -196,30 +200,102 @@ where
     }
 }
 
-/// Records a completed call with `complete` (a compare-and-set on the owner), trying up to 3
-/// times on backend errors: the effect has happened, so a retry should replay, not re-run.
-/// `Ok(())` marks the call executed; [`Error::LockLost`](crate::Error::LockLost) when the claim
-/// is no longer this caller's; the last backend error otherwise.
-pub(crate) async fn complete_recorded<Fut>(
-    mut complete: impl FnMut() -> Fut,
-) -> Result<(), crate::Error>
-where
-    Fut: Future<Output = Result<bool, crate::Error>>,
-{
-    let mut backoff = Backoff::new();
-    let mut last = None;
-    for _ in 0..3 {
-        match complete().await {
-            Ok(true) => {
-                crate::error::record(crate::Disposition::Executed);
-                return Ok(());
-            }
-            Ok(false) => return Err(crate::Error::LockLost),
-            Err(e) => {
-                last = Some(e);
-                backoff.wait().await;
+/// One completion of a call whose body returned `Ok`, on an owned store handle, so that it
+/// can run in a task of its own: the compare-and-set that records the response, and the lease
+/// renewal that keeps the claim while completion is retried. Each replaying strategy has one
+/// (`dedup_table`: `complete_claim`/`renew_claim`, `distributed_lock`: `complete_lock`/
+/// `renew_lock`, `token`: `complete_token`/`renew_token`).
+pub(crate) trait Completion: Send + Sync + 'static {
+    /// Records the response if the claim is still this caller's: `Ok(true)` recorded,
+    /// `Ok(false)` the claim is no longer this caller's.
+    fn complete(&self) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Extends this caller's claim by the lease: `Ok(false)` when it is no longer theirs.
+    fn renew(&self) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// After a refused completion that followed a failed attempt: `Ok(true)` when the record
+    /// shows that the failed attempt did land (its reply was lost), so the call is recorded.
+    /// The default knows no way to tell and answers `Ok(false)`.
+    fn landed(&self) -> impl Future<Output = Result<bool, Error>> + Send {
+        std::future::ready(Ok(false))
+    }
+}
+
+/// Records a call whose body returned `Ok`: runs `completion` in a task of its own on the
+/// current tokio runtime (inline when there is none) and awaits it, so the record is written
+/// even if the caller's future is dropped meanwhile.
+///
+/// The task retries every [`Error::Backend`] with backoff (5 ms doubling to 100 ms) for up to
+/// `lease`, renewing the lease every `lease / 3` meanwhile: the effect has happened, so a
+/// retry of the call should replay, not re-run. `Ok(())` marks the call executed;
+/// [`Error::LockLost`] when the claim is no longer this caller's (it expired and was taken
+/// over); [`Error::Unrecorded`] when the record could not be written (the claim then stays in
+/// progress until its lease ends).
+pub(crate) async fn complete_recorded<C: Completion>(
+    completion: C,
+    lease: Duration,
+) -> Result<(), Error> {
+    let outcome = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => match runtime.spawn(finish(completion, lease)).await {
+            Ok(outcome) => outcome,
+            Err(join) => Err(Error::Unrecorded {
+                retried_for: Duration::ZERO,
+                last: Box::new(Error::Backend(
+                    format!("the completion task did not finish: {join}").into(),
+                )),
+            }),
+        },
+        Err(_) => finish(completion, lease).await,
+    };
+    if outcome.is_ok() {
+        crate::error::record(crate::Disposition::Executed);
+    }
+    outcome
+}
+
+/// The completion task: tries `completion` until it answers, retrying backend errors for up to
+/// `lease` while renewing the claim.
+async fn finish<C: Completion>(completion: C, lease: Duration) -> Result<(), Error> {
+    let started = tokio::time::Instant::now();
+    let attempts = async {
+        let mut backoff = Backoff::new();
+        let mut failed = false;
+        loop {
+            match completion.complete().await {
+                Ok(true) => return Ok(()),
+                Ok(false) if failed && completion.landed().await.unwrap_or(false) => {
+                    return Ok(());
+                }
+                Ok(false) => return Err(Error::LockLost),
+                Err(e @ Error::Backend(_)) if started.elapsed() + backoff.next() < lease => {
+                    tracing::warn!(error = %e, "recording the response failed; retrying while the lease lasts");
+                    failed = true;
+                    backoff.wait().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the body's effect happened but its response could not be recorded; the claim stays until its lease ends");
+                    return Err(Error::Unrecorded {
+                        retried_for: started.elapsed(),
+                        last: Box::new(e),
+                    });
+                }
             }
         }
+    };
+    while_renewing(lease, attempts, || completion.renew()).await
+}
+
+/// An acquisition step's result (claim, take-over, lock, token consumption), after running
+/// `release` — a detached release by this caller's owner token — when it failed with
+/// [`Error::Backend`]: the step may have run on the server with its reply lost, leaving the
+/// key held by a caller that is about to give up. Acquisition is idempotent per owner, so a
+/// resent step is harmless and the release frees what it may have taken.
+pub(crate) fn released_if_uncertain<R>(
+    result: Result<R, Error>,
+    release: impl FnOnce(),
+) -> Result<R, Error> {
+    if let Err(Error::Backend(_)) = &result {
+        release();
     }
-    Err(last.unwrap_or(crate::Error::LockLost))
+    result
 }

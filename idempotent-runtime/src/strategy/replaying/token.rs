@@ -28,8 +28,8 @@
 use std::time::Duration;
 
 use super::{
-    DEFAULT_MAX_RESPONSE_BYTES, DropGuard, check_fingerprint, complete_recorded, replayed,
-    response_bytes, while_renewing,
+    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, check_fingerprint, complete_recorded,
+    released_if_uncertain, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
@@ -75,10 +75,7 @@ pub fn token_key<K: KeyPart + ?Sized>(token: &K) -> Result<StorageKey, Error> {
 /// request (and with every retry of that request).
 ///
 /// Errors: [`Error::Backend`] when the store fails or the OS has no randomness.
-pub async fn issue_token<S: TokenStore + ?Sized>(
-    store: &S,
-    ttl: Duration,
-) -> Result<String, Error> {
+pub async fn issue_token<S: TokenStore>(store: &S, ttl: Duration) -> Result<String, Error> {
     let token = new_owner()?;
     store.issue_token(&token_key(token.as_str())?, ttl).await?;
     Ok(token)
@@ -104,7 +101,11 @@ fn check(
 /// `E`): [`Error::TokenInvalid`] (unknown, expired, or bound to another operation or scope),
 /// [`Error::Duplicate`] (another call with the token is running), [`Error::FingerprintMismatch`],
 /// [`Error::LockLost`] (the consumption's lease ended and another call took the token),
-/// [`Error::InvalidKey`], [`Error::Serialization`], [`Error::Backend`].
+/// [`Error::Unrecorded`] (the body ran but its response could not be recorded: completion runs
+/// in a task of its own that survives the caller's future and retries backend errors for up to
+/// the lease, renewing it), [`Error::InvalidKey`], [`Error::Serialization`], [`Error::Backend`]
+/// (before the body ran; a consumption whose reply may have been lost is restored by owner in
+/// the background).
 pub async fn run<S, K, T, E, F>(
     store: &S,
     token: &K,
@@ -114,7 +115,7 @@ pub async fn run<S, K, T, E, F>(
     body: F,
 ) -> Result<T, E>
 where
-    S: TokenStore + ?Sized,
+    S: TokenStore,
     K: KeyPart + ?Sized,
     T: super::Replayable,
     E: From<Error>,
@@ -124,10 +125,12 @@ where
     let owner = new_owner()?;
     let fp = fingerprint.map(|f| f.hex());
     let bind = binding.hex();
-    match store
+    let consumed = store
         .consume_token(&key, &owner, &bind, fp.as_deref(), options.lease)
-        .await?
-    {
+        .await;
+    match released_if_uncertain(consumed, || {
+        store.restore_token_detached(key.clone(), owner.clone())
+    })? {
         Consumed::Claimed => {}
         Consumed::Invalid => return Err(Error::TokenInvalid.into()),
         Consumed::Busy {
@@ -171,6 +174,35 @@ where
     // The effect has happened: consume the token for good, even when the response cannot be
     // kept, so a retry never runs the body a second time.
     let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES);
-    complete_recorded(|| store.complete_token(&key, &owner, &bytes, options.ttl)).await?;
+    let completion = Completing {
+        store: store.clone(),
+        key: key.clone(),
+        owner: owner.clone(),
+        response: bytes,
+        ttl: options.ttl,
+        lease: options.lease,
+    };
+    complete_recorded(completion, options.lease).await?;
     Ok(value)
+}
+
+/// The completion of a `token` call, on an owned store handle (see [`Completion`]).
+struct Completing<S> {
+    store: S,
+    key: StorageKey,
+    owner: String,
+    response: Vec<u8>,
+    ttl: Duration,
+    lease: Duration,
+}
+
+impl<S: TokenStore> Completion for Completing<S> {
+    fn complete(&self) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.store
+            .complete_token(&self.key, &self.owner, &self.response, self.ttl)
+    }
+
+    fn renew(&self) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.store.renew_token(&self.key, &self.owner, self.lease)
+    }
 }
