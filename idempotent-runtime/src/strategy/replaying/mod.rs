@@ -14,7 +14,9 @@
 //! - the **drop guard** `DropGuard`, which applies [`OnCancel`] when the caller's future is
 //!   dropped mid-body (keep the claim until its lease ends, or give it back at once);
 //! - **completion**: `complete_recorded` records the response by compare-and-set on the owner;
-//! - [`Replayable`], the bound on a replayed response type.
+//! - [`Replayable`], the bound on a replayed response type;
+//! - the duration options' defaults and floors, checked by each entry point first, in
+//!   [`durations`].
 
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use crate::Error;
 
 pub mod dedup_table;
 pub mod distributed_lock;
+pub mod durations;
 pub mod token;
 
 /// The largest response stored for replay by default: 4 MiB of JSON (below MySQL's and
