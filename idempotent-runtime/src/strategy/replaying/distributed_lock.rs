@@ -31,11 +31,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, check_on_busy};
 use super::{
     DEFAULT_MAX_RESPONSE_BYTES, DropGuard, busy, check_fingerprint, complete_recorded, replayed,
     response_bytes, while_renewing,
 };
-use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, check_on_busy};
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
 use crate::strategy::{Backoff, OnBusy, OnCancel};

@@ -27,11 +27,11 @@
 
 use std::time::Duration;
 
+use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, explain_lock_lost};
 use super::{
     DEFAULT_MAX_RESPONSE_BYTES, DropGuard, check_fingerprint, complete_recorded, replayed,
     response_bytes, while_renewing,
 };
-use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, explain_lock_lost};
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
 use crate::strategy::OnCancel;
