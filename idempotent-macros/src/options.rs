@@ -300,9 +300,14 @@ pub(crate) const DEFAULT_LEASE_MS: u64 = 30_000;
 /// See [`MIN_LEASE_MS`].
 pub(crate) const DEFAULT_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// `ms` as the attribute would spell it (`300ms`, `1s 500ms`, `1day`).
+/// `ms` as the attribute would spell it (`300ms`, `30s`, `24h`, `1s 500ms`).
 fn spelled(ms: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
+    }
 }
 
 /// The durations against what the protocol needs (the runtime checks the same floors for

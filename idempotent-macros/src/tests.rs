@@ -474,7 +474,7 @@ fn duration_floors() {
         place(),
     );
     assert!(
-        msg.starts_with("`lease = \"25h\"` is longer than the default ttl (1day):")
+        msg.starts_with("`lease = \"25h\"` is longer than the default ttl (24h):")
             && msg.ends_with("add a ttl at least as long as the lease, e.g. `ttl = \"25h\"`"),
         "{msg}"
     );
