@@ -304,8 +304,8 @@ pub(crate) const DEFAULT_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 fn spelled(ms: u64) -> String {
     match ms {
         0..1000 => format!("{ms}ms"),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         _ => humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
     }
 }
