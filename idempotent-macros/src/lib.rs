@@ -67,9 +67,9 @@ use proc_macro::TokenStream;
 /// | `scope` | the caller/tenant part of the storage key, e.g. `"ctx.tenant_id"` |
 /// | `name` | stable operation name in the storage key; default `module_path!()::fn_name`, and `module_path!()::Type::fn_name` in a method (`Type` = the last path segment of `Self`); give it explicitly for associated functions without `self` that share a name with another function in the module |
 /// | `fingerprint` | which arguments identify the request: `"req"` or `["req", "amount"]`; default every parameter except `self`, the store's and injected ones; `false` turns it off |
-/// | `lease` | how long a claim lives without renewal, e.g. `"30s"` (dedup_table, distributed_lock, token) |
-/// | `ttl` | how long a completed record or issued token is kept, e.g. `"24h"` (dedup_table, distributed_lock, token) |
-/// | `on_busy` | what a concurrent duplicate gets: `"reject"` or `"wait(5s)"` (dedup_table, distributed_lock) |
+/// | `lease` | how long a claim lives without renewal, e.g. `"30s"` (default), at least `"300ms"` (dedup_table, distributed_lock, token) |
+/// | `ttl` | how long a completed record (its response, for replay) is kept, e.g. `"24h"` (default), at least the lease (dedup_table, distributed_lock, token) |
+/// | `on_busy` | what a concurrent duplicate gets: `"reject"` or `"wait(5s)"`, a wait of at least `10ms` (dedup_table, distributed_lock) |
 /// | `on_cancel` | what a future dropped mid-body does with its claim, lock or consumed token: `"keep"` (default: it stays until the lease ends, so an immediate retry gets `InProgress` — `Duplicate` for token — instead of a second run) or `"release"` (freed at once: the retry runs the body again, though the first run's effect may be half done). dedup_table without `#[tx]`, distributed_lock, token; with `#[tx]` a dropped transaction rolls back, so it is an error there |
 /// | `crate` | path of the runtime crate when renamed, e.g. `"::my_runtime"` |
 /// | `table`, `column` | business table and key column (select_before_insert, pessimistic, optimistic, state_machine, unique_index); `column` defaults to the key's last field |
@@ -79,7 +79,12 @@ use proc_macro::TokenStream;
 /// | `on_duplicate` | path of an async fn called for a duplicate instead of returning `Error::Duplicate` (select_before_insert, unique_index, optimistic, state_machine) |
 ///
 /// Durations are [humantime](https://docs.rs/humantime) strings (`"500ms"`,
-/// `"30s"`, `"24h"`), parsed at compile time; zero is rejected. Table, column,
+/// `"30s"`, `"24h"`), parsed at compile time; zero is rejected, and so is a
+/// value below what the protocol can keep (`idempotent_runtime::strategy::durations`):
+/// a `lease` under 300 ms (the claim is renewed every lease/3 by one round trip
+/// to the store), a `ttl` shorter than the lease, given or default (the record
+/// must outlive the claim it replaces), a `wait(..)` under 10 ms (it would give
+/// up before its second look). Table, column,
 /// status column and constraint names must be plain SQL identifiers
 /// (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 characters).
 ///

@@ -25,6 +25,8 @@ pub(crate) struct PathExpr {
 pub(crate) struct Millis {
     /// The duration in milliseconds, at least 1.
     pub(crate) ms: u64,
+    /// The duration as written (trimmed), for messages.
+    pub(crate) text: String,
     /// Where it was written.
     pub(crate) span: Span,
 }

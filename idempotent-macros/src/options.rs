@@ -287,6 +287,98 @@ pub(crate) fn check_on_cancel(lit: &LitStr, errors: &mut Errors) -> Option<OnCan
     }
 }
 
+/// The runtime's duration floors and defaults, in milliseconds: `idempotent_runtime::strategy::
+/// durations::{MIN_LEASE, MIN_WAIT, DEFAULT_LEASE, DEFAULT_TTL}`, repeated here because a
+/// proc-macro crate cannot depend on the runtime. Keep them equal: `tests/tests/durations.rs`
+/// (the runtime's values, and attributes at the floor that run) and the ui cases
+/// `tests/ui/{pass,fail}/duration_floor*.rs` (at the floor, just below it) fail when they drift.
+pub(crate) const MIN_LEASE_MS: u64 = 300;
+/// See [`MIN_LEASE_MS`].
+pub(crate) const MIN_WAIT_MS: u64 = 10;
+/// See [`MIN_LEASE_MS`].
+pub(crate) const DEFAULT_LEASE_MS: u64 = 30_000;
+/// See [`MIN_LEASE_MS`].
+pub(crate) const DEFAULT_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// `ms` as the attribute would spell it (`300ms`, `30s`, `24h`, `1s 500ms`).
+fn spelled(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
+    }
+}
+
+/// The durations against what the protocol needs (the runtime checks the same floors for
+/// options built in code): `lease` at least [`MIN_LEASE_MS`], `ttl` at least the lease (given
+/// or default), `wait(..)` at least [`MIN_WAIT_MS`]. Each error is at the literal it is about.
+pub(crate) fn check_duration_floors(
+    lease: Option<&Millis>,
+    ttl: Option<&Millis>,
+    on_busy: Option<&OnBusy>,
+    errors: &mut Errors,
+) {
+    if let Some(lease) = lease
+        && lease.ms < MIN_LEASE_MS
+    {
+        errors.at(
+            lease.span,
+            format!(
+                "`lease = \"{}\"` is too short: the claim is renewed every lease/3 by one round trip to the store, and a renewal that fails must leave time for the next one before the lease ends; use at least \"{}\"",
+                lease.text,
+                spelled(MIN_LEASE_MS)
+            ),
+        );
+    }
+    const WHY_TTL: &str = "the completed record must outlive the claim it replaces, or a retry that waited out the claim finds no record and runs the body again";
+    match (lease, ttl) {
+        (_, Some(ttl)) => {
+            let (lease_ms, which) = lease.map_or((DEFAULT_LEASE_MS, "the default lease"), |l| {
+                (l.ms, "the lease")
+            });
+            if ttl.ms < lease_ms {
+                errors.at(
+                    ttl.span,
+                    format!(
+                        "`ttl = \"{}\"` is shorter than {which} ({}): {WHY_TTL}; use a ttl of at least \"{}\"{}",
+                        ttl.text,
+                        spelled(lease_ms),
+                        spelled(lease_ms),
+                        if lease.is_none() {
+                            ", or set a shorter lease"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+        }
+        (Some(lease), None) if lease.ms > DEFAULT_TTL_MS => errors.at(
+            lease.span,
+            format!(
+                "`lease = \"{}\"` is longer than the default ttl ({}): {WHY_TTL}; add a ttl at least as long as the lease, e.g. `ttl = \"{}\"`",
+                lease.text,
+                spelled(DEFAULT_TTL_MS),
+                lease.text
+            ),
+        ),
+        (_, None) => {}
+    }
+    if let Some(OnBusy::Wait(wait)) = on_busy
+        && wait.ms < MIN_WAIT_MS
+    {
+        errors.at(
+            wait.span,
+            format!(
+                "`on_busy = \"wait({})\"` is too short: a waiting duplicate looks again only after a 5 ms pause and a round trip to the store, so it would give up before its second look; use at least `wait({})`, or `on_busy = \"reject\"`",
+                wait.text,
+                spelled(MIN_WAIT_MS)
+            ),
+        );
+    }
+}
+
 /// Parses `text` (written in `lit`) as a positive duration with millisecond resolution.
 pub(crate) fn duration(
     lit: &LitStr,
@@ -317,7 +409,11 @@ pub(crate) fn duration(
                 );
                 None
             }
-            Ok(ms) => Some(Millis { ms, span }),
+            Ok(ms) => Some(Millis {
+                ms,
+                text: text.trim().to_owned(),
+                span,
+            }),
             Err(_) => {
                 errors.at(
                     span,

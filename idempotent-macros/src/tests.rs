@@ -408,6 +408,112 @@ fn durations() {
 }
 
 #[test]
+fn duration_floors() {
+    // At the floors: accepted.
+    ok(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            lease = "300ms",
+            ttl = "300ms",
+            on_busy = "wait(10ms)"
+        ),
+        place(),
+    );
+    ok(
+        quote!(strategy = "dedup_table", key = "req.id", ttl = "30s"),
+        place(),
+    );
+    ok(
+        quote!(strategy = "dedup_table", key = "req.id", lease = "24h"),
+        place(),
+    );
+    // Just below: one error each, at the literal, with the minimum and why.
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", lease = "299ms"),
+        place(),
+    );
+    assert_eq!(
+        msg,
+        "`lease = \"299ms\"` is too short: the claim is renewed every lease/3 by one round trip to the store, and a renewal that fails must leave time for the next one before the lease ends; use at least \"300ms\""
+    );
+    let msg = one_err(
+        quote!(
+            strategy = "token",
+            key = "req.id",
+            lease = "1ms",
+            ttl = "1h"
+        ),
+        place(),
+    );
+    assert!(msg.starts_with("`lease = \"1ms\"` is too short"), "{msg}");
+    let msg = one_err(
+        quote!(
+            strategy = "distributed_lock",
+            key = "req.id",
+            lease = "2s",
+            ttl = "1s 999ms"
+        ),
+        place(),
+    );
+    assert_eq!(
+        msg,
+        "`ttl = \"1s 999ms\"` is shorter than the lease (2s): the completed record must outlive the claim it replaces, or a retry that waited out the claim finds no record and runs the body again; use a ttl of at least \"2s\""
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", ttl = "29s"),
+        place(),
+    );
+    assert!(
+        msg.starts_with("`ttl = \"29s\"` is shorter than the default lease (30s):")
+            && msg.ends_with("use a ttl of at least \"30s\", or set a shorter lease"),
+        "{msg}"
+    );
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", lease = "25h"),
+        place(),
+    );
+    assert!(
+        msg.starts_with("`lease = \"25h\"` is longer than the default ttl (24h):")
+            && msg.ends_with("add a ttl at least as long as the lease, e.g. `ttl = \"25h\"`"),
+        "{msg}"
+    );
+    let msg = one_err(
+        quote!(
+            strategy = "distributed_lock",
+            key = "req.id",
+            on_busy = "wait(9ms)"
+        ),
+        place(),
+    );
+    assert_eq!(
+        msg,
+        "`on_busy = \"wait(9ms)\"` is too short: a waiting duplicate looks again only after a 5 ms pause and a round trip to the store, so it would give up before its second look; use at least `wait(10ms)`, or `on_busy = \"reject\"`"
+    );
+    // The same floors with `#[tx]`: the options are the same, and so is the runtime's check.
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id", lease = "100ms"),
+        quote!(
+            async fn place(pool: &PgPool, req: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert!(msg.starts_with("`lease = \"100ms\"` is too short"), "{msg}");
+    // Both problems of one attribute are reported, each at its own literal.
+    let errors = errs(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            lease = "100ms",
+            ttl = "50ms"
+        ),
+        place(),
+    );
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+}
+
+#[test]
 fn sql_identifiers() {
     let errors = errs(
         quote!(

@@ -18,9 +18,9 @@ use crate::model::{
     OnDuplicate, PathExpr, ReplayMode, Replaying, SqlIdent, Target,
 };
 use crate::options::{
-    check_fingerprint, check_key, check_on_busy, check_on_cancel, check_scope_not_key, check_store,
-    check_strategy, default_runtime, default_version, duration, expect_str, key_columns,
-    parse_path_option, sql_ident,
+    check_duration_floors, check_fingerprint, check_key, check_on_busy, check_on_cancel,
+    check_scope_not_key, check_store, check_strategy, default_runtime, default_version, duration,
+    expect_str, key_columns, parse_path_option, sql_ident,
 };
 use crate::parse::{OptionName, RawArgs, RawOption};
 use crate::signature::FnInfo;
@@ -139,6 +139,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     let on_cancel = usable(OptionName::OnCancel)
         .and_then(|o| expect_str(o, &mut errors))
         .and_then(|lit| check_on_cancel(lit, &mut errors));
+    check_duration_floors(lease.as_ref(), ttl.as_ref(), on_busy.as_ref(), &mut errors);
 
     let sql = |name: OptionName, errors: &mut Errors| {
         usable(name)

@@ -39,6 +39,8 @@ pub enum Error {
 
     /// The caller's claim or lock expired and another caller took it over; this caller's
     /// completion (or release, or renewal) was refused by compare-and-set on the owner token.
+    /// When the acquisition itself took the whole lease, the error is
+    /// [`Error::LeaseShorterThanAcquisition`] instead.
     #[error(
         "the claim on this idempotency key was lost (its lease expired and another caller took it over)"
     )]
@@ -61,6 +63,27 @@ pub enum Error {
         /// The last store error completion met (usually [`Error::Backend`]).
         #[source]
         last: Box<Error>,
+    },
+
+    /// The claim, lock or consumed token was lost because acquiring it took `took`, not less
+    /// than its `lease`: it may have expired before the body ran, with no other caller to
+    /// blame. `body_ran` tells whether the body ran: `true` for `dedup_table` and `token` (the
+    /// effect happened but its completion was refused, as with [`Error::LockLost`]), `false`
+    /// for `distributed_lock` (it checks the lease's validity before the body and never runs
+    /// it). Use a lease well above the store's slowest round trip (see
+    /// [`MIN_LEASE`](crate::strategy::durations::MIN_LEASE)).
+    #[error(
+        "the claim on this idempotency key was lost: acquiring it took {took:?}, not less than its lease of {lease:?}, so it may have expired before the body ran ({}); use a lease well above the store's round trip",
+        body_fate(*.body_ran)
+    )]
+    LeaseShorterThanAcquisition {
+        /// The lease asked for.
+        lease: Duration,
+        /// How long the acquisition (claim, lock, consume) took, from before the request to its
+        /// reply.
+        took: Duration,
+        /// Whether the body ran (and its effect happened) before the loss was found.
+        body_ran: bool,
     },
 
     /// The key, scope or operation name is empty, too long, or otherwise unusable.
@@ -88,6 +111,24 @@ pub enum Error {
         last: String,
     },
 
+    /// A duration option is outside what its protocol can keep: `option` (`"lease"`, `"ttl"`,
+    /// `"on_busy"`) is `value`, below `minimum` — a lease shorter than
+    /// [`MIN_LEASE`](crate::strategy::durations::MIN_LEASE), a `ttl` shorter than the lease, a
+    /// `wait` shorter than [`MIN_WAIT`](crate::strategy::durations::MIN_WAIT). `reason` says
+    /// why. Checked by each strategy's entry point before any store call, so nothing ran;
+    /// `#[idempotent]` refuses such literal values at compile time.
+    #[error("invalid option `{option}` = {value:?}: {reason}; use at least {minimum:?}")]
+    InvalidOption {
+        /// The option's name as written in the attribute.
+        option: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The least value the protocol can keep.
+        minimum: Duration,
+        /// Why the floor is there.
+        reason: &'static str,
+    },
+
     /// The backend (database or Redis) failed.
     #[error("idempotency backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -102,6 +143,15 @@ impl Error {
     /// Wraps any backend error (sqlx, redis) as [`Error::Backend`].
     pub fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
         Error::Backend(Box::new(e))
+    }
+}
+
+/// The end of [`Error::LeaseShorterThanAcquisition`]'s message.
+fn body_fate(body_ran: bool) -> &'static str {
+    if body_ran {
+        "the body ran, but its response was not recorded and another caller may have run it too"
+    } else {
+        "the body was not run"
     }
 }
 

@@ -401,9 +401,24 @@ async fn slow_acquisition_never_runs_the_body<S: LockStore + 'static>(store: S) 
     let r = req(&unique("t"), "period-1", 1);
     let hooks = Hooks::default().after_acquire(|| tokio::time::sleep(Duration::from_millis(400)));
     let (got, _) = with_hooks(hooks, observe(svc.settle_short(&r))).await;
+    // The error says the lease was shorter than the acquisition, and that the body did not
+    // run — not that another caller took the lock.
     assert!(
-        matches!(got, Err(AppError::Idempotency(Error::LockLost))),
+        matches!(
+            &got,
+            Err(AppError::Idempotency(Error::LeaseShorterThanAcquisition {
+                lease,
+                took,
+                body_ran: false,
+            })) if *lease == Duration::from_millis(300) && *took >= Duration::from_millis(400)
+        ),
         "{got:?}"
+    );
+    let message = got.as_ref().unwrap_err().to_string();
+    assert!(
+        message.contains("not less than its lease of 300ms")
+            && message.contains("the body was not run"),
+        "{message}"
     );
     assert!(svc.fences.lock().unwrap().is_empty(), "the body never ran");
     assert_eq!(svc.ledger.count(&r), 0);

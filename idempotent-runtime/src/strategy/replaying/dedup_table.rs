@@ -28,6 +28,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 pub use super::DEFAULT_MAX_RESPONSE_BYTES;
+use super::durations::{
+    DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, check_on_busy, explain_lock_lost,
+};
 use super::{
     Completion, DropGuard, busy, check_fingerprint, complete_recorded, released_if_uncertain,
     replayed, response_bytes, while_renewing,
@@ -44,14 +47,16 @@ const MAX_ATTEMPTS: u32 = 16;
 /// Options of one `dedup_table` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
-    /// How long an in-progress claim lives without renewal (claim mode), default 30 s. The
-    /// claim is renewed every `lease / 3` while the body runs, so only a crashed or stalled
-    /// process lets it expire; a claim taken over after expiry makes the late completion fail
-    /// with [`Error::LockLost`].
+    /// How long an in-progress claim lives without renewal (claim mode), default 30 s, at
+    /// least [`MIN_LEASE`](super::durations::MIN_LEASE) (300 ms). The claim is renewed every
+    /// `lease / 3` while the body runs, so only a crashed or stalled process lets it expire; a
+    /// claim taken over after expiry makes the late completion fail with [`Error::LockLost`].
     pub lease: Duration,
-    /// How long a completed record is kept and replayed, default 24 h (as Stripe).
+    /// How long a completed record is kept and replayed, default 24 h (as Stripe), at least
+    /// `lease`.
     pub ttl: Duration,
-    /// What a concurrent duplicate gets, default [`OnBusy::Reject`].
+    /// What a concurrent duplicate gets, default [`OnBusy::Reject`]; a wait is at least
+    /// [`MIN_WAIT`](super::durations::MIN_WAIT) (10 ms).
     pub on_busy: OnBusy,
     /// What a future dropped mid-body does with its claim (claim mode only; a dropped
     /// transaction rolls back), default [`OnCancel::Keep`]: the claim stays until its lease
@@ -65,12 +70,26 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            lease: Duration::from_secs(30),
-            ttl: Duration::from_secs(24 * 60 * 60),
+            lease: DEFAULT_LEASE,
+            ttl: DEFAULT_TTL,
             on_busy: OnBusy::Reject,
             on_cancel: OnCancel::Keep,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
+    }
+}
+
+impl Options {
+    /// Checks the durations against what the protocol needs ([`durations`](super::durations)):
+    /// `lease` at least [`MIN_LEASE`](super::durations::MIN_LEASE), `ttl` at least `lease`,
+    /// `on_busy = Wait(d)` with `d` at least [`MIN_WAIT`](super::durations::MIN_WAIT).
+    /// [`run`] and `run_in_tx` call it first; call it yourself to reject options read from
+    /// configuration at startup.
+    ///
+    /// Errors: [`Error::InvalidOption`] naming the option, its value and the minimum.
+    pub fn check(&self) -> Result<(), Error> {
+        check_lease_and_ttl(self.lease, self.ttl)?;
+        check_on_busy(self.on_busy)
     }
 }
 
@@ -116,11 +135,12 @@ fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<
 /// Returns the body's result, or the replayed response of an earlier call. Errors (converted
 /// into `E`): [`Error::FingerprintMismatch`], [`Error::InProgress`] (or
 /// [`Error::WaitTimeout`] with `on_busy = wait`), [`Error::LockLost`] when the claim expired and
-/// was taken over before completion, [`Error::Unrecorded`] when the body ran but its response
-/// could not be recorded (completion runs in a task of its own that survives the caller's
-/// future and retries backend errors for up to the lease), [`Error::Serialization`],
-/// [`Error::Backend`] (before the body ran; a claim whose reply may have been lost is released
-/// by owner in the background).
+/// was taken over before completion ([`Error::LeaseShorterThanAcquisition`] when claiming took
+/// the whole lease), [`Error::Unrecorded`] when the body ran but its response could not be
+/// recorded (completion runs in a task of its own that survives the caller's future and retries
+/// backend errors for up to the lease), [`Error::InvalidOption`] (see [`Options::check`];
+/// nothing ran), [`Error::Serialization`], [`Error::Backend`] (before the body ran; a claim
+/// whose reply may have been lost is released by owner in the background).
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
@@ -134,6 +154,7 @@ where
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
+    options.check()?;
     let owner = new_owner()?;
     let fp = fingerprint.map(|f| f.hex());
     let claim = Claim {
@@ -145,8 +166,12 @@ where
     let started = tokio::time::Instant::now();
     let mut backoff = Backoff::new();
     let mut attempts = 0;
+    // When the attempt that claimed began: a claim that took its whole lease may have expired
+    // before the body ran, which a refused completion then reports.
+    let mut sent;
     loop {
         attempts += 1;
+        sent = tokio::time::Instant::now();
         let release = || store.release_claim_detached(key.clone(), owner.clone());
         if released_if_uncertain(retrying(|| store.try_claim(&claim)).await, release)? {
             break;
@@ -169,6 +194,8 @@ where
             },
         }
     }
+
+    let took = sent.elapsed();
 
     let mut guard = DropGuard::new(options.on_cancel, || {
         store.release_claim_detached(key.clone(), owner.clone())
@@ -198,7 +225,9 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease).await?;
+    complete_recorded(completion, options.lease)
+        .await
+        .map_err(|e| explain_lock_lost(e, took, options.lease))?;
     Ok(value)
 }
 
@@ -247,7 +276,8 @@ mod transactional {
     ///
     /// Deadlocks and serialization failures while claiming (MySQL 1213, SQLSTATE 40001/40P01,
     /// SQLite busy) retry the attempt up to 16 times. Errors are those of [`run`](super::run),
-    /// except that [`Error::LockLost`] cannot happen (the claim lives in the transaction).
+    /// except that [`Error::LockLost`] cannot happen (the claim lives in the transaction); the
+    /// options are checked the same way ([`Options::check`], [`Error::InvalidOption`]).
     pub async fn run_in_tx<S, T, E, F>(
         mut store: S,
         key: StorageKey,
@@ -261,6 +291,7 @@ mod transactional {
         E: From<Error>,
         F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
     {
+        options.check()?;
         let owner = new_owner()?;
         let fp = fingerprint.map(|f| f.hex());
         let claim = Claim {

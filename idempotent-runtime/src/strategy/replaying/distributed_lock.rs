@@ -9,7 +9,7 @@
 //!    `on_busy = "wait(5s)"`). The fingerprint is checked first ([`Error::FingerprintMismatch`]).
 //! 2. **Validity** — if acquiring took so long that the lease (minus 1 % + 2 ms for clock drift,
 //!    as Redlock) is already over, the body never runs: the lock is released and the call fails
-//!    with [`Error::LockLost`].
+//!    with [`Error::LeaseShorterThanAcquisition`] (`body_ran: false`).
 //! 3. **Body**, with the lease renewed every lease/3 by compare-and-`PEXPIRE` on the owner.
 //!    A renewal that finds another owner stops renewing: the lock is lost.
 //! 4. **Complete** — compare-and-set in one script: if the lock is still this owner's, store
@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, check_on_busy};
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, busy, check_fingerprint, complete_recorded,
     released_if_uncertain, replayed, response_bytes, while_renewing,
@@ -67,13 +68,15 @@ impl std::fmt::Display for FencingToken {
 /// Options of one `distributed_lock` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
-    /// How long the lock lives without renewal, default 30 s. It is renewed every third of it
+    /// How long the lock lives without renewal, default 30 s, at least
+    /// [`MIN_LEASE`](super::durations::MIN_LEASE) (300 ms). It is renewed every third of it
     /// while the body runs; a holder that stops renewing (crashed, partitioned) loses it after
     /// at most this long.
     pub lease: Duration,
-    /// How long the response is kept and replayed, default 24 h.
+    /// How long the response is kept and replayed, default 24 h, at least `lease`.
     pub ttl: Duration,
-    /// What a concurrent duplicate gets, default [`OnBusy::Reject`].
+    /// What a concurrent duplicate gets, default [`OnBusy::Reject`]; a wait is at least
+    /// [`MIN_WAIT`](super::durations::MIN_WAIT) (10 ms).
     pub on_busy: OnBusy,
     /// What a future dropped mid-body does with its lock, default [`OnCancel::Keep`]: the lock
     /// stays until its lease ends, so an immediate retry gets [`Error::InProgress`] rather than
@@ -84,11 +87,25 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            lease: Duration::from_secs(30),
-            ttl: Duration::from_secs(24 * 60 * 60),
+            lease: DEFAULT_LEASE,
+            ttl: DEFAULT_TTL,
             on_busy: OnBusy::Reject,
             on_cancel: OnCancel::Keep,
         }
+    }
+}
+
+impl Options {
+    /// Checks the durations against what the protocol needs ([`durations`](super::durations)):
+    /// `lease` at least [`MIN_LEASE`](super::durations::MIN_LEASE), `ttl` at least `lease`,
+    /// `on_busy = Wait(d)` with `d` at least [`MIN_WAIT`](super::durations::MIN_WAIT).
+    /// [`run`] calls it first; call it yourself to reject options read from configuration at
+    /// startup.
+    ///
+    /// Errors: [`Error::InvalidOption`] naming the option, its value and the minimum.
+    pub fn check(&self) -> Result<(), Error> {
+        check_lease_and_ttl(self.lease, self.ttl)?;
+        check_on_busy(self.on_busy)
     }
 }
 
@@ -141,13 +158,15 @@ fn drift(lease: Duration) -> Duration {
 ///
 /// Returns the body's result or the replayed response of an earlier call. Errors (converted
 /// into `E`): [`Error::FingerprintMismatch`], [`Error::InProgress`] (or
-/// [`Error::WaitTimeout`]), [`Error::LockLost`] (the lease ran out before the body could start,
-/// or before completion and another caller took the lock), [`Error::Serialization`],
-/// [`Error::Unrecorded`] (the body ran but its response could not be recorded: completion runs
-/// in a task of its own that survives the caller's future and retries backend errors for up to
-/// the lease, renewing it), [`Error::Backend`] (Redis unreachable or restarted before the body
-/// ran; the body never runs twice within one call, and a lock whose acquisition reply may
-/// have been lost is released by owner in the background).
+/// [`Error::WaitTimeout`]), [`Error::LeaseShorterThanAcquisition`] (acquiring took the whole
+/// lease, less the drift allowance: the body was not run), [`Error::LockLost`] (the lease ran
+/// out before completion and another caller took the lock), [`Error::InvalidOption`] (see
+/// [`Options::check`]; nothing ran), [`Error::Serialization`], [`Error::Unrecorded`] (the body
+/// ran but its response could not be recorded: completion runs in a task of its own that
+/// survives the caller's future and retries backend errors for up to the lease, renewing it),
+/// [`Error::Backend`] (Redis unreachable or restarted before the body ran; the body never runs
+/// twice within one call, and a lock whose acquisition reply may have been lost is released by
+/// owner in the background).
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
@@ -161,6 +180,7 @@ where
     E: From<Error>,
     F: AsyncFnOnce(FencingToken) -> Result<T, E>,
 {
+    options.check()?;
     let owner = new_owner()?;
     let fp = fingerprint.map(|f| f.hex());
     let hooks = HOOKS.try_with(Hooks::clone).unwrap_or_default();
@@ -197,14 +217,22 @@ where
     if let Some(hook) = &hooks.after_acquire {
         hook().await;
     }
-    if sent.elapsed() + drift(options.lease) >= options.lease {
+    let took = sent.elapsed();
+    if took + drift(options.lease) >= options.lease {
         guard.disarm();
         let _ = store.release_lock(&key, &owner).await;
         tracing::warn!(
             ?key,
+            ?took,
+            lease = ?options.lease,
             "acquiring the lock took longer than its lease; the body was not run"
         );
-        return Err(Error::LockLost.into());
+        return Err(Error::LeaseShorterThanAcquisition {
+            lease: options.lease,
+            took,
+            body_ran: false,
+        }
+        .into());
     }
 
     let result = while_renewing(options.lease, body(FencingToken(fence)), || async {

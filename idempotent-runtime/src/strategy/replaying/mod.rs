@@ -18,7 +18,9 @@
 //!   the lease while renewing it;
 //! - **uncertain acquisition**: `released_if_uncertain` releases by owner after an acquisition
 //!   step failed with a backend error (its reply may have been lost);
-//! - [`Replayable`], the bound on a replayed response type.
+//! - [`Replayable`], the bound on a replayed response type;
+//! - the duration options' defaults and floors, checked by each entry point first, in
+//!   [`durations`].
 
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ use crate::Error;
 
 pub mod dedup_table;
 pub mod distributed_lock;
+pub mod durations;
 pub mod token;
 
 /// The largest response stored for replay by default: 4 MiB of JSON (below MySQL's and

@@ -27,6 +27,7 @@
 
 use std::time::Duration;
 
+use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, explain_lock_lost};
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, check_fingerprint, complete_recorded,
     released_if_uncertain, replayed, response_bytes, while_renewing,
@@ -42,10 +43,12 @@ const TOKEN_OPERATION: &str = "idempotent::token";
 /// Options of one `token` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
-    /// How long a consumed token stays with its consumer without completion, default 30 s;
-    /// after it a crashed consumer's token can be used again.
+    /// How long a consumed token stays with its consumer without completion, default 30 s, at
+    /// least [`MIN_LEASE`](super::durations::MIN_LEASE) (300 ms); after it a crashed consumer's
+    /// token can be used again.
     pub lease: Duration,
-    /// How long the response is kept and replayed to retries with the token, default 24 h.
+    /// How long the response is kept and replayed to retries with the token, default 24 h, at
+    /// least `lease`. (How long an issued, unused token stays valid is `issue_token`'s `ttl`.)
     pub ttl: Duration,
     /// What a future dropped mid-body does with the consumed token, default
     /// [`OnCancel::Keep`]: it stays consumed until the lease ends, so an immediate retry with
@@ -56,10 +59,22 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            lease: Duration::from_secs(30),
-            ttl: Duration::from_secs(24 * 60 * 60),
+            lease: DEFAULT_LEASE,
+            ttl: DEFAULT_TTL,
             on_cancel: OnCancel::Keep,
         }
+    }
+}
+
+impl Options {
+    /// Checks the durations against what the protocol needs ([`durations`](super::durations)):
+    /// `lease` at least [`MIN_LEASE`](super::durations::MIN_LEASE), `ttl` at least `lease`.
+    /// [`run`] calls it first; call it yourself to reject options read from configuration at
+    /// startup.
+    ///
+    /// Errors: [`Error::InvalidOption`] naming the option, its value and the minimum.
+    pub fn check(&self) -> Result<(), Error> {
+        check_lease_and_ttl(self.lease, self.ttl)
     }
 }
 
@@ -100,12 +115,13 @@ fn check(
 /// result or the replayed response of the call that consumed the token. Errors (converted into
 /// `E`): [`Error::TokenInvalid`] (unknown, expired, or bound to another operation or scope),
 /// [`Error::Duplicate`] (another call with the token is running), [`Error::FingerprintMismatch`],
-/// [`Error::LockLost`] (the consumption's lease ended and another call took the token),
+/// [`Error::LockLost`] (the consumption's lease ended and another call took the token;
+/// [`Error::LeaseShorterThanAcquisition`] when consuming took the whole lease),
 /// [`Error::Unrecorded`] (the body ran but its response could not be recorded: completion runs
 /// in a task of its own that survives the caller's future and retries backend errors for up to
-/// the lease, renewing it), [`Error::InvalidKey`], [`Error::Serialization`], [`Error::Backend`]
-/// (before the body ran; a consumption whose reply may have been lost is restored by owner in
-/// the background).
+/// the lease, renewing it), [`Error::InvalidOption`] (see [`Options::check`]; nothing ran),
+/// [`Error::InvalidKey`], [`Error::Serialization`], [`Error::Backend`] (before the body ran; a
+/// consumption whose reply may have been lost is restored by owner in the background).
 pub async fn run<S, K, T, E, F>(
     store: &S,
     token: &K,
@@ -121,10 +137,12 @@ where
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
+    options.check()?;
     let key = token_key(token)?;
     let owner = new_owner()?;
     let fp = fingerprint.map(|f| f.hex());
     let bind = binding.hex();
+    let sent = tokio::time::Instant::now();
     let consumed = store
         .consume_token(&key, &owner, &bind, fp.as_deref(), options.lease)
         .await;
@@ -151,6 +169,10 @@ where
             return Ok(value);
         }
     }
+
+    // A consumption that took its whole lease may have expired before the body ran, which a
+    // refused completion then reports.
+    let took = sent.elapsed();
 
     let mut guard = DropGuard::new(options.on_cancel, || {
         store.restore_token_detached(key.clone(), owner.clone())
@@ -182,7 +204,9 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease).await?;
+    complete_recorded(completion, options.lease)
+        .await
+        .map_err(|e| explain_lock_lost(e, took, options.lease))?;
     Ok(value)
 }
 
