@@ -66,11 +66,11 @@ pub enum Error {
     },
 
     /// The claim, lock or consumed token was lost because acquiring it took `took`, not less
-    /// than its `lease`: it may have expired before the body ran, with no other caller to
-    /// blame. `body_ran` tells whether the body ran: `true` for `dedup_table` and `token` (the
-    /// effect happened but its completion was refused, as with [`Error::LockLost`]), `false`
-    /// for `distributed_lock` (it checks the lease's validity before the body and never runs
-    /// it). Use a lease well above the store's slowest round trip (see
+    /// than its `lease` (less 1 % + 2 ms for clock drift): it may have expired before the body
+    /// could start, with no other caller to blame. Every claim-mode strategy checks this after
+    /// acquiring and then does not run the body (`body_ran: false`); it releases its claim by
+    /// owner. `body_ran: true` reports a completion refused after such an acquisition, should
+    /// the body have run. Use a lease well above the store's slowest round trip (see
     /// [`MIN_LEASE`](crate::strategy::durations::MIN_LEASE)).
     #[error(
         "the claim on this idempotency key was lost: acquiring it took {took:?}, not less than its lease of {lease:?}, so it may have expired before the body ran ({}); use a lease well above the store's round trip",

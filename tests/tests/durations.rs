@@ -8,10 +8,11 @@
 //!   (`Error::InvalidOption`): nothing runs, the key stays free. Memory store and SQLite (claim
 //!   and transactional modes); the check is pure, so one SQL store stands for the others.
 //! - A claim (consumed token) whose acquisition took at least the lease, taken over meanwhile,
-//!   ends in `Error::LeaseShorterThanAcquisition { body_ran: true }` rather than a bare
-//!   `LockLost`: `dedup_table` on PostgreSQL, MariaDB, SQLite, memory, Redis and Redis Cluster;
-//!   `token` on memory, Redis and Redis Cluster. (`distributed_lock` refuses to run the body after
-//!   such an acquisition: tests/tests/distributed_lock.rs, `slow_acquisition_never_runs_the_body`.)
+//!   does not run its body: it ends in `Error::LeaseShorterThanAcquisition { body_ran: false }`,
+//!   and the ledger holds exactly the one effect of the caller that took it over: `dedup_table`
+//!   on PostgreSQL, MariaDB, SQLite, memory, Redis and Redis Cluster; `token` on memory, Redis
+//!   and Redis Cluster (`distributed_lock`: tests/tests/distributed_lock.rs,
+//!   `slow_acquisition_never_runs_the_body`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
@@ -515,8 +516,8 @@ impl<S: TokenStore> TokenStore for Slow<S> {
     }
 }
 
-/// What the late caller got: `LeaseShorterThanAcquisition` with the body run, its lease, and an
-/// acquisition at least that long; the message says so.
+/// What the late caller got: `LeaseShorterThanAcquisition` with the body not run, its lease, and
+/// an acquisition at least that long; the message says so.
 fn assert_lease_shorter_than_acquisition(got: &Result<u32, AppError>, lease: Duration) {
     assert!(
         matches!(
@@ -524,7 +525,7 @@ fn assert_lease_shorter_than_acquisition(got: &Result<u32, AppError>, lease: Dur
             Err(AppError::Idempotency(Error::LeaseShorterThanAcquisition {
                 lease: l,
                 took,
-                body_ran: true,
+                body_ran: false,
             })) if *l == lease && *took >= lease
         ),
         "{got:?}"
@@ -532,16 +533,15 @@ fn assert_lease_shorter_than_acquisition(got: &Result<u32, AppError>, lease: Dur
     let message = got.as_ref().unwrap_err().to_string();
     assert!(
         message.contains("not less than its lease of 300ms")
-            && message.contains("the body ran, but its response was not recorded"),
+            && message.contains("the body was not run"),
         "{message}"
     );
 }
 
 /// `dedup_table`: caller A's claim is answered but reaches A only after its 300 ms lease (the
 /// store holds the reply). Meanwhile B takes the expired claim over, runs the body and
-/// completes. A then runs the body too — the second effect a too-short lease allows — and its
-/// completion is refused: A learns that its acquisition outlasted its lease, not merely that
-/// "another caller took it over". B's response is the one replayed.
+/// completes. A learns that its acquisition outlasted its lease and does not run the body (it
+/// would be the second effect): exactly one effect, B's, whose response is replayed.
 async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
     let store = Slow::new(store);
     let effects = Arc::new(AtomicU32::new(0));
@@ -582,8 +582,8 @@ async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
     assert_lease_shorter_than_acquisition(&a, MIN_LEASE);
     assert_eq!(
         effects.load(SeqCst),
-        2,
-        "A's body ran after its claim had expired"
+        1,
+        "only B's body ran: A's claim had expired before its body could start"
     );
     let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
     let replay = observe(dedup_table::run(&*store, k, None, options, body)).await;
@@ -645,8 +645,8 @@ async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
     assert_lease_shorter_than_acquisition(&a, MIN_LEASE);
     assert_eq!(
         effects.load(SeqCst),
-        2,
-        "A's body ran after its consumption had expired"
+        1,
+        "only B's body ran: A's consumption had expired before its body could start"
     );
     let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
     let replay = observe(token::run(

@@ -29,7 +29,8 @@ use serde::de::DeserializeOwned;
 
 pub use super::DEFAULT_MAX_RESPONSE_BYTES;
 use super::durations::{
-    DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, check_on_busy, explain_lock_lost,
+    DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, check_on_busy,
+    explain_lock_lost,
 };
 use super::{
     Completion, DropGuard, busy, check_fingerprint, complete_recorded, released_if_uncertain,
@@ -196,6 +197,12 @@ where
     }
 
     let took = sent.elapsed();
+    if let Err(e) = check_acquisition(took, options.lease) {
+        if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
+            tracing::warn!(?key, error = %release, "releasing a claim that outlived its lease failed; it frees itself when its lease ends");
+        }
+        return Err(e.into());
+    }
 
     let mut guard = DropGuard::new(options.on_cancel, || {
         store.release_claim_detached(key.clone(), owner.clone())

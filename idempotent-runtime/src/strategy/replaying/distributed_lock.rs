@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, check_on_busy};
+use super::durations::{
+    DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, check_on_busy,
+};
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, busy, check_fingerprint, complete_recorded,
     released_if_uncertain, replayed, response_bytes, while_renewing,
@@ -146,12 +148,6 @@ pub async fn with_hooks<F: Future>(hooks: Hooks, fut: F) -> F::Output {
     HOOKS.scope(hooks, fut).await
 }
 
-/// The part of the lease assumed lost to clock drift between client and server (Redlock's
-/// 1 % + 2 ms).
-fn drift(lease: Duration) -> Duration {
-    lease / 100 + Duration::from_millis(2)
-}
-
 /// Acquires the lock on `key` in `store`, runs `body` with the acquisition's fencing token
 /// while renewing the lease, then stores the response for replay and releases the lock in one
 /// compare-and-set step.
@@ -217,22 +213,10 @@ where
     if let Some(hook) = &hooks.after_acquire {
         hook().await;
     }
-    let took = sent.elapsed();
-    if took + drift(options.lease) >= options.lease {
+    if let Err(e) = check_acquisition(sent.elapsed(), options.lease) {
         guard.disarm();
         let _ = store.release_lock(&key, &owner).await;
-        tracing::warn!(
-            ?key,
-            ?took,
-            lease = ?options.lease,
-            "acquiring the lock took longer than its lease; the body was not run"
-        );
-        return Err(Error::LeaseShorterThanAcquisition {
-            lease: options.lease,
-            took,
-            body_ran: false,
-        }
-        .into());
+        return Err(e.into());
     }
 
     let result = while_renewing(options.lease, body(FencingToken(fence)), || async {

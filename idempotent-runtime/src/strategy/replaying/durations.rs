@@ -85,6 +85,28 @@ pub(crate) fn check_on_busy(on_busy: OnBusy) -> Result<(), Error> {
     }
 }
 
+/// The check every claim-mode strategy makes after acquiring, before the body: when acquiring
+/// took `took`, the claim (lock, consumed token) may already have expired — it was written at
+/// some instant of that round trip — so the body must not run. An allowance of 1 % of the
+/// lease + 2 ms covers clock drift between the store and this process (as Redlock does).
+/// `Err(LeaseShorterThanAcquisition { body_ran: false })` then; the caller releases its
+/// claim by owner.
+pub(crate) fn check_acquisition(took: Duration, lease: Duration) -> Result<(), Error> {
+    if took + lease / 100 + Duration::from_millis(2) >= lease {
+        tracing::warn!(
+            ?took,
+            ?lease,
+            "acquiring took longer than the lease; the body was not run"
+        );
+        return Err(Error::LeaseShorterThanAcquisition {
+            lease,
+            took,
+            body_ran: false,
+        });
+    }
+    Ok(())
+}
+
 /// A completion refused with [`Error::LockLost`] after an acquisition that took `took`, not
 /// less than `lease`: the claim may have expired before the body ran, and the caller learns
 /// that the lease, not another caller, is why ([`Error::LeaseShorterThanAcquisition`]). Any

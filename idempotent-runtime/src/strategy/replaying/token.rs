@@ -27,7 +27,9 @@
 
 use std::time::Duration;
 
-use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_lease_and_ttl, explain_lock_lost};
+use super::durations::{
+    DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, explain_lock_lost,
+};
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, check_fingerprint, complete_recorded,
     released_if_uncertain, replayed, response_bytes, while_renewing,
@@ -170,9 +172,14 @@ where
         }
     }
 
-    // A consumption that took its whole lease may have expired before the body ran, which a
-    // refused completion then reports.
+    // A consumption that took its whole lease may have expired: the body does not run.
     let took = sent.elapsed();
+    if let Err(e) = check_acquisition(took, options.lease) {
+        if let Err(restore) = store.restore_token(&key, &owner).await {
+            tracing::warn!(?key, error = %restore, "restoring a consumption that outlived its lease failed; it frees itself when its lease ends");
+        }
+        return Err(e.into());
+    }
 
     let mut guard = DropGuard::new(options.on_cancel, || {
         store.restore_token_detached(key.clone(), owner.clone())
