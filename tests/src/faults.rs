@@ -37,6 +37,14 @@ pub struct Faults {
     pub lose_acquire_replies: AtomicU32,
     /// Completions that reached the store.
     pub completes_delivered: AtomicU32,
+    /// When set, the next successful acquisition (claim, take-over, consumption) is held after
+    /// the store answered: [`acquired`](Faults::acquired) is notified and the reply reaches the
+    /// caller only after [`go`](Faults::go) — an acquisition as slow as the test makes it.
+    pub hold_next_acquisition: AtomicBool,
+    /// Notified when a held acquisition has been answered by the store.
+    pub acquired: tokio::sync::Notify,
+    /// Lets a held acquisition's reply through.
+    pub go: tokio::sync::Notify,
 }
 
 /// Decrements `n` if it is above zero; `true` when it did.
@@ -56,6 +64,16 @@ impl Faults {
         }
         self.completes_delivered.fetch_add(1, SeqCst);
         Ok(())
+    }
+
+    /// Holds a successful acquisition's reply when [`hold_next_acquisition`] is set.
+    ///
+    /// [`hold_next_acquisition`]: Faults::hold_next_acquisition
+    async fn hold_if(&self, acquired: bool) {
+        if acquired && self.hold_next_acquisition.swap(false, SeqCst) {
+            self.acquired.notify_one();
+            self.go.notified().await;
+        }
     }
 
     fn after_acquire<R>(&self, result: Result<R, Error>) -> Result<R, Error> {
@@ -116,6 +134,7 @@ impl<S: TokenStore> AsTokenStore for Faulty<S> {
 impl<S: ClaimStore> ClaimStore for Faulty<S> {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
         let r = self.inner.try_claim(claim).await;
+        self.faults.hold_if(matches!(r, Ok(true))).await;
         self.faults.after_acquire(r)
     }
 
@@ -125,6 +144,7 @@ impl<S: ClaimStore> ClaimStore for Faulty<S> {
 
     async fn take_over_claim(&self, claim: &Claim<'_>, previous: &str) -> Result<bool, Error> {
         let r = self.inner.take_over_claim(claim, previous).await;
+        self.faults.hold_if(matches!(r, Ok(true))).await;
         self.faults.after_acquire(r)
     }
 
@@ -217,6 +237,9 @@ impl<S: TokenStore> TokenStore for Faulty<S> {
         let r = self
             .inner
             .consume_token(token_key, owner, binding, fingerprint, lease)
+            .await;
+        self.faults
+            .hold_if(matches!(r, Ok(Consumed::Claimed)))
             .await;
         self.faults.after_acquire(r)
     }

@@ -15,19 +15,17 @@
 //!   `slow_acquisition_never_runs_the_body`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
 
-use idempotent_runtime::store::{AsClaimStore, AsTokenStore};
-use idempotent_runtime::store::{Claim, Consumed, Record};
+use idempotent_runtime::store::Record;
 use idempotent_runtime::strategy::durations::{DEFAULT_LEASE, DEFAULT_TTL, MIN_LEASE, MIN_WAIT};
 use idempotent_runtime::strategy::{dedup_table, distributed_lock, token};
 use idempotent_runtime::{
-    ClaimStore, Disposition, Error, KeyBuilder, MemoryStore, OnBusy, StorageKey, Store, TokenStore,
+    ClaimStore, Disposition, Error, KeyBuilder, MemoryStore, OnBusy, StorageKey, TokenStore,
     idempotent, issue_token, observe,
 };
-use idempotent_tests::{AppError, unique};
-use tokio::sync::Notify;
+use idempotent_tests::{AppError, Faulty, unique};
 use tokio::time::Instant;
 
 /// `(value, disposition)` of an `observe`d call, or its error as text (`AppError` has no
@@ -358,162 +356,15 @@ async fn token_options_below_the_floors() {
 
 // ------------------------------------------------------- an acquisition slower than the lease
 
-/// A store whose next successful claim (or consumption), once [`arm`](Slow::arm)ed, is held
-/// after the server has answered: it signals `acquired` and returns only after `go`. The claim
-/// is then older than the caller knows — the acquisition is as slow as the test makes it.
-///
-/// A handle, as stores are (`Clone + 'static`): clones share the switches.
-#[derive(Clone)]
-struct Slow<S> {
-    inner: S,
-    armed: Arc<AtomicBool>,
-    acquired: Arc<Notify>,
-    go: Arc<Notify>,
+/// A [`Faulty`] store (the harness's fault-injecting wrapper) whose next successful claim or
+/// consumption, once armed, is held after the server has answered: the claim is then older than
+/// the caller knows — the acquisition is as slow as the test makes it.
+fn slow<S>(store: S) -> Arc<Faulty<S>> {
+    Arc::new(Faulty::new(store))
 }
 
-impl<S> Slow<S> {
-    fn new(inner: S) -> Arc<Self> {
-        Arc::new(Slow {
-            inner,
-            armed: Arc::new(AtomicBool::new(false)),
-            acquired: Arc::new(Notify::new()),
-            go: Arc::new(Notify::new()),
-        })
-    }
-
-    fn arm(&self) {
-        self.armed.store(true, SeqCst);
-    }
-
-    /// Holds the call that just acquired, if armed.
-    async fn hold(&self) {
-        if self.armed.swap(false, SeqCst) {
-            self.acquired.notify_one();
-            self.go.notified().await;
-        }
-    }
-}
-
-impl<S: Store> Store for Slow<S> {
-    fn backend_name(&self) -> &'static str {
-        self.inner.backend_name()
-    }
-}
-
-impl<S: ClaimStore> AsClaimStore for Slow<S> {
-    type Store = Self;
-    fn as_claim_store(&self) -> &Self {
-        self
-    }
-}
-
-impl<S: ClaimStore> ClaimStore for Slow<S> {
-    async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
-        let claimed = self.inner.try_claim(claim).await;
-        if matches!(claimed, Ok(true)) {
-            self.hold().await;
-        }
-        claimed
-    }
-
-    async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
-        self.inner.read_record(key).await
-    }
-
-    async fn take_over_claim(&self, claim: &Claim<'_>, previous: &str) -> Result<bool, Error> {
-        let claimed = self.inner.take_over_claim(claim, previous).await;
-        if matches!(claimed, Ok(true)) {
-            self.hold().await;
-        }
-        claimed
-    }
-
-    async fn complete_claim(
-        &self,
-        key: &StorageKey,
-        owner: &str,
-        response: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, Error> {
-        self.inner.complete_claim(key, owner, response, ttl).await
-    }
-
-    async fn renew_claim(
-        &self,
-        key: &StorageKey,
-        owner: &str,
-        lease: Duration,
-    ) -> Result<bool, Error> {
-        self.inner.renew_claim(key, owner, lease).await
-    }
-
-    async fn release_claim(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
-        self.inner.release_claim(key, owner).await
-    }
-
-    fn release_claim_detached(&self, key: StorageKey, owner: String) {
-        self.inner.release_claim_detached(key, owner)
-    }
-}
-
-impl<S: TokenStore> AsTokenStore for Slow<S> {
-    type Store = Self;
-    fn as_token_store(&self) -> &Self {
-        self
-    }
-}
-
-impl<S: TokenStore> TokenStore for Slow<S> {
-    async fn issue_token(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
-        self.inner.issue_token(token_key, ttl).await
-    }
-
-    async fn consume_token(
-        &self,
-        token_key: &StorageKey,
-        owner: &str,
-        binding: &str,
-        fingerprint: Option<&str>,
-        lease: Duration,
-    ) -> Result<Consumed, Error> {
-        let consumed = self
-            .inner
-            .consume_token(token_key, owner, binding, fingerprint, lease)
-            .await;
-        if matches!(consumed, Ok(Consumed::Claimed)) {
-            self.hold().await;
-        }
-        consumed
-    }
-
-    async fn complete_token(
-        &self,
-        token_key: &StorageKey,
-        owner: &str,
-        response: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, Error> {
-        self.inner
-            .complete_token(token_key, owner, response, ttl)
-            .await
-    }
-
-    async fn renew_token(
-        &self,
-        token_key: &StorageKey,
-        owner: &str,
-        lease: Duration,
-    ) -> Result<bool, Error> {
-        self.inner.renew_token(token_key, owner, lease).await
-    }
-
-    async fn restore_token(&self, token_key: &StorageKey, owner: &str) -> Result<bool, Error> {
-        self.inner.restore_token(token_key, owner).await
-    }
-
-    fn restore_token_detached(&self, token_key: StorageKey, owner: String) {
-        self.inner.restore_token_detached(token_key, owner)
-    }
+fn arm<S>(store: &Faulty<S>) {
+    store.faults.hold_next_acquisition.store(true, SeqCst);
 }
 
 /// What the late caller got: `LeaseShorterThanAcquisition` with the body not run, its lease, and
@@ -543,14 +394,14 @@ fn assert_lease_shorter_than_acquisition(got: &Result<u32, AppError>, lease: Dur
 /// completes. A learns that its acquisition outlasted its lease and does not run the body (it
 /// would be the second effect): exactly one effect, B's, whose response is replayed.
 async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
-    let store = Slow::new(store);
+    let store = slow(store);
     let effects = Arc::new(AtomicU32::new(0));
     let k = key();
     let options = dedup_table::Options {
         lease: MIN_LEASE,
         ..Default::default()
     };
-    store.arm();
+    arm(&store);
     let a = tokio::spawn({
         let (store, effects, k) = (store.clone(), effects.clone(), k.clone());
         async move {
@@ -558,7 +409,7 @@ async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
             dedup_table::run(&*store, k, None, options, body).await
         }
     });
-    store.acquired.notified().await;
+    store.faults.acquired.notified().await;
     let held_since = Instant::now();
     // B polls (20 ms apart, bounded) until A's claim has expired and B has taken it over.
     let b = loop {
@@ -577,7 +428,7 @@ async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
     assert_eq!(seen(b), Ok((1, Some(Disposition::Executed))));
     // A's acquisition lasts at least its lease, whatever the store's timestamp resolution.
     tokio::time::sleep_until(held_since + MIN_LEASE).await;
-    store.go.notify_one();
+    store.faults.go.notify_one();
     let a = a.await.unwrap();
     assert_lease_shorter_than_acquisition(&a, MIN_LEASE);
     assert_eq!(
@@ -597,7 +448,7 @@ async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
 /// `token`: the same with a consumption whose reply reaches A after its lease; B, retrying
 /// with the same token, gets `Duplicate` until the lease ends, then consumes it and completes.
 async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
-    let store = Slow::new(store);
+    let store = slow(store);
     let effects = Arc::new(AtomicU32::new(0));
     let t = issue_token(&*store, Duration::from_secs(60)).await.unwrap();
     let binding = key();
@@ -605,7 +456,7 @@ async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
         lease: MIN_LEASE,
         ..Default::default()
     };
-    store.arm();
+    arm(&store);
     let a = tokio::spawn({
         let (store, effects, t, binding) =
             (store.clone(), effects.clone(), t.clone(), binding.clone());
@@ -614,7 +465,7 @@ async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
             token::run(&*store, t.as_str(), binding, None, options, body).await
         }
     });
-    store.acquired.notified().await;
+    store.faults.acquired.notified().await;
     let held_since = Instant::now();
     let b = loop {
         let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
@@ -640,7 +491,7 @@ async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
     };
     assert_eq!(seen(b), Ok((1, Some(Disposition::Executed))));
     tokio::time::sleep_until(held_since + MIN_LEASE).await;
-    store.go.notify_one();
+    store.faults.go.notify_one();
     let a = a.await.unwrap();
     assert_lease_shorter_than_acquisition(&a, MIN_LEASE);
     assert_eq!(
