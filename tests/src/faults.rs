@@ -37,7 +37,7 @@ pub struct Faults {
     pub lose_acquire_replies: AtomicU32,
     /// Completions that reached the store.
     pub completes_delivered: AtomicU32,
-    /// When set, the next successful acquisition (claim, take-over, consumption) is held after
+    /// When set, the next successful acquisition (claim, take-over, lock, consumption) is held after
     /// the store answered: [`acquired`](Faults::acquired) is notified and the reply reaches the
     /// caller only after [`go`](Faults::go) — an acquisition as slow as the test makes it.
     pub hold_next_acquisition: AtomicBool,
@@ -188,6 +188,9 @@ impl<S: LockStore> LockStore for Faulty<S> {
         let r = self
             .inner
             .acquire_lock(key, owner, fingerprint, lease)
+            .await;
+        self.faults
+            .hold_if(matches!(r, Ok(Acquired::Acquired { .. })))
             .await;
         self.faults.after_acquire(r)
     }
@@ -397,6 +400,61 @@ pub async fn completion_that_never_lands_is_unrecorded<T: FaultSvc>(svc: Arc<T>)
         "after the lease a retry runs again: {after:?}"
     );
     assert_eq!(svc.effects().count(&r), 2, "the documented second effect");
+}
+
+/// A slow acquisition reply — 700 ms of a 1 s lease, under the point where the body is refused
+/// — must not let the claim lapse while the body runs: its renewal schedule starts when the
+/// acquisition was sent, so the first renewal is already due when the body starts, not a third
+/// of a lease later (which would be after the claim's expiry). The body is held at its gate
+/// while duplicates keep arriving for 1.5 s — past the claim's original expiry — and every one
+/// gets the busy answer; released, the first call executes: exactly one effect. (The 700 ms
+/// hold is the fault itself, a reply that slow; nothing is lined up by sleeping.)
+pub async fn slow_acquisition_reply_keeps_the_claim<T: FaultSvc>(svc: Arc<T>) {
+    let r = svc.fresh().await;
+    svc.faults().hold_next_acquisition.store(true, SeqCst);
+    svc.effects().gate.arm();
+    let call = tokio::spawn(svc.clone().call(Lease::S1, r.clone()));
+    svc.faults().acquired.notified().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    svc.faults().go.notify_one();
+    svc.effects().gate.entered.notified().await;
+    let held_since = tokio::time::Instant::now();
+    while held_since.elapsed() < Duration::from_millis(1500) {
+        let got = call_got(&svc, Lease::S1, &r).await;
+        assert_eq!(got, svc.busy(), "a duplicate while the first body runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    svc.effects().gate.release.notify_one();
+    let (first, how) = call.await.expect("the first call's task");
+    assert!(
+        first.is_ok() && how == Some(Disposition::Executed),
+        "{first:?} / {how:?}"
+    );
+    assert_eq!(svc.effects().count(&r), 1);
+}
+
+/// A client timeout while the acquisition is in flight (the claim, lock or consumption ran on
+/// the store; its reply is held until the caller has given up): the caller's future is
+/// aborted before the body could run, so the key is released by owner in the background,
+/// whatever `on_cancel` says. With a 30 s lease, the next call executes within 1 s (bounded
+/// poll), not after the lease; exactly one effect.
+pub async fn cancelled_during_acquisition_frees_the_key<T: FaultSvc>(svc: Arc<T>) {
+    let r = svc.fresh().await;
+    svc.faults().hold_next_acquisition.store(true, SeqCst);
+    let call = tokio::spawn(svc.clone().call(Lease::S30, r.clone()));
+    svc.faults().acquired.notified().await;
+    call.abort();
+    assert!(
+        call.await.is_err_and(|e| e.is_cancelled()),
+        "the call was aborted"
+    );
+    assert_eq!(svc.effects().count(&r), 0, "the body did not run");
+    let next = poll_while(&svc.busy(), Duration::from_secs(1), || {
+        call_got(&svc, Lease::S30, &r)
+    })
+    .await;
+    assert!(matches!(next, Got::Executed(_)), "{next:?}");
+    assert_eq!(svc.effects().count(&r), 1);
 }
 
 /// Issue input 3: the acquisition ran on the store but its reply was lost. The caller gets

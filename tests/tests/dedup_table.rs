@@ -956,6 +956,14 @@ mod faults {
         scenario::completion_that_never_lands_is_unrecorded(Svc::new(store)).await
     }
 
+    async fn cancelled_while_claiming_frees_the_key<S: ClaimStore>(store: S) {
+        scenario::cancelled_during_acquisition_frees_the_key(Svc::new(store)).await
+    }
+
+    async fn slow_claim_reply_keeps_the_claim<S: ClaimStore>(store: S) {
+        scenario::slow_acquisition_reply_keeps_the_claim(Svc::new(store)).await
+    }
+
     async fn lost_claim_reply_frees_the_key<S: ClaimStore>(store: S) {
         scenario::lost_acquisition_reply_frees_the_key(Svc::new(store)).await
     }
@@ -1001,6 +1009,8 @@ mod faults {
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
         lost_claim_reply_frees_the_key,
+        slow_claim_reply_keeps_the_claim,
+        cancelled_while_claiming_frees_the_key,
         claim_sent_twice_by_one_owner_is_claimed_both_times,
     );
 }

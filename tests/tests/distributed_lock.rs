@@ -835,6 +835,14 @@ mod faults {
         scenario::completion_that_never_lands_is_unrecorded(FSvc::new(store)).await
     }
 
+    async fn cancelled_while_locking_frees_the_key<S: LockStore>(store: S) {
+        scenario::cancelled_during_acquisition_frees_the_key(FSvc::new(store)).await
+    }
+
+    async fn slow_lock_reply_keeps_the_lock<S: LockStore>(store: S) {
+        scenario::slow_acquisition_reply_keeps_the_claim(FSvc::new(store)).await
+    }
+
     async fn lost_lock_reply_frees_the_key<S: LockStore>(store: S) {
         scenario::lost_acquisition_reply_frees_the_key(FSvc::new(store)).await
     }
@@ -869,6 +877,8 @@ mod faults {
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
         lost_lock_reply_frees_the_key,
+        slow_lock_reply_keeps_the_lock,
+        cancelled_while_locking_frees_the_key,
         lock_sent_twice_by_one_owner_is_acquired_both_times,
     );
 }

@@ -502,6 +502,14 @@ mod faults {
         scenario::completion_that_never_lands_is_unrecorded(FSvc::new(store)).await
     }
 
+    async fn cancelled_while_consuming_frees_the_token<S: TokenStore>(store: S) {
+        scenario::cancelled_during_acquisition_frees_the_key(FSvc::new(store)).await
+    }
+
+    async fn slow_consume_reply_keeps_the_token<S: TokenStore>(store: S) {
+        scenario::slow_acquisition_reply_keeps_the_claim(FSvc::new(store)).await
+    }
+
     async fn lost_consume_reply_frees_the_token<S: TokenStore>(store: S) {
         scenario::lost_acquisition_reply_frees_the_key(FSvc::new(store)).await
     }
@@ -536,6 +544,8 @@ mod faults {
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
         lost_consume_reply_frees_the_token,
+        slow_consume_reply_keeps_the_token,
+        cancelled_while_consuming_frees_the_token,
         consume_sent_twice_by_one_owner_is_claimed_both_times,
     );
 }

@@ -33,7 +33,7 @@ use super::durations::{
     explain_lock_lost,
 };
 use super::{
-    Completion, DropGuard, busy, check_fingerprint, complete_recorded, released_if_uncertain,
+    Completion, DropGuard, acquiring, busy, check_fingerprint, complete_recorded, first_renewal,
     replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
@@ -174,7 +174,7 @@ where
         attempts += 1;
         sent = tokio::time::Instant::now();
         let release = || store.release_claim_detached(key.clone(), owner.clone());
-        if released_if_uncertain(retrying(|| store.try_claim(&claim)).await, release)? {
+        if acquiring(retrying(|| store.try_claim(&claim)), release).await? {
             break;
         }
         match retrying(|| store.read_record(&key)).await? {
@@ -186,8 +186,8 @@ where
                     return Ok(v);
                 }
                 Verdict::TakeOver(previous) => {
-                    let taken = retrying(|| store.take_over_claim(&claim, &previous)).await;
-                    if released_if_uncertain(taken, release)? {
+                    let taken = retrying(|| store.take_over_claim(&claim, &previous));
+                    if acquiring(taken, release).await? {
                         break;
                     }
                 }
@@ -207,7 +207,8 @@ where
     let mut guard = DropGuard::new(options.on_cancel, || {
         store.release_claim_detached(key.clone(), owner.clone())
     });
-    let result = while_renewing(options.lease, body(), || {
+    let mut next_renewal = first_renewal(sent, options.lease);
+    let result = while_renewing(options.lease, &mut next_renewal, body(), || {
         store.renew_claim(&key, &owner, options.lease)
     })
     .await;
@@ -232,7 +233,7 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease)
+    complete_recorded(completion, options.lease, next_renewal)
         .await
         .map_err(|e| explain_lock_lost(e, took, options.lease))?;
     Ok(value)

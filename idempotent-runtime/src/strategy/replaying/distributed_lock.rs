@@ -35,8 +35,8 @@ use super::durations::{
     DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, check_on_busy,
 };
 use super::{
-    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, busy, check_fingerprint, complete_recorded,
-    released_if_uncertain, replayed, response_bytes, while_renewing,
+    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, acquiring, busy, check_fingerprint,
+    complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
@@ -184,12 +184,12 @@ where
     let mut backoff = Backoff::new();
     let (fence, sent) = loop {
         let sent = Instant::now();
-        let acquired = store
-            .acquire_lock(&key, &owner, fp.as_deref(), options.lease)
-            .await;
-        match released_if_uncertain(acquired, || {
+        let acquired = store.acquire_lock(&key, &owner, fp.as_deref(), options.lease);
+        match acquiring(acquired, || {
             store.release_lock_detached(key.clone(), owner.clone())
-        })? {
+        })
+        .await?
+        {
             Acquired::Acquired { fence } => break (fence, sent),
             Acquired::Replay {
                 fingerprint,
@@ -219,13 +219,19 @@ where
         return Err(e.into());
     }
 
-    let result = while_renewing(options.lease, body(FencingToken(fence)), || async {
-        if hooks.block_renewal {
-            // Test hook: the renewal never happens, as when Redis is partitioned away.
-            std::future::pending::<()>().await;
-        }
-        store.renew_lock(&key, &owner, options.lease).await
-    })
+    let mut next_renewal = first_renewal(sent, options.lease);
+    let result = while_renewing(
+        options.lease,
+        &mut next_renewal,
+        body(FencingToken(fence)),
+        || async {
+            if hooks.block_renewal {
+                // Test hook: the renewal never happens, as when Redis is partitioned away.
+                std::future::pending::<()>().await;
+            }
+            store.renew_lock(&key, &owner, options.lease).await
+        },
+    )
     .await;
     guard.disarm();
 
@@ -249,7 +255,7 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease).await?;
+    complete_recorded(completion, options.lease, next_renewal).await?;
     Ok(value)
 }
 

@@ -10,14 +10,15 @@
 //!   back; [`DEFAULT_MAX_RESPONSE_BYTES`] bounds them;
 //! - **busy-wait**: `busy` applies [`OnBusy`] to a key another caller holds;
 //! - **fingerprints**: `check_fingerprint` compares a stored fingerprint with the call's;
-//! - **renewal**: `while_renewing` runs the body while renewing the lease every third of it;
+//! - **renewal**: `while_renewing` runs the body while renewing the lease every third of it,
+//!   on a schedule that starts when the acquisition was sent and carries on into completion;
 //! - the **drop guard** `DropGuard`, which applies [`OnCancel`] when the caller's future is
 //!   dropped mid-body (keep the claim until its lease ends, or give it back at once);
 //! - **completion**: `complete_recorded` records the response by compare-and-set on the owner,
 //!   in a task of its own that outlives the caller's future, retrying backend errors for up to
 //!   the lease while renewing it;
-//! - **uncertain acquisition**: `released_if_uncertain` releases by owner after an acquisition
-//!   step failed with a backend error (its reply may have been lost);
+//! - **acquisition**: `acquiring` releases by owner when an acquisition step failed with a
+//!   backend error (its reply may have been lost) or the caller gave up while it was in flight;
 //! - [`Replayable`], the bound on a replayed response type;
 //! - the duration options' defaults and floors, checked by each entry point first, in
 //!   [`durations`].
@@ -165,6 +166,7 @@ impl<F: FnOnce()> Drop for DropGuard<F> {
 /// Shared by `dedup_table` claim mode, `distributed_lock` and `token`.
 pub(crate) async fn while_renewing<R, Fut>(
     lease: Duration,
+    next: &mut tokio::time::Instant,
     body: impl Future<Output = R>,
     renew: impl FnMut() -> Fut,
 ) -> R
@@ -175,21 +177,41 @@ where
     tokio::select! {
         biased;
         r = &mut body => r,
-        () = keep_renewed(lease, renew) => body.await,
+        () = keep_renewed(lease, next, renew) => body.await,
     }
 }
 
-/// Calls `renew` every `lease / 3` until it reports the claim lost (`Ok(false)`); never returns
-/// while the claim is held. A failed renewal is logged and tried again at the next tick.
-async fn keep_renewed<Fut>(lease: Duration, mut renew: impl FnMut() -> Fut)
-where
+/// How often a claim is renewed: every third of its lease, so two renewals fit in a lease.
+pub(crate) fn renewal_period(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(1))
+}
+
+/// When the first renewal of a claim acquired by a request sent at `sent` is due: one renewal
+/// period after the request, not after the reply or the body's start, so a slow reply does not
+/// push the first renewal past the claim's expiry.
+pub(crate) fn first_renewal(sent: tokio::time::Instant, lease: Duration) -> tokio::time::Instant {
+    sent + renewal_period(lease)
+}
+
+/// Renews the claim when `*next` is due, then one renewal period after each successful
+/// renewal was sent (the store extends the claim from when it runs the renewal, no earlier),
+/// until a renewal reports the claim lost (`Ok(false)`); never returns while the claim is held.
+/// A failed renewal is logged and tried again after a quarter period, so a short store outage
+/// costs a fraction of the lease, not a whole period. `*next` is left at the next due time, for
+/// the completion to carry on the same schedule.
+async fn keep_renewed<Fut>(
+    lease: Duration,
+    next: &mut tokio::time::Instant,
+    mut renew: impl FnMut() -> Fut,
+) where
     Fut: Future<Output = Result<bool, crate::Error>>,
 {
-    let every = (lease / 3).max(Duration::from_millis(1));
+    let every = renewal_period(lease);
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep_until(*next).await;
+        let sent = tokio::time::Instant::now();
         match renew().await {
-            Ok(true) => {}
+            Ok(true) => *next = sent + every,
             Ok(false) => {
                 tracing::warn!(
                     "the claim was lost before the body finished; completion will fail with LockLost"
@@ -197,7 +219,8 @@ where
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "renewing the claim failed; retrying at the next tick")
+                tracing::warn!(error = %e, "renewing the claim failed; retrying shortly");
+                *next = tokio::time::Instant::now() + (every / 4).max(Duration::from_millis(1));
             }
         }
     }
@@ -229,7 +252,7 @@ pub(crate) trait Completion: Send + Sync + 'static {
 /// even if the caller's future is dropped meanwhile.
 ///
 /// The task retries every [`Error::Backend`] with backoff (5 ms doubling to 100 ms) for up to
-/// `lease`, renewing the lease every `lease / 3` meanwhile: the effect has happened, so a
+/// `lease`, renewing the lease meanwhile on the schedule the body's renewal left (`next_renewal`): the effect has happened, so a
 /// retry of the call should replay, not re-run. `Ok(())` marks the call executed;
 /// [`Error::LockLost`] when the claim is no longer this caller's (it expired and was taken
 /// over); [`Error::Unrecorded`] when the record could not be written (the claim then stays in
@@ -237,9 +260,10 @@ pub(crate) trait Completion: Send + Sync + 'static {
 pub(crate) async fn complete_recorded<C: Completion>(
     completion: C,
     lease: Duration,
+    next_renewal: tokio::time::Instant,
 ) -> Result<(), Error> {
     let outcome = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => match runtime.spawn(finish(completion, lease)).await {
+        Ok(runtime) => match runtime.spawn(finish(completion, lease, next_renewal)).await {
             Ok(outcome) => outcome,
             Err(join) => Err(Error::Unrecorded {
                 retried_for: Duration::ZERO,
@@ -248,7 +272,7 @@ pub(crate) async fn complete_recorded<C: Completion>(
                 )),
             }),
         },
-        Err(_) => finish(completion, lease).await,
+        Err(_) => finish(completion, lease, next_renewal).await,
     };
     if outcome.is_ok() {
         crate::error::record(crate::Disposition::Executed);
@@ -258,7 +282,11 @@ pub(crate) async fn complete_recorded<C: Completion>(
 
 /// The completion task: tries `completion` until it answers, retrying backend errors for up to
 /// `lease` while renewing the claim.
-async fn finish<C: Completion>(completion: C, lease: Duration) -> Result<(), Error> {
+async fn finish<C: Completion>(
+    completion: C,
+    lease: Duration,
+    mut next_renewal: tokio::time::Instant,
+) -> Result<(), Error> {
     let started = tokio::time::Instant::now();
     let attempts = async {
         let mut backoff = Backoff::new();
@@ -285,20 +313,24 @@ async fn finish<C: Completion>(completion: C, lease: Duration) -> Result<(), Err
             }
         }
     };
-    while_renewing(lease, attempts, || completion.renew()).await
+    while_renewing(lease, &mut next_renewal, attempts, || completion.renew()).await
 }
 
-/// An acquisition step's result (claim, take-over, lock, token consumption), after running
-/// `release` — a detached release by this caller's owner token — when it failed with
-/// [`Error::Backend`]: the step may have run on the server with its reply lost, leaving the
-/// key held by a caller that is about to give up. Acquisition is idempotent per owner, so a
-/// resent step is harmless and the release frees what it may have taken.
-pub(crate) fn released_if_uncertain<R>(
-    result: Result<R, Error>,
+/// Runs one acquisition step (claim, take-over, lock, token consumption) so that the key is
+/// never left held by a caller that gave up on it: `release` — a detached release by this
+/// caller's owner token — runs when the caller's future is dropped while the step is in flight
+/// (a client timeout: the step may have run on the server), and when the step fails with
+/// [`Error::Backend`] (its reply may have been lost after it ran). Acquisition is idempotent
+/// per owner, so a resent step is harmless, and releasing what was never taken is a no-op.
+/// Either way the body has not run, so releasing is safe whatever `on_cancel` says.
+pub(crate) async fn acquiring<R>(
+    step: impl Future<Output = Result<R, Error>>,
     release: impl FnOnce(),
 ) -> Result<R, Error> {
-    if let Err(Error::Backend(_)) = &result {
-        release();
+    let mut guard = DropGuard::new(OnCancel::Release, release);
+    let result = step.await;
+    if !matches!(result, Err(Error::Backend(_))) {
+        guard.disarm();
     }
     result
 }

@@ -31,8 +31,8 @@ use super::durations::{
     DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, explain_lock_lost,
 };
 use super::{
-    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, check_fingerprint, complete_recorded,
-    released_if_uncertain, replayed, response_bytes, while_renewing,
+    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, acquiring, check_fingerprint,
+    complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
@@ -145,12 +145,12 @@ where
     let fp = fingerprint.map(|f| f.hex());
     let bind = binding.hex();
     let sent = tokio::time::Instant::now();
-    let consumed = store
-        .consume_token(&key, &owner, &bind, fp.as_deref(), options.lease)
-        .await;
-    match released_if_uncertain(consumed, || {
+    let consumed = store.consume_token(&key, &owner, &bind, fp.as_deref(), options.lease);
+    match acquiring(consumed, || {
         store.restore_token_detached(key.clone(), owner.clone())
-    })? {
+    })
+    .await?
+    {
         Consumed::Claimed => {}
         Consumed::Invalid => return Err(Error::TokenInvalid.into()),
         Consumed::Busy {
@@ -186,7 +186,8 @@ where
     });
     // Renew the consumption while the body runs, so a slow body keeps its claim on the token
     // and a retry never runs it a second time.
-    let result = while_renewing(options.lease, body(), || {
+    let mut next_renewal = first_renewal(sent, options.lease);
+    let result = while_renewing(options.lease, &mut next_renewal, body(), || {
         store.renew_token(&key, &owner, options.lease)
     })
     .await;
@@ -211,7 +212,7 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease)
+    complete_recorded(completion, options.lease, next_renewal)
         .await
         .map_err(|e| explain_lock_lost(e, took, options.lease))?;
     Ok(value)
