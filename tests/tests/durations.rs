@@ -234,6 +234,26 @@ async fn dedup_table_refuses_options_below_the_floors<S: ClaimStore>(store: &S) 
     assert_eq!(seen(got), Ok((1, Some(Disposition::Executed))));
 }
 
+/// No upper bound is needed: `Duration::MAX` as lease and TTL (built in code) means "for good"
+/// on the memory store — the call runs once and replays — instead of overflowing an `Instant`.
+#[tokio::test]
+async fn duration_max_lease_and_ttl_run_on_memory() {
+    let store = MemoryStore::new();
+    let options = dedup_table::Options {
+        lease: Duration::MAX,
+        ttl: Duration::MAX,
+        ..Default::default()
+    };
+    let effects = AtomicU32::new(0);
+    let k = key();
+    for expected in [Disposition::Executed, Disposition::Replayed] {
+        let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
+        let got = observe(dedup_table::run(&store, k.clone(), None, options, body)).await;
+        assert_eq!(seen(got), Ok((1, Some(expected))));
+    }
+    assert_eq!(effects.load(SeqCst), 1);
+}
+
 #[tokio::test]
 async fn dedup_table_options_below_the_floors_memory() {
     dedup_table_refuses_options_below_the_floors(&MemoryStore::new()).await;

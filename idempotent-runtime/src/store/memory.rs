@@ -27,6 +27,13 @@ struct Entry {
     expires_at: Instant,
 }
 
+/// `d` from now, clamped to a century: a lease or TTL of `Duration::MAX` (which the
+/// strategies' floors allow) means "for good", not an overflow.
+fn after(d: std::time::Duration) -> Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 60 * 60);
+    Instant::now() + d.min(CENTURY)
+}
+
 impl Entry {
     fn expired(&self) -> bool {
         self.expires_at <= Instant::now()
@@ -37,7 +44,7 @@ impl Entry {
             owner: c.owner.into(),
             fingerprint: c.fingerprint.map(Into::into),
             response: None,
-            expires_at: Instant::now() + c.lease,
+            expires_at: after(c.lease),
         }
     }
 }
@@ -149,7 +156,7 @@ impl MemoryStore {
                 Some(e) if &*e.value().owner == owner && e.value().response.is_none() => {
                     let mut done = e.into_value();
                     done.response = Some(response.into());
-                    done.expires_at = Instant::now() + ttl;
+                    done.expires_at = after(ttl);
                     Op::Put(done)
                 }
                 _ => Op::Nop,
@@ -164,7 +171,7 @@ impl MemoryStore {
             .and_compute_with(|cur| match cur {
                 Some(e) if &*e.value().owner == owner && e.value().response.is_none() => {
                     let mut renewed = e.into_value();
-                    renewed.expires_at = Instant::now() + lease;
+                    renewed.expires_at = after(lease);
                     Op::Put(renewed)
                 }
                 _ => Op::Nop,
@@ -391,7 +398,7 @@ impl LockStore for MemoryStore {
                 // the fence it holds, lease reset.
                 let held = *held;
                 if let Some(l) = e.lock.as_mut() {
-                    l.2 = Instant::now() + lease;
+                    l.2 = after(lease);
                 }
                 return Ok(Acquired::Acquired { fence: held });
             }
@@ -402,7 +409,7 @@ impl LockStore for MemoryStore {
         e.lock = Some((
             owner.into(),
             fingerprint.map(Into::into),
-            Instant::now() + lease,
+            after(lease),
             fence,
         ));
         locks.fence = fence;
@@ -419,7 +426,7 @@ impl LockStore for MemoryStore {
         match locks.entries.get_mut(key.digest()) {
             Some(e) if e.held_by(owner) => {
                 if let Some(l) = e.lock.as_mut() {
-                    l.2 = Instant::now() + lease;
+                    l.2 = after(lease);
                 }
                 Ok(true)
             }
@@ -438,7 +445,7 @@ impl LockStore for MemoryStore {
         match locks.entries.get_mut(key.digest()) {
             Some(e) if e.held_by(owner) => {
                 let fp = e.lock.take().and_then(|l| l.1);
-                e.response = Some((fp, response.into(), Instant::now() + ttl));
+                e.response = Some((fp, response.into(), after(ttl)));
                 Ok(true)
             }
             _ => Ok(false),
