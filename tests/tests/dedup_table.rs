@@ -9,6 +9,25 @@ use idempotent_runtime::{Disposition, Error, KeyBuilder, idempotent, observe};
 use idempotent_tests::{AppError, Gate, Got, Receipt, Req, classify, poll_while, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
+/// A response whose `Sent { carrier: None }` reads back as `Pending` (`#[serde(untagged)]`
+/// takes the first variant that fits): replaying it would change the value.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Shipment {
+    /// Not sent yet.
+    Pending {
+        /// The shipment.
+        id: u32,
+    },
+    /// Sent, with the carrier if known.
+    Sent {
+        /// The shipment.
+        id: u32,
+        /// The carrier.
+        carrier: Option<String>,
+    },
+}
+
 /// Generates the service and the tests shared by every backend in claim mode, plus the
 /// transactional-mode tests for SQL backends.
 macro_rules! suite {
@@ -88,6 +107,14 @@ macro_rules! suite {
                 pub async fn nan_claim(&self, req: &Req) -> Result<f64, AppError> {
                     self.ledger.record(req).await?;
                     Ok(f64::NAN)
+                }
+
+                /// Returns a response that reads back as another value (an untagged enum's
+                /// other variant).
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.untagged_claim")]
+                pub async fn untagged_claim(&self, req: &Req) -> Result<Shipment, AppError> {
+                    self.ledger.record(req).await?;
+                    Ok(Shipment::Sent { id: 7, carrier: None })
                 }
 
                 /// A 300 ms lease, renewed while the body runs.
@@ -449,6 +476,21 @@ macro_rules! claim_tests {
             let again = svc.nan_claim(&r).await;
             assert!(
                 matches!(again, Err(AppError::Idempotency(Error::Serialization(_)))),
+                "{again:?}"
+            );
+            assert_eq!(svc.ledger.count(&r).await, 1, "the body ran exactly once");
+        }
+
+        #[tokio::test]
+        async fn response_that_reads_back_as_another_is_not_replayed() {
+            let Some((svc, _g)) = svc().await else { return };
+            let r = req(&unique("t"), "untagged-1", 1);
+            let (first, how) = observe(svc.untagged_claim(&r)).await;
+            assert_eq!(first.unwrap(), Shipment::Sent { id: 7, carrier: None });
+            assert_eq!(how, Some(Disposition::Executed));
+            let again = svc.untagged_claim(&r).await;
+            assert!(
+                matches!(&again, Err(AppError::Idempotency(Error::Serialization(m))) if m.contains("reads back as a different value")),
                 "{again:?}"
             );
             assert_eq!(svc.ledger.count(&r).await, 1, "the body ran exactly once");

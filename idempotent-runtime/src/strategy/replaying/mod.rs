@@ -59,8 +59,8 @@ pub trait Replayable: serde::Serialize + serde::de::DeserializeOwned {}
 #[diagnostic::do_not_recommend]
 impl<T: serde::Serialize + serde::de::DeserializeOwned> Replayable for T {}
 
-/// Serializes `value` for replay and checks that it reads back as a `T`; the reason when it
-/// cannot be stored.
+/// Serializes `value` for replay and checks that it reads back as a `T` that serializes to the
+/// same JSON (the round trip replay depends on); the reason when it cannot be stored.
 pub(crate) fn storable<T: Serialize + DeserializeOwned>(
     value: &T,
     limit: usize,
@@ -72,8 +72,27 @@ pub(crate) fn storable<T: Serialize + DeserializeOwned>(
             bytes.len()
         ));
     }
-    serde_json::from_slice::<T>(&bytes)
+    let back = serde_json::from_slice::<T>(&bytes)
         .map_err(|e| format!("it does not read back after serializing: {e}"))?;
+    // A value that reads back as a different one (an `#[serde(untagged)]` enum taking another
+    // variant, a field skipped on one side) would replay something the body never returned.
+    // Compared as JSON values, so map key order (a `HashMap`) does not count as a change.
+    let again = serde_json::to_vec(&back)
+        .map_err(|e| format!("it does not serialize again after reading back: {e}"))?;
+    let same = match (
+        serde_json::from_slice::<serde_json::Value>(&bytes),
+        serde_json::from_slice::<serde_json::Value>(&again),
+    ) {
+        (Ok(first), Ok(second)) => first == second,
+        _ => bytes == again,
+    };
+    if !same {
+        return Err(format!(
+            "it reads back as a different value (serialized {} then {}): replaying it would change the response",
+            String::from_utf8_lossy(&bytes),
+            String::from_utf8_lossy(&again)
+        ));
+    }
     Ok(bytes)
 }
 
@@ -333,4 +352,41 @@ pub(crate) async fn acquiring<R>(
         guard.disarm();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::storable;
+
+    /// An untagged enum whose second variant reads back as the first.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(untagged)]
+    enum Shipment {
+        Pending { id: u32 },
+        Sent { id: u32, carrier: Option<String> },
+    }
+
+    #[test]
+    fn a_value_that_reads_back_as_another_is_not_storable() {
+        let sent = Shipment::Sent {
+            id: 7,
+            carrier: None,
+        };
+        let reason = storable(&sent, usize::MAX).unwrap_err();
+        assert!(
+            reason.contains("reads back as a different value"),
+            "{reason}"
+        );
+        // The variant that survives the round trip is stored as it is.
+        let pending = Shipment::Pending { id: 7 };
+        assert_eq!(storable(&pending, usize::MAX).unwrap(), br#"{"id":7}"#);
+    }
+
+    #[test]
+    fn map_key_order_is_not_a_change() {
+        let map: HashMap<String, u32> = (0..64).map(|i| (format!("k{i}"), i)).collect();
+        assert!(storable(&map, usize::MAX).is_ok());
+    }
 }
