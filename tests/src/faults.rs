@@ -476,3 +476,31 @@ pub async fn lost_acquisition_reply_frees_the_key<T: FaultSvc>(svc: Arc<T>) {
     assert!(matches!(next, Got::Executed(_)), "{next:?}");
     assert_eq!(svc.effects().count(&r), 1);
 }
+
+/// Defines one `async fn <scenario><S: $bound>(store: S)` per fault scenario of this module,
+/// each running it on `$svc::new(store)` (a [`FaultSvc`] over a [`Faulty`] store), for a test
+/// file to list in `on_claim_backends!` / `on_kv_backends!` under the scenarios' own names:
+/// `fault_scenarios!(Svc, ClaimStore);`.
+#[macro_export]
+macro_rules! fault_scenarios {
+    ($svc:ident, $bound:path) => {
+        async fn cancelled_while_completing_still_records<S: $bound>(store: S) {
+            $crate::faults::cancelled_while_completing_still_records($svc::new(store)).await
+        }
+        async fn transient_completion_errors_are_retried<S: $bound>(store: S) {
+            $crate::faults::transient_completion_errors_are_retried($svc::new(store)).await
+        }
+        async fn completion_that_never_lands_is_unrecorded<S: $bound>(store: S) {
+            $crate::faults::completion_that_never_lands_is_unrecorded($svc::new(store)).await
+        }
+        async fn cancelled_during_acquisition_frees_the_key<S: $bound>(store: S) {
+            $crate::faults::cancelled_during_acquisition_frees_the_key($svc::new(store)).await
+        }
+        async fn slow_acquisition_reply_keeps_the_claim<S: $bound>(store: S) {
+            $crate::faults::slow_acquisition_reply_keeps_the_claim($svc::new(store)).await
+        }
+        async fn lost_acquisition_reply_frees_the_key<S: $bound>(store: S) {
+            $crate::faults::lost_acquisition_reply_frees_the_key($svc::new(store)).await
+        }
+    };
+}

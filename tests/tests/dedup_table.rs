@@ -890,7 +890,6 @@ mod faults {
 
     use idempotent_runtime::ClaimStore;
     use idempotent_runtime::store::Claim;
-    use idempotent_tests::faults as scenario;
     use idempotent_tests::{Effects, FaultSvc, Faults, Faulty, Lease, Observed};
 
     use super::*;
@@ -986,29 +985,7 @@ mod faults {
         }
     }
 
-    async fn cancelled_while_completing_still_records<S: ClaimStore>(store: S) {
-        scenario::cancelled_while_completing_still_records(Svc::new(store)).await
-    }
-
-    async fn transient_completion_errors_are_retried<S: ClaimStore>(store: S) {
-        scenario::transient_completion_errors_are_retried(Svc::new(store)).await
-    }
-
-    async fn completion_that_never_lands_is_unrecorded<S: ClaimStore>(store: S) {
-        scenario::completion_that_never_lands_is_unrecorded(Svc::new(store)).await
-    }
-
-    async fn cancelled_while_claiming_frees_the_key<S: ClaimStore>(store: S) {
-        scenario::cancelled_during_acquisition_frees_the_key(Svc::new(store)).await
-    }
-
-    async fn slow_claim_reply_keeps_the_claim<S: ClaimStore>(store: S) {
-        scenario::slow_acquisition_reply_keeps_the_claim(Svc::new(store)).await
-    }
-
-    async fn lost_claim_reply_frees_the_key<S: ClaimStore>(store: S) {
-        scenario::lost_acquisition_reply_frees_the_key(Svc::new(store)).await
-    }
+    idempotent_tests::fault_scenarios!(Svc, ClaimStore);
 
     /// The same owner's claim sent twice is claimed both times; another owner's is not; once
     /// completed, the owner's claim is no longer "claimed" (the record replays).
@@ -1050,9 +1027,9 @@ mod faults {
         cancelled_while_completing_still_records,
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
-        lost_claim_reply_frees_the_key,
-        slow_claim_reply_keeps_the_claim,
-        cancelled_while_claiming_frees_the_key,
+        lost_acquisition_reply_frees_the_key,
+        slow_acquisition_reply_keeps_the_claim,
+        cancelled_during_acquisition_frees_the_key,
         claim_sent_twice_by_one_owner_is_claimed_both_times,
     );
 }

@@ -727,7 +727,6 @@ mod redis_servers {
 mod faults {
     use std::pin::Pin;
 
-    use idempotent_tests::faults as scenario;
     use idempotent_tests::{Effects, FaultSvc, Faults, Faulty, Lease, Observed};
 
     use super::*;
@@ -823,29 +822,7 @@ mod faults {
         }
     }
 
-    async fn cancelled_while_completing_still_records<S: LockStore>(store: S) {
-        scenario::cancelled_while_completing_still_records(FSvc::new(store)).await
-    }
-
-    async fn transient_completion_errors_are_retried<S: LockStore>(store: S) {
-        scenario::transient_completion_errors_are_retried(FSvc::new(store)).await
-    }
-
-    async fn completion_that_never_lands_is_unrecorded<S: LockStore>(store: S) {
-        scenario::completion_that_never_lands_is_unrecorded(FSvc::new(store)).await
-    }
-
-    async fn cancelled_while_locking_frees_the_key<S: LockStore>(store: S) {
-        scenario::cancelled_during_acquisition_frees_the_key(FSvc::new(store)).await
-    }
-
-    async fn slow_lock_reply_keeps_the_lock<S: LockStore>(store: S) {
-        scenario::slow_acquisition_reply_keeps_the_claim(FSvc::new(store)).await
-    }
-
-    async fn lost_lock_reply_frees_the_key<S: LockStore>(store: S) {
-        scenario::lost_acquisition_reply_frees_the_key(FSvc::new(store)).await
-    }
+    idempotent_tests::fault_scenarios!(FSvc, LockStore);
 
     /// The same owner's acquisition sent twice is acquired both times with the same fence;
     /// another owner's is held off.
@@ -876,9 +853,9 @@ mod faults {
         cancelled_while_completing_still_records,
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
-        lost_lock_reply_frees_the_key,
-        slow_lock_reply_keeps_the_lock,
-        cancelled_while_locking_frees_the_key,
+        lost_acquisition_reply_frees_the_key,
+        slow_acquisition_reply_keeps_the_claim,
+        cancelled_during_acquisition_frees_the_key,
         lock_sent_twice_by_one_owner_is_acquired_both_times,
     );
 }

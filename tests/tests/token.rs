@@ -393,7 +393,6 @@ mod faults {
 
     use idempotent_runtime::store::Consumed;
     use idempotent_runtime::strategy::token::token_key;
-    use idempotent_tests::faults as scenario;
     use idempotent_tests::{Effects, FaultSvc, Faults, Faulty, Lease, Observed};
 
     use super::*;
@@ -490,29 +489,7 @@ mod faults {
         }
     }
 
-    async fn cancelled_while_completing_still_records<S: TokenStore>(store: S) {
-        scenario::cancelled_while_completing_still_records(FSvc::new(store)).await
-    }
-
-    async fn transient_completion_errors_are_retried<S: TokenStore>(store: S) {
-        scenario::transient_completion_errors_are_retried(FSvc::new(store)).await
-    }
-
-    async fn completion_that_never_lands_is_unrecorded<S: TokenStore>(store: S) {
-        scenario::completion_that_never_lands_is_unrecorded(FSvc::new(store)).await
-    }
-
-    async fn cancelled_while_consuming_frees_the_token<S: TokenStore>(store: S) {
-        scenario::cancelled_during_acquisition_frees_the_key(FSvc::new(store)).await
-    }
-
-    async fn slow_consume_reply_keeps_the_token<S: TokenStore>(store: S) {
-        scenario::slow_acquisition_reply_keeps_the_claim(FSvc::new(store)).await
-    }
-
-    async fn lost_consume_reply_frees_the_token<S: TokenStore>(store: S) {
-        scenario::lost_acquisition_reply_frees_the_key(FSvc::new(store)).await
-    }
+    idempotent_tests::fault_scenarios!(FSvc, TokenStore);
 
     /// The same owner's consumption sent twice is claimed both times; another owner's is busy.
     async fn consume_sent_twice_by_one_owner_is_claimed_both_times<S: TokenStore>(store: S) {
@@ -543,9 +520,9 @@ mod faults {
         cancelled_while_completing_still_records,
         transient_completion_errors_are_retried,
         completion_that_never_lands_is_unrecorded,
-        lost_consume_reply_frees_the_token,
-        slow_consume_reply_keeps_the_token,
-        cancelled_while_consuming_frees_the_token,
+        lost_acquisition_reply_frees_the_key,
+        slow_acquisition_reply_keeps_the_claim,
+        cancelled_during_acquisition_frees_the_key,
         consume_sent_twice_by_one_owner_is_claimed_both_times,
     );
 }
