@@ -189,12 +189,10 @@ impl<S: LockStore> Svc<S> {
 
 /// Calls `settle_short` until it stops answering `InProgress` (waits out a lease).
 async fn settle_when_free<S: LockStore>(svc: &Svc<S>, r: &Req) -> Got {
-    loop {
-        match classify(observe(svc.settle_short(r)).await) {
-            Got::InProgress => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => return other,
-        }
-    }
+    idempotent_tests::poll_while(&Got::InProgress, Duration::from_secs(5), || async {
+        classify(observe(svc.settle_short(r)).await)
+    })
+    .await
 }
 
 // ----------------------------------------------------------------- tests, generic over stores

@@ -537,50 +537,8 @@ async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
 }
 
 mod slow_claim {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn postgres() {
-        let Some(pool) = idempotent_tests::postgres().await else {
-            return;
-        };
-        super::dedup_table_slow_claim_says_so(pool).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn mysql() {
-        let Some(pool) = idempotent_tests::mysql().await else {
-            return;
-        };
-        super::dedup_table_slow_claim_says_so(pool).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn sqlite() {
-        let Some((pool, _dir)) = idempotent_tests::sqlite().await else {
-            return;
-        };
-        super::dedup_table_slow_claim_says_so(pool).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn memory() {
-        super::dedup_table_slow_claim_says_so(idempotent_runtime::MemoryStore::new()).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn redis() {
-        let Some(store) = idempotent_tests::redis().await else {
-            return;
-        };
-        super::dedup_table_slow_claim_says_so(store).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn cluster() {
-        let Some(store) = idempotent_tests::redis_cluster().await else {
-            return;
-        };
-        super::dedup_table_slow_claim_says_so(store).await
-    }
+    use super::dedup_table_slow_claim_says_so;
+    idempotent_tests::on_claim_backends!(dedup_table_slow_claim_says_so);
 }
 
 mod slow_consume {
