@@ -87,9 +87,12 @@ pub trait Store: Send + Sync {
 /// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
 /// of your own that owns its state should keep it behind an `Arc`.
 ///
-/// **Idempotent acquisition.** [`try_claim`](ClaimStore::try_claim) run again with the same
-/// owner while that owner's claim is in progress answers `Ok(true)`: a claim whose reply was
-/// lost (a timeout, a client that resends) can be retried, and then released by owner.
+/// **Idempotent acquisition.** A claim sent again by the same owner (its reply was lost, or
+/// the client resent it) must not lock that owner out: [`try_claim`](ClaimStore::try_claim)
+/// either answers `Ok(true)` (the Redis scripts and the memory store do), or answers
+/// `Ok(false)` and [`read_record`](ClaimStore::read_record) then shows the owner's unexpired
+/// in-progress claim, which `dedup_table` counts as claimed on the read it makes anyway (the
+/// SQL stores: one statement, no extra read).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an idempotency store: `store` must give a `ClaimStore`",
     label = "this store is a `{Self}`",
@@ -97,9 +100,8 @@ pub trait Store: Send + Sync {
 )]
 pub trait ClaimStore: Store + Clone + 'static + AsClaimStore<Store = Self> {
     /// Inserts `claim` as an in-progress record if the key has no record. `Ok(true)` when this
-    /// caller now holds the claim — including when the record is already `claim.owner`'s
-    /// unexpired in-progress claim (the same claim sent again) — `Ok(false)` when another
-    /// record exists.
+    /// caller now holds the claim (a store may also answer `Ok(true)` when the record is
+    /// already `claim.owner`'s unexpired in-progress claim), `Ok(false)` when a record exists.
     fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Reads the record of `key`, `None` when there is none.

@@ -445,16 +445,7 @@ impl<DB: SqlBackend> Store for Pool<DB> {
 impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
-        if DB::try_claim(&mut conn, claim).await? {
-            return Ok(true);
-        }
-        // The INSERT met a record: still claimed when it is this owner's unexpired in-progress
-        // claim (the same claim sent again after its reply was lost).
-        Ok(DB::read_record(&mut conn, claim.key)
-            .await?
-            .is_some_and(|r| {
-                r.owner == claim.owner && r.state == RecordState::InProgress && !r.expired
-            }))
+        DB::try_claim(&mut conn, claim).await
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {

@@ -117,11 +117,23 @@ enum Verdict<T> {
     Replay(T),
     TakeOver(String),
     Busy,
+    /// The record is this caller's own unexpired claim.
+    Ours,
 }
 
-fn judge<T: DeserializeOwned>(rec: Record, fingerprint: Option<&str>) -> Result<Verdict<T>, Error> {
+fn judge<T: DeserializeOwned>(
+    rec: Record,
+    owner: &str,
+    fingerprint: Option<&str>,
+) -> Result<Verdict<T>, Error> {
     if rec.expired {
         return Ok(Verdict::TakeOver(rec.owner));
+    }
+    if rec.owner == owner && rec.state == RecordState::InProgress {
+        // This caller's own claim, sent again after its reply was lost (or resent by the
+        // client): claimed. Judged here, on the read the strategy makes anyway, so no store
+        // needs an extra read to make its claim idempotent per owner.
+        return Ok(Verdict::Ours);
     }
     check_fingerprint(rec.fingerprint.as_deref(), fingerprint)?;
     match rec.state {
@@ -180,7 +192,8 @@ where
         match retrying(|| store.read_record(&key)).await? {
             None if attempts < MAX_ATTEMPTS => continue,
             None => return Err(Error::InProgress.into()),
-            Some(rec) => match judge::<T>(rec, claim.fingerprint)? {
+            Some(rec) => match judge::<T>(rec, claim.owner, claim.fingerprint)? {
+                Verdict::Ours => break,
                 Verdict::Replay(v) => {
                     record(Disposition::Replayed);
                     return Ok(v);
@@ -400,7 +413,8 @@ mod transactional {
         let Some(rec) = DB::read_record(conn, claim.key).await? else {
             return Ok(InTx::Retry);
         };
-        Ok(match judge::<T>(rec, claim.fingerprint)? {
+        Ok(match judge::<T>(rec, claim.owner, claim.fingerprint)? {
+            Verdict::Ours => InTx::Claimed,
             Verdict::Replay(v) => InTx::Replay(v),
             Verdict::TakeOver(previous) => {
                 if DB::take_over_claim(conn, claim, &previous).await? {
