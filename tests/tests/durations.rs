@@ -254,6 +254,35 @@ async fn duration_max_lease_and_ttl_run_on_memory() {
     assert_eq!(effects.load(SeqCst), 1);
 }
 
+/// The same for `token` on the memory store: issued, consumed and completed with
+/// `Duration::MAX` durations, then replayed.
+#[tokio::test]
+async fn duration_max_token_runs_on_memory() {
+    let store = MemoryStore::new();
+    let t = issue_token(&store, Duration::MAX).await.unwrap();
+    let options = token::Options {
+        lease: Duration::MAX,
+        ttl: Duration::MAX,
+        ..Default::default()
+    };
+    let effects = AtomicU32::new(0);
+    let binding = key();
+    for expected in [Disposition::Executed, Disposition::Replayed] {
+        let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
+        let got = observe(token::run(
+            &store,
+            t.as_str(),
+            binding.clone(),
+            None,
+            options,
+            body,
+        ))
+        .await;
+        assert_eq!(seen(got), Ok((1, Some(expected))));
+    }
+    assert_eq!(effects.load(SeqCst), 1);
+}
+
 #[tokio::test]
 async fn dedup_table_options_below_the_floors_memory() {
     dedup_table_refuses_options_below_the_floors(&MemoryStore::new()).await;

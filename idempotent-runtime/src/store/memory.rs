@@ -475,7 +475,7 @@ impl TokenStore for MemoryStore {
                 binding: None,
                 fingerprint: None,
                 response: None,
-                expires_at: now + ttl,
+                expires_at: after(ttl),
             },
         );
         Ok(())
@@ -519,10 +519,10 @@ impl TokenStore for MemoryStore {
                 fingerprint: f,
             });
         }
-        t.consumer = Some((owner.into(), now + lease));
+        t.consumer = Some((owner.into(), after(lease)));
         t.binding = Some(binding.into());
         t.fingerprint = fingerprint.map(Into::into);
-        t.expires_at = t.expires_at.max(now + lease);
+        t.expires_at = t.expires_at.max(after(lease));
         Ok(Consumed::Claimed)
     }
 
@@ -534,14 +534,13 @@ impl TokenStore for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let mut tokens = lock(&self.tokens);
-        let now = Instant::now();
         match tokens.get_mut(token_key.digest()) {
             Some(t)
                 if t.response.is_none() && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner) =>
             {
                 t.response = Some(response.into());
                 t.consumer = None;
-                t.expires_at = now + ttl;
+                t.expires_at = after(ttl);
                 Ok(true)
             }
             _ => Ok(false),
@@ -555,13 +554,12 @@ impl TokenStore for MemoryStore {
         lease: Duration,
     ) -> Result<bool, Error> {
         let mut tokens = lock(&self.tokens);
-        let now = Instant::now();
         match tokens.get_mut(token_key.digest()) {
             Some(t)
                 if t.response.is_none() && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner) =>
             {
-                t.consumer = Some((owner.into(), now + lease));
-                t.expires_at = t.expires_at.max(now + lease);
+                t.consumer = Some((owner.into(), after(lease)));
+                t.expires_at = t.expires_at.max(after(lease));
                 Ok(true)
             }
             _ => Ok(false),
