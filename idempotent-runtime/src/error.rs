@@ -68,13 +68,11 @@ pub enum Error {
     /// The claim, lock or consumed token was lost because acquiring it took `took`, not less
     /// than its `lease` (less 1 % + 2 ms for clock drift): it may have expired before the body
     /// could start, with no other caller to blame. Every claim-mode strategy checks this after
-    /// acquiring and then does not run the body (`body_ran: false`); it releases its claim by
-    /// owner. `body_ran: true` reports a completion refused after such an acquisition, should
-    /// the body have run. Use a lease well above the store's slowest round trip (see
+    /// acquiring and then does not run the body; it releases its claim by owner. Use a lease
+    /// well above the store's slowest round trip (see
     /// [`MIN_LEASE`](crate::strategy::durations::MIN_LEASE)).
     #[error(
-        "the claim on this idempotency key was lost: acquiring it took {took:?}, not less than its lease of {lease:?}, so it may have expired before the body ran ({}); use a lease well above the store's round trip",
-        body_fate(*.body_ran)
+        "the claim on this idempotency key was lost: acquiring it took {took:?}, not less than its lease of {lease:?}, so it may have expired: the body was not run; use a lease well above the store's round trip"
     )]
     LeaseShorterThanAcquisition {
         /// The lease asked for.
@@ -82,8 +80,6 @@ pub enum Error {
         /// How long the acquisition (claim, lock, consume) took, from before the request to its
         /// reply.
         took: Duration,
-        /// Whether the body ran (and its effect happened) before the loss was found.
-        body_ran: bool,
     },
 
     /// The key, scope or operation name is empty, too long, or otherwise unusable.
@@ -143,15 +139,6 @@ impl Error {
     /// Wraps any backend error (sqlx, redis) as [`Error::Backend`].
     pub fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
         Error::Backend(Box::new(e))
-    }
-}
-
-/// The end of [`Error::LeaseShorterThanAcquisition`]'s message.
-fn body_fate(body_ran: bool) -> &'static str {
-    if body_ran {
-        "the body ran, but its response was not recorded and another caller may have run it too"
-    } else {
-        "the body was not run"
     }
 }
 

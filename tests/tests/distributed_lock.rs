@@ -407,7 +407,6 @@ async fn slow_acquisition_never_runs_the_body<S: LockStore + 'static>(store: S) 
             Err(AppError::Idempotency(Error::LeaseShorterThanAcquisition {
                 lease,
                 took,
-                body_ran: false,
             })) if *lease == Duration::from_millis(300) && *took >= Duration::from_millis(400)
         ),
         "{got:?}"

@@ -8,7 +8,7 @@
 //!   (`Error::InvalidOption`): nothing runs, the key stays free. Memory store and SQLite (claim
 //!   and transactional modes); the check is pure, so one SQL store stands for the others.
 //! - A claim (consumed token) whose acquisition took at least the lease, taken over meanwhile,
-//!   does not run its body: it ends in `Error::LeaseShorterThanAcquisition { body_ran: false }`,
+//!   does not run its body: it ends in `Error::LeaseShorterThanAcquisition`,
 //!   and the ledger holds exactly the one effect of the caller that took it over: `dedup_table`
 //!   on PostgreSQL, MariaDB, SQLite, memory, Redis and Redis Cluster; `token` on memory, Redis
 //!   and Redis Cluster (`distributed_lock`: tests/tests/distributed_lock.rs,
@@ -425,7 +425,6 @@ fn assert_lease_shorter_than_acquisition(got: &Result<u32, AppError>, lease: Dur
             Err(AppError::Idempotency(Error::LeaseShorterThanAcquisition {
                 lease: l,
                 took,
-                body_ran: false,
             })) if *l == lease && *took >= lease
         ),
         "{got:?}"

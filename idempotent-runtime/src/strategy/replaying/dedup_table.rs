@@ -30,7 +30,6 @@ use serde::de::DeserializeOwned;
 pub use super::DEFAULT_MAX_RESPONSE_BYTES;
 use super::durations::{
     DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, check_on_busy,
-    explain_lock_lost,
 };
 use super::{
     Completion, DropGuard, acquiring, busy, check_fingerprint, complete_recorded, first_renewal,
@@ -246,9 +245,7 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease, next_renewal)
-        .await
-        .map_err(|e| explain_lock_lost(e, took, options.lease))?;
+    complete_recorded(completion, options.lease, next_renewal).await?;
     Ok(value)
 }
 

@@ -9,7 +9,7 @@
 //!    `on_busy = "wait(5s)"`). The fingerprint is checked first ([`Error::FingerprintMismatch`]).
 //! 2. **Validity** — if acquiring took so long that the lease (minus 1 % + 2 ms for clock drift,
 //!    as Redlock) is already over, the body never runs: the lock is released and the call fails
-//!    with [`Error::LeaseShorterThanAcquisition`] (`body_ran: false`).
+//!    with [`Error::LeaseShorterThanAcquisition`].
 //! 3. **Body**, with the lease renewed every lease/3 by compare-and-`PEXPIRE` on the owner.
 //!    A renewal that finds another owner stops renewing: the lock is lost.
 //! 4. **Complete** — compare-and-set in one script: if the lock is still this owner's, store

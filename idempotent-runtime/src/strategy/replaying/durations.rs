@@ -89,7 +89,7 @@ pub(crate) fn check_on_busy(on_busy: OnBusy) -> Result<(), Error> {
 /// took `took`, the claim (lock, consumed token) may already have expired — it was written at
 /// some instant of that round trip — so the body must not run. An allowance of 1 % of the
 /// lease + 2 ms covers clock drift between the store and this process (as Redlock does).
-/// `Err(LeaseShorterThanAcquisition { body_ran: false })` then; the caller releases its
+/// `Err(LeaseShorterThanAcquisition)` then; the caller releases its
 /// claim by owner.
 pub(crate) fn check_acquisition(took: Duration, lease: Duration) -> Result<(), Error> {
     if took + lease / 100 + Duration::from_millis(2) >= lease {
@@ -98,28 +98,9 @@ pub(crate) fn check_acquisition(took: Duration, lease: Duration) -> Result<(), E
             ?lease,
             "acquiring took longer than the lease; the body was not run"
         );
-        return Err(Error::LeaseShorterThanAcquisition {
-            lease,
-            took,
-            body_ran: false,
-        });
+        return Err(Error::LeaseShorterThanAcquisition { lease, took });
     }
     Ok(())
-}
-
-/// A completion refused with [`Error::LockLost`] after an acquisition that took `took`, not
-/// less than `lease`: the claim may have expired before the body ran, and the caller learns
-/// that the lease, not another caller, is why ([`Error::LeaseShorterThanAcquisition`]). Any
-/// other error, or a faster acquisition, is returned unchanged.
-pub(crate) fn explain_lock_lost(error: Error, took: Duration, lease: Duration) -> Error {
-    match error {
-        Error::LockLost if took >= lease => Error::LeaseShorterThanAcquisition {
-            lease,
-            took,
-            body_ran: true,
-        },
-        other => other,
-    }
 }
 
 #[cfg(test)]
@@ -160,23 +141,5 @@ mod tests {
             matches!(e, Err(Error::InvalidOption { option: "on_busy", minimum, .. }) if minimum == MIN_WAIT),
             "{e:?}"
         );
-    }
-
-    #[test]
-    fn lock_lost_after_a_slow_acquisition_says_so() {
-        let lease = MIN_LEASE;
-        let e = explain_lock_lost(Error::LockLost, lease, lease);
-        assert!(
-            matches!(e, Error::LeaseShorterThanAcquisition { body_ran: true, .. }),
-            "{e:?}"
-        );
-        assert!(matches!(
-            explain_lock_lost(Error::LockLost, lease / 2, lease),
-            Error::LockLost
-        ));
-        assert!(matches!(
-            explain_lock_lost(Error::InProgress, lease * 2, lease),
-            Error::InProgress
-        ));
     }
 }

@@ -27,9 +27,7 @@
 
 use std::time::Duration;
 
-use super::durations::{
-    DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, explain_lock_lost,
-};
+use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl};
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, acquiring, check_fingerprint,
     complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
@@ -212,9 +210,7 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease, next_renewal)
-        .await
-        .map_err(|e| explain_lock_lost(e, took, options.lease))?;
+    complete_recorded(completion, options.lease, next_renewal).await?;
     Ok(value)
 }
 
