@@ -212,8 +212,8 @@ pub(crate) fn first_renewal(sent: tokio::time::Instant, lease: Duration) -> toki
     sent + renewal_period(lease)
 }
 
-/// Renews the claim when `*next` is due, then one renewal period after each successful
-/// renewal was sent (the store extends the claim from when it runs the renewal, no earlier),
+/// Renews the claim when `*next` is due, then one renewal period after each renewal was sent
+/// (the store extends the claim from when it runs the renewal, no earlier),
 /// until a renewal reports the claim lost (`Ok(false)`); never returns while the claim is held.
 /// A failed renewal is logged and tried again after a quarter period, so a short store outage
 /// costs a fraction of the lease, not a whole period. `*next` is left at the next due time, for
@@ -228,9 +228,11 @@ async fn keep_renewed<Fut>(
     let every = renewal_period(lease);
     loop {
         tokio::time::sleep_until(*next).await;
-        let sent = tokio::time::Instant::now();
+        // Scheduled before the round trip: if the body finishes while this renewal is in
+        // flight (its future dropped), the completion does not resend it at once.
+        *next = tokio::time::Instant::now() + every;
         match renew().await {
-            Ok(true) => *next = sent + every,
+            Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(
                     "the claim was lost before the body finished; completion will fail with LockLost"
