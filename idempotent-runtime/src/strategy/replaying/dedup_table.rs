@@ -178,14 +178,17 @@ where
     let started = tokio::time::Instant::now();
     let mut backoff = Backoff::new();
     let mut attempts = 0;
-    // When the attempt that claimed began: a claim that took its whole lease may have expired
-    // before the body ran, which a refused completion then reports.
-    let mut sent;
+    // When the store request that claimed was sent (not the first of its retries after a
+    // deadlock or busy error): a claim that took its whole lease may have expired.
+    let mut sent = tokio::time::Instant::now();
     loop {
         attempts += 1;
-        sent = tokio::time::Instant::now();
         let release = || store.release_claim_detached(key.clone(), owner.clone());
-        if acquiring(retrying(|| store.try_claim(&claim)), release).await? {
+        let claimed = retrying(|| {
+            sent = tokio::time::Instant::now();
+            store.try_claim(&claim)
+        });
+        if acquiring(claimed, release).await? {
             break;
         }
         match retrying(|| store.read_record(&key)).await? {
@@ -198,7 +201,10 @@ where
                     return Ok(v);
                 }
                 Verdict::TakeOver(previous) => {
-                    let taken = retrying(|| store.take_over_claim(&claim, &previous));
+                    let taken = retrying(|| {
+                        sent = tokio::time::Instant::now();
+                        store.take_over_claim(&claim, &previous)
+                    });
                     if acquiring(taken, release).await? {
                         break;
                     }
