@@ -117,32 +117,42 @@ use proc_macro::TokenStream;
 ///
 /// ```ignore
 /// pub async fn place(pool: &PgPool, ctx: &Ctx, req: PlaceOrder) -> Result<Receipt, AppError> {
-///     let __idempotent_key = match ::idempotent_runtime::__private::KeyBuilder::new(
-///         ::core::concat!(::core::module_path!(), "::", "place"),
+///     let __idempotent_key = match ::idempotent_runtime::__private::KeyPartArg::add_part(
+///         &(req.id),
+///         ::idempotent_runtime::__private::KeyPartArg::add_scope(
+///             &(ctx.tenant),
+///             ::idempotent_runtime::__private::KeyBuilder::new(
+///                 ::core::concat!(::core::module_path!(), "::", "place"),
+///             ),
+///         ),
 ///     )
-///     .scope(&(ctx.tenant))
-///     .part(&(req.id))
 ///     .finish()
 ///     {
 ///         ::core::result::Result::Ok(value) => value,
 ///         ::core::result::Result::Err(error) => {
-///             return ::core::result::Result::Err(::idempotent_runtime::__private::into_error(error));
+///             return ::core::result::Result::Err(::idempotent_runtime::__private::ErrorType::into_error(error));
 ///         }
 ///     };
-///     let __idempotent_fingerprint = match ::idempotent_runtime::__private::Fingerprinter::new()
-///         .arg("ctx", &(ctx))
-///         .arg("req", &(req))
-///         .finish()
+///     let __idempotent_fingerprint = match ::idempotent_runtime::__private::FingerprintArg::add_arg(
+///         &(req),
+///         "req",
+///         ::idempotent_runtime::__private::FingerprintArg::add_arg(
+///             &(ctx),
+///             "ctx",
+///             ::idempotent_runtime::__private::Fingerprinter::new(),
+///         ),
+///     )
+///     .finish()
 ///     {
 ///         ::core::result::Result::Ok(value) => value,
 ///         ::core::result::Result::Err(error) => {
-///             return ::core::result::Result::Err(::idempotent_runtime::__private::into_error(error));
+///             return ::core::result::Result::Err(::idempotent_runtime::__private::ErrorType::into_error(error));
 ///         }
 ///     };
-///     ::idempotent_runtime::__private::replaying::<_, Receipt, _, _>(
+///     <Receipt as ::idempotent_runtime::__private::ResponseType>::replaying(
 ///         ::idempotent_runtime::__private::Replay {
 ///             strategy: ::idempotent_runtime::__private::DedupTable {
-///                 store: ::idempotent_runtime::__private::claim_store(&*pool),
+///                 store: ::idempotent_runtime::__private::AsClaimStore::as_claim_store(&*pool),
 ///                 options: ::idempotent_runtime::__private::DedupTableOptions {
 ///                     lease: ::idempotent_runtime::__private::Duration::from_millis(30000),
 ///                     on_busy: ::idempotent_runtime::__private::OnBusy::Wait(
@@ -153,7 +163,7 @@ use proc_macro::TokenStream;
 ///             },
 ///             key: __idempotent_key,
 ///             fingerprint: __idempotent_fingerprint,
-///             into_error: ::idempotent_runtime::__private::into_error,
+///             into_error: ::idempotent_runtime::__private::ErrorType::into_error,
 ///         },
 ///         async |_| -> Result<Receipt, AppError> { BODY },
 ///     )
@@ -162,16 +172,19 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// With a `#[tx] tx: &mut PgConnection` parameter, `tx` disappears from the
-/// signature, the strategy becomes
-/// `DedupTableInTx { store: tx_store(&*pool), .. }` and the body
-/// `async |__idempotent_tx| -> Result<..> { let tx: &mut PgConnection = __idempotent_tx; BODY }`:
-/// the connection's type comes from the store, and a `#[tx]` type of another
-/// database is one "mismatched types" error at that type. The other replaying
-/// strategies fill `DistributedLock { store: lock_store(..), options }` (the
-/// body is lent the fencing token) and `Token { store: token_store(..), token, options }`.
+/// signature, the store is bound first,
+/// `let __idempotent_store = IntoTxStore::into_tx_store(&*pool);` and checked
+/// against the parameter's type,
+/// `let __idempotent_connection = connection_of(&__idempotent_store); let __idempotent_store = <_ as TxParam<&mut PgConnection, _>>::tx_param(__idempotent_store, __idempotent_connection);`,
+/// the strategy becomes `DedupTableInTx { store: __idempotent_store, .. }` and the body
+/// `async |__idempotent_tx| -> Result<..> { let tx: &mut PgConnection = __idempotent_tx; BODY }`.
+/// The other replaying strategies fill
+/// `DistributedLock { store: AsLockStore::as_lock_store(..), options }` (the body
+/// is lent the fencing token) and
+/// `Token { store: AsTokenStore::as_token_store(..), token: &KeyPartArg::key_part(..), options }`.
 ///
-/// The business-table strategies call
-/// `__private::business(Business { store: tx_store(..), key: (&(order.code),), kit: error_kit(), strategy: Optimistic { target, version }, on_duplicate }, || async |__idempotent_tx| -> .. { .. BODY })`.
+/// The business-table strategies bind and check the store the same way, then call
+/// `__private::business(Business { store: __idempotent_store, key: [KeyValueArg::key_value(database_of(..), &(order.code))], kit: SqlErrorType::error_kit(), strategy: Optimistic { target, version: VersionValueArg::version_value(..) }, on_duplicate }, || async |__idempotent_tx| -> .. { .. BODY })`.
 ///
 /// The store is passed as `&*param` for a `&T` parameter, `&mut *param` for a
 /// `&mut T` one and `&(expr)` otherwise. The body runs inside a (non-`move`)
@@ -179,25 +192,33 @@ use proc_macro::TokenStream;
 ///
 /// # One error per mistake, at the user's token
 ///
-/// rustc reports an unmet bound of an `async fn` twice, at the call and at its
-/// `.await`, so no bound a user can break is left on the runtime's entry point
-/// unless the call and its `.await` both carry the span of the type it is
-/// about. Each generated piece carries the span of the option or type it comes
-/// from:
+/// Every bound a user's type or value can break is checked once, by a check
+/// trait of `__private` called through its path (`Trait::method(&(value))`),
+/// spanned at the token the check is about, so that a mistake is one error
+/// there, worded by the trait's `#[diagnostic::on_unimplemented]`, with no
+/// "required by a bound in" note pointing into the runtime's source. A check
+/// either does the work itself (adding a key part, a fingerprinted argument) or
+/// gives a value whose type has none when it fails, which rustc checks no
+/// further, so nothing is reported twice:
 ///
-/// - the store goes through `claim_store` (`tx_store`, `lock_store`,
-///   `token_store`), spanned at `store`: a store of the wrong kind is one error
-///   there, naming what to write;
-/// - `into_error` (and, for the business-table strategies, `error_kit`) is
-///   spanned at `E` in the signature: an error type without
-///   `From<idempotent_runtime::Error>` (or, for those strategies, not a
-///   `std::error::Error`) is one error there;
-/// - the replaying adapter's call and `.await` are spanned at `T`: a response
-///   type that is not `Serialize + DeserializeOwned` is one error there;
-/// - the business adapter's call, its `Business { .. }` argument and `.await` are
-///   spanned at the key: a key part sqlx cannot bind is one error there;
-/// - a key part without `KeyPart`, or a key path naming a missing field, is
-///   rustc's error at the `key` string.
+/// - the store's trait (`AsClaimStore`, `IntoTxStore`, `AsLockStore`,
+///   `AsTokenStore`) at `store`: a store of the wrong kind, a pool whose
+///   database's feature of the runtime is off, or a pool of another sqlx
+///   version is one error there, naming what to write, the feature or the
+///   version;
+/// - `TxParam` at the `#[tx]` parameter's type: a connection of another
+///   database than the store's is one error there, naming the store's
+///   connection type;
+/// - `ErrorType::into_error` (business-table strategies:
+///   `SqlErrorType::error_kit`) at `E` in the signature;
+/// - `ResponseType::replaying`, the replaying adapter, at `T`;
+/// - `KeyPartArg` (business-table strategies: `KeyValueArg`) at each key or
+///   scope part, `VersionValueArg` at `version`, `FingerprintArg` at each
+///   fingerprinted argument;
+/// - a key path naming a missing field or method is rustc's error at the `key`
+///   string. Field and method names there carry a span that resolves at the
+///   macro's mixed site (field lookup ignores it), so rustc offers no
+///   "similar name" suggestion that would replace the whole string.
 ///
 /// # Errors
 ///

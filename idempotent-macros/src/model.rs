@@ -158,6 +158,9 @@ pub(crate) struct Config {
     /// Where bounds on the function's error type are reported: `E` of `Result<T, E>`, or the
     /// return type when it names no `E` (`io::Result<T>`).
     pub(crate) err_span: Span,
+    /// The last token of that type (`Error` in `sqlx::Error`): checks of `E` run from
+    /// `err_span` to here, so their errors cover the whole type.
+    pub(crate) err_end: Span,
     /// What the strategy's family needs.
     pub(crate) family: Family,
 }

@@ -13,7 +13,7 @@ use crate::model::{
 use crate::parse::{OptionName, RawArgs, RawOption, RawValue};
 use crate::signature::{FnInfo, reference_kind};
 use crate::strategy::Strategy;
-use crate::syntax::{UnrawString as _, respan, root_of_tokens};
+use crate::syntax::{UnrawString as _, field_span, respan, root_of_tokens};
 
 /// `::idempotent_runtime`.
 pub(crate) fn default_runtime() -> TokenStream {
@@ -550,7 +550,7 @@ pub(crate) fn default_version(key: &[PathExpr], errors: &mut Errors) -> Option<P
     let root = &key.first()?.root;
     if key.iter().all(|part| part.root == *root) && root != "self" {
         let span = key[0].span;
-        let version = Ident::new("version", span);
+        let version = Ident::new("version", field_span(span));
         return Some(PathExpr {
             tokens: quote_spanned!(span=> #root.#version),
             span,

@@ -11,7 +11,7 @@ use syn::{
 use crate::diag::Errors;
 use crate::model::{InjectKind, Injected, PathExpr, StoreKind};
 use crate::parse::OptionName;
-use crate::syntax::{UnrawString as _, last_field, mentions_impl, respan, root_ident};
+use crate::syntax::{UnrawString as _, ends, last_field, mentions_impl, respan_expr, root_ident};
 
 /// One typed parameter of the function.
 pub(crate) struct Param {
@@ -23,6 +23,8 @@ pub(crate) struct Param {
     pub(crate) ty: Type,
     /// Whether it carries `#[tx]` / `#[fence]`.
     pub(crate) injected: Option<InjectKind>,
+    /// The parameter as written (for error spans).
+    pub(crate) written: syn::PatType,
 }
 
 /// What the checks need to know about the annotated function.
@@ -39,8 +41,8 @@ pub(crate) struct FnInfo {
     pub(crate) fence: Option<Injected>,
     /// `T` of `Result<T, E>`, when nameable.
     pub(crate) ok_type: Option<Type>,
-    /// `E` of `Result<T, E>`, or the return type.
-    pub(crate) err_span: Span,
+    /// The first and last tokens of `E` of `Result<T, E>`, or of the return type.
+    pub(crate) err_span: (Span, Span),
 }
 
 impl FnInfo {
@@ -110,9 +112,9 @@ impl FnInfo {
             fence: None,
             ok_type,
             err_span: match &sig.output {
-                ReturnType::Default => Span::call_site(),
+                ReturnType::Default => (Span::call_site(), Span::call_site()),
                 ReturnType::Type(_, ty) => {
-                    result_err_span(ty).unwrap_or_else(|| syn::spanned::Spanned::span(ty))
+                    ends(&result_err_type(ty).unwrap_or(ty).to_token_stream())
                 }
             },
         };
@@ -147,6 +149,7 @@ impl FnInfo {
                         simple,
                         ty: (*typed.ty).clone(),
                         injected,
+                        written: typed.clone(),
                     });
                 }
             }
@@ -272,7 +275,7 @@ impl FnInfo {
             return None;
         }
         let parsed = syn::parse_str::<TokenStream>(text).and_then(|tokens| {
-            let tokens = respan(tokens, lit.span());
+            let tokens = respan_expr(tokens, lit.span());
             syn::parse2::<Expr>(tokens.clone()).map(|expr| (tokens, expr))
         });
         let (tokens, expr) = match parsed {
@@ -316,6 +319,19 @@ impl FnInfo {
             span: lit.span(),
             text: text.to_owned(),
         })
+    }
+
+    /// The connection type of the store's database (`SqliteConnection` for a
+    /// `pool: &SqlitePool` store), when the store is a parameter whose type names it.
+    pub(crate) fn store_connection(&self, store: &TokenStream) -> Option<&'static str> {
+        let mut trees = store.clone().into_iter();
+        let (Some(TokenTree::Ident(ident)), None) = (trees.next(), trees.next()) else {
+            return None;
+        };
+        self.params
+            .iter()
+            .find(|p| p.simple.as_ref() == Some(&ident))
+            .and_then(|p| connection_of(&p.ty))
     }
 
     /// How to borrow a store expression: a bare reference parameter is
@@ -390,17 +406,17 @@ fn result_ok_type(ty: &Type) -> Result<Option<Type>, ()> {
     }
 }
 
-/// The span of `E` in a return type `Result<T, E>`, when it names one.
-fn result_err_span(ty: &Type) -> Option<Span> {
+/// `E` in a return type `Result<T, E>`, when it names one.
+fn result_err_type(ty: &Type) -> Option<&Type> {
     match ty {
-        Type::Paren(inner) => result_err_span(&inner.elem),
-        Type::Group(inner) => result_err_span(&inner.elem),
+        Type::Paren(inner) => result_err_type(&inner.elem),
+        Type::Group(inner) => result_err_type(&inner.elem),
         Type::Path(path) => {
             let PathArguments::AngleBracketed(args) = &path.path.segments.last()?.arguments else {
                 return None;
             };
             match args.args.iter().nth(1)? {
-                GenericArgument::Type(err) => Some(syn::spanned::Spanned::span(err)),
+                GenericArgument::Type(err) => Some(err),
                 _ => None,
             }
         }
@@ -417,4 +433,66 @@ pub(crate) fn reference_kind(ty: &Type) -> StoreKind {
         Type::Group(inner) => reference_kind(&inner.elem),
         _ => StoreKind::Borrow,
     }
+}
+
+/// The type's last path segment and its generic type arguments' last segments, references,
+/// parentheses and groups looked through: `&mut sqlx::Transaction<'_, Sqlite>` →
+/// (`Transaction`, [`Sqlite`]).
+fn type_name(ty: &Type) -> Option<(String, Vec<String>)> {
+    match ty {
+        Type::Reference(inner) => type_name(&inner.elem),
+        Type::Paren(inner) => type_name(&inner.elem),
+        Type::Group(inner) => type_name(&inner.elem),
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            let args = match &last.arguments {
+                PathArguments::AngleBracketed(args) => args
+                    .args
+                    .iter()
+                    .filter_map(|arg| match arg {
+                        GenericArgument::Type(ty) => type_name(ty).map(|(name, _)| name),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Some((last.ident.to_string(), args))
+        }
+        _ => None,
+    }
+}
+
+/// The sqlx connection type of the database a type names: `PgPool`, `&mut PgConnection`,
+/// `Pool<Postgres>`, `Transaction<'_, Postgres>`, … → `PgConnection` (likewise `MySql…`,
+/// `Sqlite…`).
+pub(crate) fn connection_of(ty: &Type) -> Option<&'static str> {
+    let (name, args) = type_name(ty)?;
+    let database = |name: &str| match name {
+        "PgConnection" | "PgPool" | "Postgres" => Some("PgConnection"),
+        "MySqlConnection" | "MySqlPool" | "MySql" => Some("MySqlConnection"),
+        "SqliteConnection" | "SqlitePool" | "Sqlite" => Some("SqliteConnection"),
+        _ => None,
+    };
+    database(&name).or_else(|| {
+        matches!(name.as_str(), "Pool" | "Transaction" | "PoolConnection")
+            .then(|| args.iter().find_map(|arg| database(arg)))
+            .flatten()
+    })
+}
+
+/// Whether a parameter's type is a sqlx connection or transaction (`&mut PgConnection`,
+/// `&mut Transaction<'_, Sqlite>`, `PoolConnection<MySql>`, …): what a `#[tx]` parameter
+/// written without `#[tx]` looks like.
+pub(crate) fn is_connection_type(ty: &Type) -> bool {
+    type_name(ty).is_some_and(|(name, _)| {
+        matches!(
+            name.as_str(),
+            "PgConnection"
+                | "MySqlConnection"
+                | "SqliteConnection"
+                | "AnyConnection"
+                | "Transaction"
+                | "PoolConnection"
+        )
+    })
 }

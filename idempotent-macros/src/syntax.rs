@@ -1,7 +1,7 @@
-//! Small token and syntax-tree helpers shared by the stages: re-spanning, the root and last
-//! field of a path expression, `impl Trait` detection, identifiers without `r#`.
+//! Small token and syntax-tree helpers shared by the stages: re-spanning (field names apart),
+//! the root and last field of a path expression, `impl Trait` detection, identifiers without `r#`.
 
-use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use proc_macro2::{Group, Spacing, Span, TokenStream, TokenTree};
 use syn::{Expr, Ident, Member, UnOp};
 
 /// Sets the span of every token in `tokens` (groups included) to `span`.
@@ -20,6 +20,66 @@ pub(crate) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
             }
         })
         .collect()
+}
+
+/// Sets the span of every token in an expression's `tokens` to `span`, like [`respan`], except
+/// that field and method names (an identifier or literal right after a `.` that is not part of
+/// `..`) get [`field_span`]`(span)`.
+///
+/// rustc builds a "similar name" suggestion on the span of a field or method name it cannot
+/// find; at the whole string literal that suggestion would replace the literal (`key = code`),
+/// which is not attribute syntax. A span that resolves at the macro's mixed site is never used
+/// for suggestions, yet still points at the literal; field and method lookup ignore that
+/// hygiene, so `req.code` still finds `code`. The root keeps the call site, to resolve the
+/// user's parameter.
+pub(crate) fn respan_expr(tokens: TokenStream, span: Span) -> TokenStream {
+    let mut out: Vec<TokenTree> = Vec::new();
+    for tree in tokens {
+        let after_dot = match out.as_slice() {
+            // `..` / `..=`: a range, not a field access.
+            [.., TokenTree::Punct(before), TokenTree::Punct(_)]
+                if before.as_char() == '.' && before.spacing() == Spacing::Joint =>
+            {
+                false
+            }
+            [.., TokenTree::Punct(dot)] => dot.as_char() == '.',
+            _ => false,
+        };
+        let tree = match tree {
+            TokenTree::Group(group) => {
+                let mut new = Group::new(group.delimiter(), respan_expr(group.stream(), span));
+                new.set_span(span);
+                TokenTree::Group(new)
+            }
+            mut other @ (TokenTree::Ident(_) | TokenTree::Literal(_)) if after_dot => {
+                other.set_span(field_span(span));
+                other
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        };
+        out.push(tree);
+    }
+    out.into_iter().collect()
+}
+
+/// The span of a field or method name written in the literal at `span` (see [`respan_expr`]).
+pub(crate) fn field_span(span: Span) -> Span {
+    span.resolved_at(Span::mixed_site())
+}
+
+/// The spans of the first and last tokens of `tokens` (of a type, say): an expression whose
+/// first token carries the first and whose last carries the last covers them all in rustc's
+/// messages (stable Rust cannot join spans).
+pub(crate) fn ends(tokens: &TokenStream) -> (Span, Span) {
+    let mut trees = tokens.clone().into_iter();
+    let first = trees
+        .next()
+        .map_or_else(Span::call_site, |tree| tree.span());
+    let last = trees.last().map_or(first, |tree| tree.span());
+    (first, last)
 }
 
 /// The identifier an expression starts from: `order` in `order.items[0].code()`.

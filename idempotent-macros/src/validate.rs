@@ -15,7 +15,7 @@ use syn::{FnArg, ItemFn, LitStr, Pat};
 use crate::diag::Errors;
 use crate::model::{
     Business, BusinessRule, Config, Family, Fingerprint, InjectKind, Millis, OnBusy, OnCancel,
-    OnDuplicate, PathExpr, ReplayMode, Replaying, SqlIdent, Target,
+    OnDuplicate, PathExpr, ReplayMode, Replaying, SqlIdent, Store, Target,
 };
 use crate::options::{
     check_duration_floors, check_fingerprint, check_key, check_on_busy, check_on_cancel,
@@ -23,9 +23,9 @@ use crate::options::{
     expect_str, key_columns, parse_path_option, sql_ident,
 };
 use crate::parse::{OptionName, RawArgs, RawOption};
-use crate::signature::FnInfo;
+use crate::signature::{FnInfo, connection_of, is_connection_type};
 use crate::strategy::{FamilyKind, Strategy, TxRule};
-use crate::syntax::UnrawString as _;
+use crate::syntax::{UnrawString as _, root_of_tokens};
 
 /// The option values that passed their checks (`None`: absent, unused by the strategy, or
 /// malformed and reported).
@@ -68,9 +68,9 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     let info = FnInfo::analyze(func, &mut errors);
     let strategy = check_strategy(args, &mut errors);
 
-    if let Some((strategy, strategy_span)) = strategy {
+    if let Some((strategy, _)) = strategy {
         check_options_used(args, strategy, &mut errors);
-        check_injected(strategy, strategy_span, &info, &mut errors);
+        check_injected(strategy, &info, &mut errors);
     }
     // An option the strategy does not use is reported above and not checked further.
     let usable = |name: OptionName| -> Option<&RawOption> {
@@ -109,6 +109,9 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         });
 
     let store = check_store(usable(OptionName::Store), &info, &mut errors);
+    if let Some((strategy, strategy_span)) = strategy {
+        check_tx_given(strategy, strategy_span, &info, store.as_ref(), &mut errors);
+    }
 
     let fingerprint =
         check_fingerprint(usable(OptionName::Fingerprint), &info, &store, &mut errors);
@@ -237,7 +240,8 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
             .map(|injected| injected.index)
             .collect(),
         ok_type: info.ok_type,
-        err_span: info.err_span,
+        err_span: info.err_span.0,
+        err_end: info.err_span.1,
         family,
     })
 }
@@ -260,7 +264,7 @@ fn check_options_used(args: &RawArgs, strategy: Strategy, errors: &mut Errors) {
 }
 
 /// `#[tx]` as the strategy's [`TxRule`] says, `#[fence]` only where a fencing token is issued.
-fn check_injected(strategy: Strategy, strategy_span: Span, info: &FnInfo, errors: &mut Errors) {
+fn check_injected(strategy: Strategy, info: &FnInfo, errors: &mut Errors) {
     let rules = strategy.rules();
     if let Some(tx) = &info.tx
         && rules.tx == TxRule::Forbidden
@@ -273,16 +277,6 @@ fn check_injected(strategy: Strategy, strategy_span: Span, info: &FnInfo, errors
                 strategy.as_str()
             ),
         ));
-    }
-    // A malformed `#[tx]` is reported where it is written, not as a missing one.
-    if rules.tx == TxRule::Required && !info.tx_marked {
-        errors.at(
-            strategy_span,
-            format!(
-                "strategy `{}` runs the body inside its own transaction: add a parameter `#[tx] tx: &mut PgConnection` (or `MySqlConnection`, `SqliteConnection`) and write through it",
-                strategy.as_str()
-            ),
-        );
     }
     if let Some(fence) = &info.fence
         && !rules.fence
@@ -298,23 +292,98 @@ fn check_injected(strategy: Strategy, strategy_span: Span, info: &FnInfo, errors
     }
 }
 
+/// A strategy that runs the body in its own transaction needs a `#[tx]` parameter. A
+/// connection-typed parameter without `#[tx]` is the one meant: the error is at it, saying to
+/// add `#[tx]`. The connection to write is the store's database's when the store's type names
+/// it (`pool: &SqlitePool` → `SqliteConnection`), else the parameter's, else all three.
+fn check_tx_given(
+    strategy: Strategy,
+    strategy_span: Span,
+    info: &FnInfo,
+    store: Option<&Store>,
+    errors: &mut Errors,
+) {
+    // A malformed `#[tx]` is reported where it is written, not as a missing one.
+    if strategy.rules().tx != TxRule::Required || info.tx_marked {
+        return;
+    }
+    let store_root = store.and_then(|store| root_of_tokens(&store.tokens));
+    let param = info.params.iter().find(|p| {
+        p.injected.is_none()
+            && is_connection_type(&p.ty)
+            && !p.bindings.iter().any(|b| Some(b) == store_root.as_ref())
+    });
+    let connection = store
+        .and_then(|store| info.store_connection(&store.tokens))
+        .or_else(|| param.and_then(|p| connection_of(&p.ty)));
+    let ty = match connection {
+        Some(connection) => format!("&mut {connection}"),
+        None => "&mut PgConnection".to_owned(),
+    };
+    let of_database = match connection {
+        Some(_) => String::new(),
+        None => " (the connection of the store's database: `PgConnection`, `MySqlConnection` or `SqliteConnection`)".to_owned(),
+    };
+    match param {
+        Some(param) => {
+            let name = param
+                .simple
+                .as_ref()
+                .map_or_else(|| "tx".to_owned(), |n| n.unraw_string());
+            errors.push(syn::Error::new_spanned(
+                &param.written,
+                format!(
+                    "add `#[tx]` to `{name}`: strategy `{}` runs the body inside its own transaction and lends it to the parameter marked `#[tx]`; write `#[tx] {name}: {ty}`{of_database} and write through it",
+                    strategy.as_str()
+                ),
+            ));
+        }
+        None => errors.at(
+            strategy_span,
+            format!(
+                "strategy `{}` runs the body inside its own transaction: add a parameter `#[tx] tx: {ty}`{of_database} and write through it",
+                strategy.as_str()
+            ),
+        ),
+    }
+}
+
 /// The options the strategy needs and has no default for (DESIGN.md §2). An option that is
 /// written but malformed is reported as such, not as missing.
 fn check_required(args: &RawArgs, strategy: Strategy, span: Span, errors: &mut Errors) {
     let rules = strategy.rules();
     let given = |name: OptionName| args.get(name).is_some();
-    for required in rules.required {
-        if !given(required.option) {
-            errors.at(
-                span,
-                format!(
-                    "strategy `{}` needs `{o}`: add {o} = \"...\" {}",
-                    strategy.as_str(),
-                    required.hint,
-                    o = required.option.as_str(),
-                ),
-            );
+    // Every missing option in one error (they are all reported at the strategy).
+    let missing: Vec<_> = rules
+        .required
+        .iter()
+        .filter(|required| !given(required.option))
+        .collect();
+    if !missing.is_empty() {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|r| format!("`{}`", r.option.as_str()))
+            .collect();
+        let adds: Vec<String> = missing
+            .iter()
+            .map(|r| format!("{} = \"...\"", r.option.as_str()))
+            .collect();
+        let mut hints: Vec<&str> = Vec::new();
+        for required in &missing {
+            if !hints.contains(&required.hint) {
+                hints.push(required.hint);
+            }
         }
+        errors.at(
+            span,
+            format!(
+                "strategy `{}` needs {}: add {} {}",
+                strategy.as_str(),
+                and_list(&names),
+                adds.join(", "),
+                hints.join("; "),
+            ),
+        );
     }
     if let Some((options, message)) = rules.one_of
         && !options.iter().any(|&option| given(option))
@@ -512,4 +581,13 @@ fn on_duplicate(path: TokenStream, func: &ItemFn, errors: &mut Errors) -> Option
         }
     }
     ok.then_some(OnDuplicate { path, args })
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
 }

@@ -110,6 +110,7 @@ impl<S: Store> Store for Faulty<S> {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<S: ClaimStore> AsClaimStore for Faulty<S> {
     type Store = Self;
     fn as_claim_store(&self) -> &Self {
@@ -117,6 +118,7 @@ impl<S: ClaimStore> AsClaimStore for Faulty<S> {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<S: LockStore> AsLockStore for Faulty<S> {
     type Store = Self;
     fn as_lock_store(&self) -> &Self {
@@ -124,6 +126,7 @@ impl<S: LockStore> AsLockStore for Faulty<S> {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<S: TokenStore> AsTokenStore for Faulty<S> {
     type Store = Self;
     fn as_token_store(&self) -> &Self {

@@ -1,45 +1,65 @@
 //! Code generation for the business-table strategies (`select_before_insert`, `pessimistic`,
-//! `optimistic`, `unique_index`, `state_machine`): one call of `__private::business` with a
-//! `Business { store, key, kit, strategy, on_duplicate }` and the body factory.
+//! `optimistic`, `unique_index`, `state_machine`): the store bound and checked, then one call
+//! of `__private::business` with a `Business { store, key, kit, strategy, on_duplicate }` and
+//! the body factory.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{quote, quote_spanned};
-use syn::{ItemFn, LitStr};
+use syn::{Ident, ItemFn, LitStr};
 
-use super::{bound_block, call_entry, injected_binding, private_at, store_through};
+use super::{bound_block, call_entry, check_at, injected_binding, private_at, tx_store_statements};
 use crate::model::{Business, BusinessRule, Config, SqlIdent, Target};
 
 /// The wrapper's body for a business-table strategy.
 ///
 /// ```text
-/// rt::__private::business(
-///     rt::__private::Business { store, key: (&(order.code),), kit: error_kit(),
-///                               strategy: rt::__private::Optimistic { target, version },
-///                               on_duplicate: Some(async || handler(args).await) },
-///     || async |tx| -> Result<T, E> { let tx: &mut Conn = tx; BODY },
-/// ).await
+/// {
+///     let __idempotent_store = <IntoTxStore and TxParam checks>;
+///     let __idempotent_database = rt::__private::database_of(&__idempotent_store);
+///     rt::__private::business(
+///         rt::__private::Business {
+///             store: __idempotent_store,
+///             key: [KeyValueArg::key_value(__idempotent_database, &(order.code))],
+///             kit: SqlErrorType::error_kit(),
+///             strategy: rt::__private::Optimistic { target, version },
+///             on_duplicate: Some(async || handler(args).await),
+///         },
+///         || async |tx| -> Result<T, E> { let tx: &mut Conn = tx; BODY },
+///     ).await
+/// }
 /// ```
 ///
-/// The call and its `.await` are spanned at the first key part, so that a key part the
-/// database cannot bind is reported once; `error_kit` is spanned at `E`, the one check of
-/// `E`'s bounds.
+/// Each key part (and the version) is checked where it is written, for the store's database
+/// (`KeyValueArg`, `VersionValueArg`), and passed on as a `&dyn BindValue`; `error_kit` is
+/// spanned at `E`, the one check of `E`'s bounds. The adapter's own bounds then always hold.
 pub(super) fn expand(config: &Config, business: &Business, func: &ItemFn) -> TokenStream {
     let rt = &config.runtime;
-    let store = store_through(config, "tx_store");
+    let (store_statements, store) = tx_store_statements(config, &business.tx);
+    let database = Ident::new("__idempotent_database", Span::mixed_site());
     let parts = config.key.iter().map(|part| {
         let (span, expr) = (part.span, &part.tokens);
-        quote_spanned!(span=> &(#expr),)
+        check_at(
+            config,
+            span,
+            "KeyValueArg",
+            "key_value",
+            quote_spanned!(span=> #database, &(#expr)),
+        )
     });
     let key_span = config
         .key
         .first()
         .map_or_else(Span::call_site, |part| part.span);
-    let key = quote_spanned!(key_span=> (#(#parts)*));
+    let key = quote_spanned!(key_span=> [#(#parts),*]);
     let kit = {
-        let error_kit = private_at(config, config.err_span, "error_kit");
-        quote_spanned!(config.err_span=> #error_kit())
+        // From `E`'s first token to its last, so that the error covers the whole type.
+        let check = private_at(config, config.err_span, "SqlErrorType");
+        let method = Ident::new("error_kit", config.err_end);
+        let mut args = Group::new(Delimiter::Parenthesis, TokenStream::new());
+        args.set_span(config.err_end);
+        quote_spanned!(config.err_span=> #check::#method #args)
     };
-    let strategy = strategy(config, &business.rule);
+    let strategy = strategy(config, &business.rule, &database);
     let on_duplicate = match &business.on_duplicate {
         Some(handler) => {
             let (path, args) = (&handler.path, &handler.args);
@@ -53,11 +73,9 @@ pub(super) fn expand(config: &Config, business: &Business, func: &ItemFn) -> Tok
     let (output, block) = (&func.sig.output, &func.block);
     let bound = bound_block(&bind, block);
     let body = quote!(|| async |#param| #output #bound);
-    // rustc may blame an unmet bound on the argument holding the type: the `Business` literal
-    // is spanned at the key too, so that report and the call's are one.
-    let business = private_at(config, key_span, "Business");
+    let business_struct = private_at(config, key_span, "Business");
     let call = quote_spanned! {key_span=>
-        #business {
+        #business_struct {
             store: #store,
             key: #key,
             kit: #kit,
@@ -65,11 +83,19 @@ pub(super) fn expand(config: &Config, business: &Business, func: &ItemFn) -> Tok
             on_duplicate: #on_duplicate,
         }
     };
-    call_entry(config, key_span, "business", None, quote!(#call, #body,))
+    let entry = private_at(config, key_span, "business");
+    let call = call_entry(key_span, entry, quote!(#call, #body,));
+    quote! {
+        {
+            #store_statements
+            let #database = #rt::__private::database_of(&#store);
+            #call
+        }
+    }
 }
 
 /// The strategy's own part: `SelectBeforeInsert { target }`, `Optimistic { target, version }`, …
-fn strategy(config: &Config, rule: &BusinessRule) -> TokenStream {
+fn strategy(config: &Config, rule: &BusinessRule, database: &Ident) -> TokenStream {
     let rt = &config.runtime;
     match rule {
         BusinessRule::SelectBeforeInsert(target) => {
@@ -83,7 +109,13 @@ fn strategy(config: &Config, rule: &BusinessRule) -> TokenStream {
         BusinessRule::Optimistic { target, version } => {
             let target = target_literal(config, target);
             let (span, expr) = (version.span, &version.tokens);
-            let version = quote_spanned!(span=> &(#expr));
+            let version = check_at(
+                config,
+                span,
+                "VersionValueArg",
+                "version_value",
+                quote_spanned!(span=> #database, &(#expr)),
+            );
             quote!(#rt::__private::Optimistic { target: #target, version: #version })
         }
         BusinessRule::UniqueIndex { constraint, target } => {

@@ -47,24 +47,14 @@ fn expand_config(config: &Config, func: &ItemFn) -> TokenStream {
     wrapper(func, config, body)
 }
 
-/// `rt::__private::<entry>::<generics>(args).await`, with the path and the `.await` spanned at
-/// `span`.
+/// `<entry>(args).await`, with the `.await` spanned at `span` like `entry`.
 ///
-/// rustc reports an unmet bound of the entry point at the call and again at its `.await`; with
-/// both at the one type the bound is about, the two reports are one. Bounds a user can break
-/// are therefore either about that type, or checked before the call (see `__private`).
-fn call_entry(
-    config: &Config,
-    span: Span,
-    entry: &str,
-    generics: Option<TokenStream>,
-    args: TokenStream,
-) -> TokenStream {
-    let rt = respan(config.runtime.to_token_stream(), span);
-    let entry = Ident::new(entry, span);
-    let generics = generics.map(|generics| quote_spanned!(span=> ::<#generics>));
+/// The entry points' own bounds always hold once the checks (see `__private::checks`) passed,
+/// and a check that failed leaves nothing of the wrong type behind; spanning the call at one
+/// token keeps even rustc's own errors about it (the call and its `.await`) one report.
+fn call_entry(span: Span, entry: TokenStream, args: TokenStream) -> TokenStream {
     let await_ = quote_spanned!(span=> .await);
-    quote_spanned!(span=> #rt::__private::#entry #generics (#args) #await_)
+    quote_spanned!(span=> #entry (#args) #await_)
 }
 
 /// `rt::__private::<item>`, with the runtime's path spanned at `span`: where an unmet bound
@@ -75,12 +65,65 @@ fn private_at(config: &Config, span: Span, item: &str) -> TokenStream {
     quote_spanned!(span=> #rt::__private::#item)
 }
 
-/// `rt::__private::<through>(store)`, spanned at the store: the one place a store of the wrong
-/// kind is reported (`claim_store`, `tx_store`, `lock_store`, `token_store`).
-fn store_through(config: &Config, through: &str) -> TokenStream {
-    let through = private_at(config, config.store.span, through);
-    let store = store_argument(&config.store);
-    quote_spanned!(config.store.span=> #through(#store))
+/// `rt::__private::<Trait>::<method>(args)`, all spanned at `span`: a check (see
+/// `__private::checks`), whose one error is reported there.
+fn check_at(
+    config: &Config,
+    span: Span,
+    check: &str,
+    method: &str,
+    args: TokenStream,
+) -> TokenStream {
+    let check = private_at(config, span, check);
+    let method = Ident::new(method, span);
+    quote_spanned!(span=> #check::#method(#args))
+}
+
+/// The store seen as the strategy needs it, checked once at `store` by its store-argument
+/// trait: `rt::__private::AsClaimStore::as_claim_store(&store)` (`AsLockStore`,
+/// `AsTokenStore`). A store of the wrong kind comes back as a type with no value, which rustc
+/// checks no further.
+fn store_through(config: &Config, check: &str, method: &str) -> TokenStream {
+    check_at(
+        config,
+        config.store.span,
+        check,
+        method,
+        store_argument(&config.store),
+    )
+}
+
+/// The statements that bind a `#[tx]` strategy's store to a hygienic local, checked twice: as
+/// a transactional store at `store` (`IntoTxStore`), and against the `#[tx]` parameter's type
+/// at that type (`TxParam`: "the store opens `SqliteConnection` transactions, so `#[tx]` must
+/// be `&mut SqliteConnection`"). Either check that fails leaves the local without a type, so
+/// the body's `let tx: Type = …` is not reported again as mismatched.
+fn tx_store_statements(config: &Config, tx: &Injected) -> (TokenStream, Ident) {
+    let store = store_through(config, "IntoTxStore", "into_tx_store");
+    let ty = &tx.ty;
+    let ty_span = ty.span();
+    let local = Ident::new("__idempotent_store", Span::mixed_site().located_at(ty_span));
+    let connection = Ident::new(
+        "__idempotent_connection",
+        Span::mixed_site().located_at(ty_span),
+    );
+    let connection_of = private_at(config, ty_span, "connection_of");
+    // All at the type's first token: the check's error and rustc's about its result (a
+    // projection without value) then coincide and are reported once. (Spread over the whole
+    // type, they land at different spans and are reported twice.)
+    let tx_param = private_at(config, ty_span, "TxParam");
+    let method = Ident::new("tx_param", ty_span);
+    let checked = quote_spanned! {ty_span=>
+        <_ as #tx_param<#ty, _>>::#method(#local, #connection)
+    };
+    (
+        quote! {
+            let #local = #store;
+            let #connection = #connection_of(&#local);
+            let #local = #checked;
+        },
+        local,
+    )
 }
 
 /// The store as the runtime takes it: `&*param`, `&mut *param` or `&(expr)`.

@@ -9,7 +9,7 @@ use std::error::Error as StdError;
 use sqlx::Database;
 
 use super::{AsStdError, Error, Failure};
-use crate::store::business::{BusinessBackend, KeyValues, Target, VersionValue};
+use crate::store::business::{BindValue, BusinessBackend, KeyValues, Target};
 use crate::store::sql::TxStore;
 
 pub use crate::strategy::state_machine::Transition as StateMachine;
@@ -31,12 +31,27 @@ impl<E> Clone for ErrorKit<E> {
 
 impl<E> Copy for ErrorKit<E> {}
 
-/// The [`ErrorKit`] of `E`; checks `E`'s bounds where the wrapper spans it (at `E`).
-#[inline(always)]
-pub fn error_kit<E: crate::SqlFunctionError>() -> ErrorKit<E> {
-    ErrorKit {
-        into_error: E::from,
-        as_std: |e| e,
+/// The function's error type `E` of a business-table strategy: a `std::error::Error + 'static`
+/// that can hold a runtime [`Error`]. Checked at `E` (`SqlErrorType::error_kit()`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must be a `std::error::Error + 'static` that implements `From<idempotent_runtime::Error>`",
+    label = "the strategy looks for the database's error in this type's source chain",
+    note = "return an error type of your own that implements `std::error::Error` and `From<idempotent_runtime::Error>`, e.g. an enum deriving `thiserror::Error` with `#[error(transparent)] Db(#[from] sqlx::Error)` and `#[error(transparent)] Idempotency(#[from] idempotent_runtime::Error)` variants",
+    note = "those impls can be written only in the crate that defines the type: a type of another crate (`sqlx::Error`, `std::io::Error`, `String`, `Box<dyn Error>`, …) cannot be the function's error type"
+)]
+pub trait SqlErrorType: Sized {
+    /// The [`ErrorKit`] of `Self`.
+    fn error_kit() -> ErrorKit<Self>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<E: crate::SqlFunctionError> SqlErrorType for E {
+    #[inline(always)]
+    fn error_kit() -> ErrorKit<E> {
+        ErrorKit {
+            into_error: E::from,
+            as_std: |e| e,
+        }
     }
 }
 
@@ -55,7 +70,7 @@ impl<E> ErrorKit<E> {
 }
 
 /// The body's connection type for store `S`.
-type Conn<S> = <<S as TxStore>::Database as Database>::Connection;
+pub(super) type Conn<S> = <<S as TxStore>::Database as Database>::Connection;
 
 /// The type of "no `on_duplicate` handler" (see [`no_handler`]).
 pub type NoHandler<T, E> = fn() -> core::future::Ready<Result<T, E>>;
@@ -68,11 +83,11 @@ pub fn no_handler<T, E>() -> Option<NoHandler<T, E>> {
 
 /// One call of a business-table strategy, as the generated code fills it.
 pub struct Business<S, K, E, P, D> {
-    /// The transactional store (through `tx_store`).
+    /// The transactional store (through `IntoTxStore` and `TxParam`).
     pub store: S,
-    /// The key parts, a tuple of references.
+    /// The key parts, each through `KeyValueArg`.
     pub key: K,
-    /// [`error_kit`], spanned at the user's `E`.
+    /// `SqlErrorType::error_kit()`, spanned at the user's `E`.
     pub kit: ErrorKit<E>,
     /// The strategy with its table and options ([`SelectBeforeInsert`], [`Optimistic`], …).
     pub strategy: P,
@@ -187,15 +202,22 @@ business_strategy!([] Pessimistic, |this, store, key, body, on_duplicate| {
 pub struct Optimistic<V> {
     /// The business table and key column(s).
     pub target: Target,
-    /// The expected version.
+    /// The expected version, through `VersionValueArg`.
     pub version: V,
 }
 
 business_strategy!(
-    [V: VersionValue<DB>]
-    Optimistic<V>,
+    []
+    Optimistic<&(dyn BindValue<DB> + '_)>,
     |this, store, key, body, on_duplicate| {
-        crate::strategy::optimistic::run(store, this.target, key, this.version, body, on_duplicate)
+        crate::strategy::optimistic::run_bound(
+            store,
+            this.target,
+            key,
+            this.version,
+            body,
+            on_duplicate,
+        )
     }
 );
 

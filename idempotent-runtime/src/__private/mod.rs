@@ -9,24 +9,16 @@
 //!
 //! # One error per mistake
 //!
-//! rustc reports an unmet bound of an `async fn` twice: at the call and again at its `.await`
-//! (the returned future carries the function's bounds). So the generated code never leaves a
-//! bound the user can break on an adapter unless the call and its `.await` are spanned at the
-//! token the bound is about:
-//!
-//! - the store goes through [`claim_store`], `tx_store`, [`lock_store`] or [`token_store`],
-//!   spanned at the user's `store`, whose bounds are the store-argument traits
-//!   ([`AsClaimStore`](crate::store::AsClaimStore) and its siblings). When the store is of the
-//!   wrong kind, that call reports it once; its return type (a projection of a trait that is
-//!   not implemented) is left unknown, and rustc stays silent about bounds on unknown types
-//!   once an error was reported;
-//! - `E`'s bounds are checked only by [`into_error`] (replaying strategies: `E: FunctionError`)
-//!   and `error_kit` (business-table strategies: `E: SqlFunctionError`), spanned at the
-//!   user's `E`. The adapters take that converter (or kit) instead of the bound and hand the
-//!   strategy [`Failure<E>`], which meets its bounds for any `E`;
-//! - the remaining bounds are spanned, like the call's `.await`, at the one place they are
-//!   about, so the two reports are one: `T: Replayable` at `T` (the replaying adapter's call),
-//!   the key parts' `KeyValues` at the key (the business adapter's call).
+//! Every bound a user's type or value can break is checked once, where the user wrote it, by
+//! a check trait called through its path (see `checks`): the store by its store-argument trait
+//! ([`AsClaimStore`] and its siblings, at `store`), `E` by [`ErrorType`] / `SqlErrorType` (at
+//! `E`), `T` by [`ResponseType`] (at `T`), each key or scope part by [`KeyPartArg`] (business
+//! tables: `KeyValueArg`), each fingerprinted argument by [`FingerprintArg`], a `#[tx]`
+//! parameter by `TxParam`, `optimistic`'s version by `VersionValueArg`. None leaves a "required
+//! by a bound in" note pointing into this crate, and none is reported twice: a check either does
+//! the work itself, or gives a type that has no value when it fails, which rustc checks no
+//! further. The adapters then take what the checks produced, so their own bounds always hold:
+//! they hand the strategy [`Failure<E>`], which meets its bounds for any `E`.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -42,49 +34,38 @@ pub use ::core::time::Duration;
 
 #[cfg(feature = "sqlx")]
 mod business;
+mod checks;
 mod replaying;
 
 // Each family's adapter whole, so a new strategy's struct needs no line here.
 #[cfg(feature = "sqlx")]
 pub use business::*;
+pub use checks::*;
 pub use replaying::*;
 
 #[cfg(feature = "sqlx")]
-use crate::store::IntoTxStore;
-use crate::store::{AsClaimStore, AsLockStore, AsTokenStore};
+pub use crate::store::IntoTxStore;
+pub use crate::store::{AsClaimStore, AsLockStore, AsTokenStore};
 
-/// Converts a runtime error into the function's error type.
-#[inline]
-pub fn into_error<E: crate::FunctionError>(e: crate::Error) -> E {
-    E::from(e)
+/// The function's error type `E` of a replaying strategy: it can hold a runtime [`Error`].
+/// Checked at `E` (`ErrorType::into_error`, the converter the wrapper uses).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold an `idempotent_runtime::Error`: the function's error type must implement `From<idempotent_runtime::Error>`",
+    label = "duplicates, in-progress calls and backend failures are returned as this type",
+    note = "return an error type of your own with `impl From<idempotent_runtime::Error> for AppError` (with thiserror, a variant `#[error(transparent)] Idempotency(#[from] idempotent_runtime::Error)`), and wrap the body's errors in it too (e.g. `#[error(transparent)] Db(#[from] sqlx::Error)`)",
+    note = "that impl can be written only in the crate that defines the error type: a type of another crate (`sqlx::Error`, `std::io::Error`, `String`, …) cannot be the function's error type"
+)]
+pub trait ErrorType: Sized {
+    /// Converts a runtime error into the function's error type.
+    fn into_error(e: Error) -> Self;
 }
 
-/// `store` seen as a [`ClaimStore`](crate::ClaimStore); the one place a store of the wrong kind is reported.
-#[inline(always)]
-pub fn claim_store<A: AsClaimStore + ?Sized>(store: &A) -> &A::Store {
-    store.as_claim_store()
-}
-
-/// `store` seen as a [`LockStore`](crate::LockStore); the one place a store of the wrong kind
-/// is reported.
-#[inline(always)]
-pub fn lock_store<A: AsLockStore + ?Sized>(store: &A) -> &A::Store {
-    store.as_lock_store()
-}
-
-/// `store` seen as a [`TokenStore`](crate::TokenStore); the one place a store of the wrong kind
-/// is reported.
-#[inline(always)]
-pub fn token_store<A: AsTokenStore + ?Sized>(store: &A) -> &A::Store {
-    store.as_token_store()
-}
-
-/// `store` seen as a [`TxStore`](crate::TxStore); the one place a store of the wrong kind is
-/// reported.
-#[cfg(feature = "sqlx")]
-#[inline(always)]
-pub fn tx_store<A: IntoTxStore>(store: A) -> A::Store {
-    store.into_tx_store()
+#[diagnostic::do_not_recommend]
+impl<E: crate::FunctionError> ErrorType for E {
+    #[inline(always)]
+    fn into_error(e: Error) -> E {
+        E::from(e)
+    }
 }
 
 /// How a body's error is seen as a `std::error::Error` (the business-table strategies look
@@ -93,7 +74,7 @@ pub type AsStdError<E> = fn(&E) -> &(dyn StdError + 'static);
 
 /// The error type the adapters hand the strategies: a runtime error or the body's own. It
 /// implements `From<Error>` and `std::error::Error` for any `E`, so the user's `E` needs its
-/// bounds only where [`into_error`] / `error_kit` check them.
+/// bounds only where [`ErrorType`] / `SqlErrorType` check them.
 pub enum Failure<E> {
     /// A runtime error, converted by the user's `into_error` afterwards.
     Runtime(Error),

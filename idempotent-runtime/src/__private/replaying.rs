@@ -20,7 +20,7 @@ pub struct Replay<M, E> {
     pub key: StorageKey,
     /// The request's fingerprint (`None`: `fingerprint = false`).
     pub fingerprint: Option<Fingerprint>,
-    /// [`into_error`](super::into_error), spanned at the user's `E`.
+    /// `ErrorType::into_error`, spanned at the user's `E`.
     pub into_error: fn(Error) -> E,
 }
 
@@ -42,10 +42,39 @@ pub trait ReplayStrategy {
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>;
 }
 
-/// The replaying family's adapter: runs `call.strategy` with the body's error passed through
-/// and a runtime error converted by `call.into_error`.
+/// The `Ok` type `T` of a replaying strategy's function: it is stored and replayed, so it must
+/// be [`Replayable`]. The adapter is this trait's function, called as
+/// `<T as ResponseType>::replaying(..)` spanned at `T`, so that a `T` that is not replayable is
+/// one error there, without a note pointing into this crate.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored for replay: a replaying strategy's response type must be `Serialize + DeserializeOwned`",
+    label = "the `Ok` type of this function is stored and replayed to duplicates",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for a type of your own, or return a type that has them"
+)]
+pub trait ResponseType: Sized {
+    /// The replaying family's adapter: runs `call.strategy` with the body's error passed
+    /// through and a runtime error converted by `call.into_error`.
+    fn replaying<M, E, F>(call: Replay<M, E>, body: F) -> impl Future<Output = Result<Self, E>>
+    where
+        M: ReplayStrategy,
+        F: AsyncFnOnce(&mut M::Injected) -> Result<Self, E>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: Replayable> ResponseType for T {
+    #[inline(always)]
+    fn replaying<M, E, F>(call: Replay<M, E>, body: F) -> impl Future<Output = Result<T, E>>
+    where
+        M: ReplayStrategy,
+        F: AsyncFnOnce(&mut M::Injected) -> Result<T, E>,
+    {
+        replaying(call, body)
+    }
+}
+
+/// See [`ResponseType::replaying`].
 #[inline]
-pub async fn replaying<M, T, E, F>(call: Replay<M, E>, body: F) -> Result<T, E>
+async fn replaying<M, T, E, F>(call: Replay<M, E>, body: F) -> Result<T, E>
 where
     M: ReplayStrategy,
     T: Replayable,
@@ -152,7 +181,7 @@ impl<S: LockStore> ReplayStrategy for DistributedLock<'_, S> {
 pub struct Token<'a, S: ?Sized, K: ?Sized> {
     /// The token store.
     pub store: &'a S,
-    /// The one-time token (the key's single part).
+    /// The one-time token (the key's single part), copied out by `KeyPartArg::key_part`.
     pub token: &'a K,
     /// `lease`, `ttl`, `on_cancel`.
     pub options: TokenOptions,

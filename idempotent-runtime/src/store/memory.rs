@@ -206,6 +206,7 @@ impl Store for MemoryStore {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl AsClaimStore for MemoryStore {
     type Store = Self;
     fn as_claim_store(&self) -> &Self {
@@ -213,6 +214,7 @@ impl AsClaimStore for MemoryStore {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl AsLockStore for MemoryStore {
     type Store = Self;
     fn as_lock_store(&self) -> &Self {
@@ -220,6 +222,7 @@ impl AsLockStore for MemoryStore {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl AsTokenStore for MemoryStore {
     type Store = Self;
     fn as_token_store(&self) -> &Self {

@@ -98,7 +98,7 @@ pub trait Store: Send + Sync {
     label = "this store is a `{Self}`",
     note = "write `store = \"...\"` naming a sqlx pool (`PgPool`, `MySqlPool`, `SqlitePool`) or an `idempotent_runtime::MemoryStore`; or add a `#[tx] tx: &mut <DB>Connection` parameter to claim inside the body's transaction"
 )]
-pub trait ClaimStore: Store + Clone + 'static + AsClaimStore<Store = Self> {
+pub trait ClaimStore: Store + Clone + 'static + AsClaimStore {
     /// Inserts `claim` as an in-progress record if the key has no record. `Ok(true)` when this
     /// caller now holds the claim (a store may also answer `Ok(true)` when the record is
     /// already `claim.owner`'s unexpired in-progress claim), `Ok(false)` when a record exists.

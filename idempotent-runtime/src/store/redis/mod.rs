@@ -227,6 +227,7 @@ impl Store for RedisStore {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl AsClaimStore for RedisStore {
     type Store = Self;
     fn as_claim_store(&self) -> &Self {
@@ -234,6 +235,7 @@ impl AsClaimStore for RedisStore {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl AsLockStore for RedisStore {
     type Store = Self;
     fn as_lock_store(&self) -> &Self {
@@ -241,6 +243,7 @@ impl AsLockStore for RedisStore {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl AsTokenStore for RedisStore {
     type Store = Self;
     fn as_token_store(&self) -> &Self {

@@ -124,6 +124,29 @@ pub trait VersionValue<DB: Database>: for<'t> Encode<'t, DB> + Type<DB> + Send +
 impl<DB: Database, T> VersionValue<DB> for T where T: for<'t> Encode<'t, DB> + Type<DB> + Send + Sync
 {}
 
+/// A value bound by reference to a query: every [`KeyValue`] (a [`VersionValue`] has the same
+/// bounds). The generated code hands key parts and versions to the strategies as
+/// `&dyn BindValue<DB>`, each checked where it is written (`__private::KeyValueArg`), so a
+/// value sqlx cannot bind is one error at that value and nothing downstream depends on its type.
+pub trait BindValue<DB: Database>: Send + Sync {
+    /// Binds the value to `q` as its next parameter.
+    fn bind_into(&self, q: Query<DB>) -> Query<DB>;
+}
+
+impl<DB: Database, T: KeyValue<DB>> BindValue<DB> for T {
+    fn bind_into(&self, q: Query<DB>) -> Query<DB> {
+        q.bind(self)
+    }
+}
+
+/// The key parts as the generated code passes them: one checked `&dyn BindValue` per part.
+impl<DB: Database, const N: usize> KeyValues<DB> for [&(dyn BindValue<DB> + '_); N] {
+    const COUNT: usize = N;
+    fn bind_to(&self, q: Query<DB>) -> Query<DB> {
+        self.iter().fold(q, |q, value| value.bind_into(q))
+    }
+}
+
 macro_rules! key_values {
     ($n:literal; $($t:ident . $i:tt),+) => {
         impl<DB: Database, $($t),+> KeyValues<DB> for ($($t,)+)

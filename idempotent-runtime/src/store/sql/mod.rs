@@ -80,7 +80,26 @@ macro_rules! sql_text {
 /// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite` behind the features of the
 /// same names, each in its own file (`store/sql/<database>.rs`, through `sql_backend!`).
 /// Errors: every method returns [`Error::Backend`] carrying the `sqlx::Error`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database idempotent-runtime was built for",
+    label = "idempotent-runtime has no `{Self}` backend in this build",
+    note = "each database needs its feature of idempotent-runtime: `postgres` for `sqlx::Postgres` (`PgPool`), `mysql` for `sqlx::MySql` (`MySqlPool`), `sqlite` for `sqlx::Sqlite` (`SqlitePool`); add it to the dependency, e.g. `idempotent-runtime = {{ version = \"0.1\", features = [\"postgres\"] }}`",
+    note = "idempotent-runtime is built on sqlx 0.9: a database type of another sqlx version is not one of its backends; use sqlx 0.9 in the application (`cargo tree -i sqlx` lists every sqlx version in the build)"
+)]
 pub trait SqlBackend: Database {
+    /// `sqlx::Pool<Self>` as a [`ClaimStore`]. A pool is a store through this type (rather than
+    /// directly), so that without the database's feature the pool is no store at all: one
+    /// compile error naming the feature, and no follow-up errors about the pool.
+    type ClaimPool: ClaimStore;
+    /// `pool` as its [`Self::ClaimPool`] (the pool itself).
+    fn claim_pool(pool: &Pool<Self>) -> &Self::ClaimPool;
+    /// `&sqlx::Pool<Self>` as a [`TxStore`], for the same reason as [`Self::ClaimPool`].
+    type TxPool<'a>: TxStore<Database = Self>
+    where
+        Self: 'a;
+    /// `pool` as its [`Self::TxPool`] (the reference itself).
+    fn tx_pool(pool: &Pool<Self>) -> Self::TxPool<'_>;
+
     /// The statement that opens a top-level transaction (`BEGIN IMMEDIATE` on SQLite, so the
     /// write lock is taken up front and two writers never deadlock upgrading a read lock).
     const BEGIN: Option<&'static str>;
@@ -166,6 +185,15 @@ fn statements(sql: &'static str) -> impl Iterator<Item = &'static str> {
 macro_rules! sql_backend {
     (database = $db:ty, connection = $conn:ty, begin = $begin:expr, sql = $sql:expr, migrate = $migrate:expr $(,)?) => {
         impl $crate::store::sql::SqlBackend for $db {
+            type ClaimPool = sqlx::Pool<$db>;
+            fn claim_pool(pool: &sqlx::Pool<$db>) -> &sqlx::Pool<$db> {
+                pool
+            }
+            type TxPool<'a> = &'a sqlx::Pool<$db>;
+            fn tx_pool(pool: &sqlx::Pool<$db>) -> &sqlx::Pool<$db> {
+                pool
+            }
+
             const BEGIN: Option<&'static str> = $begin;
 
             async fn try_claim(
@@ -301,6 +329,7 @@ macro_rules! tx_store {
             }
         }
 
+        #[diagnostic::do_not_recommend]
         impl $crate::store::IntoTxStore for &mut $conn {
             type Store = Self;
             fn into_tx_store(self) -> Self {
@@ -401,7 +430,7 @@ pub use errors::is_retryable;
     label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
     note = "the memory store has no transactions: remove the `#[tx]` parameter to claim outside the body, or use a SQL store"
 )]
-pub trait TxStore: IntoTxStore<Store = Self> + Send {
+pub trait TxStore: IntoTxStore + Send {
     /// The sqlx database.
     type Database: SqlBackend;
     /// Opens the transaction (or savepoint). Errors: [`Error::Backend`].
@@ -501,34 +530,43 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     }
 }
 
+/// The store is [`SqlBackend::ClaimPool`] (the pool itself): without the database's feature
+/// that projection has no value, so the pool is reported once, as no store, and nothing that
+/// uses it is checked further.
+#[diagnostic::do_not_recommend]
 impl<DB: SqlBackend> AsClaimStore for Pool<DB> {
-    type Store = Self;
-    fn as_claim_store(&self) -> &Self {
-        self
+    type Store = DB::ClaimPool;
+    fn as_claim_store(&self) -> &DB::ClaimPool {
+        DB::claim_pool(self)
     }
 }
 
-impl<DB: SqlBackend> IntoTxStore for &Pool<DB> {
-    type Store = Self;
-    fn into_tx_store(self) -> Self {
-        self
+/// The store is [`SqlBackend::TxPool`] (the reference itself), for the reason given on the
+/// [`AsClaimStore`] impl.
+#[diagnostic::do_not_recommend]
+impl<'a, DB: SqlBackend> IntoTxStore for &'a Pool<DB> {
+    type Store = DB::TxPool<'a>;
+    fn into_tx_store(self) -> DB::TxPool<'a> {
+        DB::tx_pool(self)
     }
 }
 
 /// A `&mut PgPool` parameter (or `MySqlPool`, `SqlitePool`) opens the transaction through
 /// the shared reference.
+#[diagnostic::do_not_recommend]
 impl<'a, DB: SqlBackend> IntoTxStore for &'a mut Pool<DB> {
-    type Store = &'a Pool<DB>;
-    fn into_tx_store(self) -> &'a Pool<DB> {
-        self
+    type Store = DB::TxPool<'a>;
+    fn into_tx_store(self) -> DB::TxPool<'a> {
+        DB::tx_pool(self)
     }
 }
 
 /// A `&&PgPool` parameter (or `MySqlPool`, `SqlitePool`).
+#[diagnostic::do_not_recommend]
 impl<'a, DB: SqlBackend> IntoTxStore for &&'a Pool<DB> {
-    type Store = &'a Pool<DB>;
-    fn into_tx_store(self) -> &'a Pool<DB> {
-        self
+    type Store = DB::TxPool<'a>;
+    fn into_tx_store(self) -> DB::TxPool<'a> {
+        DB::tx_pool(self)
     }
 }
 

@@ -18,7 +18,7 @@ use sqlx::types::Type;
 use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
-use crate::store::sql::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
+use crate::store::sql::business::{BindValue, BusinessBackend, KeyValues, SqlIdent, Target, query};
 
 /// The version column's name: every table guarded by `optimistic` has an integer `version`.
 pub const VERSION_COLUMN: SqlIdent = SqlIdent::new("version");
@@ -33,11 +33,11 @@ pub const VERSION_COLUMN: SqlIdent = SqlIdent::new("version");
 /// 10 (`MAX_ATTEMPTS`) times, then [`Error::Contention`]. Other errors:
 /// the body's own, or [`Error::Backend`].
 pub async fn run<S, K, V, T, E, F, B, D>(
-    mut store: S,
+    store: S,
     target: Target,
     key: K,
     expected_version: V,
-    mut body: F,
+    body: F,
     on_duplicate: D,
 ) -> Result<T, E>
 where
@@ -45,6 +45,28 @@ where
     S::Database: BusinessBackend,
     K: KeyValues<S::Database>,
     V: for<'t> Encode<'t, S::Database> + Type<S::Database> + Send + Sync,
+    E: From<Error> + StdError + 'static,
+    F: FnMut() -> B,
+    B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
+    D: AsyncFnOnce() -> Result<T, E>,
+{
+    run_bound(store, target, key, &expected_version, body, on_duplicate).await
+}
+
+/// [`run`] with the expected version already checked to be bindable (how the generated code
+/// passes it: see [`BindValue`]).
+pub(crate) async fn run_bound<S, K, T, E, F, B, D>(
+    mut store: S,
+    target: Target,
+    key: K,
+    expected_version: &(dyn BindValue<S::Database> + '_),
+    mut body: F,
+    on_duplicate: D,
+) -> Result<T, E>
+where
+    S: TxStore,
+    S::Database: BusinessBackend,
+    K: KeyValues<S::Database>,
     E: From<Error> + StdError + 'static,
     F: FnMut() -> B,
     B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
@@ -66,7 +88,7 @@ where
                 continue;
             }
         };
-        let q = key.bind_to(query(&sql)).bind(&expected_version);
+        let q = expected_version.bind_into(key.bind_to(query(&sql)));
         let bumped = match <S::Database as BusinessBackend>::execute(&mut *tx, q).await {
             Ok(n) => n,
             Err(e) => {
