@@ -1002,3 +1002,124 @@ mod faults {
         claim_sent_twice_by_one_owner_is_claimed_both_times,
     );
 }
+
+/// Issue 12 item 2: MySQL/MariaDB's "now" does not depend on the session's time zone. With the
+/// session in Europe/Berlin and its clock (`SET timestamp`) inside the repeated autumn hour
+/// (2026-10-25 02:30 CET, the second pass: 01:30 UTC), the store's now is that instant in Unix
+/// ms, and a claim written there is live for a UTC session at the same instant (the old
+/// `UNIX_TIMESTAMP(NOW(3))` was 3,600,000 ms behind, so that claim looked expired and was
+/// taken over). Needs MariaDB's time-zone tables (`.ci/run` loads them with
+/// `mariadb-tzinfo-to-sql`).
+mod mysql_session_time_zone {
+    use std::time::Duration;
+
+    use idempotent_runtime::store::{Claim, RecordState};
+    use idempotent_runtime::{KeyBuilder, SqlBackend};
+    use idempotent_tests::{MYSQL_ENV, ci, server_url, unique};
+    use sqlx::{Connection, MySql, MySqlConnection};
+
+    /// 2026-10-25 01:30:00.123 UTC, 02:30:00.123 in Berlin for the second time (CET).
+    const SECOND_PASS_MS: i64 = 1_792_891_800_123;
+
+    async fn session(url: &str, zone: &str, at_ms: i64) -> MySqlConnection {
+        let mut conn = MySqlConnection::connect(url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET time_zone = '{zone}'")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET timestamp = {}.{:03}",
+            at_ms / 1000,
+            at_ms % 1000
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn
+    }
+
+    #[tokio::test]
+    async fn now_is_the_instant_in_the_repeated_dst_hour() {
+        let Some(url) = server_url(MYSQL_ENV, "MySQL/MariaDB") else {
+            return;
+        };
+        idempotent_tests::mysql().await.unwrap();
+        let mut berlin = session(&url, "Europe/Berlin", SECOND_PASS_MS).await;
+        let zones: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.time_zone_name")
+            .fetch_one(&mut berlin)
+            .await
+            .unwrap();
+        if zones == 0 {
+            let why = "MariaDB has no time-zone tables: load them with `mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb -uroot mysql` (.ci/run does)";
+            assert!(!ci(), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        // The session really is in the repeated hour: local 02:30, UTC 01:30.
+        let (local, utc): (String, String) =
+            sqlx::query_as("SELECT CAST(NOW(3) AS CHAR), CAST(UTC_TIMESTAMP(3) AS CHAR)")
+                .fetch_one(&mut berlin)
+                .await
+                .unwrap();
+        assert_eq!(
+            (local.as_str(), utc.as_str()),
+            ("2026-10-25 02:30:00.123", "2026-10-25 01:30:00.123")
+        );
+
+        let key = KeyBuilder::new("tests.tz")
+            .part(&unique("k"))
+            .finish()
+            .unwrap();
+        let owner = unique("owner");
+        let lease = Duration::from_secs(30);
+        let claim = Claim {
+            key: &key,
+            fingerprint: None,
+            owner: &owner,
+            lease,
+        };
+        assert!(MySql::try_claim(&mut berlin, &claim).await.unwrap());
+        let (created, expires): (i64, i64) = sqlx::query_as(
+            "SELECT created_at_ms, expires_at_ms FROM idempotency_records WHERE idempotency_key = ?",
+        )
+        .bind(key.hex())
+        .fetch_one(&mut berlin)
+        .await
+        .unwrap();
+        assert_eq!(created, SECOND_PASS_MS, "now, in Unix ms with its fraction");
+        assert_eq!(expires, SECOND_PASS_MS + 30_000);
+
+        // A UTC session 1 s later sees the claim live and cannot take it over.
+        let mut utc = session(&url, "+00:00", SECOND_PASS_MS + 1000).await;
+        let record = MySql::read_record(&mut utc, &key).await.unwrap().unwrap();
+        assert_eq!(record.state, RecordState::InProgress);
+        assert!(!record.expired, "a 30 s claim written 1 s ago is live");
+        let thief = unique("thief");
+        let take = Claim {
+            owner: &thief,
+            ..claim.clone()
+        };
+        assert!(
+            !MySql::take_over_claim(&mut utc, &take, &owner)
+                .await
+                .unwrap()
+        );
+        // Both sessions agree on the instant the lease ends: expired 30 s later in each zone.
+        let mut later = session(&url, "Europe/Berlin", SECOND_PASS_MS + 30_000).await;
+        assert!(
+            MySql::read_record(&mut later, &key)
+                .await
+                .unwrap()
+                .unwrap()
+                .expired
+        );
+        let mut before = session(&url, "Europe/Berlin", SECOND_PASS_MS + 29_999).await;
+        assert!(
+            !MySql::read_record(&mut before, &key)
+                .await
+                .unwrap()
+                .unwrap()
+                .expired
+        );
+    }
+}

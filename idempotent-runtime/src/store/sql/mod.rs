@@ -18,7 +18,9 @@
 //! All SQL is static text with bound parameters; the storage key, owner and fingerprint are hex
 //! strings and the response is a byte blob, so no user value is ever interpolated into SQL.
 //! Time is the database's clock in Unix milliseconds (`clock_timestamp()` on PostgreSQL,
-//! `NOW(3)` on MySQL, `julianday('now')` on SQLite), never the application's.
+//! `UTC_TIMESTAMP(3)` on MySQL/MariaDB, independent of the session's time zone), never the
+//! application's — except on SQLite, which has no server: `julianday('now')` is each client
+//! process's own clock.
 
 use std::future::Future;
 use std::time::Duration;

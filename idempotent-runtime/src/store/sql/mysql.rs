@@ -1,7 +1,8 @@
-//! MySQL and MariaDB: their dialect (`?` placeholders, `NOW(3)` as now, the duplicate-key
-//! error instead of `ON CONFLICT`, `FOR UPDATE`, `LOCK IN SHARE MODE` for the latest committed
-//! row, plain `BEGIN`), the claim SQL, the migration (`migrations/mysql.sql`), the
-//! business-table and `#[tx]` impls (`&mut MySqlConnection`), and the database-error type.
+//! MySQL and MariaDB: their dialect (`?` placeholders, `UTC_TIMESTAMP(3)` as now, the
+//! duplicate-key error instead of `ON CONFLICT`, `FOR UPDATE`, `LOCK IN SHARE MODE` for the
+//! latest committed row, plain `BEGIN`), the claim SQL, the migration
+//! (`migrations/mysql.sql`), the business-table and `#[tx]` impls (`&mut MySqlConnection`),
+//! and the database-error type.
 
 use std::error::Error as StdError;
 
@@ -11,9 +12,13 @@ use sqlx::{MySql, Pool};
 use super::SqlText;
 use crate::Error;
 
-/// The claim statements: time is `NOW(3)` in Unix ms.
+/// The claim statements: time is the statement's start in Unix ms, counted from the epoch in
+/// UTC (`UTC_TIMESTAMP(3)` minus `1970-01-01`, plain DATETIME arithmetic), so it does not
+/// depend on the session's `time_zone`. `UNIX_TIMESTAMP(NOW(3))` would convert the session's
+/// local time back to an instant, which is ambiguous in the repeated hour when a DST zone
+/// falls back (off by 3,600,000 ms there), and `UNIX_TIMESTAMP()` has whole seconds only.
 const SQL: SqlText = sql_text!(
-    now = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+    now = "CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(3)) DIV 1000 AS SIGNED)",
     p = ["?", "?", "?", "?", "?", "?"],
     on_conflict = "",
     // A locking read returns the latest committed record even inside the caller's
