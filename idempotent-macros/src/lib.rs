@@ -75,7 +75,8 @@ use proc_macro::TokenStream;
 /// | `table`, `column` | business table and key column (select_before_insert, pessimistic, optimistic, state_machine, unique_index); `column` defaults to the key's last field |
 /// | `version` | expression giving the version the caller read (optimistic); default `<key root>.version` |
 /// | `status_column`, `from`, `to` | the guarded transition (state_machine) |
-/// | `constraint` | the unique index whose violation means duplicate (unique_index) |
+/// | `done` | the states that count as already applied besides `to`, which always does, e.g. `["SHIPPED", "DELIVERED"]`: a row found in one answers `Duplicate` instead of `Conflict`; not empty, never `from` (state_machine) |
+/// | `constraint` | the unique index whose violation means duplicate (unique_index); on MySQL/MariaDB and SQLite, which name no constraint, it also needs `table` (otherwise each call fails with `Error::Unsupported`: the macro cannot know the store's database) |
 /// | `on_duplicate` | path of an async fn called for a duplicate instead of returning `Error::Duplicate` (select_before_insert, unique_index, optimistic, state_machine) |
 ///
 /// Durations are [humantime](https://docs.rs/humantime) strings (`"500ms"`,

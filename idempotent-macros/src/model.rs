@@ -258,5 +258,8 @@ pub(crate) enum BusinessRule {
         from: LitStr,
         /// The state after it.
         to: LitStr,
+        /// `done`: further states that count as already applied (a duplicate), besides `to`;
+        /// empty when not given.
+        done: Vec<LitStr>,
     },
 }

@@ -212,6 +212,7 @@ pub(crate) const TABLE: &[Rules] = &[
             OptionName::StatusColumn,
             OptionName::From,
             OptionName::To,
+            OptionName::Done,
             OptionName::OnDuplicate,
         ],
         required: &[

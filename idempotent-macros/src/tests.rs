@@ -1025,3 +1025,61 @@ fn on_cancel_on_a_business_strategy_is_an_error() {
         "option `on_cancel` is not used by strategy `optimistic`; it applies to: dedup_table, distributed_lock, token"
     );
 }
+
+#[test]
+fn state_machine_done_states() {
+    let item = quote!(
+        async fn place(db: &PgPool, o: &Order, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+            Ok(())
+        }
+    );
+    let attr = |done: TokenStream| {
+        quote!(
+            strategy = "state_machine",
+            key = "o.code",
+            table = "orders",
+            status_column = "status",
+            from = "PAID",
+            to = "SHIPPED",
+            #done
+        )
+    };
+    let out = ok(attr(quote!(done = ["SHIPPED", "DELIVERED"])), item.clone());
+    assert!(
+        out.contains("to : \"SHIPPED\" , done : & [\"SHIPPED\" , \"DELIVERED\"] ,"),
+        "{out}"
+    );
+    let out = ok(attr(quote!()), item.clone());
+    assert!(out.contains("done : & [] ,"), "{out}");
+    let out = ok(attr(quote!(done = "DELIVERED")), item.clone());
+    assert!(out.contains("done : & [\"DELIVERED\"] ,"), "{out}");
+    let first = |errors: Vec<String>| errors.into_iter().next().unwrap_or_default();
+    let msg = first(errs(attr(quote!(done = [])), item.clone()));
+    assert!(msg.starts_with("`done` lists no states"), "{msg}");
+    let msg = first(errs(attr(quote!(done = true)), item.clone()));
+    assert!(
+        msg.starts_with("option `done` takes a list of states"),
+        "{msg}"
+    );
+    let msg = first(errs(attr(quote!(done = ["PAID"])), item.clone()));
+    assert!(msg.starts_with("\"PAID\" is the `from` state"), "{msg}");
+    let msg = first(errs(attr(quote!(done = ["X", "X"])), item.clone()));
+    assert!(msg.starts_with("\"X\" is listed twice in `done`"), "{msg}");
+    let msg = first(errs(attr(quote!(done = [" "])), item.clone()));
+    assert!(msg.starts_with("a state in `done` is empty"), "{msg}");
+    let msg = one_err(
+        quote!(
+            strategy = "pessimistic",
+            key = "o.code",
+            table = "orders",
+            done = ["X"]
+        ),
+        item,
+    );
+    assert!(
+        msg.starts_with(
+            "option `done` is not used by strategy `pessimistic`; it applies to: state_machine"
+        ),
+        "{msg}"
+    );
+}

@@ -18,9 +18,9 @@ use crate::model::{
     OnDuplicate, PathExpr, ReplayMode, Replaying, SqlIdent, Target,
 };
 use crate::options::{
-    check_duration_floors, check_fingerprint, check_key, check_on_busy, check_on_cancel,
-    check_scope_not_key, check_store, check_strategy, default_runtime, default_version, duration,
-    expect_str, key_columns, parse_path_option, sql_ident,
+    check_done, check_duration_floors, check_fingerprint, check_key, check_on_busy,
+    check_on_cancel, check_scope_not_key, check_store, check_strategy, default_runtime,
+    default_version, duration, expect_str, key_columns, parse_path_option, sql_ident,
 };
 use crate::parse::{OptionName, RawArgs, RawOption};
 use crate::signature::FnInfo;
@@ -58,6 +58,8 @@ struct Checked {
     from: Option<LitStr>,
     /// `to`.
     to: Option<LitStr>,
+    /// `done` (empty when not given).
+    done: Option<Vec<LitStr>>,
     /// `on_duplicate`.
     on_duplicate: Option<TokenStream>,
 }
@@ -181,6 +183,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
             ),
         );
     }
+    let done = usable(OptionName::Done).and_then(|o| check_done(o, from.as_ref(), &mut errors));
     let on_duplicate = usable(OptionName::OnDuplicate)
         .and_then(|o| expect_str(o, &mut errors))
         .and_then(|lit| {
@@ -202,6 +205,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         version,
         from,
         to,
+        done,
         on_duplicate,
     };
     let family = strategy.and_then(|(strategy, span)| {
@@ -470,6 +474,12 @@ fn family(
             status_column: checked.status_column?,
             from: checked.from?,
             to: checked.to?,
+            done: match (checked.done, given(OptionName::Done)) {
+                (Some(done), _) => done,
+                // A malformed `done`: already reported.
+                (None, true) => return None,
+                (None, false) => Vec::new(),
+            },
         },
         Strategy::DedupTable | Strategy::DistributedLock | Strategy::Token => return None,
     };

@@ -108,6 +108,7 @@ fn strategy(config: &Config, rule: &BusinessRule) -> TokenStream {
             status_column,
             from,
             to,
+            done,
         } => {
             let target = target_literal(config, target);
             let status = sql_ident(config, status_column);
@@ -117,6 +118,7 @@ fn strategy(config: &Config, rule: &BusinessRule) -> TokenStream {
                     status_column: #status,
                     from: #from,
                     to: #to,
+                    done: &[#(#done),*],
                 }
             }
         }

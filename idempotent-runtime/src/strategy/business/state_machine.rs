@@ -2,10 +2,12 @@
 //!
 //! In one transaction: `UPDATE table SET status = to WHERE key = ? AND status = from`. One row
 //! → the body runs on the same connection (`#[tx]`) and commits with the transition. No row →
-//! the row is read: already at `to` → [`Error::Duplicate`] (or `on_duplicate`); in another
-//! state → [`Error::Conflict`]; absent → [`Error::NotFound`]. The UPDATE always carries the
-//! previous state in its WHERE clause and `from != to` (checked at compile time), so a matched
-//! row is a changed row on MySQL/MariaDB too. A body error rolls back, restoring the state.
+//! the row is read: at `to` or at one of the `done` states (those past `to`, e.g. `DELIVERED`
+//! after `SHIPPED`: a retried ship whose first attempt succeeded) → [`Error::Duplicate`] (or
+//! `on_duplicate`); in another state → [`Error::Conflict`]; absent → [`Error::NotFound`]. The
+//! UPDATE always carries the previous state in its WHERE clause and `from != to` (checked at
+//! compile time), so a matched row is a changed row on MySQL/MariaDB too. A body error rolls
+//! back, restoring the state.
 
 use std::error::Error as StdError;
 
@@ -27,13 +29,17 @@ pub struct Transition {
     pub from: &'static str,
     /// The state the row moves to.
     pub to: &'static str,
+    /// Further states that count as already applied, besides `to` (which always does): the
+    /// states a row reaches after `to` (`done = ["SHIPPED", "DELIVERED"]`). A row found in one
+    /// of them answers [`Error::Duplicate`] instead of [`Error::Conflict`]. Empty: only `to`.
+    pub done: &'static [&'static str],
 }
 
 /// Moves the row whose key columns equal `key` from `transition.from` to `transition.to`,
 /// runs `body` in the same transaction and commits.
 ///
 /// Returns the body's result. Errors: [`Error::Duplicate`] (via `on_duplicate`) when the row is
-/// already at `to`; [`Error::Conflict`] naming the row's state when it is elsewhere;
+/// already at `to` or at one of `transition.done`; [`Error::Conflict`] naming the row's state when it is elsewhere;
 /// [`Error::NotFound`] when there is no row; [`Error::Contention`] after repeated deadlocks or
 /// serialization failures (each reruns the whole transaction, body included); the body's own
 /// errors; [`Error::Backend`].
@@ -58,6 +64,7 @@ where
         status_column,
         from,
         to,
+        done,
     } = transition;
     let ph = <S::Database as BusinessBackend>::placeholder;
     let update = format!(
@@ -107,7 +114,7 @@ where
                 }
             };
             return match state {
-                Some(Some(s)) if s == to => on_duplicate().await,
+                Some(Some(s)) if s == to || done.contains(&s.as_str()) => on_duplicate().await,
                 Some(s) => Err(Error::Conflict(format!(
                     "{}.{} is {}, not {from}: cannot move it to {to}",
                     target.table.as_str(),
