@@ -175,7 +175,7 @@ pub(crate) const TABLE: &[Rules] = &[
         required: &[],
         one_of: Some((
             &[OptionName::Constraint, OptionName::Table],
-            "strategy `unique_index` needs `constraint` (the unique index on the key, e.g. constraint = \"orders_code_key\") or `table` (to confirm the key's row exists), or both: otherwise any unique violation would count as a duplicate",
+            "strategy `unique_index` needs `constraint` (the unique index on the key, e.g. constraint = \"orders_code_key\") or `table` (to confirm the key's row exists), or both: otherwise any unique violation would count as a duplicate; on MySQL/MariaDB and SQLite, which do not name the violated constraint, `table` is needed",
         )),
         defaults: &[],
         tx: TxRule::Required,

@@ -125,6 +125,14 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The strategy's configuration cannot work on this backend, so nothing ran: checked before
+    /// any statement. `unique_index` with `constraint` but no `table` on MySQL/MariaDB or SQLite,
+    /// which do not report the violated constraint's name: any unique violation would count as
+    /// a duplicate, and a request violating another unique column would be lost. The text says
+    /// what to configure instead.
+    #[error("configuration not supported by this backend: {0}")]
+    Unsupported(String),
+
     /// The backend (database or Redis) failed.
     #[error("idempotency backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),

@@ -314,14 +314,22 @@ macro_rules! tx_store {
 
 /// Implements [`BusinessBackend`](business::BusinessBackend) for one database:
 /// `business_backend!(database = sqlx::Postgres, connection = sqlx::PgConnection,
-/// lock_for_update = " FOR UPDATE", read_latest = "", placeholder = |i: usize| ...)`.
+/// lock_for_update = " FOR UPDATE", read_latest = "", names_constraints = true,
+/// placeholder = |i: usize| ..., key_lock = |table, parts| ...)`.
 /// Each backend's file invokes it once.
 macro_rules! business_backend {
-    (database = $db:ty, connection = $conn:ty, lock_for_update = $lock:literal, read_latest = $latest:literal, placeholder = $ph:expr $(,)?) => {
+    (database = $db:ty, connection = $conn:ty, lock_for_update = $lock:literal, read_latest = $latest:literal, names_constraints = $names:literal, placeholder = $ph:expr, key_lock = $key_lock:expr $(,)?) => {
         impl $crate::store::sql::business::BusinessBackend for $db {
             fn placeholder(i: usize) -> String {
                 ($ph)(i)
             }
+            fn key_lock_sql(
+                table: $crate::store::sql::business::SqlIdent,
+                parts: usize,
+            ) -> Option<String> {
+                ($key_lock)(table, parts)
+            }
+            const NAMES_CONSTRAINTS: bool = $names;
             const LOCK_FOR_UPDATE: &'static str = $lock;
             const READ_LATEST: &'static str = $latest;
             fn bind_text(

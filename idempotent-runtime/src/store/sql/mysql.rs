@@ -41,7 +41,11 @@ business_backend!(
     connection = sqlx::MySqlConnection,
     lock_for_update = " FOR UPDATE",
     read_latest = " LOCK IN SHARE MODE",
+    names_constraints = false,
     placeholder = |_: usize| "?".to_owned(),
+    // A locking read of a missing key locks the gap (or, without an index on the key, every
+    // row it scans): concurrent first calls deadlock on insert and are rerun.
+    key_lock = |_, _| None,
 );
 
 /// Runs `migrations/mysql.sql`.

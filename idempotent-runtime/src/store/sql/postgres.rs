@@ -35,8 +35,26 @@ business_backend!(
     connection = sqlx::PgConnection,
     lock_for_update = " FOR UPDATE",
     read_latest = "",
+    names_constraints = true,
     placeholder = |i: usize| format!("${i}"),
+    key_lock = key_lock_sql,
 );
+
+/// `pg_advisory_xact_lock(hashtext('<table>'), hashtext(<key parts as text, joined by U+001F>))`:
+/// a lock on (table, key) held until the transaction ends, whether or not the row exists. The
+/// two-`int4` key space never meets the one-`bigint` space (PostgreSQL keeps them apart), so
+/// it cannot collide with `migrate`'s lock; two keys whose hashes collide only wait for each
+/// other. `table` is a checked identifier, safe inside the quotes.
+fn key_lock_sql(table: super::business::SqlIdent, parts: usize) -> Option<String> {
+    let key = (1..=parts)
+        .map(|i| format!("${i}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "SELECT pg_advisory_xact_lock(hashtext('{}'), hashtext(concat_ws(chr(31), {key})))",
+        table.as_str()
+    ))
+}
 
 /// Runs `migrations/postgres.sql`.
 async fn migrate(pool: &Pool<Postgres>) -> Result<(), Error> {

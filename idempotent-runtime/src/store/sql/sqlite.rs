@@ -35,7 +35,10 @@ business_backend!(
     connection = sqlx::SqliteConnection,
     lock_for_update = "",
     read_latest = "",
+    names_constraints = false,
     placeholder = |i: usize| format!("?{i}"),
+    // `BEGIN IMMEDIATE` already holds the database's write lock.
+    key_lock = |_, _| None,
 );
 
 /// Runs `migrations/sqlite.sql`.
