@@ -94,9 +94,11 @@ pub enum Error {
     #[error("gave up waiting {0:?} for the in-progress request with this idempotency key")]
     WaitTimeout(Duration),
 
-    /// The transaction kept failing with deadlocks or serialization failures (MySQL 1213,
-    /// SQLSTATE 40001/40P01, SQLite busy) and was retried `attempts` times, the whole
-    /// transaction each time; `last` describes the last failure. Retry later.
+    /// The transaction kept failing with deadlocks or serialization failures (the errors
+    /// `store::sql::is_retryable` accepts: MySQL 1213, MariaDB 1020, SQLSTATE 40001/40P01,
+    /// SQLite busy) and was retried `attempts` times, the whole transaction each time; `last`
+    /// describes the last failure. Retry later. Never inside the caller's transaction, where
+    /// the first such failure is returned as it is.
     #[error(
         "gave up after {attempts} attempts, each ended by a deadlock or serialization failure (last: {last})"
     )]

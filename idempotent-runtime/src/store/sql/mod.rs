@@ -7,9 +7,10 @@
 //! (`postgres.rs`, `mysql.rs`, `sqlite.rs`) holds its dialect (placeholders, "now" expression,
 //! lock clauses, `BEGIN` statement), its claim SQL, its migration (`migrations/<db>.sql`), its
 //! business-table impl ([`BusinessBackend`](business::BusinessBackend)), its `#[tx]` impls
-//! (`&mut <DB>Connection`) and how its own error type is recognised; [`errors`] holds the one
-//! classification of database errors (unique violation, retryable), [`business`] the
-//! business-table access of the five business-table strategies.
+//! (`&mut <DB>Connection`), how its own error type is recognised and which of its errors are
+//! retryable; [`errors`] holds the one classification of database errors built on those
+//! (retryable, unique violation and its constraint), [`business`] the business-table access of
+//! the five business-table strategies.
 //!
 //! Adding a database: a file here invoking the macros below (`sql_text!`, `sql_backend!`,
 //! `tx_store!`, `business_backend!`), one line in `backends!`, a migration under
@@ -299,6 +300,19 @@ macro_rules! tx_store {
                 let conn: &mut $conn = self;
                 Ok(sqlx::Connection::begin(conn).await?)
             }
+            async fn settle(&mut self) {
+                let conn: &mut $conn = self;
+                // Each failed reply sqlx reads is dequeued; a dropped savepoint queues one.
+                for _ in 0..3 {
+                    match sqlx::Connection::ping(&mut *conn).await {
+                        Ok(()) => return,
+                        Err(e) => tracing::debug!(
+                            error = %e,
+                            "read a reply left on the caller's connection by the strategy's savepoint"
+                        ),
+                    }
+                }
+            }
         }
 
         impl $crate::store::IntoTxStore for &mut $conn {
@@ -354,8 +368,9 @@ macro_rules! business_backend {
 }
 
 /// The databases compiled in: one line per backend, `"feature" => module`. Declares each
-/// backend's module behind its feature and [`backend_database_error`], which asks each
-/// backend to recognise its own database-error type.
+/// backend's module behind its feature, [`backend_database_error`], which asks each backend to
+/// recognise its own database-error type, and [`backend_classify`], which asks each backend to
+/// classify its own errors.
 macro_rules! backends {
     ($($feature:literal => $module:ident),+ $(,)?) => {
         $(
@@ -376,6 +391,22 @@ macro_rules! backends {
                 }
             )+
             let _ = e;
+            None
+        }
+
+        /// What `d` means ([`errors::Class`]), as the compiled-in backend whose error type it
+        /// is classifies it (each backend's `classify`, next to its codes); `None` when no
+        /// backend recognises it. Used by [`errors::classify`].
+        pub(crate) fn backend_classify<'a>(
+            d: &'a (dyn sqlx::error::DatabaseError + 'static),
+        ) -> Option<errors::Class<'a>> {
+            $(
+                #[cfg(feature = $feature)]
+                if let Some(class) = $module::classify(d) {
+                    return Some(class);
+                }
+            )+
+            let _ = d;
             None
         }
     };
@@ -419,6 +450,16 @@ pub trait TxStore: IntoTxStore<Store = Self> + Send {
     /// at once (only the caller can retry its whole transaction). Pools return `false`.
     fn in_callers_transaction(&self) -> bool {
         false
+    }
+    /// After the strategy's savepoint inside the caller's transaction ended in a retryable
+    /// failure: reads the replies sqlx left queued on the connection, so the caller's next
+    /// statement gets its own answer. After a deadlock (or MariaDB's 1020) MySQL has already
+    /// rolled the caller's whole transaction back, so the `ROLLBACK TO SAVEPOINT` sqlx queues
+    /// when the savepoint is dropped fails with 1305 ("SAVEPOINT … does not exist"); read here,
+    /// that reply no longer surfaces as the error of the caller's own `rollback()`. Pools:
+    /// nothing to do.
+    fn settle(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
     }
 }
 
