@@ -439,9 +439,10 @@ pub trait TxStore: IntoTxStore<Store = Self> + Send {
     fn begin(
         &mut self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
-    /// Opens a deferred transaction (or savepoint): plain `BEGIN` on every backend, so on
-    /// SQLite concurrent readers may proceed until one of them writes (`select_before_insert`).
-    /// Errors: [`Error::Backend`].
+    /// Opens a deferred transaction (or savepoint) for reading only: plain `BEGIN` on every
+    /// backend, so on SQLite it takes no write lock and runs beside a writer (the strategies'
+    /// re-reads of the key's row after a failed run). A transaction that may write starts with
+    /// [`begin`](Self::begin). Errors: [`Error::Backend`].
     fn begin_deferred(
         &mut self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;

@@ -6,9 +6,12 @@
 //!
 //! The SELECT alone cannot stop two concurrent first calls: both see no row. **The key column
 //! needs a unique index**; the loser's insert then fails (a unique violation after the winner
-//! commits; on SQLite, whose deferred transactions let both read, a busy-snapshot error), the
-//! transaction rolls back, the key is looked up again as the latest committed data, and the
-//! loser gets a duplicate too — never the raw database error.
+//! commits; on MariaDB under `innodb_snapshot_isolation`, error 1020 since the winner's row is
+//! newer than the loser's snapshot), the transaction rolls back, the key is looked up again as
+//! the latest committed data, and the loser gets a duplicate too — never the raw database
+//! error. On SQLite the transaction starts with `BEGIN IMMEDIATE` like every writing
+//! strategy's: calls take the database's write lock one at a time (waiting up to the busy
+//! timeout), so a later call sees the earlier one's row.
 
 use std::error::Error as StdError;
 
@@ -47,7 +50,7 @@ where
     let recheck = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST);
     let mut retry = Retry::new(store.in_callers_transaction());
     loop {
-        let mut tx = match store.begin_deferred().await {
+        let mut tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
                 retry.on_begin_error(e).await?;
