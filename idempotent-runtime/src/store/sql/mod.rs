@@ -423,10 +423,17 @@ backends! {
 
 pub use errors::is_retryable;
 
-/// Where `dedup_table`'s transactional mode opens the transaction that holds the claim and the
-/// body's writes: a pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`: a new transaction on a pooled
-/// connection) or a connection (`&mut PgConnection`, …: a new transaction, or a SAVEPOINT when
-/// the connection is already inside the caller's transaction, which then stays usable).
+/// Where `dedup_table`'s transactional mode and the business-table strategies open the
+/// transaction that holds the claim (or check) and the body's writes: a pool (`&PgPool`,
+/// `&MySqlPool`, `&SqlitePool`: a new transaction on a pooled connection) or a connection
+/// (`&mut PgConnection`, …: a new transaction, or a SAVEPOINT when the connection is already
+/// inside the caller's transaction, which then stays usable).
+///
+/// A call cancelled while its `BEGIN` is in flight never leaves a pooled connection inside a
+/// transaction (see `begin_on_pool`). A `&mut` connection is the caller's own, and sqlx 0.9.0
+/// can leave it inside an untracked transaction when the call's future is dropped during its
+/// `BEGIN` (PostgreSQL, MySQL; launchbadge/sqlx #4393): close (`PoolConnection::close`) rather
+/// than reuse a connection whose call was cancelled.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot open the transaction that `#[tx]` injects",
     label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
@@ -464,17 +471,47 @@ pub trait TxStore: IntoTxStore<Store = Self> + Send {
     }
 }
 
+/// Opens a transaction on a connection of `pool` with `statement` (`None`: sqlx's `BEGIN`),
+/// so that a caller whose future is dropped while the `BEGIN` is in flight never leaves that
+/// connection in the pool inside a transaction. Every transaction the runtime opens on a pool
+/// starts here (the strategies through [`TxStore::begin`], the migrations).
+///
+/// sqlx 0.9.0 raises its transaction depth only after the `BEGIN` round trip (PostgreSQL and
+/// MySQL), and its rollback-on-drop guards do nothing at depth 0: a future dropped in between
+/// returns the connection to the pool inside a server-side transaction that nothing ends, and
+/// the next borrower's statements run in it (a claim written there is invisible to everyone
+/// else). Reported as launchbadge/sqlx (now transact-rs/sqlx) issue #4393, fixed for
+/// PostgreSQL by pull request #4394, not in a release yet; SQLite was made cancel-safe long
+/// ago (#2054, #2057). So the `BEGIN` runs in a task of its own, which always finishes: when
+/// the caller is gone by then, the task drops the open transaction, which queues its
+/// `ROLLBACK`, and the pool runs that before it lends the connection again. Acquiring the
+/// connection happens in the caller's future (cancel-safe in sqlx).
+///
+/// Errors: [`Error::Backend`] (sqlx's, or the task's when the runtime is shutting down). A
+/// panic inside sqlx's `begin` is resumed in the caller.
+pub(crate) async fn begin_on_pool<DB: Database>(
+    pool: &Pool<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>, Error> {
+    let conn = pool.acquire().await?;
+    let begin = sqlx::Transaction::begin(conn, statement.map(sqlx::SqlSafeStr::into_sql_str));
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Ok(begin.await?);
+    };
+    match runtime.spawn(begin).await {
+        Ok(tx) => Ok(tx?),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::backend(e)),
+    }
+}
+
 impl<DB: SqlBackend> TxStore for &Pool<DB> {
     type Database = DB;
     async fn begin(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
-        let tx = match DB::BEGIN {
-            Some(stmt) => Pool::begin_with(self, stmt).await?,
-            None => Pool::begin(self).await?,
-        };
-        Ok(tx)
+        begin_on_pool(self, DB::BEGIN).await
     }
     async fn begin_deferred(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
-        Ok(Pool::begin(self).await?)
+        begin_on_pool(self, None).await
     }
 }
 

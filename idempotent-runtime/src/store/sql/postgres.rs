@@ -43,7 +43,7 @@ business_backend!(
 async fn migrate(pool: &Pool<Postgres>) -> Result<(), Error> {
     // Concurrent `CREATE TABLE IF NOT EXISTS` can race on PostgreSQL's catalog; serialize
     // migrators with a transaction-scoped advisory lock.
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin_on_pool(pool, None).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(7297175460591402611)")
         .execute(&mut *tx)
         .await?;

@@ -41,7 +41,7 @@ business_backend!(
 
 /// Runs `migrations/sqlite.sql`.
 async fn migrate(pool: &Pool<Sqlite>) -> Result<(), Error> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = super::begin_on_pool(pool, Some("BEGIN IMMEDIATE")).await?;
     for stmt in super::statements(include_str!("../../../migrations/sqlite.sql")) {
         sqlx::query(sqlx::AssertSqlSafe(stmt))
             .execute(&mut *tx)
