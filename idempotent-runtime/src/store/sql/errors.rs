@@ -1,10 +1,10 @@
 //! The one classification of database errors, for every SQL backend and strategy: what a
-//! database error means ([`Class`]: retryable, a unique violation and the constraint that
+//! database error means (`Class`: retryable, a unique violation and the constraint that
 //! raised it, or anything else) and the walk down an error's source chain to the database
 //! error inside it.
 //!
 //! The codes themselves live in each backend's file (`postgres.rs`, `mysql.rs`, `sqlite.rs`,
-//! each a `classify` over its own error type), reached through [`classify`]; nothing else in
+//! each a `classify` over its own error type), reached through `classify`; nothing else in
 //! the crate names an error code.
 
 use std::error::Error as StdError;
@@ -51,7 +51,7 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 /// `true` when `e` is a deadlock, a serialization failure, MariaDB's 1020 (record changed since
-/// the transaction's snapshot) or SQLite busy/locked ([`Class::Retryable`]), after which the
+/// the transaction's snapshot) or SQLite busy/locked (`Class::Retryable`), after which the
 /// whole transaction may be run again: an [`Error::Backend`] holding a
 /// `sqlx::Error::Database`.
 pub fn is_retryable(e: &Error) -> bool {
