@@ -65,7 +65,7 @@ use proc_macro::TokenStream;
 /// | `key` | required: an expression rooted at a parameter (or `self`), e.g. `"order.code"`, `"req.items.0"`; a list for a compound key: `["order.user_id", "order.code"]` |
 /// | `store` | expression rooted at a parameter or `self` giving the backend; default: the parameter named `db`, `pool` or `store`, else `self.db` in a method |
 /// | `scope` | the caller/tenant part of the storage key, e.g. `"ctx.tenant_id"` |
-/// | `name` | stable operation name in the storage key; default `module_path!()::fn_name`, and `module_path!()::Type::fn_name` in a method (`Type` = the last path segment of `Self`); give it explicitly for associated functions without `self` that share a name with another function in the module |
+/// | `name` | operation name, the first part of the storage key, e.g. `"orders.place"` (dedup_table, distributed_lock, token); default `module_path!()::fn_name` for every function, method or trait-impl method alike (`"my_app::orders::place"`: a constant, stable across compiler versions). Renaming the function or moving it to another module changes the default, and its stored records become unreachable (retries run again): pin `name` to keep them. Same-named methods of two types, or of two impls, in one module get the same default; two functions with one name would share records, so each call of either returns `Error::OperationNameCollision` (listing both, before any store access) until each has a distinct `name = "..."`; `idempotent_runtime::check_operation_names()` finds this at startup |
 /// | `fingerprint` | which arguments identify the request: `"req"` or `["req", "amount"]`; default every parameter except `self`, the store's and injected ones; `false` turns it off |
 /// | `lease` | how long a claim lives without renewal, e.g. `"30s"` (default), at least `"300ms"` (dedup_table, distributed_lock, token) |
 /// | `ttl` | how long a completed record (its response, for replay) is kept, e.g. `"24h"` (default), at least the lease (dedup_table, distributed_lock, token) |
@@ -117,6 +117,22 @@ use proc_macro::TokenStream;
 ///
 /// ```ignore
 /// pub async fn place(pool: &PgPool, ctx: &Ctx, req: PlaceOrder) -> Result<Receipt, AppError> {
+///     // The operation, registered at link time (`inventory`), checked before anything else:
+///     // another function with the same name makes this `Error::OperationNameCollision`.
+///     static __IDEMPOTENT_OPERATION: ::idempotent_runtime::__private::OperationSite =
+///         ::idempotent_runtime::__private::OperationSite::new(
+///             ::core::concat!(::core::module_path!(), "::", "place"), "place",
+///             ::core::file!(), ::core::line!(), ::core::column!(),
+///         );
+///     ::idempotent_runtime::__private::inventory::submit!(
+///         ::idempotent_runtime::__private::Registered(&__IDEMPOTENT_OPERATION)
+///     );
+///     match ::idempotent_runtime::__private::OperationSite::check(&__IDEMPOTENT_OPERATION) {
+///         ::core::result::Result::Ok(value) => value,
+///         ::core::result::Result::Err(error) => {
+///             return ::core::result::Result::Err(::idempotent_runtime::__private::into_error(error));
+///         }
+///     };
 ///     let __idempotent_key = match ::idempotent_runtime::__private::KeyBuilder::new(
 ///         ::core::concat!(::core::module_path!(), "::", "place"),
 ///     )

@@ -174,7 +174,8 @@ pub(crate) enum Family {
 pub(crate) struct Replaying {
     /// Which strategy, and what it injects.
     pub(crate) mode: ReplayMode,
-    /// Expression for the operation name (a literal or `concat!(module_path!(), ...)`).
+    /// Constant expression for the operation name (the `name` literal or
+    /// `concat!(module_path!(), "::", "fn_name")`).
     pub(crate) name: TokenStream,
     /// The caller/tenant part of the storage key.
     pub(crate) scope: Option<PathExpr>,

@@ -198,6 +198,102 @@ fn dedup_table_defaults_in_a_method() {
     );
 }
 
+/// The operation's site and its name check come first, before the key, the fingerprint and
+/// any store access.
+const SITE: &str = "static __IDEMPOTENT_OPERATION : :: idempotent_runtime :: __private :: OperationSite = :: idempotent_runtime :: __private :: OperationSite :: new (";
+/// Its registration.
+const SUBMIT: &str = ":: idempotent_runtime :: __private :: inventory :: submit ! (:: idempotent_runtime :: __private :: Registered (& __IDEMPOTENT_OPERATION)) ;";
+/// Its check.
+const CHECK: &str = "match :: idempotent_runtime :: __private :: OperationSite :: check (& __IDEMPOTENT_OPERATION) {";
+/// The location macros, at the function's name.
+const LOCATION: &str = ":: core :: file ! () , :: core :: line ! () , :: core :: column ! ())";
+
+#[test]
+fn default_name_of_a_free_fn_is_module_path_and_fn() {
+    let out = ok(quote!(strategy = "dedup_table", key = "req.id"), place());
+    let name = ":: core :: concat ! (:: core :: module_path ! () , \"::\" , \"place\")";
+    assert!(
+        out.contains(&format!("{SITE}{name} , \"place\" , {LOCATION} ;")),
+        "{out}"
+    );
+    let site = out.find(SITE).expect("the site");
+    let submit = out.find(SUBMIT).expect("the registration");
+    let check = out.find(CHECK).expect("the check");
+    let key = out.find("KeyBuilder :: new").expect("the key");
+    assert!(site < submit && submit < check && check < key, "{out}");
+    assert!(
+        out.contains(&format!("KeyBuilder :: new ({name})")),
+        "the key uses the same name: {out}"
+    );
+}
+
+/// Methods, trait-impl methods and methods of generic types: the same constant as a free
+/// fn; nothing from `Self` (`type_name` is unstable across compiler versions).
+#[test]
+fn default_name_of_a_method_is_module_path_and_fn() {
+    for item in [
+        quote! { async fn handle(&self, id: &str) -> Result<u8, E> { Ok(1) } },
+        quote! { async fn handle(self: Arc<Self>, id: String) -> Result<u8, E> { Ok(1) } },
+        quote! { async fn handle<T: Clone>(&mut self, id: T) -> Result<u8, E> { Ok(1) } },
+    ] {
+        let out = ok(
+            quote!(strategy = "dedup_table", key = "id", store = "self.store"),
+            item,
+        );
+        assert!(
+            out.contains(&format!(
+                "{SITE}:: core :: concat ! (:: core :: module_path ! () , \"::\" , \"handle\") , \"handle\" , {LOCATION} ;"
+            )),
+            "{out}"
+        );
+        let body = &out[out.find(SITE).expect("the site")..];
+        assert!(!body.contains("type_name"), "{out}");
+        assert!(!body.contains("Self"), "{out}");
+        assert!(!body.contains("format !"), "{out}");
+    }
+}
+
+/// `name = "..."` is the site's name and the key's; a raw identifier's name has no `r#`.
+#[test]
+fn explicit_name_and_raw_identifier() {
+    let out = ok(
+        quote!(
+            strategy = "token",
+            key = "t",
+            store = "s",
+            name = "orders.pay"
+        ),
+        quote! { async fn r#type(s: &S, t: &str) -> Result<u8, E> { Ok(1) } },
+    );
+    assert!(
+        out.contains(&format!("{SITE}\"orders.pay\" , \"type\" , {LOCATION} ;")),
+        "{out}"
+    );
+    assert!(out.contains("KeyBuilder :: new (\"orders.pay\")"), "{out}");
+    let out = ok(
+        quote!(strategy = "distributed_lock", key = "t", store = "s"),
+        quote! { async fn r#type(s: &S, t: &str) -> Result<u8, E> { Ok(1) } },
+    );
+    assert!(
+        out.contains("concat ! (:: core :: module_path ! () , \"::\" , \"type\") , \"type\" ,"),
+        "{out}"
+    );
+}
+
+/// The business-table strategies store no record under an operation name: nothing to
+/// register.
+#[test]
+fn business_strategies_register_no_operation() {
+    let out = ok(
+        quote!(strategy = "unique_index", key = "req.id", table = "orders"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(!out.contains("OperationSite"), "{out}");
+    assert!(!out.contains("inventory"), "{out}");
+}
+
 #[test]
 fn dedup_table_default_fingerprint_skips_self_store_and_tx() {
     let out = ok(
@@ -794,7 +890,7 @@ fn inner_attributes_stay_inside_the_body() {
         "{out}"
     );
     assert!(
-        out.contains("{ # ! [allow (unused)] let __idempotent_key"),
+        out.contains("{ # ! [allow (unused)] static __IDEMPOTENT_OPERATION"),
         "{out}"
     );
 }

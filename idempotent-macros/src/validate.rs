@@ -87,7 +87,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         None => default_runtime(),
     };
 
-    let name = check_name(usable(OptionName::Name), func, &info, &mut errors);
+    let name = check_name(usable(OptionName::Name), func, &mut errors);
 
     let key = check_key(args, &info, &mut errors);
     if let (Some((strategy, _)), Some(key)) = (strategy, &key)
@@ -323,13 +323,11 @@ fn check_required(args: &RawArgs, strategy: Strategy, span: Span, errors: &mut E
     }
 }
 
-/// `name = "..."`, or `module_path!()::fn_name` (`module_path!()::Type::fn_name` in a method).
-fn check_name(
-    option: Option<&RawOption>,
-    func: &ItemFn,
-    info: &FnInfo,
-    errors: &mut Errors,
-) -> TokenStream {
+/// `name = "..."`, or `module_path!()::fn_name` — for methods too: a compile-time constant
+/// that no compiler version spells differently. Same-named methods of two types (or two impls)
+/// in one module get the same default name; the macro cannot see the impl block, so that is
+/// found when the program first calls one of them (see `idempotent_runtime::operation`).
+fn check_name(option: Option<&RawOption>, func: &ItemFn, errors: &mut Errors) -> TokenStream {
     match option.and_then(|o| expect_str(o, errors)) {
         Some(lit) if lit.value().trim().is_empty() => {
             errors.at(
@@ -341,23 +339,7 @@ fn check_name(
         None => {}
     }
     let fn_name = func.sig.ident.unraw_string();
-    if info.has_self {
-        // Methods: `module::Type::method`, so two types' same-named methods in one module
-        // never share records. The type's last path segment (generics dropped) keeps the
-        // name independent of how rustc spells the full path.
-        quote!(&*::std::format!(
-            "{}::{}::{}",
-            ::core::module_path!(),
-            {
-                let full = ::core::any::type_name::<Self>();
-                let base = full.split('<').next().unwrap_or(full);
-                base.rsplit("::").next().unwrap_or(base)
-            },
-            #fn_name
-        ))
-    } else {
-        quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
-    }
+    quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
 }
 
 /// The strategy's family with everything its expansion needs; `None` when a piece is

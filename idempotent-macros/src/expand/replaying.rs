@@ -9,10 +9,12 @@ use syn::{Ident, ItemFn, LitStr};
 
 use super::{bound_block, call_entry, injected_binding, private_at, store_through};
 use crate::model::{Config, Fingerprint, Millis, OnBusy, OnCancel, ReplayMode, Replaying};
+use crate::syntax::UnrawString as _;
 
 /// The wrapper's body for a replaying strategy.
 ///
 /// ```text
+/// static __IDEMPOTENT_OPERATION: OperationSite = ..; submit!(..); <its check>?;
 /// let __idempotent_key = <KeyBuilder ... finish()>?;
 /// let __idempotent_fingerprint = <Fingerprinter ... finish()>?;
 /// rt::__private::replaying::<_, T, _, _>(
@@ -25,6 +27,7 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
     let rt = &config.runtime;
     let key_local = Ident::new("__idempotent_key", Span::mixed_site());
     let fingerprint_local = Ident::new("__idempotent_fingerprint", Span::mixed_site());
+    let site = site_statements(config, replaying, func);
     let key = key_statement(config, replaying, &key_local);
     let fingerprint = fingerprint_statement(config, replaying, &fingerprint_local);
 
@@ -108,9 +111,38 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
         },
     );
     quote! {
+        #site
         #key
         #fingerprint
         #call
+    }
+}
+
+/// The function's registration as an operation, and its name check before anything else:
+///
+/// ```text
+/// static __IDEMPOTENT_OPERATION: rt::__private::OperationSite =
+///     rt::__private::OperationSite::new(name, "fn_name", file!(), line!(), column!());
+/// rt::__private::inventory::submit!(rt::__private::Registered(&__IDEMPOTENT_OPERATION));
+/// OperationSite::check(&__IDEMPOTENT_OPERATION)?;
+/// ```
+///
+/// The statics are items, so one per function however often (and with whatever generics) it
+/// is called; the location macros are spanned at the function's name, which they report.
+fn site_statements(config: &Config, replaying: &Replaying, func: &ItemFn) -> TokenStream {
+    let rt = &config.runtime;
+    let name = &replaying.name;
+    let ident = &func.sig.ident;
+    let function = LitStr::new(&ident.unraw_string(), ident.span());
+    let location =
+        quote_spanned!(ident.span()=> ::core::file!(), ::core::line!(), ::core::column!());
+    let site = Ident::new("__IDEMPOTENT_OPERATION", Span::mixed_site());
+    let check = try_runtime(config, quote!(#rt::__private::OperationSite::check(&#site)));
+    quote! {
+        static #site: #rt::__private::OperationSite =
+            #rt::__private::OperationSite::new(#name, #function, #location);
+        #rt::__private::inventory::submit!(#rt::__private::Registered(&#site));
+        #check;
     }
 }
 
