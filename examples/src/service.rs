@@ -351,8 +351,7 @@ macro_rules! service {
                 #[idempotent(
                     strategy = "dedup_table",
                     key = "req.order_id",
-                    scope = "req.customer",
-                    name = "orders.place_order"
+                    scope = "req.customer"
                 )]
                 pub async fn place_order(
                     &self,
@@ -373,7 +372,6 @@ macro_rules! service {
                     strategy = "dedup_table",
                     key = "msg.message_id",
                     scope = "msg.merchant",
-                    name = "payments.consume",
                     lease = "15s"
                 )]
                 pub async fn consume_payment(
@@ -399,7 +397,6 @@ macro_rules! service {
                     strategy = "dedup_table",
                     key = "req.order_id",
                     scope = "req.customer",
-                    name = "stock.reserve",
                     store = "self.store",
                     lease = "15s"
                 )]
@@ -522,7 +519,6 @@ macro_rules! service {
                     strategy = "distributed_lock",
                     key = "job.period",
                     scope = "job.ledger",
-                    name = "settlement.settle_period",
                     store = "kv",
                     lease = "10s"
                 )]
@@ -548,7 +544,6 @@ macro_rules! service {
                     strategy = "token",
                     key = "req.token",
                     scope = "req.customer",
-                    name = "orders.checkout",
                     store = "kv",
                     lease = "10s"
                 )]

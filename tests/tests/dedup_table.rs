@@ -59,7 +59,7 @@ macro_rules! suite {
                     }
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_claim", lease = "2s")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", lease = "2s")]
                 pub async fn place_claim(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     if self.fail_next.swap(false, SeqCst) {
@@ -70,7 +70,7 @@ macro_rules! suite {
                 }
 
                 /// The default `on_cancel = "keep"` with a 1 s lease.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.cancel_keep", lease = "1s")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", lease = "1s")]
                 pub async fn cancel_keep(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
@@ -79,7 +79,7 @@ macro_rules! suite {
 
                 /// `on_cancel = "release"` with the default 30 s lease: only the release frees
                 /// the key within a test's patience.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.cancel_release", on_cancel = "release")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", on_cancel = "release")]
                 pub async fn cancel_release(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
@@ -87,7 +87,7 @@ macro_rules! suite {
                 }
 
                 /// Returns a response that does not survive a JSON round trip (NaN → null).
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.nan_claim")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
                 pub async fn nan_claim(&self, req: &Req) -> Result<f64, AppError> {
                     self.ledger.record(req).await?;
                     Ok(f64::NAN)
@@ -95,21 +95,21 @@ macro_rules! suite {
 
                 /// Returns a response that reads back as another value (an untagged enum's
                 /// other variant).
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.untagged_claim")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
                 pub async fn untagged_claim(&self, req: &Req) -> Result<Shipment, AppError> {
                     self.ledger.record(req).await?;
                     Ok(Shipment::Sent { id: 7, carrier: None })
                 }
 
                 /// A 300 ms lease, renewed while the body runs.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.short_lease", lease = "300ms")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", lease = "300ms")]
                 pub async fn short_lease(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
                     Ok(self.receipt(req))
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.refund_claim")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
                 pub async fn refund_claim(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.ledger.record(req).await?;
                     Ok(self.receipt(req))
@@ -117,13 +117,13 @@ macro_rules! suite {
 
                 $(
                 /// Transactional, with a response that does not survive a JSON round trip.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.nan_tx")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
                 pub async fn nan_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<f64, AppError> {
                     self.ledger.record_in(&mut *tx, req).await?;
                     Ok(f64::NAN)
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_tx")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
                 pub async fn place_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<Receipt, AppError> {
                     self.ledger.record_in(&mut *tx, req).await?;
                     self.gate.pass().await;
@@ -379,7 +379,7 @@ macro_rules! claim_tests {
             use idempotent_runtime::ClaimStore;
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "order-1", 100);
-            let key = KeyBuilder::new("tests.place_claim")
+            let key = KeyBuilder::new(concat!(module_path!(), "::", stringify!($call)))
                 .scope(&r.tenant)
                 .part(&r.id)
                 .finish()
@@ -598,7 +598,7 @@ macro_rules! tx_tests {
                 assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
                 // The body wrote its ledger row before failing: rolled back with the record.
                 assert_eq!(svc.ledger.count(&r).await, 0);
-                let key = KeyBuilder::new("tests.place_tx")
+                let key = KeyBuilder::new(concat!(module_path!(), "::place_tx"))
                     .scope(&r.tenant)
                     .part(&r.id)
                     .finish()
@@ -695,7 +695,6 @@ mod postgres_caller_transaction {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place_tx",
         store = "conn",
         fingerprint = "req"
     )]
@@ -720,7 +719,10 @@ mod postgres_caller_transaction {
             return;
         };
         let r = req(&unique("t"), "order-1", 100);
-        let first = svc.place_tx(&r).await.unwrap();
+        // The first call in a transaction of its own, committed.
+        let mut first_tx = svc.db.begin().await.unwrap();
+        let first = place_in(&mut first_tx, &svc.ledger, &r).await.unwrap();
+        first_tx.commit().await.unwrap();
 
         let mut tx = svc.db.begin().await.unwrap();
         let before = req(&r.tenant, "written-before", 1);
@@ -750,50 +752,6 @@ mod postgres_caller_transaction {
     }
 }
 
-/// Two types' same-named methods in one module are different operations by default.
-mod same_named_methods {
-    use super::*;
-    use idempotent_runtime::MemoryStore;
-
-    struct Refunds {
-        store: MemoryStore,
-    }
-    struct Charges {
-        store: MemoryStore,
-    }
-
-    impl Refunds {
-        #[idempotent(strategy = "dedup_table", key = "id", store = "self.store")]
-        async fn apply(&self, id: &str, amount: i64) -> Result<String, AppError> {
-            Ok(format!("refunded {amount} for {id}"))
-        }
-    }
-
-    impl Charges {
-        #[idempotent(strategy = "dedup_table", key = "id", store = "self.store")]
-        async fn apply(&self, id: &str, amount: i64) -> Result<String, AppError> {
-            Ok(format!("charged {amount} for {id}"))
-        }
-    }
-
-    #[tokio::test]
-    async fn do_not_share_records() {
-        let store = MemoryStore::new();
-        let refunds = Refunds {
-            store: store.clone(),
-        };
-        let charges = Charges { store };
-        let (r, how_r) = observe(refunds.apply("order-1", 500)).await;
-        let (c, how_c) = observe(charges.apply("order-1", 500)).await;
-        assert_eq!(r.unwrap(), "refunded 500 for order-1");
-        assert_eq!(c.unwrap(), "charged 500 for order-1");
-        assert_eq!(
-            (how_r, how_c),
-            (Some(Disposition::Executed), Some(Disposition::Executed))
-        );
-    }
-}
-
 /// MySQL/MariaDB: inside the caller's REPEATABLE READ transaction whose snapshot predates the
 /// first call's commit, a duplicate still replays (the record is read with a locking read).
 mod mysql_caller_transaction {
@@ -804,7 +762,6 @@ mod mysql_caller_transaction {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place_tx",
         store = "conn",
         fingerprint = "req"
     )]
@@ -835,7 +792,10 @@ mod mysql_caller_transaction {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        let first = svc.place_tx(&r).await.unwrap();
+        // The first call commits in a transaction of its own, on another connection.
+        let mut first_tx = svc.db.begin().await.unwrap();
+        let first = place_in(&mut first_tx, &svc.ledger, &r).await.unwrap();
+        first_tx.commit().await.unwrap();
         let (dup, how) = observe(place_in(&mut tx, &svc.ledger, &r)).await;
         assert_eq!(how, Some(Disposition::Replayed), "{dup:?}");
         assert_eq!(dup.unwrap(), first);
@@ -876,7 +836,6 @@ mod faults {
             strategy = "dedup_table",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "300ms"
         )]
@@ -888,7 +847,6 @@ mod faults {
             strategy = "dedup_table",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "1s"
         )]
@@ -900,7 +858,6 @@ mod faults {
             strategy = "dedup_table",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "5s"
         )]
@@ -912,7 +869,6 @@ mod faults {
             strategy = "dedup_table",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "30s"
         )]

@@ -46,7 +46,6 @@ impl<S: ClaimStore> Svc<S> {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place",
         store = "self.store",
         lease = "300ms"
     )]
@@ -60,7 +59,6 @@ impl<S: ClaimStore> Svc<S> {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place",
         store = "self.store",
         on_cancel = "release"
     )]
@@ -73,7 +71,6 @@ impl<S: ClaimStore> Svc<S> {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place",
         store = "self.store",
         lease = "1s"
     )]
@@ -155,7 +152,7 @@ async fn dropped_future_with_release_frees_the_key_at_once<S: ClaimStore + 'stat
     assert!(task.await.unwrap_err().is_cancelled());
     assert_eq!(svc.count(&r), 0);
     let got = poll_while(&Got::InProgress, Duration::from_secs(5), || async {
-        classify(observe(svc.place(&r)).await)
+        classify(observe(svc.place_release(&r)).await)
     })
     .await;
     assert!(matches!(got, Got::Executed(_)), "{got:?}");
