@@ -116,6 +116,9 @@ macro_rules! suite {
                 }
 
                 $(
+                /// `place_tx`'s operation name: the default, `module_path!()::place_tx`.
+                pub const PLACE_TX: &str = concat!(module_path!(), "::place_tx");
+
                 /// Transactional, with a response that does not survive a JSON round trip.
                 #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
                 pub async fn nan_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<f64, AppError> {
@@ -598,7 +601,7 @@ macro_rules! tx_tests {
                 assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
                 // The body wrote its ledger row before failing: rolled back with the record.
                 assert_eq!(svc.ledger.count(&r).await, 0);
-                let key = KeyBuilder::new(concat!(module_path!(), "::place_tx"))
+                let key = KeyBuilder::new(Svc::PLACE_TX)
                     .scope(&r.tenant)
                     .part(&r.id)
                     .finish()
