@@ -30,9 +30,10 @@ pub struct Operation {
     pub name: &'static str,
     /// The path of the source file that defines the function, as `file!()` gives it.
     pub file: &'static str,
-    /// The line of the function's name in `file` (1-based).
+    /// The line of the function's name in `file` (1-based); for a function written by a
+    /// `macro_rules!` macro, the line of that macro's outermost call.
     pub line: u32,
-    /// The column of the function's name in `file` (1-based).
+    /// The column of the function's name in `file` (1-based), or of that macro call.
     pub column: u32,
     /// The function's name, without module or type.
     pub function: &'static str,
