@@ -101,6 +101,15 @@ macro_rules! suite {
                     Ok(Shipment::Sent { id: 7, carrier: None })
                 }
 
+                /// Fingerprints `req` and `amount` (issue 11 item 4: `None`, NaN, +inf and -inf
+                /// all fingerprinted as `null`).
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.charge_claim")]
+                pub async fn charge_claim(&self, req: &Req, amount: Option<f64>) -> Result<Receipt, AppError> {
+                    let _ = amount;
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
                 /// A 300 ms lease, renewed while the body runs.
                 #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.short_lease", lease = "300ms")]
                 pub async fn short_lease(&self, req: &Req) -> Result<Receipt, AppError> {
@@ -266,6 +275,40 @@ macro_rules! claim_tests {
             );
             assert_eq!(svc.ledger.count(&req(&t, "order-1", 100)).await, 1);
             assert_eq!(svc.ledger.count(&req(&t, "order-1", 999)).await, 0);
+        }
+
+        /// Issue 11 item 4: a call with `amount = None`, then the same key with `+inf`, was
+        /// replayed; every other amount — non-finite ones included — is another payload.
+        #[tokio::test]
+        async fn none_and_non_finite_amounts_are_different_payloads() {
+            let Some((svc, _g)) = svc().await else { return };
+            let t = unique("t");
+            let amounts = [
+                None,
+                Some(f64::INFINITY),
+                Some(f64::NEG_INFINITY),
+                Some(f64::NAN),
+                Some(0.0),
+            ];
+            for (i, first) in amounts.iter().enumerate() {
+                let r = req(&t, &format!("charge-{i}"), 100);
+                let done = classify(observe(svc.charge_claim(&r, *first)).await);
+                let Got::Executed(receipt) = done else {
+                    panic!("{first:?}: {done:?}")
+                };
+                for other in amounts.iter().filter(|a| format!("{a:?}") != format!("{first:?}")) {
+                    let (e, how) = observe(svc.charge_claim(&r, *other)).await;
+                    assert!(
+                        matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+                        "{first:?} then {other:?}: {e:?}"
+                    );
+                    assert_eq!(how, None, "{first:?} then {other:?}");
+                }
+                // The same amount again (NaN included: every NaN is one value) replays.
+                let again = classify(observe(svc.charge_claim(&r, *first)).await);
+                assert_eq!(again, Got::Replayed(receipt), "{first:?}");
+                assert_eq!(svc.ledger.count(&r).await, 1, "{first:?}: the body ran once");
+            }
         }
 
         #[tokio::test]
