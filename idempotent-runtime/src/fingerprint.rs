@@ -225,7 +225,11 @@ impl Canon {
             self.int(f < 0.0, f.abs() as u128);
             return;
         }
-        let bits = if f.is_nan() { CANONICAL_NAN } else { f.to_bits() };
+        let bits = if f.is_nan() {
+            CANONICAL_NAN
+        } else {
+            f.to_bits()
+        };
         self.out.push(b'f');
         self.out.extend_from_slice(&bits.to_be_bytes());
     }
@@ -507,7 +511,9 @@ impl Map<'_> {
         if !entries.is_sorted_by(|a, b| out[a.0..a.1] <= out[b.0..b.1]) {
             let region = out.split_off(self.start);
             let base = self.start;
-            entries.sort_by(|a, b| region[a.0 - base..a.1 - base].cmp(&region[b.0 - base..b.1 - base]));
+            entries.sort_by(|a, b| {
+                region[a.0 - base..a.1 - base].cmp(&region[b.0 - base..b.1 - base])
+            });
             for (s, e) in entries {
                 out.extend_from_slice(&region[s - base..e - base]);
             }
@@ -755,7 +761,11 @@ mod tests {
         let b = fp(&json!({"b": [1, 2.0], "a": 1.0}));
         assert_eq!(a, b);
         assert_ne!(a, fp(&json!({"a": 1, "b": [1, 3]})));
-        assert_ne!(a, fp(&json!({"a": 1, "b": [2, 1]})), "sequences keep their order");
+        assert_ne!(
+            a,
+            fp(&json!({"a": 1, "b": [2, 1]})),
+            "sequences keep their order"
+        );
     }
 
     #[test]
@@ -800,12 +810,7 @@ mod tests {
         };
         assert_eq!(fp(&build(false)), fp(&build(true)));
         let mut changed = build(false);
-        changed
-            .get_mut("k1")
-            .unwrap()
-            .get_mut(&5)
-            .unwrap()
-            .amount = None;
+        changed.get_mut("k1").unwrap().get_mut(&5).unwrap().amount = None;
         assert_ne!(fp(&build(false)), fp(&changed));
     }
 
@@ -866,7 +871,10 @@ mod tests {
         assert_ne!(int_keys, str_keys, "the key 1 is not the key \"1\"");
         assert_eq!(int_keys, fp(&HashMap::from([(1i64, "x")])));
         let tuple_keys = fp(&HashMap::from([((1, "a"), 2), ((0, "b"), 3)]));
-        assert_eq!(tuple_keys, fp(&BTreeMap::from([((0, "b"), 3), ((1, "a"), 2)])));
+        assert_eq!(
+            tuple_keys,
+            fp(&BTreeMap::from([((0, "b"), 3), ((1, "a"), 2)]))
+        );
         assert!(Fingerprint::of(&HashMap::from([(Shape::Empty, 1)])).is_ok());
     }
 
@@ -890,8 +898,16 @@ mod tests {
         assert_ne!(a, b);
         // The order of the arguments does not count (they are a map).
         assert_eq!(
-            Fingerprinter::new().arg("x", &1).arg("y", &2).finish().unwrap(),
-            Fingerprinter::new().arg("y", &2).arg("x", &1).finish().unwrap()
+            Fingerprinter::new()
+                .arg("x", &1)
+                .arg("y", &2)
+                .finish()
+                .unwrap(),
+            Fingerprinter::new()
+                .arg("y", &2)
+                .arg("x", &1)
+                .finish()
+                .unwrap()
         );
         assert!(
             Fingerprinter::disabled()
@@ -925,7 +941,10 @@ mod tests {
         assert_eq!(c(&f64::NAN), b"f\x7f\xf8\0\0\0\0\0\0");
         assert_eq!(c(&"ab"), b"\"\0\0\0\0\0\0\0\x02ab");
         assert_eq!(c(&(1u8, ())), b"[+\x01\x01u]");
-        assert_eq!(c(&Shape::Circle(1)), b"v\"\0\0\0\0\0\0\0\x06Circle+\x01\x01");
+        assert_eq!(
+            c(&Shape::Circle(1)),
+            b"v\"\0\0\0\0\0\0\0\x06Circle+\x01\x01"
+        );
         assert_eq!(c(&Shape::Empty), b"v\"\0\0\0\0\0\0\0\x05Emptyu");
         assert_eq!(
             c(&Reordered {
@@ -958,7 +977,10 @@ mod tests {
             currency: "EUR",
         };
         let golden = [
-            ("no arguments", Fingerprinter::new().finish().unwrap().unwrap()),
+            (
+                "no arguments",
+                Fingerprinter::new().finish().unwrap().unwrap(),
+            ),
             ("of(1)", fp(&1)),
             ("of(None)", fp(&None::<u8>)),
             ("payment None", fp(&payment(None))),
@@ -967,7 +989,10 @@ mod tests {
             (
                 "req + amount",
                 Fingerprinter::new()
-                    .arg("req", &json!({"tenant": "t1", "id": "order-1", "amount": 100}))
+                    .arg(
+                        "req",
+                        &json!({"tenant": "t1", "id": "order-1", "amount": 100}),
+                    )
                     .arg("amount", &Some(Some(0u8)))
                     .finish()
                     .unwrap()

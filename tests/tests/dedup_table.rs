@@ -837,6 +837,84 @@ mod same_named_methods {
     }
 }
 
+/// Issue 11 item 11: `Uuid` key parts and scopes (feature `uuid`) on every claim store; the
+/// record is stored under the key of the `Uuid` (tag `u`, its lowercase hyphenated text), not
+/// under the key of the same text as a string.
+mod uuid_keys {
+    use idempotent_runtime::ClaimStore;
+    use idempotent_tests::Effects;
+    use uuid::Uuid;
+
+    use super::*;
+
+    pub struct Svc<S> {
+        store: S,
+        fx: Effects,
+    }
+
+    impl<S: ClaimStore> Svc<S> {
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "order",
+            scope = "tenant",
+            name = "tests.uuid_keys",
+            store = "self.store"
+        )]
+        async fn ship(&self, tenant: Uuid, order: Uuid) -> Result<Receipt, AppError> {
+            self.fx
+                .apply(&req(&tenant.to_string(), &order.to_string(), 1))
+                .await
+        }
+    }
+
+    fn random_uuid() -> Uuid {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).expect("OS randomness");
+        Uuid::from_bytes(b)
+    }
+
+    async fn uuid_keys_replay_and_are_stored_under_their_own_key<S: ClaimStore>(store: S) {
+        let svc = Svc {
+            store,
+            fx: Effects::default(),
+        };
+        let (tenant, order) = (random_uuid(), random_uuid());
+        let first = classify(observe(svc.ship(tenant, order)).await);
+        let Got::Executed(receipt) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            classify(observe(svc.ship(tenant, order)).await),
+            Got::Replayed(receipt)
+        );
+        let other = random_uuid();
+        assert!(matches!(
+            classify(observe(svc.ship(tenant, other)).await),
+            Got::Executed(_)
+        ));
+        assert!(matches!(
+            classify(observe(svc.ship(random_uuid(), order)).await),
+            Got::Executed(_)
+        ));
+        assert_eq!(
+            svc.fx
+                .count(&req(&tenant.to_string(), &order.to_string(), 1)),
+            1
+        );
+        let key = |part: &dyn Fn(KeyBuilder) -> KeyBuilder| {
+            part(KeyBuilder::new("tests.uuid_keys").scope(&tenant))
+                .finish()
+                .unwrap()
+        };
+        let as_uuid = key(&|b| b.part(&order));
+        let as_text = key(&|b| b.part(order.hyphenated().to_string().as_str()));
+        assert!(svc.store.read_record(&as_uuid).await.unwrap().is_some());
+        assert!(svc.store.read_record(&as_text).await.unwrap().is_none());
+    }
+
+    idempotent_tests::on_claim_backends!(uuid_keys_replay_and_are_stored_under_their_own_key);
+}
+
 /// MySQL/MariaDB: inside the caller's REPEATABLE READ transaction whose snapshot predates the
 /// first call's commit, a duplicate still replays (the record is read with a locking read).
 mod mysql_caller_transaction {

@@ -464,9 +464,17 @@ mod tests {
     #[test]
     fn map_key_order_is_not_a_change() {
         let map: HashMap<String, u32> = (0..64).map(|i| (format!("k{i}"), i)).collect();
-        assert_eq!(storable(&map, usize::MAX).unwrap(), serde_json::to_vec(&map).unwrap());
+        assert_eq!(
+            storable(&map, usize::MAX).unwrap(),
+            serde_json::to_vec(&map).unwrap()
+        );
         let nested: HashMap<String, HashMap<u32, Vec<f64>>> = (0..16)
-            .map(|i| (format!("k{i}"), (0..16).map(|j| (j, vec![0.5, f64::from(j)])).collect()))
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    (0..16).map(|j| (j, vec![0.5, f64::from(j)])).collect(),
+                )
+            })
             .collect();
         assert!(storable(&nested, usize::MAX).is_ok());
     }
@@ -508,7 +516,10 @@ mod tests {
         // NaN and infinities are written as `null`: `Some(NaN)` would replay as `None`.
         for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             let reason = storable(&Some(f), usize::MAX).unwrap_err();
-            assert!(reason.contains("stands for another value too"), "{f}: {reason}");
+            assert!(
+                reason.contains("stands for another value too"),
+                "{f}: {reason}"
+            );
         }
         // Plain `None` and `Some(Some(x))` survive.
         assert_eq!(storable(&None::<Option<u8>>, usize::MAX).unwrap(), b"null");
@@ -518,7 +529,10 @@ mod tests {
     #[test]
     fn json_texts_compare_but_for_member_order() {
         use super::same_json_but_member_order as same;
-        assert!(same(br#"{"a":1,"b":[1,{"x":"y","z":null}]}"#, br#"{"b":[1,{"z":null,"x":"y"}],"a":1}"#));
+        assert!(same(
+            br#"{"a":1,"b":[1,{"x":"y","z":null}]}"#,
+            br#"{"b":[1,{"z":null,"x":"y"}],"a":1}"#
+        ));
         assert!(same(br#"{"a":1,"a":2}"#, br#"{"a":2,"a":1}"#));
         assert!(!same(br#"{"a":1,"a":2}"#, br#"{"a":2}"#));
         assert!(!same(b"[1,2]", b"[2,1]"));
