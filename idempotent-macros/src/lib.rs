@@ -101,7 +101,8 @@ use proc_macro::TokenStream;
 /// - `#[tx] tx: &mut <DB>Connection`: the open transaction the claim lives in,
 ///   so the body's writes commit atomically with it (SQL strategies only);
 /// - `#[fence] fence: FencingToken`: a number that grows with every acquisition
-///   of the lock (distributed_lock only).
+///   of the lock (distributed_lock only); pass it with your writes (in SQL it
+///   binds as a `BIGINT`/`INTEGER` as it is, `fence.as_i64()` gives the number).
 ///
 /// # What `dedup_table` expands to
 ///

@@ -101,6 +101,15 @@ macro_rules! suite {
                     Ok(Shipment::Sent { id: 7, carrier: None })
                 }
 
+                /// Fingerprints `req` and `amount` (issue 11 item 4: `None`, NaN, +inf and -inf
+                /// all fingerprinted as `null`).
+                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
+                pub async fn charge_claim(&self, req: &Req, amount: Option<f64>) -> Result<Receipt, AppError> {
+                    let _ = amount;
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
                 /// A 300 ms lease, renewed while the body runs.
                 #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", lease = "300ms")]
                 pub async fn short_lease(&self, req: &Req) -> Result<Receipt, AppError> {
@@ -269,6 +278,40 @@ macro_rules! claim_tests {
             );
             assert_eq!(svc.ledger.count(&req(&t, "order-1", 100)).await, 1);
             assert_eq!(svc.ledger.count(&req(&t, "order-1", 999)).await, 0);
+        }
+
+        /// Issue 11 item 4: a call with `amount = None`, then the same key with `+inf`, was
+        /// replayed; every other amount — non-finite ones included — is another payload.
+        #[tokio::test]
+        async fn none_and_non_finite_amounts_are_different_payloads() {
+            let Some((svc, _g)) = svc().await else { return };
+            let t = unique("t");
+            let amounts = [
+                None,
+                Some(f64::INFINITY),
+                Some(f64::NEG_INFINITY),
+                Some(f64::NAN),
+                Some(0.0),
+            ];
+            for (i, first) in amounts.iter().enumerate() {
+                let r = req(&t, &format!("charge-{i}"), 100);
+                let done = classify(observe(svc.charge_claim(&r, *first)).await);
+                let Got::Executed(receipt) = done else {
+                    panic!("{first:?}: {done:?}")
+                };
+                for other in amounts.iter().filter(|a| format!("{a:?}") != format!("{first:?}")) {
+                    let (e, how) = observe(svc.charge_claim(&r, *other)).await;
+                    assert!(
+                        matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+                        "{first:?} then {other:?}: {e:?}"
+                    );
+                    assert_eq!(how, None, "{first:?} then {other:?}");
+                }
+                // The same amount again (NaN included: every NaN is one value) replays.
+                let again = classify(observe(svc.charge_claim(&r, *first)).await);
+                assert_eq!(again, Got::Replayed(receipt), "{first:?}");
+                assert_eq!(svc.ledger.count(&r).await, 1, "{first:?}: the body ran once");
+            }
         }
 
         #[tokio::test]
@@ -753,6 +796,84 @@ mod postgres_caller_transaction {
         assert_eq!(svc.ledger.count(&r).await, 1);
         assert_eq!(svc.ledger.count(&fresh).await, 1);
     }
+}
+
+/// Issue 11 item 11: `Uuid` key parts and scopes (feature `uuid`) on every claim store; the
+/// record is stored under the key of the `Uuid` (tag `u`, its lowercase hyphenated text), not
+/// under the key of the same text as a string.
+mod uuid_keys {
+    use idempotent_runtime::ClaimStore;
+    use idempotent_tests::Effects;
+    use uuid::Uuid;
+
+    use super::*;
+
+    pub struct Svc<S> {
+        store: S,
+        fx: Effects,
+    }
+
+    impl<S: ClaimStore> Svc<S> {
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "order",
+            scope = "tenant",
+            name = "tests.uuid_keys",
+            store = "self.store"
+        )]
+        async fn ship(&self, tenant: Uuid, order: Uuid) -> Result<Receipt, AppError> {
+            self.fx
+                .apply(&req(&tenant.to_string(), &order.to_string(), 1))
+                .await
+        }
+    }
+
+    fn random_uuid() -> Uuid {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).expect("OS randomness");
+        Uuid::from_bytes(b)
+    }
+
+    async fn uuid_keys_replay_and_are_stored_under_their_own_key<S: ClaimStore>(store: S) {
+        let svc = Svc {
+            store,
+            fx: Effects::default(),
+        };
+        let (tenant, order) = (random_uuid(), random_uuid());
+        let first = classify(observe(svc.ship(tenant, order)).await);
+        let Got::Executed(receipt) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            classify(observe(svc.ship(tenant, order)).await),
+            Got::Replayed(receipt)
+        );
+        let other = random_uuid();
+        assert!(matches!(
+            classify(observe(svc.ship(tenant, other)).await),
+            Got::Executed(_)
+        ));
+        assert!(matches!(
+            classify(observe(svc.ship(random_uuid(), order)).await),
+            Got::Executed(_)
+        ));
+        assert_eq!(
+            svc.fx
+                .count(&req(&tenant.to_string(), &order.to_string(), 1)),
+            1
+        );
+        let key = |part: &dyn Fn(KeyBuilder) -> KeyBuilder| {
+            part(KeyBuilder::new("tests.uuid_keys").scope(&tenant))
+                .finish()
+                .unwrap()
+        };
+        let as_uuid = key(&|b| b.part(&order));
+        let as_text = key(&|b| b.part(order.hyphenated().to_string().as_str()));
+        assert!(svc.store.read_record(&as_uuid).await.unwrap().is_some());
+        assert!(svc.store.read_record(&as_text).await.unwrap().is_none());
+    }
+
+    idempotent_tests::on_claim_backends!(uuid_keys_replay_and_are_stored_under_their_own_key);
 }
 
 /// MySQL/MariaDB: inside the caller's REPEATABLE READ transaction whose snapshot predates the

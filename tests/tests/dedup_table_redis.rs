@@ -53,6 +53,19 @@ impl<S: ClaimStore> Svc<S> {
         self.fx.apply(req).await
     }
 
+    /// Fingerprints `req` and `amount` (issue 11 item 4).
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.charge",
+        store = "self.store"
+    )]
+    async fn charge(&self, req: &Req, amount: Option<f64>) -> Result<Receipt, AppError> {
+        let _ = amount;
+        self.fx.apply(req).await
+    }
+
     /// `on_cancel = "release"` with the default 30 s lease: only the release frees the key
     /// within a test's patience.
     #[idempotent(
@@ -125,6 +138,41 @@ async fn fingerprint_mismatch_and_scopes<S: ClaimStore + 'static>(store: S) {
     assert_eq!(how, Some(Disposition::Executed));
     assert_eq!(svc.count(&req(&t, "o", 1)), 1);
     assert_eq!(svc.count(&other), 1);
+}
+
+/// Issue 11 item 4: `amount = None` then `+inf` on the same key was replayed; every other
+/// amount — non-finite ones included — is another payload.
+async fn none_and_non_finite_amounts_are_different_payloads<S: ClaimStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let t = unique("t");
+    let amounts = [
+        None,
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        Some(f64::NAN),
+        Some(0.0),
+    ];
+    for (i, first) in amounts.iter().enumerate() {
+        let r = req(&t, &format!("charge-{i}"), 100);
+        let done = classify(observe(svc.charge(&r, *first)).await);
+        let Got::Executed(receipt) = done else {
+            panic!("{first:?}: {done:?}")
+        };
+        for other in amounts
+            .iter()
+            .filter(|a| format!("{a:?}") != format!("{first:?}"))
+        {
+            let (e, how) = observe(svc.charge(&r, *other)).await;
+            assert!(
+                matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+                "{first:?} then {other:?}: {e:?}"
+            );
+            assert_eq!(how, None, "{first:?} then {other:?}");
+        }
+        let again = classify(observe(svc.charge(&r, *first)).await);
+        assert_eq!(again, Got::Replayed(receipt), "{first:?}");
+        assert_eq!(svc.count(&r), 1, "{first:?}: the body ran once");
+    }
 }
 
 async fn body_error_releases_the_claim<S: ClaimStore + 'static>(store: S) {
@@ -266,6 +314,7 @@ async fn expired_claim_is_taken_over<S: ClaimStore + 'static>(store: S) {
 idempotent_tests::on_redis_backends!(
     concurrent_64_one_key_one_effect,
     fingerprint_mismatch_and_scopes,
+    none_and_non_finite_amounts_are_different_payloads,
     body_error_releases_the_claim,
     dropped_future_with_release_frees_the_key_at_once,
     dropped_future_keeps_the_claim_until_the_lease_ends,
