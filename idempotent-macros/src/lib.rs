@@ -113,7 +113,10 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
-/// becomes (`__idempotent_*` locals are hygienic: the body cannot see them)
+/// becomes (every binding and parameter the expansion introduces is `__idempotent_*` and
+/// hygienic, and standard items are named by their full paths: the body cannot see them, and
+/// no user item named `value`, `error`, `Ok`, … in scope can change them; the traits
+/// `Serialize` live in blocks of their own, out of the body's sight)
 ///
 /// ```ignore
 /// pub async fn place(pool: &PgPool, ctx: &Ctx, req: PlaceOrder) -> Result<Receipt, AppError> {
@@ -124,9 +127,11 @@ use proc_macro::TokenStream;
 ///     .part(&(req.id))
 ///     .finish()
 ///     {
-///         ::core::result::Result::Ok(value) => value,
-///         ::core::result::Result::Err(error) => {
-///             return ::core::result::Result::Err(::idempotent_runtime::__private::into_error(error));
+///         ::core::result::Result::Ok(__idempotent_value) => __idempotent_value,
+///         ::core::result::Result::Err(__idempotent_error) => {
+///             return ::core::result::Result::Err(
+///                 ::idempotent_runtime::__private::into_error(__idempotent_error),
+///             );
 ///         }
 ///     };
 ///     let __idempotent_fingerprint = match ::idempotent_runtime::__private::Fingerprinter::new()

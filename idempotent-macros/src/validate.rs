@@ -349,9 +349,15 @@ fn check_name(
             "{}::{}::{}",
             ::core::module_path!(),
             {
-                let full = ::core::any::type_name::<Self>();
-                let base = full.split('<').next().unwrap_or(full);
-                base.rsplit("::").next().unwrap_or(base)
+                let __idempotent_full = ::core::any::type_name::<Self>();
+                let __idempotent_base = __idempotent_full
+                    .split('<')
+                    .next()
+                    .unwrap_or(__idempotent_full);
+                __idempotent_base
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or(__idempotent_base)
             },
             #fn_name
         ))

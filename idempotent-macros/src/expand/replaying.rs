@@ -119,12 +119,18 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
 fn try_runtime(config: &Config, expr: TokenStream) -> TokenStream {
     // The whole conversion is spanned at `E`: rustc points an unmet bound of a call at the
     // call expression, parentheses included.
+    // The bindings are hygienic (`mixed_site`) and prefixed, so that no user item in scope
+    // (a `const value`, a unit struct `error`) turns them into patterns.
     let into_error = private_at(config, config.err_span, "into_error");
-    let error = Ident::new("error", config.err_span);
+    let value = Ident::new("__idempotent_value", Span::mixed_site());
+    let error = Ident::new(
+        "__idempotent_error",
+        Span::mixed_site().located_at(config.err_span),
+    );
     let convert = quote_spanned!(config.err_span=> #into_error(#error));
     quote! {
         match #expr {
-            ::core::result::Result::Ok(value) => value,
+            ::core::result::Result::Ok(#value) => #value,
             ::core::result::Result::Err(#error) => {
                 return ::core::result::Result::Err(#convert);
             }
