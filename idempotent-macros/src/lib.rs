@@ -63,7 +63,7 @@ use proc_macro::TokenStream;
 /// |---|---|
 /// | `strategy` | required: `select_before_insert`, `pessimistic`, `optimistic`, `unique_index`, `dedup_table`, `state_machine`, `distributed_lock`, `token` |
 /// | `key` | required: an expression rooted at a parameter (or `self`), e.g. `"order.code"`, `"req.items.0"`; a list for a compound key: `["order.user_id", "order.code"]` |
-/// | `store` | expression rooted at a parameter or `self` giving the backend; default: the parameter named `db`, `pool` or `store`, else `self.db` in a method |
+/// | `store` | expression rooted at a parameter or `self` giving the backend, e.g. `"pool"`, `"self.db"`; default: the parameter named `db`, `pool` or `store`. A method without such a parameter names its field (`store = "self.db"`): the macro cannot see the struct's fields, so it has no field default |
 /// | `scope` | the caller/tenant part of the storage key, e.g. `"ctx.tenant_id"` |
 /// | `name` | stable operation name in the storage key; default `module_path!()::fn_name`, and `module_path!()::Type::fn_name` in a method (`Type` = the last path segment of `Self`); give it explicitly for associated functions without `self` that share a name with another function in the module |
 /// | `fingerprint` | which arguments identify the request: `"req"` or `["req", "amount"]`; default every parameter except `self`, the store's and injected ones; `false` turns it off |

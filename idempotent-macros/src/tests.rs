@@ -174,11 +174,12 @@ fn dedup_table_options_scope_name_and_crate() {
 }
 
 #[test]
-fn dedup_table_defaults_in_a_method() {
+fn dedup_table_in_a_method() {
     let out = ok(
         quote!(
             strategy = "dedup_table",
             key = "self.shard",
+            store = "self.db",
             on_busy = "reject",
             fingerprint = false
         ),
