@@ -134,15 +134,30 @@ use proc_macro::TokenStream;
 ///             );
 ///         }
 ///     };
-///     let __idempotent_fingerprint = match ::idempotent_runtime::__private::Fingerprinter::new()
-///         .arg("ctx", &(ctx))
-///         .arg("req", &(req))
-///         .finish()
+///     let __idempotent_fingerprint = match {
+///         let __idempotent_fingerprinter = ::idempotent_runtime::__private::Fingerprinter::new();
+///         // Each argument in a block of its own, through a trait whose message names it:
+///         let __idempotent_fingerprinter = {
+///             #[diagnostic::on_unimplemented(
+///                 message = "parameter `ctx` is part of the request fingerprint, but its type `{Self}` is not `Serialize`",
+///                 label = "fingerprinted by default, …",
+///                 note = "to leave `ctx` out, list the arguments that identify the request: `fingerprint = [\"req\"]` …"
+///             )]
+///             trait Serialize {
+///                 fn __idempotent_arg(&self, __idempotent_fingerprinter: Fingerprinter, __idempotent_label: &'static str) -> Fingerprinter;
+///             }
+///             #[diagnostic::do_not_recommend]
+///             impl<__IdempotentArg: ::idempotent_runtime::__private::Serialize + ?Sized> Serialize for __IdempotentArg {
+///                 fn __idempotent_arg(&self, ..) -> Fingerprinter { __idempotent_fingerprinter.arg(__idempotent_label, self) }
+///             }
+///             Serialize::__idempotent_arg(&(ctx), __idempotent_fingerprinter, "ctx")
+///         };
+///         let __idempotent_fingerprinter = { /* the same for `req` */ };
+///         __idempotent_fingerprinter
+///     }
+///     .finish()
 ///     {
-///         ::core::result::Result::Ok(value) => value,
-///         ::core::result::Result::Err(error) => {
-///             return ::core::result::Result::Err(::idempotent_runtime::__private::into_error(error));
-///         }
+///         // … as for the key …
 ///     };
 ///     ::idempotent_runtime::__private::replaying::<_, Receipt, _, _>(
 ///         ::idempotent_runtime::__private::Replay {
@@ -202,7 +217,13 @@ use proc_macro::TokenStream;
 /// - the business adapter's call, its `Business { .. }` argument and `.await` are
 ///   spanned at the key: a key part sqlx cannot bind is one error there;
 /// - a key part without `KeyPart`, or a key path naming a missing field, is
-///   rustc's error at the `key` string.
+///   rustc's error at the `key` string;
+/// - a fingerprinted argument that is not `Serialize` is one error at that
+///   parameter (or `fingerprint` entry), naming it and the `fingerprint` that
+///   leaves it out: it goes in through a trait defined in the expansion whose
+///   `on_unimplemented` message names it, implemented (`do_not_recommend`) for
+///   every `Serialize` type, so the bound behind it is neither reported instead
+///   nor again.
 ///
 /// # Errors
 ///

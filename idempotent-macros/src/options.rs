@@ -209,6 +209,7 @@ pub(crate) fn check_fingerprint(
                     label: ident.unraw_string(),
                     tokens: ident.to_token_stream(),
                     span: ident.span(),
+                    listed: false,
                 })
                 .collect();
             return Some(Fingerprint::Args(args));
@@ -231,6 +232,7 @@ pub(crate) fn check_fingerprint(
                     label: expr.text,
                     tokens: expr.tokens,
                     span: expr.span,
+                    listed: true,
                 });
             }
             None => ok = false,

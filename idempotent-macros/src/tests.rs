@@ -88,7 +88,12 @@ fn dedup_table_claim_mode() {
     assert!(out.contains(":: idempotent_runtime :: __private :: KeyBuilder :: new"));
     assert!(out.contains(":: core :: concat ! (:: core :: module_path ! () , \"::\" , \"place\")"));
     assert!(out.contains(". part (& (req . id))"), "{out}");
-    assert!(out.contains(". arg (\"req\" , & (req))"), "{out}");
+    assert!(
+        out.contains(
+            "Serialize :: __idempotent_arg (& (req) , __idempotent_fingerprinter , \"req\")"
+        ),
+        "{out}"
+    );
     assert!(
         !out.contains("\"pool\""),
         "the store is not fingerprinted: {out}"
@@ -161,7 +166,12 @@ fn dedup_table_options_scope_name_and_crate() {
     assert!(
         out.contains(". scope (& (ctx . tenant_id)) . part (& (ctx . user)) . part (& (req . id))")
     );
-    assert!(out.contains(". arg (\"req\" , & (req)) . arg (\"req.amount\" , & (req . amount))"));
+    assert!(out.contains(
+        "Serialize :: __idempotent_arg (& (req) , __idempotent_fingerprinter , \"req\")"
+    ));
+    assert!(out.contains(
+        "Serialize :: __idempotent_arg (& (req . amount) , __idempotent_fingerprinter , \"req.amount\")"
+    ));
     assert!(out.contains("lease : :: my_rt :: __private :: Duration :: from_millis (30000)"));
     assert!(out.contains("ttl : :: my_rt :: __private :: Duration :: from_millis (86400000)"));
     assert!(out.contains("on_busy : :: my_rt :: __private :: OnBusy :: Wait (:: my_rt :: __private :: Duration :: from_millis (1500))"));
@@ -208,13 +218,97 @@ fn dedup_table_default_fingerprint_skips_self_store_and_tx() {
         },
     );
     assert!(out.contains("& mut * conn"), "{out}");
+    for arg in ["order", "a", "b"] {
+        assert!(
+            out.contains(&format!(
+                "Serialize :: __idempotent_arg (& ({arg}) , __idempotent_fingerprinter , \"{arg}\")"
+            )),
+            "{out}"
+        );
+    }
+    assert_eq!(out.matches("trait Serialize").count(), 3, "{out}");
+    assert!(!out.contains("\"conn\""));
+}
+
+#[test]
+fn a_method_names_its_store() {
+    // The macro cannot see the struct's fields: no `self.db` default.
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(&self, req: PlaceOrder) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert_eq!(
+        msg,
+        "`store` is missing: a method names its store field, e.g. store = \"self.db\" (the field holding the pool or store); the macro cannot see the struct's fields"
+    );
+    // A parameter named like a store is still the default.
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(&self, store: &MemoryStore, req: PlaceOrder) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(out.contains("claim_store (& * store)"), "{out}");
+}
+
+#[test]
+fn fingerprint_checks_name_the_argument() {
+    // Default fingerprint: the message names the parameter, the note the list without it.
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(store: &MemoryStore, pool: &PgPool, req: &Req) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(out.contains("# [diagnostic :: on_unimplemented (message = \"parameter `pool` is part of the request fingerprint, but its type `{Self}` is not `Serialize`\""), "{out}");
+    assert!(out.contains("to leave `pool` out, list the arguments that identify the request: `fingerprint = [\\\"req\\\"]`"), "{out}");
+    assert!(
+        out.contains("# [diagnostic :: do_not_recommend] impl"),
+        "{out}"
+    );
+    // The only argument: `fingerprint = false`.
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "pool.id"),
+        quote! {
+            async fn place(store: &MemoryStore, pool: &Pool) -> Result<(), E> { Ok(()) }
+        },
+    );
     assert!(
         out.contains(
-            ". arg (\"order\" , & (order)) . arg (\"a\" , & (a)) . arg (\"b\" , & (b)) . finish ()"
+            "to leave `pool` out, write `fingerprint = false` (no other argument is fingerprinted)"
         ),
         "{out}"
     );
-    assert!(!out.contains("\"conn\""));
+    // A listed entry: the message says it is listed; the note, the list without it.
+    let out = ok(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            fingerprint = ["req.amount", "note"]
+        ),
+        quote! {
+            async fn place(store: &MemoryStore, req: &Req, note: Note) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(out.contains("message = \"`note` is listed in `fingerprint`, but its type `{Self}` is not `Serialize`\""), "{out}");
+    assert!(
+        out.contains("remove it from the list: `fingerprint = [\\\"req.amount\\\"]`"),
+        "{out}"
+    );
+    // `fingerprint = false`: no check at all.
+    let out = ok(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            fingerprint = false
+        ),
+        quote! {
+            async fn place(store: &MemoryStore, req: &Req, note: Note) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(!out.contains("on_unimplemented"), "{out}");
 }
 
 #[test]
