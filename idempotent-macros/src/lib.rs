@@ -99,7 +99,11 @@ use proc_macro::TokenStream;
 /// supplied by the wrapper:
 ///
 /// - `#[tx] tx: &mut <DB>Connection`: the open transaction the claim lives in,
-///   so the body's writes commit atomically with it (SQL strategies only);
+///   so the body's writes commit atomically with it (SQL strategies only). The
+///   body must use it (`.execute(&mut *tx)`): a body that never names it is a
+///   compile error, since a write through the pool or another connection would
+///   not commit with the claim and would wait for the locks that transaction
+///   holds (the key's row, or SQLite's write lock) — for ever on PostgreSQL;
 /// - `#[fence] fence: FencingToken`: a number that grows with every acquisition
 ///   of the lock (distributed_lock only).
 ///

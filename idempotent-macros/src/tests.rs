@@ -448,7 +448,7 @@ fn roots_must_be_parameters() {
         quote!(strategy = "dedup_table", key = "tx.id"),
         quote!(
             async fn place(pool: &PgPool, #[tx] tx: &mut PgConnection) -> Result<(), E> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -590,7 +590,7 @@ fn duration_floors() {
         quote!(strategy = "dedup_table", key = "req.id", lease = "100ms"),
         quote!(
             async fn place(pool: &PgPool, req: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -672,7 +672,7 @@ fn function_shape() {
 #[test]
 fn injected_parameters() {
     let item = quote! {
-        async fn place(pool: &PgPool, req: u8, #[tx] tx: &mut PgConnection, #[tx] tx2: &mut PgConnection, #[fence] fence: FencingToken) -> Result<(), E> { Ok(()) }
+        async fn place(pool: &PgPool, req: u8, #[tx] tx: &mut PgConnection, #[tx] tx2: &mut PgConnection, #[fence] fence: FencingToken) -> Result<(), E> { write(tx).await }
     };
     let (text, errors) = run(quote!(strategy = "dedup_table", key = "req"), item);
     assert_eq!(
@@ -687,7 +687,7 @@ fn injected_parameters() {
         "{text}"
     );
     assert!(
-        text.contains("# [allow (unused_variables , unused_mut , unreachable_code)] async fn place (pool : & PgPool , req : u8) -> Result < () , E > { let tx : & mut PgConnection = :: core :: unreachable ! () ; let tx2 : & mut PgConnection = :: core :: unreachable ! () ; let fence : FencingToken = :: core :: unreachable ! () ; Ok (()) }"),
+        text.contains("# [allow (unused_variables , unused_mut , unreachable_code)] async fn place (pool : & PgPool , req : u8) -> Result < () , E > { let tx : & mut PgConnection = :: core :: unreachable ! () ; let tx2 : & mut PgConnection = :: core :: unreachable ! () ; let fence : FencingToken = :: core :: unreachable ! () ; write (tx) . await }"),
         "injected parameters leave the signature as in the wrapper: {text}"
     );
 
@@ -695,7 +695,7 @@ fn injected_parameters() {
         quote!(strategy = "token", key = "req.id"),
         quote!(
             async fn place(pool: &PgPool, req: R, #[tx] tx: &mut PgConnection) -> Result<(), E> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -768,7 +768,7 @@ fn optimistic_expands_to_its_entry_point() {
                 amount: i64,
                 #[tx] tx: &mut PgConnection,
             ) -> Result<(), E> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -938,7 +938,7 @@ fn business_key_of_five_parts_is_refused() {
                 r: &R,
                 #[tx] tx: &mut PgConnection,
             ) -> Result<(), AppError> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -976,7 +976,7 @@ fn strategy_shape_errors_are_reported_with_the_others() {
             on_duplicate = "again"
         ),
         quote! {
-            async fn place(pool: &PgPool, r: &R, (x, y): (u8, u8), #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+            async fn place(pool: &PgPool, r: &R, (x, y): (u8, u8), #[tx] tx: &mut PgConnection) -> Result<(), E> { write(tx).await }
         },
     );
     assert_eq!(errors.len(), 2, "{errors:#?}");
@@ -990,7 +990,7 @@ fn strategy_shape_errors_are_reported_with_the_others() {
             table = "t"
         ),
         quote! {
-            async fn place(pool: &PgPool, r: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+            async fn place(pool: &PgPool, r: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> { write(tx).await }
         },
     );
     assert!(
@@ -1093,7 +1093,7 @@ fn on_cancel_with_tx_is_an_error() {
     let msg = one_err(
         quote!(strategy = "dedup_table", key = "req.id", on_cancel = "keep"),
         quote! {
-            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { Ok(()) }
+            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { write(tx).await }
         },
     );
     assert!(
@@ -1112,11 +1112,80 @@ fn on_cancel_on_a_business_strategy_is_an_error() {
             on_cancel = "keep"
         ),
         quote! {
-            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { Ok(()) }
+            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { write(tx).await }
         },
     );
     assert_eq!(
         msg,
         "option `on_cancel` is not used by strategy `optimistic`; it applies to: dedup_table, distributed_lock, token"
     );
+}
+
+#[test]
+fn a_tx_the_body_never_uses_is_an_error() {
+    // Business-table: the body writes through the pool.
+    let msg = one_err(
+        quote!(strategy = "pessimistic", key = "req.id", table = "payments"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+                sqlx::query("UPDATE payments SET applied = TRUE").execute(pool).await?;
+                Ok(())
+            }
+        },
+    );
+    assert!(
+        msg.starts_with("the body never uses `tx`: strategy `pessimistic` runs the body in a transaction on `tx` that holds the key's row lock"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("run the body's queries on `tx`, e.g. `.execute(&mut *tx)`"),
+        "{msg}"
+    );
+    // `_tx` only silences rustc's warning.
+    let msg = one_err(
+        quote!(strategy = "optimistic", key = "req.id", table = "t"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, #[tx] _tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(
+        msg.starts_with("the body never uses `_tx` (the leading `_` only silences rustc's warning): strategy `optimistic`"),
+        "{msg}"
+    );
+    // dedup_table with `#[tx]`: the other way out is claim mode.
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, #[tx] conn: &mut PgConnection) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(msg.contains("has inserted the idempotency record"), "{msg}");
+    assert!(
+        msg.ends_with("run the body's queries on `conn`, e.g. `.execute(&mut *conn)`, or remove `#[tx]` for claim mode, where the record is committed first and the body may use any connection"),
+        "{msg}"
+    );
+    // A use anywhere counts: inside a macro invocation, a nested block, written `r#tx`.
+    for body in [
+        quote!({
+            my_exec!(tx, "INSERT ...").await?;
+            Ok(())
+        }),
+        quote!({
+            if true {
+                {
+                    let c = &mut *tx;
+                    run(c).await?;
+                }
+            }
+            Ok(())
+        }),
+        quote!({ run(r#tx).await }),
+    ] {
+        ok(
+            quote!(strategy = "unique_index", key = "req.id", table = "t"),
+            quote! {
+                async fn place(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), E> #body
+            },
+        );
+    }
 }
