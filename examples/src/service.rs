@@ -351,6 +351,7 @@ macro_rules! service {
                 #[idempotent(
                     strategy = "dedup_table",
                     key = "req.order_id",
+                    store = "self.db",
                     scope = "req.customer"
                 )]
                 pub async fn place_order(
@@ -371,6 +372,7 @@ macro_rules! service {
                 #[idempotent(
                     strategy = "dedup_table",
                     key = "msg.message_id",
+                    store = "self.db",
                     scope = "msg.merchant",
                     lease = "15s"
                 )]
@@ -415,7 +417,7 @@ macro_rules! service {
                 }
 
                 /// Registers a customer: inserted only when no row has this email.
-                #[idempotent(strategy = "select_before_insert", key = "req.code", table = "demo_customers", column = "email")]
+                #[idempotent(strategy = "select_before_insert", key = "req.code", store = "self.db", table = "demo_customers", column = "email")]
                 pub async fn register_customer(
                     &self,
                     req: &KeyedRequest,
@@ -431,7 +433,7 @@ macro_rules! service {
                 }
 
                 /// Creates an order by its code: the unique index on `code` is the claim.
-                #[idempotent(strategy = "unique_index", key = "req.code", table = "demo_orders", constraint = "demo_orders_code_key")]
+                #[idempotent(strategy = "unique_index", key = "req.code", store = "self.db", table = "demo_orders", constraint = "demo_orders_code_key")]
                 pub async fn create_order_by_code(
                     &self,
                     req: &KeyedRequest,
@@ -447,7 +449,7 @@ macro_rules! service {
                 }
 
                 /// Adds to an order's amount if its version is still the one the caller read.
-                #[idempotent(strategy = "optimistic", key = "req.code", table = "demo_accounts")]
+                #[idempotent(strategy = "optimistic", key = "req.code", store = "self.db", table = "demo_accounts")]
                 pub async fn add_to_order_amount(
                     &self,
                     req: &KeyedRequest,
@@ -463,7 +465,7 @@ macro_rules! service {
                 }
 
                 /// Ships a paid order (PAID → SHIPPED).
-                #[idempotent(strategy = "state_machine", key = "req.code", table = "demo_shipments", status_column = "status", from = "PAID", to = "SHIPPED")]
+                #[idempotent(strategy = "state_machine", key = "req.code", store = "self.db", table = "demo_shipments", status_column = "status", from = "PAID", to = "SHIPPED")]
                 pub async fn ship_order(
                     &self,
                     req: &KeyedRequest,
@@ -475,7 +477,7 @@ macro_rules! service {
 
                 /// Debits a wallet for a payment, holding the wallet's row lock; the body
                 /// re-checks whether the payment was applied.
-                #[idempotent(strategy = "pessimistic", key = "req.code", table = "demo_wallets", column = "id")]
+                #[idempotent(strategy = "pessimistic", key = "req.code", store = "self.db", table = "demo_wallets", column = "id")]
                 pub async fn debit_wallet(
                     &self,
                     req: &KeyedRequest,

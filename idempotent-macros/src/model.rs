@@ -83,6 +83,9 @@ pub(crate) struct FingerprintArg {
     pub(crate) tokens: TokenStream,
     /// Where it was written (the parameter, or the `fingerprint` entry).
     pub(crate) span: Span,
+    /// Whether it is an entry of `fingerprint = [...]` (else a parameter fingerprinted by
+    /// default).
+    pub(crate) listed: bool,
 }
 
 /// Which arguments identify the request (`fingerprint`).

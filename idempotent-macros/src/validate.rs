@@ -25,7 +25,7 @@ use crate::options::{
 use crate::parse::{OptionName, RawArgs, RawOption};
 use crate::signature::FnInfo;
 use crate::strategy::{FamilyKind, Strategy, TxRule};
-use crate::syntax::UnrawString as _;
+use crate::syntax::{UnrawString as _, mentions_ident};
 
 /// The option values that passed their checks (`None`: absent, unused by the strategy, or
 /// malformed and reported).
@@ -71,6 +71,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     if let Some((strategy, strategy_span)) = strategy {
         check_options_used(args, strategy, &mut errors);
         check_injected(strategy, strategy_span, &info, &mut errors);
+        check_tx_used(strategy, &info, func, &mut errors);
     }
     // An option the strategy does not use is reported above and not checked further.
     let usable = |name: OptionName| -> Option<&RawOption> {
@@ -296,6 +297,44 @@ fn check_injected(strategy: Strategy, strategy_span: Span, info: &FnInfo, errors
             ),
         ));
     }
+}
+
+/// A body that never names its `#[tx]` parameter writes, if at all, through another
+/// connection: outside the strategy's transaction (not rolled back with it, not atomic with its
+/// check or record) and waiting on the locks that transaction holds — PostgreSQL and MariaDB
+/// until a lock timeout or for ever, SQLite until `Contention`. An error at the parameter, even
+/// for `_tx`: the name only silences rustc's warning.
+fn check_tx_used(strategy: Strategy, info: &FnInfo, func: &ItemFn, errors: &mut Errors) {
+    let rules = strategy.rules();
+    let Some(tx) = &info.tx else {
+        return;
+    };
+    let name = tx.ident.unraw_string();
+    if rules.tx == TxRule::Forbidden || mentions_ident(&func.block.to_token_stream(), &name) {
+        return;
+    }
+    let underscore = if name.starts_with('_') {
+        " (the leading `_` only silences rustc's warning)"
+    } else {
+        ""
+    };
+    let what_to_write = match rules.family {
+        FamilyKind::Business => {
+            format!("run the body's queries on `{name}`, e.g. `.execute(&mut *{name})`")
+        }
+        FamilyKind::Replaying => format!(
+            "run the body's queries on `{name}`, e.g. `.execute(&mut *{name})`, or remove `#[tx]` for claim mode, where the record is committed first and the body may use any connection"
+        ),
+    };
+    let (ident, ty) = (&tx.ident, &tx.ty);
+    errors.push(syn::Error::new_spanned(
+        quote!(#ident: #ty),
+        format!(
+            "the body never uses `{name}`{underscore}: strategy `{}` runs the body in a transaction on `{name}` that {}. A query through the pool or another connection is outside that transaction (not rolled back or committed with it) and waits for the locks it holds: on PostgreSQL and MySQL/MariaDB until a lock timeout or for ever, on SQLite until `Error::Contention`; {what_to_write}",
+            strategy.as_str(),
+            rules.tx_holds,
+        ),
+    ));
 }
 
 /// The options the strategy needs and has no default for (DESIGN.md §2). An option that is

@@ -59,7 +59,7 @@ macro_rules! suite {
                     }
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", lease = "2s")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant", lease = "2s")]
                 pub async fn place_claim(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     if self.fail_next.swap(false, SeqCst) {
@@ -70,7 +70,7 @@ macro_rules! suite {
                 }
 
                 /// The default `on_cancel = "keep"` with a 1 s lease.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", lease = "1s")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant", lease = "1s")]
                 pub async fn cancel_keep(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
@@ -79,7 +79,7 @@ macro_rules! suite {
 
                 /// `on_cancel = "release"` with the default 30 s lease: only the release frees
                 /// the key within a test's patience.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", on_cancel = "release")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant", on_cancel = "release")]
                 pub async fn cancel_release(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
@@ -87,7 +87,7 @@ macro_rules! suite {
                 }
 
                 /// Returns a response that does not survive a JSON round trip (NaN → null).
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn nan_claim(&self, req: &Req) -> Result<f64, AppError> {
                     self.ledger.record(req).await?;
                     Ok(f64::NAN)
@@ -95,7 +95,7 @@ macro_rules! suite {
 
                 /// Returns a response that reads back as another value (an untagged enum's
                 /// other variant).
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn untagged_claim(&self, req: &Req) -> Result<Shipment, AppError> {
                     self.ledger.record(req).await?;
                     Ok(Shipment::Sent { id: 7, carrier: None })
@@ -103,7 +103,7 @@ macro_rules! suite {
 
                 /// Fingerprints `req` and `amount` (issue 11 item 4: `None`, NaN, +inf and -inf
                 /// all fingerprinted as `null`).
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn charge_claim(&self, req: &Req, amount: Option<f64>) -> Result<Receipt, AppError> {
                     let _ = amount;
                     self.ledger.record(req).await?;
@@ -111,14 +111,14 @@ macro_rules! suite {
                 }
 
                 /// A 300 ms lease, renewed while the body runs.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", lease = "300ms")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant", lease = "300ms")]
                 pub async fn short_lease(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
                     Ok(self.receipt(req))
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn refund_claim(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.ledger.record(req).await?;
                     Ok(self.receipt(req))
@@ -129,13 +129,13 @@ macro_rules! suite {
                 pub const PLACE_TX: &str = concat!(module_path!(), "::place_tx");
 
                 /// Transactional, with a response that does not survive a JSON round trip.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn nan_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<f64, AppError> {
                     self.ledger.record_in(&mut *tx, req).await?;
                     Ok(f64::NAN)
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn place_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<Receipt, AppError> {
                     self.ledger.record_in(&mut *tx, req).await?;
                     self.gate.pass().await;

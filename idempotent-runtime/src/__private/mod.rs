@@ -41,6 +41,9 @@ pub use crate::strategy::distributed_lock::FencingToken;
 pub use crate::strategy::{OnBusy, OnCancel};
 pub use ::core::time::Duration;
 pub use ::inventory;
+/// The bound of a fingerprinted argument: the generated code checks it per argument, with a
+/// message naming that argument.
+pub use ::serde::Serialize;
 
 #[cfg(feature = "sqlx")]
 mod business;
