@@ -127,6 +127,25 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// Two or more `#[idempotent]` functions of this process have the operation name `name`, so
+    /// they would share stored records (one replaying the other's responses). Every call of
+    /// each of them returns this before any store access: nothing ran, nothing was written.
+    /// `sites` lists them, in file and line order. Give each a distinct `name = "..."` (the
+    /// default name, `module_path!()::fn_name`, is the same for same-named methods of two
+    /// types, or two impls, in one module). See
+    /// [`check_operation_names`](crate::check_operation_names) to find this at startup.
+    #[error(
+        "operation name {name:?} is used by {count} #[idempotent] functions: {list}; they would share stored records: write name = \"...\" on each to give them distinct names",
+        count = .sites.len(),
+        list = crate::operation::list_sites(.sites)
+    )]
+    OperationNameCollision {
+        /// The shared operation name.
+        name: &'static str,
+        /// The functions that have it (at least two).
+        sites: Vec<crate::operation::Operation>,
+    },
+
     /// The backend (database or Redis) failed.
     #[error("idempotency backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),

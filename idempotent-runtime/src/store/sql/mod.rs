@@ -7,13 +7,13 @@
 //! (`postgres.rs`, `mysql.rs`, `sqlite.rs`) holds its dialect (placeholders, "now" expression,
 //! lock clauses, `BEGIN` statement), its claim SQL, its migration (`migrations/<db>.sql`), its
 //! business-table impl ([`BusinessBackend`](business::BusinessBackend)), its `#[tx]` impls
-//! (`&mut <DB>Connection`), how its own error type is recognised and which of its errors are
+//! (`&mut <DB>Connection`), the sqlx encoding of [`FencingToken`](crate::FencingToken), how its own error type is recognised and which of its errors are
 //! retryable; [`errors`] holds the one classification of database errors built on those
 //! (retryable, unique violation and its constraint), [`business`] the business-table access of
 //! the five business-table strategies.
 //!
 //! Adding a database: a file here invoking the macros below (`sql_text!`, `sql_backend!`,
-//! `tx_store!`, `business_backend!`), one line in `backends!`, a migration under
+//! `tx_store!`, `business_backend!`, `fencing_token_type!`), one line in `backends!`, a migration under
 //! `migrations/` and a feature in `Cargo.toml`.
 //!
 //! All SQL is static text with bound parameters; the storage key, owner and fingerprint are hex
@@ -362,6 +362,54 @@ macro_rules! business_backend {
                     Some(row) => Ok(Some(sqlx::Row::try_get::<Option<String>, _>(&row, 0)?)),
                     None => Ok(None),
                 }
+            }
+        }
+    };
+}
+
+/// Implements sqlx's `Type`, `Encode` and `Decode` for [`FencingToken`](crate::FencingToken)
+/// on one database, as that database's signed 64-bit integer (`fencing_token_type!(database =
+/// sqlx::Postgres)`): PostgreSQL and MySQL/MariaDB `BIGINT`, SQLite `INTEGER`, so `.bind(fence)`
+/// works in `WHERE fence < $1`. Encoding a token above `i64::MAX` (only a hand-built one can
+/// be) fails the query with sqlx's encode error, nothing is sent; decoding a negative value
+/// fails with sqlx's decode error. Each backend's file invokes it once.
+macro_rules! fencing_token_type {
+    (database = $db:ty $(,)?) => {
+        impl sqlx::Type<$db> for $crate::FencingToken {
+            fn type_info() -> <$db as sqlx::Database>::TypeInfo {
+                <i64 as sqlx::Type<$db>>::type_info()
+            }
+            fn compatible(ty: &<$db as sqlx::Database>::TypeInfo) -> bool {
+                <i64 as sqlx::Type<$db>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, $db> for $crate::FencingToken {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <$db as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                let value = i64::try_from(*self).map_err(|_| {
+                    format!(
+                        "the fencing token {} is above i64::MAX and does not fit a signed 64-bit column",
+                        self.0
+                    )
+                })?;
+                <i64 as sqlx::Encode<'q, $db>>::encode_by_ref(&value, buf)
+            }
+            fn size_hint(&self) -> usize {
+                <i64 as sqlx::Encode<'q, $db>>::size_hint(&0)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, $db> for $crate::FencingToken {
+            fn decode(
+                value: <$db as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let value = <i64 as sqlx::Decode<'r, $db>>::decode(value)?;
+                u64::try_from(value)
+                    .map($crate::FencingToken)
+                    .map_err(|_| format!("a fencing token cannot be negative: {value}").into())
             }
         }
     };

@@ -1,7 +1,8 @@
 //! MySQL and MariaDB: their dialect (`?` placeholders, `NOW(3)` as now, the duplicate-key
 //! error instead of `ON CONFLICT`, `FOR UPDATE`, `LOCK IN SHARE MODE` for the latest committed
 //! row, plain `BEGIN`), the claim SQL, the migration (`migrations/mysql.sql`), the
-//! business-table and `#[tx]` impls (`&mut MySqlConnection`), and its database errors: their
+//! business-table and `#[tx]` impls (`&mut MySqlConnection`), [`FencingToken`](crate::FencingToken)
+//! as a signed `BIGINT`, and its database errors: their
 //! type and which are retryable.
 
 use std::error::Error as StdError;
@@ -40,6 +41,10 @@ business_backend!(
     read_latest = " LOCK IN SHARE MODE",
     placeholder = |_: usize| "?".to_owned(),
 );
+
+
+// `FencingToken` binds as a BIGINT.
+fencing_token_type!(database = MySql);
 
 /// Runs `migrations/mysql.sql`.
 async fn migrate(pool: &Pool<MySql>) -> Result<(), Error> {

@@ -1,7 +1,7 @@
 //! PostgreSQL: its dialect (`$n` placeholders, `clock_timestamp()` as now, `ON CONFLICT DO
 //! NOTHING`, `FOR UPDATE`, plain `BEGIN`), its claim SQL, its migration
 //! (`migrations/postgres.sql`), its business-table and `#[tx]` impls (`&mut PgConnection`),
-//! and its database errors: their type and which are retryable.
+//! [`FencingToken`](crate::FencingToken) as a `BIGINT`, and its database errors: their type and which are retryable.
 
 use std::error::Error as StdError;
 
@@ -38,6 +38,10 @@ business_backend!(
     read_latest = "",
     placeholder = |i: usize| format!("${i}"),
 );
+
+
+// `FencingToken` binds as a BIGINT.
+fencing_token_type!(database = Postgres);
 
 /// Runs `migrations/postgres.sql`.
 async fn migrate(pool: &Pool<Postgres>) -> Result<(), Error> {

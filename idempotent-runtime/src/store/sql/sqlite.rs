@@ -1,7 +1,7 @@
 //! SQLite: its dialect (`?n` placeholders, `julianday('now')` as now, `ON CONFLICT DO
 //! NOTHING`, no row locks, `BEGIN IMMEDIATE` so the write lock is taken up front), its claim
 //! SQL, its migration (`migrations/sqlite.sql`), its business-table and `#[tx]` impls
-//! (`&mut SqliteConnection`), and its database errors: their type and which are retryable.
+//! (`&mut SqliteConnection`), [`FencingToken`](crate::FencingToken) as an `INTEGER`, and its database errors: their type and which are retryable.
 
 use std::error::Error as StdError;
 
@@ -38,6 +38,10 @@ business_backend!(
     read_latest = "",
     placeholder = |i: usize| format!("?{i}"),
 );
+
+
+// `FencingToken` binds as a INTEGER.
+fencing_token_type!(database = Sqlite);
 
 /// Runs `migrations/sqlite.sql`.
 async fn migrate(pool: &Pool<Sqlite>) -> Result<(), Error> {
