@@ -276,7 +276,7 @@ mod snapshot_isolation {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.si_place",
+        name = "tests.si_place_in",
         store = "conn",
         fingerprint = "req"
     )]
@@ -346,7 +346,6 @@ mod snapshot_isolation {
             return;
         };
         let ledger = MyLedger::create(&db).await;
-        let gate = Gate::default();
         let r = req(&unique("t"), "order-1", 100);
         let mut tx = db.begin().await.unwrap();
         let before = req(&r.tenant, "written-before", 1);
@@ -356,7 +355,10 @@ mod snapshot_isolation {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        let first = place(&db, &ledger, &gate, &r).await.unwrap();
+        // The first call commits in a transaction of its own, through the same operation.
+        let mut first_tx = db.begin().await.unwrap();
+        let first = place_in(&mut first_tx, &ledger, &r).await.unwrap();
+        first_tx.commit().await.unwrap();
 
         let dup = place_in(&mut tx, &ledger, &r).await;
         assert_eq!(mysql_number(&dup), Some(1020), "{dup:?}");
