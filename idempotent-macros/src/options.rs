@@ -8,7 +8,7 @@ use syn::{Ident, LitStr};
 
 use crate::diag::{Errors, did_you_mean};
 use crate::model::{
-    Fingerprint, FingerprintArg, Millis, OnBusy, OnCancel, PathExpr, SqlIdent, Store, StoreKind,
+    Fingerprint, FingerprintArg, Millis, OnBusy, OnCancel, PathExpr, SqlIdent, Store,
 };
 use crate::parse::{OptionName, RawArgs, RawOption, RawValue};
 use crate::signature::{FnInfo, reference_kind};
@@ -155,13 +155,14 @@ pub(crate) fn check_store(
             });
         }
     }
+    // A method's store is a field of `self`, and a macro cannot see the struct's fields: no
+    // default could try `self.db` and then `self.store`, so the field is named.
     if info.has_self {
-        let span = Span::call_site();
-        return Some(Store {
-            tokens: quote_spanned!(span=> self.db),
-            span,
-            kind: StoreKind::Borrow,
-        });
+        errors.at(
+            Span::call_site(),
+            "`store` is missing: a method names its store field, e.g. store = \"self.db\" (the field holding the pool or store); the macro cannot see the struct's fields",
+        );
+        return None;
     }
     errors.at(
         Span::call_site(),
@@ -208,6 +209,7 @@ pub(crate) fn check_fingerprint(
                     label: ident.unraw_string(),
                     tokens: ident.to_token_stream(),
                     span: ident.span(),
+                    listed: false,
                 })
                 .collect();
             return Some(Fingerprint::Args(args));
@@ -230,6 +232,7 @@ pub(crate) fn check_fingerprint(
                     label: expr.text,
                     tokens: expr.tokens,
                     span: expr.span,
+                    listed: true,
                 });
             }
             None => ok = false,

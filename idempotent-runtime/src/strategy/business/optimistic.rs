@@ -17,7 +17,7 @@ use sqlx::Database;
 use sqlx::encode::Encode;
 use sqlx::types::Type;
 
-use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
 use crate::store::sql::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
@@ -61,12 +61,12 @@ where
         p = <S::Database as BusinessBackend>::placeholder(K::COUNT + 1),
     );
     let exists = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST);
-    let mut retry = Retry::new();
+    let mut retry = Retry::new(store.in_callers_transaction());
     loop {
         let mut tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                retry.on_error(e).await?;
+                retry.on_begin_error(e).await?;
                 continue;
             }
         };
@@ -75,7 +75,7 @@ where
             Ok(n) => n,
             Err(e) => {
                 drop(tx);
-                retry.on_sqlx(e).await?;
+                retry.on_sqlx(e, &mut store).await?;
                 continue;
             }
         };
@@ -94,7 +94,7 @@ where
                 ))
                 .into()),
                 Err(e) => {
-                    retry.on_sqlx(e).await?;
+                    retry.on_sqlx(e, &mut store).await?;
                     continue;
                 }
             };
@@ -104,7 +104,7 @@ where
             Ran::Again => continue,
             Ran::Failed(e) => e,
         };
-        match body_failure(&e) {
+        match retry.body_failure(&e, &mut store).await {
             BodyFailure::Retryable(last) => retry.again(last).await?,
             _ => return Err(e),
         }

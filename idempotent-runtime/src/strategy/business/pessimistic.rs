@@ -23,7 +23,7 @@ use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
 use crate::store::sql::business::{BusinessBackend, KeyValues, Target, query};
@@ -53,13 +53,13 @@ where
 {
     let key_lock = <S::Database as BusinessBackend>::key_lock_sql(target.table, K::COUNT);
     let lock = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::LOCK_FOR_UPDATE);
-    let mut retry = Retry::new();
+    let mut retry = Retry::new(store.in_callers_transaction());
     let mut unique_reruns = 0;
     loop {
         let mut tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                retry.on_error(e).await?;
+                retry.on_begin_error(e).await?;
                 continue;
             }
         };
@@ -69,7 +69,7 @@ where
                     .await
         {
             drop(tx);
-            retry.on_sqlx(e).await?;
+            retry.on_sqlx(e, &mut store).await?;
             continue;
         }
         if let Err(e) =
@@ -77,7 +77,7 @@ where
                 .await
         {
             drop(tx);
-            retry.on_sqlx(e).await?;
+            retry.on_sqlx(e, &mut store).await?;
             continue;
         }
         let e = match run_and_commit(tx, body(), &mut retry).await? {
@@ -85,7 +85,7 @@ where
             Ran::Again => continue,
             Ran::Failed(e) => e,
         };
-        match body_failure(&e) {
+        match retry.body_failure(&e, &mut store).await {
             BodyFailure::Retryable(last) => retry.again(last).await?,
             BodyFailure::Unique(_) if unique_reruns < UNIQUE_RERUNS => {
                 unique_reruns += 1;

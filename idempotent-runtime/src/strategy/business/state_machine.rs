@@ -13,7 +13,7 @@ use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
 use crate::store::sql::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
@@ -82,12 +82,12 @@ where
         key = target.key_predicate::<S::Database>(1),
         latest = <S::Database as BusinessBackend>::READ_LATEST,
     );
-    let mut retry = Retry::new();
+    let mut retry = Retry::new(store.in_callers_transaction());
     loop {
         let mut tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                retry.on_error(e).await?;
+                retry.on_begin_error(e).await?;
                 continue;
             }
         };
@@ -97,7 +97,7 @@ where
             Ok(n) => n,
             Err(e) => {
                 drop(tx);
-                retry.on_sqlx(e).await?;
+                retry.on_sqlx(e, &mut store).await?;
                 continue;
             }
         };
@@ -109,7 +109,7 @@ where
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
-                    retry.on_sqlx(e).await?;
+                    retry.on_sqlx(e, &mut store).await?;
                     continue;
                 }
             };
@@ -134,7 +134,7 @@ where
             Ran::Again => continue,
             Ran::Failed(e) => e,
         };
-        match body_failure(&e) {
+        match retry.body_failure(&e, &mut store).await {
             BodyFailure::Retryable(last) => retry.again(last).await?,
             _ => return Err(e),
         }

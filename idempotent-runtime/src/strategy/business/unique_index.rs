@@ -23,7 +23,7 @@ use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
 use crate::store::sql::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
@@ -82,12 +82,12 @@ where
     let exists = options
         .target
         .map(|t| t.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST));
-    let mut retry = Retry::new();
+    let mut retry = Retry::new(store.in_callers_transaction());
     loop {
         let tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                retry.on_error(e).await?;
+                retry.on_begin_error(e).await?;
                 continue;
             }
         };
@@ -96,7 +96,7 @@ where
             Ran::Again => continue,
             Ran::Failed(e) => e,
         };
-        match body_failure(&failure) {
+        match retry.body_failure(&failure, &mut store).await {
             BodyFailure::Retryable(last) => retry.again(last).await?,
             BodyFailure::Unique(reported) => {
                 let same_constraint = match (reported.as_deref(), options.constraint) {
