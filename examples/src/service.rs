@@ -351,8 +351,8 @@ macro_rules! service {
                 #[idempotent(
                     strategy = "dedup_table",
                     key = "req.order_id",
-                    scope = "req.customer",
-                    name = "orders.place_order"
+                    store = "self.db",
+                    scope = "req.customer"
                 )]
                 pub async fn place_order(
                     &self,
@@ -372,8 +372,8 @@ macro_rules! service {
                 #[idempotent(
                     strategy = "dedup_table",
                     key = "msg.message_id",
+                    store = "self.db",
                     scope = "msg.merchant",
-                    name = "payments.consume",
                     lease = "15s"
                 )]
                 pub async fn consume_payment(
@@ -399,7 +399,6 @@ macro_rules! service {
                     strategy = "dedup_table",
                     key = "req.order_id",
                     scope = "req.customer",
-                    name = "stock.reserve",
                     store = "self.store",
                     lease = "15s"
                 )]
@@ -418,7 +417,7 @@ macro_rules! service {
                 }
 
                 /// Registers a customer: inserted only when no row has this email.
-                #[idempotent(strategy = "select_before_insert", key = "req.code", table = "demo_customers", column = "email")]
+                #[idempotent(strategy = "select_before_insert", key = "req.code", store = "self.db", table = "demo_customers", column = "email")]
                 pub async fn register_customer(
                     &self,
                     req: &KeyedRequest,
@@ -434,7 +433,7 @@ macro_rules! service {
                 }
 
                 /// Creates an order by its code: the unique index on `code` is the claim.
-                #[idempotent(strategy = "unique_index", key = "req.code", table = "demo_orders", constraint = "demo_orders_code_key")]
+                #[idempotent(strategy = "unique_index", key = "req.code", store = "self.db", table = "demo_orders", constraint = "demo_orders_code_key")]
                 pub async fn create_order_by_code(
                     &self,
                     req: &KeyedRequest,
@@ -450,7 +449,7 @@ macro_rules! service {
                 }
 
                 /// Adds to an order's amount if its version is still the one the caller read.
-                #[idempotent(strategy = "optimistic", key = "req.code", table = "demo_accounts")]
+                #[idempotent(strategy = "optimistic", key = "req.code", store = "self.db", table = "demo_accounts")]
                 pub async fn add_to_order_amount(
                     &self,
                     req: &KeyedRequest,
@@ -466,7 +465,7 @@ macro_rules! service {
                 }
 
                 /// Ships a paid order (PAID → SHIPPED).
-                #[idempotent(strategy = "state_machine", key = "req.code", table = "demo_shipments", status_column = "status", from = "PAID", to = "SHIPPED")]
+                #[idempotent(strategy = "state_machine", key = "req.code", store = "self.db", table = "demo_shipments", status_column = "status", from = "PAID", to = "SHIPPED")]
                 pub async fn ship_order(
                     &self,
                     req: &KeyedRequest,
@@ -478,7 +477,7 @@ macro_rules! service {
 
                 /// Debits a wallet for a payment, holding the wallet's row lock; the body
                 /// re-checks whether the payment was applied.
-                #[idempotent(strategy = "pessimistic", key = "req.code", table = "demo_wallets", column = "id")]
+                #[idempotent(strategy = "pessimistic", key = "req.code", store = "self.db", table = "demo_wallets", column = "id")]
                 pub async fn debit_wallet(
                     &self,
                     req: &KeyedRequest,
@@ -522,7 +521,6 @@ macro_rules! service {
                     strategy = "distributed_lock",
                     key = "job.period",
                     scope = "job.ledger",
-                    name = "settlement.settle_period",
                     store = "kv",
                     lease = "10s"
                 )]
@@ -548,7 +546,6 @@ macro_rules! service {
                     strategy = "token",
                     key = "req.token",
                     scope = "req.customer",
-                    name = "orders.checkout",
                     store = "kv",
                     lease = "10s"
                 )]

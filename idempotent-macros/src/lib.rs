@@ -63,9 +63,9 @@ use proc_macro::TokenStream;
 /// |---|---|
 /// | `strategy` | required: `select_before_insert`, `pessimistic`, `optimistic`, `unique_index`, `dedup_table`, `state_machine`, `distributed_lock`, `token` |
 /// | `key` | required: an expression rooted at a parameter (or `self`), e.g. `"order.code"`, `"req.items.0"`; a list for a compound key: `["order.user_id", "order.code"]` |
-/// | `store` | expression rooted at a parameter or `self` giving the backend; default: the parameter named `db`, `pool` or `store`, else `self.db` in a method |
+/// | `store` | expression rooted at a parameter or `self` giving the backend, e.g. `"pool"`, `"self.db"`; default: the parameter named `db`, `pool` or `store`. A method without such a parameter names its field (`store = "self.db"`): the macro cannot see the struct's fields, so it has no field default |
 /// | `scope` | the caller/tenant part of the storage key, e.g. `"ctx.tenant_id"` |
-/// | `name` | stable operation name in the storage key; default `module_path!()::fn_name`, and `module_path!()::Type::fn_name` in a method (`Type` = the last path segment of `Self`); give it explicitly for associated functions without `self` that share a name with another function in the module |
+/// | `name` | operation name, the first part of the storage key, e.g. `"orders.place"` (dedup_table, distributed_lock, token); default `module_path!()::fn_name` for every function, method or trait-impl method alike (`"my_app::orders::place"`: a constant, stable across compiler versions). Renaming the function or moving it to another module changes the default, and its stored records become unreachable (retries run again): pin `name` to keep them. Same-named methods of two types, or of two impls, in one module get the same default; two functions with one name would share records, so each call of either returns `Error::OperationNameCollision` (listing both, before any store access) until each has a distinct `name = "..."`; `idempotent_runtime::check_operation_names()` finds this at startup |
 /// | `fingerprint` | which arguments identify the request: `"req"` or `["req", "amount"]`; default every parameter except `self`, the store's and injected ones; `false` turns it off |
 /// | `lease` | how long a claim lives without renewal, e.g. `"30s"` (default), at least `"300ms"` (dedup_table, distributed_lock, token) |
 /// | `ttl` | how long a completed record (its response, for replay) is kept, e.g. `"24h"` (default), at least the lease (dedup_table, distributed_lock, token) |
@@ -75,7 +75,8 @@ use proc_macro::TokenStream;
 /// | `table`, `column` | business table and key column (select_before_insert, pessimistic, optimistic, state_machine, unique_index); `column` defaults to the key's last field |
 /// | `version` | expression giving the version the caller read (optimistic); default `<key root>.version` |
 /// | `status_column`, `from`, `to` | the guarded transition (state_machine) |
-/// | `constraint` | the unique index whose violation means duplicate (unique_index) |
+/// | `done` | the states that count as already applied besides `to`, which always does, e.g. `["SHIPPED", "DELIVERED"]`: a row found in one answers `Duplicate` instead of `Conflict`; not empty, never `from` (state_machine) |
+/// | `constraint` | the unique index whose violation means duplicate (unique_index); on MySQL/MariaDB and SQLite, which name no constraint, it also needs `table` (otherwise each call fails with `Error::Unsupported`: the macro cannot know the store's database) |
 /// | `on_duplicate` | path of an async fn called for a duplicate instead of returning `Error::Duplicate` (select_before_insert, unique_index, optimistic, state_machine) |
 ///
 /// Durations are [humantime](https://docs.rs/humantime) strings (`"500ms"`,
@@ -99,9 +100,14 @@ use proc_macro::TokenStream;
 /// supplied by the wrapper:
 ///
 /// - `#[tx] tx: &mut <DB>Connection`: the open transaction the claim lives in,
-///   so the body's writes commit atomically with it (SQL strategies only);
+///   so the body's writes commit atomically with it (SQL strategies only). The
+///   body must use it (`.execute(&mut *tx)`): a body that never names it is a
+///   compile error, since a write through the pool or another connection would
+///   not commit with the claim and would wait for the locks that transaction
+///   holds (the key's row, or SQLite's write lock) — for ever on PostgreSQL;
 /// - `#[fence] fence: FencingToken`: a number that grows with every acquisition
-///   of the lock (distributed_lock only).
+///   of the lock (distributed_lock only); pass it with your writes (in SQL it
+///   binds as a `BIGINT`/`INTEGER` as it is, `fence.as_i64()` gives the number).
 ///
 /// # What `dedup_table` expands to
 ///
@@ -113,10 +119,32 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
-/// becomes (`__idempotent_*` locals are hygienic: the body cannot see them)
+/// becomes (every binding and parameter the expansion introduces is `__idempotent_*` and
+/// hygienic, and standard items are named by their full paths: the body cannot see them, and
+/// no user item named `value`, `error`, `Ok`, … in scope can change them; the traits
+/// `Serialize` live in blocks of their own, out of the body's sight)
 ///
 /// ```ignore
 /// pub async fn place(pool: &PgPool, ctx: &Ctx, req: PlaceOrder) -> Result<Receipt, AppError> {
+///     // The operation, registered at link time (`inventory`), checked before anything else:
+///     // another function with the same name makes this `Error::OperationNameCollision`.
+///     static __IDEMPOTENT_OPERATION: ::idempotent_runtime::__private::OperationSite =
+///         ::idempotent_runtime::__private::OperationSite::new(
+///             ::core::concat!(::core::module_path!(), "::", "place"), "place",
+///             ::core::file!(), ::core::line!(), ::core::column!(),
+///         );
+///     ::idempotent_runtime::__private::inventory::submit!(
+///         ::idempotent_runtime::__private::Registered(&__IDEMPOTENT_OPERATION)
+///     );
+///     match ::idempotent_runtime::__private::OperationSite::check(&__IDEMPOTENT_OPERATION) {
+///         ::core::result::Result::Ok(__idempotent_value) => __idempotent_value,
+///         ::core::result::Result::Err(__idempotent_error) => {
+///             return ::core::result::Result::Err(
+///                 ::idempotent_runtime::__private::ErrorType::into_error(__idempotent_error),
+///             );
+///         }
+///     };
+///     // Each key part checked (`KeyPartArg`, one message at the part) and added:
 ///     let __idempotent_key = match ::idempotent_runtime::__private::KeyPartArg::add_part(
 ///         &(req.id),
 ///         ::idempotent_runtime::__private::KeyPartArg::add_scope(
@@ -128,26 +156,37 @@ use proc_macro::TokenStream;
 ///     )
 ///     .finish()
 ///     {
-///         ::core::result::Result::Ok(value) => value,
-///         ::core::result::Result::Err(error) => {
-///             return ::core::result::Result::Err(::idempotent_runtime::__private::ErrorType::into_error(error));
+///         ::core::result::Result::Ok(__idempotent_value) => __idempotent_value,
+///         ::core::result::Result::Err(__idempotent_error) => {
+///             return ::core::result::Result::Err(
+///                 ::idempotent_runtime::__private::ErrorType::into_error(__idempotent_error),
+///             );
 ///         }
 ///     };
-///     let __idempotent_fingerprint = match ::idempotent_runtime::__private::FingerprintArg::add_arg(
-///         &(req),
-///         "req",
-///         ::idempotent_runtime::__private::FingerprintArg::add_arg(
-///             &(ctx),
-///             "ctx",
-///             ::idempotent_runtime::__private::Fingerprinter::new(),
-///         ),
-///     )
+///     let __idempotent_fingerprint = match {
+///         let __idempotent_fingerprinter = ::idempotent_runtime::__private::Fingerprinter::new();
+///         // Each argument in a block of its own, through a trait whose message names it:
+///         let __idempotent_fingerprinter = {
+///             #[diagnostic::on_unimplemented(
+///                 message = "parameter `ctx` is part of the request fingerprint, but its type `{Self}` is not `Serialize`",
+///                 label = "fingerprinted by default, …",
+///                 note = "to leave `ctx` out, list the arguments that identify the request: `fingerprint = [\"req\"]` …"
+///             )]
+///             trait Serialize {
+///                 fn __idempotent_arg(&self, __idempotent_fingerprinter: Fingerprinter, __idempotent_label: &'static str) -> Fingerprinter;
+///             }
+///             #[diagnostic::do_not_recommend]
+///             impl<__IdempotentArg: ::idempotent_runtime::__private::Serialize + ?Sized> Serialize for __IdempotentArg {
+///                 fn __idempotent_arg(&self, ..) -> Fingerprinter { __idempotent_fingerprinter.arg(__idempotent_label, self) }
+///             }
+///             Serialize::__idempotent_arg(&(ctx), __idempotent_fingerprinter, "ctx")
+///         };
+///         let __idempotent_fingerprinter = { /* the same for `req` */ };
+///         __idempotent_fingerprinter
+///     }
 ///     .finish()
 ///     {
-///         ::core::result::Result::Ok(value) => value,
-///         ::core::result::Result::Err(error) => {
-///             return ::core::result::Result::Err(::idempotent_runtime::__private::ErrorType::into_error(error));
-///         }
+///         // … as for the key …
 ///     };
 ///     <Receipt as ::idempotent_runtime::__private::ResponseType>::replaying(
 ///         ::idempotent_runtime::__private::Replay {
@@ -213,12 +252,17 @@ use proc_macro::TokenStream;
 ///   `SqlErrorType::error_kit`) at `E` in the signature;
 /// - `ResponseType::replaying`, the replaying adapter, at `T`;
 /// - `KeyPartArg` (business-table strategies: `KeyValueArg`) at each key or
-///   scope part, `VersionValueArg` at `version`, `FingerprintArg` at each
-///   fingerprinted argument;
+///   scope part, `VersionValueArg` at `version`;
 /// - a key path naming a missing field or method is rustc's error at the `key`
 ///   string. Field and method names there carry a span that resolves at the
 ///   macro's mixed site (field lookup ignores it), so rustc offers no
 ///   "similar name" suggestion that would replace the whole string.
+/// - a fingerprinted argument that is not `Serialize` is one error at that
+///   parameter (or `fingerprint` entry), naming it and the `fingerprint` that
+///   leaves it out: it goes in through a trait defined in the expansion whose
+///   `on_unimplemented` message names it, implemented (`do_not_recommend`) for
+///   every `Serialize` type, so the bound behind it is neither reported instead
+///   nor again.
 ///
 /// # Errors
 ///

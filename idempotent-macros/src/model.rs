@@ -83,6 +83,9 @@ pub(crate) struct FingerprintArg {
     pub(crate) tokens: TokenStream,
     /// Where it was written (the parameter, or the `fingerprint` entry).
     pub(crate) span: Span,
+    /// Whether it is an entry of `fingerprint = [...]` (else a parameter fingerprinted by
+    /// default).
+    pub(crate) listed: bool,
 }
 
 /// Which arguments identify the request (`fingerprint`).
@@ -177,7 +180,8 @@ pub(crate) enum Family {
 pub(crate) struct Replaying {
     /// Which strategy, and what it injects.
     pub(crate) mode: ReplayMode,
-    /// Expression for the operation name (a literal or `concat!(module_path!(), ...)`).
+    /// Constant expression for the operation name (the `name` literal or
+    /// `concat!(module_path!(), "::", "fn_name")`).
     pub(crate) name: TokenStream,
     /// The caller/tenant part of the storage key.
     pub(crate) scope: Option<PathExpr>,
@@ -261,5 +265,8 @@ pub(crate) enum BusinessRule {
         from: LitStr,
         /// The state after it.
         to: LitStr,
+        /// `done`: further states that count as already applied (a duplicate), besides `to`;
+        /// empty when not given.
+        done: Vec<LitStr>,
     },
 }

@@ -8,7 +8,7 @@ use syn::{Ident, LitStr};
 
 use crate::diag::{Errors, did_you_mean};
 use crate::model::{
-    Fingerprint, FingerprintArg, Millis, OnBusy, OnCancel, PathExpr, SqlIdent, Store, StoreKind,
+    Fingerprint, FingerprintArg, Millis, OnBusy, OnCancel, PathExpr, SqlIdent, Store,
 };
 use crate::parse::{OptionName, RawArgs, RawOption, RawValue};
 use crate::signature::{FnInfo, reference_kind};
@@ -155,13 +155,14 @@ pub(crate) fn check_store(
             });
         }
     }
+    // A method's store is a field of `self`, and a macro cannot see the struct's fields: no
+    // default could try `self.db` and then `self.store`, so the field is named.
     if info.has_self {
-        let span = Span::call_site();
-        return Some(Store {
-            tokens: quote_spanned!(span=> self.db),
-            span,
-            kind: StoreKind::Borrow,
-        });
+        errors.at(
+            Span::call_site(),
+            "`store` is missing: a method names its store field, e.g. store = \"self.db\" (the field holding the pool or store); the macro cannot see the struct's fields",
+        );
+        return None;
     }
     errors.at(
         Span::call_site(),
@@ -208,6 +209,7 @@ pub(crate) fn check_fingerprint(
                     label: ident.unraw_string(),
                     tokens: ident.to_token_stream(),
                     span: ident.span(),
+                    listed: false,
                 })
                 .collect();
             return Some(Fingerprint::Args(args));
@@ -230,6 +232,7 @@ pub(crate) fn check_fingerprint(
                     label: expr.text,
                     tokens: expr.tokens,
                     span: expr.span,
+                    listed: true,
                 });
             }
             None => ok = false,
@@ -285,6 +288,70 @@ pub(crate) fn check_on_cancel(lit: &LitStr, errors: &mut Errors) -> Option<OnCan
             None
         }
     }
+}
+
+/// `done = ["SHIPPED", "DELIVERED"]` (`state_machine`): the states past `to` that count as
+/// already applied. A list of non-empty state names (a single string is a list of one), none
+/// of them `from` (a row still in `from` has not moved) and none twice.
+pub(crate) fn check_done(
+    option: &RawOption,
+    from: Option<&LitStr>,
+    errors: &mut Errors,
+) -> Option<Vec<LitStr>> {
+    const EXAMPLE: &str = "done = [\"SHIPPED\", \"DELIVERED\"]";
+    let items: Vec<LitStr> = match option.value.as_ref()? {
+        RawValue::Str(lit) => vec![lit.clone()],
+        RawValue::List { items, span } => {
+            if items.is_empty() {
+                errors.at(
+                    *span,
+                    format!(
+                        "`done` lists no states; name the states that count as already applied (`to` always does), e.g. {EXAMPLE}, or leave `done` out"
+                    ),
+                );
+                return None;
+            }
+            items.clone()
+        }
+        RawValue::Bool(lit) => {
+            errors.at(
+                lit.span(),
+                format!(
+                    "option `done` takes a list of states that count as already applied, e.g. {EXAMPLE}"
+                ),
+            );
+            return None;
+        }
+    };
+    let mut ok = true;
+    for (index, item) in items.iter().enumerate() {
+        let value = item.value();
+        if value.trim().is_empty() {
+            errors.at(
+                item.span(),
+                format!("a state in `done` is empty; write the status value, e.g. {EXAMPLE}"),
+            );
+            ok = false;
+        } else if from.is_some_and(|from| from.value() == value) {
+            errors.at(
+                item.span(),
+                format!(
+                    "\"{value}\" is the `from` state, so it cannot count as already applied: a row still in `from` has not moved yet; remove it from `done`"
+                ),
+            );
+            ok = false;
+        } else if items[..index]
+            .iter()
+            .any(|earlier| earlier.value() == value)
+        {
+            errors.at(
+                item.span(),
+                format!("\"{value}\" is listed twice in `done`; name each state once"),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(items)
 }
 
 /// The runtime's duration floors and defaults, in milliseconds: `idempotent_runtime::strategy::
@@ -513,6 +580,7 @@ pub(crate) fn example(name: OptionName) -> &'static str {
         OptionName::StatusColumn => "status",
         OptionName::From => "PAID",
         OptionName::To => "SHIPPED",
+        OptionName::Done => "DELIVERED",
         OptionName::Constraint => "orders_code_key",
         OptionName::OnBusy => "wait(5s)",
         OptionName::OnCancel => "release",

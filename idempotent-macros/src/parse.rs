@@ -65,6 +65,7 @@ option_names! {
     StatusColumn => "status_column",
     From => "from",
     To => "to",
+    Done => "done",
     Constraint => "constraint",
     OnBusy => "on_busy",
     OnCancel => "on_cancel",

@@ -81,6 +81,10 @@ pub(crate) struct Rules {
     pub(crate) defaults: &'static [OptionName],
     /// What it does with `#[tx]`.
     pub(crate) tx: TxRule,
+    /// What the transaction the body runs in has done or holds when the body starts ("holds
+    /// the key's row lock"), for the error at a `#[tx]` parameter the body never uses (empty
+    /// where `#[tx]` is forbidden).
+    pub(crate) tx_holds: &'static str,
     /// Whether it issues a fencing token for `#[fence]`.
     pub(crate) fence: bool,
     /// How many key parts it can use, if limited.
@@ -130,6 +134,7 @@ pub(crate) const TABLE: &[Rules] = &[
         one_of: None,
         defaults: &[OptionName::Column],
         tx: TxRule::Required,
+        tx_holds: "has just found no row for the key",
         fence: false,
         key_limit: Some(BUSINESS_KEY_LIMIT),
     },
@@ -142,6 +147,7 @@ pub(crate) const TABLE: &[Rules] = &[
         one_of: None,
         defaults: &[OptionName::Column],
         tx: TxRule::Required,
+        tx_holds: "holds the key's row lock (`SELECT … FOR UPDATE`; on SQLite the database's write lock)",
         fence: false,
         key_limit: Some(BUSINESS_KEY_LIMIT),
     },
@@ -159,6 +165,7 @@ pub(crate) const TABLE: &[Rules] = &[
         one_of: None,
         defaults: &[OptionName::Column, OptionName::Version],
         tx: TxRule::Required,
+        tx_holds: "has bumped the key's version and holds its row lock (on SQLite the database's write lock)",
         fence: false,
         key_limit: Some(BUSINESS_KEY_LIMIT),
     },
@@ -175,10 +182,11 @@ pub(crate) const TABLE: &[Rules] = &[
         required: &[],
         one_of: Some((
             &[OptionName::Constraint, OptionName::Table],
-            "strategy `unique_index` needs `constraint` (the unique index on the key, e.g. constraint = \"orders_code_key\") or `table` (to confirm the key's row exists), or both: otherwise any unique violation would count as a duplicate",
+            "strategy `unique_index` needs `constraint` (the unique index on the key, e.g. constraint = \"orders_code_key\") or `table` (to confirm the key's row exists), or both: otherwise any unique violation would count as a duplicate; on MySQL/MariaDB and SQLite, which do not name the violated constraint, `table` is needed",
         )),
         defaults: &[],
         tx: TxRule::Required,
+        tx_holds: "counts a unique violation of the body's insert on the key as the duplicate",
         fence: false,
         key_limit: Some(BUSINESS_KEY_LIMIT),
     },
@@ -199,6 +207,7 @@ pub(crate) const TABLE: &[Rules] = &[
         one_of: None,
         defaults: &[],
         tx: TxRule::Optional,
+        tx_holds: "has inserted the idempotency record and holds its key's lock (on SQLite the database's write lock)",
         fence: false,
         key_limit: None,
     },
@@ -212,6 +221,7 @@ pub(crate) const TABLE: &[Rules] = &[
             OptionName::StatusColumn,
             OptionName::From,
             OptionName::To,
+            OptionName::Done,
             OptionName::OnDuplicate,
         ],
         required: &[
@@ -232,6 +242,7 @@ pub(crate) const TABLE: &[Rules] = &[
         one_of: None,
         defaults: &[OptionName::Column],
         tx: TxRule::Required,
+        tx_holds: "has moved the key's row to the new state and holds its row lock (on SQLite the database's write lock)",
         fence: false,
         key_limit: Some(BUSINESS_KEY_LIMIT),
     },
@@ -252,6 +263,7 @@ pub(crate) const TABLE: &[Rules] = &[
         one_of: None,
         defaults: &[],
         tx: TxRule::Forbidden,
+        tx_holds: "",
         fence: true,
         key_limit: None,
     },
@@ -271,6 +283,7 @@ pub(crate) const TABLE: &[Rules] = &[
         one_of: None,
         defaults: &[],
         tx: TxRule::Forbidden,
+        tx_holds: "",
         fence: false,
         key_limit: Some(KeyLimit {
             max: 1,

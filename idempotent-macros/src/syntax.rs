@@ -130,6 +130,16 @@ pub(crate) fn mentions_impl(tokens: &TokenStream) -> bool {
     })
 }
 
+/// Whether the tokens contain the identifier `name` (`r#` ignored), inside groups and macro
+/// invocations too.
+pub(crate) fn mentions_ident(tokens: &TokenStream, name: &str) -> bool {
+    tokens.clone().into_iter().any(|tree| match tree {
+        TokenTree::Ident(ident) => ident.unraw_string() == name,
+        TokenTree::Group(group) => mentions_ident(&group.stream(), name),
+        _ => false,
+    })
+}
+
 /// `ident` without an `r#` prefix, as a string.
 pub(crate) trait UnrawString {
     /// The identifier's text without `r#`.

@@ -97,7 +97,7 @@ fn dedup_table_claim_mode() {
     );
     assert!(
         out.contains(
-            ":: idempotent_runtime :: __private :: FingerprintArg :: add_arg (& (req) , \"req\" ,"
+            "Serialize :: __idempotent_arg (& (req) , __idempotent_fingerprinter , \"req\")"
         ),
         "{out}"
     );
@@ -182,7 +182,10 @@ fn dedup_table_options_scope_name_and_crate() {
         ":: my_rt :: __private :: KeyPartArg :: add_part (& (req . id) , :: my_rt :: __private :: KeyPartArg :: add_part (& (ctx . user) , :: my_rt :: __private :: KeyPartArg :: add_scope (& (ctx . tenant_id) , :: my_rt :: __private :: KeyBuilder :: new (\"orders.place\")))) . finish ()"
     ));
     assert!(out.contains(
-        ":: my_rt :: __private :: FingerprintArg :: add_arg (& (req . amount) , \"req.amount\" , :: my_rt :: __private :: FingerprintArg :: add_arg (& (req) , \"req\" , :: my_rt :: __private :: Fingerprinter :: new ())) . finish ()"
+        "Serialize :: __idempotent_arg (& (req) , __idempotent_fingerprinter , \"req\")"
+    ));
+    assert!(out.contains(
+        "Serialize :: __idempotent_arg (& (req . amount) , __idempotent_fingerprinter , \"req.amount\")"
     ));
     assert!(out.contains("lease : :: my_rt :: __private :: Duration :: from_millis (30000)"));
     assert!(out.contains("ttl : :: my_rt :: __private :: Duration :: from_millis (86400000)"));
@@ -196,11 +199,12 @@ fn dedup_table_options_scope_name_and_crate() {
 }
 
 #[test]
-fn dedup_table_defaults_in_a_method() {
+fn dedup_table_in_a_method() {
     let out = ok(
         quote!(
             strategy = "dedup_table",
             key = "self.shard",
+            store = "self.db",
             on_busy = "reject",
             fingerprint = false
         ),
@@ -222,6 +226,102 @@ fn dedup_table_defaults_in_a_method() {
     );
 }
 
+/// The operation's site and its name check come first, before the key, the fingerprint and
+/// any store access.
+const SITE: &str = "static __IDEMPOTENT_OPERATION : :: idempotent_runtime :: __private :: OperationSite = :: idempotent_runtime :: __private :: OperationSite :: new (";
+/// Its registration.
+const SUBMIT: &str = ":: idempotent_runtime :: __private :: inventory :: submit ! (:: idempotent_runtime :: __private :: Registered (& __IDEMPOTENT_OPERATION)) ;";
+/// Its check.
+const CHECK: &str = "match :: idempotent_runtime :: __private :: OperationSite :: check (& __IDEMPOTENT_OPERATION) {";
+/// The location macros, at the function's name.
+const LOCATION: &str = ":: core :: file ! () , :: core :: line ! () , :: core :: column ! ())";
+
+#[test]
+fn default_name_of_a_free_fn_is_module_path_and_fn() {
+    let out = ok(quote!(strategy = "dedup_table", key = "req.id"), place());
+    let name = ":: core :: concat ! (:: core :: module_path ! () , \"::\" , \"place\")";
+    assert!(
+        out.contains(&format!("{SITE}{name} , \"place\" , {LOCATION} ;")),
+        "{out}"
+    );
+    let site = out.find(SITE).expect("the site");
+    let submit = out.find(SUBMIT).expect("the registration");
+    let check = out.find(CHECK).expect("the check");
+    let key = out.find("KeyBuilder :: new").expect("the key");
+    assert!(site < submit && submit < check && check < key, "{out}");
+    assert!(
+        out.contains(&format!("KeyBuilder :: new ({name})")),
+        "the key uses the same name: {out}"
+    );
+}
+
+/// Methods, trait-impl methods and methods of generic types: the same constant as a free
+/// fn; nothing from `Self` (`type_name` is unstable across compiler versions).
+#[test]
+fn default_name_of_a_method_is_module_path_and_fn() {
+    for item in [
+        quote! { async fn handle(&self, id: &str) -> Result<u8, E> { Ok(1) } },
+        quote! { async fn handle(self: Arc<Self>, id: String) -> Result<u8, E> { Ok(1) } },
+        quote! { async fn handle<T: Clone>(&mut self, id: T) -> Result<u8, E> { Ok(1) } },
+    ] {
+        let out = ok(
+            quote!(strategy = "dedup_table", key = "id", store = "self.store"),
+            item,
+        );
+        assert!(
+            out.contains(&format!(
+                "{SITE}:: core :: concat ! (:: core :: module_path ! () , \"::\" , \"handle\") , \"handle\" , {LOCATION} ;"
+            )),
+            "{out}"
+        );
+        let body = &out[out.find(SITE).expect("the site")..];
+        assert!(!body.contains("type_name"), "{out}");
+        assert!(!body.contains("< Self >"), "{out}");
+        assert!(!body.contains("format !"), "{out}");
+    }
+}
+
+/// `name = "..."` is the site's name and the key's; a raw identifier's name has no `r#`.
+#[test]
+fn explicit_name_and_raw_identifier() {
+    let out = ok(
+        quote!(
+            strategy = "token",
+            key = "t",
+            store = "s",
+            name = "orders.pay"
+        ),
+        quote! { async fn r#type(s: &S, t: &str) -> Result<u8, E> { Ok(1) } },
+    );
+    assert!(
+        out.contains(&format!("{SITE}\"orders.pay\" , \"type\" , {LOCATION} ;")),
+        "{out}"
+    );
+    assert!(out.contains("KeyBuilder :: new (\"orders.pay\")"), "{out}");
+    let out = ok(
+        quote!(strategy = "distributed_lock", key = "t", store = "s"),
+        quote! { async fn r#type(s: &S, t: &str) -> Result<u8, E> { Ok(1) } },
+    );
+    assert!(
+        out.contains("concat ! (:: core :: module_path ! () , \"::\" , \"type\") , \"type\" ,"),
+        "{out}"
+    );
+}
+
+/// The business-table strategies store no record under an operation name: nothing to
+/// register.
+#[test]
+fn business_strategies_register_no_operation() {
+    let out = ok(
+        quote!(strategy = "unique_index", key = "req.id", table = "orders"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), E> { insert(tx).await }
+        },
+    );
+    assert!(!out.contains("OperationSite"), "{out}");
+    assert!(!out.contains("inventory"), "{out}");
+}
+
 #[test]
 fn dedup_table_default_fingerprint_skips_self_store_and_tx() {
     let out = ok(
@@ -231,13 +331,97 @@ fn dedup_table_default_fingerprint_skips_self_store_and_tx() {
         },
     );
     assert!(out.contains("& mut * conn"), "{out}");
+    for arg in ["order", "a", "b"] {
+        assert!(
+            out.contains(&format!(
+                "Serialize :: __idempotent_arg (& ({arg}) , __idempotent_fingerprinter , \"{arg}\")"
+            )),
+            "{out}"
+        );
+    }
+    assert_eq!(out.matches("trait Serialize").count(), 3, "{out}");
+    assert!(!out.contains("\"conn\""));
+}
+
+#[test]
+fn a_method_names_its_store() {
+    // The macro cannot see the struct's fields: no `self.db` default.
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(&self, req: PlaceOrder) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert_eq!(
+        msg,
+        "`store` is missing: a method names its store field, e.g. store = \"self.db\" (the field holding the pool or store); the macro cannot see the struct's fields"
+    );
+    // A parameter named like a store is still the default.
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(&self, store: &MemoryStore, req: PlaceOrder) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(out.contains("claim_store (& * store)"), "{out}");
+}
+
+#[test]
+fn fingerprint_checks_name_the_argument() {
+    // Default fingerprint: the message names the parameter, the note the list without it.
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(store: &MemoryStore, pool: &PgPool, req: &Req) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(out.contains("# [diagnostic :: on_unimplemented (message = \"parameter `pool` is part of the request fingerprint, but its type `{Self}` is not `Serialize`\""), "{out}");
+    assert!(out.contains("to leave `pool` out, list the arguments that identify the request: `fingerprint = [\\\"req\\\"]`"), "{out}");
+    assert!(
+        out.contains("# [diagnostic :: do_not_recommend] impl"),
+        "{out}"
+    );
+    // The only argument: `fingerprint = false`.
+    let out = ok(
+        quote!(strategy = "dedup_table", key = "pool.id"),
+        quote! {
+            async fn place(store: &MemoryStore, pool: &Pool) -> Result<(), E> { Ok(()) }
+        },
+    );
     assert!(
         out.contains(
-            "add_arg (& (b) , \"b\" , :: idempotent_runtime :: __private :: FingerprintArg :: add_arg (& (a) , \"a\" , :: idempotent_runtime :: __private :: FingerprintArg :: add_arg (& (order) , \"order\" , :: idempotent_runtime :: __private :: Fingerprinter :: new ()))) . finish ()"
+            "to leave `pool` out, write `fingerprint = false` (no other argument is fingerprinted)"
         ),
         "{out}"
     );
-    assert!(!out.contains("\"conn\""));
+    // A listed entry: the message says it is listed; the note, the list without it.
+    let out = ok(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            fingerprint = ["req.amount", "note"]
+        ),
+        quote! {
+            async fn place(store: &MemoryStore, req: &Req, note: Note) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(out.contains("message = \"`note` is listed in `fingerprint`, but its type `{Self}` is not `Serialize`\""), "{out}");
+    assert!(
+        out.contains("remove it from the list: `fingerprint = [\\\"req.amount\\\"]`"),
+        "{out}"
+    );
+    // `fingerprint = false`: no check at all.
+    let out = ok(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            fingerprint = false
+        ),
+        quote! {
+            async fn place(store: &MemoryStore, req: &Req, note: Note) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(!out.contains("on_unimplemented"), "{out}");
 }
 
 #[test]
@@ -377,7 +561,7 @@ fn roots_must_be_parameters() {
         quote!(strategy = "dedup_table", key = "tx.id"),
         quote!(
             async fn place(pool: &PgPool, #[tx] tx: &mut PgConnection) -> Result<(), E> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -519,7 +703,7 @@ fn duration_floors() {
         quote!(strategy = "dedup_table", key = "req.id", lease = "100ms"),
         quote!(
             async fn place(pool: &PgPool, req: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -601,7 +785,7 @@ fn function_shape() {
 #[test]
 fn injected_parameters() {
     let item = quote! {
-        async fn place(pool: &PgPool, req: u8, #[tx] tx: &mut PgConnection, #[tx] tx2: &mut PgConnection, #[fence] fence: FencingToken) -> Result<(), E> { Ok(()) }
+        async fn place(pool: &PgPool, req: u8, #[tx] tx: &mut PgConnection, #[tx] tx2: &mut PgConnection, #[fence] fence: FencingToken) -> Result<(), E> { write(tx).await }
     };
     let (text, errors) = run(quote!(strategy = "dedup_table", key = "req"), item);
     assert_eq!(
@@ -616,7 +800,7 @@ fn injected_parameters() {
         "{text}"
     );
     assert!(
-        text.contains("# [allow (unused_variables , unused_mut , unreachable_code)] async fn place (pool : & PgPool , req : u8) -> Result < () , E > { let tx : & mut PgConnection = :: core :: unreachable ! () ; let tx2 : & mut PgConnection = :: core :: unreachable ! () ; let fence : FencingToken = :: core :: unreachable ! () ; Ok (()) }"),
+        text.contains("# [allow (unused_variables , unused_mut , unreachable_code)] async fn place (pool : & PgPool , req : u8) -> Result < () , E > { let tx : & mut PgConnection = :: core :: unreachable ! () ; let tx2 : & mut PgConnection = :: core :: unreachable ! () ; let fence : FencingToken = :: core :: unreachable ! () ; write (tx) . await }"),
         "injected parameters leave the signature as in the wrapper: {text}"
     );
 
@@ -624,7 +808,7 @@ fn injected_parameters() {
         quote!(strategy = "token", key = "req.id"),
         quote!(
             async fn place(pool: &PgPool, req: R, #[tx] tx: &mut PgConnection) -> Result<(), E> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -697,7 +881,7 @@ fn optimistic_expands_to_its_entry_point() {
                 amount: i64,
                 #[tx] tx: &mut PgConnection,
             ) -> Result<(), E> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -812,7 +996,7 @@ fn inner_attributes_stay_inside_the_body() {
         "{out}"
     );
     assert!(
-        out.contains("{ # ! [allow (unused)] let __idempotent_key"),
+        out.contains("{ # ! [allow (unused)] static __IDEMPOTENT_OPERATION"),
         "{out}"
     );
 }
@@ -861,7 +1045,7 @@ fn business_key_of_five_parts_is_refused() {
                 r: &R,
                 #[tx] tx: &mut PgConnection,
             ) -> Result<(), AppError> {
-                Ok(())
+                write(tx).await
             }
         ),
     );
@@ -899,7 +1083,7 @@ fn strategy_shape_errors_are_reported_with_the_others() {
             on_duplicate = "again"
         ),
         quote! {
-            async fn place(pool: &PgPool, r: &R, (x, y): (u8, u8), #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+            async fn place(pool: &PgPool, r: &R, (x, y): (u8, u8), #[tx] tx: &mut PgConnection) -> Result<(), E> { write(tx).await }
         },
     );
     assert_eq!(errors.len(), 2, "{errors:#?}");
@@ -913,7 +1097,7 @@ fn strategy_shape_errors_are_reported_with_the_others() {
             table = "t"
         ),
         quote! {
-            async fn place(pool: &PgPool, r: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+            async fn place(pool: &PgPool, r: &R, #[tx] tx: &mut PgConnection) -> Result<(), E> { write(tx).await }
         },
     );
     assert!(
@@ -1016,7 +1200,7 @@ fn on_cancel_with_tx_is_an_error() {
     let msg = one_err(
         quote!(strategy = "dedup_table", key = "req.id", on_cancel = "keep"),
         quote! {
-            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { Ok(()) }
+            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { write(tx).await }
         },
     );
     assert!(
@@ -1035,7 +1219,7 @@ fn on_cancel_on_a_business_strategy_is_an_error() {
             on_cancel = "keep"
         ),
         quote! {
-            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { Ok(()) }
+            async fn place(pool: &PgPool, req: &PlaceOrder, #[tx] tx: &mut PgConnection) -> Result<(), AppError> { write(tx).await }
         },
     );
     assert_eq!(
@@ -1075,6 +1259,64 @@ fn connection_parameter_without_tx_is_pointed_at_with_the_stores_connection() {
     );
     assert!(
         msg.starts_with("add `#[tx]` to `tx`:") && msg.contains("`#[tx] tx: &mut MySqlConnection`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn state_machine_done_states() {
+    let item = quote!(
+        async fn place(db: &PgPool, o: &Order, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+            ship(tx).await
+        }
+    );
+    let attr = |done: TokenStream| {
+        quote!(
+            strategy = "state_machine",
+            key = "o.code",
+            table = "orders",
+            status_column = "status",
+            from = "PAID",
+            to = "SHIPPED",
+            #done
+        )
+    };
+    let out = ok(attr(quote!(done = ["SHIPPED", "DELIVERED"])), item.clone());
+    assert!(
+        out.contains("to : \"SHIPPED\" , done : & [\"SHIPPED\" , \"DELIVERED\"] ,"),
+        "{out}"
+    );
+    let out = ok(attr(quote!()), item.clone());
+    assert!(out.contains("done : & [] ,"), "{out}");
+    let out = ok(attr(quote!(done = "DELIVERED")), item.clone());
+    assert!(out.contains("done : & [\"DELIVERED\"] ,"), "{out}");
+    let first = |errors: Vec<String>| errors.into_iter().next().unwrap_or_default();
+    let msg = first(errs(attr(quote!(done = [])), item.clone()));
+    assert!(msg.starts_with("`done` lists no states"), "{msg}");
+    let msg = first(errs(attr(quote!(done = true)), item.clone()));
+    assert!(
+        msg.starts_with("option `done` takes a list of states"),
+        "{msg}"
+    );
+    let msg = first(errs(attr(quote!(done = ["PAID"])), item.clone()));
+    assert!(msg.starts_with("\"PAID\" is the `from` state"), "{msg}");
+    let msg = first(errs(attr(quote!(done = ["X", "X"])), item.clone()));
+    assert!(msg.starts_with("\"X\" is listed twice in `done`"), "{msg}");
+    let msg = first(errs(attr(quote!(done = [" "])), item.clone()));
+    assert!(msg.starts_with("a state in `done` is empty"), "{msg}");
+    let msg = one_err(
+        quote!(
+            strategy = "pessimistic",
+            key = "o.code",
+            table = "orders",
+            done = ["X"]
+        ),
+        item,
+    );
+    assert!(
+        msg.starts_with(
+            "option `done` is not used by strategy `pessimistic`; it applies to: state_machine"
+        ),
         "{msg}"
     );
 }
@@ -1133,7 +1375,7 @@ fn all_missing_options_are_one_error() {
             status_column = "s"
         ),
         quote! {
-            async fn place(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+            async fn place(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), E> { ship(tx).await }
         },
     );
     assert_eq!(
@@ -1156,4 +1398,73 @@ fn respanned_expressions_keep_their_tokens_and_ranges() {
     );
     let range = crate::syntax::respan_expr(quote!(req.a[1..n]), span).to_string();
     assert_eq!(range, "req . a [1 .. n]");
+}
+
+#[test]
+fn a_tx_the_body_never_uses_is_an_error() {
+    // Business-table: the body writes through the pool.
+    let msg = one_err(
+        quote!(strategy = "pessimistic", key = "req.id", table = "payments"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+                sqlx::query("UPDATE payments SET applied = TRUE").execute(pool).await?;
+                Ok(())
+            }
+        },
+    );
+    assert!(
+        msg.starts_with("the body never uses `tx`: strategy `pessimistic` runs the body in a transaction on `tx` that holds the key's row lock"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("run the body's queries on `tx`, e.g. `.execute(&mut *tx)`"),
+        "{msg}"
+    );
+    // `_tx` only silences rustc's warning.
+    let msg = one_err(
+        quote!(strategy = "optimistic", key = "req.id", table = "t"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, #[tx] _tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(
+        msg.starts_with("the body never uses `_tx` (the leading `_` only silences rustc's warning): strategy `optimistic`"),
+        "{msg}"
+    );
+    // dedup_table with `#[tx]`: the other way out is claim mode.
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, #[tx] conn: &mut PgConnection) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(msg.contains("has inserted the idempotency record"), "{msg}");
+    assert!(
+        msg.ends_with("run the body's queries on `conn`, e.g. `.execute(&mut *conn)`, or remove `#[tx]` for claim mode, where the record is committed first and the body may use any connection"),
+        "{msg}"
+    );
+    // A use anywhere counts: inside a macro invocation, a nested block, written `r#tx`.
+    for body in [
+        quote!({
+            my_exec!(tx, "INSERT ...").await?;
+            Ok(())
+        }),
+        quote!({
+            if true {
+                {
+                    let c = &mut *tx;
+                    run(c).await?;
+                }
+            }
+            Ok(())
+        }),
+        quote!({ run(r#tx).await }),
+    ] {
+        ok(
+            quote!(strategy = "unique_index", key = "req.id", table = "t"),
+            quote! {
+                async fn place(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), E> #body
+            },
+        );
+    }
 }

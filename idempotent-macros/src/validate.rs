@@ -18,14 +18,14 @@ use crate::model::{
     OnDuplicate, PathExpr, ReplayMode, Replaying, SqlIdent, Store, Target,
 };
 use crate::options::{
-    check_duration_floors, check_fingerprint, check_key, check_on_busy, check_on_cancel,
-    check_scope_not_key, check_store, check_strategy, default_runtime, default_version, duration,
-    expect_str, key_columns, parse_path_option, sql_ident,
+    check_done, check_duration_floors, check_fingerprint, check_key, check_on_busy,
+    check_on_cancel, check_scope_not_key, check_store, check_strategy, default_runtime,
+    default_version, duration, expect_str, key_columns, parse_path_option, sql_ident,
 };
 use crate::parse::{OptionName, RawArgs, RawOption};
 use crate::signature::{FnInfo, connection_of, is_connection_type};
 use crate::strategy::{FamilyKind, Strategy, TxRule};
-use crate::syntax::{UnrawString as _, root_of_tokens};
+use crate::syntax::{UnrawString as _, mentions_ident, root_of_tokens};
 
 /// The option values that passed their checks (`None`: absent, unused by the strategy, or
 /// malformed and reported).
@@ -58,6 +58,8 @@ struct Checked {
     from: Option<LitStr>,
     /// `to`.
     to: Option<LitStr>,
+    /// `done` (empty when not given).
+    done: Option<Vec<LitStr>>,
     /// `on_duplicate`.
     on_duplicate: Option<TokenStream>,
 }
@@ -71,6 +73,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     if let Some((strategy, _)) = strategy {
         check_options_used(args, strategy, &mut errors);
         check_injected(strategy, &info, &mut errors);
+        check_tx_used(strategy, &info, func, &mut errors);
     }
     // An option the strategy does not use is reported above and not checked further.
     let usable = |name: OptionName| -> Option<&RawOption> {
@@ -87,7 +90,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         None => default_runtime(),
     };
 
-    let name = check_name(usable(OptionName::Name), func, &info, &mut errors);
+    let name = check_name(usable(OptionName::Name), func, &mut errors);
 
     let key = check_key(args, &info, &mut errors);
     if let (Some((strategy, _)), Some(key)) = (strategy, &key)
@@ -184,6 +187,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
             ),
         );
     }
+    let done = usable(OptionName::Done).and_then(|o| check_done(o, from.as_ref(), &mut errors));
     let on_duplicate = usable(OptionName::OnDuplicate)
         .and_then(|o| expect_str(o, &mut errors))
         .and_then(|lit| {
@@ -205,6 +209,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         version,
         from,
         to,
+        done,
         on_duplicate,
     };
     let family = strategy.and_then(|(strategy, span)| {
@@ -348,6 +353,44 @@ fn check_tx_given(
     }
 }
 
+/// A body that never names its `#[tx]` parameter writes, if at all, through another
+/// connection: outside the strategy's transaction (not rolled back with it, not atomic with its
+/// check or record) and waiting on the locks that transaction holds — PostgreSQL and MariaDB
+/// until a lock timeout or for ever, SQLite until `Contention`. An error at the parameter, even
+/// for `_tx`: the name only silences rustc's warning.
+fn check_tx_used(strategy: Strategy, info: &FnInfo, func: &ItemFn, errors: &mut Errors) {
+    let rules = strategy.rules();
+    let Some(tx) = &info.tx else {
+        return;
+    };
+    let name = tx.ident.unraw_string();
+    if rules.tx == TxRule::Forbidden || mentions_ident(&func.block.to_token_stream(), &name) {
+        return;
+    }
+    let underscore = if name.starts_with('_') {
+        " (the leading `_` only silences rustc's warning)"
+    } else {
+        ""
+    };
+    let what_to_write = match rules.family {
+        FamilyKind::Business => {
+            format!("run the body's queries on `{name}`, e.g. `.execute(&mut *{name})`")
+        }
+        FamilyKind::Replaying => format!(
+            "run the body's queries on `{name}`, e.g. `.execute(&mut *{name})`, or remove `#[tx]` for claim mode, where the record is committed first and the body may use any connection"
+        ),
+    };
+    let (ident, ty) = (&tx.ident, &tx.ty);
+    errors.push(syn::Error::new_spanned(
+        quote!(#ident: #ty),
+        format!(
+            "the body never uses `{name}`{underscore}: strategy `{}` runs the body in a transaction on `{name}` that {}. A query through the pool or another connection is outside that transaction (not rolled back or committed with it) and waits for the locks it holds: on PostgreSQL and MySQL/MariaDB until a lock timeout or for ever, on SQLite until `Error::Contention`; {what_to_write}",
+            strategy.as_str(),
+            rules.tx_holds,
+        ),
+    ));
+}
+
 /// The options the strategy needs and has no default for (DESIGN.md §2). An option that is
 /// written but malformed is reported as such, not as missing.
 fn check_required(args: &RawArgs, strategy: Strategy, span: Span, errors: &mut Errors) {
@@ -392,13 +435,11 @@ fn check_required(args: &RawArgs, strategy: Strategy, span: Span, errors: &mut E
     }
 }
 
-/// `name = "..."`, or `module_path!()::fn_name` (`module_path!()::Type::fn_name` in a method).
-fn check_name(
-    option: Option<&RawOption>,
-    func: &ItemFn,
-    info: &FnInfo,
-    errors: &mut Errors,
-) -> TokenStream {
+/// `name = "..."`, or `module_path!()::fn_name` — for methods too: a compile-time constant
+/// that no compiler version spells differently. Same-named methods of two types (or two impls)
+/// in one module get the same default name; the macro cannot see the impl block, so that is
+/// found when the program first calls one of them (see `idempotent_runtime::operation`).
+fn check_name(option: Option<&RawOption>, func: &ItemFn, errors: &mut Errors) -> TokenStream {
     match option.and_then(|o| expect_str(o, errors)) {
         Some(lit) if lit.value().trim().is_empty() => {
             errors.at(
@@ -410,23 +451,7 @@ fn check_name(
         None => {}
     }
     let fn_name = func.sig.ident.unraw_string();
-    if info.has_self {
-        // Methods: `module::Type::method`, so two types' same-named methods in one module
-        // never share records. The type's last path segment (generics dropped) keeps the
-        // name independent of how rustc spells the full path.
-        quote!(&*::std::format!(
-            "{}::{}::{}",
-            ::core::module_path!(),
-            {
-                let full = ::core::any::type_name::<Self>();
-                let base = full.split('<').next().unwrap_or(full);
-                base.rsplit("::").next().unwrap_or(base)
-            },
-            #fn_name
-        ))
-    } else {
-        quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
-    }
+    quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
 }
 
 /// The strategy's family with everything its expansion needs; `None` when a piece is
@@ -539,6 +564,12 @@ fn family(
             status_column: checked.status_column?,
             from: checked.from?,
             to: checked.to?,
+            done: match (checked.done, given(OptionName::Done)) {
+                (Some(done), _) => done,
+                // A malformed `done`: already reported.
+                (None, true) => return None,
+                (None, false) => Vec::new(),
+            },
         },
         Strategy::DedupTable | Strategy::DistributedLock | Strategy::Token => return None,
     };

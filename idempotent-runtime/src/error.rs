@@ -94,9 +94,11 @@ pub enum Error {
     #[error("gave up waiting {0:?} for the in-progress request with this idempotency key")]
     WaitTimeout(Duration),
 
-    /// The transaction kept failing with deadlocks or serialization failures (MySQL 1213,
-    /// SQLSTATE 40001/40P01, SQLite busy) and was retried `attempts` times, the whole
-    /// transaction each time; `last` describes the last failure. Retry later.
+    /// The transaction kept failing with deadlocks or serialization failures (the errors
+    /// `store::sql::is_retryable` accepts: MySQL 1213, MariaDB 1020, SQLSTATE 40001/40P01,
+    /// SQLite busy) and was retried `attempts` times, the whole transaction each time; `last`
+    /// describes the last failure. Retry later. Never inside the caller's transaction, where
+    /// the first such failure is returned as it is.
     #[error(
         "gave up after {attempts} attempts, each ended by a deadlock or serialization failure (last: {last})"
     )]
@@ -123,6 +125,32 @@ pub enum Error {
         minimum: Duration,
         /// Why the floor is there.
         reason: &'static str,
+    },
+
+    /// The strategy's configuration cannot work on this backend, so nothing ran: checked before
+    /// any statement. `unique_index` with `constraint` but no `table` on MySQL/MariaDB or SQLite,
+    /// which do not report the violated constraint's name: any unique violation would count as
+    /// a duplicate, and a request violating another unique column would be lost. The text says
+    /// what to configure instead.
+    #[error("configuration not supported by this backend: {0}")]
+    Unsupported(String),
+    /// Two or more `#[idempotent]` functions of this process have the operation name `name`, so
+    /// they would share stored records (one replaying the other's responses). Every call of
+    /// each of them returns this before any store access: nothing ran, nothing was written.
+    /// `sites` lists them, in file and line order. Give each a distinct `name = "..."` (the
+    /// default name, `module_path!()::fn_name`, is the same for same-named methods of two
+    /// types, or two impls, in one module). See
+    /// [`check_operation_names`](crate::check_operation_names) to find this at startup.
+    #[error(
+        "operation name {name:?} is used by {count} #[idempotent] functions: {list}; they would share stored records: write name = \"...\" on each to give them distinct names",
+        count = .sites.len(),
+        list = crate::operation::list_sites(.sites)
+    )]
+    OperationNameCollision {
+        /// The shared operation name.
+        name: &'static str,
+        /// The functions that have it (at least two).
+        sites: Vec<crate::operation::Operation>,
     },
 
     /// The backend (database or Redis) failed.

@@ -18,17 +18,21 @@ pub const MAX_SCOPE_BYTES: usize = 1024;
 
 /// A type usable as (part of) an idempotency key or a scope.
 ///
-/// Implemented for strings, byte slices, integers and references to them. An implementation
-/// writes a one-byte type tag and the value's bytes; the caller length-prefixes the result.
+/// Implemented for strings, byte slices, integers, `uuid::Uuid` (feature `uuid`) and
+/// references to them. An implementation writes a one-byte type tag and the value's canonical
+/// bytes; the caller length-prefixes the result. Values of different types never make the same
+/// key: the string `"42"` and the integer `42` differ, and so do a `Uuid` and the string of its
+/// text.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of an idempotency key or scope: it does not implement `KeyPart`",
     label = "this key part is a `{Self}`",
     note = "key parts are strings, byte strings or integers: point `key`/`scope` at such a field (e.g. \"req.id.0\" for a newtype), or implement `idempotent_runtime::KeyPart` for `{Self}`"
 )]
 pub trait KeyPart {
-    /// The type tag: `b's'` for text, `b'i'` for integers, `b'b'` for bytes.
+    /// The type tag: `b's'` for text, `b'i'` for integers, `b'b'` for bytes, `b'u'` for UUIDs.
     fn tag(&self) -> u8;
-    /// Appends the value's canonical bytes to `out` (text: UTF-8; integers: decimal ASCII).
+    /// Appends the value's canonical bytes to `out` (text: UTF-8; integers: decimal ASCII;
+    /// UUIDs: the 36-character hyphenated lowercase text).
     fn write_bytes(&self, out: &mut Vec<u8>);
 }
 
@@ -99,6 +103,21 @@ macro_rules! int_key_part {
 int_key_part!(
     i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize
 );
+
+/// A UUID (feature `uuid`): tag `b'u'`, then its hyphenated lowercase text as RFC 9562 writes
+/// it (`67e55044-10b1-426f-9247-bb680a5fe0c8`, 36 bytes) — like an integer, the value's
+/// canonical text under a tag of its own. So a `Uuid` key is not the same key as a `String`
+/// holding that text: changing a key field from `String` to `Uuid` changes its storage keys.
+#[cfg(feature = "uuid")]
+impl KeyPart for uuid::Uuid {
+    fn tag(&self) -> u8 {
+        b'u'
+    }
+    fn write_bytes(&self, out: &mut Vec<u8>) {
+        let mut buf = uuid::Uuid::encode_buffer();
+        out.extend_from_slice(self.hyphenated().encode_lower(&mut buf).as_bytes())
+    }
+}
 
 /// The storage key of one idempotent request: a SHA-256 digest of the operation name, the
 /// scope and the key parts, plus the operation name kept for diagnostics.
@@ -281,6 +300,71 @@ mod tests {
         assert_ne!(a, d);
         assert_ne!(s, i);
         assert_eq!(i, KeyBuilder::new("op").part(&42i64).finish().unwrap());
+    }
+
+    /// Pinned storage keys (checked once against an independent SHA-256 of the documented
+    /// encoding): a change here makes every stored record unreachable.
+    #[test]
+    fn golden_storage_keys() {
+        let key = |b: KeyBuilder| b.finish().unwrap().hex();
+        assert_eq!(
+            key(KeyBuilder::new("orders::place")
+                .scope("tenant-7")
+                .part("req-1")),
+            "1f4b8e5ca3dfbcf6d049c316ca97b2b21471be915531e05027dcfcf4a625e6e6"
+        );
+        assert_eq!(
+            key(KeyBuilder::new("orders::place").part(&42u64)),
+            "4847146d6e2e3740399b8859a6ce05e9e11d4768f0c0f7ce469b066501474845"
+        );
+    }
+
+    #[cfg(feature = "uuid")]
+    #[test]
+    fn uuid_key_parts() {
+        let id = uuid::Uuid::parse_str("67E55044-10B1-426F-9247-BB680A5FE0C8").unwrap();
+        let mut bytes = Vec::new();
+        id.write_bytes(&mut bytes);
+        assert_eq!(bytes, b"67e55044-10b1-426f-9247-bb680a5fe0c8");
+        assert_eq!(id.tag(), b'u');
+        let key = KeyBuilder::new("orders::place")
+            .scope("tenant-7")
+            .part(&id)
+            .finish()
+            .unwrap();
+        assert_eq!(
+            key.hex(),
+            "0a86f4dc93f0b4869a21f73cba56f7acc1d8c1e6b78fb68d255892e834c9248f"
+        );
+        // Not the key of its text, nor of its bytes or its integer.
+        let text = KeyBuilder::new("orders::place")
+            .scope("tenant-7")
+            .part("67e55044-10b1-426f-9247-bb680a5fe0c8")
+            .finish()
+            .unwrap();
+        let raw = KeyBuilder::new("orders::place")
+            .scope("tenant-7")
+            .part(&id.as_bytes()[..])
+            .finish()
+            .unwrap();
+        let int = KeyBuilder::new("orders::place")
+            .scope("tenant-7")
+            .part(&id.as_u128())
+            .finish()
+            .unwrap();
+        assert_ne!(key, text);
+        assert_ne!(key, raw);
+        assert_ne!(key, int);
+        // A reference, and a uuid as the scope.
+        assert_eq!(
+            key,
+            KeyBuilder::new("orders::place")
+                .scope("tenant-7")
+                .part(&&id)
+                .finish()
+                .unwrap()
+        );
+        assert!(KeyBuilder::new("op").scope(&id).part("x").finish().is_ok());
     }
 
     #[test]

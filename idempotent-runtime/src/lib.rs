@@ -4,6 +4,7 @@
 pub mod error;
 pub mod fingerprint;
 pub mod key;
+pub mod operation;
 pub mod store;
 pub mod strategy;
 
@@ -13,6 +14,7 @@ pub mod __private;
 pub use error::{Disposition, Error, FunctionError, SqlFunctionError, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};
+pub use operation::{Operation, check_operation_names, operations};
 pub use strategy::distributed_lock::FencingToken;
 pub use strategy::token::issue_token;
 pub use strategy::{OnBusy, OnCancel};

@@ -130,6 +130,34 @@ pub async fn mysql_pool(max: u32) -> Option<(MySqlPool, Guard)> {
     Some((pool, Box::new(())))
 }
 
+/// A MySQL/MariaDB pool of at most `max` connections whose every session runs
+/// `SET SESSION innodb_snapshot_isolation = ON` (MariaDB's default from 11.6.2; settable per
+/// session on 10.11), with the idempotency-record table migrated, or `None` when skipped.
+/// Panics when the server has no such variable (not MariaDB, or too old a release).
+pub async fn mariadb_snapshot_pool(max: u32) -> Option<MySqlPool> {
+    let url = server_url(MYSQL_ENV, "MySQL/MariaDB")?;
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(max)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::Executor::execute(&mut *conn, "SET SESSION innodb_snapshot_isolation = ON")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot open a MariaDB session with innodb_snapshot_isolation = ON at {url}: {e}"
+            )
+        });
+    idempotent_runtime::migrate(&pool)
+        .await
+        .expect("migrate mysql");
+    Some(pool)
+}
+
 /// A plain (not migrated) SQLite pool of at most `max` connections on a fresh temporary file
 /// (WAL, 30 s busy timeout) for the business-table suites; the guard holds the file.
 pub async fn sqlite_pool(max: u32) -> Option<(SqlitePool, Guard)> {

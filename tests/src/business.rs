@@ -86,6 +86,7 @@ macro_rules! kit {
         ddl = [$($ddl:literal),* $(,)?];
         raise_retryable = $raise:ident;
         single_writer = $single:expr;
+        serial_first_calls = $serial:expr;
     ) => {
         $(#[$doc])*
         pub mod $m {
@@ -99,6 +100,11 @@ macro_rules! kit {
             /// Whether the backend admits one writer at a time (SQLite): concurrent callers
             /// cannot all be lined up inside their transactions.
             pub const SINGLE_WRITER: bool = $single;
+
+            /// Whether `pessimistic` runs concurrent first calls for a missing key one at a
+            /// time (PostgreSQL's advisory lock, SQLite's write lock), so their bodies cannot
+            /// all be lined up; MySQL/MariaDB lets them all hold the gap.
+            pub const SERIAL_FIRST_CALLS: bool = $serial;
 
             /// Makes the running transaction fail with the backend's retryable error
             /// (serialization failure, deadlock or busy).
@@ -190,9 +196,12 @@ kit! {
         "CREATE TABLE IF NOT EXISTS s3_shipments (code VARCHAR(100) PRIMARY KEY, status VARCHAR(20) NOT NULL)",
         "CREATE TABLE IF NOT EXISTS s3_wallets (id VARCHAR(100) PRIMARY KEY, balance BIGINT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS s3_payments (payment_id VARCHAR(100) PRIMARY KEY, wallet VARCHAR(100) NOT NULL, amount BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS s3_events (event_id VARCHAR(100) NOT NULL, amount BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS s3_events_id ON s3_events (event_id)",
     ];
     raise_retryable = pg_raise;
     single_writer = false;
+    serial_first_calls = true;
 }
 
 kit! {
@@ -212,10 +221,14 @@ kit! {
         "CREATE TABLE IF NOT EXISTS s3_shipments (code VARCHAR(100) PRIMARY KEY, status VARCHAR(20) NOT NULL) ENGINE=InnoDB",
         "CREATE TABLE IF NOT EXISTS s3_wallets (id VARCHAR(100) PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB",
         "CREATE TABLE IF NOT EXISTS s3_payments (payment_id VARCHAR(100) PRIMARY KEY, wallet VARCHAR(100) NOT NULL, amount BIGINT NOT NULL) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS s3_events (event_id VARCHAR(100) NOT NULL, amount BIGINT NOT NULL, KEY s3_events_id (event_id)) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS s3_nopad (code VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL PRIMARY KEY) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS s3_padbin (code VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY) ENGINE=InnoDB",
         "CREATE PROCEDURE IF NOT EXISTS s3_fail() SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'forced'",
     ];
     raise_retryable = my_raise;
     single_writer = false;
+    serial_first_calls = false;
 }
 
 kit! {
@@ -235,7 +248,10 @@ kit! {
         "CREATE TABLE IF NOT EXISTS s3_shipments (code VARCHAR(100) PRIMARY KEY, status VARCHAR(20) NOT NULL)",
         "CREATE TABLE IF NOT EXISTS s3_wallets (id VARCHAR(100) PRIMARY KEY, balance BIGINT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS s3_payments (payment_id VARCHAR(100) PRIMARY KEY, wallet VARCHAR(100) NOT NULL, amount BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS s3_events (event_id VARCHAR(100) NOT NULL, amount BIGINT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS s3_events_id ON s3_events (event_id)",
     ];
     raise_retryable = lite_raise;
     single_writer = true;
+    serial_first_calls = true;
 }

@@ -27,8 +27,8 @@ pub mod outcome;
 pub mod redis_server;
 
 pub use backends::{
-    Guard, MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, ci, mysql, mysql_pool, pg_pool,
-    postgres, redis, redis_cluster, server_url, sqlite, sqlite_pool, unique,
+    Guard, MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, ci, mariadb_snapshot_pool, mysql,
+    mysql_pool, pg_pool, postgres, redis, redis_cluster, server_url, sqlite, sqlite_pool, unique,
 };
 pub use faults::{FaultSvc, Faults, Faulty, Lease, Observed};
 pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};

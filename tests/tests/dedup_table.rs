@@ -59,7 +59,7 @@ macro_rules! suite {
                     }
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_claim", lease = "2s")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant", lease = "2s")]
                 pub async fn place_claim(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     if self.fail_next.swap(false, SeqCst) {
@@ -70,7 +70,7 @@ macro_rules! suite {
                 }
 
                 /// The default `on_cancel = "keep"` with a 1 s lease.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.cancel_keep", lease = "1s")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant", lease = "1s")]
                 pub async fn cancel_keep(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
@@ -79,7 +79,7 @@ macro_rules! suite {
 
                 /// `on_cancel = "release"` with the default 30 s lease: only the release frees
                 /// the key within a test's patience.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.cancel_release", on_cancel = "release")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant", on_cancel = "release")]
                 pub async fn cancel_release(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
@@ -87,7 +87,7 @@ macro_rules! suite {
                 }
 
                 /// Returns a response that does not survive a JSON round trip (NaN → null).
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.nan_claim")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn nan_claim(&self, req: &Req) -> Result<f64, AppError> {
                     self.ledger.record(req).await?;
                     Ok(f64::NAN)
@@ -95,35 +95,47 @@ macro_rules! suite {
 
                 /// Returns a response that reads back as another value (an untagged enum's
                 /// other variant).
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.untagged_claim")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn untagged_claim(&self, req: &Req) -> Result<Shipment, AppError> {
                     self.ledger.record(req).await?;
                     Ok(Shipment::Sent { id: 7, carrier: None })
                 }
 
+                /// Fingerprints `req` and `amount` (issue 11 item 4: `None`, NaN, +inf and -inf
+                /// all fingerprinted as `null`).
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
+                pub async fn charge_claim(&self, req: &Req, amount: Option<f64>) -> Result<Receipt, AppError> {
+                    let _ = amount;
+                    self.ledger.record(req).await?;
+                    Ok(self.receipt(req))
+                }
+
                 /// A 300 ms lease, renewed while the body runs.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.short_lease", lease = "300ms")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant", lease = "300ms")]
                 pub async fn short_lease(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.gate.pass().await;
                     self.ledger.record(req).await?;
                     Ok(self.receipt(req))
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.refund_claim")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn refund_claim(&self, req: &Req) -> Result<Receipt, AppError> {
                     self.ledger.record(req).await?;
                     Ok(self.receipt(req))
                 }
 
                 $(
+                /// `place_tx`'s operation name: the default, `module_path!()::place_tx`.
+                pub const PLACE_TX: &str = concat!(module_path!(), "::place_tx");
+
                 /// Transactional, with a response that does not survive a JSON round trip.
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.nan_tx")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn nan_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<f64, AppError> {
                     self.ledger.record_in(&mut *tx, req).await?;
                     Ok(f64::NAN)
                 }
 
-                #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant", name = "tests.place_tx")]
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
                 pub async fn place_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<Receipt, AppError> {
                     self.ledger.record_in(&mut *tx, req).await?;
                     self.gate.pass().await;
@@ -268,6 +280,40 @@ macro_rules! claim_tests {
             assert_eq!(svc.ledger.count(&req(&t, "order-1", 999)).await, 0);
         }
 
+        /// Issue 11 item 4: a call with `amount = None`, then the same key with `+inf`, was
+        /// replayed; every other amount — non-finite ones included — is another payload.
+        #[tokio::test]
+        async fn none_and_non_finite_amounts_are_different_payloads() {
+            let Some((svc, _g)) = svc().await else { return };
+            let t = unique("t");
+            let amounts = [
+                None,
+                Some(f64::INFINITY),
+                Some(f64::NEG_INFINITY),
+                Some(f64::NAN),
+                Some(0.0),
+            ];
+            for (i, first) in amounts.iter().enumerate() {
+                let r = req(&t, &format!("charge-{i}"), 100);
+                let done = classify(observe(svc.charge_claim(&r, *first)).await);
+                let Got::Executed(receipt) = done else {
+                    panic!("{first:?}: {done:?}")
+                };
+                for other in amounts.iter().filter(|a| format!("{a:?}") != format!("{first:?}")) {
+                    let (e, how) = observe(svc.charge_claim(&r, *other)).await;
+                    assert!(
+                        matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+                        "{first:?} then {other:?}: {e:?}"
+                    );
+                    assert_eq!(how, None, "{first:?} then {other:?}");
+                }
+                // The same amount again (NaN included: every NaN is one value) replays.
+                let again = classify(observe(svc.charge_claim(&r, *first)).await);
+                assert_eq!(again, Got::Replayed(receipt), "{first:?}");
+                assert_eq!(svc.ledger.count(&r).await, 1, "{first:?}: the body ran once");
+            }
+        }
+
         #[tokio::test]
         async fn scopes_and_operations_are_isolated() {
             let Some((svc, _g)) = svc().await else { return };
@@ -379,7 +425,7 @@ macro_rules! claim_tests {
             use idempotent_runtime::ClaimStore;
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "order-1", 100);
-            let key = KeyBuilder::new("tests.place_claim")
+            let key = KeyBuilder::new(concat!(module_path!(), "::", stringify!($call)))
                 .scope(&r.tenant)
                 .part(&r.id)
                 .finish()
@@ -598,7 +644,7 @@ macro_rules! tx_tests {
                 assert!(matches!(e, Err(AppError::Rejected)), "{e:?}");
                 // The body wrote its ledger row before failing: rolled back with the record.
                 assert_eq!(svc.ledger.count(&r).await, 0);
-                let key = KeyBuilder::new("tests.place_tx")
+                let key = KeyBuilder::new(Svc::PLACE_TX)
                     .scope(&r.tenant)
                     .part(&r.id)
                     .finish()
@@ -695,7 +741,6 @@ mod postgres_caller_transaction {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place_tx",
         store = "conn",
         fingerprint = "req"
     )]
@@ -720,7 +765,10 @@ mod postgres_caller_transaction {
             return;
         };
         let r = req(&unique("t"), "order-1", 100);
-        let first = svc.place_tx(&r).await.unwrap();
+        // The first call in a transaction of its own, committed.
+        let mut first_tx = svc.db.begin().await.unwrap();
+        let first = place_in(&mut first_tx, &svc.ledger, &r).await.unwrap();
+        first_tx.commit().await.unwrap();
 
         let mut tx = svc.db.begin().await.unwrap();
         let before = req(&r.tenant, "written-before", 1);
@@ -750,48 +798,82 @@ mod postgres_caller_transaction {
     }
 }
 
-/// Two types' same-named methods in one module are different operations by default.
-mod same_named_methods {
+/// Issue 11 item 11: `Uuid` key parts and scopes (feature `uuid`) on every claim store; the
+/// record is stored under the key of the `Uuid` (tag `u`, its lowercase hyphenated text), not
+/// under the key of the same text as a string.
+mod uuid_keys {
+    use idempotent_runtime::ClaimStore;
+    use idempotent_tests::Effects;
+    use uuid::Uuid;
+
     use super::*;
-    use idempotent_runtime::MemoryStore;
 
-    struct Refunds {
-        store: MemoryStore,
-    }
-    struct Charges {
-        store: MemoryStore,
+    pub struct Svc<S> {
+        store: S,
+        fx: Effects,
     }
 
-    impl Refunds {
-        #[idempotent(strategy = "dedup_table", key = "id", store = "self.store")]
-        async fn apply(&self, id: &str, amount: i64) -> Result<String, AppError> {
-            Ok(format!("refunded {amount} for {id}"))
+    impl<S: ClaimStore> Svc<S> {
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "order",
+            scope = "tenant",
+            name = "tests.uuid_keys",
+            store = "self.store"
+        )]
+        async fn ship(&self, tenant: Uuid, order: Uuid) -> Result<Receipt, AppError> {
+            self.fx
+                .apply(&req(&tenant.to_string(), &order.to_string(), 1))
+                .await
         }
     }
 
-    impl Charges {
-        #[idempotent(strategy = "dedup_table", key = "id", store = "self.store")]
-        async fn apply(&self, id: &str, amount: i64) -> Result<String, AppError> {
-            Ok(format!("charged {amount} for {id}"))
-        }
+    fn random_uuid() -> Uuid {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).expect("OS randomness");
+        Uuid::from_bytes(b)
     }
 
-    #[tokio::test]
-    async fn do_not_share_records() {
-        let store = MemoryStore::new();
-        let refunds = Refunds {
-            store: store.clone(),
+    async fn uuid_keys_replay_and_are_stored_under_their_own_key<S: ClaimStore>(store: S) {
+        let svc = Svc {
+            store,
+            fx: Effects::default(),
         };
-        let charges = Charges { store };
-        let (r, how_r) = observe(refunds.apply("order-1", 500)).await;
-        let (c, how_c) = observe(charges.apply("order-1", 500)).await;
-        assert_eq!(r.unwrap(), "refunded 500 for order-1");
-        assert_eq!(c.unwrap(), "charged 500 for order-1");
+        let (tenant, order) = (random_uuid(), random_uuid());
+        let first = classify(observe(svc.ship(tenant, order)).await);
+        let Got::Executed(receipt) = first else {
+            panic!("{first:?}")
+        };
         assert_eq!(
-            (how_r, how_c),
-            (Some(Disposition::Executed), Some(Disposition::Executed))
+            classify(observe(svc.ship(tenant, order)).await),
+            Got::Replayed(receipt)
         );
+        let other = random_uuid();
+        assert!(matches!(
+            classify(observe(svc.ship(tenant, other)).await),
+            Got::Executed(_)
+        ));
+        assert!(matches!(
+            classify(observe(svc.ship(random_uuid(), order)).await),
+            Got::Executed(_)
+        ));
+        assert_eq!(
+            svc.fx
+                .count(&req(&tenant.to_string(), &order.to_string(), 1)),
+            1
+        );
+        let key = |part: &dyn Fn(KeyBuilder) -> KeyBuilder| {
+            part(KeyBuilder::new("tests.uuid_keys").scope(&tenant))
+                .finish()
+                .unwrap()
+        };
+        let as_uuid = key(&|b| b.part(&order));
+        let as_text = key(&|b| b.part(order.hyphenated().to_string().as_str()));
+        assert!(svc.store.read_record(&as_uuid).await.unwrap().is_some());
+        assert!(svc.store.read_record(&as_text).await.unwrap().is_none());
     }
+
+    idempotent_tests::on_claim_backends!(uuid_keys_replay_and_are_stored_under_their_own_key);
 }
 
 /// MySQL/MariaDB: inside the caller's REPEATABLE READ transaction whose snapshot predates the
@@ -804,7 +886,6 @@ mod mysql_caller_transaction {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place_tx",
         store = "conn",
         fingerprint = "req"
     )]
@@ -835,7 +916,10 @@ mod mysql_caller_transaction {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        let first = svc.place_tx(&r).await.unwrap();
+        // The first call commits in a transaction of its own, on another connection.
+        let mut first_tx = svc.db.begin().await.unwrap();
+        let first = place_in(&mut first_tx, &svc.ledger, &r).await.unwrap();
+        first_tx.commit().await.unwrap();
         let (dup, how) = observe(place_in(&mut tx, &svc.ledger, &r)).await;
         assert_eq!(how, Some(Disposition::Replayed), "{dup:?}");
         assert_eq!(dup.unwrap(), first);
@@ -876,7 +960,6 @@ mod faults {
             strategy = "dedup_table",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "300ms"
         )]
@@ -888,7 +971,6 @@ mod faults {
             strategy = "dedup_table",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "1s"
         )]
@@ -900,7 +982,6 @@ mod faults {
             strategy = "dedup_table",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "5s"
         )]
@@ -912,7 +993,6 @@ mod faults {
             strategy = "dedup_table",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "30s"
         )]
@@ -1001,4 +1081,125 @@ mod faults {
         cancelled_during_acquisition_frees_the_key,
         claim_sent_twice_by_one_owner_is_claimed_both_times,
     );
+}
+
+/// Issue 12 item 2: MySQL/MariaDB's "now" does not depend on the session's time zone. With the
+/// session in Europe/Berlin and its clock (`SET timestamp`) inside the repeated autumn hour
+/// (2026-10-25 02:30 CET, the second pass: 01:30 UTC), the store's now is that instant in Unix
+/// ms, and a claim written there is live for a UTC session at the same instant (the old
+/// `UNIX_TIMESTAMP(NOW(3))` was 3,600,000 ms behind, so that claim looked expired and was
+/// taken over). Needs MariaDB's time-zone tables (`.ci/run` loads them with
+/// `mariadb-tzinfo-to-sql`).
+mod mysql_session_time_zone {
+    use std::time::Duration;
+
+    use idempotent_runtime::store::{Claim, RecordState};
+    use idempotent_runtime::{KeyBuilder, SqlBackend};
+    use idempotent_tests::{MYSQL_ENV, ci, server_url, unique};
+    use sqlx::{Connection, MySql, MySqlConnection};
+
+    /// 2026-10-25 01:30:00.123 UTC, 02:30:00.123 in Berlin for the second time (CET).
+    const SECOND_PASS_MS: i64 = 1_792_891_800_123;
+
+    async fn session(url: &str, zone: &str, at_ms: i64) -> MySqlConnection {
+        let mut conn = MySqlConnection::connect(url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET time_zone = '{zone}'")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET timestamp = {}.{:03}",
+            at_ms / 1000,
+            at_ms % 1000
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn
+    }
+
+    #[tokio::test]
+    async fn now_is_the_instant_in_the_repeated_dst_hour() {
+        let Some(url) = server_url(MYSQL_ENV, "MySQL/MariaDB") else {
+            return;
+        };
+        idempotent_tests::mysql().await.unwrap();
+        let mut berlin = session(&url, "Europe/Berlin", SECOND_PASS_MS).await;
+        let zones: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.time_zone_name")
+            .fetch_one(&mut berlin)
+            .await
+            .unwrap();
+        if zones == 0 {
+            let why = "MariaDB has no time-zone tables: load them with `mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb -uroot mysql` (.ci/run does)";
+            assert!(!ci(), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        // The session really is in the repeated hour: local 02:30, UTC 01:30.
+        let (local, utc): (String, String) =
+            sqlx::query_as("SELECT CAST(NOW(3) AS CHAR), CAST(UTC_TIMESTAMP(3) AS CHAR)")
+                .fetch_one(&mut berlin)
+                .await
+                .unwrap();
+        assert_eq!(
+            (local.as_str(), utc.as_str()),
+            ("2026-10-25 02:30:00.123", "2026-10-25 01:30:00.123")
+        );
+
+        let key = KeyBuilder::new("tests.tz")
+            .part(&unique("k"))
+            .finish()
+            .unwrap();
+        let owner = unique("owner");
+        let lease = Duration::from_secs(30);
+        let claim = Claim {
+            key: &key,
+            fingerprint: None,
+            owner: &owner,
+            lease,
+        };
+        assert!(MySql::try_claim(&mut berlin, &claim).await.unwrap());
+        let (created, expires): (i64, i64) = sqlx::query_as(
+            "SELECT created_at_ms, expires_at_ms FROM idempotency_records WHERE idempotency_key = ?",
+        )
+        .bind(key.hex())
+        .fetch_one(&mut berlin)
+        .await
+        .unwrap();
+        assert_eq!(created, SECOND_PASS_MS, "now, in Unix ms with its fraction");
+        assert_eq!(expires, SECOND_PASS_MS + 30_000);
+
+        // A UTC session 1 s later sees the claim live and cannot take it over.
+        let mut utc = session(&url, "+00:00", SECOND_PASS_MS + 1000).await;
+        let record = MySql::read_record(&mut utc, &key).await.unwrap().unwrap();
+        assert_eq!(record.state, RecordState::InProgress);
+        assert!(!record.expired, "a 30 s claim written 1 s ago is live");
+        let thief = unique("thief");
+        let take = Claim {
+            owner: &thief,
+            ..claim.clone()
+        };
+        assert!(
+            !MySql::take_over_claim(&mut utc, &take, &owner)
+                .await
+                .unwrap()
+        );
+        // Both sessions agree on the instant the lease ends: expired 30 s later in each zone.
+        let mut later = session(&url, "Europe/Berlin", SECOND_PASS_MS + 30_000).await;
+        assert!(
+            MySql::read_record(&mut later, &key)
+                .await
+                .unwrap()
+                .unwrap()
+                .expired
+        );
+        let mut before = session(&url, "Europe/Berlin", SECOND_PASS_MS + 29_999).await;
+        assert!(
+            !MySql::read_record(&mut before, &key)
+                .await
+                .unwrap()
+                .unwrap()
+                .expired
+        );
+    }
 }

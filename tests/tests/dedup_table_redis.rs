@@ -46,11 +46,23 @@ impl<S: ClaimStore> Svc<S> {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place",
         store = "self.store",
         lease = "300ms"
     )]
     async fn place_short(&self, req: &Req) -> Result<Receipt, AppError> {
+        self.fx.apply(req).await
+    }
+
+    /// Fingerprints `req` and `amount` (issue 11 item 4).
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        scope = "req.tenant",
+        name = "tests.charge",
+        store = "self.store"
+    )]
+    async fn charge(&self, req: &Req, amount: Option<f64>) -> Result<Receipt, AppError> {
+        let _ = amount;
         self.fx.apply(req).await
     }
 
@@ -60,7 +72,6 @@ impl<S: ClaimStore> Svc<S> {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place",
         store = "self.store",
         on_cancel = "release"
     )]
@@ -73,7 +84,6 @@ impl<S: ClaimStore> Svc<S> {
         strategy = "dedup_table",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.place",
         store = "self.store",
         lease = "1s"
     )]
@@ -130,6 +140,41 @@ async fn fingerprint_mismatch_and_scopes<S: ClaimStore + 'static>(store: S) {
     assert_eq!(svc.count(&other), 1);
 }
 
+/// Issue 11 item 4: `amount = None` then `+inf` on the same key was replayed; every other
+/// amount — non-finite ones included — is another payload.
+async fn none_and_non_finite_amounts_are_different_payloads<S: ClaimStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let t = unique("t");
+    let amounts = [
+        None,
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        Some(f64::NAN),
+        Some(0.0),
+    ];
+    for (i, first) in amounts.iter().enumerate() {
+        let r = req(&t, &format!("charge-{i}"), 100);
+        let done = classify(observe(svc.charge(&r, *first)).await);
+        let Got::Executed(receipt) = done else {
+            panic!("{first:?}: {done:?}")
+        };
+        for other in amounts
+            .iter()
+            .filter(|a| format!("{a:?}") != format!("{first:?}"))
+        {
+            let (e, how) = observe(svc.charge(&r, *other)).await;
+            assert!(
+                matches!(e, Err(AppError::Idempotency(Error::FingerprintMismatch))),
+                "{first:?} then {other:?}: {e:?}"
+            );
+            assert_eq!(how, None, "{first:?} then {other:?}");
+        }
+        let again = classify(observe(svc.charge(&r, *first)).await);
+        assert_eq!(again, Got::Replayed(receipt), "{first:?}");
+        assert_eq!(svc.count(&r), 1, "{first:?}: the body ran once");
+    }
+}
+
 async fn body_error_releases_the_claim<S: ClaimStore + 'static>(store: S) {
     let svc = Svc::new(store);
     let r = req(&unique("t"), "o", 1);
@@ -155,7 +200,7 @@ async fn dropped_future_with_release_frees_the_key_at_once<S: ClaimStore + 'stat
     assert!(task.await.unwrap_err().is_cancelled());
     assert_eq!(svc.count(&r), 0);
     let got = poll_while(&Got::InProgress, Duration::from_secs(5), || async {
-        classify(observe(svc.place(&r)).await)
+        classify(observe(svc.place_release(&r)).await)
     })
     .await;
     assert!(matches!(got, Got::Executed(_)), "{got:?}");
@@ -269,6 +314,7 @@ async fn expired_claim_is_taken_over<S: ClaimStore + 'static>(store: S) {
 idempotent_tests::on_redis_backends!(
     concurrent_64_one_key_one_effect,
     fingerprint_mismatch_and_scopes,
+    none_and_non_finite_amounts_are_different_payloads,
     body_error_releases_the_claim,
     dropped_future_with_release_frees_the_key_at_once,
     dropped_future_keeps_the_claim_until_the_lease_ends,

@@ -98,7 +98,6 @@ impl<S: LockStore> Svc<S> {
         strategy = "distributed_lock",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.settle",
         store = "self.store",
         lease = "5s"
     )]
@@ -110,7 +109,6 @@ impl<S: LockStore> Svc<S> {
         strategy = "distributed_lock",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.settle",
         store = "self.store",
         lease = "300ms"
     )]
@@ -122,32 +120,15 @@ impl<S: LockStore> Svc<S> {
         self.body(req, fence).await
     }
 
-    #[idempotent(
-        strategy = "distributed_lock",
-        key = "req.id",
-        scope = "req.tenant",
-        name = "tests.settle",
-        store = "self.store",
-        lease = "5s",
-        on_busy = "wait(20s)"
-    )]
-    async fn settle_waiting(
-        &self,
-        req: &Req,
-        #[fence] fence: FencingToken,
-    ) -> Result<Receipt, AppError> {
-        self.body(req, fence).await
-    }
-
     /// `on_cancel = "release"` with the default 30 s lease: only the release frees the key
-    /// within a test's patience.
+    /// within a test's patience. A duplicate waits for the lock up to 20 s.
     #[idempotent(
         strategy = "distributed_lock",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.settle",
         store = "self.store",
-        on_cancel = "release"
+        on_cancel = "release",
+        on_busy = "wait(20s)"
     )]
     async fn settle_release(
         &self,
@@ -162,7 +143,6 @@ impl<S: LockStore> Svc<S> {
         strategy = "distributed_lock",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.settle",
         store = "self.store",
         lease = "1s"
     )]
@@ -179,7 +159,6 @@ impl<S: LockStore> Svc<S> {
         strategy = "distributed_lock",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.report",
         store = "self.store"
     )]
     async fn report(&self, req: &Req) -> Result<Receipt, AppError> {
@@ -314,14 +293,17 @@ async fn expired_holder_is_fenced_off_and_gets_lock_lost<S: LockStore + 'static>
     );
     assert_eq!(svc.ledger.count(&r), 1);
     // The first could not delete the second's lock: a third caller still sees it held.
-    assert_eq!(classify(observe(svc.settle(&r)).await), Got::InProgress);
+    assert_eq!(
+        classify(observe(svc.settle_short(&r)).await),
+        Got::InProgress
+    );
     svc.after_write.release.notify_one();
     let second = second.await.unwrap();
     let Got::Executed(receipt) = second else {
         panic!("{second:?}")
     };
     assert_eq!(
-        classify(observe(svc.settle(&r)).await),
+        classify(observe(svc.settle_short(&r)).await),
         Got::Replayed(receipt)
     );
     let fences = svc.fences.lock().unwrap().clone();
@@ -458,7 +440,7 @@ async fn dropped_future_with_release_frees_the_lock_at_once<S: LockStore + 'stat
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     assert_eq!(svc.ledger.count(&r), 0);
-    let (retry, how) = observe(svc.settle_waiting(&r)).await;
+    let (retry, how) = observe(svc.settle_release(&r)).await;
     assert_eq!(how, Some(Disposition::Executed), "{retry:?}");
     assert_eq!(svc.ledger.count(&r), 1);
 }
@@ -745,7 +727,6 @@ mod faults {
             strategy = "distributed_lock",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "300ms"
         )]
@@ -757,7 +738,6 @@ mod faults {
             strategy = "distributed_lock",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "1s"
         )]
@@ -769,7 +749,6 @@ mod faults {
             strategy = "distributed_lock",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "5s"
         )]
@@ -781,7 +760,6 @@ mod faults {
             strategy = "distributed_lock",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "30s"
         )]

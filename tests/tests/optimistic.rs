@@ -144,6 +144,38 @@ macro_rules! suite {
                 );
                 assert_eq!(effects(&env.db, "set_amount", &code).await, 2);
             }
+
+            /// Issue 12 item 10: a missing row is `NotFound`, not `Duplicate` (which the
+            /// caller's own retry gets); once the row exists the same call applies, and the
+            /// stale retry is a duplicate.
+            #[tokio::test]
+            async fn optimistic_missing_row_is_not_found() {
+                let Some(env) = env(4).await else { return };
+                let code = unique("a");
+                let open = Once::new(1);
+                open.seen.store(1, SeqCst);
+                let acct = AccountRef {
+                    code: code.clone(),
+                    version: 5,
+                };
+                assert_eq!(
+                    got(set_amount(&env.db, &acct, 100, &open).await),
+                    Got::NotFound
+                );
+                assert_eq!(effects(&env.db, "set_amount", &code).await, 0);
+                exec(
+                    &env.db,
+                    "INSERT INTO s3_accounts (code, amount, version) VALUES ($1, 100, 5)",
+                    &[&code],
+                )
+                .await;
+                assert_eq!(got(set_amount(&env.db, &acct, 150, &open).await), Got::Ok);
+                assert_eq!(
+                    got(set_amount(&env.db, &acct, 150, &open).await),
+                    Got::Duplicate
+                );
+                assert_eq!(effects(&env.db, "set_amount", &code).await, 1);
+            }
         }
     };
 }

@@ -1,6 +1,7 @@
 //! pessimistic on PostgreSQL, MySQL/MariaDB and SQLite: of 10 concurrent debits of one
-//! payment exactly one takes effect (also with a pool of two connections), and a missing row
-//! never surfaces a deadlock. Every test counts effects in the `s3_ledger` table and asserts
+//! payment exactly one takes effect (also with a pool of two connections), a missing row
+//! never surfaces a deadlock, and concurrent first calls for a missing row on a table without
+//! a unique index on the key have one effect. Every test counts effects in the `s3_ledger` table and asserts
 //! the outcome each caller got; concurrency is lined up with barriers, never sleeps. Tables have
 //! fixed names (the attribute names them at compile time); tests isolate themselves with
 //! run-unique keys.
@@ -90,6 +91,78 @@ macro_rules! suite {
                 Ok(())
             }
 
+            /// Records an event once: `s3_events` has no unique index on `event_id` (only a
+            /// plain one), so nothing but the strategy's lock keeps two first calls apart.
+            #[idempotent(
+                strategy = "pessimistic",
+                key = "e.payment_id",
+                table = "s3_events",
+                column = "event_id"
+            )]
+            async fn record_event(
+                db: &$pool,
+                e: &Debit,
+                #[tx] tx: &mut $conn,
+            ) -> Result<(), AppError> {
+                let seen: Option<i64> =
+                    sqlx::query_scalar(sql("SELECT amount FROM s3_events WHERE event_id = $1"))
+                        .bind(&e.payment_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if seen.is_some() {
+                    return Err(Error::Duplicate.into());
+                }
+                sqlx::query(sql(
+                    "INSERT INTO s3_events (event_id, amount) VALUES ($1, $2)",
+                ))
+                .bind(&e.payment_id)
+                .bind(e.amount)
+                .execute(&mut *tx)
+                .await?;
+                ledger(tx, "record_event", &e.payment_id).await?;
+                Ok(())
+            }
+
+            /// Issue 12 item 5: 10 concurrent first calls for one missing key, on a table
+            /// without a unique index on it, lined up on a barrier: exactly one effect, the
+            /// others' re-check answers `Duplicate` (PostgreSQL: the advisory lock; InnoDB:
+            /// the gap lock, its deadlocks rerun; SQLite: `BEGIN IMMEDIATE`).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn pessimistic_missing_row_without_unique_index_one_effect() {
+                let Some(env) = env(16).await else { return };
+                let env = Arc::new(env);
+                let e = Debit {
+                    wallet: "w".into(),
+                    payment_id: unique("e"),
+                    amount: 7,
+                };
+                let barrier = Arc::new(Barrier::new(10));
+                let tasks: Vec<_> = (0..10)
+                    .map(|_| {
+                        let (env, barrier, e) = (env.clone(), barrier.clone(), e.clone());
+                        tokio::spawn(async move {
+                            barrier.wait().await;
+                            got(record_event(&env.db, &e).await)
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.push(t.await.unwrap());
+                }
+                assert_eq!(tally(&all), (1, 9), "{all:?}");
+                assert_eq!(effects(&env.db, "record_event", &e.payment_id).await, 1);
+                assert_eq!(
+                    scalar_i64(
+                        &env.db,
+                        "SELECT COUNT(*) FROM s3_events WHERE event_id = $1",
+                        &e.payment_id
+                    )
+                    .await,
+                    1
+                );
+            }
+
             async fn debit_storm(env: Arc<Env>) {
                 let wallet = unique("w");
                 exec(
@@ -151,7 +224,8 @@ macro_rules! suite {
                     payment_id: unique("p"),
                     amount: 1,
                 };
-                let gate = Once::new(if SINGLE_WRITER { 1 } else { 10 });
+                // Where first calls run one at a time, only the first body can wait here.
+                let gate = Once::new(if SERIAL_FIRST_CALLS { 1 } else { 10 });
                 let tasks: Vec<_> = (0..10)
                     .map(|_| {
                         let (env, gate, d) = (env.clone(), gate.clone(), d.clone());

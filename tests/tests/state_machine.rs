@@ -127,6 +127,76 @@ macro_rules! suite {
                 assert_eq!(status, "CANCELLED");
             }
 
+            // rustfmt re-indents this attribute on every run (a list value inside
+            // `macro_rules!`): keep it as written.
+    #[rustfmt::skip]
+            #[idempotent(
+                strategy = "state_machine",
+                key = "o.code",
+                table = "s3_shipments",
+                status_column = "status",
+                from = "PAID",
+                to = "SHIPPED",
+                done = ["SHIPPED", "DELIVERED"]
+            )]
+            async fn ship_done(
+                db: &$pool,
+                o: &ShipRef,
+                #[tx] tx: &mut $conn,
+            ) -> Result<(), AppError> {
+                ledger(tx, "ship_done", &o.code).await?;
+                Ok(())
+            }
+
+            async fn set_status(env: &Env, code: &str, status: &str) {
+                exec(
+                    &env.db,
+                    "UPDATE s3_shipments SET status = $1 WHERE code = $2",
+                    &[status, code],
+                )
+                .await;
+            }
+
+            /// Issue 12 item 10: a retried ship whose first attempt succeeded gets `Duplicate`
+            /// once the order moved past `to` (SHIPPED → DELIVERED) when `done` names that
+            /// state; without `done` it is a `Conflict`, as for any other state.
+            #[tokio::test]
+            async fn state_machine_done_states_are_duplicates() {
+                let Some(env) = env(4).await else { return };
+                let code = unique("s");
+                exec(
+                    &env.db,
+                    "INSERT INTO s3_shipments (code, status) VALUES ($1, 'PAID')",
+                    &[&code],
+                )
+                .await;
+                let o = ShipRef { code: code.clone() };
+                assert_eq!(got(ship_done(&env.db, &o).await), Got::Ok);
+                assert_eq!(
+                    got(ship_done(&env.db, &o).await),
+                    Got::Duplicate,
+                    "at SHIPPED"
+                );
+                set_status(&env, &code, "DELIVERED").await;
+                assert_eq!(
+                    got(ship_done(&env.db, &o).await),
+                    Got::Duplicate,
+                    "at DELIVERED"
+                );
+                assert_eq!(
+                    got(ship(&env.db, &o).await),
+                    Got::Conflict,
+                    "DELIVERED without `done`"
+                );
+                set_status(&env, &code, "CANCELLED").await;
+                assert_eq!(got(ship_done(&env.db, &o).await), Got::Conflict);
+                let missing = ShipRef { code: unique("s") };
+                assert_eq!(got(ship_done(&env.db, &missing).await), Got::NotFound);
+                assert_eq!(effects(&env.db, "ship_done", &code).await, 1);
+                assert_eq!(effects(&env.db, "ship_done", &missing.code).await, 0);
+                assert_eq!(effects(&env.db, "ship", &code).await, 0);
+            }
+
             // ---------------------------------------------------------------- retries
 
             #[idempotent(

@@ -34,7 +34,6 @@ impl<S: TokenStore> Svc<S> {
         strategy = "token",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.checkout",
         store = "self.store",
         lease = "5s"
     )]
@@ -47,7 +46,6 @@ impl<S: TokenStore> Svc<S> {
         strategy = "token",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.checkout",
         store = "self.store",
         lease = "300ms"
     )]
@@ -61,7 +59,6 @@ impl<S: TokenStore> Svc<S> {
         strategy = "token",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.checkout",
         store = "self.store",
         on_cancel = "release"
     )]
@@ -74,7 +71,6 @@ impl<S: TokenStore> Svc<S> {
         strategy = "token",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.checkout",
         store = "self.store",
         lease = "1s"
     )]
@@ -86,7 +82,6 @@ impl<S: TokenStore> Svc<S> {
         strategy = "token",
         key = "req.id",
         scope = "req.tenant",
-        name = "tests.refund",
         store = "self.store"
     )]
     async fn refund(&self, req: &Req) -> Result<Receipt, AppError> {
@@ -222,7 +217,7 @@ async fn dropped_future_with_release_restores_the_token<S: TokenStore + 'static>
     assert_eq!(svc.count(&r), 0);
     // The restore is spawned: retry until it has landed.
     let got = poll_while(&Got::Duplicate, Duration::from_secs(5), || async {
-        classify(observe(svc.checkout(&r)).await)
+        classify(observe(svc.checkout_release(&r)).await)
     })
     .await;
     assert!(matches!(got, Got::Executed(_)), "{got:?}");
@@ -414,7 +409,6 @@ mod faults {
             strategy = "token",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "300ms"
         )]
@@ -426,7 +420,6 @@ mod faults {
             strategy = "token",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "1s"
         )]
@@ -438,7 +431,6 @@ mod faults {
             strategy = "token",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "5s"
         )]
@@ -450,7 +442,6 @@ mod faults {
             strategy = "token",
             key = "req.id",
             scope = "req.tenant",
-            name = "tests.faults",
             store = "self.store",
             lease = "30s"
         )]

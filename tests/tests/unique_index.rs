@@ -44,6 +44,11 @@ macro_rules! suite {
                 insert_order(tx, "s3_ui_comp", o).await
             }
 
+            #[idempotent(strategy = "unique_index", key = "o.code", constraint = "s3_ui_uq_code")]
+            async fn create_constraint_only(db: &$pool, o: &NewOrder, #[tx] tx: &mut $conn) -> Result<(), AppError> {
+                insert_order(tx, "s3_ui_uq", o).await
+            }
+
             async fn insert_order(tx: &mut $conn, table: &str, o: &NewOrder) -> Result<(), AppError> {
                 let text = format!(
                     "INSERT INTO {table} (tenant, code, invoice, amount, customer) VALUES ($1, $2, $3, $4, $5)"
@@ -111,6 +116,50 @@ macro_rules! suite {
                     assert_eq!(effects(&env.db, table, &format!("t1/{}", o.code)).await, 1, "{table}");
                 }
                 assert_eq!(effects(&env.db, "s3_ui_comp", &format!("t2/{}", o.code)).await, 1);
+            }
+
+            /// Issue 12 item 3: (A, INV-1) then (B, INV-1), B violating the invoice's unique
+            /// index, not the key's. With `table` (every backend): B gets the database's unique
+            /// violation, not `Duplicate`. With `constraint` alone: PostgreSQL names the
+            /// constraint, so the same; MySQL/MariaDB and SQLite name none, so the call is
+            /// refused with `Error::Unsupported` before anything runs — never a lost B.
+            #[tokio::test]
+            async fn unique_index_other_column_violation_is_never_a_duplicate() {
+                use idempotent_runtime::store::business::BusinessBackend;
+                let Some(env) = env(4).await else { return };
+                let names_constraints =
+                    <<$conn as sqlx::Connection>::Database as BusinessBackend>::NAMES_CONSTRAINTS;
+                let invoice = unique("INV");
+                let a = NewOrder { invoice: Some(invoice.clone()), ..order(&unique("A")) };
+                let b = NewOrder { invoice: Some(invoice.clone()), ..order(&unique("B")) };
+                let rows = |code: &str| {
+                    let (db, code) = (&env.db, code.to_owned());
+                    async move { scalar_i64(db, "SELECT COUNT(*) FROM s3_ui_uq WHERE code = $1", &code).await }
+                };
+                if names_constraints {
+                    assert_eq!(got(create_constraint_only(&env.db, &a).await), Got::Ok);
+                    let r = create_constraint_only(&env.db, &b).await;
+                    assert!(matches!(&r, Err(AppError::Db(sqlx::Error::Database(d))) if d.is_unique_violation()), "{r:?}");
+                    assert_eq!(got(create_constraint_only(&env.db, &a).await), Got::Duplicate);
+                } else {
+                    for o in [&a, &b] {
+                        let r = create_constraint_only(&env.db, o).await;
+                        assert!(
+                            matches!(&r, Err(AppError::Idempotency(idempotent_runtime::Error::Unsupported(why))) if why.contains("needs `table`")),
+                            "{r:?}"
+                        );
+                        assert_eq!(rows(&o.code).await, 0, "nothing ran");
+                    }
+                    assert_eq!(got(create_uq(&env.db, &a).await), Got::Ok);
+                }
+                // With `table`: B is the database's error on every backend, A's retry a duplicate.
+                let r = create_uq(&env.db, &b).await;
+                assert!(matches!(&r, Err(AppError::Db(sqlx::Error::Database(d))) if d.is_unique_violation()), "{r:?}");
+                assert_eq!(got(create_uq(&env.db, &a).await), Got::Duplicate);
+                assert_eq!(rows(&a.code).await, 1);
+                assert_eq!(rows(&b.code).await, 0, "B was refused with an error, not dropped as a duplicate");
+                assert_eq!(effects(&env.db, "s3_ui_uq", &format!("t1/{}", a.code)).await, 1);
+                assert_eq!(effects(&env.db, "s3_ui_uq", &format!("t1/{}", b.code)).await, 0);
             }
 
             #[tokio::test]
@@ -208,5 +257,93 @@ mod postgres_caller_transaction {
             .await
             .unwrap();
         assert_eq!(n, 1);
+    }
+}
+
+/// Issue 12 item 8, MariaDB: a key column's collation decides which keys are equal. Under
+/// `utf8mb4_nopad_bin` (what README recommends; `utf8mb4_0900_bin` on MySQL 8) `"k"` and
+/// `"k "` are two keys, two effects; under `utf8mb4_bin` (PAD SPACE) `'k' = 'k '`, so `"k "`
+/// after `"k"` is a `Duplicate` — that behaviour is documented, not fixed.
+mod mysql_collation {
+    use super::*;
+    use idempotent_tests::business::mysql::*;
+    use sqlx::{MySqlConnection, MySqlPool};
+
+    #[idempotent(strategy = "unique_index", key = "o.code", table = "s3_nopad")]
+    async fn create_nopad(
+        db: &MySqlPool,
+        o: &NewOrder,
+        #[tx] tx: &mut MySqlConnection,
+    ) -> Result<(), AppError> {
+        sqlx::query("INSERT INTO s3_nopad (code) VALUES (?)")
+            .bind(&o.code)
+            .execute(&mut *tx)
+            .await?;
+        ledger(tx, "s3_nopad", &o.code).await?;
+        Ok(())
+    }
+
+    #[idempotent(strategy = "unique_index", key = "o.code", table = "s3_padbin")]
+    async fn create_padbin(
+        db: &MySqlPool,
+        o: &NewOrder,
+        #[tx] tx: &mut MySqlConnection,
+    ) -> Result<(), AppError> {
+        sqlx::query("INSERT INTO s3_padbin (code) VALUES (?)")
+            .bind(&o.code)
+            .execute(&mut *tx)
+            .await?;
+        ledger(tx, "s3_padbin", &o.code).await?;
+        Ok(())
+    }
+
+    fn order(code: &str) -> NewOrder {
+        NewOrder {
+            tenant: "t1".into(),
+            code: code.into(),
+            invoice: None,
+            amount: None,
+            customer: None,
+        }
+    }
+
+    /// The ledger's `k` is `VARCHAR` under the server's default collation, which pads: count
+    /// the exact key with `BINARY`.
+    async fn exact_effects(db: &MySqlPool, op: &str, k: &str) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM s3_ledger WHERE op = ? AND BINARY k = BINARY ?")
+            .bind(op)
+            .bind(k)
+            .fetch_one(db)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn nopad_bin_keeps_a_trailing_space_apart() {
+        let Some(env) = env(4).await else { return };
+        let k = unique("k");
+        let spaced = format!("{k} ");
+        assert_eq!(got(create_nopad(&env.db, &order(&k)).await), Got::Ok);
+        assert_eq!(got(create_nopad(&env.db, &order(&spaced)).await), Got::Ok);
+        assert_eq!(
+            got(create_nopad(&env.db, &order(&spaced)).await),
+            Got::Duplicate
+        );
+        assert_eq!(exact_effects(&env.db, "s3_nopad", &k).await, 1);
+        assert_eq!(exact_effects(&env.db, "s3_nopad", &spaced).await, 1);
+    }
+
+    #[tokio::test]
+    async fn bin_pads_so_a_trailing_space_is_the_same_key() {
+        let Some(env) = env(4).await else { return };
+        let k = unique("k");
+        let spaced = format!("{k} ");
+        assert_eq!(got(create_padbin(&env.db, &order(&k)).await), Got::Ok);
+        assert_eq!(
+            got(create_padbin(&env.db, &order(&spaced)).await),
+            Got::Duplicate
+        );
+        assert_eq!(exact_effects(&env.db, "s3_padbin", &k).await, 1);
+        assert_eq!(exact_effects(&env.db, "s3_padbin", &spaced).await, 0);
     }
 }

@@ -135,6 +135,8 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
 }
 
 async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
+    // Two operations sharing a name would share records: fail before the first request.
+    idempotent_runtime::check_operation_names()?;
     let run = run_id();
     let pool_size = u32::try_from(args.concurrency.clamp(2, 64)).unwrap_or(32);
     let store = MemoryStore::new();

@@ -140,6 +140,7 @@ fn strategy(config: &Config, rule: &BusinessRule, database: &Ident) -> TokenStre
             status_column,
             from,
             to,
+            done,
         } => {
             let target = target_literal(config, target);
             let status = sql_ident(config, status_column);
@@ -149,6 +150,7 @@ fn strategy(config: &Config, rule: &BusinessRule, database: &Ident) -> TokenStre
                     status_column: #status,
                     from: #from,
                     to: #to,
+                    done: &[#(#done),*],
                 }
             }
         }

@@ -12,12 +12,15 @@ use super::{
     bound_block, call_entry, check_at, injected_binding, private_at, store_through,
     tx_store_statements,
 };
-use crate::model::{Config, Fingerprint, Millis, OnBusy, OnCancel, ReplayMode, Replaying};
-use crate::syntax::ends;
+use crate::model::{
+    Config, Fingerprint, FingerprintArg, Millis, OnBusy, OnCancel, ReplayMode, Replaying,
+};
+use crate::syntax::{UnrawString as _, ends};
 
 /// The wrapper's body for a replaying strategy.
 ///
 /// ```text
+/// static __IDEMPOTENT_OPERATION: OperationSite = ..; submit!(..); <its check>?;
 /// let __idempotent_key = <KeyPartArg::add_part(.., KeyBuilder::new(name)) ... finish()>?;
 /// let __idempotent_fingerprint = <FingerprintArg::add_arg(.., Fingerprinter::new()) ... finish()>?;
 /// <T as rt::__private::ResponseType>::replaying(
@@ -34,6 +37,7 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
     let rt = &config.runtime;
     let key_local = Ident::new("__idempotent_key", Span::mixed_site());
     let fingerprint_local = Ident::new("__idempotent_fingerprint", Span::mixed_site());
+    let site = site_statements(config, replaying, func);
     let key = key_statement(config, replaying, &key_local);
     let fingerprint = fingerprint_statement(config, replaying, &fingerprint_local);
 
@@ -130,6 +134,7 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
         },
     );
     quote! {
+        #site
         #key
         #fingerprint
         #store_statements
@@ -145,17 +150,51 @@ fn into_error(config: &Config) -> TokenStream {
     quote_spanned!(config.err_span=> #error_type::#method)
 }
 
+/// The function's registration as an operation, and its name check before anything else:
+///
+/// ```text
+/// static __IDEMPOTENT_OPERATION: rt::__private::OperationSite =
+///     rt::__private::OperationSite::new(name, "fn_name", file!(), line!(), column!());
+/// rt::__private::inventory::submit!(rt::__private::Registered(&__IDEMPOTENT_OPERATION));
+/// OperationSite::check(&__IDEMPOTENT_OPERATION)?;
+/// ```
+///
+/// The statics are items, so one per function however often (and with whatever generics) it
+/// is called; the location macros are spanned at the function's name, which they report.
+fn site_statements(config: &Config, replaying: &Replaying, func: &ItemFn) -> TokenStream {
+    let rt = &config.runtime;
+    let name = &replaying.name;
+    let ident = &func.sig.ident;
+    let function = LitStr::new(&ident.unraw_string(), ident.span());
+    let location =
+        quote_spanned!(ident.span()=> ::core::file!(), ::core::line!(), ::core::column!());
+    let site = Ident::new("__IDEMPOTENT_OPERATION", Span::mixed_site());
+    let check = try_runtime(config, quote!(#rt::__private::OperationSite::check(&#site)));
+    quote! {
+        static #site: #rt::__private::OperationSite =
+            #rt::__private::OperationSite::new(#name, #function, #location);
+        #rt::__private::inventory::submit!(#rt::__private::Registered(&#site));
+        #check;
+    }
+}
+
 /// `match expr { Ok(v) => v, Err(e) => return Err(into_error(e)) }`: a runtime
 /// error before the body runs becomes the function's own error type.
 fn try_runtime(config: &Config, expr: TokenStream) -> TokenStream {
     // The whole conversion is spanned at `E`: rustc points an unmet bound of a call at the
     // call expression, parentheses included.
     let into_error = into_error(config);
-    let error = Ident::new("error", config.err_span);
+    // The bindings are hygienic (`mixed_site`) and prefixed, so that no user item in scope
+    // (a `const value`, a unit struct `error`) turns them into patterns.
+    let value = Ident::new("__idempotent_value", Span::mixed_site());
+    let error = Ident::new(
+        "__idempotent_error",
+        Span::mixed_site().located_at(config.err_span),
+    );
     let convert = quote_spanned!(config.err_span=> #into_error(#error));
     quote! {
         match #expr {
-            ::core::result::Result::Ok(value) => value,
+            ::core::result::Result::Ok(#value) => #value,
             ::core::result::Result::Err(#error) => {
                 return ::core::result::Result::Err(#convert);
             }
@@ -193,8 +232,11 @@ fn key_statement(config: &Config, replaying: &Replaying, local: &Ident) -> Token
     quote!(let #local = #value;)
 }
 
-/// `let __idempotent_fingerprint = add_arg(&(x), "x", Fingerprinter::new())...finish()?;`:
-/// each argument checked (`FingerprintArg`) and added where it is written.
+/// `let __idempotent_fingerprint = { <checks>; Fingerprinter::new() <args> }.finish()?;`
+///
+/// Each argument goes in through a trait of its own, defined here with a message naming the
+/// argument (see [`fingerprint_arg`]), so an argument that is not `Serialize` is one error at
+/// that argument, saying how to leave it out of the fingerprint.
 fn fingerprint_statement(config: &Config, replaying: &Replaying, local: &Ident) -> TokenStream {
     let rt = &config.runtime;
     let builder = match &replaying.fingerprint {
@@ -202,23 +244,112 @@ fn fingerprint_statement(config: &Config, replaying: &Replaying, local: &Ident) 
             quote_spanned!(*span=> #rt::__private::Fingerprinter::disabled())
         }
         Fingerprint::Args(args) => {
-            let mut builder = quote!(#rt::__private::Fingerprinter::new());
-            for arg in args {
-                let (span, expr) = (arg.span, &arg.tokens);
-                let label = LitStr::new(&arg.label, span);
-                builder = check_at(
-                    config,
-                    span,
-                    "FingerprintArg",
-                    "add_arg",
-                    quote_spanned!(span=> &(#expr), #label, #builder),
-                );
-            }
-            builder
+            let fingerprinter = Ident::new("__idempotent_fingerprinter", Span::mixed_site());
+            let calls = args
+                .iter()
+                .map(|arg| fingerprint_arg(config, args, arg, &fingerprinter));
+            quote! {{
+                let #fingerprinter = #rt::__private::Fingerprinter::new();
+                #(let #fingerprinter = #calls;)*
+                #fingerprinter
+            }}
         }
     };
     let value = try_runtime(config, quote!(#builder.finish()));
     quote!(let #local = #value;)
+}
+
+/// One fingerprinted argument, added in a block of its own:
+/// `{ trait Serialize { .. } impl<A: rt::Serialize> Serialize for A { .. } Serialize::arg(&(x), fp, "x") }`.
+///
+/// The block's trait `Serialize` is implemented for every `serde::Serialize` type; its
+/// `#[diagnostic::on_unimplemented]` names the argument and the `fingerprint` that leaves it
+/// out, and the call is spanned at the argument. The blanket impl is `do_not_recommend`, so
+/// rustc reports the trait's own message rather than the bound behind it ("the trait
+/// `Serialize` is not implemented for `Pool`" is its help line); and serde's bound is met
+/// inside the impl, so an argument that fails it draws no second error.
+fn fingerprint_arg(
+    config: &Config,
+    args: &[FingerprintArg],
+    arg: &FingerprintArg,
+    fingerprinter: &Ident,
+) -> TokenStream {
+    let rt = &config.runtime;
+    let (span, expr) = (arg.span, &arg.tokens);
+    let trait_def = Ident::new("Serialize", Span::call_site());
+    let trait_use = Ident::new("Serialize", span);
+    let method = Ident::new("__idempotent_arg", Span::call_site());
+    let method_use = Ident::new("__idempotent_arg", span);
+    let others: Vec<String> = args
+        .iter()
+        .filter(|other| other.label != arg.label)
+        .map(|other| format!("{:?}", other.label))
+        .collect();
+    // `{` and `}` are the format string's own.
+    let escape = |text: &str| text.replace('{', "{{").replace('}', "}}");
+    let name = escape(&arg.label);
+    let rest = escape(&format!("fingerprint = [{}]", others.join(", ")));
+    let (message, label, note) = if arg.listed {
+        (
+            format!(
+                "`{name}` is listed in `fingerprint`, but its type `{{Self}}` is not `Serialize`"
+            ),
+            "listed in `fingerprint`".to_owned(),
+            if others.is_empty() {
+                "remove it: write `fingerprint = false` (no other argument is listed); to keep it, its type must implement `serde::Serialize`".to_owned()
+            } else {
+                format!(
+                    "remove it from the list: `{rest}`; to keep it, its type must implement `serde::Serialize`"
+                )
+            },
+        )
+    } else {
+        (
+            format!(
+                "parameter `{name}` is part of the request fingerprint, but its type `{{Self}}` is not `Serialize`"
+            ),
+            "fingerprinted by default, like every parameter but `self`, the store and `#[tx]`/`#[fence]`".to_owned(),
+            if others.is_empty() {
+                format!(
+                    "to leave `{name}` out, write `fingerprint = false` (no other argument is fingerprinted); to keep it in, its type must implement `serde::Serialize`"
+                )
+            } else {
+                format!(
+                    "to leave `{name}` out, list the arguments that identify the request: `{rest}` (or `fingerprint = false` for no fingerprint); to keep it in, its type must implement `serde::Serialize`"
+                )
+            },
+        )
+    };
+    let (message, label, note) = (
+        LitStr::new(&message, Span::call_site()),
+        LitStr::new(&label, Span::call_site()),
+        LitStr::new(&note, Span::call_site()),
+    );
+    let label_lit = LitStr::new(&arg.label, span);
+    let call = quote_spanned!(span=> #trait_use::#method_use(&(#expr), #fingerprinter, #label_lit));
+    quote! {{
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        trait #trait_def {
+            fn #method(
+                &self,
+                __idempotent_fingerprinter: #rt::__private::Fingerprinter,
+                __idempotent_label: &'static str,
+            ) -> #rt::__private::Fingerprinter;
+        }
+        #[diagnostic::do_not_recommend]
+        impl<__IdempotentArg: #rt::__private::Serialize + ?::core::marker::Sized> #trait_def
+            for __IdempotentArg
+        {
+            fn #method(
+                &self,
+                __idempotent_fingerprinter: #rt::__private::Fingerprinter,
+                __idempotent_label: &'static str,
+            ) -> #rt::__private::Fingerprinter {
+                __idempotent_fingerprinter.arg(__idempotent_label, self)
+            }
+        }
+        #call
+    }}
 }
 
 /// `Options { lease: .., ttl: .., on_busy: .., on_cancel: .., ..Default::default() }` with the

@@ -26,11 +26,16 @@ use std::fmt;
 pub use crate::Error;
 pub use crate::fingerprint::{Fingerprint, Fingerprinter};
 pub use crate::key::{KeyBuilder, StorageKey};
+pub use crate::operation::{OperationSite, Registered};
 #[cfg(feature = "sqlx")]
 pub use crate::store::business::{SqlIdent, Target};
 pub use crate::strategy::distributed_lock::FencingToken;
 pub use crate::strategy::{OnBusy, OnCancel};
 pub use ::core::time::Duration;
+pub use ::inventory;
+/// The bound of a fingerprinted argument: the generated code checks it per argument, with a
+/// message naming that argument.
+pub use ::serde::Serialize;
 
 #[cfg(feature = "sqlx")]
 mod business;

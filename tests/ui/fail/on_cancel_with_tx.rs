@@ -11,6 +11,7 @@ pub async fn place(
     req: &Req,
     #[tx] tx: &mut SqliteConnection,
 ) -> Result<Receipt, AppError> {
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
     todo!()
 }
 

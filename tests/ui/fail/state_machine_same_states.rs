@@ -13,6 +13,7 @@ use sqlx::{SqliteConnection, SqlitePool};
     to = "PAID"
 )]
 pub async fn ship(pool: &SqlitePool, req: &Req, #[tx] tx: &mut SqliteConnection) -> Result<Receipt, AppError> {
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
     todo!()
 }
 

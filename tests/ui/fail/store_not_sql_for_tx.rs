@@ -9,6 +9,7 @@ pub async fn place(
     req: &Req,
     #[tx] tx: &mut sqlx::SqliteConnection,
 ) -> Result<Receipt, AppError> {
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
     todo!()
 }
 

@@ -9,7 +9,7 @@ pub struct Svc {
 }
 
 impl Svc {
-    #[idempotent(strategy = "dedup_table", key = "req.id")]
+    #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db")]
     pub async fn place(#[tx] &self, req: &Req) -> Result<Receipt, AppError> {
         todo!()
     }

@@ -11,6 +11,7 @@ pub async fn place(
     #[tx] tx: &mut sqlx::SqliteConnection,
     #[tx] other: &mut sqlx::SqliteConnection,
 ) -> Result<Receipt, AppError> {
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
     todo!()
 }
 

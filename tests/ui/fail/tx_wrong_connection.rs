@@ -10,6 +10,7 @@ pub async fn place(
     req: &Req,
     #[tx] tx: &mut sqlx::PgConnection,
 ) -> Result<Receipt, AppError> {
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
     todo!()
 }
 

@@ -40,7 +40,7 @@ impl Payments {
         key = "req.id",
         scope = "req.tenant",
         store = "self.redis",
-        name = "payments.settle",
+        name = "payments.settle_redis",
         fingerprint = false,
         lease = "500ms",
         ttl = "7days",
@@ -53,4 +53,7 @@ impl Payments {
     }
 }
 
-fn main() {}
+fn main() {
+    // Each function has an operation name of its own.
+    assert!(idempotent_runtime::check_operation_names().is_ok());
+}

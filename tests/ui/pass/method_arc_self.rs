@@ -1,4 +1,4 @@
-//! A method on `self: Arc<Self>` (a service shared across tasks), store defaulting to `self.db`.
+//! A method on `self: Arc<Self>` (a service shared across tasks), its store the field `self.db`.
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};
@@ -10,7 +10,7 @@ pub struct Svc {
 }
 
 impl Svc {
-    #[idempotent(strategy = "dedup_table", key = "req.id")]
+    #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db")]
     pub async fn place(self: Arc<Self>, req: Req) -> Result<Receipt, AppError> {
         let _ = &self.db;
         Ok(Receipt { tenant: req.tenant, id: req.id, amount: req.amount, serial: 1 })

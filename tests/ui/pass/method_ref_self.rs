@@ -1,4 +1,4 @@
-//! An inherent method on `&self`: the store defaults to `self.db`.
+//! An inherent method on `&self`, its store the field `self.db`.
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};
@@ -8,7 +8,7 @@ pub struct Svc {
 }
 
 impl Svc {
-    #[idempotent(strategy = "dedup_table", key = "req.id", scope = "req.tenant")]
+    #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
     pub async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
         let _ = &self.db;
         Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })

@@ -1,5 +1,5 @@
-//! `state_machine` with every option it takes: explicit `store`, `column`, `crate` and an
-//! `on_duplicate` handler, as a method with the store in `self`.
+//! `state_machine` with every option it takes: explicit `store`, `column`, `crate`, the states
+//! past `to` that count as done, and an `on_duplicate` handler, as a method with the store in `self`.
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Req};
@@ -25,6 +25,7 @@ impl Shipping {
         status_column = "state",
         from = "PAID",
         to = "SHIPPED",
+        done = ["DELIVERED", "RETURNED"],
         on_duplicate = "Self::already_shipped",
         crate = "::idempotent_runtime"
     )]

@@ -39,7 +39,7 @@ impl Checkout {
         key = "req.id",
         scope = "req.tenant",
         store = "self.redis",
-        name = "checkout.pay",
+        name = "checkout.pay_redis",
         fingerprint = false,
         lease = "500ms",
         ttl = "7days",
@@ -51,4 +51,7 @@ impl Checkout {
     }
 }
 
-fn main() {}
+fn main() {
+    // Each function has an operation name of its own.
+    assert!(idempotent_runtime::check_operation_names().is_ok());
+}

@@ -4,15 +4,17 @@
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Req};
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};
 
+/// `constraint` alone: on PostgreSQL, which names the violated constraint (MySQL/MariaDB and
+/// SQLite, which do not, refuse it at run time with `Error::Unsupported`: they need `table`).
 #[idempotent(strategy = "unique_index", key = "req.id", constraint = "orders_id_key")]
 pub async fn create(
-    pool: &SqlitePool,
+    pool: &PgPool,
     req: &Req,
-    #[tx] tx: &mut SqliteConnection,
+    #[tx] tx: &mut PgConnection,
 ) -> Result<(), AppError> {
-    sqlx::query("INSERT INTO orders (id, amount) VALUES (?, ?)")
+    sqlx::query("INSERT INTO orders (id, amount) VALUES ($1, $2)")
         .bind(&req.id)
         .bind(req.amount)
         .execute(&mut *tx)

@@ -173,6 +173,10 @@ key_values!(4; A.0, B.1, C.2, D.3);
 pub trait BusinessBackend: SqlBackend {
     /// The `i`-th (1-based) bind placeholder: `$i` (PostgreSQL), `?` (MySQL), `?i` (SQLite).
     fn placeholder(i: usize) -> String;
+    /// Whether a unique violation names the violated constraint (`DatabaseError::constraint`):
+    /// PostgreSQL does; MySQL/MariaDB and SQLite do not (their messages name a key or the
+    /// columns, and message text is never parsed).
+    const NAMES_CONSTRAINTS: bool;
     /// Appended to a SELECT to lock the rows it reads for update: `" FOR UPDATE"`; empty on
     /// SQLite, whose `BEGIN IMMEDIATE` already holds the database's write lock.
     const LOCK_FOR_UPDATE: &'static str;
@@ -180,6 +184,13 @@ pub trait BusinessBackend: SqlBackend {
     /// transaction's snapshot: `" LOCK IN SHARE MODE"` on MySQL/MariaDB (REPEATABLE READ),
     /// empty elsewhere.
     const READ_LATEST: &'static str;
+    /// The statement that takes a transaction-scoped lock on one key of `table` (`parts` key
+    /// values bound in order), whether or not its row exists — so that `pessimistic` excludes
+    /// concurrent first calls for a missing row, where a row lock locks nothing. PostgreSQL:
+    /// `pg_advisory_xact_lock` on a hash of (table, key) in the two-`int4` key space; `None` on
+    /// MySQL/MariaDB (the locking read of a missing key locks the gap, or the whole scan
+    /// without an index) and SQLite (`BEGIN IMMEDIATE` holds the database's write lock).
+    fn key_lock_sql(table: SqlIdent, parts: usize) -> Option<String>;
     /// Binds a text value (a state of `state_machine`) to `q`.
     fn bind_text(q: Query<Self>, value: &'static str) -> Query<Self>;
     /// Runs `q`, returning the affected rows (MySQL: matched rows).

@@ -7,18 +7,21 @@
 //! (`postgres.rs`, `mysql.rs`, `sqlite.rs`) holds its dialect (placeholders, "now" expression,
 //! lock clauses, `BEGIN` statement), its claim SQL, its migration (`migrations/<db>.sql`), its
 //! business-table impl ([`BusinessBackend`](business::BusinessBackend)), its `#[tx]` impls
-//! (`&mut <DB>Connection`) and how its own error type is recognised; [`errors`] holds the one
-//! classification of database errors (unique violation, retryable), [`business`] the
-//! business-table access of the five business-table strategies.
+//! (`&mut <DB>Connection`), the sqlx encoding of [`FencingToken`](crate::FencingToken), how its own error type is recognised and which of its errors are
+//! retryable; [`errors`] holds the one classification of database errors built on those
+//! (retryable, unique violation and its constraint), [`business`] the business-table access of
+//! the five business-table strategies.
 //!
 //! Adding a database: a file here invoking the macros below (`sql_text!`, `sql_backend!`,
-//! `tx_store!`, `business_backend!`), one line in `backends!`, a migration under
+//! `tx_store!`, `business_backend!`, `fencing_token_type!`), one line in `backends!`, a migration under
 //! `migrations/` and a feature in `Cargo.toml`.
 //!
 //! All SQL is static text with bound parameters; the storage key, owner and fingerprint are hex
 //! strings and the response is a byte blob, so no user value is ever interpolated into SQL.
 //! Time is the database's clock in Unix milliseconds (`clock_timestamp()` on PostgreSQL,
-//! `NOW(3)` on MySQL, `julianday('now')` on SQLite), never the application's.
+//! `UTC_TIMESTAMP(3)` on MySQL/MariaDB, independent of the session's time zone), never the
+//! application's — except on SQLite, which has no server: `julianday('now')` is each client
+//! process's own clock.
 
 use std::future::Future;
 use std::time::Duration;
@@ -327,6 +330,19 @@ macro_rules! tx_store {
                 let conn: &mut $conn = self;
                 Ok(sqlx::Connection::begin(conn).await?)
             }
+            async fn settle(&mut self) {
+                let conn: &mut $conn = self;
+                // Each failed reply sqlx reads is dequeued; a dropped savepoint queues one.
+                for _ in 0..3 {
+                    match sqlx::Connection::ping(&mut *conn).await {
+                        Ok(()) => return,
+                        Err(e) => tracing::debug!(
+                            error = %e,
+                            "read a reply left on the caller's connection by the strategy's savepoint"
+                        ),
+                    }
+                }
+            }
         }
 
         #[diagnostic::do_not_recommend]
@@ -341,14 +357,22 @@ macro_rules! tx_store {
 
 /// Implements [`BusinessBackend`](business::BusinessBackend) for one database:
 /// `business_backend!(database = sqlx::Postgres, connection = sqlx::PgConnection,
-/// lock_for_update = " FOR UPDATE", read_latest = "", placeholder = |i: usize| ...)`.
+/// lock_for_update = " FOR UPDATE", read_latest = "", names_constraints = true,
+/// placeholder = |i: usize| ..., key_lock = |table, parts| ...)`.
 /// Each backend's file invokes it once.
 macro_rules! business_backend {
-    (database = $db:ty, connection = $conn:ty, lock_for_update = $lock:literal, read_latest = $latest:literal, placeholder = $ph:expr $(,)?) => {
+    (database = $db:ty, connection = $conn:ty, lock_for_update = $lock:literal, read_latest = $latest:literal, names_constraints = $names:literal, placeholder = $ph:expr, key_lock = $key_lock:expr $(,)?) => {
         impl $crate::store::sql::business::BusinessBackend for $db {
             fn placeholder(i: usize) -> String {
                 ($ph)(i)
             }
+            fn key_lock_sql(
+                table: $crate::store::sql::business::SqlIdent,
+                parts: usize,
+            ) -> Option<String> {
+                ($key_lock)(table, parts)
+            }
+            const NAMES_CONSTRAINTS: bool = $names;
             const LOCK_FOR_UPDATE: &'static str = $lock;
             const READ_LATEST: &'static str = $latest;
             fn bind_text(
@@ -382,9 +406,58 @@ macro_rules! business_backend {
     };
 }
 
+/// Implements sqlx's `Type`, `Encode` and `Decode` for [`FencingToken`](crate::FencingToken)
+/// on one database, as that database's signed 64-bit integer (`fencing_token_type!(database =
+/// sqlx::Postgres)`): PostgreSQL and MySQL/MariaDB `BIGINT`, SQLite `INTEGER`, so `.bind(fence)`
+/// works in `WHERE fence < $1`. Encoding a token above `i64::MAX` (only a hand-built one can
+/// be) fails the query with sqlx's encode error, nothing is sent; decoding a negative value
+/// fails with sqlx's decode error. Each backend's file invokes it once.
+macro_rules! fencing_token_type {
+    (database = $db:ty $(,)?) => {
+        impl sqlx::Type<$db> for $crate::FencingToken {
+            fn type_info() -> <$db as sqlx::Database>::TypeInfo {
+                <i64 as sqlx::Type<$db>>::type_info()
+            }
+            fn compatible(ty: &<$db as sqlx::Database>::TypeInfo) -> bool {
+                <i64 as sqlx::Type<$db>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, $db> for $crate::FencingToken {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <$db as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                let value = i64::try_from(*self).map_err(|_| {
+                    format!(
+                        "the fencing token {} is above i64::MAX and does not fit a signed 64-bit column",
+                        self.0
+                    )
+                })?;
+                <i64 as sqlx::Encode<'q, $db>>::encode_by_ref(&value, buf)
+            }
+            fn size_hint(&self) -> usize {
+                <i64 as sqlx::Encode<'q, $db>>::size_hint(&0)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, $db> for $crate::FencingToken {
+            fn decode(
+                value: <$db as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let value = <i64 as sqlx::Decode<'r, $db>>::decode(value)?;
+                u64::try_from(value)
+                    .map($crate::FencingToken)
+                    .map_err(|_| format!("a fencing token cannot be negative: {value}").into())
+            }
+        }
+    };
+}
+
 /// The databases compiled in: one line per backend, `"feature" => module`. Declares each
-/// backend's module behind its feature and [`backend_database_error`], which asks each
-/// backend to recognise its own database-error type.
+/// backend's module behind its feature, [`backend_database_error`], which asks each backend to
+/// recognise its own database-error type, and [`backend_classify`], which asks each backend to
+/// classify its own errors.
 macro_rules! backends {
     ($($feature:literal => $module:ident),+ $(,)?) => {
         $(
@@ -407,6 +480,22 @@ macro_rules! backends {
             let _ = e;
             None
         }
+
+        /// What `d` means ([`errors::Class`]), as the compiled-in backend whose error type it
+        /// is classifies it (each backend's `classify`, next to its codes); `None` when no
+        /// backend recognises it. Used by [`errors::classify`].
+        pub(crate) fn backend_classify<'a>(
+            d: &'a (dyn sqlx::error::DatabaseError + 'static),
+        ) -> Option<errors::Class<'a>> {
+            $(
+                #[cfg(feature = $feature)]
+                if let Some(class) = $module::classify(d) {
+                    return Some(class);
+                }
+            )+
+            let _ = d;
+            None
+        }
     };
 }
 
@@ -421,10 +510,17 @@ backends! {
 
 pub use errors::is_retryable;
 
-/// Where `dedup_table`'s transactional mode opens the transaction that holds the claim and the
-/// body's writes: a pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`: a new transaction on a pooled
-/// connection) or a connection (`&mut PgConnection`, …: a new transaction, or a SAVEPOINT when
-/// the connection is already inside the caller's transaction, which then stays usable).
+/// Where `dedup_table`'s transactional mode and the business-table strategies open the
+/// transaction that holds the claim (or check) and the body's writes: a pool (`&PgPool`,
+/// `&MySqlPool`, `&SqlitePool`: a new transaction on a pooled connection) or a connection
+/// (`&mut PgConnection`, …: a new transaction, or a SAVEPOINT when the connection is already
+/// inside the caller's transaction, which then stays usable).
+///
+/// A call cancelled while its `BEGIN` is in flight never leaves a pooled connection inside a
+/// transaction (see `begin_on_pool`). A `&mut` connection is the caller's own, and sqlx 0.9.0
+/// can leave it inside an untracked transaction when the call's future is dropped during its
+/// `BEGIN` (PostgreSQL, MySQL; launchbadge/sqlx #4393): close (`PoolConnection::close`) rather
+/// than reuse a connection whose call was cancelled.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot open the transaction that `#[tx]` injects",
     label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
@@ -437,9 +533,10 @@ pub trait TxStore: IntoTxStore + Send {
     fn begin(
         &mut self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
-    /// Opens a deferred transaction (or savepoint): plain `BEGIN` on every backend, so on
-    /// SQLite concurrent readers may proceed until one of them writes (`select_before_insert`).
-    /// Errors: [`Error::Backend`].
+    /// Opens a deferred transaction (or savepoint) for reading only: plain `BEGIN` on every
+    /// backend, so on SQLite it takes no write lock and runs beside a writer (the strategies'
+    /// re-reads of the key's row after a failed run). A transaction that may write starts with
+    /// [`begin`](Self::begin). Errors: [`Error::Backend`].
     fn begin_deferred(
         &mut self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
@@ -449,19 +546,59 @@ pub trait TxStore: IntoTxStore + Send {
     fn in_callers_transaction(&self) -> bool {
         false
     }
+    /// After the strategy's savepoint inside the caller's transaction ended in a retryable
+    /// failure: reads the replies sqlx left queued on the connection, so the caller's next
+    /// statement gets its own answer. After a deadlock (or MariaDB's 1020) MySQL has already
+    /// rolled the caller's whole transaction back, so the `ROLLBACK TO SAVEPOINT` sqlx queues
+    /// when the savepoint is dropped fails with 1305 ("SAVEPOINT … does not exist"); read here,
+    /// that reply no longer surfaces as the error of the caller's own `rollback()`. Pools:
+    /// nothing to do.
+    fn settle(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}
+
+/// Opens a transaction on a connection of `pool` with `statement` (`None`: sqlx's `BEGIN`),
+/// so that a caller whose future is dropped while the `BEGIN` is in flight never leaves that
+/// connection in the pool inside a transaction. Every transaction the runtime opens on a pool
+/// starts here (the strategies through [`TxStore::begin`], the migrations).
+///
+/// sqlx 0.9.0 raises its transaction depth only after the `BEGIN` round trip (PostgreSQL and
+/// MySQL), and its rollback-on-drop guards do nothing at depth 0: a future dropped in between
+/// returns the connection to the pool inside a server-side transaction that nothing ends, and
+/// the next borrower's statements run in it (a claim written there is invisible to everyone
+/// else). Reported as launchbadge/sqlx (now transact-rs/sqlx) issue #4393, fixed for
+/// PostgreSQL by pull request #4394, not in a release yet; SQLite was made cancel-safe long
+/// ago (#2054, #2057). So the `BEGIN` runs in a task of its own, which always finishes: when
+/// the caller is gone by then, the task drops the open transaction, which queues its
+/// `ROLLBACK`, and the pool runs that before it lends the connection again. Acquiring the
+/// connection happens in the caller's future (cancel-safe in sqlx).
+///
+/// Errors: [`Error::Backend`] (sqlx's, or the task's when the runtime is shutting down). A
+/// panic inside sqlx's `begin` is resumed in the caller.
+pub(crate) async fn begin_on_pool<DB: Database>(
+    pool: &Pool<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>, Error> {
+    let conn = pool.acquire().await?;
+    let begin = sqlx::Transaction::begin(conn, statement.map(sqlx::SqlSafeStr::into_sql_str));
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Ok(begin.await?);
+    };
+    match runtime.spawn(begin).await {
+        Ok(tx) => Ok(tx?),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::backend(e)),
+    }
 }
 
 impl<DB: SqlBackend> TxStore for &Pool<DB> {
     type Database = DB;
     async fn begin(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
-        let tx = match DB::BEGIN {
-            Some(stmt) => Pool::begin_with(self, stmt).await?,
-            None => Pool::begin(self).await?,
-        };
-        Ok(tx)
+        begin_on_pool(self, DB::BEGIN).await
     }
     async fn begin_deferred(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
-        Ok(Pool::begin(self).await?)
+        begin_on_pool(self, None).await
     }
 }
 

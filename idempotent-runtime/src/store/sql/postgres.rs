@@ -1,7 +1,7 @@
 //! PostgreSQL: its dialect (`$n` placeholders, `clock_timestamp()` as now, `ON CONFLICT DO
 //! NOTHING`, `FOR UPDATE`, plain `BEGIN`), its claim SQL, its migration
 //! (`migrations/postgres.sql`), its business-table and `#[tx]` impls (`&mut PgConnection`),
-//! and its database-error type.
+//! [`FencingToken`](crate::FencingToken) as a `BIGINT`, and its database errors: their type and which are retryable.
 
 use std::error::Error as StdError;
 
@@ -9,6 +9,7 @@ use sqlx::error::DatabaseError;
 use sqlx::{Pool, Postgres};
 
 use super::SqlText;
+use super::errors::Class;
 use crate::Error;
 
 /// The claim statements: time is `clock_timestamp()` (the statement's own instant, not the
@@ -35,14 +36,35 @@ business_backend!(
     connection = sqlx::PgConnection,
     lock_for_update = " FOR UPDATE",
     read_latest = "",
+    names_constraints = true,
     placeholder = |i: usize| format!("${i}"),
+    key_lock = key_lock_sql,
 );
+
+/// `pg_advisory_xact_lock(hashtext('<table>'), hashtext(<key parts as text, joined by U+001F>))`:
+/// a lock on (table, key) held until the transaction ends, whether or not the row exists. The
+/// two-`int4` key space never meets the one-`bigint` space (PostgreSQL keeps them apart), so
+/// it cannot collide with `migrate`'s lock; two keys whose hashes collide only wait for each
+/// other. `table` is a checked identifier, safe inside the quotes.
+fn key_lock_sql(table: super::business::SqlIdent, parts: usize) -> Option<String> {
+    let key = (1..=parts)
+        .map(|i| format!("${i}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "SELECT pg_advisory_xact_lock(hashtext('{}'), hashtext(concat_ws(chr(31), {key})))",
+        table.as_str()
+    ))
+}
+
+// `FencingToken` binds as a BIGINT.
+fencing_token_type!(database = Postgres);
 
 /// Runs `migrations/postgres.sql`.
 async fn migrate(pool: &Pool<Postgres>) -> Result<(), Error> {
     // Concurrent `CREATE TABLE IF NOT EXISTS` can race on PostgreSQL's catalog; serialize
     // migrators with a transaction-scoped advisory lock.
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin_on_pool(pool, None).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(7297175460591402611)")
         .execute(&mut *tx)
         .await?;
@@ -61,4 +83,42 @@ pub(super) fn database_error<'a>(
 ) -> Option<&'a (dyn DatabaseError + 'static)> {
     e.downcast_ref::<sqlx::postgres::PgDatabaseError>()
         .map(|d| d as &(dyn DatabaseError + 'static))
+}
+
+/// SQLSTATE `serialization_failure`: a REPEATABLE READ or SERIALIZABLE transaction met a
+/// concurrent update, or a serializable conflict.
+const SERIALIZATION_FAILURE: &str = "40001";
+/// SQLSTATE `deadlock_detected`: this transaction was the deadlock's victim.
+const DEADLOCK_DETECTED: &str = "40P01";
+
+/// `true` for the SQLSTATEs after which the whole transaction may run again.
+fn retryable(sqlstate: &str) -> bool {
+    matches!(sqlstate, SERIALIZATION_FAILURE | DEADLOCK_DETECTED)
+}
+
+/// PostgreSQL's classification of its own errors (`None`: not a PostgreSQL error): retryable
+/// by SQLSTATE, unique violations (23505, by sqlx's kind) with the constraint's name.
+pub(super) fn classify<'a>(d: &'a (dyn DatabaseError + 'static)) -> Option<Class<'a>> {
+    let pg = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    Some(if retryable(pg.code()) {
+        Class::Retryable
+    } else if d.kind() == sqlx::error::ErrorKind::UniqueViolation {
+        Class::Unique {
+            constraint: pg.constraint(),
+        }
+    } else {
+        Class::Other
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn serialization_failure_and_deadlock_are_retryable() {
+        assert!(super::retryable("40001"));
+        assert!(super::retryable("40P01"));
+        for other in ["23505", "25P02", "55P03", "57014", "40002"] {
+            assert!(!super::retryable(other), "{other}");
+        }
+    }
 }

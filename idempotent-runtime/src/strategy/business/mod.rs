@@ -3,9 +3,11 @@
 //! body's transaction, and what they share: running the body in the strategy's transaction and
 //! committing it, classifying the body's error by the database error inside it (through the
 //! one classification in `store/sql/errors.rs`), and the bounded retry of a whole transaction
-//! after a deadlock or a serialization failure.
+//! after a deadlock or a serialization failure — never inside the caller's transaction, where
+//! the first such failure is returned as it is (only the caller can run its whole transaction
+//! again).
 //!
-//! The strategies see databases only through the generic [`TxStore`](crate::TxStore) and
+//! The strategies see databases only through the generic [`TxStore`] and
 //! [`BusinessBackend`](crate::store::sql::business::BusinessBackend) traits.
 
 use std::error::Error as StdError;
@@ -13,7 +15,8 @@ use std::error::Error as StdError;
 use super::Backoff;
 use crate::Error;
 use crate::error::{Disposition, record};
-use crate::store::sql::errors::{database_error, is_transient, is_unique};
+use crate::store::sql::TxStore;
+use crate::store::sql::errors::{Class, classify, database_error};
 
 pub mod optimistic;
 pub mod pessimistic;
@@ -25,17 +28,22 @@ pub mod unique_index;
 /// [`Error::Contention`].
 pub(crate) const MAX_ATTEMPTS: u32 = 10;
 
-/// Counts the runs of one call's transaction.
+/// Counts the runs of one call's transaction, and knows whether it runs inside the caller's
+/// transaction (then nothing is run again).
 pub(crate) struct Retry {
     attempts: u32,
     backoff: Backoff,
+    nested: bool,
 }
 
 impl Retry {
-    pub(crate) fn new() -> Self {
+    /// A retry budget for a call whose store is inside the caller's transaction (`nested`,
+    /// [`TxStore::in_callers_transaction`]) or not.
+    pub(crate) fn new(nested: bool) -> Self {
         Retry {
             attempts: 0,
             backoff: Backoff::new(),
+            nested,
         }
     }
 
@@ -54,23 +62,60 @@ impl Retry {
         Ok(())
     }
 
-    /// After one of the strategy's own statements failed: `Ok(())` to run again when the
-    /// failure is retryable, else the error.
-    pub(crate) async fn on_error(&mut self, e: Error) -> Result<(), Error> {
-        let retryable = {
-            let dyn_e: &(dyn StdError + 'static) = &e;
-            database_error(dyn_e).is_some_and(is_transient)
-        };
-        if retryable {
+    /// After opening the transaction (`BEGIN`, or `SAVEPOINT` inside the caller's transaction)
+    /// failed: `Ok(())` to try again when the failure is retryable and the transaction is the
+    /// strategy's own, else the error.
+    pub(crate) async fn on_begin_error(&mut self, e: Error) -> Result<(), Error> {
+        if !self.nested && crate::store::sql::is_retryable(&e) {
             self.again(e.to_string()).await
         } else {
             Err(e)
         }
     }
 
+    /// After one of the strategy's own statements failed and its transaction was dropped:
+    /// `Ok(())` to run again when the failure is retryable, else the error. Inside the
+    /// caller's transaction a retryable failure is returned at once, with `store` settled
+    /// ([`TxStore::settle`]).
+    async fn on_error<S: TxStore>(&mut self, e: Error, store: &mut S) -> Result<(), Error> {
+        let retryable = {
+            let dyn_e: &(dyn StdError + 'static) = &e;
+            database_error(dyn_e).is_some_and(|d| classify(d) == Class::Retryable)
+        };
+        match (retryable, self.nested) {
+            (true, false) => self.again(e.to_string()).await,
+            (true, true) => {
+                store.settle().await;
+                Err(e)
+            }
+            (false, _) => Err(e),
+        }
+    }
+
     /// [`Retry::on_error`] for a sqlx error.
-    pub(crate) async fn on_sqlx(&mut self, e: sqlx::Error) -> Result<(), Error> {
-        self.on_error(e.into()).await
+    pub(crate) async fn on_sqlx<S: TxStore>(
+        &mut self,
+        e: sqlx::Error,
+        store: &mut S,
+    ) -> Result<(), Error> {
+        self.on_error(e.into(), store).await
+    }
+
+    /// Classifies the body's error by the database error in its source chain, after its
+    /// transaction was rolled back. Inside the caller's transaction a retryable failure is the
+    /// body's own error ([`BodyFailure::Other`]), returned as it is, with `store` settled.
+    pub(crate) async fn body_failure<E: StdError + 'static, S: TxStore>(
+        &self,
+        e: &E,
+        store: &mut S,
+    ) -> BodyFailure {
+        match body_failure(e) {
+            BodyFailure::Retryable(_) if self.nested => {
+                store.settle().await;
+                BodyFailure::Other
+            }
+            failure => failure,
+        }
     }
 }
 
@@ -85,12 +130,15 @@ pub(crate) enum BodyFailure {
 }
 
 /// Classifies the body's error by the database error in its source chain.
-pub(crate) fn body_failure<E: StdError + 'static>(e: &E) -> BodyFailure {
+fn body_failure<E: StdError + 'static>(e: &E) -> BodyFailure {
     let dyn_e: &(dyn StdError + 'static) = e;
-    match database_error(dyn_e) {
-        Some(d) if is_transient(d) => BodyFailure::Retryable(d.message().to_owned()),
-        Some(d) if is_unique(d) => BodyFailure::Unique(d.constraint().map(str::to_owned)),
-        _ => BodyFailure::Other,
+    let Some(d) = database_error(dyn_e) else {
+        return BodyFailure::Other;
+    };
+    match classify(d) {
+        Class::Retryable => BodyFailure::Retryable(d.message().to_owned()),
+        Class::Unique { constraint } => BodyFailure::Unique(constraint.map(str::to_owned)),
+        Class::Other => BodyFailure::Other,
     }
 }
 
@@ -106,8 +154,9 @@ pub(crate) enum Ran<T, E> {
 }
 
 /// Runs `body` on `tx` and commits. A commit that fails is retried through `retry` (or its
-/// error returned); a failed body rolls the transaction back and hands its error on for the
-/// strategy to classify with [`body_failure`].
+/// error returned; inside the caller's transaction at once); a failed body rolls the
+/// transaction back and hands its error on for the strategy to classify with
+/// [`Retry::body_failure`].
 pub(crate) async fn run_and_commit<DB, T, E, B>(
     mut tx: sqlx::Transaction<'_, DB>,
     body: B,
@@ -124,7 +173,11 @@ where
                 Ok(Ran::Committed(value))
             }
             Err(e) => {
-                retry.on_sqlx(e).await?;
+                let e = Error::from(e);
+                if retry.nested || !crate::store::sql::is_retryable(&e) {
+                    return Err(e);
+                }
+                retry.again(e.to_string()).await?;
                 Ok(Ran::Again)
             }
         },

@@ -2,8 +2,10 @@
 //!
 //! In one transaction: `UPDATE table SET version = version + 1 WHERE key = ? AND version = ?`
 //! with the version the caller read; one row → the body runs on the same connection (`#[tx]`)
-//! and everything commits together; no row → the caller's version is stale, a duplicate
-//! ([`Error::Duplicate`], or `on_duplicate`). The update always bumps the version, so a call
+//! and everything commits together; no row → the key's row is looked up (as the latest committed
+//! data): it exists, so the caller's version is stale, a duplicate ([`Error::Duplicate`], or
+//! `on_duplicate`); it does not → [`Error::NotFound`], which a caller can tell from its own
+//! retry. The update always bumps the version, so a call
 //! whose new values equal the current ones still applies, and MySQL/MariaDB (which report
 //! *matched* rows through sqlx) give the same answers. A body error rolls back, restoring the
 //! version. Protocol: optimistic offline lock (Fowler, *PoEAA*); HTTP `If-Match` preconditions
@@ -15,7 +17,7 @@ use sqlx::Database;
 use sqlx::encode::Encode;
 use sqlx::types::Type;
 
-use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
 use crate::store::sql::business::{BindValue, BusinessBackend, KeyValues, SqlIdent, Target, query};
@@ -27,7 +29,8 @@ pub const VERSION_COLUMN: SqlIdent = SqlIdent::new("version");
 /// `expected_version`, then runs `body` in the same transaction and commits.
 ///
 /// Returns the body's result; for a stale version, `on_duplicate()`'s (the macro passes one
-/// returning [`Error::Duplicate`] unless `on_duplicate` is given). A missing row is stale too.
+/// returning [`Error::Duplicate`] unless `on_duplicate` is given); for a missing row
+/// [`Error::NotFound`].
 /// Deadlocks and serialization failures — in the UPDATE, the body or the commit — roll back and
 /// run the whole transaction again, body included (`body` makes a fresh body closure for every run), at most
 /// 10 (`MAX_ATTEMPTS`) times, then [`Error::Contention`]. Other errors:
@@ -79,12 +82,13 @@ where
         key = target.key_predicate::<S::Database>(1),
         p = <S::Database as BusinessBackend>::placeholder(K::COUNT + 1),
     );
-    let mut retry = Retry::new();
+    let exists = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST);
+    let mut retry = Retry::new(store.in_callers_transaction());
     loop {
         let mut tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                retry.on_error(e).await?;
+                retry.on_begin_error(e).await?;
                 continue;
             }
         };
@@ -93,20 +97,36 @@ where
             Ok(n) => n,
             Err(e) => {
                 drop(tx);
-                retry.on_sqlx(e).await?;
+                retry.on_sqlx(e, &mut store).await?;
                 continue;
             }
         };
         if bumped == 0 {
+            let found = <S::Database as BusinessBackend>::fetch_exists(
+                &mut *tx,
+                key.bind_to(query(&exists)),
+            )
+            .await;
             let _ = tx.rollback().await;
-            return on_duplicate().await;
+            return match found {
+                Ok(true) => on_duplicate().await,
+                Ok(false) => Err(Error::NotFound(format!(
+                    "no row in {} with this key",
+                    target.table.as_str()
+                ))
+                .into()),
+                Err(e) => {
+                    retry.on_sqlx(e, &mut store).await?;
+                    continue;
+                }
+            };
         }
         let e = match run_and_commit(tx, body(), &mut retry).await? {
             Ran::Committed(value) => return Ok(value),
             Ran::Again => continue,
             Ran::Failed(e) => e,
         };
-        match body_failure(&e) {
+        match retry.body_failure(&e, &mut store).await {
             BodyFailure::Retryable(last) => retry.again(last).await?,
             _ => return Err(e),
         }

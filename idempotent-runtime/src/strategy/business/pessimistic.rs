@@ -1,24 +1,29 @@
 //! `strategy = "pessimistic"`: lock the key's row, let the body re-check under the lock.
 //!
 //! `BEGIN; SELECT 1 FROM table WHERE key = ? FOR UPDATE` (SQLite: `BEGIN IMMEDIATE`, the
-//! database's write lock), then the body runs on that same connection (`#[tx]`) holding the
-//! lock — it never needs a second pooled connection — re-checks its precondition (has this
-//! payment been applied?) and either applies the effect or returns `Error::Duplicate` itself.
-//! Commit on success, rollback on error. Concurrent calls wait for the lock, then re-check.
+//! database's write lock; PostgreSQL first takes `pg_advisory_xact_lock` on a hash of (table,
+//! key), which holds whether or not the row exists), then the body runs on that same
+//! connection (`#[tx]`) holding the lock — it never needs a second pooled connection —
+//! re-checks its precondition (has this payment been applied?) and either applies the effect
+//! or returns `Error::Duplicate` itself. Commit on success, rollback on error. Concurrent calls
+//! wait for the lock, then re-check.
 //!
-//! Locking a row that does not exist yet locks a gap on InnoDB: two callers can both hold the
-//! gap and deadlock when they insert, and on PostgreSQL nothing is locked, so the second insert
-//! hits the unique index. Both are handled by running the whole transaction again (body
-//! included: `body` makes a fresh body closure for every run): the rerun finds the committed row, locks it, and the body's
-//! re-check answers. Deadlocks and serialization failures rerun at most
-//! 10 (`MAX_ATTEMPTS`) times, a unique violation at most twice; then the error
-//! surfaces ([`Error::Contention`], or the body's own).
+//! A row that does not exist yet: on PostgreSQL `FOR UPDATE` locks nothing, so the advisory
+//! lock is what makes concurrent first calls wait for each other (no unique index needed).
+//! On InnoDB the locking read locks the gap where the key would be (or, without an index on the
+//! key, every row it scans and the gaps between them): two callers can both hold the gap and
+//! deadlock when they insert; the victim runs the whole transaction again (body included:
+//! `body` makes a fresh body closure for every run), finds the committed row, locks it, and the
+//! body's re-check answers. A unique violation (a row inserted by a caller that did not go
+//! through this strategy) reruns the same way. Deadlocks and serialization failures rerun at
+//! most 10 (`MAX_ATTEMPTS`) times, a unique violation at most twice; then the error surfaces
+//! ([`Error::Contention`], or the body's own).
 
 use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
 use crate::store::sql::business::{BusinessBackend, KeyValues, Target, query};
@@ -46,23 +51,33 @@ where
     F: FnMut() -> B,
     B: AsyncFnOnce(&mut <S::Database as Database>::Connection) -> Result<T, E>,
 {
+    let key_lock = <S::Database as BusinessBackend>::key_lock_sql(target.table, K::COUNT);
     let lock = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::LOCK_FOR_UPDATE);
-    let mut retry = Retry::new();
+    let mut retry = Retry::new(store.in_callers_transaction());
     let mut unique_reruns = 0;
     loop {
         let mut tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                retry.on_error(e).await?;
+                retry.on_begin_error(e).await?;
                 continue;
             }
         };
+        if let Some(key_lock) = &key_lock
+            && let Err(e) =
+                <S::Database as BusinessBackend>::execute(&mut *tx, key.bind_to(query(key_lock)))
+                    .await
+        {
+            drop(tx);
+            retry.on_sqlx(e, &mut store).await?;
+            continue;
+        }
         if let Err(e) =
             <S::Database as BusinessBackend>::fetch_exists(&mut *tx, key.bind_to(query(&lock)))
                 .await
         {
             drop(tx);
-            retry.on_sqlx(e).await?;
+            retry.on_sqlx(e, &mut store).await?;
             continue;
         }
         let e = match run_and_commit(tx, body(), &mut retry).await? {
@@ -70,7 +85,7 @@ where
             Ran::Again => continue,
             Ran::Failed(e) => e,
         };
-        match body_failure(&e) {
+        match retry.body_failure(&e, &mut store).await {
             BodyFailure::Retryable(last) => retry.again(last).await?,
             BodyFailure::Unique(_) if unique_reruns < UNIQUE_RERUNS => {
                 unique_reruns += 1;

@@ -6,15 +6,18 @@
 //!
 //! The SELECT alone cannot stop two concurrent first calls: both see no row. **The key column
 //! needs a unique index**; the loser's insert then fails (a unique violation after the winner
-//! commits; on SQLite, whose deferred transactions let both read, a busy-snapshot error), the
-//! transaction rolls back, the key is looked up again as the latest committed data, and the
-//! loser gets a duplicate too — never the raw database error.
+//! commits; on MariaDB under `innodb_snapshot_isolation`, error 1020 since the winner's row is
+//! newer than the loser's snapshot), the transaction rolls back, the key is looked up again as
+//! the latest committed data, and the loser gets a duplicate too — never the raw database
+//! error. On SQLite the transaction starts with `BEGIN IMMEDIATE` like every writing
+//! strategy's: calls take the database's write lock one at a time (waiting up to the busy
+//! timeout), so a later call sees the earlier one's row.
 
 use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
 use crate::store::sql::business::{BusinessBackend, KeyValues, Target, query};
@@ -24,8 +27,9 @@ use crate::store::sql::business::{BusinessBackend, KeyValues, Target, query};
 /// Returns the body's result, or `on_duplicate()`'s when the row exists (the macro passes one
 /// returning [`Error::Duplicate`]). A body failing with a unique violation or a serialization
 /// failure is a duplicate when the key's row now exists; otherwise serialization failures rerun
-/// the whole transaction (body included) up to the bound, then [`Error::Contention`]. Other
-/// errors: the body's own, [`Error::Backend`].
+/// the whole transaction (body included) up to the bound, then [`Error::Contention`] — except
+/// inside the caller's transaction, where the first one is returned as it is. Other errors: the
+/// body's own, [`Error::Backend`].
 pub async fn run<S, K, T, E, F, B, D>(
     mut store: S,
     target: Target,
@@ -44,12 +48,12 @@ where
 {
     let check = target.exists_sql::<S::Database>("");
     let recheck = target.exists_sql::<S::Database>(<S::Database as BusinessBackend>::READ_LATEST);
-    let mut retry = Retry::new();
+    let mut retry = Retry::new(store.in_callers_transaction());
     loop {
-        let mut tx = match store.begin_deferred().await {
+        let mut tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                retry.on_error(e).await?;
+                retry.on_begin_error(e).await?;
                 continue;
             }
         };
@@ -64,7 +68,7 @@ where
             Ok(false) => {}
             Err(e) => {
                 drop(tx);
-                retry.on_sqlx(e).await?;
+                retry.on_sqlx(e, &mut store).await?;
                 continue;
             }
         }
@@ -73,7 +77,7 @@ where
             Ran::Again => continue,
             Ran::Failed(e) => e,
         };
-        let retryable = match body_failure(&failure) {
+        let retryable = match retry.body_failure(&failure, &mut store).await {
             BodyFailure::Other => return Err(failure),
             BodyFailure::Unique(_) => None,
             BodyFailure::Retryable(last) => Some(last),

@@ -2,16 +2,18 @@
 //!
 //! In one transaction: `UPDATE table SET status = to WHERE key = ? AND status = from`. One row
 //! → the body runs on the same connection (`#[tx]`) and commits with the transition. No row →
-//! the row is read: already at `to` → [`Error::Duplicate`] (or `on_duplicate`); in another
-//! state → [`Error::Conflict`]; absent → [`Error::NotFound`]. The UPDATE always carries the
-//! previous state in its WHERE clause and `from != to` (checked at compile time), so a matched
-//! row is a changed row on MySQL/MariaDB too. A body error rolls back, restoring the state.
+//! the row is read: at `to` or at one of the `done` states (those past `to`, e.g. `DELIVERED`
+//! after `SHIPPED`: a retried ship whose first attempt succeeded) → [`Error::Duplicate`] (or
+//! `on_duplicate`); in another state → [`Error::Conflict`]; absent → [`Error::NotFound`]. The
+//! UPDATE always carries the previous state in its WHERE clause and `from != to` (checked at
+//! compile time), so a matched row is a changed row on MySQL/MariaDB too. A body error rolls
+//! back, restoring the state.
 
 use std::error::Error as StdError;
 
 use sqlx::Database;
 
-use super::{BodyFailure, Ran, Retry, body_failure, run_and_commit};
+use super::{BodyFailure, Ran, Retry, run_and_commit};
 use crate::Error;
 use crate::store::sql::TxStore;
 use crate::store::sql::business::{BusinessBackend, KeyValues, SqlIdent, Target, query};
@@ -27,13 +29,17 @@ pub struct Transition {
     pub from: &'static str,
     /// The state the row moves to.
     pub to: &'static str,
+    /// Further states that count as already applied, besides `to` (which always does): the
+    /// states a row reaches after `to` (`done = ["SHIPPED", "DELIVERED"]`). A row found in one
+    /// of them answers [`Error::Duplicate`] instead of [`Error::Conflict`]. Empty: only `to`.
+    pub done: &'static [&'static str],
 }
 
 /// Moves the row whose key columns equal `key` from `transition.from` to `transition.to`,
 /// runs `body` in the same transaction and commits.
 ///
 /// Returns the body's result. Errors: [`Error::Duplicate`] (via `on_duplicate`) when the row is
-/// already at `to`; [`Error::Conflict`] naming the row's state when it is elsewhere;
+/// already at `to` or at one of `transition.done`; [`Error::Conflict`] naming the row's state when it is elsewhere;
 /// [`Error::NotFound`] when there is no row; [`Error::Contention`] after repeated deadlocks or
 /// serialization failures (each reruns the whole transaction, body included); the body's own
 /// errors; [`Error::Backend`].
@@ -58,6 +64,7 @@ where
         status_column,
         from,
         to,
+        done,
     } = transition;
     let ph = <S::Database as BusinessBackend>::placeholder;
     let update = format!(
@@ -75,12 +82,12 @@ where
         key = target.key_predicate::<S::Database>(1),
         latest = <S::Database as BusinessBackend>::READ_LATEST,
     );
-    let mut retry = Retry::new();
+    let mut retry = Retry::new(store.in_callers_transaction());
     loop {
         let mut tx = match store.begin().await {
             Ok(tx) => tx,
             Err(e) => {
-                retry.on_error(e).await?;
+                retry.on_begin_error(e).await?;
                 continue;
             }
         };
@@ -90,7 +97,7 @@ where
             Ok(n) => n,
             Err(e) => {
                 drop(tx);
-                retry.on_sqlx(e).await?;
+                retry.on_sqlx(e, &mut store).await?;
                 continue;
             }
         };
@@ -102,12 +109,12 @@ where
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
-                    retry.on_sqlx(e).await?;
+                    retry.on_sqlx(e, &mut store).await?;
                     continue;
                 }
             };
             return match state {
-                Some(Some(s)) if s == to => on_duplicate().await,
+                Some(Some(s)) if s == to || done.contains(&s.as_str()) => on_duplicate().await,
                 Some(s) => Err(Error::Conflict(format!(
                     "{}.{} is {}, not {from}: cannot move it to {to}",
                     target.table.as_str(),
@@ -127,7 +134,7 @@ where
             Ran::Again => continue,
             Ran::Failed(e) => e,
         };
-        match body_failure(&e) {
+        match retry.body_failure(&e, &mut store).await {
             BodyFailure::Retryable(last) => retry.again(last).await?,
             _ => return Err(e),
         }

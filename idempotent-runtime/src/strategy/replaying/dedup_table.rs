@@ -298,8 +298,11 @@ mod transactional {
     /// that transaction's connection, completes the record and commits — one commit for the
     /// record and the body's writes. A body error rolls everything back; the retry runs again.
     ///
-    /// Deadlocks and serialization failures while claiming (MySQL 1213, SQLSTATE 40001/40P01,
-    /// SQLite busy) retry the attempt up to 16 times. Errors are those of [`run`](super::run),
+    /// Deadlocks and serialization failures while claiming (the retryable errors of
+    /// [`is_retryable`]: MySQL 1213, MariaDB 1020, SQLSTATE 40001/40P01, SQLite busy) retry the
+    /// attempt up to 16 times — except inside the caller's transaction (`store` a connection
+    /// already in one), where the first is returned as it is: only the caller can run its whole
+    /// transaction again. Errors are those of [`run`](super::run),
     /// except that [`Error::LockLost`] cannot happen (the claim lives in the transaction); the
     /// options are checked the same way ([`Options::check`], [`Error::InvalidOption`]).
     pub async fn run_in_tx<S, T, E, F>(
@@ -346,7 +349,10 @@ mod transactional {
                     backoff.wait().await;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    drop(tx);
+                    return Err(settled(&mut store, nested, e).await.into());
+                }
             };
             match claimed {
                 InTx::Claimed => {
@@ -354,7 +360,11 @@ mod transactional {
                     let value = match result {
                         Ok(v) => v,
                         Err(e) => {
-                            let _ = tx.rollback().await;
+                            // A savepoint that cannot be rolled back is gone with the caller's
+                            // whole transaction (a deadlock in the body on MySQL).
+                            if tx.rollback().await.is_err() && nested {
+                                store.settle().await;
+                            }
                             return Err(e);
                         }
                     };
@@ -370,12 +380,19 @@ mod transactional {
                             .into());
                         }
                     };
-                    if !S::Database::complete_claim(&mut *tx, &key, &owner, &bytes, options.ttl)
-                        .await?
+                    match S::Database::complete_claim(&mut *tx, &key, &owner, &bytes, options.ttl)
+                        .await
                     {
-                        return Err(Error::LockLost.into());
+                        Ok(true) => {}
+                        Ok(false) => return Err(Error::LockLost.into()),
+                        Err(e) => {
+                            drop(tx);
+                            return Err(settled(&mut store, nested, e).await.into());
+                        }
                     }
-                    tx.commit().await.map_err(Error::from)?;
+                    if let Err(e) = tx.commit().await {
+                        return Err(settled(&mut store, nested, e.into()).await.into());
+                    }
                     record(Disposition::Executed);
                     return Ok(value);
                 }
@@ -397,6 +414,16 @@ mod transactional {
                 }
             }
         }
+    }
+
+    /// `e`, after the transaction that failed with it was dropped. Inside the caller's
+    /// transaction a retryable failure is returned as it is, the store settled first
+    /// ([`TxStore::settle`]: on MySQL the caller's whole transaction is already gone).
+    async fn settled<S: TxStore>(store: &mut S, nested: bool, e: Error) -> Error {
+        if nested && is_retryable(&e) {
+            store.settle().await;
+        }
+        e
     }
 
     enum InTx<T> {

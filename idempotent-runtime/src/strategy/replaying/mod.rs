@@ -59,8 +59,12 @@ pub trait Replayable: serde::Serialize + serde::de::DeserializeOwned {}
 #[diagnostic::do_not_recommend]
 impl<T: serde::Serialize + serde::de::DeserializeOwned> Replayable for T {}
 
-/// Serializes `value` for replay and checks that it reads back as a `T` that serializes to the
-/// same JSON (the round trip replay depends on); the reason when it cannot be stored.
+/// Serializes `value` for replay and checks the round trip replay depends on: the JSON read
+/// back as a `T` serializes again to the same JSON text — byte for byte, except that members of
+/// a JSON object may come in another order (a `HashMap`'s iteration order) — and has the same
+/// canonical form as `value` (the fingerprint's, [`crate::fingerprint`], which tells apart what
+/// JSON writes alike: `None` and `Some(None)`, NaN and ±∞ and `null`). The reason when it
+/// cannot be stored.
 pub(crate) fn storable<T: Serialize + DeserializeOwned>(
     value: &T,
     limit: usize,
@@ -75,25 +79,96 @@ pub(crate) fn storable<T: Serialize + DeserializeOwned>(
     let back = serde_json::from_slice::<T>(&bytes)
         .map_err(|e| format!("it does not read back after serializing: {e}"))?;
     // A value that reads back as a different one (an `#[serde(untagged)]` enum taking another
-    // variant, a field skipped on one side) would replay something the body never returned.
-    // Compared as JSON values, so map key order (a `HashMap`) does not count as a change.
+    // variant, a field skipped on one side, a number read back as another type) would replay
+    // something the body never returned.
     let again = serde_json::to_vec(&back)
         .map_err(|e| format!("it does not serialize again after reading back: {e}"))?;
-    let same = match (
-        serde_json::from_slice::<serde_json::Value>(&bytes),
-        serde_json::from_slice::<serde_json::Value>(&again),
-    ) {
-        (Ok(first), Ok(second)) => first == second,
-        _ => bytes == again,
-    };
-    if !same {
+    if bytes != again && !same_json_but_member_order(&bytes, &again) {
         return Err(format!(
             "it reads back as a different value (serialized {} then {}): replaying it would change the response",
             String::from_utf8_lossy(&bytes),
             String::from_utf8_lossy(&again)
         ));
     }
+    // Same JSON, but JSON writes some different values alike (`Some(None)` and `None`,
+    // `Some(NaN)` and `None`): the read-back copy must also be the same serde value. Skipped
+    // only when `Serialize` fails for the canonical serializer though it worked for JSON.
+    if let (Ok(sent), Ok(read)) = (
+        crate::fingerprint::canonical(value),
+        crate::fingerprint::canonical(&back),
+    ) && sent != read
+    {
+        return Err(format!(
+            "it reads back as a different value (JSON {} stands for another value too, e.g. `null` for `None`, `Some(None)`, NaN and infinities): replaying it would change the response",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
     Ok(bytes)
+}
+
+/// Whether two JSON texts are the same but for the order of members within objects: every
+/// scalar (number, string, literal) must have the same text, arrays the same order. `false`
+/// when either is not JSON.
+fn same_json_but_member_order(a: &[u8], b: &[u8]) -> bool {
+    match (std::str::from_utf8(a), std::str::from_utf8(b)) {
+        (Ok(a), Ok(b)) => matches!((json_tree(a), json_tree(b)), (Ok(x), Ok(y)) if x == y),
+        _ => false,
+    }
+}
+
+/// A JSON text's structure, keeping each scalar's exact text; an object's members sorted.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum JsonTree<'a> {
+    Scalar(&'a str),
+    Array(Vec<JsonTree<'a>>),
+    Object(Vec<(String, JsonTree<'a>)>),
+}
+
+fn json_tree(text: &str) -> Result<JsonTree<'_>, serde_json::Error> {
+    use serde_json::value::RawValue;
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text)?;
+            let items = items.into_iter().map(|i| json_tree(i.get()));
+            Ok(JsonTree::Array(items.collect::<Result<_, _>>()?))
+        }
+        Some(b'{') => {
+            let Members(members) = serde_json::from_str(text)?;
+            let mut members = members
+                .into_iter()
+                .map(|(k, v)| json_tree(v.get()).map(|v| (k, v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            members.sort();
+            Ok(JsonTree::Object(members))
+        }
+        _ => Ok(JsonTree::Scalar(text.trim())),
+    }
+}
+
+/// A JSON object's members in their order, duplicates kept, values as raw text.
+struct Members<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// The body succeeded: its response serialized for replay, or — when it cannot be kept (fails
@@ -389,6 +464,81 @@ mod tests {
     #[test]
     fn map_key_order_is_not_a_change() {
         let map: HashMap<String, u32> = (0..64).map(|i| (format!("k{i}"), i)).collect();
-        assert!(storable(&map, usize::MAX).is_ok());
+        assert_eq!(
+            storable(&map, usize::MAX).unwrap(),
+            serde_json::to_vec(&map).unwrap()
+        );
+        let nested: HashMap<String, HashMap<u32, Vec<f64>>> = (0..16)
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    (0..16).map(|j| (j, vec![0.5, f64::from(j)])).collect(),
+                )
+            })
+            .collect();
+        assert!(storable(&nested, usize::MAX).is_ok());
+    }
+
+    /// An untagged enum whose `Big` variant reads back as `Float`: the JSON texts differ
+    /// (`18446744073709551617` then `1.8446744073709552e+19`) though they parse to the same
+    /// `serde_json::Value` — comparing values, as before, stored it.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(untagged)]
+    enum Amount {
+        Float(f64),
+        Big(u128),
+    }
+
+    #[test]
+    fn a_number_that_reads_back_as_another_type_is_not_storable() {
+        let big = Amount::Big((1 << 64) + 1);
+        let reason = storable(&big, usize::MAX).unwrap_err();
+        assert!(
+            reason.contains("serialized 18446744073709551617 then 1.8446744073709552e+19"),
+            "{reason}"
+        );
+        let as_values = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(
+            as_values("18446744073709551617"),
+            as_values("1.8446744073709552e+19")
+        );
+        assert_eq!(
+            storable(&Amount::Float(2.5), usize::MAX).unwrap(),
+            b"2.5".to_vec()
+        );
+    }
+
+    #[test]
+    fn values_json_writes_alike_are_not_storable() {
+        // `Some(None)` and `None` are both `null`: it would replay as `None`.
+        let reason = storable(&Some(None::<u8>), usize::MAX).unwrap_err();
+        assert!(reason.contains("stands for another value too"), "{reason}");
+        // NaN and infinities are written as `null`: `Some(NaN)` would replay as `None`.
+        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let reason = storable(&Some(f), usize::MAX).unwrap_err();
+            assert!(
+                reason.contains("stands for another value too"),
+                "{f}: {reason}"
+            );
+        }
+        // Plain `None` and `Some(Some(x))` survive.
+        assert_eq!(storable(&None::<Option<u8>>, usize::MAX).unwrap(), b"null");
+        assert_eq!(storable(&Some(Some(3u8)), usize::MAX).unwrap(), b"3");
+    }
+
+    #[test]
+    fn json_texts_compare_but_for_member_order() {
+        use super::same_json_but_member_order as same;
+        assert!(same(
+            br#"{"a":1,"b":[1,{"x":"y","z":null}]}"#,
+            br#"{"b":[1,{"z":null,"x":"y"}],"a":1}"#
+        ));
+        assert!(same(br#"{"a":1,"a":2}"#, br#"{"a":2,"a":1}"#));
+        assert!(!same(br#"{"a":1,"a":2}"#, br#"{"a":2}"#));
+        assert!(!same(b"[1,2]", b"[2,1]"));
+        assert!(!same(b"1", b"1.0"));
+        assert!(!same(b"-0.0", b"0.0"));
+        assert!(!same(br#""\u00e9""#, br#""\u00c9""#));
+        assert!(!same(b"{", b"{"), "not JSON");
     }
 }

@@ -1,4 +1,5 @@
-//! A method whose `self` has no `db` field to default the store to, and no `store` option.
+//! A method without `store`: the macro cannot see the struct's fields, so the store field is
+//! named (`store = "self.db"`) unless a parameter named `db`, `pool` or `store` is the store.
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};
@@ -11,7 +12,8 @@ pub struct Svc {
 impl Svc {
     #[idempotent(strategy = "dedup_table", key = "req.id")]
     pub async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
-        todo!()
+        let _ = &self.pool;
+        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
     }
 }
 
