@@ -22,7 +22,7 @@ use crate::syntax::{UnrawString as _, ends};
 /// ```text
 /// static __IDEMPOTENT_OPERATION: OperationSite = ..; submit!(..); <its check>?;
 /// let __idempotent_key = <KeyPartArg::add_part(.., KeyBuilder::new(name)) ... finish()>?;
-/// let __idempotent_fingerprint = <FingerprintArg::add_arg(.., Fingerprinter::new()) ... finish()>?;
+/// let __idempotent_fingerprint = <{ per argument: a trait of its own naming it } ... finish()>?;
 /// <T as rt::__private::ResponseType>::replaying(
 ///     rt::__private::Replay {
 ///         strategy: rt::__private::DedupTable { store: AsClaimStore::as_claim_store(&store), options },

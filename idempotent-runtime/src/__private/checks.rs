@@ -9,10 +9,10 @@
 //!
 //! Nothing after a check may be reported again for the same mistake, so a check either does
 //! the work itself and returns a type that does not depend on the checked one
-//! ([`KeyPartArg`], [`FingerprintArg`], `KeyValueArg`), or returns a projection that has no
+//! ([`KeyPartArg`], `KeyValueArg`), or returns a projection that has no
 //! value when the check fails (`TxParam`), which rustc does not check any further.
 
-use super::{Fingerprinter, KeyBuilder};
+use super::KeyBuilder;
 use crate::key::KeyPart;
 
 /// A key or scope part: a [`KeyPart`], added to the key by the check itself.
@@ -64,25 +64,6 @@ impl<K: KeyPart + ?Sized> KeyPartArg for K {
             tag: self.tag(),
             bytes,
         }
-    }
-}
-
-/// A fingerprinted argument: `serde::Serialize`, added to the fingerprint by the check itself.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not `serde::Serialize`, so this argument cannot be part of the request's fingerprint",
-    label = "this argument is fingerprinted, and its type `{Self}` is not `Serialize`",
-    note = "the fingerprint covers every parameter but the store and the `#[tx]`/`#[fence]` ones unless `fingerprint` says otherwise: list the parameters that identify the request (e.g. `fingerprint = [\"req\"]`), write `fingerprint = false`, or derive `serde::Serialize` for a type of your own"
-)]
-pub trait FingerprintArg {
-    /// Adds `self` to `fingerprint` under `label`.
-    fn add_arg(&self, label: &str, fingerprint: Fingerprinter) -> Fingerprinter;
-}
-
-#[diagnostic::do_not_recommend]
-impl<T: serde::Serialize + ?Sized> FingerprintArg for T {
-    #[inline(always)]
-    fn add_arg(&self, label: &str, fingerprint: Fingerprinter) -> Fingerprinter {
-        fingerprint.arg(label, self)
     }
 }
 

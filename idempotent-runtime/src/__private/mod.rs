@@ -13,7 +13,8 @@
 //! a check trait called through its path (see `checks`): the store by its store-argument trait
 //! ([`AsClaimStore`] and its siblings, at `store`), `E` by [`ErrorType`] / `SqlErrorType` (at
 //! `E`), `T` by [`ResponseType`] (at `T`), each key or scope part by [`KeyPartArg`] (business
-//! tables: `KeyValueArg`), each fingerprinted argument by [`FingerprintArg`], a `#[tx]`
+//! tables: `KeyValueArg`), each fingerprinted argument by a trait the expansion defines
+//! with a message naming it (its blanket impl over [`Serialize`]), a `#[tx]`
 //! parameter by `TxParam`, `optimistic`'s version by `VersionValueArg`. None leaves a "required
 //! by a bound in" note pointing into this crate, and none is reported twice: a check either does
 //! the work itself, or gives a type that has no value when it fails, which rustc checks no
