@@ -14,6 +14,7 @@ use sqlx::{SqliteConnection, SqlitePool};
     done = ["DELIVERED", "PAID"]
 )]
 pub async fn ship(pool: &SqlitePool, req: &Req, #[tx] tx: &mut SqliteConnection) -> Result<Receipt, AppError> {
+    let _ = tx;
     todo!()
 }
 
