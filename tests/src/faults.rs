@@ -135,6 +135,8 @@ impl<S: TokenStore> AsTokenStore for Faulty<S> {
 }
 
 impl<S: ClaimStore> ClaimStore for Faulty<S> {
+    const SHARED_CLOCK: bool = S::SHARED_CLOCK;
+
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
         let r = self.inner.try_claim(claim).await;
         self.faults.hold_if(matches!(r, Ok(true))).await;
@@ -147,6 +149,20 @@ impl<S: ClaimStore> ClaimStore for Faulty<S> {
 
     async fn take_over_claim(&self, claim: &Claim<'_>, previous: &str) -> Result<bool, Error> {
         let r = self.inner.take_over_claim(claim, previous).await;
+        self.faults.hold_if(matches!(r, Ok(true))).await;
+        self.faults.after_acquire(r)
+    }
+
+    async fn take_over_unrenewed(
+        &self,
+        claim: &Claim<'_>,
+        previous: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, Error> {
+        let r = self
+            .inner
+            .take_over_unrenewed(claim, previous, expires_at_ms)
+            .await;
         self.faults.hold_if(matches!(r, Ok(true))).await;
         self.faults.after_acquire(r)
     }

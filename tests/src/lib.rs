@@ -14,6 +14,7 @@
 //! | [`fixtures`] | [`Req`], [`Receipt`], [`AppError`], the pause points [`Gate`] and [`Once`] |
 //! | [`ledger`] | [`ledger_ddl`], the SQL and memory ledgers ([`PgLedger`], [`MyLedger`], [`LiteLedger`], [`MemLedger`]), the in-memory [`Effects`] |
 //! | [`outcome`] | [`Got`] with [`classify`], [`got`], [`tally`] and [`poll_while`] |
+//! | [`skew`] | [`SkewSvc`](skew::SkewSvc) and the `skew_worker` protocol: processes sharing one SQLite file with clocks apart |
 //! | [`redis_server`] | [`RedisServer`], [`RedisCluster`], [`free_port`], the throwaway server and cluster |
 //!
 //! The items test files use are re-exported here, so they `use idempotent_tests::{…}`.
@@ -25,6 +26,7 @@ pub mod fixtures;
 pub mod ledger;
 pub mod outcome;
 pub mod redis_server;
+pub mod skew;
 
 pub use backends::{
     Guard, MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, ci, mariadb_snapshot_pool, mysql,

@@ -240,6 +240,7 @@ impl ClaimStore for MemoryStore {
             owner: e.owner.to_string(),
             fingerprint: e.fingerprint.as_deref().map(str::to_owned),
             expired: e.expired(),
+            expires_at_ms: None,
             state: match &e.response {
                 None => RecordState::InProgress,
                 Some(r) => RecordState::Completed(r.to_vec()),

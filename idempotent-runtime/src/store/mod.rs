@@ -9,7 +9,9 @@
 //! `(idempotency_key, operation, fingerprint, status, owner, response, expires_at)`.
 //! `status` is `in_progress` (a claim, expiring at the end of its lease) or `completed`
 //! (expiring after the record's TTL). Every write after the claim is a compare-and-set on the
-//! claim's `owner` token, and expiry is judged by the backend's own clock.
+//! claim's `owner` token, and expiry is judged by the backend's own clock — except where the
+//! backend has no clock its clients share ([`ClaimStore::SHARED_CLOCK`], SQLite), where an
+//! in-progress claim is judged dead by watching it go unrenewed for a lease.
 
 use std::future::Future;
 use std::time::Duration;
@@ -66,6 +68,11 @@ pub struct Record {
     pub state: RecordState,
     /// `true` when the backend's clock says the lease (in progress) or TTL (completed) is over.
     pub expired: bool,
+    /// The record's stored expiry in Unix milliseconds, as written by the clock of whoever wrote
+    /// it (the SQL stores; `None` where the store does not report it: memory, Redis). Every
+    /// renewal of a live claim changes it, which is what a store without a shared clock
+    /// ([`ClaimStore::SHARED_CLOCK`] `false`) judges a claim's liveness by.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// What every store has, whichever strategies it serves: a name for logs and the demo.
@@ -99,6 +106,19 @@ pub trait Store: Send + Sync {
     note = "write `store = \"...\"` naming a sqlx pool (`PgPool`, `MySqlPool`, `SqlitePool`) or an `idempotent_runtime::MemoryStore`; or add a `#[tx] tx: &mut <DB>Connection` parameter to claim inside the body's transaction"
 )]
 pub trait ClaimStore: Store + Clone + 'static + AsClaimStore {
+    /// `true` (the default) when every client of the store reads one clock, so a lease's end is
+    /// judged alike by all of them: PostgreSQL and MySQL/MariaDB (the server's clock), Redis
+    /// (the server's), memory (one process). `false` for SQLite, whose "now" is each client
+    /// process's own clock: `dedup_table` then never judges an in-progress claim dead by
+    /// [`Record::expired`], but by watching it — a claim whose
+    /// [`expires_at_ms`](Record::expires_at_ms) stays unchanged for one full lease of the
+    /// watching process's monotonic time is taken over with
+    /// [`take_over_unrenewed`](ClaimStore::take_over_unrenewed); a live holder renews every
+    /// `lease / 3`, which changes it, so clock skew between processes never takes over a live
+    /// claim. A store that sets `false` must implement `take_over_unrenewed` and report
+    /// `expires_at_ms`.
+    const SHARED_CLOCK: bool = true;
+
     /// Inserts `claim` as an in-progress record if the key has no record. `Ok(true)` when this
     /// caller now holds the claim (a store may also answer `Ok(true)` when the record is
     /// already `claim.owner`'s unexpired in-progress claim), `Ok(false)` when a record exists.
@@ -117,6 +137,23 @@ pub trait ClaimStore: Store + Clone + 'static + AsClaimStore {
         claim: &Claim<'_>,
         previous_owner: &str,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Replaces `previous_owner`'s in-progress claim with `claim` if its stored expiry is still
+    /// `expires_at_ms` (compare-and-set on owner, status and the stored expiry; no clock is
+    /// read). `dedup_table` calls it only on stores with [`SHARED_CLOCK`](Self::SHARED_CLOCK)
+    /// `false`, after it has seen that same claim unchanged for one full lease. `Ok(true)` when
+    /// this caller now holds the claim. The default is
+    /// [`take_over_claim`](Self::take_over_claim) (the store's clock), right for every store
+    /// with a shared clock.
+    fn take_over_unrenewed(
+        &self,
+        claim: &Claim<'_>,
+        previous_owner: &str,
+        expires_at_ms: i64,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        let _ = expires_at_ms;
+        self.take_over_claim(claim, previous_owner)
+    }
 
     /// Marks `owner`'s in-progress claim completed with `response`, kept for `ttl`.
     /// `Ok(false)` when the claim is no longer `owner`'s (it expired and was taken over).

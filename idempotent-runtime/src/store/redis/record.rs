@@ -106,6 +106,7 @@ impl ClaimStore for RedisStore {
                 RecordState::InProgress
             },
             expired: false,
+            expires_at_ms: None,
         }))
     }
 

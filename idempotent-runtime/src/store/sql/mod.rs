@@ -36,16 +36,17 @@ struct SqlText {
     try_claim: &'static str,
     read: &'static str,
     take_over: &'static str,
+    take_over_unrenewed: &'static str,
     complete: &'static str,
     renew: &'static str,
     release: &'static str,
 }
 
-/// One template for every backend: `$now` is the backend's "now in Unix ms" expression, `p1..p6`
+/// One template for every backend: `$now` is the backend's "now in Unix ms" expression, `p1..p7`
 /// its placeholders in binding order, `$on_conflict` what follows the claim INSERT, `$read_lock`
 /// what follows the record SELECT. Each backend's file invokes it once.
 macro_rules! sql_text {
-    (now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal], on_conflict = $oc:literal, read_lock = $rl:literal) => {
+    (now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal, $p7:literal], on_conflict = $oc:literal, read_lock = $rl:literal) => {
         $crate::store::sql::SqlText {
             try_claim: concat!(
                 "INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) VALUES (",
@@ -59,6 +60,12 @@ macro_rules! sql_text {
                 "UPDATE idempotency_records SET owner = ", $p1, ", fingerprint = ", $p2, ", operation = ", $p3,
                 ", status = 'in_progress', response = NULL, expires_at_ms = ", $now, " + ", $p4,
                 " WHERE idempotency_key = ", $p5, " AND owner = ", $p6, " AND expires_at_ms <= ", $now
+            ),
+            take_over_unrenewed: concat!(
+                "UPDATE idempotency_records SET owner = ", $p1, ", fingerprint = ", $p2, ", operation = ", $p3,
+                ", status = 'in_progress', response = NULL, expires_at_ms = ", $now, " + ", $p4,
+                " WHERE idempotency_key = ", $p5, " AND owner = ", $p6,
+                " AND status = 'in_progress' AND expires_at_ms = ", $p7
             ),
             complete: concat!(
                 "UPDATE idempotency_records SET status = 'completed', response = ", $p1, ", expires_at_ms = ", $now, " + ", $p2,
@@ -103,6 +110,10 @@ pub trait SqlBackend: Database {
     /// `pool` as its [`Self::TxPool`] (the reference itself).
     fn tx_pool(pool: &Pool<Self>) -> Self::TxPool<'_>;
 
+    /// `false` when the database's "now" is each client's own clock (SQLite): see
+    /// [`ClaimStore::SHARED_CLOCK`].
+    const SHARED_CLOCK: bool;
+
     /// The statement that opens a top-level transaction (`BEGIN IMMEDIATE` on SQLite, so the
     /// write lock is taken up front and two writers never deadlock upgrading a read lock).
     const BEGIN: Option<&'static str>;
@@ -122,6 +133,13 @@ pub trait SqlBackend: Database {
         conn: &mut Self::Connection,
         claim: &Claim<'_>,
         previous_owner: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// See [`ClaimStore::take_over_unrenewed`].
+    fn take_over_unrenewed(
+        conn: &mut Self::Connection,
+        claim: &Claim<'_>,
+        previous_owner: &str,
+        expires_at_ms: i64,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// See [`ClaimStore::complete_claim`].
     fn complete_claim(
@@ -170,6 +188,7 @@ fn record_from_row(row: Option<RecordRow>) -> Result<Option<Record>, Error> {
         fingerprint,
         state,
         expired: expires_at_ms <= now_ms,
+        expires_at_ms: Some(expires_at_ms),
     }))
 }
 
@@ -182,11 +201,12 @@ fn statements(sql: &'static str) -> impl Iterator<Item = &'static str> {
 }
 
 /// Implements [`SqlBackend`] for one database: `sql_backend!(database = sqlx::Postgres,
-/// connection = sqlx::PgConnection, begin = None, sql = SQL, migrate = migrate)`, where `SQL`
-/// is the backend's [`SqlText`] and `migrate` its migration function. Each backend's file
+/// connection = sqlx::PgConnection, begin = None, shared_clock = true, sql = SQL, migrate =
+/// migrate)`, where `SQL` is the backend's [`SqlText`], `migrate` its migration function and
+/// `shared_clock` whether its "now" is one clock for every client ([`SqlBackend::SHARED_CLOCK`]). Each backend's file
 /// invokes it once.
 macro_rules! sql_backend {
-    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, sql = $sql:expr, migrate = $migrate:expr $(,)?) => {
+    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, shared_clock = $shared:literal, sql = $sql:expr, migrate = $migrate:expr $(,)?) => {
         impl $crate::store::sql::SqlBackend for $db {
             type ClaimPool = sqlx::Pool<$db>;
             fn claim_pool(pool: &sqlx::Pool<$db>) -> &sqlx::Pool<$db> {
@@ -198,6 +218,7 @@ macro_rules! sql_backend {
             }
 
             const BEGIN: Option<&'static str> = $begin;
+            const SHARED_CLOCK: bool = $shared;
 
             async fn try_claim(
                 conn: &mut $conn,
@@ -244,6 +265,26 @@ macro_rules! sql_backend {
                     .bind($crate::store::millis(c.lease))
                     .bind(c.key.hex())
                     .bind(previous_owner)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn take_over_unrenewed(
+                conn: &mut $conn,
+                c: &$crate::store::Claim<'_>,
+                previous_owner: &str,
+                expires_at_ms: i64,
+            ) -> Result<bool, $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                let done = sqlx::query(TEXT.take_over_unrenewed)
+                    .bind(c.owner)
+                    .bind(c.fingerprint)
+                    .bind(c.key.operation())
+                    .bind($crate::store::millis(c.lease))
+                    .bind(c.key.hex())
+                    .bind(previous_owner)
+                    .bind(expires_at_ms)
                     .execute(&mut *conn)
                     .await?;
                 Ok(done.rows_affected() == 1)
@@ -609,6 +650,8 @@ impl<DB: SqlBackend> Store for Pool<DB> {
 }
 
 impl<DB: SqlBackend> ClaimStore for Pool<DB> {
+    const SHARED_CLOCK: bool = DB::SHARED_CLOCK;
+
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
         DB::try_claim(&mut conn, claim).await
@@ -626,6 +669,16 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
         DB::take_over_claim(&mut conn, claim, previous_owner).await
+    }
+
+    async fn take_over_unrenewed(
+        &self,
+        claim: &Claim<'_>,
+        previous_owner: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, Error> {
+        let mut conn = self.acquire().await?;
+        DB::take_over_unrenewed(&mut conn, claim, previous_owner, expires_at_ms).await
     }
 
     async fn complete_claim(

@@ -21,7 +21,7 @@ use crate::Error;
 /// falls back (off by 3,600,000 ms there), and `UNIX_TIMESTAMP()` has whole seconds only.
 const SQL: SqlText = sql_text!(
     now = "CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(3)) DIV 1000 AS SIGNED)",
-    p = ["?", "?", "?", "?", "?", "?"],
+    p = ["?", "?", "?", "?", "?", "?", "?"],
     on_conflict = "",
     // A locking read returns the latest committed record even inside the caller's
     // REPEATABLE READ transaction, whose snapshot may predate it.
@@ -32,6 +32,7 @@ sql_backend!(
     database = MySql,
     connection = sqlx::MySqlConnection,
     begin = None,
+    shared_clock = true,
     sql = SQL,
     migrate = migrate,
 );

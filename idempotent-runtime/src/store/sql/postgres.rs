@@ -16,7 +16,7 @@ use crate::Error;
 /// transaction's start) in Unix ms.
 const SQL: SqlText = sql_text!(
     now = "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-    p = ["$1", "$2", "$3", "$4", "$5", "$6"],
+    p = ["$1", "$2", "$3", "$4", "$5", "$6", "$7"],
     on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING",
     read_lock = ""
 );
@@ -25,6 +25,7 @@ sql_backend!(
     database = Postgres,
     connection = sqlx::PgConnection,
     begin = None,
+    shared_clock = true,
     sql = SQL,
     migrate = migrate,
 );

@@ -13,10 +13,11 @@ use super::errors::Class;
 use crate::Error;
 
 /// The claim statements: time is `julianday('now')` in Unix ms (the process's clock: SQLite
-/// has no server).
+/// has no server, hence `shared_clock = false` and claims judged dead by watching them, see
+/// [`ClaimStore::SHARED_CLOCK`](crate::store::ClaimStore::SHARED_CLOCK)).
 const SQL: SqlText = sql_text!(
     now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-    p = ["?1", "?2", "?3", "?4", "?5", "?6"],
+    p = ["?1", "?2", "?3", "?4", "?5", "?6", "?7"],
     on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING",
     read_lock = ""
 );
@@ -25,6 +26,7 @@ sql_backend!(
     database = Sqlite,
     connection = sqlx::SqliteConnection,
     begin = Some("BEGIN IMMEDIATE"),
+    shared_clock = false,
     sql = SQL,
     migrate = migrate,
 );

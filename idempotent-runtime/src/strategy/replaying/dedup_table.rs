@@ -14,7 +14,11 @@
 //!   the caller's future and retries backend errors for up to the lease. An error from the body deletes the
 //!   claim; a future dropped mid-body keeps it until its lease ends (`on_cancel = "keep"`, the
 //!   default) or releases it at once (`on_cancel = "release"`, see [`OnCancel`]); an expired
-//!   claim is taken over by exactly one caller (compare-and-set on owner and expiry).
+//!   claim is taken over by exactly one caller (compare-and-set on owner and expiry). On a store
+//!   without a clock its clients share ([`ClaimStore::SHARED_CLOCK`] `false`: SQLite) an
+//!   in-progress claim is judged dead not by the clock but by watching it (`unrenewed`): it is
+//!   taken over once this process has seen its stored expiry unchanged for one full lease of
+//!   its own monotonic time (compare-and-set on owner and that expiry).
 //!
 //! In both modes a later duplicate gets the stored response, replayed
 //! ([`Disposition::Replayed`](crate::Disposition)); the same key with another fingerprint gets
@@ -114,19 +118,43 @@ async fn retrying<R, Fut: Future<Output = Result<R, Error>>>(
 /// What to do about an existing record.
 enum Verdict<T> {
     Replay(T),
+    /// The record expired by the store's clock: take it over from this owner.
     TakeOver(String),
+    /// The in-progress claim of this owner, with this stored expiry, went unrenewed for a
+    /// lease (watched by this process): take it over if it still is that claim.
+    TakeOverUnrenewed(String, i64),
     Busy,
     /// The record is this caller's own unexpired claim.
     Ours,
 }
 
+/// Judges an existing record. `watch` is `Some((key, lease))` on a store without a shared
+/// clock: an in-progress claim of another owner is then judged by [`unrenewed`] rather than
+/// by [`Record::expired`] (a completed record's TTL is still judged by the clock).
 fn judge<T: DeserializeOwned>(
     rec: Record,
     owner: &str,
     fingerprint: Option<&str>,
+    watch: Option<(&StorageKey, Duration)>,
 ) -> Result<Verdict<T>, Error> {
-    if rec.expired {
-        return Ok(Verdict::TakeOver(rec.owner));
+    // `Some(unrenewed)` when the claim is judged by watching, `None` when by the clock.
+    let watched = match (watch, rec.expires_at_ms) {
+        (Some((key, lease)), Some(expires_at_ms))
+            if rec.state == RecordState::InProgress && rec.owner != owner =>
+        {
+            Some(
+                unrenewed::for_a_lease(key, &rec.owner, expires_at_ms, lease)
+                    .then_some(expires_at_ms),
+            )
+        }
+        _ => None,
+    };
+    match watched {
+        Some(Some(expires_at_ms)) => {
+            return Ok(Verdict::TakeOverUnrenewed(rec.owner, expires_at_ms));
+        }
+        None if rec.expired => return Ok(Verdict::TakeOver(rec.owner)),
+        _ => {}
     }
     if rec.owner == owner && rec.state == RecordState::InProgress {
         // This caller's own claim, sent again after its reply was lost (or resent by the
@@ -138,6 +166,77 @@ fn judge<T: DeserializeOwned>(
     match rec.state {
         RecordState::Completed(bytes) => Ok(Verdict::Replay(replayed(&bytes)?)),
         RecordState::InProgress => Ok(Verdict::Busy),
+    }
+}
+
+/// The in-progress claims this process has seen on stores without a shared clock
+/// ([`ClaimStore::SHARED_CLOCK`] `false`), and since when, so that a claim is judged dead by
+/// observation rather than by comparing its expiry (written by another process's clock) with
+/// this process's clock.
+///
+/// A live holder renews every `lease / 3`, and each renewal writes a new expiry; a claim whose
+/// `(owner, expires_at_ms)` this process has seen unchanged for one full lease of its own
+/// monotonic time ([`std::time::Instant`]) has not been renewed for that long. So whatever the
+/// processes' wall clocks say, a renewing holder is never taken over, and a dead one is taken
+/// over one lease after this process first saw it (plus its next read). Process-local and
+/// bounded: at most [`CAPACITY`](unrenewed::CAPACITY) claims, least recently used evicted;
+/// forgetting a claim only restarts its watch (a later take-over), never an early one. The
+/// lease is the watching caller's own: processes must agree on an operation's lease (they do
+/// when they run the same build).
+mod unrenewed {
+    use std::sync::LazyLock;
+    use std::time::{Duration, Instant};
+
+    use moka::ops::compute::Op;
+    use moka::policy::EvictionPolicy;
+    use moka::sync::Cache;
+
+    use crate::StorageKey;
+
+    /// The most claims one process watches at once.
+    pub(super) const CAPACITY: u64 = 10_000;
+
+    /// A claim as first seen: its owner and stored expiry, and when this process saw it.
+    #[derive(Clone)]
+    struct Seen {
+        owner: String,
+        expires_at_ms: i64,
+        since: Instant,
+    }
+
+    /// Storage-key digest → the claim seen on it.
+    static WATCHED: LazyLock<Cache<[u8; 32], Seen>> = LazyLock::new(|| {
+        Cache::builder()
+            .max_capacity(CAPACITY)
+            .eviction_policy(EvictionPolicy::lru())
+            .build()
+    });
+
+    /// `true` when this process has seen `owner`'s claim on `key` with stored expiry
+    /// `expires_at_ms` unchanged for at least `lease`; otherwise starts (or keeps) watching it
+    /// and answers `false`.
+    pub(super) fn for_a_lease(
+        key: &StorageKey,
+        owner: &str,
+        expires_at_ms: i64,
+        lease: Duration,
+    ) -> bool {
+        let now = Instant::now();
+        let mut unrenewed = false;
+        WATCHED
+            .entry(*key.digest())
+            .and_compute_with(|seen| match seen {
+                Some(e) if e.value().owner == owner && e.value().expires_at_ms == expires_at_ms => {
+                    unrenewed = now.duration_since(e.value().since) >= lease;
+                    Op::Nop
+                }
+                _ => Op::Put(Seen {
+                    owner: owner.to_owned(),
+                    expires_at_ms,
+                    since: now,
+                }),
+            });
+        unrenewed
     }
 }
 
@@ -181,6 +280,8 @@ where
     // When the store request that claimed was sent (not the first of its retries after a
     // deadlock or busy error): a claim that took its whole lease may have expired.
     let mut sent = tokio::time::Instant::now();
+    // A store whose clients do not share a clock: in-progress claims are judged by watching.
+    let watch = (!S::SHARED_CLOCK).then_some((&key, options.lease));
     loop {
         attempts += 1;
         let release = || store.release_claim_detached(key.clone(), owner.clone());
@@ -194,7 +295,7 @@ where
         match retrying(|| store.read_record(&key)).await? {
             None if attempts < MAX_ATTEMPTS => continue,
             None => return Err(Error::InProgress.into()),
-            Some(rec) => match judge::<T>(rec, claim.owner, claim.fingerprint)? {
+            Some(rec) => match judge::<T>(rec, claim.owner, claim.fingerprint, watch)? {
                 Verdict::Ours => break,
                 Verdict::Replay(v) => {
                     record(Disposition::Replayed);
@@ -204,6 +305,15 @@ where
                     let taken = retrying(|| {
                         sent = tokio::time::Instant::now();
                         store.take_over_claim(&claim, &previous)
+                    });
+                    if acquiring(taken, release).await? {
+                        break;
+                    }
+                }
+                Verdict::TakeOverUnrenewed(previous, expires_at_ms) => {
+                    let taken = retrying(|| {
+                        sent = tokio::time::Instant::now();
+                        store.take_over_unrenewed(&claim, &previous, expires_at_ms)
                     });
                     if acquiring(taken, release).await? {
                         break;
@@ -443,17 +553,29 @@ mod transactional {
         let Some(rec) = DB::read_record(conn, claim.key).await? else {
             return Ok(InTx::Retry);
         };
-        Ok(match judge::<T>(rec, claim.owner, claim.fingerprint)? {
-            Verdict::Ours => InTx::Claimed,
-            Verdict::Replay(v) => InTx::Replay(v),
-            Verdict::TakeOver(previous) => {
-                if DB::take_over_claim(conn, claim, &previous).await? {
-                    InTx::Claimed
-                } else {
-                    InTx::Retry
+        // Judged by the clock even without a shared one: this transaction holds the write lock
+        // (SQLite's `BEGIN IMMEDIATE`), and a transactional claim is never seen in progress; an
+        // in-progress record here is a claim-mode call's on the same key.
+        Ok(
+            match judge::<T>(rec, claim.owner, claim.fingerprint, None)? {
+                Verdict::Ours => InTx::Claimed,
+                Verdict::Replay(v) => InTx::Replay(v),
+                Verdict::TakeOver(previous) => {
+                    if DB::take_over_claim(conn, claim, &previous).await? {
+                        InTx::Claimed
+                    } else {
+                        InTx::Retry
+                    }
                 }
-            }
-            Verdict::Busy => InTx::Busy,
-        })
+                Verdict::TakeOverUnrenewed(previous, expires_at_ms) => {
+                    if DB::take_over_unrenewed(conn, claim, &previous, expires_at_ms).await? {
+                        InTx::Claimed
+                    } else {
+                        InTx::Retry
+                    }
+                }
+                Verdict::Busy => InTx::Busy,
+            },
+        )
     }
 }
