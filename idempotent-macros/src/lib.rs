@@ -262,7 +262,10 @@ use proc_macro::TokenStream;
 ///   leaves it out: it goes in through a trait defined in the expansion whose
 ///   `on_unimplemented` message names it, implemented (`do_not_recommend`) for
 ///   every `Serialize` type, so the bound behind it is neither reported instead
-///   nor again.
+///   nor again. A parameter whose type is a sqlx connection (`tx: &mut
+///   SqliteConnection`, without `#[tx]`) is reported by the macro first, at the
+///   parameter: leave it out with `fingerprint = [...]`, or (`dedup_table`) mark
+///   it `#[tx]` to run the body in the record's transaction.
 ///
 /// # Errors
 ///

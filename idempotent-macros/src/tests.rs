@@ -1468,3 +1468,54 @@ fn a_tx_the_body_never_uses_is_an_error() {
         );
     }
 }
+
+#[test]
+fn connection_parameter_fingerprinted_by_a_replaying_strategy_is_pointed_at() {
+    // dedup_table: `#[tx]` (transactional mode) or out of the fingerprint, listing the rest
+    // (the pool is neither).
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(pool: &SqlitePool, req: &Req, tx: &mut SqliteConnection, n: u32) -> Result<R, E> { Ok(R) }
+        },
+    );
+    assert_eq!(
+        msg,
+        "parameter `tx` is a database connection and cannot be fingerprinted (by default the request fingerprint takes every parameter but `self`, the store and `#[tx]`/`#[fence]`): mark it `#[tx] tx: &mut SqliteConnection` to run the body in the transaction that writes the idempotency record (transactional mode: the body's writes commit or roll back with the record), or leave it out with `fingerprint = [\"req\", \"n\"]`"
+    );
+    // Already a `#[tx]`: a second connection can only be left out; no other argument left.
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "id", fingerprint = true),
+        quote! {
+            async fn place(pool: &PgPool, #[tx] tx: &mut PgConnection, other: PoolConnection<Postgres>, id: u64) -> Result<R, E> { write(tx).await }
+        },
+    );
+    assert!(
+        msg.starts_with("parameter `other` is a database connection")
+            && msg.ends_with("leave it out with `fingerprint = [\"id\"]`"),
+        "{msg}"
+    );
+    // token: no `#[tx]`; a listed connection is reported at its entry.
+    let msg = one_err(
+        quote!(
+            strategy = "token",
+            key = "req.id",
+            fingerprint = ["req", "conn"]
+        ),
+        quote! {
+            async fn place(store: &MemoryStore, req: &Req, conn: &mut MySqlConnection) -> Result<R, E> { Ok(R) }
+        },
+    );
+    assert_eq!(
+        msg,
+        "`conn` is a database connection and cannot be part of the request fingerprint: remove it from `fingerprint`, which lists the arguments that identify the request"
+    );
+    // Business-table strategies do not fingerprint: their unmarked connection needs `#[tx]`.
+    let msg = one_err(
+        quote!(strategy = "pessimistic", key = "req.id", table = "orders"),
+        quote! {
+            async fn place(pool: &PgPool, req: &Req, tx: &mut PgConnection) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(msg.starts_with("add `#[tx]` to `tx`:"), "{msg}");
+}

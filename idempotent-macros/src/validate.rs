@@ -14,8 +14,8 @@ use syn::{FnArg, ItemFn, LitStr, Pat};
 
 use crate::diag::Errors;
 use crate::model::{
-    Business, BusinessRule, Config, Family, Fingerprint, InjectKind, Millis, OnBusy, OnCancel,
-    OnDuplicate, PathExpr, ReplayMode, Replaying, SqlIdent, Store, Target,
+    Business, BusinessRule, Config, Family, Fingerprint, FingerprintArg, InjectKind, Millis,
+    OnBusy, OnCancel, OnDuplicate, PathExpr, ReplayMode, Replaying, SqlIdent, Store, Target,
 };
 use crate::options::{
     check_done, check_duration_floors, check_fingerprint, check_key, check_on_busy,
@@ -23,7 +23,7 @@ use crate::options::{
     default_version, duration, expect_str, key_columns, parse_path_option, sql_ident,
 };
 use crate::parse::{OptionName, RawArgs, RawOption};
-use crate::signature::{FnInfo, connection_of, is_connection_type};
+use crate::signature::{FnInfo, Param, connection_of, is_connection_type};
 use crate::strategy::{FamilyKind, Strategy, TxRule};
 use crate::syntax::{UnrawString as _, mentions_ident, root_of_tokens};
 
@@ -118,6 +118,9 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
 
     let fingerprint =
         check_fingerprint(usable(OptionName::Fingerprint), &info, &store, &mut errors);
+    if let (Some((strategy, _)), Some(Fingerprint::Args(args))) = (strategy, &fingerprint) {
+        check_connection_fingerprinted(strategy, &info, store.as_ref(), args, &mut errors);
+    }
 
     let lease = usable(OptionName::Lease)
         .and_then(|o| expect_str(o, &mut errors))
@@ -351,6 +354,82 @@ fn check_tx_given(
             ),
         ),
     }
+}
+
+/// A connection parameter (`tx: &mut SqliteConnection`) that a replaying strategy would
+/// fingerprint: a connection is not `Serialize`, and rustc's own error about it suggests
+/// borrowing it mutably. One error at the parameter (or at its `fingerprint` entry) instead,
+/// saying to leave it out of the fingerprint, and for `dedup_table` (no `#[tx]` yet) that
+/// `#[tx]` runs the body in the idempotency record's transaction. The business-table
+/// strategies do not fingerprint; their connection without `#[tx]` is [`check_tx_given`]'s.
+fn check_connection_fingerprinted(
+    strategy: Strategy,
+    info: &FnInfo,
+    store: Option<&Store>,
+    args: &[FingerprintArg],
+    errors: &mut Errors,
+) {
+    if strategy.rules().family != FamilyKind::Replaying {
+        return;
+    }
+    // A pool or connection parameter (by its type's name): never part of a fingerprint.
+    let is_database =
+        |param: &Param| is_connection_type(&param.ty) || connection_of(&param.ty).is_some();
+    let found = args.iter().find_map(|arg| {
+        let param = info.params.iter().find(|p| {
+            p.injected.is_none()
+                && is_connection_type(&p.ty)
+                && p.bindings.iter().any(|b| b.unraw_string() == arg.label)
+        })?;
+        Some((arg, param))
+    });
+    let Some((arg, param)) = found else {
+        return;
+    };
+    let name = &arg.label;
+    let connection = store
+        .and_then(|store| info.store_connection(&store.tokens))
+        .or_else(|| connection_of(&param.ty));
+    let tx_hint = match (strategy.rules().tx, info.tx_marked, connection) {
+        (TxRule::Optional, false, Some(connection)) => format!(
+            "mark it `#[tx] {name}: &mut {connection}` to run the body in the transaction that writes the idempotency record (transactional mode: the body's writes commit or roll back with the record), or "
+        ),
+        (TxRule::Optional, false, None) => format!(
+            "mark it `#[tx]` (`#[tx] {name}: &mut PgConnection`, `MySqlConnection` or `SqliteConnection`, the store's database) to run the body in the transaction that writes the idempotency record (transactional mode: the body's writes commit or roll back with the record), or "
+        ),
+        _ => String::new(),
+    };
+    if arg.listed {
+        errors.at(
+            arg.span,
+            format!(
+                "`{name}` is a database connection and cannot be part of the request fingerprint: {tx_hint}remove it from `fingerprint`, which lists the arguments that identify the request"
+            ),
+        );
+        return;
+    }
+    // The arguments that identify the request: the other fingerprinted ones but databases.
+    let rest: Vec<String> = args
+        .iter()
+        .filter(|a| {
+            !a.listed
+                && !info.params.iter().any(|p| {
+                    is_database(p) && p.bindings.iter().any(|b| b.unraw_string() == a.label)
+                })
+        })
+        .map(|a| format!("\"{}\"", a.label))
+        .collect();
+    let leave_out = if rest.is_empty() {
+        "`fingerprint = false` (no other argument to fingerprint)".to_owned()
+    } else {
+        format!("`fingerprint = [{}]`", rest.join(", "))
+    };
+    errors.push(syn::Error::new_spanned(
+        &param.written,
+        format!(
+            "parameter `{name}` is a database connection and cannot be fingerprinted (by default the request fingerprint takes every parameter but `self`, the store and `#[tx]`/`#[fence]`): {tx_hint}leave it out with {leave_out}"
+        ),
+    ));
 }
 
 /// A body that never names its `#[tx]` parameter writes, if at all, through another

@@ -137,9 +137,10 @@ pub enum Error {
     /// Two or more `#[idempotent]` functions of this process have the operation name `name`, so
     /// they would share stored records (one replaying the other's responses). Every call of
     /// each of them returns this before any store access: nothing ran, nothing was written.
-    /// `sites` lists them, in file and line order. Give each a distinct `name = "..."` (the
-    /// default name, `module_path!()::fn_name`, is the same for same-named methods of two
-    /// types, or two impls, in one module). See
+    /// `sites` lists them, in file and line order (functions one `macro_rules!` call writes have
+    /// that call's position, and the message lists them as that call). Give each a distinct
+    /// `name = "..."` (the default name, `module_path!()::fn_name`, is the same for same-named
+    /// methods of two types, or two impls, in one module). See
     /// [`check_operation_names`](crate::check_operation_names) to find this at startup.
     #[error(
         "operation name {name:?} is used by {count} #[idempotent] functions: {list}; they would share stored records: write name = \"...\" on each to give them distinct names",

@@ -26,7 +26,7 @@ pub const MAX_SCOPE_BYTES: usize = 1024;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of an idempotency key or scope: it does not implement `KeyPart`",
     label = "this key part is a `{Self}`",
-    note = "key parts are strings, byte strings or integers: point `key`/`scope` at such a field (e.g. \"req.id.0\" for a newtype), or implement `idempotent_runtime::KeyPart` for `{Self}`"
+    note = "key parts are strings, byte strings, integers and `uuid::Uuid` (feature `uuid`): point `key`/`scope` at such a field (e.g. \"req.id.0\" for a newtype), or implement `idempotent_runtime::KeyPart` for `{Self}`"
 )]
 pub trait KeyPart {
     /// The type tag: `b's'` for text, `b'i'` for integers, `b'b'` for bytes, `b'u'` for UUIDs.

@@ -97,11 +97,52 @@ fn collision(name: &'static str, sites: &[Operation]) -> Error {
     }
 }
 
-/// The text of [`Error::OperationNameCollision`]: `fn a at f.rs:1, fn b at f.rs:9`.
+/// The text of [`Error::OperationNameCollision`]: `fn a at f.rs:1, fn b at f.rs:9`. Functions
+/// registered at one position were written by one `macro_rules!` call (`line!()` and
+/// `column!()` give its position for all of them): they are listed together, `fn go and fn go,
+/// both defined by the macro call at f.rs:60:5`, so that the list does not read as one site
+/// twice; a site that shares its line with another one gets its column too. `sites` is sorted,
+/// so sites at one position are adjacent.
 pub(crate) fn list_sites(sites: &[Operation]) -> String {
-    sites
-        .iter()
-        .map(ToString::to_string)
+    let mut groups: Vec<&[Operation]> = Vec::new();
+    let mut rest = sites;
+    while let Some(first) = rest.first() {
+        let same = rest
+            .iter()
+            .take_while(|o| (o.file, o.line, o.column) == (first.file, first.line, first.column))
+            .count();
+        let (group, tail) = rest.split_at(same);
+        groups.push(group);
+        rest = tail;
+    }
+    groups
+        .into_iter()
+        .map(|group| match group {
+            // Another site on this line (another macro call): the column tells them apart.
+            [one]
+                if sites.iter().any(|o| {
+                    (o.file, o.line) == (one.file, one.line) && o.column != one.column
+                }) =>
+            {
+                format!("{one}:{}", one.column)
+            }
+            [one] => one.to_string(),
+            [first, ..] => {
+                let functions: Vec<String> =
+                    group.iter().map(|o| format!("fn {}", o.function)).collect();
+                let (init, last) = functions.split_at(functions.len() - 1);
+                format!(
+                    "{} and {}, {} defined by the macro call at {}:{}:{}",
+                    init.join(", "),
+                    last.concat(),
+                    if group.len() == 2 { "both" } else { "all" },
+                    first.file,
+                    first.line,
+                    first.column
+                )
+            }
+            [] => String::new(),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -168,3 +209,60 @@ impl OperationSite {
 pub struct Registered(pub &'static OperationSite);
 
 inventory::collect!(Registered);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An operation named `name`, of function `function`, at `file:line:column`.
+    fn op(name: &'static str, function: &'static str, line: u32, column: u32) -> Operation {
+        Operation {
+            name,
+            file: "src/main.rs",
+            line,
+            column,
+            function,
+        }
+    }
+
+    /// Distinct positions are listed as `file:line`, one site each.
+    #[test]
+    fn sites_at_distinct_positions() {
+        let sites = [op("m::go", "go", 12, 14), op("m::go", "go", 30, 14)];
+        assert_eq!(
+            list_sites(&sites),
+            "fn go at src/main.rs:12, fn go at src/main.rs:30"
+        );
+    }
+
+    /// Functions one `macro_rules!` call writes share its position: one entry naming the call
+    /// with its column, not the same site twice.
+    #[test]
+    fn sites_written_by_one_macro_call() {
+        let two = [op("m::go", "go", 60, 1), op("m::go", "go", 60, 1)];
+        assert_eq!(
+            list_sites(&two),
+            "fn go and fn go, both defined by the macro call at src/main.rs:60:1"
+        );
+        let error = collision("m::go", &two);
+        assert_eq!(
+            error.to_string(),
+            "operation name \"m::go\" is used by 2 #[idempotent] functions: fn go and fn go, both defined by the macro call at src/main.rs:60:1; they would share stored records: write name = \"...\" on each to give them distinct names"
+        );
+
+        // Three at one call (two of them explicit names), next to one elsewhere; a macro call
+        // on the same line at another column is another call.
+        let mut mixed = vec![
+            op("pay", "card", 60, 5),
+            op("pay", "wire", 9, 1),
+            op("pay", "cash", 60, 5),
+            op("pay", "card", 60, 5),
+            op("pay", "gift", 60, 40),
+        ];
+        mixed.sort_unstable();
+        assert_eq!(
+            list_sites(&mixed),
+            "fn wire at src/main.rs:9, fn card, fn card and fn cash, all defined by the macro call at src/main.rs:60:5, fn gift at src/main.rs:60:40"
+        );
+    }
+}

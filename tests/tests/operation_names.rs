@@ -282,6 +282,33 @@ mod explicit {
     }
 }
 
+/// Two methods one `macro_rules!` call writes (the tester's report): one default name, and one
+/// position, the macro call's (`line!()`/`column!()` give the outermost call's). The error lists
+/// them as that call, not as one site twice.
+mod written_by_macro {
+    use super::*;
+
+    pub struct Cards {
+        pub store: MemoryStore,
+    }
+    pub struct Wires {
+        pub store: MemoryStore,
+    }
+
+    macro_rules! payers {
+        ($($ty:ident),+) => {$(
+            impl $ty {
+                #[idempotent(strategy = "dedup_table", key = "id", store = "self.store")]
+                pub async fn go(&self, id: &str) -> Result<String, AppError> {
+                    Ok(format!("paid {id}"))
+                }
+            }
+        )+};
+    }
+
+    payers!(Cards, Wires);
+}
+
 /// The collision error's text for `name` shared by the functions `function` whose lines
 /// contain `needle` (in line order).
 fn collision_message(name: &str, function: &str, needle: &str) -> String {
@@ -352,12 +379,18 @@ fn golden_names_of_every_registered_operation() {
             ("operation_names::ship", "ship"),
             ("operation_names::v1::ship", "ship"),
             ("operation_names::v2::ship", "ship"),
+            ("operation_names::written_by_macro::go", "go"),
+            ("operation_names::written_by_macro::go", "go"),
             ("payments.pay", "pay_card"),
             ("payments.pay", "pay_wire"),
         ]
     );
     let source: Vec<&str> = SOURCE.lines().collect();
-    for op in &all {
+    // (The functions a macro writes are at the macro call: see the test of their collision.)
+    for op in all
+        .iter()
+        .filter(|op| !op.name.contains("written_by_macro"))
+    {
         assert_eq!(op.file, FILE, "{op:?}");
         let line = source[op.line as usize - 1];
         let at = &line[op.column as usize - 1..];
@@ -523,6 +556,49 @@ async fn same_named_methods_of_two_types_in_one_module_collide() {
     assert!(!stored(&store, name, "order-1").await);
 }
 
+/// Two methods one `macro_rules!` call writes collide, and the error names the macro call once,
+/// with its column: "fn go and fn go, both defined by the macro call at file:line:column".
+#[tokio::test]
+async fn two_methods_written_by_one_macro_call_collide() {
+    let store = MemoryStore::new();
+    let cards = written_by_macro::Cards {
+        store: store.clone(),
+    };
+    let wires = written_by_macro::Wires {
+        store: store.clone(),
+    };
+    let name = "operation_names::written_by_macro::go";
+    let line = lines_of(concat!("payers!", "(Cards"))[0];
+    let column = SOURCE
+        .lines()
+        .nth(line as usize - 1)
+        .unwrap()
+        .find("payers!")
+        .unwrap()
+        + 1;
+    let sites = named(name);
+    assert_eq!(
+        sites
+            .iter()
+            .map(|s| (s.line, s.column as usize))
+            .collect::<Vec<_>>(),
+        [(line, column), (line, column)],
+        "both at the macro call"
+    );
+    let expected = format!(
+        "operation name {name:?} is used by 2 #[idempotent] functions: fn go and fn go, both defined by the macro call at {FILE}:{line}:{column}; they would share stored records: write name = \"...\" on each to give them distinct names"
+    );
+    for result in [cards.go("A").await, wires.go("A").await] {
+        match result {
+            Err(AppError::Idempotency(error @ Error::OperationNameCollision { .. })) => {
+                assert_eq!(error.to_string(), expected)
+            }
+            other => panic!("expected OperationNameCollision: {other:?}"),
+        }
+    }
+    assert!(!stored(&store, name, "A").await, "nothing was stored");
+}
+
 /// Two functions with the same explicit `name` collide too.
 #[tokio::test]
 async fn two_identical_explicit_names_collide() {
@@ -569,6 +645,7 @@ fn check_operation_names_reports_the_collisions() {
     for name in [
         "operation_names::handlers::handle",
         "operation_names::same_module::apply",
+        "operation_names::written_by_macro::go",
         "payments.pay",
     ] {
         assert_eq!(named(name).len(), 2, "{name}");

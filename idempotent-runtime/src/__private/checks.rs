@@ -19,7 +19,8 @@ use crate::key::KeyPart;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of an idempotency key or scope: it does not implement `KeyPart`",
     label = "this key part is a `{Self}`",
-    note = "key parts are strings, byte strings and integers, and references to them: point `key`/`scope` at such a field (e.g. \"req.id.0\" for a newtype around one), or convert the value in the expression (e.g. `key = \"req.ip.to_string()\"`)",
+    note = "key parts are strings, byte strings, integers and `uuid::Uuid` (feature `uuid`), and references to them: point `key`/`scope` at such a field (e.g. \"req.id.0\" for a newtype around one), or convert the value in the expression (e.g. `key = \"req.ip.to_string()\"`)",
+    note = "an `Option` is not a key part, and a default for `None` (`unwrap_or_default()`) would give every request without a key one shared key, or an empty one, rejected at run time: key on a field that is always set, or take the key as a parameter of its own (`key: &str` with `key = \"key\"`) that the caller passes only when it has one",
     note = "`idempotent_runtime::KeyPart` can be implemented only in the crate that defines the type: for a type of another crate, convert it as above or wrap it in a newtype of your own"
 )]
 pub trait KeyPartArg {
