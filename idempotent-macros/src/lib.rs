@@ -203,12 +203,22 @@ use proc_macro::TokenStream;
 ///             key: __idempotent_key,
 ///             fingerprint: __idempotent_fingerprint,
 ///             into_error: ::idempotent_runtime::__private::ErrorType::into_error,
+///             // `Some(a == b)` when `Receipt: PartialEq`, else `None` (see below)
+///             same: ::idempotent_runtime::__private::Probe::<Receipt>::new().same(),
 ///         },
 ///         async |_| -> Result<Receipt, AppError> { BODY },
 ///     )
 ///     .await
 /// }
 /// ```
+///
+/// `same` compares the response with the copy read back from its JSON before it
+/// is stored: a difference makes it unstorable, like a response whose JSON reads
+/// back differently. `Probe::<T>::new().same()` is autoderef specialization: an
+/// inherent method of `Probe<T>` where `T: PartialEq`, otherwise the same-named
+/// method of what `Probe` dereferences to, which answers `None` — so a `T`
+/// without `PartialEq` is no error. In a generic function whose `T` is not
+/// bounded by `PartialEq` (even if every caller's `T` is), the fallback is taken.
 ///
 /// With a `#[tx] tx: &mut PgConnection` parameter, `tx` disappears from the
 /// signature, the store is bound first,

@@ -28,6 +28,28 @@ pub enum Shipment {
     },
 }
 
+/// Variants serde writes alike (`A(1)` and `B(1)` are both `1`): `B(1)` reads back as `A(1)`
+/// with the same JSON; only `PartialEq` tells them apart.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Alike {
+    /// Read back first.
+    A(u8),
+    /// Written like `A`.
+    B(u8),
+}
+
+/// A field serde leaves out: `Skipped { a: 1, b: 9 }` reads back as `{ a: 1, b: 0 }` with the
+/// same JSON; only `PartialEq` tells them apart.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    /// Written.
+    pub a: u8,
+    /// Not written; read back as 0.
+    #[serde(skip)]
+    pub b: u8,
+}
+
 /// Generates the service and the tests shared by every backend in claim mode, plus the
 /// transactional-mode tests for SQL backends.
 macro_rules! suite {
@@ -101,6 +123,21 @@ macro_rules! suite {
                     Ok(Shipment::Sent { id: 7, carrier: None })
                 }
 
+                /// Returns `Alike::B(1)` (or `A(1)` when `req.amount` is 0), which reads back
+                /// as `A(1)`.
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
+                pub async fn alike_claim(&self, req: &Req) -> Result<Alike, AppError> {
+                    self.ledger.record(req).await?;
+                    Ok(if req.amount == 0 { Alike::A(1) } else { Alike::B(1) })
+                }
+
+                /// Returns `Skipped { a: 1, b: 9 }`, which reads back as `{ a: 1, b: 0 }`.
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
+                pub async fn skipped_claim(&self, req: &Req) -> Result<Skipped, AppError> {
+                    self.ledger.record(req).await?;
+                    Ok(Skipped { a: 1, b: 9 })
+                }
+
                 /// Fingerprints `req` and `amount` (issue 11 item 4: `None`, NaN, +inf and -inf
                 /// all fingerprinted as `null`).
                 #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
@@ -133,6 +170,21 @@ macro_rules! suite {
                 pub async fn nan_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<f64, AppError> {
                     self.ledger.record_in(&mut *tx, req).await?;
                     Ok(f64::NAN)
+                }
+
+                /// Transactional, returning `Alike::B(1)`, which reads back as `A(1)`.
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
+                pub async fn alike_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<Alike, AppError> {
+                    self.ledger.record_in(&mut *tx, req).await?;
+                    Ok(Alike::B(1))
+                }
+
+                /// Transactional, returning `Skipped { a: 1, b: 9 }`, which reads back as
+                /// `{ a: 1, b: 0 }`.
+                #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
+                pub async fn skipped_tx(&self, req: &Req, #[tx] tx: &mut $conn) -> Result<Skipped, AppError> {
+                    self.ledger.record_in(&mut *tx, req).await?;
+                    Ok(Skipped { a: 1, b: 9 })
                 }
 
                 #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
@@ -514,6 +566,43 @@ macro_rules! claim_tests {
             assert_eq!(svc.ledger.count(&r).await, 1, "the body ran exactly once");
         }
 
+        /// Issue 11 item 5's siblings: values whose JSON is the same as another value's
+        /// (an untagged enum's variants with the same content, a skipped field) are told apart
+        /// by `T: PartialEq`: the first caller gets its value, the duplicate
+        /// `Error::Serialization`, the body ran once.
+        #[tokio::test]
+        async fn response_serde_writes_like_another_is_not_replayed_when_comparable() {
+            let Some((svc, _g)) = svc().await else { return };
+            fn not_replayed<T>(again: &Result<T, AppError>) -> bool {
+                matches!(again, Err(AppError::Idempotency(Error::Serialization(m)))
+                    if m.contains("reads back as a different value") && m.contains("`==`"))
+            }
+
+            let r = req(&unique("t"), "alike-1", 1);
+            let (first, how) = observe(svc.alike_claim(&r)).await;
+            assert_eq!(first.unwrap(), Alike::B(1));
+            assert_eq!(how, Some(Disposition::Executed));
+            let again = svc.alike_claim(&r).await;
+            assert!(not_replayed(&again), "{again:?}");
+            assert_eq!(svc.ledger.count(&r).await, 1, "the body ran exactly once");
+
+            let r = req(&unique("t"), "skipped-1", 1);
+            let (first, how) = observe(svc.skipped_claim(&r)).await;
+            assert_eq!(first.unwrap(), Skipped { a: 1, b: 9 });
+            assert_eq!(how, Some(Disposition::Executed));
+            let again = svc.skipped_claim(&r).await;
+            assert!(not_replayed(&again), "{again:?}");
+            assert_eq!(svc.ledger.count(&r).await, 1, "the body ran exactly once");
+
+            // The variant that reads back as itself is stored and replayed.
+            let r = req(&unique("t"), "alike-2", 0);
+            let (first, how) = observe(svc.alike_claim(&r)).await;
+            assert_eq!((first.unwrap(), how), (Alike::A(1), Some(Disposition::Executed)));
+            let (again, how) = observe(svc.alike_claim(&r)).await;
+            assert_eq!((again.unwrap(), how), (Alike::A(1), Some(Disposition::Replayed)));
+            assert_eq!(svc.ledger.count(&r).await, 1, "the body ran exactly once");
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn lease_is_renewed_while_the_body_runs() {
             let Some((svc, _g)) = svc().await else { return };
@@ -675,6 +764,29 @@ macro_rules! tx_tests {
                 assert_eq!(svc.ledger.count(&r).await, 0, "rolled back with the record");
             }
 
+            /// Issue 11 item 5's siblings in `#[tx]` mode: a response that reads back as a
+            /// value not `==` to it rolls the whole call back, every time.
+            #[tokio::test]
+            async fn response_serde_writes_like_another_rolls_the_call_back() {
+                let Some((svc, _g)) = svc().await else { return };
+                fn rolled_back<T>(e: &Result<T, AppError>) -> bool {
+                    matches!(e, Err(AppError::Idempotency(Error::Serialization(m)))
+                        if m.contains("rolled back") && m.contains("reads back as a different value"))
+                }
+                let r = req(&unique("t"), "alike-1", 1);
+                for _ in 0..2 {
+                    let e = svc.alike_tx(&r).await;
+                    assert!(rolled_back(&e), "{e:?}");
+                }
+                assert_eq!(svc.ledger.count(&r).await, 0, "rolled back with the record");
+                let r = req(&unique("t"), "skipped-1", 1);
+                for _ in 0..2 {
+                    let e = svc.skipped_tx(&r).await;
+                    assert!(rolled_back(&e), "{e:?}");
+                }
+                assert_eq!(svc.ledger.count(&r).await, 0, "rolled back with the record");
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dropped_future_mid_body_rolls_back_and_the_retry_executes() {
                 let Some((svc, _g)) = svc().await else { return };
@@ -736,6 +848,87 @@ suite! {
     store = idempotent_runtime::MemoryStore;
     setup = mem();
     ledger = MemLedger;
+}
+
+/// A generic response type `T`: the expansion compares the value read back with `==` only when
+/// the function's own bounds say `T: PartialEq`; otherwise only what serde writes is checked
+/// (the documented limit), whatever `T` a caller picks.
+mod generic_response {
+    use idempotent_runtime::MemoryStore;
+
+    use super::*;
+
+    /// `T` without a `PartialEq` bound: the comparison falls back to none.
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "key",
+        store = "store",
+        fingerprint = false
+    )]
+    async fn unbounded<T>(
+        store: &MemoryStore,
+        key: &str,
+        runs: &AtomicU64,
+        value: &T,
+    ) -> Result<T, AppError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone,
+    {
+        runs.fetch_add(1, SeqCst);
+        Ok(value.clone())
+    }
+
+    /// `T: PartialEq` in the bounds: compared.
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "key",
+        store = "store",
+        fingerprint = false
+    )]
+    async fn bounded<T>(
+        store: &MemoryStore,
+        key: &str,
+        runs: &AtomicU64,
+        value: &T,
+    ) -> Result<T, AppError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq,
+    {
+        runs.fetch_add(1, SeqCst);
+        Ok(value.clone())
+    }
+
+    #[tokio::test]
+    async fn compared_only_when_the_bounds_say_partial_eq() {
+        let store = MemoryStore::new();
+
+        let runs = AtomicU64::new(0);
+        let (first, how) = observe(bounded(&store, "bounded", &runs, &Alike::B(1))).await;
+        assert_eq!(
+            (first.unwrap(), how),
+            (Alike::B(1), Some(Disposition::Executed))
+        );
+        let again = bounded(&store, "bounded", &runs, &Alike::B(1)).await;
+        assert!(
+            matches!(&again, Err(AppError::Idempotency(Error::Serialization(m))) if m.contains("`==`")),
+            "{again:?}"
+        );
+        assert_eq!(runs.load(SeqCst), 1, "the body ran exactly once");
+
+        // The limit, pinned: without the bound, `B(1)` is stored and replays as `A(1)`.
+        let runs = AtomicU64::new(0);
+        let (first, how) = observe(unbounded(&store, "unbounded", &runs, &Alike::B(1))).await;
+        assert_eq!(
+            (first.unwrap(), how),
+            (Alike::B(1), Some(Disposition::Executed))
+        );
+        let (again, how) = observe(unbounded(&store, "unbounded", &runs, &Alike::B(1))).await;
+        assert_eq!(
+            (again.unwrap(), how),
+            (Alike::A(1), Some(Disposition::Replayed))
+        );
+        assert_eq!(runs.load(SeqCst), 1, "the body ran exactly once");
+    }
 }
 
 /// PostgreSQL: a duplicate inside the caller's own open transaction (the store is the caller's

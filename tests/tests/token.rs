@@ -9,6 +9,16 @@ use idempotent_runtime::{Disposition, Error, TokenStore, idempotent, issue_token
 use idempotent_tests::{AppError, Effects, Got, Receipt, Req, classify, poll_while, req, unique};
 use tokio::sync::{Barrier, mpsc};
 
+/// Variants serde writes alike (`A(1)` and `B(1)` are both `1`); `PartialEq` tells them apart.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Alike {
+    /// Read back first.
+    A(u8),
+    /// Written like `A`.
+    B(u8),
+}
+
 pub struct Svc<S> {
     store: S,
     fx: Effects,
@@ -76,6 +86,18 @@ impl<S: TokenStore> Svc<S> {
     )]
     async fn checkout_keep(&self, req: &Req) -> Result<Receipt, AppError> {
         self.fx.apply(req).await
+    }
+
+    /// Returns `Alike::B(1)`, which reads back as `A(1)` with the same JSON.
+    #[idempotent(
+        strategy = "token",
+        key = "req.id",
+        scope = "req.tenant",
+        store = "self.store"
+    )]
+    async fn checkout_alike(&self, req: &Req) -> Result<Alike, AppError> {
+        self.fx.apply(req).await?;
+        Ok(Alike::B(1))
     }
 
     #[idempotent(
@@ -294,7 +316,28 @@ async fn slow_body_keeps_the_token<S: TokenStore + 'static>(store: S) {
     assert_eq!(svc.count(&r), 1);
 }
 
+/// Issue 11 item 5 for `token`: a response that reads back as a value not `==` to it is not
+/// replayed; the first caller gets its value, the duplicate `Error::Serialization`, the body
+/// ran once.
+async fn response_serde_writes_like_another_is_not_replayed<S: TokenStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    let token = issue_token(&svc.store, HOUR).await.unwrap();
+    let r = req(&unique("t"), &token, 1);
+    let (first, how) = observe(svc.checkout_alike(&r)).await;
+    assert_eq!(
+        (first.unwrap(), how),
+        (Alike::B(1), Some(Disposition::Executed))
+    );
+    let again = svc.checkout_alike(&r).await;
+    assert!(
+        matches!(&again, Err(AppError::Idempotency(Error::Serialization(m))) if m.contains("reads back as a different value")),
+        "{again:?}"
+    );
+    assert_eq!(svc.count(&r), 1, "the body ran exactly once");
+}
+
 idempotent_tests::on_kv_backends!(
+    response_serde_writes_like_another_is_not_replayed,
     slow_body_keeps_the_token,
     concurrent_50_one_token_one_effect,
     unknown_or_expired_token_is_invalid,

@@ -1,7 +1,7 @@
 //! Code generation for the replaying strategies (`dedup_table`, `distributed_lock`, `token`):
 //! the storage key and fingerprint as hygienic locals, then one call of
 //! `<T as __private::ResponseType>::replaying` with a
-//! `Replay { strategy, key, fingerprint, into_error }`.
+//! `Replay { strategy, key, fingerprint, into_error, same }`.
 
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{ToTokens as _, quote, quote_spanned};
@@ -27,6 +27,7 @@ use crate::syntax::{UnrawString as _, ends};
 ///     rt::__private::Replay {
 ///         strategy: rt::__private::DedupTable { store: AsClaimStore::as_claim_store(&store), options },
 ///         key, fingerprint, into_error: ErrorType::into_error,
+///         same: rt::__private::Probe::<T>::new().same(),
 ///     },
 ///     async |injected| -> Result<T, E> { BODY },
 /// ).await
@@ -120,6 +121,7 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
     let response_type = private_at(config, ok_span, "ResponseType");
     let entry = Ident::new("replaying", ok_end);
     let into_error = into_error(config);
+    let same = same_value(config);
     let call = call_entry(
         ok_span,
         quote_spanned!(ok_span=> <#ok_type as #response_type>::#entry),
@@ -129,6 +131,7 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
                 key: #key_local,
                 fingerprint: #fingerprint_local,
                 into_error: #into_error,
+                same: #same,
             },
             #body,
         },
@@ -139,6 +142,20 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
         #fingerprint
         #store_statements
         #call
+    }
+}
+
+/// How the response is compared with the copy read back from its JSON:
+/// `rt::__private::Probe::<T>::new().same()`, which is `Some(a == b)` when `T: PartialEq` and
+/// `None` otherwise (autoderef specialization: the fallback is reached through `Deref`, so a
+/// `T` without `PartialEq` is no error). Inside a generic function a `T` not bounded by
+/// `PartialEq` takes the fallback. Without a nameable `T` (a `Result` alias without arguments)
+/// the fallback is called directly, its `T` inferred.
+fn same_value(config: &Config) -> TokenStream {
+    let rt = &config.runtime;
+    match &config.ok_type {
+        Some(ty) => quote!(#rt::__private::Probe::<#ty>::new().same()),
+        None => quote!(::core::ops::Deref::deref(&#rt::__private::Probe::new()).same()),
     }
 }
 

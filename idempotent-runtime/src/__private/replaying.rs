@@ -2,10 +2,14 @@
 //! mode), `distributed_lock` or `token`, picked by the type of [`Replay::strategy`], without
 //! a bound on the user's `E`.
 
+use std::marker::PhantomData;
+use std::ops::Deref;
+
 use super::{Error, Failure, Fingerprint, StorageKey};
 use crate::key::KeyPart;
 use crate::store::{ClaimStore, LockStore, TokenStore};
 use crate::strategy::Replayable;
+use crate::strategy::replaying::{SameValue, not_compared};
 
 pub use crate::strategy::dedup_table::Options as DedupTableOptions;
 use crate::strategy::distributed_lock::FencingToken;
@@ -13,7 +17,7 @@ pub use crate::strategy::distributed_lock::Options as LockOptions;
 pub use crate::strategy::token::Options as TokenOptions;
 
 /// One call of a replaying strategy, as the generated code fills it.
-pub struct Replay<M, E> {
+pub struct Replay<M, E, T> {
     /// The strategy with its store and options ([`DedupTable`], [`DistributedLock`], …).
     pub strategy: M,
     /// The storage key.
@@ -22,6 +26,61 @@ pub struct Replay<M, E> {
     pub fingerprint: Option<Fingerprint>,
     /// `ErrorType::into_error`, spanned at the user's `E`.
     pub into_error: fn(Error) -> E,
+    /// Compares the response with the copy read back from its JSON: `Probe::<T>::new().same()`,
+    /// `Some(a == b)` when `T: PartialEq`, else `None` (see [`Probe`]).
+    pub same: fn(&T, &T) -> Option<bool>,
+}
+
+/// Picks how a response type `T` is compared with the copy read back from its JSON, by
+/// autoderef specialization: `Probe::<T>::new().same()` is this type's `same` when
+/// `T: PartialEq` holds where it is written (`Some(a == b)`), and [`NotComparable::same`]
+/// (always `None`) otherwise — through `Deref`, so a `T` without `PartialEq` is no error and
+/// nothing needs importing.
+///
+/// In a generic function whose `T` is not bounded by `PartialEq` the bound cannot be seen, so
+/// it falls back to `None` (the round trip is then checked only on what serde writes).
+pub struct Probe<T>(PhantomData<fn() -> T>);
+
+/// What [`Probe`] dereferences to: the fallback for a `T` without `PartialEq`.
+pub struct NotComparable<T>(PhantomData<fn() -> T>);
+
+impl<T> Probe<T> {
+    /// The probe for `T`.
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Probe(PhantomData)
+    }
+}
+
+impl<T> Default for Probe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: PartialEq> Probe<T> {
+    /// `T: PartialEq`: compares with `==`.
+    #[inline(always)]
+    pub fn same(&self) -> fn(&T, &T) -> Option<bool> {
+        |a, b| Some(a == b)
+    }
+}
+
+impl<T> Deref for Probe<T> {
+    type Target = NotComparable<T>;
+
+    #[inline(always)]
+    fn deref(&self) -> &NotComparable<T> {
+        &NotComparable(PhantomData)
+    }
+}
+
+impl<T> NotComparable<T> {
+    /// `T` without (visible) `PartialEq`: no comparison.
+    #[inline(always)]
+    pub fn same(&self) -> fn(&T, &T) -> Option<bool> {
+        not_compared
+    }
 }
 
 /// A replaying strategy with its store and options: what the adapter dispatches on.
@@ -34,6 +93,7 @@ pub trait ReplayStrategy {
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
+        same: SameValue<T>,
         body: F,
     ) -> impl Future<Output = Result<T, E>>
     where
@@ -54,7 +114,10 @@ pub trait ReplayStrategy {
 pub trait ResponseType: Sized {
     /// The replaying family's adapter: runs `call.strategy` with the body's error passed
     /// through and a runtime error converted by `call.into_error`.
-    fn replaying<M, E, F>(call: Replay<M, E>, body: F) -> impl Future<Output = Result<Self, E>>
+    fn replaying<M, E, F>(
+        call: Replay<M, E, Self>,
+        body: F,
+    ) -> impl Future<Output = Result<Self, E>>
     where
         M: ReplayStrategy,
         F: AsyncFnOnce(&mut M::Injected) -> Result<Self, E>;
@@ -63,7 +126,7 @@ pub trait ResponseType: Sized {
 #[diagnostic::do_not_recommend]
 impl<T: Replayable> ResponseType for T {
     #[inline(always)]
-    fn replaying<M, E, F>(call: Replay<M, E>, body: F) -> impl Future<Output = Result<T, E>>
+    fn replaying<M, E, F>(call: Replay<M, E, Self>, body: F) -> impl Future<Output = Result<T, E>>
     where
         M: ReplayStrategy,
         F: AsyncFnOnce(&mut M::Injected) -> Result<T, E>,
@@ -74,7 +137,7 @@ impl<T: Replayable> ResponseType for T {
 
 /// See [`ResponseType::replaying`].
 #[inline]
-async fn replaying<M, T, E, F>(call: Replay<M, E>, body: F) -> Result<T, E>
+async fn replaying<M, T, E, F>(call: Replay<M, E, T>, body: F) -> Result<T, E>
 where
     M: ReplayStrategy,
     T: Replayable,
@@ -85,11 +148,12 @@ where
         key,
         fingerprint,
         into_error,
+        same,
     } = call;
     let body = async move |injected: &mut M::Injected| {
         body(injected).await.map_err(|e| Failure::Body(e, None))
     };
-    Failure::split(strategy.run(key, fingerprint, body).await, into_error)
+    Failure::split(strategy.run(key, fingerprint, same, body).await, into_error)
 }
 
 /// `dedup_table` without `#[tx]`: [`crate::strategy::dedup_table::run`].
@@ -107,6 +171,7 @@ impl<S: ClaimStore> ReplayStrategy for DedupTable<'_, S> {
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
+        same: SameValue<T>,
         body: F,
     ) -> Result<T, E>
     where
@@ -115,7 +180,15 @@ impl<S: ClaimStore> ReplayStrategy for DedupTable<'_, S> {
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move || body(&mut ()).await;
-        crate::strategy::dedup_table::run(self.store, key, fingerprint, self.options, body).await
+        crate::strategy::dedup_table::run_comparing(
+            self.store,
+            key,
+            fingerprint,
+            self.options,
+            same,
+            body,
+        )
+        .await
     }
 }
 
@@ -136,6 +209,7 @@ impl<S: crate::TxStore> ReplayStrategy for DedupTableInTx<S> {
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
+        same: SameValue<T>,
         body: F,
     ) -> Result<T, E>
     where
@@ -143,8 +217,15 @@ impl<S: crate::TxStore> ReplayStrategy for DedupTableInTx<S> {
         E: From<Error>,
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
-        crate::strategy::dedup_table::run_in_tx(self.store, key, fingerprint, self.options, body)
-            .await
+        crate::strategy::dedup_table::run_in_tx_comparing(
+            self.store,
+            key,
+            fingerprint,
+            self.options,
+            same,
+            body,
+        )
+        .await
     }
 }
 
@@ -164,6 +245,7 @@ impl<S: LockStore> ReplayStrategy for DistributedLock<'_, S> {
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
+        same: SameValue<T>,
         body: F,
     ) -> Result<T, E>
     where
@@ -172,8 +254,15 @@ impl<S: LockStore> ReplayStrategy for DistributedLock<'_, S> {
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move |mut fence: FencingToken| body(&mut fence).await;
-        crate::strategy::distributed_lock::run(self.store, key, fingerprint, self.options, body)
-            .await
+        crate::strategy::distributed_lock::run_comparing(
+            self.store,
+            key,
+            fingerprint,
+            self.options,
+            same,
+            body,
+        )
+        .await
     }
 }
 
@@ -194,6 +283,7 @@ impl<S: TokenStore, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
+        same: SameValue<T>,
         body: F,
     ) -> Result<T, E>
     where
@@ -202,7 +292,15 @@ impl<S: TokenStore, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move || body(&mut ()).await;
-        crate::strategy::token::run(self.store, self.token, key, fingerprint, self.options, body)
-            .await
+        crate::strategy::token::run_comparing(
+            self.store,
+            self.token,
+            key,
+            fingerprint,
+            self.options,
+            same,
+            body,
+        )
+        .await
     }
 }

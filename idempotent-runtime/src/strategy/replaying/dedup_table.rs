@@ -36,8 +36,8 @@ use super::durations::{
     DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, check_on_busy,
 };
 use super::{
-    Completion, DropGuard, acquiring, busy, check_fingerprint, complete_recorded, first_renewal,
-    replayed, response_bytes, while_renewing,
+    Completion, DropGuard, SameValue, acquiring, busy, check_fingerprint, complete_recorded,
+    first_renewal, not_compared, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
@@ -252,11 +252,33 @@ mod unrenewed {
 /// backend errors for up to the lease), [`Error::InvalidOption`] (see [`Options::check`];
 /// nothing ran), [`Error::Serialization`], [`Error::Backend`] (before the body ran; a claim
 /// whose reply may have been lost is released by owner in the background).
+///
+/// The response's round trip is checked on what serde writes; the macro also compares the value
+/// read back with `==` when `T: PartialEq` (see the crate's README, "replay").
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
     fingerprint: Option<Fingerprint>,
     options: Options,
+    body: F,
+) -> Result<T, E>
+where
+    S: ClaimStore,
+    T: super::Replayable,
+    E: From<Error>,
+    F: AsyncFnOnce() -> Result<T, E>,
+{
+    run_comparing(store, key, fingerprint, options, not_compared, body).await
+}
+
+/// [`run`], with `same` comparing the response with the copy read back from its JSON (a
+/// difference makes it unstorable).
+pub(crate) async fn run_comparing<S, T, E, F>(
+    store: &S,
+    key: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
     body: F,
 ) -> Result<T, E>
 where
@@ -352,7 +374,7 @@ where
     };
     // The effect has happened: record it even when the response cannot be kept, so a retry
     // never runs the body a second time.
-    let bytes = response_bytes(&key, &value, options.max_response_bytes);
+    let bytes = response_bytes(&key, &value, options.max_response_bytes, same);
     let completion = Completing {
         store: store.clone(),
         key: key.clone(),
@@ -397,6 +419,8 @@ impl<S: ClaimStore> Completion for Completing<S> {
 
 #[cfg(feature = "sqlx")]
 pub use transactional::run_in_tx;
+#[cfg(feature = "sqlx")]
+pub(crate) use transactional::run_in_tx_comparing;
 
 #[cfg(feature = "sqlx")]
 mod transactional {
@@ -415,11 +439,32 @@ mod transactional {
     /// transaction again. Errors are those of [`run`](super::run),
     /// except that [`Error::LockLost`] cannot happen (the claim lives in the transaction); the
     /// options are checked the same way ([`Options::check`], [`Error::InvalidOption`]).
+    ///
+    /// The response's round trip is checked as in [`run`](super::run).
     pub async fn run_in_tx<S, T, E, F>(
+        store: S,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        options: Options,
+        body: F,
+    ) -> Result<T, E>
+    where
+        S: TxStore,
+        T: crate::strategy::replaying::Replayable,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
+    {
+        run_in_tx_comparing(store, key, fingerprint, options, not_compared, body).await
+    }
+
+    /// [`run_in_tx`], with `same` comparing the response with the copy read back from its
+    /// JSON (a difference rolls the call back).
+    pub(crate) async fn run_in_tx_comparing<S, T, E, F>(
         mut store: S,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         options: Options,
+        same: SameValue<T>,
         body: F,
     ) -> Result<T, E>
     where
@@ -480,7 +525,7 @@ mod transactional {
                     };
                     // Nothing is committed yet: a response that cannot be stored undoes the
                     // whole call, and the caller learns why.
-                    let bytes = match storable(&value, options.max_response_bytes) {
+                    let bytes = match storable(&value, options.max_response_bytes, same) {
                         Ok(b) => b,
                         Err(reason) => {
                             let _ = tx.rollback().await;

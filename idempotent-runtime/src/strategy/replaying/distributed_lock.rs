@@ -35,8 +35,9 @@ use super::durations::{
     DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, check_on_busy,
 };
 use super::{
-    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, acquiring, busy, check_fingerprint,
-    complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
+    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, SameValue, acquiring, busy,
+    check_fingerprint, complete_recorded, first_renewal, not_compared, replayed, response_bytes,
+    while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
@@ -197,11 +198,33 @@ pub async fn with_hooks<F: Future>(hooks: Hooks, fut: F) -> F::Output {
 /// [`Error::Backend`] (Redis unreachable or restarted before the body ran; the body never runs
 /// twice within one call, and a lock whose acquisition reply may have been lost is released by
 /// owner in the background).
+///
+/// The response's round trip is checked on what serde writes; the macro also compares the value
+/// read back with `==` when `T: PartialEq` (see the crate's README, "replay").
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
     fingerprint: Option<Fingerprint>,
     options: Options,
+    body: F,
+) -> Result<T, E>
+where
+    S: LockStore,
+    T: super::Replayable,
+    E: From<Error>,
+    F: AsyncFnOnce(FencingToken) -> Result<T, E>,
+{
+    run_comparing(store, key, fingerprint, options, not_compared, body).await
+}
+
+/// [`run`], with `same` comparing the response with the copy read back from its JSON (a
+/// difference makes it unstorable).
+pub(crate) async fn run_comparing<S, T, E, F>(
+    store: &S,
+    key: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
     body: F,
 ) -> Result<T, E>
 where
@@ -280,7 +303,7 @@ where
     };
     // The effect has happened: record it, even when the response cannot be kept, so a retry
     // replays instead of re-running the body.
-    let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES);
+    let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
     let completion = Completing {
         store: store.clone(),
         key: key.clone(),

@@ -59,15 +59,28 @@ pub trait Replayable: serde::Serialize + serde::de::DeserializeOwned {}
 #[diagnostic::do_not_recommend]
 impl<T: serde::Serialize + serde::de::DeserializeOwned> Replayable for T {}
 
+/// Compares a response with the copy read back from its JSON: `Some(equal)` when `T` can be
+/// compared (`T: PartialEq`), `None` when it cannot. The macro picks it for the concrete `T`
+/// (`__private::Probe`); the strategies' public entry points pass [`not_compared`].
+pub(crate) type SameValue<T> = fn(&T, &T) -> Option<bool>;
+
+/// The [`SameValue`] of a type that cannot be compared: always `None`.
+pub(crate) fn not_compared<T>(_: &T, _: &T) -> Option<bool> {
+    None
+}
+
 /// Serializes `value` for replay and checks the round trip replay depends on: the JSON read
 /// back as a `T` serializes again to the same JSON text — byte for byte, except that members of
 /// a JSON object may come in another order (a `HashMap`'s iteration order) — and has the same
 /// canonical form as `value` (the fingerprint's, [`crate::fingerprint`], which tells apart what
-/// JSON writes alike: `None` and `Some(None)`, NaN and ±∞ and `null`). The reason when it
-/// cannot be stored.
+/// JSON writes alike: `None` and `Some(None)`, NaN and ±∞ and `null`); and, when `same` can
+/// compare `T` (`T: PartialEq`), the value read back equals `value` (which catches what serde
+/// writes alike: an `#[serde(untagged)]` enum's variants with the same content, a
+/// `#[serde(skip)]` field). The reason when it cannot be stored.
 pub(crate) fn storable<T: Serialize + DeserializeOwned>(
     value: &T,
     limit: usize,
+    same: SameValue<T>,
 ) -> Result<Vec<u8>, String> {
     let bytes = serde_json::to_vec(value).map_err(|e| format!("it failed to serialize: {e}"))?;
     if bytes.len() > limit {
@@ -100,6 +113,15 @@ pub(crate) fn storable<T: Serialize + DeserializeOwned>(
     {
         return Err(format!(
             "it reads back as a different value (JSON {} stands for another value too, e.g. `null` for `None`, `Some(None)`, NaN and infinities): replaying it would change the response",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    // Same JSON and same serde value, but serde writes some different values alike (an
+    // untagged enum's variants with the same content, a skipped field read back as its
+    // default): `T`'s own `PartialEq`, when it has one, tells them apart.
+    if same(value, &back) == Some(false) {
+        return Err(format!(
+            "it reads back as a different value (JSON {} reads back as a value that is not `==` to the one returned: an `#[serde(untagged)]` variant written like another, or a `#[serde(skip)]` field): replaying it would change the response",
             String::from_utf8_lossy(&bytes)
         ));
     }
@@ -175,11 +197,16 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
 /// to serialize, does not read back, exceeds `limit` bytes) — the "unstorable" marker, so the
 /// record still completes and a retry never runs the body again (it gets
 /// `Error::Serialization`).
-pub(crate) fn response_bytes<T>(key: &crate::StorageKey, value: &T, limit: usize) -> Vec<u8>
+pub(crate) fn response_bytes<T>(
+    key: &crate::StorageKey,
+    value: &T,
+    limit: usize,
+    same: SameValue<T>,
+) -> Vec<u8>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
-    storable(value, limit).unwrap_or_else(|reason| {
+    storable(value, limit, same).unwrap_or_else(|reason| {
         tracing::warn!(?key, %reason, "the response is not stored for replay; duplicates get Error::Serialization");
         [UNSTORABLE, reason.as_bytes()].concat()
     })
@@ -435,7 +462,7 @@ pub(crate) async fn acquiring<R>(
 mod tests {
     use std::collections::HashMap;
 
-    use super::storable;
+    use super::{not_compared, storable};
 
     /// An untagged enum whose second variant reads back as the first.
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -451,21 +478,24 @@ mod tests {
             id: 7,
             carrier: None,
         };
-        let reason = storable(&sent, usize::MAX).unwrap_err();
+        let reason = storable(&sent, usize::MAX, not_compared).unwrap_err();
         assert!(
             reason.contains("reads back as a different value"),
             "{reason}"
         );
         // The variant that survives the round trip is stored as it is.
         let pending = Shipment::Pending { id: 7 };
-        assert_eq!(storable(&pending, usize::MAX).unwrap(), br#"{"id":7}"#);
+        assert_eq!(
+            storable(&pending, usize::MAX, not_compared).unwrap(),
+            br#"{"id":7}"#
+        );
     }
 
     #[test]
     fn map_key_order_is_not_a_change() {
         let map: HashMap<String, u32> = (0..64).map(|i| (format!("k{i}"), i)).collect();
         assert_eq!(
-            storable(&map, usize::MAX).unwrap(),
+            storable(&map, usize::MAX, not_compared).unwrap(),
             serde_json::to_vec(&map).unwrap()
         );
         let nested: HashMap<String, HashMap<u32, Vec<f64>>> = (0..16)
@@ -476,7 +506,7 @@ mod tests {
                 )
             })
             .collect();
-        assert!(storable(&nested, usize::MAX).is_ok());
+        assert!(storable(&nested, usize::MAX, not_compared).is_ok());
     }
 
     /// An untagged enum whose `Big` variant reads back as `Float`: the JSON texts differ
@@ -492,7 +522,7 @@ mod tests {
     #[test]
     fn a_number_that_reads_back_as_another_type_is_not_storable() {
         let big = Amount::Big((1 << 64) + 1);
-        let reason = storable(&big, usize::MAX).unwrap_err();
+        let reason = storable(&big, usize::MAX, not_compared).unwrap_err();
         assert!(
             reason.contains("serialized 18446744073709551617 then 1.8446744073709552e+19"),
             "{reason}"
@@ -503,7 +533,7 @@ mod tests {
             as_values("1.8446744073709552e+19")
         );
         assert_eq!(
-            storable(&Amount::Float(2.5), usize::MAX).unwrap(),
+            storable(&Amount::Float(2.5), usize::MAX, not_compared).unwrap(),
             b"2.5".to_vec()
         );
     }
@@ -511,19 +541,67 @@ mod tests {
     #[test]
     fn values_json_writes_alike_are_not_storable() {
         // `Some(None)` and `None` are both `null`: it would replay as `None`.
-        let reason = storable(&Some(None::<u8>), usize::MAX).unwrap_err();
+        let reason = storable(&Some(None::<u8>), usize::MAX, not_compared).unwrap_err();
         assert!(reason.contains("stands for another value too"), "{reason}");
         // NaN and infinities are written as `null`: `Some(NaN)` would replay as `None`.
         for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            let reason = storable(&Some(f), usize::MAX).unwrap_err();
+            let reason = storable(&Some(f), usize::MAX, not_compared).unwrap_err();
             assert!(
                 reason.contains("stands for another value too"),
                 "{f}: {reason}"
             );
         }
         // Plain `None` and `Some(Some(x))` survive.
-        assert_eq!(storable(&None::<Option<u8>>, usize::MAX).unwrap(), b"null");
-        assert_eq!(storable(&Some(Some(3u8)), usize::MAX).unwrap(), b"3");
+        assert_eq!(
+            storable(&None::<Option<u8>>, usize::MAX, not_compared).unwrap(),
+            b"null"
+        );
+        assert_eq!(
+            storable(&Some(Some(3u8)), usize::MAX, not_compared).unwrap(),
+            b"3"
+        );
+    }
+
+    /// Variants serde writes alike: `A(1)` and `B(1)` are both `1`.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(untagged)]
+    enum Alike {
+        A(u8),
+        B(u8),
+    }
+
+    /// A field serde leaves out: read back as its default.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Skipped {
+        a: u8,
+        #[serde(skip)]
+        b: u8,
+    }
+
+    fn equal<T: PartialEq>(a: &T, b: &T) -> Option<bool> {
+        Some(a == b)
+    }
+
+    #[test]
+    fn values_serde_writes_alike_are_not_storable_when_compared() {
+        for reason in [
+            storable(&Alike::B(1), usize::MAX, equal).unwrap_err(),
+            storable(&Skipped { a: 1, b: 9 }, usize::MAX, equal).unwrap_err(),
+        ] {
+            assert!(
+                reason.contains("reads back as a different value") && reason.contains("`==`"),
+                "{reason}"
+            );
+        }
+        // What reads back equal is stored.
+        assert_eq!(storable(&Alike::A(1), usize::MAX, equal).unwrap(), b"1");
+        assert_eq!(
+            storable(&Skipped { a: 1, b: 0 }, usize::MAX, equal).unwrap(),
+            br#"{"a":1}"#
+        );
+        // Without a comparison (no `PartialEq`), only what serde writes is checked: the limit.
+        assert!(storable(&Alike::B(1), usize::MAX, not_compared).is_ok());
+        assert!(storable(&Skipped { a: 1, b: 9 }, usize::MAX, not_compared).is_ok());
     }
 
     #[test]

@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl};
 use super::{
-    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, acquiring, check_fingerprint,
-    complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
+    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, SameValue, acquiring, check_fingerprint,
+    complete_recorded, first_renewal, not_compared, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
@@ -122,12 +122,45 @@ fn check(
 /// the lease, renewing it), [`Error::InvalidOption`] (see [`Options::check`]; nothing ran),
 /// [`Error::InvalidKey`], [`Error::Serialization`], [`Error::Backend`] (before the body ran; a
 /// consumption whose reply may have been lost is restored by owner in the background).
+///
+/// The response's round trip is checked on what serde writes; the macro also compares the value
+/// read back with `==` when `T: PartialEq` (see the crate's README, "replay").
 pub async fn run<S, K, T, E, F>(
     store: &S,
     token: &K,
     binding: StorageKey,
     fingerprint: Option<Fingerprint>,
     options: Options,
+    body: F,
+) -> Result<T, E>
+where
+    S: TokenStore,
+    K: KeyPart + ?Sized,
+    T: super::Replayable,
+    E: From<Error>,
+    F: AsyncFnOnce() -> Result<T, E>,
+{
+    run_comparing(
+        store,
+        token,
+        binding,
+        fingerprint,
+        options,
+        not_compared,
+        body,
+    )
+    .await
+}
+
+/// [`run`], with `same` comparing the response with the copy read back from its JSON (a
+/// difference makes it unstorable).
+pub(crate) async fn run_comparing<S, K, T, E, F>(
+    store: &S,
+    token: &K,
+    binding: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
     body: F,
 ) -> Result<T, E>
 where
@@ -201,7 +234,7 @@ where
     };
     // The effect has happened: consume the token for good, even when the response cannot be
     // kept, so a retry never runs the body a second time.
-    let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES);
+    let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
     let completion = Completing {
         store: store.clone(),
         key: key.clone(),
