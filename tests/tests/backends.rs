@@ -36,6 +36,19 @@ fn main() {
             missing.push("redis-cluster");
         }
     }
+    // The SQLite clock-skew tests (`sqlite_clock.rs`) run a second process under `faketime`.
+    let faketime = std::process::Command::new("faketime")
+        .args(["-f", "+0s", "true"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if faketime {
+        println!("  faketime : ran (SQLite clock-skew tests, a second process at ±60 s)");
+    } else {
+        println!(
+            "  faketime : SKIPPED — the SQLite clock-skew tests need faketime on PATH (Debian package `faketime`)"
+        );
+        missing.push("faketime (sqlite clock skew)");
+    }
     if !missing.is_empty() {
         println!("!!! SKIPPED BACKENDS: {} !!!", missing.join(", "));
         if ci {
