@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use idempotent_runtime::store::Record;
 use idempotent_runtime::strategy::durations::{DEFAULT_LEASE, DEFAULT_TTL, MIN_LEASE, MIN_WAIT};
-use idempotent_runtime::strategy::{dedup_table, distributed_lock, token};
+use idempotent_runtime::strategy::{dedup_table, distributed_lock, not_compared, token};
 use idempotent_runtime::{
     ClaimStore, Disposition, Error, KeyBuilder, MemoryStore, OnBusy, StorageKey, TokenStore,
     idempotent, issue_token, observe,
@@ -219,7 +219,7 @@ async fn dedup_table_refuses_options_below_the_floors<S: ClaimStore>(store: &S) 
             ..Default::default()
         };
         assert!(options.check().is_err());
-        let got = dedup_table::run(store, k.clone(), None, options, body).await;
+        let got = dedup_table::run(store, k.clone(), None, options, not_compared, body).await;
         assert!(invalid(&got, option, value, minimum), "{option}: {got:?}");
         assert_eq!(effects.load(SeqCst), 0, "the body did not run");
         assert_eq!(store.read_record(&k).await.unwrap(), None::<Record>);
@@ -230,7 +230,15 @@ async fn dedup_table_refuses_options_below_the_floors<S: ClaimStore>(store: &S) 
         on_busy: OnBusy::Wait(MIN_WAIT),
         ..Default::default()
     };
-    let got = observe(dedup_table::run(store, key(), None, at_floor, body)).await;
+    let got = observe(dedup_table::run(
+        store,
+        key(),
+        None,
+        at_floor,
+        not_compared,
+        body,
+    ))
+    .await;
     assert_eq!(seen(got), Ok((1, Some(Disposition::Executed))));
 }
 
@@ -248,7 +256,15 @@ async fn duration_max_lease_and_ttl_run_on_memory() {
     let k = key();
     for expected in [Disposition::Executed, Disposition::Replayed] {
         let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
-        let got = observe(dedup_table::run(&store, k.clone(), None, options, body)).await;
+        let got = observe(dedup_table::run(
+            &store,
+            k.clone(),
+            None,
+            options,
+            not_compared,
+            body,
+        ))
+        .await;
         assert_eq!(seen(got), Ok((1, Some(expected))));
     }
     assert_eq!(effects.load(SeqCst), 1);
@@ -275,6 +291,7 @@ async fn duration_max_token_runs_on_memory() {
             binding.clone(),
             None,
             options,
+            not_compared,
             body,
         ))
         .await;
@@ -314,7 +331,7 @@ async fn dedup_table_in_tx_options_below_the_floors_sqlite() {
             on_busy,
             ..Default::default()
         };
-        let got = dedup_table::run_in_tx(&pool, k.clone(), None, options, body).await;
+        let got = dedup_table::run_in_tx(&pool, k.clone(), None, options, not_compared, body).await;
         assert!(invalid(&got, option, value, minimum), "{option}: {got:?}");
         assert_eq!(effects.load(SeqCst), 0, "the body did not run");
         assert_eq!(pool.read_record(&k).await.unwrap(), None::<Record>);
@@ -325,7 +342,15 @@ async fn dedup_table_in_tx_options_below_the_floors_sqlite() {
         on_busy: OnBusy::Wait(MIN_WAIT),
         ..Default::default()
     };
-    let got = observe(dedup_table::run_in_tx(&pool, key(), None, at_floor, body)).await;
+    let got = observe(dedup_table::run_in_tx(
+        &pool,
+        key(),
+        None,
+        at_floor,
+        not_compared,
+        body,
+    ))
+    .await;
     assert_eq!(seen(got), Ok((1, Some(Disposition::Executed))));
 }
 
@@ -346,7 +371,7 @@ async fn distributed_lock_options_below_the_floors() {
             ..Default::default()
         };
         assert!(options.check().is_err());
-        let got = distributed_lock::run(&store, k.clone(), None, options, body).await;
+        let got = distributed_lock::run(&store, k.clone(), None, options, not_compared, body).await;
         assert!(invalid(&got, option, value, minimum), "{option}: {got:?}");
         assert_eq!(effects.load(SeqCst), 0, "the body did not run");
         let free = store
@@ -364,7 +389,15 @@ async fn distributed_lock_options_below_the_floors() {
         on_busy: OnBusy::Wait(MIN_WAIT),
         ..Default::default()
     };
-    let got = observe(distributed_lock::run(&store, key(), None, at_floor, body)).await;
+    let got = observe(distributed_lock::run(
+        &store,
+        key(),
+        None,
+        at_floor,
+        not_compared,
+        body,
+    ))
+    .await;
     assert_eq!(seen(got), Ok((1, Some(Disposition::Executed))));
 }
 
@@ -386,7 +419,7 @@ async fn token_options_below_the_floors() {
             ..Default::default()
         };
         assert!(options.check().is_err());
-        let got = token::run(&store, t.as_str(), key(), None, options, body).await;
+        let got = token::run(&store, t.as_str(), key(), None, options, not_compared, body).await;
         assert!(invalid(&got, option, value, minimum), "{option}: {got:?}");
         assert_eq!(effects.load(SeqCst), 0, "the body did not run");
     }
@@ -395,7 +428,16 @@ async fn token_options_below_the_floors() {
         ttl: MIN_LEASE,
         ..Default::default()
     };
-    let got = observe(token::run(&store, t.as_str(), key(), None, at_floor, body)).await;
+    let got = observe(token::run(
+        &store,
+        t.as_str(),
+        key(),
+        None,
+        at_floor,
+        not_compared,
+        body,
+    ))
+    .await;
     assert_eq!(
         seen(got),
         Ok((1, Some(Disposition::Executed))),
@@ -454,7 +496,7 @@ async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
         let (store, effects, k) = (store.clone(), effects.clone(), k.clone());
         async move {
             let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
-            dedup_table::run(&*store, k, None, options, body).await
+            dedup_table::run(&*store, k, None, options, not_compared, body).await
         }
     });
     store.faults.acquired.notified().await;
@@ -462,7 +504,16 @@ async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
     // B polls (20 ms apart, bounded) until A's claim has expired and B has taken it over.
     let b = loop {
         let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
-        match observe(dedup_table::run(&*store, k.clone(), None, options, body)).await {
+        match observe(dedup_table::run(
+            &*store,
+            k.clone(),
+            None,
+            options,
+            not_compared,
+            body,
+        ))
+        .await
+        {
             (Err(AppError::Idempotency(Error::InProgress)), _) => {
                 assert!(
                     held_since.elapsed() < Duration::from_secs(10),
@@ -485,7 +536,15 @@ async fn dedup_table_slow_claim_says_so<S: ClaimStore + 'static>(store: S) {
         "only B's body ran: A's claim had expired before its body could start"
     );
     let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
-    let replay = observe(dedup_table::run(&*store, k, None, options, body)).await;
+    let replay = observe(dedup_table::run(
+        &*store,
+        k,
+        None,
+        options,
+        not_compared,
+        body,
+    ))
+    .await;
     assert_eq!(
         seen(replay),
         Ok((1, Some(Disposition::Replayed))),
@@ -510,7 +569,16 @@ async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
             (store.clone(), effects.clone(), t.clone(), binding.clone());
         async move {
             let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
-            token::run(&*store, t.as_str(), binding, None, options, body).await
+            token::run(
+                &*store,
+                t.as_str(),
+                binding,
+                None,
+                options,
+                not_compared,
+                body,
+            )
+            .await
         }
     });
     store.faults.acquired.notified().await;
@@ -523,6 +591,7 @@ async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
             binding.clone(),
             None,
             options,
+            not_compared,
             body,
         ))
         .await
@@ -554,6 +623,7 @@ async fn token_slow_consume_says_so<S: TokenStore + 'static>(store: S) {
         binding,
         None,
         options,
+        not_compared,
         body,
     ))
     .await;

@@ -180,15 +180,8 @@ impl<S: ClaimStore> ReplayStrategy for DedupTable<'_, S> {
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move || body(&mut ()).await;
-        crate::strategy::dedup_table::run_comparing(
-            self.store,
-            key,
-            fingerprint,
-            self.options,
-            same,
-            body,
-        )
-        .await
+        crate::strategy::dedup_table::run(self.store, key, fingerprint, self.options, same, body)
+            .await
     }
 }
 
@@ -217,7 +210,7 @@ impl<S: crate::TxStore> ReplayStrategy for DedupTableInTx<S> {
         E: From<Error>,
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
-        crate::strategy::dedup_table::run_in_tx_comparing(
+        crate::strategy::dedup_table::run_in_tx(
             self.store,
             key,
             fingerprint,
@@ -254,7 +247,7 @@ impl<S: LockStore> ReplayStrategy for DistributedLock<'_, S> {
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move |mut fence: FencingToken| body(&mut fence).await;
-        crate::strategy::distributed_lock::run_comparing(
+        crate::strategy::distributed_lock::run(
             self.store,
             key,
             fingerprint,
@@ -292,7 +285,7 @@ impl<S: TokenStore, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move || body(&mut ()).await;
-        crate::strategy::token::run_comparing(
+        crate::strategy::token::run(
             self.store,
             self.token,
             key,

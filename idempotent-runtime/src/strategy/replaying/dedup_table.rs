@@ -37,7 +37,7 @@ use super::durations::{
 };
 use super::{
     Completion, DropGuard, SameValue, acquiring, busy, check_fingerprint, complete_recorded,
-    first_renewal, not_compared, replayed, response_bytes, while_renewing,
+    first_renewal, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
@@ -255,25 +255,11 @@ mod unrenewed {
 ///
 /// The response's round trip is checked on what serde writes; the macro also compares the value
 /// read back with `==` when `T: PartialEq` (see the crate's README, "replay").
+///
+/// `same` compares the response with the copy read back from its JSON (a difference makes it
+/// unstorable): the macro passes `==` when `T: PartialEq`; a direct caller passes
+/// [`not_compared`](crate::strategy::not_compared) or its own comparison.
 pub async fn run<S, T, E, F>(
-    store: &S,
-    key: StorageKey,
-    fingerprint: Option<Fingerprint>,
-    options: Options,
-    body: F,
-) -> Result<T, E>
-where
-    S: ClaimStore,
-    T: super::Replayable,
-    E: From<Error>,
-    F: AsyncFnOnce() -> Result<T, E>,
-{
-    run_comparing(store, key, fingerprint, options, not_compared, body).await
-}
-
-/// [`run`], with `same` comparing the response with the copy read back from its JSON (a
-/// difference makes it unstorable).
-pub(crate) async fn run_comparing<S, T, E, F>(
     store: &S,
     key: StorageKey,
     fingerprint: Option<Fingerprint>,
@@ -419,8 +405,6 @@ impl<S: ClaimStore> Completion for Completing<S> {
 
 #[cfg(feature = "sqlx")]
 pub use transactional::run_in_tx;
-#[cfg(feature = "sqlx")]
-pub(crate) use transactional::run_in_tx_comparing;
 
 #[cfg(feature = "sqlx")]
 mod transactional {
@@ -441,25 +425,11 @@ mod transactional {
     /// options are checked the same way ([`Options::check`], [`Error::InvalidOption`]).
     ///
     /// The response's round trip is checked as in [`run`](super::run).
+    ///
+    /// `same` compares the response with the copy read back from its JSON (a difference makes it
+    /// unstorable): the macro passes `==` when `T: PartialEq`; a direct caller passes
+    /// [`not_compared`](crate::strategy::not_compared) or its own comparison.
     pub async fn run_in_tx<S, T, E, F>(
-        store: S,
-        key: StorageKey,
-        fingerprint: Option<Fingerprint>,
-        options: Options,
-        body: F,
-    ) -> Result<T, E>
-    where
-        S: TxStore,
-        T: crate::strategy::replaying::Replayable,
-        E: From<Error>,
-        F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
-    {
-        run_in_tx_comparing(store, key, fingerprint, options, not_compared, body).await
-    }
-
-    /// [`run_in_tx`], with `same` comparing the response with the copy read back from its
-    /// JSON (a difference rolls the call back).
-    pub(crate) async fn run_in_tx_comparing<S, T, E, F>(
         mut store: S,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,

@@ -36,8 +36,7 @@ use super::durations::{
 };
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, SameValue, acquiring, busy,
-    check_fingerprint, complete_recorded, first_renewal, not_compared, replayed, response_bytes,
-    while_renewing,
+    check_fingerprint, complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
@@ -201,25 +200,11 @@ pub async fn with_hooks<F: Future>(hooks: Hooks, fut: F) -> F::Output {
 ///
 /// The response's round trip is checked on what serde writes; the macro also compares the value
 /// read back with `==` when `T: PartialEq` (see the crate's README, "replay").
+///
+/// `same` compares the response with the copy read back from its JSON (a difference makes it
+/// unstorable): the macro passes `==` when `T: PartialEq`; a direct caller passes
+/// [`not_compared`](crate::strategy::not_compared) or its own comparison.
 pub async fn run<S, T, E, F>(
-    store: &S,
-    key: StorageKey,
-    fingerprint: Option<Fingerprint>,
-    options: Options,
-    body: F,
-) -> Result<T, E>
-where
-    S: LockStore,
-    T: super::Replayable,
-    E: From<Error>,
-    F: AsyncFnOnce(FencingToken) -> Result<T, E>,
-{
-    run_comparing(store, key, fingerprint, options, not_compared, body).await
-}
-
-/// [`run`], with `same` comparing the response with the copy read back from its JSON (a
-/// difference makes it unstorable).
-pub(crate) async fn run_comparing<S, T, E, F>(
     store: &S,
     key: StorageKey,
     fingerprint: Option<Fingerprint>,

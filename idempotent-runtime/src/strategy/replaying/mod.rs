@@ -61,11 +61,11 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> Replayable for T {}
 
 /// Compares a response with the copy read back from its JSON: `Some(equal)` when `T` can be
 /// compared (`T: PartialEq`), `None` when it cannot. The macro picks it for the concrete `T`
-/// (`__private::Probe`); the strategies' public entry points pass [`not_compared`].
-pub(crate) type SameValue<T> = fn(&T, &T) -> Option<bool>;
+/// (`__private::Probe`); direct callers of the strategies' `run` pass [`not_compared`].
+pub type SameValue<T> = fn(&T, &T) -> Option<bool>;
 
 /// The [`SameValue`] of a type that cannot be compared: always `None`.
-pub(crate) fn not_compared<T>(_: &T, _: &T) -> Option<bool> {
+pub fn not_compared<T>(_: &T, _: &T) -> Option<bool> {
     None
 }
 

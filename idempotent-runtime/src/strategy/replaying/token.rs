@@ -30,7 +30,7 @@ use std::time::Duration;
 use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl};
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, SameValue, acquiring, check_fingerprint,
-    complete_recorded, first_renewal, not_compared, replayed, response_bytes, while_renewing,
+    complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner};
@@ -125,36 +125,11 @@ fn check(
 ///
 /// The response's round trip is checked on what serde writes; the macro also compares the value
 /// read back with `==` when `T: PartialEq` (see the crate's README, "replay").
+///
+/// `same` compares the response with the copy read back from its JSON (a difference makes it
+/// unstorable): the macro passes `==` when `T: PartialEq`; a direct caller passes
+/// [`not_compared`](crate::strategy::not_compared) or its own comparison.
 pub async fn run<S, K, T, E, F>(
-    store: &S,
-    token: &K,
-    binding: StorageKey,
-    fingerprint: Option<Fingerprint>,
-    options: Options,
-    body: F,
-) -> Result<T, E>
-where
-    S: TokenStore,
-    K: KeyPart + ?Sized,
-    T: super::Replayable,
-    E: From<Error>,
-    F: AsyncFnOnce() -> Result<T, E>,
-{
-    run_comparing(
-        store,
-        token,
-        binding,
-        fingerprint,
-        options,
-        not_compared,
-        body,
-    )
-    .await
-}
-
-/// [`run`], with `same` comparing the response with the copy read back from its JSON (a
-/// difference makes it unstorable).
-pub(crate) async fn run_comparing<S, K, T, E, F>(
     store: &S,
     token: &K,
     binding: StorageKey,
