@@ -137,15 +137,20 @@ impl Svc {
     /// Calls until the outcome is not `InProgress`/`Duplicate` (a concurrent duplicate),
     /// 10 ms apart; returns it with the number of other errors seen (retried likewise).
     async fn call_until_done(&self, s: Strategy, r: &Req, errors: &mut Vec<String>) -> Got {
-        for _ in 0..3000 {
-            match self.call(s, r).await {
+        let started = Instant::now();
+        loop {
+            let got = self.call(s, r).await;
+            match &got {
                 Got::InProgress | Got::Duplicate => {}
-                Got::Other(e) => errors.push(e),
-                done => return done,
+                Got::Other(e) => errors.push(e.clone()),
+                _ => return got,
             }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{s:?} {r:?} never completed: last {got:?}; errors {errors:?}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("{s:?} {r:?} never completed; errors {errors:?}");
     }
 }
 
@@ -504,6 +509,7 @@ async fn storm_during_slot_migration(s: Strategy) {
         svc.hold.arrived.notified().await;
     }
     let opened = Instant::now();
+    eprintln!("DBG held entered");
     {
         let (cluster, moves) = (cluster.clone(), moves.clone());
         tokio::task::spawn_blocking(move || {
@@ -515,6 +521,7 @@ async fn storm_during_slot_migration(s: Strategy) {
         .unwrap();
     }
     svc.hold.open.send_replace(1);
+    eprintln!("DBG migrations open");
     // Let the storm meet the half-migrated slots: wait until the nodes have answered with
     // redirections (ASK or TRYAGAIN), then move the keys and close the migrations.
     let redirected = |now: &BTreeMap<String, u64>| {
@@ -541,7 +548,19 @@ async fn storm_during_slot_migration(s: Strategy) {
         .unwrap()
     };
     let migration_took = opened.elapsed();
+    eprintln!("DBG migrations closed {migration_took:?} {:?}", cluster.error_stats());
 
+    {
+        let cluster = cluster.clone();
+        std::thread::spawn(move || {
+            for _ in 0..12 {
+                std::thread::sleep(Duration::from_secs(2));
+                let per: Vec<_> = cluster.nodes.iter().map(|n| n.error_stats()).collect();
+                eprintln!("DBG stats {per:?}");
+                eprintln!("DBG nodes {}", cluster.nodes[0].cli(&["CLUSTER", "NODES"]));
+            }
+        });
+    }
     let mut outcomes: BTreeMap<String, Vec<Got>> = BTreeMap::new();
     let mut errors_seen = Vec::new();
     for task in tasks {
@@ -696,5 +715,89 @@ async fn noscript_after_script_flush_reloads_and_succeeds() {
             assert_eq!(svc.count(fresh), 1);
         }
         assert_eq!(svc.count(&reqs[0]), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scratch_migrate_then_call() {
+    let cluster = Arc::new(RedisCluster::start_with(3, &["--cluster-node-timeout", "2000"]));
+    let store = RedisStore::connect_cluster(&cluster.urls()).await.unwrap();
+    let svc = Svc::new(store);
+    let owners = cluster.slot_owners();
+    let t = unique("t");
+    let n: usize = std::env::var("SCRATCH_N").map(|v| v.parse().unwrap()).unwrap_or(10);
+    let r = req(&t, "a", 1);
+    let warm = req(&t, "warm", 1);
+    if std::env::var("SCRATCH_WARM").is_ok() {
+        for i in 0..3 { for s in [Strategy::Dedup] { let _ = svc.call(s, &req(&t, &format!("w{i}"), 1)).await; } }
+        for i in 0..3 { cluster.nodes[i].cli(&["SCRIPT", "LOAD", "return 1"]); }
+    }
+    let _ = warm;
+    let slot = cluster.slot_of(&storage_key(Strategy::Dedup, &r));
+    let from = owners[usize::from(slot)].unwrap();
+    let to = (from + 1) % 3;
+    cluster.begin_migration(slot, from, to);
+    let tasks: Vec<_> = (0..n).map(|_| { let (svc, r) = (svc.clone(), r.clone()); tokio::spawn(async move { let st = Instant::now(); let g = svc.call(Strategy::Dedup, &r).await; (st.elapsed(), g) }) }).collect();
+    for t in tasks { eprintln!("during {:?}", t.await.unwrap()); }
+    eprintln!("stats {:?}", cluster.error_stats());
+    cluster.move_keys(slot, from, to);
+    cluster.finish_migration(slot, from, to);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let got = svc.call(Strategy::Dedup, &r).await;
+        eprintln!("after {:?} {got:?} {:?}", started.elapsed(), cluster.error_stats());
+    }
+    for node in 0..3 {
+        let other = requests_on(&cluster, &owners, Strategy::Dedup, &t, 1, |n| n == node).remove(0);
+        let started = Instant::now();
+        let got = svc.call(Strategy::Dedup, &other).await;
+        eprintln!("node {node} fresh {:?} {got:?}", started.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scratch_plain_redis_rs() {
+    let cluster = Arc::new(RedisCluster::start_with(3, &["--cluster-node-timeout", "2000"]));
+    let client = redis::cluster::ClusterClient::builder(cluster.urls())
+        .response_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let conn = client.get_async_connection().await.unwrap();
+    let n: usize = std::env::var("SCRATCH_N").map(|v| v.parse().unwrap()).unwrap_or(10);
+    let cmd = std::env::var("SCRATCH_CMD").unwrap_or("GET".into());
+    let key = "{mig}:a";
+    let slot = cluster.keyslot(key);
+    let owners = cluster.slot_owners();
+    let from = owners[usize::from(slot)].unwrap();
+    let to = (from + 1) % 3;
+    cluster.begin_migration(slot, from, to);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let mut conn = conn.clone();
+            let cmd = cmd.clone();
+            tokio::spawn(async move {
+                let st = Instant::now();
+                let r: redis::RedisResult<redis::Value> = if cmd == "GET" {
+                    redis::cmd("GET").arg(key).query_async(&mut conn).await
+                } else {
+                    redis::cmd("SET").arg(format!("{{mig}}:{i}")).arg(1).query_async(&mut conn).await
+                };
+                (st.elapsed(), r.map_err(|e| e.to_string()))
+            })
+        })
+        .collect();
+    let mut summary = BTreeMap::new();
+    for t in tasks {
+        let (el, r) = t.await.unwrap();
+        *summary.entry(format!("{:?} {}", r, el.as_secs())).or_insert(0) += 1;
+    }
+    eprintln!("during: {summary:?} stats {:?}", cluster.error_stats());
+    cluster.move_keys(slot, from, to);
+    cluster.finish_migration(slot, from, to);
+    let mut conn2 = conn.clone();
+    for k in ["x1", "x2", "x3", "x4", "x5", key] {
+        let st = Instant::now();
+        let r: redis::RedisResult<redis::Value> = redis::cmd("GET").arg(k).query_async(&mut conn2).await;
+        eprintln!("after GET {k}: {:?} {r:?}", st.elapsed());
     }
 }
