@@ -56,7 +56,11 @@ async fn a_call_works(store: RedisStore) {
 
 fn set_policy(server: &RedisServer, policy: &str) {
     let out = server.cli(&["CONFIG", "SET", "maxmemory-policy", policy]);
-    assert_eq!(out.trim(), "OK", "CONFIG SET maxmemory-policy {policy}: {out:?}");
+    assert_eq!(
+        out.trim(),
+        "OK",
+        "CONFIG SET maxmemory-policy {policy}: {out:?}"
+    );
 }
 
 /// Standalone: each evicting policy is refused by `connect`, naming the policy and
