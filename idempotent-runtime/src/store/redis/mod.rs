@@ -48,6 +48,8 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, ToRedis
 use super::{AsClaimStore, AsLockStore, AsTokenStore, Store};
 use crate::{Error, StorageKey};
 
+#[cfg(feature = "redis-cluster")]
+mod cluster;
 mod lock;
 mod record;
 #[cfg(feature = "redis-sentinel")]
@@ -123,7 +125,7 @@ impl Call<'_> {
 enum Conn {
     Single(ConnectionManager),
     #[cfg(feature = "redis-cluster")]
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(Arc<cluster::ClusterConn>),
     #[cfg(feature = "redis-sentinel")]
     Sentinel(Arc<sentinel::SentinelConn>),
 }
@@ -254,11 +256,11 @@ impl RedisOptions {
             .response_timeout(RESPONSE_TIMEOUT)
             .build()
             .map_err(Error::backend)?;
-        let conn = client
-            .get_async_connection()
+        let conn = cluster::ClusterConn::new(client)
             .await
             .map_err(Error::backend)?;
-        self.checked(Conn::Cluster(conn), "redis-cluster").await
+        self.checked(Conn::Cluster(Arc::new(conn)), "redis-cluster")
+            .await
     }
 
     /// Connects to the primary of `service_name` (the name in the sentinels'
@@ -381,7 +383,6 @@ impl RedisStore {
                 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let reply = c
-                    .clone()
                     .route_command(redis::cmd("INFO").arg("memory").take(), routing)
                     .await
                     .map_err(Error::backend)?;
@@ -417,7 +418,7 @@ impl RedisStore {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => c.query(cmd).await,
             #[cfg(feature = "redis-sentinel")]
             // Boxed: redis-rs's sentinel look-up is a deep future, and every store call
             // would carry its layout (and users' async fns would hit the recursion limit).
@@ -463,7 +464,6 @@ impl RedisStore {
                 let route = Route::with_key(key, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                 let v = c
-                    .clone()
                     .route_command(cmd, routing)
                     .await
                     .map_err(Error::backend)?;
