@@ -633,7 +633,6 @@ async fn storm_during_slot_migration(s: Strategy, callers: usize) {
 /// answering and callers never finish. Passes with the store replacing a connection that
 /// timed out (branch `cluster-reconnect`, notes/cluster.md), callers retrying the errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails with redis-rs 1.8.1: concurrent ASK redirects wedge its cluster connection (notes/cluster.md)"]
 async fn storm_dedup_table_during_slot_migration() {
     storm_during_slot_migration(Strategy::Dedup, 10).await
 }
@@ -641,7 +640,6 @@ async fn storm_dedup_table_during_slot_migration() {
 /// As [`storm_dedup_table_during_slot_migration`], for
 /// `distributed_lock`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails with redis-rs 1.8.1: concurrent ASK redirects wedge its cluster connection (notes/cluster.md)"]
 async fn storm_distributed_lock_during_slot_migration() {
     storm_during_slot_migration(Strategy::Lock, 10).await
 }
