@@ -41,6 +41,8 @@ struct Hold {
     open: watch::Sender<u8>,
 }
 
+/// The test service: the three strategies with the default 30 s lease (longer than a stall of
+/// the store's 5 s response timeout, which a claim survives for about 2/3 of its lease).
 pub struct Svc {
     store: RedisStore,
     fx: Effects,
@@ -89,8 +91,7 @@ impl Svc {
         key = "req.id",
         scope = "req.tenant",
         name = "cluster_faults.lock",
-        store = "self.store",
-        lease = "5s"
+        store = "self.store"
     )]
     async fn lock(
         &self,
@@ -106,8 +107,7 @@ impl Svc {
         key = "req.id",
         scope = "req.tenant",
         name = "cluster_faults.dedup",
-        store = "self.store",
-        lease = "5s"
+        store = "self.store"
     )]
     async fn dedup(&self, req: &Req) -> Result<idempotent_tests::Receipt, AppError> {
         self.body(req).await
@@ -119,8 +119,7 @@ impl Svc {
         key = "req.id",
         scope = "req.tenant",
         name = "cluster_faults.token",
-        store = "self.store",
-        lease = "5s"
+        store = "self.store"
     )]
     async fn checkout(&self, req: &Req) -> Result<idempotent_tests::Receipt, AppError> {
         self.body(req).await
