@@ -211,6 +211,27 @@ async fn token_on(
     panic!("no token landed on the wanted nodes in 200 tries");
 }
 
+/// Errors callers saw, counted by kind (`timed out`, `Ask`, `Moved`, `TryAgain`,
+/// `Unrecorded`, or the text).
+fn error_kinds(errors: &[String]) -> BTreeMap<String, usize> {
+    let mut kinds = BTreeMap::new();
+    for e in errors {
+        let kind = [
+            "Unrecorded",
+            "timed out",
+            "Ask",
+            "Moved",
+            "TryAgain",
+            "ClusterDown",
+        ]
+        .iter()
+        .find(|k| e.contains(*k))
+        .map_or_else(|| e.clone(), |k| (*k).to_owned());
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
+    kinds
+}
+
 fn is_backend(g: &Got) -> bool {
     matches!(g, Got::Other(e) if e.contains("Backend"))
 }
@@ -573,7 +594,7 @@ async fn storm_during_slot_migration(s: Strategy, callers: usize) {
         KEYS * REQUESTS,
         moves.len(),
         errors_seen.len(),
-        errors_seen.iter().take(5).collect::<Vec<_>>()
+        error_kinds(&errors_seen)
     );
 
     for r in &reqs {
