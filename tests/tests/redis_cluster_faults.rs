@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use idempotent_runtime::strategy::token::token_key;
 use idempotent_runtime::{
-    FencingToken, KeyBuilder, RedisStore, StorageKey, idempotent, issue_token, observe,
+    Error, FencingToken, KeyBuilder, RedisStore, StorageKey, idempotent, issue_token, observe,
 };
 use idempotent_tests::{
     AppError, Effects, Got, RedisCluster, Req, classify, redis_server_on_path, req, unique,
@@ -370,6 +370,28 @@ async fn one_node_killed_other_shards_keep_working() {
         "the live masters never answered NOSCRIPT: {:?}",
         cluster.error_stats()
     );
+
+    // A store connecting while the node is down: its support check runs a script on the
+    // slot of `idem:{check}`, and the eviction check asks every primary it can reach.
+    let check_on_dead = cluster.node_serving(cluster.keyslot("idem:{check}")) == dead;
+    let started = Instant::now();
+    let connected = RedisStore::connect_cluster(&cluster.urls()).await;
+    eprintln!(
+        "connect_cluster with node {dead} down (idem:{{check}} on it: {check_on_dead}) took {:?}: {:?}",
+        started.elapsed(),
+        connected.as_ref().map(|_| "connected")
+    );
+    if check_on_dead {
+        assert!(matches!(connected, Err(Error::Backend(_))), "{connected:?}");
+    } else {
+        let store = connected.expect("connects through the live masters");
+        let svc2 = Svc::new(store);
+        let r = requests_on(&cluster, &owners, Strategy::Dedup, &t, 3, live).remove(2);
+        assert!(matches!(
+            svc2.call(Strategy::Dedup, &r).await,
+            Got::Executed(_)
+        ));
+    }
 }
 
 /// Calls each strategy on its key on the dead node, concurrently; each gets `Error::Backend`
