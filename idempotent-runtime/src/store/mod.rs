@@ -75,6 +75,16 @@ pub struct Record {
     pub expires_at_ms: Option<i64>,
 }
 
+/// What [`ClaimStore::claim_or_read`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOrRecord {
+    /// This caller now holds the claim ([`ClaimStore::try_claim`]'s `Ok(true)`).
+    Claimed,
+    /// A record exists, and this is it as [`ClaimStore::read_record`] returns it (`None` when
+    /// it vanished between the claim attempt and the read of a store that makes two steps).
+    Existing(Option<Record>),
+}
+
 /// What every store has, whichever strategies it serves: a name for logs and the demo.
 pub trait Store: Send + Sync {
     /// A short backend name (`"postgres"`, `"mysql"`, `"sqlite"`, `"redis"`,
@@ -123,6 +133,22 @@ pub trait ClaimStore: Store + Clone + 'static + AsClaimStore {
     /// caller now holds the claim (a store may also answer `Ok(true)` when the record is
     /// already `claim.owner`'s unexpired in-progress claim), `Ok(false)` when a record exists.
     fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// [`try_claim`](Self::try_claim), and when a record exists, that record: the first step
+    /// of every `dedup_table` claim-mode call, so a replay needs one store request where the
+    /// store can answer both in one step (Redis: one script). The default makes the two calls
+    /// (`try_claim`, then `read_record` when it answered `false`).
+    fn claim_or_read(
+        &self,
+        claim: &Claim<'_>,
+    ) -> impl Future<Output = Result<ClaimOrRecord, Error>> + Send {
+        async move {
+            if self.try_claim(claim).await? {
+                return Ok(ClaimOrRecord::Claimed);
+            }
+            Ok(ClaimOrRecord::Existing(self.read_record(claim.key).await?))
+        }
+    }
 
     /// Reads the record of `key`, `None` when there is none.
     fn read_record(
