@@ -213,11 +213,38 @@ pub trait ClaimStore: Store + Clone + 'static + AsClaimStore {
     fn release_claim_detached(&self, key: StorageKey, owner: String);
 }
 
-/// A fresh random claim owner token: 16 bytes from the OS RNG as 32 hex characters.
-pub(crate) fn new_owner() -> Result<String, Error> {
+/// 16 bytes from the OS RNG as 32 hex characters: an unguessable one-time token for
+/// [`issue_token`](crate::issue_token).
+pub(crate) fn random_token() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Backend(format!("no randomness for the owner token: {e}").into()))?;
+        .map_err(|e| Error::Backend(format!("no randomness for a token: {e}").into()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// A fresh claim owner token, 32 hex characters: this process's 8 random bytes (from the OS
+/// RNG, drawn once) followed by a per-process 64-bit counter. Unique across processes with
+/// overwhelming probability (two processes would need the same 64-bit random prefix) and
+/// within one by construction, at the cost of an atomic increment per call instead of a
+/// system call. Owner tokens only tell claims apart; they are not secrets.
+pub(crate) fn new_owner() -> Result<String, Error> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<[u8; 8]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = match PREFIX.get() {
+        Some(prefix) => prefix,
+        None => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|e| {
+                Error::Backend(format!("no randomness for the owner token: {e}").into())
+            })?;
+            PREFIX.get_or_init(|| bytes)
+        }
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(prefix);
+    bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
     Ok(hex::encode(bytes))
 }
 
