@@ -77,10 +77,19 @@ async fn standalone_refuses_evicting_policies_unless_allowed() {
         set_policy(&server, policy);
         match RedisStore::connect(&url).await {
             Err(e @ Error::EvictionPolicy { .. }) => {
-                let Error::EvictionPolicy { policy: named, .. } = &e else {
+                let Error::EvictionPolicy {
+                    policy: named,
+                    node,
+                } = &e
+                else {
                     unreachable!()
                 };
                 assert_eq!(named, policy);
+                assert_eq!(
+                    node,
+                    &format!("127.0.0.1:{}", server.port),
+                    "the node is named"
+                );
                 let message = e.to_string();
                 assert!(message.contains(policy), "{message}");
                 assert!(message.contains("noeviction"), "{message}");

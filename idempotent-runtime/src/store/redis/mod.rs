@@ -225,6 +225,7 @@ impl RedisOptions {
     /// [`allow_eviction`](Self::allow_eviction)).
     pub async fn connect(&self, url: &str) -> Result<RedisStore, Error> {
         let client = redis::Client::open(url).map_err(Error::backend)?;
+        let address = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -232,13 +233,14 @@ impl RedisOptions {
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(Error::backend)?;
-        self.from_manager(manager).await
+        self.checked(Conn::Single(manager), "redis", Some(address))
+            .await
     }
 
     /// Wraps an existing [`ConnectionManager`] (your own timeouts, TLS, credentials) after
     /// checking the server; errors as [`connect`](Self::connect).
     pub async fn from_manager(&self, manager: ConnectionManager) -> Result<RedisStore, Error> {
-        self.checked(Conn::Single(manager), "redis").await
+        self.checked(Conn::Single(manager), "redis", None).await
     }
 
     /// Connects to a Redis Cluster through any of its nodes (`redis://127.0.0.1:7000`, …)
@@ -258,7 +260,7 @@ impl RedisOptions {
         let conn = cluster::ClusterConn::new(client)
             .await
             .map_err(Error::backend)?;
-        self.checked(Conn::Cluster(Arc::new(conn)), "redis-cluster")
+        self.checked(Conn::Cluster(Arc::new(conn)), "redis-cluster", None)
             .await
     }
 
@@ -280,17 +282,29 @@ impl RedisOptions {
         service_name: &str,
     ) -> Result<RedisStore, Error> {
         let conn = sentinel::SentinelConn::new(sentinels, service_name)?;
-        self.checked(Conn::Sentinel(Arc::new(conn)), "redis-sentinel")
-            .await
+        let primary = format!("the primary of {service_name:?}");
+        self.checked(
+            Conn::Sentinel(Arc::new(conn)),
+            "redis-sentinel",
+            Some(primary),
+        )
+        .await
     }
 
-    async fn checked(&self, conn: Conn, name: &'static str) -> Result<RedisStore, Error> {
+    /// The store on `conn` after [`RedisStore::check_support`]; `address` names the server
+    /// in errors (`host:port`; `None`: from the server's `INFO`).
+    async fn checked(
+        &self,
+        conn: Conn,
+        name: &'static str,
+        address: Option<String>,
+    ) -> Result<RedisStore, Error> {
         let store = RedisStore {
             conn,
             name,
             replicas: self.replicas,
         };
-        store.check_support(self.allow_eviction).await?;
+        store.check_support(self.allow_eviction, address).await?;
         Ok(store)
     }
 }
@@ -333,7 +347,11 @@ impl RedisStore {
         self.name
     }
 
-    async fn check_support(&self, allow_eviction: bool) -> Result<(), Error> {
+    async fn check_support(
+        &self,
+        allow_eviction: bool,
+        address: Option<String>,
+    ) -> Result<(), Error> {
         let info: String =
             self.eval(&mut CHECK.key("idem:{check}"))
                 .await
@@ -358,7 +376,11 @@ impl RedisStore {
         if allow_eviction {
             return Ok(());
         }
-        for (node, info) in self.memory_info_of_primaries(info).await? {
+        let address = address.unwrap_or_else(|| {
+            let port = info_field(&info, "tcp_port").unwrap_or("?");
+            format!("the server on port {port}")
+        });
+        for (node, info) in self.memory_info_of_primaries(address, info).await? {
             let policy = info_field(&info, "maxmemory_policy").unwrap_or("");
             if policy != "noeviction" {
                 return Err(Error::EvictionPolicy {
@@ -370,10 +392,11 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `INFO memory` of every primary, as (node, text); `checked` is the `INFO` the support
-    /// check already read (the only primary, outside a Cluster).
+    /// `INFO memory` of every primary, as (node, text); outside a Cluster the only primary is
+    /// `address`, and `checked` the `INFO` the support check already read from it.
     async fn memory_info_of_primaries(
         &self,
+        address: String,
         checked: String,
     ) -> Result<Vec<(String, String)>, Error> {
         match &self.conn {
@@ -399,16 +422,7 @@ impl RedisStore {
                     })
                     .collect()
             }
-            _ => Ok(vec![(self.address(), checked)]),
-        }
-    }
-
-    /// A description of the server this store talks to, for error messages.
-    fn address(&self) -> String {
-        match &self.conn {
-            #[cfg(feature = "redis-sentinel")]
-            Conn::Sentinel(s) => format!("the primary of {:?}", s.service_name()),
-            _ => self.name.to_owned(),
+            _ => Ok(vec![(address, checked)]),
         }
     }
 
