@@ -1,0 +1,191 @@
+//! Hand-written SQL paths: the runtime's statements (its `sql_text!` template with each
+//! database's "now" expression and placeholders, copied from
+//! `idempotent-runtime/src/store/sql/{mod,postgres,mysql,sqlite}.rs`) on the same pool.
+//!
+//! Claim mode: the claim `INSERT` and, when it finds a record, the `SELECT` on one pooled
+//! connection; the completion `UPDATE` on another checkout. Transactional mode: `BEGIN`
+//! (SQLite `BEGIN IMMEDIATE`), `INSERT`, body, `UPDATE`, `COMMIT`; a duplicate `INSERT`,
+//! `SELECT`, `ROLLBACK`.
+
+use super::{LEASE_MS, TTL_MS, busy, fingerprint, key, lost, mismatch, owner};
+use crate::{AppError, Receipt, Req, receipt};
+
+/// owner, fingerprint, status, response, expires_at_ms, now_ms
+pub type Row = (String, Option<String>, String, Option<Vec<u8>>, i64, i64);
+
+/// The replay of an existing record, or why not.
+pub fn judge(row: Option<Row>, fp: &str) -> Result<Receipt, AppError> {
+    let Some((_owner, stored, status, response, expires_at_ms, now_ms)) = row else {
+        return Err(busy());
+    };
+    if expires_at_ms <= now_ms {
+        return Err(AppError::Hand(
+            "expired record (take-over is not benchmarked)".into(),
+        ));
+    }
+    if stored.as_deref() != Some(fp) {
+        return Err(mismatch());
+    }
+    match (status.as_str(), response) {
+        ("completed", Some(bytes)) => Ok(serde_json::from_slice(&bytes)?),
+        _ => Err(busy()),
+    }
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+macro_rules! sql_hand {
+    ($m:ident, pool = $pool:ty, now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal], on_conflict = $oc:literal, read_lock = $rl:literal, begin = $begin:expr) => {
+        pub mod $m {
+            use super::*;
+
+            const CLAIM: &str = concat!(
+                "INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) VALUES (",
+                $p1, ", ", $p2, ", ", $p3, ", 'in_progress', ", $p4, ", NULL, ", $now, " + ", $p5, ", ", $now, ")", $oc
+            );
+            const READ: &str = concat!(
+                "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
+                " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1, $rl
+            );
+            const COMPLETE: &str = concat!(
+                "UPDATE idempotency_records SET status = 'completed', response = ", $p1, ", expires_at_ms = ", $now, " + ", $p2,
+                " WHERE idempotency_key = ", $p3, " AND owner = ", $p4, " AND status = 'in_progress'"
+            );
+            const BEGIN: Option<&str> = $begin;
+
+            /// `dedup_table` claim mode by hand.
+            pub struct Claim {
+                pub pool: $pool,
+            }
+
+            impl Claim {
+                pub async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
+                    let key = key("hand.claim", req);
+                    let fp = fingerprint(req);
+                    let owner = owner();
+                    let mut conn = self.pool.acquire().await?;
+                    let claimed = match sqlx::query(CLAIM)
+                        .bind(&key)
+                        .bind("hand.claim")
+                        .bind(&fp)
+                        .bind(&owner)
+                        .bind(LEASE_MS)
+                        .execute(&mut *conn)
+                        .await
+                    {
+                        Ok(done) => done.rows_affected() == 1,
+                        Err(e) if unique_violation(&e) => false,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if !claimed {
+                        let row: Option<Row> = sqlx::query_as(READ)
+                            .bind(&key)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                        drop(conn);
+                        return judge(row, &fp);
+                    }
+                    drop(conn);
+                    let value = receipt(req, 0);
+                    let bytes = serde_json::to_vec(&value)?;
+                    let mut conn = self.pool.acquire().await?;
+                    let done = sqlx::query(COMPLETE)
+                        .bind(bytes)
+                        .bind(TTL_MS)
+                        .bind(&key)
+                        .bind(&owner)
+                        .execute(&mut *conn)
+                        .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(lost());
+                    }
+                    Ok(value)
+                }
+            }
+
+            /// `dedup_table` transactional mode by hand.
+            pub struct Tx {
+                pub pool: $pool,
+            }
+
+            impl Tx {
+                pub async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
+                    let key = key("hand.tx", req);
+                    let fp = fingerprint(req);
+                    let owner = owner();
+                    let mut tx = match BEGIN {
+                        Some(statement) => self.pool.begin_with(statement).await?,
+                        None => self.pool.begin().await?,
+                    };
+                    let claimed = match sqlx::query(CLAIM)
+                        .bind(&key)
+                        .bind("hand.tx")
+                        .bind(&fp)
+                        .bind(&owner)
+                        .bind(LEASE_MS)
+                        .execute(&mut *tx)
+                        .await
+                    {
+                        Ok(done) => done.rows_affected() == 1,
+                        Err(e) if unique_violation(&e) => false,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if !claimed {
+                        let row: Option<Row> = sqlx::query_as(READ)
+                            .bind(&key)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        tx.rollback().await?;
+                        return judge(row, &fp);
+                    }
+                    let value = receipt(req, 0);
+                    let bytes = serde_json::to_vec(&value)?;
+                    let done = sqlx::query(COMPLETE)
+                        .bind(bytes)
+                        .bind(TTL_MS)
+                        .bind(&key)
+                        .bind(&owner)
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(lost());
+                    }
+                    tx.commit().await?;
+                    Ok(value)
+                }
+            }
+        }
+    };
+}
+
+sql_hand!(
+    postgres,
+    pool = sqlx::PgPool,
+    now = "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+    p = ["$1", "$2", "$3", "$4", "$5"],
+    on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING",
+    read_lock = "",
+    begin = None
+);
+
+sql_hand!(
+    mysql,
+    pool = sqlx::MySqlPool,
+    now = "CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(3)) DIV 1000 AS SIGNED)",
+    p = ["?", "?", "?", "?", "?"],
+    on_conflict = "",
+    read_lock = " LOCK IN SHARE MODE",
+    begin = None
+);
+
+sql_hand!(
+    sqlite,
+    pool = sqlx::SqlitePool,
+    now = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    p = ["?1", "?2", "?3", "?4", "?5"],
+    on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING",
+    read_lock = "",
+    begin = Some("BEGIN IMMEDIATE")
+);
