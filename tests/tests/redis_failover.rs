@@ -233,3 +233,657 @@ mod infrastructure {
         );
     }
 }
+
+// ------------------------------------------------- issue 13: `replicas = 1` (WAIT 1 replica)
+
+mod replicas_one {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use idempotent_runtime::{
+        Disposition, Error, FencingToken, RedisStore, idempotent, issue_token, observe,
+    };
+    use idempotent_tests::{AppError, Effects, Receipt, Req, req, unique};
+
+    use super::{RedisReplicaSet, available};
+
+    const WAIT: Duration = Duration::from_millis(300);
+
+    /// What the body saw on the replica while it ran: every key matching the service's pattern
+    /// with its state (a lock's value; a record's or token's `s` field).
+    type Seen = Vec<(String, String)>;
+
+    /// Reads `KEYS pattern` on the replica and each key's state.
+    async fn replica_view(conn: &redis::aio::MultiplexedConnection, pattern: &str) -> Seen {
+        let mut conn = conn.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS on the replica");
+        let mut seen = Vec::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let state: Option<String> = if kind == "hash" {
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("s")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap()
+            } else {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap()
+            };
+            seen.push((key, state.unwrap_or_default()));
+        }
+        seen
+    }
+
+    /// A service of each strategy whose body first records what the replica holds.
+    pub struct Svc {
+        store: RedisStore,
+        fx: Effects,
+        replica: redis::aio::MultiplexedConnection,
+        pattern: &'static str,
+        seen: Mutex<Vec<Seen>>,
+    }
+
+    impl Svc {
+        async fn new(store: RedisStore, replica_url: &str, pattern: &'static str) -> Arc<Self> {
+            let replica = redis::Client::open(replica_url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            Arc::new(Svc {
+                store,
+                fx: Effects::default(),
+                replica,
+                pattern,
+                seen: Mutex::new(Vec::new()),
+            })
+        }
+
+        async fn body(&self, req: &Req) -> Result<Receipt, AppError> {
+            let seen = replica_view(&self.replica, self.pattern).await;
+            self.seen.lock().unwrap().push(seen);
+            self.fx.apply(req).await
+        }
+
+        #[idempotent(
+            strategy = "distributed_lock",
+            key = "req.id",
+            scope = "req.tenant",
+            store = "self.store",
+            lease = "10s"
+        )]
+        async fn settle(
+            &self,
+            req: &Req,
+            #[fence] fence: FencingToken,
+        ) -> Result<Receipt, AppError> {
+            let _ = fence;
+            self.body(req).await
+        }
+
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "req.id",
+            scope = "req.tenant",
+            store = "self.store",
+            lease = "10s"
+        )]
+        async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.body(req).await
+        }
+
+        /// `req.id` carries the token.
+        #[idempotent(
+            strategy = "token",
+            key = "req.id",
+            scope = "req.tenant",
+            store = "self.store",
+            lease = "10s"
+        )]
+        async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.body(req).await
+        }
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Strategy {
+        Lock,
+        Dedup,
+        Token,
+    }
+
+    impl Strategy {
+        fn pattern(self) -> &'static str {
+            match self {
+                Strategy::Lock => "idem:*:lock",
+                Strategy::Dedup => "idem:*:rec",
+                Strategy::Token => "idem:*:tok",
+            }
+        }
+
+        async fn call(
+            self,
+            svc: &Svc,
+            r: &Req,
+        ) -> (Result<Receipt, AppError>, Option<Disposition>) {
+            match self {
+                Strategy::Lock => observe(svc.settle(r)).await,
+                Strategy::Dedup => observe(svc.place(r)).await,
+                Strategy::Token => observe(svc.checkout(r)).await,
+            }
+        }
+
+        /// A request: a fresh key, or for `token` a token issued through `store`.
+        async fn request(self, store: &RedisStore, tenant: &str, name: &str) -> Req {
+            match self {
+                Strategy::Token => {
+                    let token = issue_token(store, Duration::from_secs(3600)).await.unwrap();
+                    req(tenant, &token, 1)
+                }
+                _ => req(tenant, name, 1),
+            }
+        }
+    }
+
+    /// With the replica in sync an acquisition is on the replica before the body runs; with
+    /// replication cut (replica promoted: the primary has no replica) the call fails with
+    /// `NotReplicated { acknowledged: 0, required: 1 }`, the body does not run, and the key
+    /// is released: a store without `wait_for_replicas` takes it at once.
+    async fn acquisition_waits_for_one_replica(strategy: Strategy) {
+        if !available() {
+            return;
+        }
+        let set = RedisReplicaSet::start(&[]);
+        let waiting = RedisStore::options()
+            .wait_for_replicas(1, WAIT)
+            .connect(&set.primary_url())
+            .await
+            .unwrap();
+        let svc = Svc::new(waiting.clone(), &set.replica_url(), strategy.pattern()).await;
+        let tenant = unique("t");
+
+        // In sync: acknowledged before the body runs.
+        let r1 = strategy.request(&waiting, &tenant, "r1").await;
+        let (got, how) = strategy.call(&svc, &r1).await;
+        assert_eq!(how, Some(Disposition::Executed), "{strategy:?}: {got:?}");
+        let seen = svc.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{strategy:?}: one body ran: {seen:?}");
+        let expected_state = match strategy {
+            Strategy::Lock => None,
+            Strategy::Dedup | Strategy::Token => Some("p"),
+        };
+        assert_eq!(
+            seen[0].len(),
+            1,
+            "{strategy:?}: the acquisition is on the replica: {seen:?}"
+        );
+        match expected_state {
+            Some(s) => assert_eq!(seen[0][0].1, s, "{strategy:?}: {seen:?}"),
+            None => assert!(!seen[0][0].1.is_empty(), "{strategy:?}: {seen:?}"),
+        }
+        assert_eq!(svc.fx.count(&r1), 1);
+        let (again, how) = strategy.call(&svc, &r1).await;
+        assert_eq!(how, Some(Disposition::Replayed), "{strategy:?}: {again:?}");
+        assert_eq!(again.unwrap(), got.unwrap());
+
+        // Replication cut: the acquisition is not acknowledged.
+        let r2 = strategy.request(&waiting, &tenant, "r2").await;
+        set.promote_replica();
+        let started = std::time::Instant::now();
+        let (got, how) = strategy.call(&svc, &r2).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(
+                &got,
+                Err(AppError::Idempotency(Error::NotReplicated {
+                    acknowledged: 0,
+                    required: 1,
+                    timeout,
+                })) if *timeout == WAIT
+            ),
+            "{strategy:?}: {got:?}"
+        );
+        assert_eq!(how, None, "{strategy:?}: neither executed nor replayed");
+        assert!(took >= WAIT, "{strategy:?}: WAIT waited {took:?}");
+        assert_eq!(
+            svc.seen.lock().unwrap().len(),
+            1,
+            "{strategy:?}: the body did not run"
+        );
+        assert_eq!(svc.fx.count(&r2), 0);
+        let message = got.unwrap_err().to_string();
+        eprintln!("{strategy:?} with replication cut: {message} (after {took:?})");
+
+        // Released: a store without the WAIT option takes the key at once.
+        let plain = Svc::new(
+            RedisStore::connect(&set.primary_url()).await.unwrap(),
+            &set.primary_url(),
+            strategy.pattern(),
+        )
+        .await;
+        let (got, how) = strategy.call(&plain, &r2).await;
+        assert_eq!(
+            how,
+            Some(Disposition::Executed),
+            "{strategy:?}: the key was released: {got:?}"
+        );
+        assert_eq!(plain.fx.count(&r2), 1);
+        assert_eq!(svc.fx.count(&r2), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn distributed_lock_waits_for_one_replica() {
+        acquisition_waits_for_one_replica(Strategy::Lock).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dedup_table_waits_for_one_replica() {
+        acquisition_waits_for_one_replica(Strategy::Dedup).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_waits_for_one_replica() {
+        acquisition_waits_for_one_replica(Strategy::Token).await
+    }
+}
+
+// ------------------------------------------------------ issue 13: Sentinel failover mid-storm
+
+mod sentinel_storm {
+    use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use idempotent_runtime::{Disposition, Error, FencingToken, RedisStore, idempotent, observe};
+    use idempotent_tests::redis_replication::SERVICE;
+    use idempotent_tests::{AppError, Receipt, Req, req, unique};
+    use tokio::sync::{Notify, watch};
+
+    use super::{FencedResource, RedisReplicaSet, available};
+
+    const KEYS: usize = 50;
+    const REQUESTS: usize = 500;
+    const WORKERS: usize = 32;
+    /// Keys `k0`..`k9` fail their first execution (a business error the caller does not
+    /// retry): their next holder must get a larger fencing token.
+    const FAILING: usize = 10;
+    /// The failover starts when this many calls of the first part have completed.
+    const TRIGGER: usize = 120;
+    /// The storm, failover included, must be over by then.
+    const DEADLINE: Duration = Duration::from_secs(25);
+
+    pub struct StormSvc {
+        store: RedisStore,
+        resource: FencedResource,
+        fail_first: Mutex<HashSet<String>>,
+        serial: AtomicU64,
+    }
+
+    impl StormSvc {
+        fn new(store: RedisStore) -> Arc<Self> {
+            Arc::new(StormSvc {
+                store,
+                resource: FencedResource::default(),
+                fail_first: Mutex::new((0..FAILING).map(|k| format!("k{k}")).collect()),
+                serial: AtomicU64::new(0),
+            })
+        }
+
+        /// The body: with a fencing token, a write under it first (a failing attempt leaves
+        /// that partial write), then the effect; without one (dedup_table), just the effect.
+        fn body(&self, req: &Req, fence: Option<u64>) -> Result<Receipt, AppError> {
+            let fail = self.fail_first.lock().unwrap().remove(&req.id);
+            let serial = self.serial.fetch_add(1, SeqCst) + 1;
+            match fence {
+                Some(token) if fail => {
+                    self.resource.write(&req.id, token, false);
+                    return Err(AppError::Rejected);
+                }
+                Some(token) => {
+                    self.resource.write(&req.id, token, true);
+                }
+                None if fail => return Err(AppError::Rejected),
+                None => {
+                    self.resource.write(&req.id, serial, true);
+                }
+            }
+            Ok(Receipt {
+                tenant: req.tenant.clone(),
+                id: req.id.clone(),
+                amount: req.amount,
+                serial,
+            })
+        }
+
+        #[idempotent(
+            strategy = "distributed_lock",
+            key = "req.id",
+            scope = "req.tenant",
+            store = "self.store",
+            lease = "10s"
+        )]
+        async fn storm_settle(
+            &self,
+            req: &Req,
+            #[fence] fence: FencingToken,
+        ) -> Result<Receipt, AppError> {
+            self.body(req, Some(fence.get()))
+        }
+
+        #[idempotent(
+            strategy = "dedup_table",
+            key = "req.id",
+            scope = "req.tenant",
+            store = "self.store",
+            lease = "10s"
+        )]
+        async fn storm_place(&self, req: &Req) -> Result<Receipt, AppError> {
+            self.body(req, None)
+        }
+
+        async fn call(
+            &self,
+            lock: bool,
+            r: &Req,
+        ) -> (Result<Receipt, AppError>, Option<Disposition>) {
+            if lock {
+                observe(self.storm_settle(r)).await
+            } else {
+                observe(self.storm_place(r)).await
+            }
+        }
+    }
+
+    /// What the storm's callers got.
+    #[derive(Debug, Default)]
+    struct Report {
+        executed: usize,
+        replayed: usize,
+        rejected: Vec<String>,
+        in_progress: usize,
+        /// Typed errors other than `InProgress`, by variant, each retried.
+        errors: BTreeMap<String, usize>,
+        samples: Vec<String>,
+        calls: usize,
+    }
+
+    /// The storm's requests in two parts: the first runs until [`TRIGGER`] calls completed
+    /// and the failover starts; the second is released once the old primary has stopped
+    /// taking writes, so it runs across the switch. Keys `k0..k9`: 1 + 9 requests, `k10..k39`:
+    /// 5 + 5, `k40..k49`: 0 + 10 (500 in all), round-robin over the keys within each part.
+    fn requests(tenant: &str) -> (VecDeque<Req>, VecDeque<Req>) {
+        let counts = |k: usize| match k {
+            k if k < FAILING => (1, 9),
+            k if k < 40 => (5, 5),
+            _ => (0, 10),
+        };
+        let mut parts = (VecDeque::new(), VecDeque::new());
+        for (part, pick) in [
+            (
+                &mut parts.0,
+                (|c: (usize, usize)| c.0) as fn((usize, usize)) -> usize,
+            ),
+            (&mut parts.1, |c: (usize, usize)| c.1),
+        ] {
+            for round in 0..10 {
+                for k in 0..KEYS {
+                    if round < pick(counts(k)) {
+                        part.push_back(req(tenant, &format!("k{k}"), k as i64));
+                    }
+                }
+            }
+        }
+        assert_eq!(parts.0.len() + parts.1.len(), REQUESTS);
+        parts
+    }
+
+    fn variant(e: &AppError) -> String {
+        let s = format!("{e:?}");
+        s.split(|c: char| !c.is_alphanumeric())
+            .find(|w| !w.is_empty() && *w != "Idempotency")
+            .unwrap_or("?")
+            .to_owned()
+    }
+
+    /// Runs the storm on `svc` (`lock`: `storm_settle`, else `storm_place`) and, mid-storm,
+    /// fails the primary over: writes paused on the old primary (`CLIENT PAUSE WRITE`), the
+    /// replica caught up, `SENTINEL FAILOVER`, every Sentinel reporting the new primary, the old
+    /// primary made its replica (what Sentinel does ~10 s later), writes unpaused (the calls
+    /// waiting on the old primary get `READONLY`). Returns the report, the new primary's port
+    /// and how long the failover took.
+    async fn storm(
+        svc: Arc<StormSvc>,
+        set: Arc<RedisReplicaSet>,
+        lock: bool,
+        tenant: &str,
+    ) -> (Report, u16, Duration) {
+        let started = Instant::now();
+        let (first, second) = requests(tenant);
+        let first = Arc::new(Mutex::new(first));
+        let second = Arc::new(Mutex::new(second));
+        let report = Arc::new(Mutex::new(Report::default()));
+        let done_first = Arc::new(AtomicUsize::new(0));
+        let trigger = Arc::new(Notify::new());
+        let (release, released) = watch::channel(false);
+
+        let failover = tokio::spawn({
+            let (set, trigger) = (set.clone(), trigger.clone());
+            async move {
+                trigger.notified().await;
+                tokio::task::spawn_blocking(move || {
+                    let t = Instant::now();
+                    let old_port = set.sentinel_primaries()[0].unwrap();
+                    let old = if old_port == set.primary.port {
+                        &set.primary
+                    } else {
+                        &set.replica
+                    };
+                    let paused = old.cli(&["CLIENT", "PAUSE", "20000", "WRITE"]);
+                    assert_eq!(paused.trim(), "OK", "CLIENT PAUSE: {paused}");
+                    set.wait_in_sync();
+                    release.send(true).unwrap();
+                    let new = set.sentinel_failover();
+                    let port = new.to_string();
+                    assert_eq!(old.cli(&["REPLICAOF", "127.0.0.1", &port]).trim(), "OK");
+                    assert_eq!(old.cli(&["CLIENT", "UNPAUSE"]).trim(), "OK");
+                    set.wait_in_sync();
+                    (new, t.elapsed())
+                })
+                .await
+                .unwrap()
+            }
+        });
+
+        let mut workers = Vec::new();
+        for _ in 0..WORKERS {
+            let (svc, first, second, report, done_first, trigger, mut released) = (
+                svc.clone(),
+                first.clone(),
+                second.clone(),
+                report.clone(),
+                done_first.clone(),
+                trigger.clone(),
+                released.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let popped = first.lock().unwrap().pop_front();
+                    let (r, in_first) = match popped {
+                        Some(r) => (r, true),
+                        None => {
+                            released.wait_for(|v| *v).await.unwrap();
+                            let popped = second.lock().unwrap().pop_front();
+                            match popped {
+                                Some(r) => (r, false),
+                                None => break,
+                            }
+                        }
+                    };
+                    loop {
+                        let got = svc.call(lock, &r).await;
+                        let finished = {
+                            let mut rep = report.lock().unwrap();
+                            rep.calls += 1;
+                            match got {
+                                (Ok(_), Some(Disposition::Executed)) => {
+                                    rep.executed += 1;
+                                    true
+                                }
+                                (Ok(_), Some(Disposition::Replayed)) => {
+                                    rep.replayed += 1;
+                                    true
+                                }
+                                (Err(AppError::Rejected), _) => {
+                                    rep.rejected.push(r.id.clone());
+                                    true
+                                }
+                                (Err(AppError::Idempotency(Error::InProgress)), _) => {
+                                    rep.in_progress += 1;
+                                    false
+                                }
+                                (Err(e @ AppError::Idempotency(_)), _) => {
+                                    *rep.errors.entry(variant(&e)).or_default() += 1;
+                                    if rep.samples.len() < 5 {
+                                        rep.samples.push(e.to_string());
+                                    }
+                                    false
+                                }
+                                other => panic!("unexpected outcome for {r:?}: {other:?}"),
+                            }
+                        };
+                        if finished {
+                            break;
+                        }
+                        assert!(
+                            started.elapsed() < DEADLINE,
+                            "{r:?} still failing after {DEADLINE:?}: {:?}",
+                            report.lock().unwrap()
+                        );
+                        // A client's pause before retrying; nothing is ordered by it.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if in_first && done_first.fetch_add(1, SeqCst) + 1 == TRIGGER {
+                        trigger.notify_one();
+                    }
+                }
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        let (new, took) = failover.await.unwrap();
+        let report = Arc::try_unwrap(report).unwrap().into_inner().unwrap();
+        (report, new, took)
+    }
+
+    async fn storm_survives_a_sentinel_failover(lock: bool) {
+        if !available() {
+            return;
+        }
+        let started = Instant::now();
+        let set = Arc::new(RedisReplicaSet::start_with_sentinels(&[]));
+        let ready = started.elapsed();
+        let old = set.primary.port;
+        let store = RedisStore::connect_sentinel(&set.sentinel_urls(), SERVICE)
+            .await
+            .unwrap();
+        let svc = StormSvc::new(store);
+        let storm_started = Instant::now();
+        let tenant = unique("t");
+        let (report, new, failover) = storm(svc.clone(), set.clone(), lock, &tenant).await;
+        let storm_took = storm_started.elapsed();
+        let strategy = if lock {
+            "distributed_lock"
+        } else {
+            "dedup_table"
+        };
+        eprintln!(
+            "{strategy} Sentinel storm: {REQUESTS} requests over {KEYS} keys, {WORKERS} tasks: \
+             {} executed, {} replayed, {} rejected (business error), {} calls, {} InProgress \
+             answers, errors retried during the switch {:?} (e.g. {:?}); failover {old} -> {new} \
+             in {failover:?}; storm {storm_took:?}; servers + Sentinels ready in {ready:?}",
+            report.executed,
+            report.replayed,
+            report.rejected.len(),
+            report.calls,
+            report.in_progress,
+            report.errors,
+            report.samples,
+        );
+
+        assert_ne!(new, old, "the primary moved");
+        assert_eq!(
+            set.sentinel_primaries(),
+            vec![Some(new); 3],
+            "every Sentinel reports it"
+        );
+        assert_eq!(RedisReplicaSet::role(&set.replica), "master");
+        assert_eq!(RedisReplicaSet::role(&set.primary), "slave");
+
+        let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
+        for k in &keys {
+            assert_eq!(svc.resource.effects(k), 1, "{strategy}: effects of {k}");
+        }
+        assert_eq!(svc.resource.total(), KEYS, "{strategy}: effects == keys");
+        assert!(
+            svc.resource.refused().is_empty(),
+            "{strategy}: sequential holders' tokens grow: refused {:?}",
+            svc.resource.refused()
+        );
+        let rejected: BTreeSet<String> = report.rejected.iter().cloned().collect();
+        assert_eq!(report.rejected.len(), FAILING, "{report:?}");
+        assert_eq!(
+            rejected,
+            keys[..FAILING].iter().cloned().collect(),
+            "{report:?}"
+        );
+        assert_eq!(report.executed, KEYS, "{report:?}");
+        assert_eq!(
+            report.executed + report.replayed + FAILING,
+            REQUESTS,
+            "{report:?}"
+        );
+
+        // The records survived the failover: through a new store every key replays.
+        let fresh = StormSvc::new(
+            RedisStore::connect_sentinel(&set.sentinel_urls(), SERVICE)
+                .await
+                .unwrap(),
+        );
+        for k in 0..KEYS {
+            let r = req(&tenant, &format!("k{k}"), k as i64);
+            let (got, how) = fresh.call(lock, &r).await;
+            assert_eq!(
+                how,
+                Some(Disposition::Replayed),
+                "{strategy}: {r:?} after the storm: {got:?}"
+            );
+        }
+        assert_eq!(fresh.resource.total(), 0);
+        assert_eq!(svc.resource.total(), KEYS);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn distributed_lock_storm_survives_a_sentinel_failover() {
+        storm_survives_a_sentinel_failover(true).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn dedup_table_storm_survives_a_sentinel_failover() {
+        storm_survives_a_sentinel_failover(false).await
+    }
+}
