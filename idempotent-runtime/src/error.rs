@@ -154,6 +154,43 @@ pub enum Error {
         sites: Vec<crate::operation::Operation>,
     },
 
+    /// The Redis server at `node` runs with `maxmemory-policy` `policy`, under which Redis may
+    /// silently evict keys when it reaches `maxmemory`: locks, claims, one-time tokens and
+    /// stored responses would vanish, and a retry would run the body a second time. Returned by
+    /// [`RedisStore::connect`](crate::RedisStore::connect) and its siblings, which read the
+    /// policy of every primary (`INFO memory`, field `maxmemory_policy`; see
+    /// <https://redis.io/docs/latest/develop/reference/eviction/>). Set
+    /// `maxmemory-policy noeviction`, or accept the risk with
+    /// [`RedisOptions::allow_eviction`](crate::RedisOptions::allow_eviction).
+    #[error(
+        "Redis at {node} has maxmemory-policy {policy}, which can evict idempotency keys (locks, claims, tokens, stored responses) and let a retry run twice; set maxmemory-policy noeviction, or opt in with RedisOptions::allow_eviction(true)"
+    )]
+    EvictionPolicy {
+        /// The node (`host:port`) that reported the policy.
+        node: String,
+        /// The policy it reported (`allkeys-lru`, `volatile-ttl`, …).
+        policy: String,
+    },
+
+    /// An acquisition (a `distributed_lock` lock, a `dedup_table` claim, a `token` issue or
+    /// consumption) was written on the Redis primary, but `WAIT` reported only `acknowledged`
+    /// of the `required` replicas within `timeout` (see
+    /// [`RedisOptions::wait_for_replicas`](crate::RedisOptions::wait_for_replicas) and
+    /// <https://redis.io/docs/latest/commands/wait/>). The acquisition was released again (a
+    /// consumed token restored; an issued token stays issued on the primary) and the body did
+    /// not run: a failover now could have promoted a replica that never saw it. Retry later.
+    #[error(
+        "the acquisition reached {acknowledged} of {required} required Redis replicas within {timeout:?}; it was released and the body did not run"
+    )]
+    NotReplicated {
+        /// How many replicas acknowledged the write (`WAIT`'s reply).
+        acknowledged: u32,
+        /// How many were required.
+        required: u32,
+        /// How long `WAIT` waited.
+        timeout: Duration,
+    },
+
     /// The backend (database or Redis) failed.
     #[error("idempotency backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),

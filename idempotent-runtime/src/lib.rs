@@ -23,7 +23,7 @@ pub use store::ClaimStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use store::redis::RedisStore;
+pub use store::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlx")]
 pub use store::sql::{SqlBackend, TxStore, migrate};
 pub use store::{LockStore, Store, TokenStore};

@@ -529,9 +529,14 @@ mod redis_servers {
 
     async fn count_round_trips<S: LockStore>(svc: Arc<Svc<S>>, count: impl Fn() -> u64) {
         let t = unique("t");
-        // Warm-up: the first use of each script on a server loads it (EVALSHA → NOSCRIPT → EVAL).
-        svc.settle(&req(&t, "warm", 1)).await.unwrap();
-        svc.settle(&req(&t, "warm", 1)).await.unwrap();
+        // Warm-up: the first use of each script on a node loads it there (EVALSHA → NOSCRIPT
+        // → EVAL). 60 keys reach every node of a 3-master Cluster but with probability
+        // 3·(2/3)^60 ≈ 10^-10.
+        for i in 0..60 {
+            let warm = req(&t, &format!("warm-{i}"), 1);
+            svc.settle(&warm).await.unwrap();
+            svc.settle(&warm).await.unwrap();
+        }
         let r = req(&t, "period-1", 1);
         let before = count();
         let (_, how) = observe(svc.settle(&r)).await;

@@ -2,38 +2,56 @@
 //! (`distributed_lock`), one-time tokens (`token`) and idempotency records (`dedup_table`'s
 //! claim mode).
 //!
-//! Every step is one Lua script (`EVALSHA`, falling back to `EVAL` once per server), so each is
-//! atomic and costs one round trip. Key layout, for a storage key with hex digest `H`; the
+//! Every step is one Lua script, so each is atomic and costs one round trip. A script is sent
+//! as `EVALSHA` to the node that owns its keys; a node that answers `NOSCRIPT` (it never saw
+//! the script, restarted, was flushed with `SCRIPT FLUSH`, or is a new primary after a
+//! failover) gets the same call once more as `EVAL`, which runs it and caches it there. No
+//! `SCRIPT LOAD` goes to other nodes, so one dead Cluster node affects only the slots it
+//! serves. On a Cluster, redis-rs follows `MOVED` (refreshing its slot map) and `ASK` (sending
+//! `ASKING` to the importing node) and retries `TRYAGAIN` (a multi-key script whose keys are
+//! split by a slot migration in progress) with backoff; what still fails after its retries
+//! comes back as [`Error::Backend`]. All keys of one script share a hash tag, hence one slot. Key layout, for a storage key with hex digest `H`; the
 //! hash tag `{H}` puts every key of one script in the same Cluster hash slot:
 //!
 //! | key | type | content |
 //! |---|---|---|
 //! | `idem:{H}:lock` | string, `PX lease` | owner (32 hex) followed by the fingerprint (64 hex or nothing) |
-//! | `idem:{H}:fence` | integer, no expiry | the fencing counter, `INCR`ed by every acquisition |
+//! | `idem:{H}:fence` | integer, no expiry | the last fencing token: each acquisition sets it to max(itself + 1, server clock in µs) |
 //! | `idem:{H}:resp` | hash, `PX ttl` | `f` fingerprint, `r` the stored (JSON) response |
 //! | `idem:{H}:tok` | hash | `s` state (`i` issued, `p` consumed, `c` completed), `o` owner, `d` lease end (server ms), `b` binding, `f` fingerprint, `r` response |
 //! | `idem:{H}:rec` | hash, `PX lease/ttl` | `dedup_table` record: `o` owner, `f` fingerprint, `s` (`p`/`c`), `r` response |
 //!
 //! Expiry is Redis's own (`PX`, `PEXPIRE`, `TIME` inside scripts), never the application's
-//! clock. Fencing counters never expire (a counter that expired would restart at 1 and let a
-//! stale holder's token look current): one small key per locked storage key.
+//! clock. Fencing counters never expire: one small key per locked storage key. A token is at
+//! least the server's clock in microseconds, so a counter that is missing (a restart without
+//! persistence) or stale (a replica promoted before the last increments reached it) still
+//! yields a token above every earlier one, as long as the servers' clocks agree to within the
+//! time between the two acquisitions (at least the time the first holder ran).
+//!
+//! Replicas: Redis replicates asynchronously, so a failover can lose the last writes: an
+//! acquisition (the new primary lets a second caller in while the first still runs) or a
+//! completion (the key runs again after the lease). [`RedisOptions::wait_for_replicas`] closes
+//! the first window (`WAIT` after each acquisition; not acknowledged → released and
+//! [`Error::NotReplicated`]) and narrows the second.
 //!
 //! This file holds the connection (standalone or Cluster), the script helpers and the
 //! store-argument impls; each store trait lives with its scripts: `record.rs`
 //! ([`ClaimStore`](crate::ClaimStore)), `lock.rs` ([`LockStore`](crate::LockStore)), `token.rs`
 //! ([`TokenStore`](crate::TokenStore)).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, ToRedisArgs, Value};
 
 use super::{AsClaimStore, AsLockStore, AsTokenStore, Store};
 use crate::{Error, StorageKey};
 
 mod lock;
 mod record;
+#[cfg(feature = "redis-sentinel")]
+mod sentinel;
 mod token;
 
 /// The oldest Redis the scripts run on: 6.2 (multi-field `HSET`, `PEXPIRE`, `TIME` inside
@@ -45,50 +63,166 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take before failing with [`Error::Backend`].
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A Lua script of the store: its source and SHA1 digest.
+pub(super) struct Lua {
+    code: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Lua {
+        Lua {
+            code,
+            sha: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+
+    /// A call of this script with `key` as `KEYS[1]`.
+    fn key<K: ToRedisArgs>(&self, key: K) -> Call<'_> {
+        let mut call = Call {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        };
+        call.key(key);
+        call
+    }
+}
+
+/// One call of a [`Lua`] script: its `KEYS` and `ARGV`.
+pub(super) struct Call<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call<'_> {
+    fn key<K: ToRedisArgs>(&mut self, key: K) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    fn arg<A: ToRedisArgs>(&mut self, arg: A) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// `EVALSHA sha n keys… args…`, or with `source`, `EVAL script n keys… args…`.
+    fn cmd(&self, source: bool) -> Cmd {
+        let mut cmd = if source {
+            redis::cmd("EVAL").arg(self.lua.code).take()
+        } else {
+            redis::cmd("EVALSHA").arg(&self.lua.sha).take()
+        };
+        cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        cmd
+    }
+}
+
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     #[cfg(feature = "redis-cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
+    #[cfg(feature = "redis-sentinel")]
+    Sentinel(Arc<sentinel::SentinelConn>),
 }
 
 /// A Redis-backed idempotency store: one connection (manager) shared by clones.
 ///
-/// Build it with [`RedisStore::connect`] (standalone) or [`RedisStore::connect_cluster`]
-/// (feature `redis-cluster`); both check that the server runs Lua scripts and is Redis ≥ 6.2
-/// and fail with [`Error::Backend`] if not. Every error talking to Redis (unreachable,
-/// restarted, timed out after 5 s) is [`Error::Backend`] with the redis-rs error as source.
+/// Build it with [`RedisStore::connect`] (standalone), [`RedisStore::connect_cluster`]
+/// (feature `redis-cluster`) or [`RedisStore::connect_sentinel`] (feature `redis-sentinel`),
+/// or with [`RedisStore::options`] for the options of [`RedisOptions`]. Each checks that the
+/// server runs Lua scripts, is Redis ≥ 6.2 and cannot evict keys (`maxmemory-policy
+/// noeviction`), and fails with [`Error::Backend`] or [`Error::EvictionPolicy`] if not. Every
+/// error talking to Redis (unreachable, restarted, failing over, timed out after 5 s) is
+/// [`Error::Backend`] with the redis-rs error as source.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
     name: &'static str,
+    replicas: Option<(u32, Duration)>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("backend", &self.name)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
 
-static CHECK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static CHECK: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('TIME')
-return redis.call('INFO', 'server')
+return redis.call('INFO', 'server') .. redis.call('INFO', 'memory')
 ",
     )
 });
 
-impl RedisStore {
+/// How [`RedisStore`] connects: eviction policy check and replica acknowledgements.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), idempotent_runtime::Error> {
+/// use std::time::Duration;
+/// use idempotent_runtime::RedisStore;
+/// let store = RedisStore::options()
+///     .wait_for_replicas(1, Duration::from_millis(500))
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    allow_eviction: bool,
+    replicas: Option<(u32, Duration)>,
+}
+
+impl RedisOptions {
+    /// The defaults: refuse servers that can evict keys, do not wait for replicas.
+    pub fn new() -> RedisOptions {
+        RedisOptions::default()
+    }
+
+    /// With `true`, connect even when a server's `maxmemory-policy` is not `noeviction`
+    /// (default `false`: [`Error::EvictionPolicy`]). Under an evicting policy Redis may drop
+    /// locks, claims, tokens and stored responses when memory runs out, and a retry then runs
+    /// the body again: only for deployments that accept that (or never reach `maxmemory`).
+    pub fn allow_eviction(mut self, allow: bool) -> RedisOptions {
+        self.allow_eviction = allow;
+        self
+    }
+
+    /// After every acquisition (a `distributed_lock` lock, a `dedup_table` claim, a `token`
+    /// issue or consumption) and every completion, sends
+    /// [`WAIT replicas timeout`](https://redis.io/docs/latest/commands/wait/) to the key's
+    /// primary, on the connection that wrote it. An acquisition acknowledged by fewer than
+    /// `replicas` replicas within `timeout` is released again and the call fails with
+    /// [`Error::NotReplicated`] before the body runs; a completion that is not acknowledged
+    /// is logged (`tracing` warning) and the call still returns its result (the effect has
+    /// happened). `replicas = 0` turns it off (the default).
+    ///
+    /// What it buys: a replica promoted after the call returned holds the acquisition, so a
+    /// failover cannot hand the same key to a second caller while the first still runs.
+    /// What it costs: one more round trip per step, and `WAIT` holds the shared (multiplexed)
+    /// connection until the replicas answer or `timeout` passes, so keep `timeout` short
+    /// (milliseconds). `WAIT` does not make Redis strongly consistent: a replica that
+    /// acknowledged can still lose the write if it fails too.
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> RedisOptions {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Connects to a standalone Redis at `url` (`redis://host:port/db`) through a
-    /// [`ConnectionManager`] (reconnects after failures; 2 s connect and 5 s response
-    /// timeouts), and checks server support.
+    /// [`ConnectionManager`] (reconnects after failures to the same address; 2 s connect and
+    /// 5 s response timeouts), and checks the server.
     ///
     /// Errors: [`Error::Backend`] when the URL is invalid, the server does not answer, or it is
-    /// older than [`MIN_REDIS_VERSION`] or cannot run scripts.
-    pub async fn connect(url: &str) -> Result<RedisStore, Error> {
+    /// older than [`MIN_REDIS_VERSION`] or cannot run scripts; [`Error::EvictionPolicy`] (see
+    /// [`allow_eviction`](Self::allow_eviction)).
+    pub async fn connect(&self, url: &str) -> Result<RedisStore, Error> {
         let client = redis::Client::open(url).map_err(Error::backend)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -97,27 +231,24 @@ impl RedisStore {
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(Error::backend)?;
-        Self::from_manager(manager).await
+        self.from_manager(manager).await
     }
 
     /// Wraps an existing [`ConnectionManager`] (your own timeouts, TLS, credentials) after
-    /// checking server support; errors as [`connect`](Self::connect).
-    pub async fn from_manager(manager: ConnectionManager) -> Result<RedisStore, Error> {
-        let store = RedisStore {
-            conn: Conn::Single(manager),
-            name: "redis",
-        };
-        store.check_support().await?;
-        Ok(store)
+    /// checking the server; errors as [`connect`](Self::connect).
+    pub async fn from_manager(&self, manager: ConnectionManager) -> Result<RedisStore, Error> {
+        self.checked(Conn::Single(manager), "redis").await
     }
 
     /// Connects to a Redis Cluster through any of its nodes (`redis://127.0.0.1:7000`, …)
-    /// with redis-rs `cluster-async` (follows `MOVED`/`ASK`, 2 s connect and 5 s response
-    /// timeouts), and checks server support on a node. Feature `redis-cluster`.
+    /// with redis-rs `cluster-async` (follows `MOVED`/`ASK`, retries `TRYAGAIN`; 2 s connect
+    /// and 5 s response timeouts), and checks the servers: version and scripts on one node,
+    /// the eviction policy on every primary. Feature `redis-cluster`.
     ///
-    /// Errors: as [`connect`](Self::connect).
+    /// Errors: as [`connect`](Self::connect); [`Error::EvictionPolicy`] names the first
+    /// primary with an evicting policy.
     #[cfg(feature = "redis-cluster")]
-    pub async fn connect_cluster<U: AsRef<str>>(nodes: &[U]) -> Result<RedisStore, Error> {
+    pub async fn connect_cluster<U: AsRef<str>>(&self, nodes: &[U]) -> Result<RedisStore, Error> {
         let client = redis::cluster::ClusterClient::builder(nodes.iter().map(|u| u.as_ref()))
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
@@ -127,20 +258,81 @@ impl RedisStore {
             .get_async_connection()
             .await
             .map_err(Error::backend)?;
-        let store = RedisStore {
-            conn: Conn::Cluster(conn),
-            name: "redis-cluster",
-        };
-        store.check_support().await?;
-        Ok(store)
+        self.checked(Conn::Cluster(conn), "redis-cluster").await
     }
 
-    /// `"redis"` or `"redis-cluster"`.
+    /// Connects to the primary of `service_name` (the name in the sentinels'
+    /// `sentinel monitor <name> …`) as reported by the [Redis
+    /// Sentinels](https://redis.io/docs/latest/operate/oss_and_stack/management/sentinel/) at
+    /// `sentinels` (`redis://127.0.0.1:26379`, …), and checks the server. Feature
+    /// `redis-sentinel` (redis-rs `sentinel`).
+    ///
+    /// The store keeps one multiplexed connection to the primary. After an I/O error, a
+    /// time-out or a `READONLY` reply (the node was demoted by a failover) it drops that
+    /// connection and asks the sentinels again on the next call; the failing call itself
+    /// returns [`Error::Backend`] and may be retried. Errors: as [`connect`](Self::connect),
+    /// and [`Error::Backend`] when no sentinel answers or none knows `service_name`.
+    #[cfg(feature = "redis-sentinel")]
+    pub async fn connect_sentinel<U: AsRef<str>>(
+        &self,
+        sentinels: &[U],
+        service_name: &str,
+    ) -> Result<RedisStore, Error> {
+        let conn = sentinel::SentinelConn::new(sentinels, service_name)?;
+        self.checked(Conn::Sentinel(Arc::new(conn)), "redis-sentinel")
+            .await
+    }
+
+    async fn checked(&self, conn: Conn, name: &'static str) -> Result<RedisStore, Error> {
+        let store = RedisStore {
+            conn,
+            name,
+            replicas: self.replicas,
+        };
+        store.check_support(self.allow_eviction).await?;
+        Ok(store)
+    }
+}
+
+impl RedisStore {
+    /// [`RedisOptions`] with the defaults, to set options before connecting.
+    pub fn options() -> RedisOptions {
+        RedisOptions::new()
+    }
+
+    /// [`RedisOptions::connect`] with the default options.
+    pub async fn connect(url: &str) -> Result<RedisStore, Error> {
+        RedisOptions::new().connect(url).await
+    }
+
+    /// [`RedisOptions::from_manager`] with the default options.
+    pub async fn from_manager(manager: ConnectionManager) -> Result<RedisStore, Error> {
+        RedisOptions::new().from_manager(manager).await
+    }
+
+    /// [`RedisOptions::connect_cluster`] with the default options. Feature `redis-cluster`.
+    #[cfg(feature = "redis-cluster")]
+    pub async fn connect_cluster<U: AsRef<str>>(nodes: &[U]) -> Result<RedisStore, Error> {
+        RedisOptions::new().connect_cluster(nodes).await
+    }
+
+    /// [`RedisOptions::connect_sentinel`] with the default options. Feature `redis-sentinel`.
+    #[cfg(feature = "redis-sentinel")]
+    pub async fn connect_sentinel<U: AsRef<str>>(
+        sentinels: &[U],
+        service_name: &str,
+    ) -> Result<RedisStore, Error> {
+        RedisOptions::new()
+            .connect_sentinel(sentinels, service_name)
+            .await
+    }
+
+    /// `"redis"`, `"redis-cluster"` or `"redis-sentinel"`.
     pub fn name(&self) -> &'static str {
         self.name
     }
 
-    async fn check_support(&self) -> Result<(), Error> {
+    async fn check_support(&self, allow_eviction: bool) -> Result<(), Error> {
         let info: String =
             self.eval(&mut CHECK.key("idem:{check}"))
                 .await
@@ -150,11 +342,7 @@ impl RedisStore {
                     ),
                     other => other,
                 })?;
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .map(str::trim)
-            .unwrap_or("0");
+        let version = info_field(&info, "redis_version").unwrap_or("0");
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         if found < MIN_REDIS_VERSION {
@@ -166,22 +354,165 @@ impl RedisStore {
                 .into(),
             ));
         }
+        if allow_eviction {
+            return Ok(());
+        }
+        for (node, info) in self.memory_info_of_primaries(info).await? {
+            let policy = info_field(&info, "maxmemory_policy").unwrap_or("");
+            if policy != "noeviction" {
+                return Err(Error::EvictionPolicy {
+                    node,
+                    policy: policy.to_owned(),
+                });
+            }
+        }
         Ok(())
     }
 
-    async fn eval<T: FromRedisValue>(&self, inv: &mut ScriptInvocation<'_>) -> Result<T, Error> {
+    /// `INFO memory` of every primary, as (node, text); `checked` is the `INFO` the support
+    /// check already read (the only primary, outside a Cluster).
+    async fn memory_info_of_primaries(
+        &self,
+        checked: String,
+    ) -> Result<Vec<(String, String)>, Error> {
         match &self.conn {
-            Conn::Single(c) => run(inv, &mut c.clone()).await,
             #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => run(inv, &mut c.clone()).await,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = c
+                    .clone()
+                    .route_command(redis::cmd("INFO").arg("memory").take(), routing)
+                    .await
+                    .map_err(Error::backend)?;
+                let Value::Map(nodes) = reply else {
+                    return Err(Error::Backend(
+                        format!("unexpected reply to INFO sent to every primary: {reply:?}").into(),
+                    ));
+                };
+                nodes
+                    .into_iter()
+                    .map(|(node, info)| {
+                        let node = String::from_redis_value(node).map_err(Error::backend)?;
+                        let info = String::from_redis_value(info).map_err(Error::backend)?;
+                        Ok((node, info))
+                    })
+                    .collect()
+            }
+            _ => Ok(vec![(self.address(), checked)]),
         }
+    }
+
+    /// A description of the server this store talks to, for error messages.
+    fn address(&self) -> String {
+        match &self.conn {
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(s) => format!("the primary of {:?}", s.service_name()),
+            _ => self.name.to_owned(),
+        }
+    }
+
+    /// Runs `cmd` (on a Cluster: on the node that owns its key, as redis-rs routes it).
+    async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match &self.conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            #[cfg(feature = "redis-sentinel")]
+            // Boxed: redis-rs's sentinel look-up is a deep future, and every store call
+            // would carry its layout (and users' async fns would hit the recursion limit).
+            Conn::Sentinel(s) => Box::pin(s.query(cmd)).await,
+        }
+    }
+
+    /// Runs a script call: `EVALSHA`, and `EVAL` once more when the node answers `NOSCRIPT`.
+    async fn eval<T: FromRedisValue>(&self, call: &mut Call<'_>) -> Result<T, Error> {
+        let value = match self.query(&call.cmd(false)).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.query(&call.cmd(true)).await
+            }
+            other => other,
+        }
+        .map_err(Error::backend)?;
+        T::from_redis_value(value).map_err(Error::backend)
     }
 
     /// Runs a compare-and-set script, which returns 1 when the owner (or state) matched and
     /// the write happened, 0 otherwise.
-    async fn eval_cas(&self, inv: &mut ScriptInvocation<'_>) -> Result<bool, Error> {
+    async fn eval_cas(&self, inv: &mut Call<'_>) -> Result<bool, Error> {
         let n: i64 = self.eval(inv).await?;
         Ok(n == 1)
+    }
+
+    /// With [`RedisOptions::wait_for_replicas`], sends `WAIT` to the primary of `key` and
+    /// returns `Err(acknowledged)` when fewer replicas than required acknowledged the writes
+    /// so far; `Ok(())` without the option.
+    async fn replicated(&self, key: &str) -> Result<Result<(), u32>, Error> {
+        let Some((required, timeout)) = self.replicas else {
+            return Ok(Ok(()));
+        };
+        let cmd = redis::cmd("WAIT")
+            .arg(required)
+            .arg(super::millis(timeout).max(1))
+            .take();
+        let acknowledged: i64 = match &self.conn {
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                // WAIT would go to every primary by default; this write lives on one.
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let v = c
+                    .clone()
+                    .route_command(cmd, routing)
+                    .await
+                    .map_err(Error::backend)?;
+                i64::from_redis_value(v).map_err(Error::backend)?
+            }
+            _ => {
+                let v = self.query(&cmd).await.map_err(Error::backend)?;
+                i64::from_redis_value(v).map_err(Error::backend)?
+            }
+        };
+        let acknowledged = u32::try_from(acknowledged).unwrap_or(0);
+        Ok(if acknowledged >= required {
+            Ok(())
+        } else {
+            Err(acknowledged)
+        })
+    }
+
+    /// [`replicated`](Self::replicated) for an acquisition: `Ok(None)` when acknowledged (or
+    /// not required), `Ok(Some(error))` with the [`Error::NotReplicated`] to return after
+    /// undoing the acquisition.
+    async fn acquisition_replicated(&self, key: &str) -> Result<Option<Error>, Error> {
+        Ok(match self.replicated(key).await? {
+            Ok(()) => None,
+            Err(acknowledged) => {
+                let (required, timeout) = self.replicas.unwrap_or_default();
+                Some(Error::NotReplicated {
+                    acknowledged,
+                    required,
+                    timeout,
+                })
+            }
+        })
+    }
+
+    /// [`replicated`](Self::replicated) for a completion, whose effect has happened: a
+    /// shortfall or a failing `WAIT` is logged, never returned.
+    async fn completion_replicated(&self, key: &str) {
+        match self.replicated(key).await {
+            Ok(Ok(())) => {}
+            Ok(Err(acknowledged)) => tracing::warn!(
+                acknowledged,
+                required = self.replicas.map(|r| r.0).unwrap_or(0),
+                "an idempotency record's completion was not acknowledged by enough Redis replicas; a failover now could lose the stored response"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "WAIT after an idempotency record's completion failed")
+            }
+        }
     }
 
     /// Spawns `f(store)` on the current tokio runtime, if any (detached releases).
@@ -196,11 +527,11 @@ impl RedisStore {
     }
 }
 
-async fn run<T: FromRedisValue>(
-    inv: &mut ScriptInvocation<'_>,
-    conn: &mut impl ConnectionLike,
-) -> Result<T, Error> {
-    inv.invoke_async(conn).await.map_err(Error::backend)
+/// The value of `field` in an `INFO` reply (`field:value` lines).
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 fn rkey(key: &StorageKey, suffix: &str) -> String {

@@ -4,16 +4,14 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::Script;
-
-use super::{RedisStore, opt, rkey, text};
+use super::{Lua, RedisStore, opt, rkey, text};
 use crate::store::{Claim, ClaimStore, Record, RecordState, millis};
 use crate::{Error, StorageKey};
 
 /// KEYS: rec. ARGV: owner, fingerprint, lease ms. → 1 claimed (or already the owner's
 /// in-progress claim: a resent claim, lease reset), 0 another record exists.
-static REC_CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static REC_CLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] then
@@ -31,8 +29,8 @@ return 1
 });
 
 /// KEYS: rec. ARGV: owner, response, ttl ms. → 1 completed, 0 not the owner's claim.
-static REC_COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static REC_COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
@@ -45,8 +43,8 @@ return 1
 
 /// KEYS: rec. ARGV: owner, lease ms. → 1 renewed (compare-and-`PEXPIRE`), 0 not the owner's
 /// in-progress claim.
-static REC_RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static REC_RENEW: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
@@ -56,8 +54,8 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 });
 
 /// KEYS: rec. ARGV: owner. → 1 deleted, 0 not the owner's claim.
-static REC_RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static REC_RELEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
@@ -67,8 +65,8 @@ return redis.call('DEL', KEYS[1])
 });
 
 /// KEYS: rec. → {owner, fingerprint, state, response} (all '' when absent).
-static REC_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static REC_READ: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 'o', 'f', 's', 'r')
 return {t[1] or '', t[2] or '', t[3] or '', t[4] or ''}
@@ -81,14 +79,21 @@ return {t[1] or '', t[2] or '', t[3] or '', t[4] or ''}
 /// never reports an expired record and a take-over is a fresh claim.
 impl ClaimStore for RedisStore {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
-        self.eval_cas(
-            REC_CLAIM
-                .key(rkey(claim.key, "rec"))
-                .arg(claim.owner)
-                .arg(claim.fingerprint.unwrap_or(""))
-                .arg(millis(claim.lease).max(1)),
-        )
-        .await
+        let rec_key = rkey(claim.key, "rec");
+        let claimed = self
+            .eval_cas(
+                REC_CLAIM
+                    .key(&rec_key)
+                    .arg(claim.owner)
+                    .arg(claim.fingerprint.unwrap_or(""))
+                    .arg(millis(claim.lease).max(1)),
+            )
+            .await?;
+        if claimed && let Some(not_replicated) = self.acquisition_replicated(&rec_key).await? {
+            let _ = self.release_claim(claim.key, claim.owner).await;
+            return Err(not_replicated);
+        }
+        Ok(claimed)
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
@@ -126,14 +131,20 @@ impl ClaimStore for RedisStore {
         response: &[u8],
         ttl: Duration,
     ) -> Result<bool, Error> {
-        self.eval_cas(
-            REC_COMPLETE
-                .key(rkey(key, "rec"))
-                .arg(owner)
-                .arg(response)
-                .arg(millis(ttl).max(1)),
-        )
-        .await
+        let rec_key = rkey(key, "rec");
+        let completed = self
+            .eval_cas(
+                REC_COMPLETE
+                    .key(&rec_key)
+                    .arg(owner)
+                    .arg(response)
+                    .arg(millis(ttl).max(1)),
+            )
+            .await?;
+        if completed {
+            self.completion_replicated(&rec_key).await;
+        }
+        Ok(completed)
     }
 
     async fn renew_claim(

@@ -4,15 +4,13 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::Script;
-
-use super::{RedisStore, opt, rkey, text};
+use super::{Lua, RedisStore, opt, rkey, text};
 use crate::store::{Consumed, TokenStore, millis};
 use crate::{Error, StorageKey};
 
 /// KEYS: tok. ARGV: ttl ms.
-static TOKEN_ISSUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static TOKEN_ISSUE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 's', 'i')
@@ -24,8 +22,8 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[1])
 /// KEYS: tok. ARGV: owner, lease ms, binding, fingerprint.
 /// → {0,..} invalid | {1,..} claimed (also when already consumed by the owner: a resent
 /// consumption, lease reset) | {2, binding, fp, ''} busy | {3, binding, fp, response}.
-static TOKEN_CONSUME: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static TOKEN_CONSUME: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 's', 'd', 'b', 'f', 'r', 'o')
 if not t[1] then return {0, '', '', ''} end
@@ -42,8 +40,8 @@ return {1, '', '', ''}
 });
 
 /// KEYS: tok. ARGV: owner, response, ttl ms. → 1 completed, 0 not the owner's (or lease over).
-static TOKEN_COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static TOKEN_COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
@@ -57,8 +55,8 @@ return 1
 
 /// KEYS: tok. ARGV: owner, lease ms. → 1 renewed (compare-and-set on the owner), 0 not the
 /// owner's consumption.
-static TOKEN_RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static TOKEN_RENEW: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
@@ -73,8 +71,8 @@ return 1
 });
 
 /// KEYS: tok. ARGV: owner. → 1 restored to issued, 0 not the owner's.
-static TOKEN_RESTORE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static TOKEN_RESTORE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
@@ -87,14 +85,14 @@ return 1
 
 impl TokenStore for RedisStore {
     async fn issue_token(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
+        let tok_key = rkey(token_key, "tok");
         let _: i64 = self
-            .eval(
-                TOKEN_ISSUE
-                    .key(rkey(token_key, "tok"))
-                    .arg(millis(ttl).max(1)),
-            )
+            .eval(TOKEN_ISSUE.key(&tok_key).arg(millis(ttl).max(1)))
             .await?;
-        Ok(())
+        match self.acquisition_replicated(&tok_key).await? {
+            Some(not_replicated) => Err(not_replicated),
+            None => Ok(()),
+        }
     }
 
     async fn consume_token(
@@ -105,16 +103,23 @@ impl TokenStore for RedisStore {
         fingerprint: Option<&str>,
         lease: Duration,
     ) -> Result<Consumed, Error> {
+        let tok_key = rkey(token_key, "tok");
         let (code, b, f, r): (i64, Vec<u8>, Vec<u8>, Vec<u8>) = self
             .eval(
                 TOKEN_CONSUME
-                    .key(rkey(token_key, "tok"))
+                    .key(&tok_key)
                     .arg(owner)
                     .arg(millis(lease).max(1))
                     .arg(binding)
                     .arg(fingerprint.unwrap_or("")),
             )
             .await?;
+        if code == 1
+            && let Some(not_replicated) = self.acquisition_replicated(&tok_key).await?
+        {
+            let _ = self.restore_token(token_key, owner).await;
+            return Err(not_replicated);
+        }
         Ok(match code {
             1 => Consumed::Claimed,
             2 => Consumed::Busy {
@@ -137,14 +142,20 @@ impl TokenStore for RedisStore {
         response: &[u8],
         ttl: Duration,
     ) -> Result<bool, Error> {
-        self.eval_cas(
-            TOKEN_COMPLETE
-                .key(rkey(token_key, "tok"))
-                .arg(owner)
-                .arg(response)
-                .arg(millis(ttl).max(1)),
-        )
-        .await
+        let tok_key = rkey(token_key, "tok");
+        let completed = self
+            .eval_cas(
+                TOKEN_COMPLETE
+                    .key(&tok_key)
+                    .arg(owner)
+                    .arg(response)
+                    .arg(millis(ttl).max(1)),
+            )
+            .await?;
+        if completed {
+            self.completion_replicated(&tok_key).await;
+        }
+        Ok(completed)
     }
 
     async fn renew_token(

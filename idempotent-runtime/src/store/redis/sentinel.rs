@@ -1,0 +1,122 @@
+//! The connection of [`RedisOptions::connect_sentinel`](super::RedisOptions::connect_sentinel):
+//! the primary of one service as Redis Sentinel reports it, followed across failovers.
+//!
+//! One multiplexed connection to the current primary is kept. A reply that shows the node is
+//! not (or no longer) reachable or primary — an I/O error, a dropped connection, a time-out,
+//! `READONLY` (a demoted primary) — drops it; the next call asks the sentinels for the primary
+//! again (`SENTINEL GET-MASTER-ADDR-BY-NAME`, then `ROLE` on the node, by redis-rs
+//! [`SentinelClient`]). The call that saw the failure returns it as
+//! [`Error::Backend`](crate::Error::Backend).
+
+use std::sync::Mutex;
+
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+
+use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use crate::Error;
+
+pub(crate) struct SentinelConn {
+    service_name: String,
+    client: tokio::sync::Mutex<SentinelClient>,
+    /// The connection to the current primary, with a number that tells connections apart.
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+}
+
+impl SentinelConn {
+    pub(crate) fn new<U: AsRef<str>>(
+        sentinels: &[U],
+        service_name: &str,
+    ) -> Result<SentinelConn, Error> {
+        let urls: Vec<&str> = sentinels.iter().map(AsRef::as_ref).collect();
+        let client = SentinelClient::build(
+            urls,
+            service_name.to_owned(),
+            None,
+            SentinelServerType::Master,
+        )
+        .map_err(Error::backend)?;
+        Ok(SentinelConn {
+            service_name: service_name.to_owned(),
+            client: tokio::sync::Mutex::new(client),
+            current: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The connection to the current primary, asking the sentinels when there is none.
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let mut client = self.client.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            client.get_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| {
+            RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the sentinels did not name a reachable primary in time",
+            ))
+        })??;
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = current.as_ref().map_or(0, |c| c.0) + 1;
+        *current = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Runs `cmd` on the current primary; drops the connection after a failure that says it
+    /// is gone or no longer primary.
+    pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        let (generation, mut conn) = self.connection().await?;
+        let result = cmd.query_async(&mut conn).await;
+        if let Err(e) = &result
+            && primary_lost(e)
+        {
+            let mut current = self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.as_ref().is_some_and(|c| c.0 == generation) {
+                *current = None;
+            }
+        }
+        result
+    }
+}
+
+/// Whether `e` says the connection is gone or the node is no longer the primary.
+fn primary_lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+        // A write inside a script on a demoted primary fails with READONLY too.
+        || e.to_string().contains("READONLY")
+}
