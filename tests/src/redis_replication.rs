@@ -83,19 +83,26 @@ pub struct RedisReplicaSet {
 }
 
 impl RedisReplicaSet {
-    /// Starts a primary and a replica (`--replicaof`), each with `extra` arguments, and waits
-    /// until the replica is in sync ([`wait_in_sync`](Self::wait_in_sync)).
+    /// Starts a primary and a replica (`--replicaof`), each with `extra` arguments and
+    /// `--repl-diskless-sync-delay 0` (a full sync starts at once, not after the default 5 s),
+    /// and waits until a write (`replication-probe`) has reached the replica
+    /// ([`wait_in_sync`](Self::wait_in_sync)).
     pub fn start(extra: &[&str]) -> RedisReplicaSet {
-        let primary = RedisServer::start(extra);
-        let port = primary.port.to_string();
-        let mut args = vec!["--replicaof", "127.0.0.1", &port];
+        let mut args = vec!["--repl-diskless-sync-delay", "0"];
         args.extend_from_slice(extra);
+        let primary = RedisServer::start(&args);
+        let port = primary.port.to_string();
+        args.extend(["--replicaof", "127.0.0.1", &port]);
         let replica = RedisServer::start(&args);
         let set = RedisReplicaSet {
             primary,
             replica,
             sentinels: Vec::new(),
         };
+        // After a diskless full sync the primary streams writes only once the replica has
+        // sent its first `REPLCONF ACK` (up to 1 s later): until then offsets are trivially
+        // equal (0) while a write would not reach the replica. Write once and wait for it.
+        set.primary.cli(&["SET", "replication-probe", "1"]);
         set.wait_in_sync();
         set
     }
@@ -158,8 +165,9 @@ impl RedisReplicaSet {
             .unwrap_or_default()
     }
 
-    /// Waits (up to 20 s) until whichever server is a replica has `master_link_status:up` and
-    /// its replication offset equals its primary's `master_repl_offset`.
+    /// Waits (up to 20 s) until whichever server is a replica has `master_link_status:up`, its
+    /// replication offset equals its primary's `master_repl_offset`, and the primary lists it
+    /// `state=online` with that offset acknowledged (so `WAIT` counts it).
     pub fn wait_in_sync(&self) {
         poll_until("the replica to be in sync", Duration::from_secs(20), || {
             let (p, r) = if Self::role(&self.replica) == "slave" {
@@ -177,7 +185,15 @@ impl RedisReplicaSet {
         let up = ri.get("master_link_status").map(String::as_str) == Some("up")
             && ri.get("master_port") == Some(&primary.port.to_string());
         let offset = pi.get("master_repl_offset");
-        if up && offset.is_some() && ri.get("slave_repl_offset") == offset {
+        // The primary's view too: the replica is online (counted by WAIT) and has acknowledged
+        // everything (`slave0:ip=…,port=…,state=online,offset=N,lag=…`).
+        let port = format!("port={},", replica.port);
+        let acked = pi.values().any(|v| {
+            v.contains(&port)
+                && v.contains("state=online")
+                && offset.is_some_and(|o| v.contains(&format!("offset={o},")))
+        });
+        if up && acked && offset.is_some() && ri.get("slave_repl_offset") == offset {
             Ok(())
         } else {
             Err(format!("primary {pi:?} / replica {ri:?}"))
