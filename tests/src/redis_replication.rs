@@ -268,20 +268,33 @@ impl RedisReplicaSet {
                 }
             },
         );
+        self.wait_sentinels_report(new.port);
+        new.port
+    }
+
+    /// Waits (up to 20 s) until every Sentinel reports the server on `port` as the primary and
+    /// that server reports `role:master` (after [`sentinel_failover`](Self::sentinel_failover),
+    /// or after [`kill_primary`](Self::kill_primary): down after 1 s, then the Sentinels' own
+    /// failover).
+    pub fn wait_sentinels_report(&self, port: u16) {
+        let new = if port == self.primary.port {
+            &self.primary
+        } else {
+            &self.replica
+        };
         poll_until(
             "every Sentinel to report the new primary",
             Duration::from_secs(20),
             || {
                 let now = self.sentinel_primaries();
                 let role = Self::role(new);
-                if now.iter().all(|p| *p == Some(new.port)) && role == "master" {
+                if now.iter().all(|p| *p == Some(port)) && role == "master" {
                     Ok(())
                 } else {
-                    Err(format!("Sentinels report {now:?}, {} is {role}", new.port))
+                    Err(format!("Sentinels report {now:?}, {port} is {role}"))
                 }
             },
         );
-        new.port
     }
 
     /// Makes the old primary (the server on the other port than `new_primary`) a replica of
