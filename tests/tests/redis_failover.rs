@@ -505,7 +505,7 @@ mod replicas_one {
 mod sentinel_storm {
     use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Mutex, PoisonError};
     use std::time::{Duration, Instant};
 
     use idempotent_runtime::{Disposition, Error, FencingToken, RedisStore, idempotent, observe};
@@ -790,7 +790,7 @@ mod sentinel_storm {
                     loop {
                         let got = svc.call(lock, &r).await;
                         let finished = {
-                            let mut rep = report.lock().unwrap();
+                            let mut rep = report.lock().unwrap_or_else(PoisonError::into_inner);
                             rep.calls += 1;
                             match got {
                                 (Ok(_), Some(Disposition::Executed)) => {
@@ -825,7 +825,7 @@ mod sentinel_storm {
                         assert!(
                             started.elapsed() < DEADLINE,
                             "{r:?} still failing after {DEADLINE:?}: {:?}",
-                            report.lock().unwrap()
+                            report.lock().unwrap_or_else(PoisonError::into_inner)
                         );
                         // A client's pause before retrying; nothing is ordered by it.
                         tokio::time::sleep(Duration::from_millis(10)).await;
