@@ -19,13 +19,13 @@ pub use strategy::distributed_lock::FencingToken;
 pub use strategy::token::issue_token;
 pub use strategy::{OnBusy, OnCancel};
 
-pub use store::ClaimStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlx")]
 pub use store::sql::{SqlBackend, TxStore, migrate};
+pub use store::{ClaimOrRecord, ClaimStore};
 pub use store::{LockStore, Store, TokenStore};
 
 /// The `#[idempotent]` attribute (re-exported from `idempotent-macros`).

@@ -265,6 +265,20 @@ impl RedisServer {
             .filter_map(|n| n.parse::<u64>().ok())
             .sum()
     }
+
+    /// Commands the runtime's Lua scripts executed inside Redis (the [`SCRIPT_INTERNAL`]
+    /// entries of `INFO commandstats`): the server-side work per call.
+    pub fn script_commands_executed(&self) -> u64 {
+        let info = self.cli(&["INFO", "commandstats"]);
+        info.lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(name, _)| SCRIPT_INTERNAL.contains(name))
+            .filter_map(|(_, rest)| rest.split("calls=").nth(1))
+            .filter_map(|rest| rest.split(',').next())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum()
+    }
 }
 
 impl Drop for RedisServer {
@@ -337,5 +351,13 @@ impl RedisCluster {
     /// Commands executed on all nodes (see [`RedisServer::commands_executed`]).
     pub fn commands_executed(&self) -> u64 {
         self.nodes.iter().map(RedisServer::commands_executed).sum()
+    }
+
+    /// Commands scripts executed on all nodes (see [`RedisServer::script_commands_executed`]).
+    pub fn script_commands_executed(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(RedisServer::script_commands_executed)
+            .sum()
     }
 }

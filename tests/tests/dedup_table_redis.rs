@@ -179,7 +179,8 @@ async fn body_error_releases_the_claim<S: ClaimStore + 'static>(store: S) {
     let svc = Svc::new(store);
     let r = req(&unique("t"), "o", 1);
     svc.fail_next.store(true, SeqCst);
-    assert!(matches!(svc.place(&r).await, Err(AppError::Rejected)));
+    let first = svc.place(&r).await;
+    assert!(matches!(first, Err(AppError::Rejected)), "{first:?}");
     let (_, how) = observe(svc.place(&r)).await;
     assert_eq!(how, Some(Disposition::Executed));
     assert_eq!(svc.count(&r), 1);
@@ -320,3 +321,84 @@ idempotent_tests::on_redis_backends!(
     dropped_future_keeps_the_claim_until_the_lease_ends,
     expired_claim_is_taken_over,
 );
+
+// ------------------------------------------------------------------------- round trips
+
+mod redis_servers {
+    use super::*;
+    use idempotent_tests::{RedisCluster, RedisServer, redis_server_on_path};
+
+    /// A fresh call sends 2 scripts (claim, complete), a replay 1 — the claim script returns
+    /// the completed record itself — executing one `HMGET` inside Redis; on private servers
+    /// so that no other test's commands are counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trips_standalone() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let server = RedisServer::start(&[]);
+        let store = idempotent_runtime::RedisStore::connect(&server.url())
+            .await
+            .unwrap();
+        count_round_trips(Svc::new(store), || {
+            (
+                server.commands_executed(),
+                server.script_commands_executed(),
+            )
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trips_cluster() {
+        if !redis_server_on_path() {
+            return;
+        }
+        let cluster = RedisCluster::start(3);
+        let store = idempotent_runtime::RedisStore::connect_cluster(&cluster.urls())
+            .await
+            .unwrap();
+        count_round_trips(Svc::new(store), || {
+            (
+                cluster.commands_executed(),
+                cluster.script_commands_executed(),
+            )
+        })
+        .await;
+    }
+
+    async fn count_round_trips<S: ClaimStore>(svc: Arc<Svc<S>>, count: impl Fn() -> (u64, u64)) {
+        let t = unique("t");
+        // Warm-up: the first use of each script on a node loads it there (EVALSHA → NOSCRIPT
+        // → EVAL). 60 keys reach every node of a 3-master Cluster but with probability
+        // 3·(2/3)^60 ≈ 10^-10.
+        for i in 0..60 {
+            let warm = req(&t, &format!("warm-{i}"), 1);
+            svc.place(&warm).await.unwrap();
+            svc.place(&warm).await.unwrap();
+        }
+        let r = req(&t, "measured", 1);
+        let before = count();
+        let (first, how) = observe(svc.place(&r)).await;
+        let after = count();
+        let (fresh, fresh_inside) = (after.0 - before.0, after.1 - before.1);
+        assert_eq!(how, Some(Disposition::Executed));
+        let before = count();
+        let (again, how) = observe(svc.place(&r)).await;
+        let after = count();
+        let (replay, replay_inside) = (after.0 - before.0, after.1 - before.1);
+        assert_eq!(how, Some(Disposition::Replayed));
+        assert_eq!(again.unwrap(), first.unwrap());
+        assert_eq!(svc.count(&r), 1);
+        assert!(fresh <= 2, "a fresh call cost {fresh} commands");
+        assert!(replay <= 1, "a replay cost {replay} commands");
+        assert!(
+            fresh_inside <= 6,
+            "a fresh call executed {fresh_inside} commands inside Redis"
+        );
+        assert!(
+            replay_inside <= 1,
+            "a replay executed {replay_inside} commands inside Redis"
+        );
+    }
+}

@@ -351,7 +351,7 @@ mod redis_servers {
     use super::*;
     use idempotent_tests::{RedisCluster, RedisServer, redis_server_on_path};
 
-    async fn count_round_trips<S: TokenStore>(svc: Arc<Svc<S>>, count: impl Fn() -> u64) {
+    async fn count_round_trips<S: TokenStore>(svc: Arc<Svc<S>>, count: impl Fn() -> (u64, u64)) {
         let t = unique("t");
         // Warm-up: the first use of each script on a node loads it there (EVALSHA → NOSCRIPT
         // → EVAL). 60 tokens reach every node of a 3-master Cluster but with probability
@@ -365,14 +365,24 @@ mod redis_servers {
         let r = req(&t, &token, 1);
         let before = count();
         let (_, how) = observe(svc.checkout(&r)).await;
-        let fresh = count() - before;
+        let after = count();
+        let (fresh, fresh_inside) = (after.0 - before.0, after.1 - before.1);
         assert_eq!(how, Some(Disposition::Executed));
         let before = count();
         let (_, how) = observe(svc.checkout(&r)).await;
-        let replay = count() - before;
+        let after = count();
+        let (replay, replay_inside) = (after.0 - before.0, after.1 - before.1);
         assert_eq!(how, Some(Disposition::Replayed));
         assert!(fresh <= 2, "a token call cost {fresh} commands");
         assert!(replay <= 1, "a replay cost {replay} commands");
+        assert!(
+            fresh_inside <= 5,
+            "a fresh call executed {fresh_inside} commands inside Redis"
+        );
+        assert!(
+            replay_inside <= 1,
+            "a replay executed {replay_inside} commands inside Redis"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +394,13 @@ mod redis_servers {
         let store = idempotent_runtime::RedisStore::connect(&server.url())
             .await
             .unwrap();
-        count_round_trips(Svc::new(store), || server.commands_executed()).await;
+        count_round_trips(Svc::new(store), || {
+            (
+                server.commands_executed(),
+                server.script_commands_executed(),
+            )
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +412,13 @@ mod redis_servers {
         let store = idempotent_runtime::RedisStore::connect_cluster(&cluster.urls())
             .await
             .unwrap();
-        count_round_trips(Svc::new(store), || cluster.commands_executed()).await;
+        count_round_trips(Svc::new(store), || {
+            (
+                cluster.commands_executed(),
+                cluster.script_commands_executed(),
+            )
+        })
+        .await;
     }
 
     /// A server that cannot run the scripts (scripting renamed away) is refused when the store

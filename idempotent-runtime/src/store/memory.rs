@@ -14,8 +14,8 @@ use moka::ops::compute::Op;
 use tokio::time::Instant;
 
 use super::{
-    Acquired, AsClaimStore, AsLockStore, AsTokenStore, Claim, ClaimStore, Consumed, LockStore,
-    Record, RecordState, Store, TokenStore,
+    Acquired, AsClaimStore, AsLockStore, AsTokenStore, Claim, ClaimOrRecord, ClaimStore, Consumed,
+    LockStore, Record, RecordState, Store, TokenStore,
 };
 use crate::{Error, StorageKey};
 
@@ -188,6 +188,19 @@ impl MemoryStore {
             });
     }
 
+    fn read_now(&self, key: &StorageKey) -> Option<Record> {
+        self.map.get(key.digest()).map(|e| Record {
+            owner: e.owner.to_string(),
+            fingerprint: e.fingerprint.as_deref().map(str::to_owned),
+            expired: e.expired(),
+            expires_at_ms: None,
+            state: match &e.response {
+                None => RecordState::InProgress,
+                Some(r) => RecordState::Completed(r.to_vec()),
+            },
+        })
+    }
+
     /// Number of records currently held (approximate while moka has pending maintenance).
     pub fn len(&self) -> u64 {
         self.map.run_pending_tasks();
@@ -235,17 +248,23 @@ impl ClaimStore for MemoryStore {
         Ok(self.claim_now(claim))
     }
 
+    /// A completed, unexpired record is read without the compute step (a replay: one map
+    /// read); otherwise as the default (claim, then read when a record exists).
+    async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
+        let completed = self
+            .read_now(claim.key)
+            .filter(|r| !r.expired && matches!(r.state, RecordState::Completed(_)));
+        if let Some(record) = completed {
+            return Ok(ClaimOrRecord::Existing(Some(record)));
+        }
+        if self.claim_now(claim) {
+            return Ok(ClaimOrRecord::Claimed);
+        }
+        Ok(ClaimOrRecord::Existing(self.read_now(claim.key)))
+    }
+
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
-        Ok(self.map.get(key.digest()).map(|e| Record {
-            owner: e.owner.to_string(),
-            fingerprint: e.fingerprint.as_deref().map(str::to_owned),
-            expired: e.expired(),
-            expires_at_ms: None,
-            state: match &e.response {
-                None => RecordState::InProgress,
-                Some(r) => RecordState::Completed(r.to_vec()),
-            },
-        }))
+        Ok(self.read_now(key))
     }
 
     async fn take_over_claim(

@@ -75,6 +75,16 @@ pub struct Record {
     pub expires_at_ms: Option<i64>,
 }
 
+/// What [`ClaimStore::claim_or_read`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOrRecord {
+    /// This caller now holds the claim ([`ClaimStore::try_claim`]'s `Ok(true)`).
+    Claimed,
+    /// A record exists, and this is it as [`ClaimStore::read_record`] returns it (`None` when
+    /// it vanished between the claim attempt and the read of a store that makes two steps).
+    Existing(Option<Record>),
+}
+
 /// What every store has, whichever strategies it serves: a name for logs and the demo.
 pub trait Store: Send + Sync {
     /// A short backend name (`"postgres"`, `"mysql"`, `"sqlite"`, `"redis"`,
@@ -123,6 +133,22 @@ pub trait ClaimStore: Store + Clone + 'static + AsClaimStore {
     /// caller now holds the claim (a store may also answer `Ok(true)` when the record is
     /// already `claim.owner`'s unexpired in-progress claim), `Ok(false)` when a record exists.
     fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// [`try_claim`](Self::try_claim), and when a record exists, that record: the first step
+    /// of every `dedup_table` claim-mode call, so a replay needs one store request where the
+    /// store can answer both in one step (Redis: one script). The default makes the two calls
+    /// (`try_claim`, then `read_record` when it answered `false`).
+    fn claim_or_read(
+        &self,
+        claim: &Claim<'_>,
+    ) -> impl Future<Output = Result<ClaimOrRecord, Error>> + Send {
+        async move {
+            if self.try_claim(claim).await? {
+                return Ok(ClaimOrRecord::Claimed);
+            }
+            Ok(ClaimOrRecord::Existing(self.read_record(claim.key).await?))
+        }
+    }
 
     /// Reads the record of `key`, `None` when there is none.
     fn read_record(
@@ -187,11 +213,38 @@ pub trait ClaimStore: Store + Clone + 'static + AsClaimStore {
     fn release_claim_detached(&self, key: StorageKey, owner: String);
 }
 
-/// A fresh random claim owner token: 16 bytes from the OS RNG as 32 hex characters.
-pub(crate) fn new_owner() -> Result<String, Error> {
+/// 16 bytes from the OS RNG as 32 hex characters: an unguessable one-time token for
+/// [`issue_token`](crate::issue_token).
+pub(crate) fn random_token() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Backend(format!("no randomness for the owner token: {e}").into()))?;
+        .map_err(|e| Error::Backend(format!("no randomness for a token: {e}").into()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// A fresh claim owner token, 32 hex characters: this process's 8 random bytes (from the OS
+/// RNG, drawn once) followed by a per-process 64-bit counter. Unique across processes with
+/// overwhelming probability (two processes would need the same 64-bit random prefix) and
+/// within one by construction, at the cost of an atomic increment per call instead of a
+/// system call. Owner tokens only tell claims apart; they are not secrets.
+pub(crate) fn new_owner() -> Result<String, Error> {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<[u8; 8]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = match PREFIX.get() {
+        Some(prefix) => prefix,
+        None => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|e| {
+                Error::Backend(format!("no randomness for the owner token: {e}").into())
+            })?;
+            PREFIX.get_or_init(|| bytes)
+        }
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(prefix);
+    bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
     Ok(hex::encode(bytes))
 }
 

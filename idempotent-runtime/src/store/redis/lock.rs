@@ -1,6 +1,8 @@
 //! `distributed_lock` on Redis: the [`LockStore`] impl and its scripts. Keys `idem:{H}:lock`
-//! (owner and fingerprint, `PX lease`), `idem:{H}:fence` (the fencing counter) and
-//! `idem:{H}:resp` (the stored response, `PX ttl`); see the [module](super) for the layout.
+//! (while held `p`, owner, fingerprint, `PX lease`; once completed `c`, fingerprint, `:`, the
+//! response, `PX ttl`) and `idem:{H}:fence` (the last fencing token); see the [module](super)
+//! for the layout. A fresh call executes 5 commands inside Redis (acquire 3, complete 2), a
+//! replay 2, each call one script.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -9,33 +11,35 @@ use super::{Lua, RedisStore, opt, rkey, text};
 use crate::store::{Acquired, LockStore, millis};
 use crate::{Error, StorageKey};
 
-/// KEYS: lock, fence, resp. ARGV: owner..fingerprint, lease ms, owner.
-/// → {0, fence, ''} acquired, fence = max(counter + 1, server clock in µs) (or already held by the owner: a resent acquisition, lease reset,
-/// same fence) | {1, fingerprint, response} replay | {2, holder value, ''} held.
+/// KEYS: lock, fence. ARGV: 'p'..owner..fingerprint, lease ms, owner.
+/// → {0, fence} acquired, fence = max(last token + 1, server clock in µs) (or already held by
+/// the owner: a resent acquisition, lease reset, same fence) | {1, 'c'..fp..':'..response}
+/// replay | {2, 'p'..holder..fp} held. A fresh acquisition executes 3 commands (SET NX, TIME,
+/// SET … GET), a replay 2.
 static LOCK_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-local r = redis.call('HMGET', KEYS[3], 'f', 'r')
-if r[2] then return {1, r[1] or '', r[2]} end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  -- The token: one above the counter and at least the server's clock in microseconds. The
-  -- clock keeps it above every token handed out before even where the counter is missing
-  -- (Redis restarted without persistence) or stale (a replica promoted before the last
-  -- increments reached it): tokens of one key are at least a lease apart in time.
+  -- The token: one above the last and at least the server's clock in microseconds. The clock
+  -- keeps it above every token handed out before even where the counter is missing (Redis
+  -- restarted without persistence) or stale (a replica promoted before the last write
+  -- reached it): tokens of one key are at least a lease apart in time.
   local now = redis.call('TIME')
   local token = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  local counted = (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) + 1
-  if counted > token then token = counted end
-  local s = string.format('%d', token)
-  redis.call('SET', KEYS[2], s)
-  return {0, s, ''}
+  local last = tonumber(redis.call('SET', KEYS[2], string.format('%d', token), 'GET') or '0') or 0
+  if last >= token then
+    token = last + 1
+    redis.call('SET', KEYS[2], string.format('%d', token))
+  end
+  return {0, string.format('%d', token)}
 end
 local v = redis.call('GET', KEYS[1]) or ''
-if string.sub(v, 1, #ARGV[3]) == ARGV[3] then
+if string.sub(v, 1, 1) == 'c' then return {1, v} end
+if string.sub(v, 2, #ARGV[3] + 1) == ARGV[3] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {0, redis.call('GET', KEYS[2]) or '0', ''}
+  return {0, redis.call('GET', KEYS[2]) or '0'}
 end
-return {2, v, ''}
+return {2, v}
 ",
     )
 });
@@ -45,7 +49,7 @@ static LOCK_RENEW: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+if v and string.sub(v, 1, #ARGV[1] + 1) == 'p' .. ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -53,16 +57,14 @@ return 0
     )
 });
 
-/// KEYS: lock, resp. ARGV: owner, response, ttl ms. → 1 completed, 0 not the owner's.
+/// KEYS: lock. ARGV: owner, response, ttl ms. → 1 completed (the lock's value replaced by
+/// 'c'..fingerprint..':'..response, `PX ttl`: 2 commands), 0 not the owner's.
 static LOCK_COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local v = redis.call('GET', KEYS[1])
-if not v or string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'f', string.sub(v, #ARGV[1] + 1), 'r', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('DEL', KEYS[1])
+if not v or string.sub(v, 1, #ARGV[1] + 1) ~= 'p' .. ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], 'c' .. string.sub(v, #ARGV[1] + 2) .. ':' .. ARGV[2], 'PX', ARGV[3])
 return 1
 ",
     )
@@ -73,7 +75,7 @@ static LOCK_RELEASE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if v and string.sub(v, 1, #ARGV[1] + 1) == 'p' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ",
     )
@@ -87,14 +89,13 @@ impl LockStore for RedisStore {
         fingerprint: Option<&str>,
         lease: Duration,
     ) -> Result<Acquired, Error> {
-        let value = format!("{owner}{}", fingerprint.unwrap_or(""));
+        let value = format!("p{owner}{}", fingerprint.unwrap_or(""));
         let lock_key = rkey(key, "lock");
-        let (code, a, b): (i64, Vec<u8>, Vec<u8>) = self
+        let (code, v): (i64, Vec<u8>) = self
             .eval(
                 LOCK_ACQUIRE
                     .key(&lock_key)
                     .key(rkey(key, "fence"))
-                    .key(rkey(key, "resp"))
                     .arg(value)
                     .arg(millis(lease).max(1))
                     .arg(owner),
@@ -102,7 +103,7 @@ impl LockStore for RedisStore {
             .await?;
         match code {
             0 => {
-                let fence = text(a)?.parse::<u64>().map_err(|_| {
+                let fence = text(v)?.parse::<u64>().map_err(|_| {
                     Error::Serialization("the fencing counter is not a number".into())
                 })?;
                 if let Some(not_replicated) = self.acquisition_replicated(&lock_key).await? {
@@ -111,13 +112,22 @@ impl LockStore for RedisStore {
                 }
                 Ok(Acquired::Acquired { fence })
             }
-            1 => Ok(Acquired::Replay {
-                fingerprint: opt(a)?,
-                response: b,
-            }),
+            1 => {
+                // 'c', the fingerprint (64 hex or nothing), ':', the response.
+                let colon = v.iter().position(|&b| b == b':').ok_or_else(|| {
+                    Error::Serialization("a stored lock response is malformed".into())
+                })?;
+                let fingerprint = opt(v.get(1..colon).unwrap_or_default().to_vec())?;
+                let response = v.get(colon + 1..).unwrap_or_default().to_vec();
+                Ok(Acquired::Replay {
+                    fingerprint,
+                    response,
+                })
+            }
             _ => {
-                let holder = text(a)?;
-                let fp = holder.get(owner.len()..).unwrap_or("");
+                // 'p', the holder's owner token (as long as ours), its fingerprint.
+                let holder = text(v)?;
+                let fp = holder.get(1 + owner.len()..).unwrap_or("");
                 Ok(Acquired::Held {
                     fingerprint: (!fp.is_empty()).then(|| fp.to_owned()),
                 })
@@ -147,19 +157,18 @@ impl LockStore for RedisStore {
         response: &[u8],
         ttl: Duration,
     ) -> Result<bool, Error> {
-        let resp_key = rkey(key, "resp");
+        let lock_key = rkey(key, "lock");
         let completed = self
             .eval_cas(
                 LOCK_COMPLETE
-                    .key(rkey(key, "lock"))
-                    .key(&resp_key)
+                    .key(&lock_key)
                     .arg(owner)
                     .arg(response)
                     .arg(millis(ttl).max(1)),
             )
             .await?;
         if completed {
-            self.completion_replicated(&resp_key).await;
+            self.completion_replicated(&lock_key).await;
         }
         Ok(completed)
     }

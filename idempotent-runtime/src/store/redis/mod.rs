@@ -15,10 +15,9 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `idem:{H}:lock` | string, `PX lease` | owner (32 hex) followed by the fingerprint (64 hex or nothing) |
+//! | `idem:{H}:lock` | string, `PX lease` then `PX ttl` | held: `p`, owner (32 hex), fingerprint (64 hex or nothing); completed: `c`, fingerprint, `:`, the stored (JSON) response |
 //! | `idem:{H}:fence` | integer, no expiry | the last fencing token: each acquisition sets it to max(itself + 1, server clock in µs) |
-//! | `idem:{H}:resp` | hash, `PX ttl` | `f` fingerprint, `r` the stored (JSON) response |
-//! | `idem:{H}:tok` | hash | `s` state (`i` issued, `p` consumed, `c` completed), `o` owner, `d` lease end (server ms), `b` binding, `f` fingerprint, `r` response |
+//! | `idem:{H}:tok` | string | issued `i\|<TTL end>`, `PX ttl`; consumed `p\|<TTL end>\|<lease end>\|<owner>\|<binding>\|<fingerprint>`, `PX` the later of both; completed `c\|<binding>\|<fingerprint>\|<response>`, `PX ttl` (ends in server ms) |
 //! | `idem:{H}:rec` | hash, `PX lease/ttl` | `dedup_table` record: `o` owner, `f` fingerprint, `s` (`p`/`c`), `r` response |
 //!
 //! Expiry is Redis's own (`PX`, `PEXPIRE`, `TIME` inside scripts), never the application's

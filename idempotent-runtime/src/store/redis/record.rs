@@ -5,25 +5,26 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::{Lua, RedisStore, opt, rkey, text};
-use crate::store::{Claim, ClaimStore, Record, RecordState, millis};
+use crate::store::{Claim, ClaimOrRecord, ClaimStore, Record, RecordState, millis};
 use crate::{Error, StorageKey};
 
-/// KEYS: rec. ARGV: owner, fingerprint, lease ms. → 1 claimed (or already the owner's
-/// in-progress claim: a resent claim, lease reset), 0 another record exists.
+/// KEYS: rec. ARGV: owner, fingerprint, lease ms. → {'1'} claimed (or already the owner's
+/// in-progress claim: a resent claim, lease reset), {'0', owner, fingerprint, state, response}
+/// another record exists (a replay reads it from this reply: one round trip, one `HMGET`).
 static REC_CLAIM: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-local t = redis.call('HMGET', KEYS[1], 's', 'o')
+local t = redis.call('HMGET', KEYS[1], 's', 'o', 'f', 'r')
 if t[1] then
   if t[1] == 'p' and t[2] == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    return 1
+    return {'1'}
   end
-  return 0
+  return {'0', t[2] or '', t[3] or '', t[1], t[4] or ''}
 end
 redis.call('HSET', KEYS[1], 'o', ARGV[1], 'f', ARGV[2], 's', 'p')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+return {'1'}
 ",
     )
 });
@@ -79,9 +80,13 @@ return {t[1] or '', t[2] or '', t[3] or '', t[4] or ''}
 /// never reports an expired record and a take-over is a fresh claim.
 impl ClaimStore for RedisStore {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
+        Ok(self.claim_or_read(claim).await? == ClaimOrRecord::Claimed)
+    }
+
+    async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
         let rec_key = rkey(claim.key, "rec");
-        let claimed = self
-            .eval_cas(
+        let mut reply: Vec<Vec<u8>> = self
+            .eval(
                 REC_CLAIM
                     .key(&rec_key)
                     .arg(claim.owner)
@@ -89,30 +94,34 @@ impl ClaimStore for RedisStore {
                     .arg(millis(claim.lease).max(1)),
             )
             .await?;
-        if claimed && let Some(not_replicated) = self.acquisition_replicated(&rec_key).await? {
-            let _ = self.release_claim(claim.key, claim.owner).await;
-            return Err(not_replicated);
+        if reply.first().map(Vec::as_slice) == Some(b"1") {
+            if let Some(not_replicated) = self.acquisition_replicated(&rec_key).await? {
+                let _ = self.release_claim(claim.key, claim.owner).await;
+                return Err(not_replicated);
+            }
+            return Ok(ClaimOrRecord::Claimed);
         }
-        Ok(claimed)
+        if reply.len() != 5 {
+            return Err(Error::Serialization(
+                "unexpected reply of the Redis claim script".into(),
+            ));
+        }
+        let response = reply.pop().unwrap_or_default();
+        let state = reply.pop().unwrap_or_default();
+        let fingerprint = reply.pop().unwrap_or_default();
+        let owner = reply.pop().unwrap_or_default();
+        Ok(ClaimOrRecord::Existing(record(
+            owner,
+            fingerprint,
+            state,
+            response,
+        )?))
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
         let (o, f, s, r): (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) =
             self.eval(&mut REC_READ.key(rkey(key, "rec"))).await?;
-        if s.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Record {
-            owner: text(o)?,
-            fingerprint: opt(f)?,
-            state: if s == b"c" {
-                RecordState::Completed(r)
-            } else {
-                RecordState::InProgress
-            },
-            expired: false,
-            expires_at_ms: None,
-        }))
+        record(o, f, s, r)
     }
 
     async fn take_over_claim(
@@ -174,4 +183,22 @@ impl ClaimStore for RedisStore {
             let _ = s.release_claim(&key, &owner).await;
         });
     }
+}
+
+/// A record from its stored fields (all empty: none).
+fn record(o: Vec<u8>, f: Vec<u8>, s: Vec<u8>, r: Vec<u8>) -> Result<Option<Record>, Error> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Record {
+        owner: text(o)?,
+        fingerprint: opt(f)?,
+        state: if s == b"c" {
+            RecordState::Completed(r)
+        } else {
+            RecordState::InProgress
+        },
+        expired: false,
+        expires_at_ms: None,
+    }))
 }

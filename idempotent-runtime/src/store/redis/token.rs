@@ -1,5 +1,6 @@
-//! `token` on Redis: the [`TokenStore`] impl and its scripts. One hash per token,
-//! `idem:{H}:tok`; see the [module](super) for the layout.
+//! `token` on Redis: the [`TokenStore`] impl and its scripts. One string per token,
+//! `idem:{H}:tok`; see the [module](super) for the layout. A fresh call executes 5 commands
+//! inside Redis (consume: GET, TIME, SET; complete: GET, SET), a replay 1.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -8,46 +9,57 @@ use super::{Lua, RedisStore, opt, rkey, text};
 use crate::store::{Consumed, TokenStore, millis};
 use crate::{Error, StorageKey};
 
-/// KEYS: tok. ARGV: ttl ms.
+/// KEYS: tok. ARGV: ttl ms. → 1. The value `i|<end of the token's TTL, server ms>`.
 static TOKEN_ISSUE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 's', 'i')
-return redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('SET', KEYS[1], 'i|' .. string.format('%d', ms + tonumber(ARGV[1])), 'PX', ARGV[1])
+return 1
 ",
     )
 });
 
 /// KEYS: tok. ARGV: owner, lease ms, binding, fingerprint.
-/// → {0,..} invalid | {1,..} claimed (also when already consumed by the owner: a resent
-/// consumption, lease reset) | {2, binding, fp, ''} busy | {3, binding, fp, response}.
+/// → {0, ''} invalid | {1, ''} claimed (also when already consumed by the owner: a resent
+/// consumption, lease reset) | {2, value} busy | {3, value} completed (replay). Claiming
+/// executes 3 commands (GET, TIME, SET).
 static TOKEN_CONSUME: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-local t = redis.call('HMGET', KEYS[1], 's', 'd', 'b', 'f', 'r', 'o')
-if not t[1] then return {0, '', '', ''} end
-if t[1] == 'c' then return {3, t[3] or '', t[4] or '', t[5] or ''} end
+local v = redis.call('GET', KEYS[1])
+if not v then return {0, ''} end
+local state = string.sub(v, 1, 1)
+if state == 'c' then return {3, v} end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if t[1] == 'p' and tonumber(t[2]) > ms and t[6] ~= ARGV[1] then return {2, t[3] or '', t[4] or '', ''} end
+local ends
+if state == 'i' then
+  ends = string.sub(v, 3)
+else
+  local e, d, o = string.match(v, '^p|(%d+)|(%d+)|([^|]*)|')
+  if tonumber(d) > ms and o ~= ARGV[1] then return {2, v} end
+  ends = e
+end
 local lease = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 's', 'p', 'o', ARGV[1], 'd', string.format('%d', ms + lease), 'b', ARGV[3], 'f', ARGV[4])
-if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
-return {1, '', '', ''}
+local px = math.max(tonumber(ends) - ms, lease)
+redis.call('SET', KEYS[1], 'p|' .. ends .. '|' .. string.format('%d', ms + lease) .. '|' .. ARGV[1] .. '|' .. ARGV[3] .. '|' .. ARGV[4], 'PX', string.format('%d', px))
+return {1, ''}
 ",
     )
 });
 
-/// KEYS: tok. ARGV: owner, response, ttl ms. → 1 completed, 0 not the owner's (or lease over).
+/// KEYS: tok. ARGV: owner, response, ttl ms. → 1 completed (2 commands: GET, SET), 0 not the
+/// owner's consumption.
 static TOKEN_COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-local t = redis.call('HMGET', KEYS[1], 's', 'o')
-if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
-redis.call('HDEL', KEYS[1], 'o', 'd')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local o, b, f = string.match(v, '^p|%d+|%d+|([^|]*)|([^|]*)|([^|]*)$')
+if o ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], 'c|' .. b .. '|' .. f .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1
 ",
     )
@@ -58,26 +70,37 @@ return 1
 static TOKEN_RENEW: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-local t = redis.call('HMGET', KEYS[1], 's', 'o')
-if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local e, o, rest = string.match(v, '^p|(%d+)|%d+|([^|]*)(|.*)$')
+if o ~= ARGV[1] then return 0 end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local lease = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'd', string.format('%d', ms + lease))
-if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+local px = math.max(tonumber(e) - ms, lease)
+redis.call('SET', KEYS[1], 'p|' .. e .. '|' .. string.format('%d', ms + lease) .. '|' .. o .. rest, 'PX', string.format('%d', px))
 return 1
 ",
     )
 });
 
-/// KEYS: tok. ARGV: owner. → 1 restored to issued, 0 not the owner's.
+/// KEYS: tok. ARGV: owner. → 1 restored to issued (or deleted when the token's own TTL is
+/// over), 0 not the owner's.
 static TOKEN_RESTORE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
-local t = redis.call('HMGET', KEYS[1], 's', 'o')
-if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 's', 'i')
-redis.call('HDEL', KEYS[1], 'o', 'd', 'b', 'f')
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local e, o = string.match(v, '^p|(%d+)|%d+|([^|]*)|')
+if o ~= ARGV[1] then return 0 end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local left = tonumber(e) - ms
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], 'i|' .. e, 'PX', string.format('%d', left))
+end
 return 1
 ",
     )
@@ -104,7 +127,7 @@ impl TokenStore for RedisStore {
         lease: Duration,
     ) -> Result<Consumed, Error> {
         let tok_key = rkey(token_key, "tok");
-        let (code, b, f, r): (i64, Vec<u8>, Vec<u8>, Vec<u8>) = self
+        let (code, v): (i64, Vec<u8>) = self
             .eval(
                 TOKEN_CONSUME
                     .key(&tok_key)
@@ -122,15 +145,25 @@ impl TokenStore for RedisStore {
         }
         Ok(match code {
             1 => Consumed::Claimed,
-            2 => Consumed::Busy {
-                binding: text(b)?,
-                fingerprint: opt(f)?,
-            },
-            3 => Consumed::Replay {
-                binding: text(b)?,
-                fingerprint: opt(f)?,
-                response: r,
-            },
+            2 => {
+                // p|ends|deadline|owner|binding|fingerprint
+                let mut fields = v.splitn(6, |&b| b == b'|').skip(4);
+                let (b, f) = (fields.next(), fields.next());
+                Consumed::Busy {
+                    binding: text(b.unwrap_or_default().to_vec())?,
+                    fingerprint: opt(f.unwrap_or_default().to_vec())?,
+                }
+            }
+            3 => {
+                // c|binding|fingerprint|response
+                let mut fields = v.splitn(4, |&b| b == b'|').skip(1);
+                let (b, f, r) = (fields.next(), fields.next(), fields.next());
+                Consumed::Replay {
+                    binding: text(b.unwrap_or_default().to_vec())?,
+                    fingerprint: opt(f.unwrap_or_default().to_vec())?,
+                    response: r.unwrap_or_default().to_vec(),
+                }
+            }
             _ => Consumed::Invalid,
         })
     }

@@ -40,7 +40,7 @@ use super::{
     first_renewal, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
-use crate::store::{Claim, ClaimStore, Record, RecordState, new_owner, retryable};
+use crate::store::{Claim, ClaimOrRecord, ClaimStore, Record, RecordState, new_owner, retryable};
 use crate::strategy::{Backoff, OnBusy, OnCancel};
 use crate::{Error, Fingerprint, StorageKey};
 
@@ -293,14 +293,15 @@ where
     loop {
         attempts += 1;
         let release = || store.release_claim_detached(key.clone(), owner.clone());
-        let claimed = retrying(|| {
+        let found = retrying(|| {
             sent = tokio::time::Instant::now();
-            store.try_claim(&claim)
+            store.claim_or_read(&claim)
         });
-        if acquiring(claimed, release).await? {
-            break;
-        }
-        match retrying(|| store.read_record(&key)).await? {
+        let existing = match acquiring(found, release).await? {
+            ClaimOrRecord::Claimed => break,
+            ClaimOrRecord::Existing(existing) => existing,
+        };
+        match existing {
             None if attempts < MAX_ATTEMPTS => continue,
             None => return Err(Error::InProgress.into()),
             Some(rec) => match judge::<T>(rec, claim.owner, claim.fingerprint, watch)? {

@@ -33,7 +33,7 @@ use super::{
     complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
-use crate::store::{Consumed, TokenStore, new_owner};
+use crate::store::{Consumed, TokenStore, new_owner, random_token};
 use crate::strategy::OnCancel;
 use crate::{Error, Fingerprint, KeyBuilder, KeyPart, StorageKey};
 
@@ -91,7 +91,7 @@ pub fn token_key<K: KeyPart + ?Sized>(token: &K) -> Result<StorageKey, Error> {
 ///
 /// Errors: [`Error::Backend`] when the store fails or the OS has no randomness.
 pub async fn issue_token<S: TokenStore>(store: &S, ttl: Duration) -> Result<String, Error> {
-    let token = new_owner()?;
+    let token = random_token()?;
     store.issue_token(&token_key(token.as_str())?, ttl).await?;
     Ok(token)
 }
