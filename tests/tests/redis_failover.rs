@@ -850,7 +850,8 @@ mod sentinel_storm {
         (report, new, took)
     }
 
-    async fn storm_survives_a_sentinel_failover(lock: bool, switch: Switch) {
+    /// The storm on a `connect_sentinel` store (`replicas`: with `wait_for_replicas(1, …)`).
+    async fn storm_survives_a_sentinel_failover(lock: bool, switch: Switch, replicas: bool) {
         if !available() {
             return;
         }
@@ -860,7 +861,11 @@ mod sentinel_storm {
         let old = set.primary.port;
         let urls = set.sentinel_urls();
         let set = Arc::new(Mutex::new(set));
-        let store = RedisStore::connect_sentinel(&urls, SERVICE).await.unwrap();
+        let mut options = RedisStore::options();
+        if replicas {
+            options = options.wait_for_replicas(1, Duration::from_millis(300));
+        }
+        let store = options.connect_sentinel(&urls, SERVICE).await.unwrap();
         let svc = StormSvc::new(store, switch == Switch::Kill);
         let storm_started = Instant::now();
         let tenant = unique("t");
@@ -872,10 +877,15 @@ mod sentinel_storm {
             "dedup_table"
         };
         eprintln!(
-            "{strategy} Sentinel storm ({switch:?}): {REQUESTS} requests over {KEYS} keys, {WORKERS} tasks: \
+            "{strategy} Sentinel storm ({switch:?}{}): {REQUESTS} requests over {KEYS} keys, {WORKERS} tasks: \
              {} executed, {} replayed, {} rejected (business error), {} calls, {} InProgress \
              answers, errors retried during the switch {:?} (e.g. {:?}); failover {old} -> {new} \
              in {failover:?}; storm {storm_took:?}; servers + Sentinels ready in {ready:?}",
+            if replicas {
+                ", wait_for_replicas(1)"
+            } else {
+                ""
+            },
             report.executed,
             report.replayed,
             report.rejected.len(),
@@ -898,6 +908,21 @@ mod sentinel_storm {
         assert_eq!(RedisReplicaSet::role(&set.replica), "master");
         if switch == Switch::Switchover {
             assert_eq!(RedisReplicaSet::role(&set.primary), "slave");
+        }
+        if replicas {
+            let waits: u64 = [&set.primary, &set.replica]
+                .iter()
+                .filter_map(|s| {
+                    let stats = idempotent_tests::redis_replication::info(s, "commandstats");
+                    let wait = stats.get("cmdstat_wait")?.split("calls=").nth(1)?;
+                    wait.split(',').next()?.parse::<u64>().ok()
+                })
+                .sum();
+            eprintln!("{strategy}: {waits} WAIT commands on the two servers");
+            assert!(
+                waits >= KEYS as u64,
+                "every acquisition is followed by WAIT: {waits}"
+            );
         }
 
         let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
@@ -946,21 +971,29 @@ mod sentinel_storm {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn distributed_lock_storm_survives_a_sentinel_failover() {
-        storm_survives_a_sentinel_failover(true, Switch::Switchover).await
+        storm_survives_a_sentinel_failover(true, Switch::Switchover, false).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn dedup_table_storm_survives_a_sentinel_failover() {
-        storm_survives_a_sentinel_failover(false, Switch::Switchover).await
+        storm_survives_a_sentinel_failover(false, Switch::Switchover, false).await
+    }
+
+    /// With `wait_for_replicas(1, 300ms)`: every acquisition is on the replica before its body
+    /// runs. (Not with the primary killed: the new primary has no replica left, every
+    /// acquisition would be `NotReplicated`.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn distributed_lock_storm_waiting_for_a_replica_survives_a_sentinel_failover() {
+        storm_survives_a_sentinel_failover(true, Switch::Switchover, true).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn distributed_lock_storm_survives_the_primary_killed() {
-        storm_survives_a_sentinel_failover(true, Switch::Kill).await
+        storm_survives_a_sentinel_failover(true, Switch::Kill, false).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn dedup_table_storm_survives_the_primary_killed() {
-        storm_survives_a_sentinel_failover(false, Switch::Kill).await
+        storm_survives_a_sentinel_failover(false, Switch::Kill, false).await
     }
 }
