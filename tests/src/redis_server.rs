@@ -215,6 +215,11 @@ impl RedisServer {
         panic!("redis-server on port {} does not answer", self.port);
     }
 
+    /// Whether the server process runs (it was not [`stop`](Self::stop)ped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -247,6 +252,20 @@ impl RedisServer {
             .output()
             .expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Errors this server replied, by code (`MOVED`, `ASK`, `TRYAGAIN`, `NOSCRIPT`, …), from
+    /// `INFO errorstats` (`errorstat_<CODE>:count=<n>`).
+    pub fn error_stats(&self) -> std::collections::BTreeMap<String, u64> {
+        self.cli(&["INFO", "errorstats"])
+            .lines()
+            .filter_map(|l| l.strip_prefix("errorstat_"))
+            .filter_map(|l| l.split_once(':'))
+            .filter_map(|(code, rest)| {
+                let n = rest.strip_prefix("count=")?.split(',').next()?.trim();
+                Some((code.to_owned(), n.parse().ok()?))
+            })
+            .collect()
     }
 
     /// Commands clients sent to the server (round trips), from `INFO commandstats`.
@@ -304,18 +323,23 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts and joins the cluster, and waits until every node reports `cluster_state:ok`.
     pub fn start(n: usize) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| {
-                RedisServer::start(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                ])
-            })
-            .collect();
+        Self::start_with(n, &[])
+    }
+
+    /// [`start`](Self::start) with `extra` arguments for every node after the defaults
+    /// (`--cluster-node-timeout 5000`); a later argument wins, so
+    /// `["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]` overrides.
+    pub fn start_with(n: usize, extra: &[&str]) -> RedisCluster {
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+        ];
+        args.extend_from_slice(extra);
+        let nodes: Vec<RedisServer> = (0..n).map(|_| RedisServer::start(&args)).collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
@@ -331,16 +355,12 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        for _ in 0..400 {
-            if nodes
-                .iter()
-                .all(|s| s.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            {
-                return RedisCluster { nodes };
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("the Redis Cluster on {addrs:?} never reached cluster_state:ok");
+        let cluster = RedisCluster { nodes };
+        assert!(
+            cluster.wait_state("ok", Duration::from_secs(10)),
+            "the Redis Cluster on {addrs:?} never reached cluster_state:ok"
+        );
+        cluster
     }
 
     /// The nodes' URLs.
@@ -359,5 +379,223 @@ impl RedisCluster {
             .iter()
             .map(RedisServer::script_commands_executed)
             .sum()
+    }
+
+    /// Waits up to `within` until every running node reports `cluster_state:<state>` (`ok` or
+    /// `fail`); `false` when it did not happen in time.
+    pub fn wait_state(&self, state: &str, within: Duration) -> bool {
+        let want = format!("cluster_state:{state}");
+        let started = std::time::Instant::now();
+        loop {
+            if self
+                .nodes
+                .iter()
+                .filter(|s| s.running())
+                .all(|s| s.cli(&["CLUSTER", "INFO"]).contains(&want))
+            {
+                return true;
+            }
+            if started.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A running node to ask about the cluster.
+    fn any_running(&self) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|s| s.running())
+            .expect("no node of the cluster is running")
+    }
+
+    /// The cluster node id of node `i` (`CLUSTER MYID`).
+    pub fn node_id(&self, i: usize) -> String {
+        let id = self.nodes[i].cli(&["CLUSTER", "MYID"]).trim().to_owned();
+        assert_eq!(id.len(), 40, "CLUSTER MYID on node {i}: {id:?}");
+        id
+    }
+
+    /// The hash slot of `key` (`CLUSTER KEYSLOT` on a running node).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        let out = self.any_running().cli(&["CLUSTER", "KEYSLOT", key]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT {key}: {out:?}"))
+    }
+
+    /// The hash slot of every Redis key of the storage key `key` (`idem:{<hex>}:…`; the hash
+    /// tag puts them all in one slot).
+    pub fn slot_of(&self, key: &idempotent_runtime::StorageKey) -> u16 {
+        self.keyslot(&format!("idem:{{{}}}:rec", key.hex()))
+    }
+
+    /// Which node (index into [`nodes`](Self::nodes)) serves `slot`, as a running node's
+    /// `CLUSTER NODES` says (a slot being migrated counts as its source's until the migration
+    /// ends).
+    pub fn node_serving(&self, slot: u16) -> usize {
+        self.slot_owners()[usize::from(slot)]
+            .unwrap_or_else(|| panic!("no node serves slot {slot}"))
+    }
+
+    /// For each of the 16384 slots, the node (index into [`nodes`](Self::nodes)) that serves
+    /// it, from one `CLUSTER NODES` on a running node; `None` for an unassigned slot.
+    pub fn slot_owners(&self) -> Vec<Option<usize>> {
+        let mut owners = vec![None; 16384];
+        let table = self.any_running().cli(&["CLUSTER", "NODES"]);
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                continue;
+            }
+            let port: u16 = fields[1]
+                .split(['@', ','])
+                .next()
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("CLUSTER NODES address {:?}", fields[1]));
+            let Some(node) = self.nodes.iter().position(|s| s.port == port) else {
+                panic!("port {port} is not a node of this cluster: {table}");
+            };
+            // Slot ranges (`0-5460`) or single slots; `[slot->-id]` entries mark migrations.
+            for range in fields[8..].iter().filter(|r| !r.starts_with('[')) {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                let (lo, hi): (usize, usize) = (
+                    lo.parse().expect("slot number"),
+                    hi.parse().expect("slot number"),
+                );
+                for owner in &mut owners[lo..=hi] {
+                    *owner = Some(node);
+                }
+            }
+        }
+        owners
+    }
+
+    /// The flags of node `i` (`master`, `master,fail?`, `master,fail`, …) in the `CLUSTER
+    /// NODES` of running node `observer`.
+    pub fn node_flags(&self, observer: usize, i: usize) -> String {
+        let id = self.node_id_seen_by(observer, i);
+        let table = self.nodes[observer].cli(&["CLUSTER", "NODES"]);
+        table
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("node {i} ({id}) not in {table}"))
+            .to_owned()
+    }
+
+    /// Node `i`'s id, read from `observer`'s `CLUSTER NODES` by port (works when `i` is
+    /// down).
+    fn node_id_seen_by(&self, observer: usize, i: usize) -> String {
+        let port = format!("127.0.0.1:{}@", self.nodes[i].port);
+        let table = self.nodes[observer].cli(&["CLUSTER", "NODES"]);
+        table
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.starts_with(&port))
+            })
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("node {i} ({port}) not in {table}"))
+            .to_owned()
+    }
+
+    /// Errors the running nodes replied, summed by code (`MOVED`, `ASK`, `TRYAGAIN`,
+    /// `NOSCRIPT`, `CLUSTERDOWN`, …), from `INFO errorstats`.
+    pub fn error_stats(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut sum = std::collections::BTreeMap::new();
+        for node in self.nodes.iter().filter(|s| s.running()) {
+            for (code, n) in node.error_stats() {
+                *sum.entry(code).or_insert(0) += n;
+            }
+        }
+        sum
+    }
+
+    /// Kills node `i` (`SIGKILL`, see [`RedisServer::stop`]).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// `SCRIPT FLUSH` on node `i`: it forgets every cached Lua script (the next `EVALSHA` of
+    /// one gets `NOSCRIPT`).
+    pub fn script_flush(&self, i: usize) {
+        let out = self.nodes[i].cli(&["SCRIPT", "FLUSH"]);
+        assert_eq!(out.trim(), "OK", "SCRIPT FLUSH on node {i}: {out:?}");
+    }
+
+    /// Moves `slot` from node `from` to node `to` with the standard procedure:
+    /// [`begin_migration`](Self::begin_migration), [`move_keys`](Self::move_keys),
+    /// [`finish_migration`](Self::finish_migration). Returns the number of keys moved.
+    pub fn migrate_slot(&self, slot: u16, from: usize, to: usize) -> usize {
+        self.begin_migration(slot, from, to);
+        let moved = self.move_keys(slot, from, to);
+        self.finish_migration(slot, from, to);
+        moved
+    }
+
+    /// Opens the migration of `slot`: `CLUSTER SETSLOT <slot> IMPORTING <from-id>` on `to`,
+    /// then `MIGRATING <to-id>` on `from`. From here until
+    /// [`finish_migration`](Self::finish_migration), `from` answers a command on a missing key
+    /// of the slot with `ASK`, a multi-key command it has only some keys of with `TRYAGAIN`,
+    /// and `to` serves `ASKING` clients (multi-key commands only when it has every key).
+    pub fn begin_migration(&self, slot: u16, from: usize, to: usize) {
+        let slot_s = slot.to_string();
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let out = self.nodes[to].cli(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]);
+        assert_eq!(
+            out.trim(),
+            "OK",
+            "SETSLOT {slot} IMPORTING on node {to}: {out:?}"
+        );
+        let out = self.nodes[from].cli(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]);
+        assert_eq!(
+            out.trim(),
+            "OK",
+            "SETSLOT {slot} MIGRATING on node {from}: {out:?}"
+        );
+    }
+
+    /// Moves every key of `slot` from node `from` to node `to` (`CLUSTER GETKEYSINSLOT`, then
+    /// `MIGRATE <host> <port> "" 0 5000 KEYS …`, until `from` has none left); returns how many
+    /// were moved. Call between [`begin_migration`](Self::begin_migration) and
+    /// [`finish_migration`](Self::finish_migration).
+    pub fn move_keys(&self, slot: u16, from: usize, to: usize) -> usize {
+        let slot_s = slot.to_string();
+        let port = self.nodes[to].port.to_string();
+        let mut moved = 0;
+        loop {
+            let listed = self.nodes[from].cli(&["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"]);
+            let keys: Vec<&str> = listed.split_whitespace().collect();
+            if keys.is_empty() {
+                return moved;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(&keys);
+            let out = self.nodes[from].cli(&args);
+            assert!(
+                matches!(out.trim(), "OK" | "NOKEY"),
+                "MIGRATE of {keys:?} from node {from} to node {to}: {out:?}"
+            );
+            moved += keys.len();
+        }
+    }
+
+    /// Closes the migration of `slot`: `CLUSTER SETSLOT <slot> NODE <to-id>` on `to`, on
+    /// `from`, then on every other running node (so no node's map lags behind gossip).
+    pub fn finish_migration(&self, slot: u16, from: usize, to: usize) {
+        let slot_s = slot.to_string();
+        let to_id = self.node_id(to);
+        let others = (0..self.nodes.len()).filter(|&i| i != from && i != to);
+        for i in [to, from].into_iter().chain(others) {
+            if !self.nodes[i].running() {
+                continue;
+            }
+            let out = self.nodes[i].cli(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+            assert_eq!(out.trim(), "OK", "SETSLOT {slot} NODE on node {i}: {out:?}");
+        }
     }
 }

@@ -47,6 +47,8 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, ToRedis
 use super::{AsClaimStore, AsLockStore, AsTokenStore, Store};
 use crate::{Error, StorageKey};
 
+#[cfg(feature = "redis-cluster")]
+mod cluster;
 mod lock;
 mod record;
 #[cfg(feature = "redis-sentinel")]
@@ -122,7 +124,7 @@ impl Call<'_> {
 enum Conn {
     Single(ConnectionManager),
     #[cfg(feature = "redis-cluster")]
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(Arc<cluster::ClusterConn>),
     #[cfg(feature = "redis-sentinel")]
     Sentinel(Arc<sentinel::SentinelConn>),
 }
@@ -223,6 +225,7 @@ impl RedisOptions {
     /// [`allow_eviction`](Self::allow_eviction)).
     pub async fn connect(&self, url: &str) -> Result<RedisStore, Error> {
         let client = redis::Client::open(url).map_err(Error::backend)?;
+        let address = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -230,13 +233,14 @@ impl RedisOptions {
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(Error::backend)?;
-        self.from_manager(manager).await
+        self.checked(Conn::Single(manager), "redis", Some(address))
+            .await
     }
 
     /// Wraps an existing [`ConnectionManager`] (your own timeouts, TLS, credentials) after
     /// checking the server; errors as [`connect`](Self::connect).
     pub async fn from_manager(&self, manager: ConnectionManager) -> Result<RedisStore, Error> {
-        self.checked(Conn::Single(manager), "redis").await
+        self.checked(Conn::Single(manager), "redis", None).await
     }
 
     /// Connects to a Redis Cluster through any of its nodes (`redis://127.0.0.1:7000`, …)
@@ -253,11 +257,11 @@ impl RedisOptions {
             .response_timeout(RESPONSE_TIMEOUT)
             .build()
             .map_err(Error::backend)?;
-        let conn = client
-            .get_async_connection()
+        let conn = cluster::ClusterConn::new(client)
             .await
             .map_err(Error::backend)?;
-        self.checked(Conn::Cluster(conn), "redis-cluster").await
+        self.checked(Conn::Cluster(Arc::new(conn)), "redis-cluster", None)
+            .await
     }
 
     /// Connects to the primary of `service_name` (the name in the sentinels'
@@ -278,17 +282,29 @@ impl RedisOptions {
         service_name: &str,
     ) -> Result<RedisStore, Error> {
         let conn = sentinel::SentinelConn::new(sentinels, service_name)?;
-        self.checked(Conn::Sentinel(Arc::new(conn)), "redis-sentinel")
-            .await
+        let primary = format!("the primary of {service_name:?}");
+        self.checked(
+            Conn::Sentinel(Arc::new(conn)),
+            "redis-sentinel",
+            Some(primary),
+        )
+        .await
     }
 
-    async fn checked(&self, conn: Conn, name: &'static str) -> Result<RedisStore, Error> {
+    /// The store on `conn` after [`RedisStore::check_support`]; `address` names the server
+    /// in errors (`host:port`; `None`: from the server's `INFO`).
+    async fn checked(
+        &self,
+        conn: Conn,
+        name: &'static str,
+        address: Option<String>,
+    ) -> Result<RedisStore, Error> {
         let store = RedisStore {
             conn,
             name,
             replicas: self.replicas,
         };
-        store.check_support(self.allow_eviction).await?;
+        store.check_support(self.allow_eviction, address).await?;
         Ok(store)
     }
 }
@@ -331,7 +347,11 @@ impl RedisStore {
         self.name
     }
 
-    async fn check_support(&self, allow_eviction: bool) -> Result<(), Error> {
+    async fn check_support(
+        &self,
+        allow_eviction: bool,
+        address: Option<String>,
+    ) -> Result<(), Error> {
         let info: String =
             self.eval(&mut CHECK.key("idem:{check}"))
                 .await
@@ -356,7 +376,11 @@ impl RedisStore {
         if allow_eviction {
             return Ok(());
         }
-        for (node, info) in self.memory_info_of_primaries(info).await? {
+        let address = address.unwrap_or_else(|| {
+            let port = info_field(&info, "tcp_port").unwrap_or("?");
+            format!("the server on port {port}")
+        });
+        for (node, info) in self.memory_info_of_primaries(address, info).await? {
             let policy = info_field(&info, "maxmemory_policy").unwrap_or("");
             if policy != "noeviction" {
                 return Err(Error::EvictionPolicy {
@@ -368,10 +392,11 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `INFO memory` of every primary, as (node, text); `checked` is the `INFO` the support
-    /// check already read (the only primary, outside a Cluster).
+    /// `INFO memory` of every primary, as (node, text); outside a Cluster the only primary is
+    /// `address`, and `checked` the `INFO` the support check already read from it.
     async fn memory_info_of_primaries(
         &self,
+        address: String,
         checked: String,
     ) -> Result<Vec<(String, String)>, Error> {
         match &self.conn {
@@ -380,7 +405,6 @@ impl RedisStore {
                 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 let reply = c
-                    .clone()
                     .route_command(redis::cmd("INFO").arg("memory").take(), routing)
                     .await
                     .map_err(Error::backend)?;
@@ -398,16 +422,7 @@ impl RedisStore {
                     })
                     .collect()
             }
-            _ => Ok(vec![(self.address(), checked)]),
-        }
-    }
-
-    /// A description of the server this store talks to, for error messages.
-    fn address(&self) -> String {
-        match &self.conn {
-            #[cfg(feature = "redis-sentinel")]
-            Conn::Sentinel(s) => format!("the primary of {:?}", s.service_name()),
-            _ => self.name.to_owned(),
+            _ => Ok(vec![(address, checked)]),
         }
     }
 
@@ -416,7 +431,7 @@ impl RedisStore {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => c.query(cmd).await,
             #[cfg(feature = "redis-sentinel")]
             // Boxed: redis-rs's sentinel look-up is a deep future, and every store call
             // would carry its layout (and users' async fns would hit the recursion limit).
@@ -462,7 +477,6 @@ impl RedisStore {
                 let route = Route::with_key(key, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                 let v = c
-                    .clone()
                     .route_command(cmd, routing)
                     .await
                     .map_err(Error::backend)?;

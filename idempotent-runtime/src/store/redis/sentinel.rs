@@ -18,7 +18,6 @@ use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::Error;
 
 pub(crate) struct SentinelConn {
-    service_name: String,
     client: tokio::sync::Mutex<SentinelClient>,
     /// The connection to the current primary, with a number that tells connections apart.
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
@@ -38,14 +37,9 @@ impl SentinelConn {
         )
         .map_err(Error::backend)?;
         Ok(SentinelConn {
-            service_name: service_name.to_owned(),
             client: tokio::sync::Mutex::new(client),
             current: Mutex::new(None),
         })
-    }
-
-    pub(crate) fn service_name(&self) -> &str {
-        &self.service_name
     }
 
     fn cached(&self) -> Option<(u64, MultiplexedConnection)> {

@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use sqlx::{Database, Pool};
 
-use super::{AsClaimStore, Claim, ClaimStore, IntoTxStore, Record, RecordState, Store};
+use super::{
+    AsClaimStore, Claim, ClaimOrRecord, ClaimStore, IntoTxStore, Record, RecordState, Store,
+};
 use crate::{Error, StorageKey};
 
 /// The claim statements of one backend, built by [`sql_text!`] from one template.
@@ -655,6 +657,17 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
         DB::try_claim(&mut conn, claim).await
+    }
+
+    /// Both statements on one pooled connection (one checkout).
+    async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
+        let mut conn = self.acquire().await?;
+        if DB::try_claim(&mut conn, claim).await? {
+            return Ok(ClaimOrRecord::Claimed);
+        }
+        Ok(ClaimOrRecord::Existing(
+            DB::read_record(&mut conn, claim.key).await?,
+        ))
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
