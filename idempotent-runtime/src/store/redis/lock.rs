@@ -91,14 +91,15 @@ impl LockStore for RedisStore {
     ) -> Result<Acquired, Error> {
         let value = format!("p{owner}{}", fingerprint.unwrap_or(""));
         let lock_key = rkey(key, "lock");
-        let (code, v): (i64, Vec<u8>) = self
-            .eval(
+        let ((code, v), acknowledged): ((i64, Vec<u8>), _) = self
+            .eval_waiting(
                 LOCK_ACQUIRE
                     .key(&lock_key)
                     .key(rkey(key, "fence"))
                     .arg(value)
                     .arg(millis(lease).max(1))
                     .arg(owner),
+                &lock_key,
             )
             .await?;
         match code {
@@ -106,7 +107,7 @@ impl LockStore for RedisStore {
                 let fence = text(v)?.parse::<u64>().map_err(|_| {
                     Error::Serialization("the fencing counter is not a number".into())
                 })?;
-                if let Some(not_replicated) = self.acquisition_replicated(&lock_key).await? {
+                if let Some(not_replicated) = self.not_replicated(acknowledged)? {
                     let _ = self.release_lock(key, owner).await;
                     return Err(not_replicated);
                 }
@@ -158,19 +159,20 @@ impl LockStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let lock_key = rkey(key, "lock");
-        let completed = self
-            .eval_cas(
+        let (n, acknowledged): (i64, _) = self
+            .eval_waiting(
                 LOCK_COMPLETE
                     .key(&lock_key)
                     .arg(owner)
                     .arg(response)
                     .arg(millis(ttl).max(1)),
+                &lock_key,
             )
             .await?;
-        if completed {
-            self.completion_replicated(&lock_key).await;
+        if n == 1 {
+            self.completion_replicated(acknowledged);
         }
-        Ok(completed)
+        Ok(n == 1)
     }
 
     async fn release_lock(&self, key: &StorageKey, owner: &str) -> Result<bool, Error> {

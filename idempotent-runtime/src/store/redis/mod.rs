@@ -431,11 +431,26 @@ impl RedisStore {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => c.query(cmd).await,
+            // Boxed, like the Sentinel path: replacing a wedged connection is a deep future.
+            Conn::Cluster(c) => erased(c.query(cmd)).await,
             #[cfg(feature = "redis-sentinel")]
             // Boxed: redis-rs's sentinel look-up is a deep future, and every store call
             // would carry its layout (and users' async fns would hit the recursion limit).
-            Conn::Sentinel(s) => Box::pin(s.query(cmd)).await,
+            Conn::Sentinel(s) => erased(s.query(cmd)).await,
+        }
+    }
+
+    /// Runs `pipe` on a standalone or Sentinel primary's connection (never on a Cluster).
+    async fn query_pipe(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, RedisError> {
+        match &self.conn {
+            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(_) => Err(RedisError::from((
+                ErrorKind::Client,
+                "pipelines are not sent to a Cluster",
+            ))),
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(s) => erased(s.query_pipe(pipe)).await,
         }
     }
 
@@ -458,48 +473,65 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    /// With [`RedisOptions::wait_for_replicas`], sends `WAIT` to the primary of `key` and
-    /// returns `Err(acknowledged)` when fewer replicas than required acknowledged the writes
-    /// so far; `Ok(())` without the option.
-    async fn replicated(&self, key: &str) -> Result<Result<(), u32>, Error> {
+    /// Runs a script that may write (`EVALSHA`, `EVAL` on `NOSCRIPT`, as [`eval`](Self::eval))
+    /// and, with [`RedisOptions::wait_for_replicas`], `WAIT` right after it on the same
+    /// connection: on a standalone or Sentinel primary both go in one pipeline, so `WAIT`
+    /// counts this very write even if the shared connection is replaced right after (a `WAIT`
+    /// on a fresh connection, which wrote nothing, would return at once); on a Cluster, `WAIT`
+    /// is routed to the primary of `key` (by default redis-rs would send it to every primary).
+    /// Returns the script's reply and what `WAIT` said.
+    async fn eval_waiting<T: FromRedisValue>(
+        &self,
+        call: &mut Call<'_>,
+        key: &str,
+    ) -> Result<(T, Acknowledged), Error> {
         let Some((required, timeout)) = self.replicas else {
-            return Ok(Ok(()));
+            return Ok((self.eval(call).await?, Ok(Ok(()))));
         };
-        let cmd = redis::cmd("WAIT")
+        let wait = redis::cmd("WAIT")
             .arg(required)
             .arg(super::millis(timeout).max(1))
             .take();
-        let acknowledged: i64 = match &self.conn {
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                // WAIT would go to every primary by default; this write lives on one.
-                let route = Route::with_key(key, SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let v = c
-                    .route_command(cmd, routing)
-                    .await
-                    .map_err(Error::backend)?;
-                i64::from_redis_value(v).map_err(Error::backend)?
+        #[cfg(feature = "redis-cluster")]
+        if let Conn::Cluster(c) = &self.conn {
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let reply = self.eval(call).await?;
+            let route = Route::with_key(key, SlotAddr::Master);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            let acked = erased(c.route_command(wait, routing))
+                .await
+                .map_err(Error::backend);
+            return Ok((reply, acked.and_then(|v| enough(v, required))));
+        }
+        let _ = key;
+        for source in [false, true] {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors()
+                .add_command(call.cmd(source))
+                .add_command(wait.clone());
+            let values = self.query_pipe(&pipe).await.map_err(Error::backend)?;
+            let [script, acked]: [Value; 2] = values.try_into().map_err(|_| {
+                Error::Serialization("unexpected reply to a script and WAIT".into())
+            })?;
+            if let Value::ServerError(e) = &script {
+                if !source && e.kind() == Some(ServerErrorKind::NoScript) {
+                    continue;
+                }
+                return Err(Error::backend(RedisError::from(e.clone())));
             }
-            _ => {
-                let v = self.query(&cmd).await.map_err(Error::backend)?;
-                i64::from_redis_value(v).map_err(Error::backend)?
-            }
-        };
-        let acknowledged = u32::try_from(acknowledged).unwrap_or(0);
-        Ok(if acknowledged >= required {
-            Ok(())
-        } else {
-            Err(acknowledged)
-        })
+            let reply = T::from_redis_value(script).map_err(Error::backend)?;
+            return Ok((reply, enough(acked, required)));
+        }
+        Err(Error::Backend(
+            "Redis answered NOSCRIPT to EVAL, which carries the script".into(),
+        ))
     }
 
-    /// [`replicated`](Self::replicated) for an acquisition: `Ok(None)` when acknowledged (or
-    /// not required), `Ok(Some(error))` with the [`Error::NotReplicated`] to return after
-    /// undoing the acquisition.
-    async fn acquisition_replicated(&self, key: &str) -> Result<Option<Error>, Error> {
-        Ok(match self.replicated(key).await? {
+    /// For an acquisition: `Ok(None)` when acknowledged (or not required), `Ok(Some(error))`
+    /// with the [`Error::NotReplicated`] to return after undoing the acquisition, `Err` when
+    /// `WAIT` itself failed.
+    fn not_replicated(&self, acknowledged: Acknowledged) -> Result<Option<Error>, Error> {
+        Ok(match acknowledged? {
             Ok(()) => None,
             Err(acknowledged) => {
                 let (required, timeout) = self.replicas.unwrap_or_default();
@@ -512,10 +544,10 @@ impl RedisStore {
         })
     }
 
-    /// [`replicated`](Self::replicated) for a completion, whose effect has happened: a
-    /// shortfall or a failing `WAIT` is logged, never returned.
-    async fn completion_replicated(&self, key: &str) {
-        match self.replicated(key).await {
+    /// For a completion, whose effect has happened: a shortfall or a failing `WAIT` is logged,
+    /// never returned.
+    fn completion_replicated(&self, acknowledged: Acknowledged) {
+        match acknowledged {
             Ok(Ok(())) => {}
             Ok(Err(acknowledged)) => tracing::warn!(
                 acknowledged,
@@ -538,6 +570,35 @@ impl RedisStore {
             handle.spawn(f(self.clone()));
         }
     }
+}
+
+/// `fut` boxed as a `dyn Future + Send`: the Cluster and Sentinel paths reconnect inside
+/// (redis-rs connection set-up is a deep future), and erasing the type here keeps its layout
+/// and its `Send` proof out of every caller's future (the store's callers would otherwise hit
+/// the compiler's recursion limit in `tokio::spawn`).
+#[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+fn erased<'a, T>(
+    fut: impl Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(fut)
+}
+
+/// What `WAIT` said after a write: `Ok(Ok(()))` enough replicas acknowledged it (or none were
+/// asked for), `Ok(Err(n))` only `n`, `Err` `WAIT` itself failed.
+type Acknowledged = Result<Result<(), u32>, Error>;
+
+/// `WAIT`'s reply against the number of replicas required.
+fn enough(reply: Value, required: u32) -> Acknowledged {
+    if let Value::ServerError(e) = reply {
+        return Err(Error::backend(RedisError::from(e)));
+    }
+    let acknowledged = i64::from_redis_value(reply).map_err(Error::backend)?;
+    let acknowledged = u32::try_from(acknowledged).unwrap_or(0);
+    Ok(if acknowledged >= required {
+        Ok(())
+    } else {
+        Err(acknowledged)
+    })
 }
 
 /// The value of `field` in an `INFO` reply (`field:value` lines).

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, ServerErrorKind, Value};
 
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::Error;
@@ -86,6 +86,26 @@ impl SentinelConn {
     pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
         let (generation, mut conn) = self.connection().await?;
         let result = cmd.query_async(&mut conn).await;
+        self.after(generation, result)
+    }
+
+    /// [`query`](Self::query) for a pipeline (its errors per command are in the reply when it
+    /// ignores errors: a `READONLY` there drops the connection too).
+    pub(crate) async fn query_pipe(&self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+        let (generation, mut conn) = self.connection().await?;
+        let result: Result<Vec<Value>, RedisError> = pipe.query_async(&mut conn).await;
+        if let Ok(values) = &result
+            && let Some(Value::ServerError(e)) =
+                values.iter().find(|v| matches!(v, Value::ServerError(_)))
+        {
+            let error = RedisError::from(e.clone());
+            let _ = self.after::<()>(generation, Err(error));
+        }
+        self.after(generation, result)
+    }
+
+    /// Drops connection `generation` when `result` says the primary is gone.
+    fn after<T>(&self, generation: u64, result: Result<T, RedisError>) -> Result<T, RedisError> {
         if let Err(e) = &result
             && primary_lost(e)
         {
@@ -111,6 +131,9 @@ fn primary_lost(e: &RedisError) -> bool {
             e.kind(),
             ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
         )
-        // A write inside a script on a demoted primary fails with READONLY too.
+        // A write inside a script on a demoted primary fails with READONLY too; NOREPLICAS is
+        // a primary cut off from its replicas under `min-replicas-to-write` (a zombie primary
+        // a failover left behind): ask the sentinels again.
         || e.to_string().contains("READONLY")
+        || e.to_string().contains("NOREPLICAS")
 }
