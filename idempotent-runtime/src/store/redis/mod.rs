@@ -78,6 +78,15 @@ impl Lua {
         }
     }
 
+    /// A call of this script without keys (on a Cluster, redis-rs sends it to any node).
+    fn keyless(&self) -> Call<'_> {
+        Call {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
     /// A call of this script with `key` as `KEYS[1]`.
     fn key<K: ToRedisArgs>(&self, key: K) -> Call<'_> {
         let mut call = Call {
@@ -347,42 +356,33 @@ impl RedisStore {
         self.name
     }
 
+    /// Checks every primary: it runs the scripts (the check is a script), is at least
+    /// [`MIN_REDIS_VERSION`], and (unless `allow_eviction`) has `maxmemory-policy noeviction`.
+    /// `address` names a standalone or Sentinel primary in errors.
     async fn check_support(
         &self,
         allow_eviction: bool,
         address: Option<String>,
     ) -> Result<(), Error> {
-        let info: String =
-            self.eval(&mut CHECK.key("idem:{check}"))
-                .await
-                .map_err(|e| match e {
-                    Error::Backend(source) => Error::Backend(
-                        format!("Redis cannot run the idempotency Lua scripts: {source}").into(),
-                    ),
-                    other => other,
-                })?;
-        let version = info_field(&info, "redis_version").unwrap_or("0");
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if found < MIN_REDIS_VERSION {
-            return Err(Error::Backend(
-                format!(
-                    "Redis {version} is too old: the idempotency scripts need Redis {}.{} or newer",
-                    MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1
-                )
-                .into(),
-            ));
-        }
-        if allow_eviction {
-            return Ok(());
-        }
-        let address = address.unwrap_or_else(|| {
-            let port = info_field(&info, "tcp_port").unwrap_or("?");
-            format!("the server on port {port}")
-        });
-        for (node, info) in self.memory_info_of_primaries(address, info).await? {
+        let cannot_run = |source: Box<dyn std::error::Error + Send + Sync>| {
+            Error::Backend(format!("Redis cannot run the idempotency Lua scripts: {source}").into())
+        };
+        for (node, info) in self.check_every_primary(address).await? {
+            let info = info.map_err(cannot_run)?;
+            let version = info_field(&info, "redis_version").unwrap_or("0");
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            if found < MIN_REDIS_VERSION {
+                return Err(Error::Backend(
+                    format!(
+                        "Redis {version} at {node} is too old: the idempotency scripts need Redis {}.{} or newer",
+                        MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1
+                    )
+                    .into(),
+                ));
+            }
             let policy = info_field(&info, "maxmemory_policy").unwrap_or("");
-            if policy != "noeviction" {
+            if !allow_eviction && policy != "noeviction" {
                 return Err(Error::EvictionPolicy {
                     node,
                     policy: policy.to_owned(),
@@ -392,38 +392,62 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `INFO memory` of every primary, as (node, text); outside a Cluster the only primary is
-    /// `address`, and `checked` the `INFO` the support check already read from it.
-    async fn memory_info_of_primaries(
+    /// The check script's reply (`INFO server` and `INFO memory`) from every primary, as
+    /// (node, reply). On a Cluster it goes to every primary that redis-rs has a connection to
+    /// (a primary down at that moment is not checked, and does not stop the others);
+    /// elsewhere to the one primary, named `address` (or by its port).
+    async fn check_every_primary(
         &self,
-        address: String,
-        checked: String,
-    ) -> Result<Vec<(String, String)>, Error> {
-        match &self.conn {
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => {
-                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
-                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                let reply = c
-                    .route_command(redis::cmd("INFO").arg("memory").take(), routing)
-                    .await
-                    .map_err(Error::backend)?;
-                let Value::Map(nodes) = reply else {
-                    return Err(Error::Backend(
-                        format!("unexpected reply to INFO sent to every primary: {reply:?}").into(),
-                    ));
-                };
-                nodes
-                    .into_iter()
-                    .map(|(node, info)| {
-                        let node = String::from_redis_value(node).map_err(Error::backend)?;
-                        let info = String::from_redis_value(info).map_err(Error::backend)?;
-                        Ok((node, info))
-                    })
-                    .collect()
-            }
-            _ => Ok(vec![(address, checked)]),
+        address: Option<String>,
+    ) -> Result<
+        Vec<(
+            String,
+            Result<String, Box<dyn std::error::Error + Send + Sync>>,
+        )>,
+        Error,
+    > {
+        #[cfg(feature = "redis-cluster")]
+        if let Conn::Cluster(c) = &self.conn {
+            use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+            let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+            let reply = c
+                .route_command(CHECK.keyless().cmd(true), routing)
+                .await
+                .map_err(Error::backend)?;
+            let Value::Map(nodes) = reply else {
+                return Err(Error::Backend(
+                    format!("unexpected reply to the check sent to every primary: {reply:?}")
+                        .into(),
+                ));
+            };
+            return nodes
+                .into_iter()
+                .map(|(node, reply)| {
+                    let node = String::from_redis_value(node).map_err(Error::backend)?;
+                    let info = match reply {
+                        Value::ServerError(e) => Err(RedisError::from(e).into()),
+                        v => String::from_redis_value(v).map_err(Into::into),
+                    };
+                    Ok((node, info))
+                })
+                .collect();
         }
+        let info = self
+            .eval::<String>(&mut CHECK.keyless())
+            .await
+            .map_err(|e| match e {
+                Error::Backend(source) => source,
+                other => Box::new(other),
+            });
+        let address = address.unwrap_or_else(|| {
+            let port = info
+                .as_deref()
+                .ok()
+                .and_then(|i| info_field(i, "tcp_port"))
+                .unwrap_or("?");
+            format!("the server on port {port}")
+        });
+        Ok(vec![(address, info)])
     }
 
     /// Runs `cmd` (on a Cluster: on the node that owns its key, as redis-rs routes it).
