@@ -1424,17 +1424,18 @@ async fn postgres_record_table_allows_hot_completions() {
     .unwrap();
     idempotent_runtime::migrate(&pool).await.unwrap();
     let indexed: Vec<(String,)> = sqlx::query_as(
-        "SELECT indexdef FROM pg_indexes WHERE tablename = 'idempotency_records' ORDER BY indexname",
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'idempotency_records' AND schemaname = current_schema() ORDER BY indexname",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
     assert_eq!(indexed.len(), 1, "only the primary key: {indexed:?}");
     assert!(indexed[0].0.contains("(idempotency_key)"), "{indexed:?}");
-    let options: (Option<Vec<String>>,) =
-        sqlx::query_as("SELECT reloptions FROM pg_class WHERE relname = 'idempotency_records'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let options: (Option<Vec<String>>,) = sqlx::query_as(
+        "SELECT reloptions FROM pg_class WHERE oid = 'idempotency_records'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(options.0, Some(vec!["fillfactor=90".to_owned()]));
 }
