@@ -997,3 +997,136 @@ mod sentinel_storm {
         storm_survives_a_sentinel_failover(false, Switch::Kill, false).await
     }
 }
+
+// ------------------------------------------------------------------- checks when connecting
+
+/// What a store refuses when it connects (and, through Sentinel, when it follows a failover):
+/// a replica in place of the primary, a `WAIT` time-out the response time-out would cut short,
+/// a new primary whose eviction policy can drop records (found by trying the product).
+mod connect_checks {
+    use std::time::{Duration, Instant};
+
+    use idempotent_runtime::store::Claim;
+    use idempotent_runtime::{ClaimStore, Error, KeyBuilder, RedisStore};
+    use idempotent_tests::redis_replication::SERVICE;
+    use idempotent_tests::unique;
+
+    use super::{RedisReplicaSet, available};
+
+    /// A claim of a fresh key, directly on the store.
+    async fn claim_fresh(store: &RedisStore) -> Result<bool, Error> {
+        let key = KeyBuilder::new("redis_failover.connect_checks")
+            .part(&unique("k"))
+            .finish()
+            .unwrap();
+        store
+            .try_claim(&Claim {
+                key: &key,
+                fingerprint: None,
+                owner: "connect-checks",
+                lease: Duration::from_secs(30),
+            })
+            .await
+    }
+
+    /// `connect` to a replica's URL is refused, naming the node and the way out; writes there
+    /// would fail (`READONLY`) or, on a writable replica, never reach the primary.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_url_is_refused() {
+        if !available() {
+            return;
+        }
+        let set = RedisReplicaSet::start(&[]);
+        let refused = RedisStore::connect(&set.replica_url()).await;
+        let Err(Error::Backend(message)) = &refused else {
+            panic!("a replica must be refused: {refused:?}");
+        };
+        let message = message.to_string();
+        assert!(message.contains("is a replica"), "{message}");
+        assert!(
+            message.contains(&format!("127.0.0.1:{}", set.replica.port)),
+            "{message}"
+        );
+        assert!(message.contains("connect_sentinel"), "{message}");
+        let primary = RedisStore::connect(&set.primary_url()).await.unwrap();
+        assert!(claim_fresh(&primary).await.unwrap());
+    }
+
+    /// A `wait_for_replicas` time-out of 5 s or more could never be answered before the
+    /// store's 5 s response time-out: refused when connecting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_timeout_at_the_response_timeout_is_refused() {
+        if !available() {
+            return;
+        }
+        let set = RedisReplicaSet::start(&[]);
+        for timeout in [Duration::from_secs(5), Duration::from_secs(8)] {
+            let refused = RedisStore::options()
+                .wait_for_replicas(1, timeout)
+                .connect(&set.primary_url())
+                .await;
+            let Err(Error::Unsupported(message)) = &refused else {
+                panic!("{timeout:?} must be refused: {refused:?}");
+            };
+            assert!(message.contains("response time-out"), "{message}");
+        }
+        let store = RedisStore::options()
+            .wait_for_replicas(1, Duration::from_millis(500))
+            .connect(&set.primary_url())
+            .await
+            .unwrap();
+        assert!(claim_fresh(&store).await.unwrap());
+    }
+
+    /// The replica runs `allkeys-lru`; the primary `noeviction`, so `connect_sentinel` accepts
+    /// it. After a failover to the replica, the store that follows it refuses the new primary:
+    /// every call fails with an error naming the policy (none is written there).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sentinel_refuses_an_evicting_new_primary() {
+        if !available() {
+            return;
+        }
+        let set = RedisReplicaSet::start_with_sentinels(&[]);
+        let reply = set
+            .replica
+            .cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+        assert_eq!(reply.trim(), "OK", "{reply}");
+        let store = RedisStore::connect_sentinel(&set.sentinel_urls(), SERVICE)
+            .await
+            .unwrap();
+        assert!(claim_fresh(&store).await.unwrap());
+        let new_primary = set.sentinel_failover();
+        assert_eq!(new_primary, set.replica.port);
+        // The old primary answers READONLY from now on, so the store asks the sentinels.
+        set.demote_old_primary(new_primary);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let refused = loop {
+            match claim_fresh(&store).await {
+                Err(Error::Backend(e)) if e.to_string().contains("allkeys-lru") => break e,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "the store never refused the new primary; last: {other:?}"
+                ),
+            }
+        };
+        let message = refused.to_string();
+        assert!(message.contains("noeviction"), "{message}");
+        assert!(
+            message.contains(&format!("127.0.0.1:{new_primary}")),
+            "{message}"
+        );
+        for _ in 0..3 {
+            let again = claim_fresh(&store).await;
+            assert!(
+                matches!(&again, Err(Error::Backend(e)) if e.to_string().contains("allkeys-lru")),
+                "every call is refused: {again:?}"
+            );
+        }
+        let keys = set.replica.cli(&["KEYS", "idem:*:rec"]);
+        assert_eq!(
+            keys.lines().count(),
+            1,
+            "only the claim made before the failover (replicated), nothing written since: {keys:?}"
+        );
+    }
+}

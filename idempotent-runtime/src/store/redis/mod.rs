@@ -15,7 +15,7 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `idem:{H}:lock` | string, `PX lease` then `PX ttl` | held: `p`, owner (32 hex), fingerprint (64 hex or nothing); completed: `c`, fingerprint, `:`, the stored (JSON) response |
+//! | `idem:{H}:lock` | string, `PX lease` then `PX ttl` | held: `p`, the owner's length, `:`, owner, fingerprint (64 hex or nothing); completed: `c`, the fingerprint's length, `:`, fingerprint, the stored (JSON) response |
 //! | `idem:{H}:fence` | integer, no expiry | the last fencing token: each acquisition sets it to max(itself + 1, server clock in µs) |
 //! | `idem:{H}:tok` | string | issued `i\|<TTL end>`, `PX ttl`; consumed `p\|<TTL end>\|<lease end>\|<owner>\|<binding>\|<fingerprint>`, `PX` the later of both; completed `c\|<binding>\|<fingerprint>\|<response>`, `PX ttl` (ends in server ms) |
 //! | `idem:{H}:rec` | hash, `PX lease/ttl` | `dedup_table` record: `o` owner, `f` fingerprint, `s` (`p`/`c`), `r` response |
@@ -167,7 +167,7 @@ static CHECK: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local t = redis.call('TIME')
-return redis.call('INFO', 'server') .. redis.call('INFO', 'memory')
+return redis.call('INFO', 'server') .. redis.call('INFO', 'memory') .. redis.call('INFO', 'replication')
 ",
     )
 });
@@ -212,7 +212,9 @@ impl RedisOptions {
     /// `replicas` replicas within `timeout` is released again and the call fails with
     /// [`Error::NotReplicated`] before the body runs; a completion that is not acknowledged
     /// is logged (`tracing` warning) and the call still returns its result (the effect has
-    /// happened). `replicas = 0` turns it off (the default).
+    /// happened). `replicas = 0` turns it off (the default). `timeout` must be below the
+    /// store's 5 s response time-out (connecting fails with [`Error::Unsupported`] otherwise);
+    /// connecting logs a warning when the primary has fewer replicas attached than `replicas`.
     ///
     /// What it buys: a replica promoted after the call returned holds the acquisition, so a
     /// failover cannot hand the same key to a second caller while the first still runs.
@@ -280,9 +282,12 @@ impl RedisOptions {
     /// `redis-sentinel` (redis-rs `sentinel`).
     ///
     /// The store keeps one multiplexed connection to the primary. After an I/O error, a
-    /// time-out or a `READONLY` reply (the node was demoted by a failover) it drops that
+    /// time-out, a `READONLY` reply (the node was demoted by a failover) or `NOREPLICAS` (a
+    /// primary cut off from its replicas under `min-replicas-to-write`) it drops that
     /// connection and asks the sentinels again on the next call; the failing call itself
-    /// returns [`Error::Backend`] and may be retried. Errors: as [`connect`](Self::connect),
+    /// returns [`Error::Backend`] and may be retried. Each new primary's eviction policy is
+    /// checked as the first one's (refused: calls fail with [`Error::Backend`] naming the
+    /// policy until the sentinels name another primary). Errors: as [`connect`](Self::connect),
     /// and [`Error::Backend`] when no sentinel answers or none knows `service_name`.
     #[cfg(feature = "redis-sentinel")]
     pub async fn connect_sentinel<U: AsRef<str>>(
@@ -290,14 +295,9 @@ impl RedisOptions {
         sentinels: &[U],
         service_name: &str,
     ) -> Result<RedisStore, Error> {
-        let conn = sentinel::SentinelConn::new(sentinels, service_name)?;
-        let primary = format!("the primary of {service_name:?}");
-        self.checked(
-            Conn::Sentinel(Arc::new(conn)),
-            "redis-sentinel",
-            Some(primary),
-        )
-        .await
+        let conn = sentinel::SentinelConn::new(sentinels, service_name, self.allow_eviction)?;
+        self.checked(Conn::Sentinel(Arc::new(conn)), "redis-sentinel", None)
+            .await
     }
 
     /// The store on `conn` after [`RedisStore::check_support`]; `address` names the server
@@ -308,6 +308,13 @@ impl RedisOptions {
         name: &'static str,
         address: Option<String>,
     ) -> Result<RedisStore, Error> {
+        if let Some((_, timeout)) = self.replicas
+            && timeout >= RESPONSE_TIMEOUT
+        {
+            return Err(Error::Unsupported(format!(
+                "wait_for_replicas timeout {timeout:?} is not below the store's {RESPONSE_TIMEOUT:?} response time-out: the WAIT reply would never arrive in time; use a timeout of milliseconds"
+            )));
+        }
         let store = RedisStore {
             conn,
             name,
@@ -364,11 +371,8 @@ impl RedisStore {
         allow_eviction: bool,
         address: Option<String>,
     ) -> Result<(), Error> {
-        let cannot_run = |source: Box<dyn std::error::Error + Send + Sync>| {
-            Error::Backend(format!("Redis cannot run the idempotency Lua scripts: {source}").into())
-        };
         for (node, info) in self.check_every_primary(address).await? {
-            let info = info.map_err(cannot_run)?;
+            let info = info?;
             let version = info_field(&info, "redis_version").unwrap_or("0");
             let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
             let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -380,6 +384,27 @@ impl RedisStore {
                     )
                     .into(),
                 ));
+            }
+            if info_field(&info, "role") == Some("slave") {
+                return Err(Error::Backend(
+                    format!(
+                        "Redis at {node} is a replica (role:slave): the idempotency records must be written on the primary; connect to the primary, or use connect_sentinel to follow it"
+                    )
+                    .into(),
+                ));
+            }
+            if let Some((required, _)) = self.replicas {
+                let connected = info_field(&info, "connected_slaves")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(0);
+                if connected < required {
+                    tracing::warn!(
+                        node = %node,
+                        connected,
+                        required,
+                        "wait_for_replicas asks for more replicas than the primary has now: every acquisition fails with NotReplicated until enough replicas are attached"
+                    );
+                }
             }
             let policy = info_field(&info, "maxmemory_policy").unwrap_or("");
             if !allow_eviction && policy != "noeviction" {
@@ -399,13 +424,7 @@ impl RedisStore {
     async fn check_every_primary(
         &self,
         address: Option<String>,
-    ) -> Result<
-        Vec<(
-            String,
-            Result<String, Box<dyn std::error::Error + Send + Sync>>,
-        )>,
-        Error,
-    > {
+    ) -> Result<Vec<(String, Result<String, Error>)>, Error> {
         #[cfg(feature = "redis-cluster")]
         if let Conn::Cluster(c) = &self.conn {
             use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
@@ -425,8 +444,8 @@ impl RedisStore {
                 .map(|(node, reply)| {
                     let node = String::from_redis_value(node).map_err(Error::backend)?;
                     let info = match reply {
-                        Value::ServerError(e) => Err(RedisError::from(e).into()),
-                        v => String::from_redis_value(v).map_err(Into::into),
+                        Value::ServerError(e) => Err(cannot_run(&node, &RedisError::from(e))),
+                        v => String::from_redis_value(v).map_err(Error::backend),
                     };
                     Ok((node, info))
                 })
@@ -439,13 +458,28 @@ impl RedisStore {
                 Error::Backend(source) => source,
                 other => Box::new(other),
             });
-        let address = address.unwrap_or_else(|| {
-            let port = info
-                .as_deref()
-                .ok()
-                .and_then(|i| info_field(i, "tcp_port"))
-                .unwrap_or("?");
-            format!("the server on port {port}")
+        let address = match (address, &self.conn) {
+            (Some(address), _) => address,
+            #[cfg(feature = "redis-sentinel")]
+            (None, Conn::Sentinel(s)) => s.address(),
+            _ => {
+                let port = info
+                    .as_deref()
+                    .ok()
+                    .and_then(|i| info_field(i, "tcp_port"))
+                    .unwrap_or("?");
+                format!("the server on port {port}")
+            }
+        };
+        let info = info.map_err(|source| {
+            // A server error is the server refusing the script; anything else (unreachable,
+            // timed out, a sentinel that knows no such service) says so itself.
+            match source.downcast_ref::<RedisError>() {
+                Some(e) if matches!(e.kind(), ErrorKind::Server(_)) => cannot_run(&address, e),
+                _ => Error::Backend(
+                    format!("Redis at {address} failed the connection check: {source}").into(),
+                ),
+            }
         });
         Ok(vec![(address, info)])
     }
@@ -594,6 +628,11 @@ impl RedisStore {
             handle.spawn(f(self.clone()));
         }
     }
+}
+
+/// The server at `node` refused the check script with `e`.
+fn cannot_run(node: &str, e: &RedisError) -> Error {
+    Error::Backend(format!("Redis at {node} cannot run the idempotency Lua scripts: {e}").into())
 }
 
 /// `fut` boxed as a `dyn Future + Send`: the Cluster and Sentinel paths reconnect inside

@@ -126,6 +126,17 @@ impl TokenStore for RedisStore {
         fingerprint: Option<&str>,
         lease: Duration,
     ) -> Result<Consumed, Error> {
+        // The stored value separates its fields with '|' (the strategy's owners, bindings and
+        // fingerprints are hex); a hand-written caller's field with one would read back wrong.
+        if [owner, binding, fingerprint.unwrap_or("")]
+            .iter()
+            .any(|f| f.contains('|'))
+        {
+            return Err(Error::Unsupported(
+                "the Redis token store's owner, binding and fingerprint must not contain '|'"
+                    .into(),
+            ));
+        }
         let tok_key = rkey(token_key, "tok");
         let ((code, v), acknowledged): ((i64, Vec<u8>), _) = self
             .eval_waiting(
