@@ -130,8 +130,9 @@ pub enum Error {
     /// The strategy's configuration cannot work on this backend, so nothing ran: checked before
     /// any statement. `unique_index` with `constraint` but no `table` on MySQL/MariaDB or SQLite,
     /// which do not report the violated constraint's name: any unique violation would count as
-    /// a duplicate, and a request violating another unique column would be lost. The text says
-    /// what to configure instead.
+    /// a duplicate, and a request violating another unique column would be lost. Also a Redis
+    /// store whose `wait_for_replicas` timeout is not below its response time-out. The text
+    /// says what to configure instead.
     #[error("configuration not supported by this backend: {0}")]
     Unsupported(String),
     /// Two or more `#[idempotent]` functions of this process have the operation name `name`, so

@@ -16,6 +16,7 @@
 //! | [`outcome`] | [`Got`] with [`classify`], [`got`], [`tally`] and [`poll_while`] |
 //! | [`skew`] | [`SkewSvc`](skew::SkewSvc) and the `skew_worker` protocol: processes sharing one SQLite file with clocks apart |
 //! | [`redis_server`] | [`RedisServer`], [`RedisCluster`], [`free_port`], the throwaway server and cluster |
+//! | [`redis_replication`] | [`RedisReplicaSet`]: primary + replica (+ 3 Sentinels), promotion, failover |
 //!
 //! The items test files use are re-exported here, so they `use idempotent_tests::{…}`.
 
@@ -25,6 +26,7 @@ pub mod faults;
 pub mod fixtures;
 pub mod ledger;
 pub mod outcome;
+pub mod redis_replication;
 pub mod redis_server;
 pub mod skew;
 
@@ -36,6 +38,7 @@ pub use faults::{FaultSvc, Faults, Faulty, Lease, Observed};
 pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};
 pub use ledger::{Effects, LiteLedger, MemLedger, MyLedger, PgLedger, ledger_ddl};
 pub use outcome::{Got, classify, got, poll_while, tally};
+pub use redis_replication::{RedisReplicaSet, replication_available};
 pub use redis_server::{
     RedisCluster, RedisServer, SCRIPT_INTERNAL, cluster_urls, free_port, redis_server_on_path,
     throwaway_redis_url,

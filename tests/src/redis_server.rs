@@ -105,6 +105,7 @@ pub struct RedisServer {
     pub port: u16,
     args: Vec<String>,
     dir: tempfile::TempDir,
+    config_file: Option<std::path::PathBuf>,
     child: Option<std::process::Child>,
 }
 
@@ -117,6 +118,25 @@ impl RedisServer {
             port: free_port(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             dir,
+            config_file: None,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Like [`start`](Self::start), but first writes `config` to `redis.conf` in the server's
+    /// temporary directory and passes that file as the first argument (`redis-server <conf>
+    /// --sentinel …`): for servers that need a config file, which Sentinel rewrites.
+    pub fn start_with_config(config: &str, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_file = dir.path().join("redis.conf");
+        std::fs::write(&config_file, config).expect("write redis.conf");
+        let mut server = RedisServer {
+            port: free_port(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+            config_file: Some(config_file),
             child: None,
         };
         server.spawn();
@@ -126,7 +146,12 @@ impl RedisServer {
     fn spawn(&mut self) {
         let port = self.port.to_string();
         let dir = self.dir.path().to_string_lossy().into_owned();
-        let mut args = vec![
+        let config_file = self
+            .config_file
+            .as_ref()
+            .map(|f| f.to_string_lossy().into_owned());
+        let mut args: Vec<&str> = config_file.as_deref().into_iter().collect();
+        args.extend([
             "--port",
             &port,
             "--bind",
@@ -139,7 +164,7 @@ impl RedisServer {
             "no",
             "--logfile",
             "redis.log",
-        ];
+        ]);
         let has_aof = self.args.iter().any(|a| a == "--appendonly");
         if !has_aof {
             args.extend(["--appendonly", "no"]);
@@ -160,10 +185,22 @@ impl RedisServer {
     }
 
     /// Waits until the port answers `PING`, then checks that the server answering is this one
-    /// (its `dir` is this server's temporary directory), not another test's.
+    /// (its `dir` is this server's temporary directory, or its `config_file` is this server's
+    /// config file: Sentinel has no `CONFIG GET`), not another test's.
     fn wait_answering(&self) {
         for _ in 0..200 {
             if self.cli(&["ping"]).trim() == "PONG" {
+                if let Some(config_file) = &self.config_file {
+                    let info = self.cli(&["INFO", "server"]);
+                    let ours = config_file.to_string_lossy();
+                    assert!(
+                        info.lines()
+                            .any(|l| l.strip_prefix("config_file:").map(str::trim) == Some(&ours)),
+                        "port {} is answered by another redis-server (expected config {ours})",
+                        self.port
+                    );
+                    return;
+                }
                 let dir = self.cli(&["config", "get", "dir"]);
                 let ours = self.dir.path().to_string_lossy();
                 assert!(

@@ -483,7 +483,43 @@ async fn dropped_future_keeps_the_lock_until_the_lease_ends<S: LockStore + 'stat
     assert_eq!(svc.ledger.count(&r), 1);
 }
 
+/// The store's own API with owner tokens of any length (a hand-written caller's): a held lock
+/// reports its holder's fingerprint, or none — never a piece of the owner token (found by
+/// trying the product: owners of different lengths once read as a fingerprint `"ll"`).
+async fn held_reports_the_holders_fingerprint_for_any_owner<S: LockStore>(store: S) {
+    let fp = "f".repeat(64);
+    for (holder, holder_fp, other) in [
+        ("a", Some(fp.as_str()), "much-longer-owner"),
+        ("much-longer-owner", None, "a"),
+        ("a|b", None, "a"),
+        ("short", Some(fp.as_str()), "shorter"),
+    ] {
+        let key = KeyBuilder::new(&unique("op")).part("k").finish().unwrap();
+        let got = store
+            .acquire_lock(&key, holder, holder_fp, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            matches!(got, Acquired::Acquired { .. }),
+            "{holder}: {got:?}"
+        );
+        let seen = store
+            .acquire_lock(&key, other, None, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen,
+            Acquired::Held {
+                fingerprint: holder_fp.map(str::to_owned)
+            },
+            "{holder} holds, {other} asks"
+        );
+        assert!(store.release_lock(&key, holder).await.unwrap());
+    }
+}
+
 idempotent_tests::on_kv_backends!(
+    held_reports_the_holders_fingerprint_for_any_owner,
     concurrent_64_one_key_one_effect,
     fence_grows_with_every_acquisition,
     lease_is_renewed_while_the_body_runs,

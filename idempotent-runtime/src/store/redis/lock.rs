@@ -1,6 +1,7 @@
 //! `distributed_lock` on Redis: the [`LockStore`] impl and its scripts. Keys `idem:{H}:lock`
-//! (while held `p`, owner, fingerprint, `PX lease`; once completed `c`, fingerprint, `:`, the
-//! response, `PX ttl`) and `idem:{H}:fence` (the last fencing token); see the [module](super)
+//! (while held `p`, the owner's length, `:`, owner, fingerprint, `PX lease`; once completed `c`,
+//! the fingerprint's length, `:`, fingerprint, the response, `PX ttl`: lengths, not separators,
+//! so no owner or fingerprint can pass for another) and `idem:{H}:fence` (the last fencing token); see the [module](super)
 //! for the layout. A fresh call executes 5 commands inside Redis (acquire 3, complete 2), a
 //! replay 2, each call one script.
 
@@ -11,10 +12,10 @@ use super::{Lua, RedisStore, opt, rkey, text};
 use crate::store::{Acquired, LockStore, millis};
 use crate::{Error, StorageKey};
 
-/// KEYS: lock, fence. ARGV: 'p'..owner..fingerprint, lease ms, owner.
+/// KEYS: lock, fence. ARGV: 'p'..#owner..':'..owner..fingerprint, lease ms, owner.
 /// → {0, fence} acquired, fence = max(last token + 1, server clock in µs) (or already held by
-/// the owner: a resent acquisition, lease reset, same fence) | {1, 'c'..fp..':'..response}
-/// replay | {2, 'p'..holder..fp} held. A fresh acquisition executes 3 commands (SET NX, TIME,
+/// the owner: a resent acquisition, lease reset, same fence) | {1, 'c'..#fp..':'..fp..response}
+/// replay | {2, 'p'..#holder..':'..holder..fp} held. A fresh acquisition executes 3 commands (SET NX, TIME,
 /// SET … GET), a replay 2.
 static LOCK_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
@@ -35,7 +36,8 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 local v = redis.call('GET', KEYS[1]) or ''
 if string.sub(v, 1, 1) == 'c' then return {1, v} end
-if string.sub(v, 2, #ARGV[3] + 1) == ARGV[3] then
+local ours = 'p' .. #ARGV[3] .. ':' .. ARGV[3]
+if string.sub(v, 1, #ours) == ours then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {0, redis.call('GET', KEYS[2]) or '0'}
 end
@@ -49,7 +51,8 @@ static LOCK_RENEW: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1] + 1) == 'p' .. ARGV[1] then
+local ours = 'p' .. #ARGV[1] .. ':' .. ARGV[1]
+if v and string.sub(v, 1, #ours) == ours then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -58,13 +61,15 @@ return 0
 });
 
 /// KEYS: lock. ARGV: owner, response, ttl ms. → 1 completed (the lock's value replaced by
-/// 'c'..fingerprint..':'..response, `PX ttl`: 2 commands), 0 not the owner's.
+/// 'c'..#fingerprint..':'..fingerprint..response, `PX ttl`: 2 commands), 0 not the owner's.
 static LOCK_COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local v = redis.call('GET', KEYS[1])
-if not v or string.sub(v, 1, #ARGV[1] + 1) ~= 'p' .. ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], 'c' .. string.sub(v, #ARGV[1] + 2) .. ':' .. ARGV[2], 'PX', ARGV[3])
+local ours = 'p' .. #ARGV[1] .. ':' .. ARGV[1]
+if not v or string.sub(v, 1, #ours) ~= ours then return 0 end
+local fp = string.sub(v, #ours + 1)
+redis.call('SET', KEYS[1], 'c' .. #fp .. ':' .. fp .. ARGV[2], 'PX', ARGV[3])
 return 1
 ",
     )
@@ -75,7 +80,8 @@ static LOCK_RELEASE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1] + 1) == 'p' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local ours = 'p' .. #ARGV[1] .. ':' .. ARGV[1]
+if v and string.sub(v, 1, #ours) == ours then return redis.call('DEL', KEYS[1]) end
 return 0
 ",
     )
@@ -89,16 +95,17 @@ impl LockStore for RedisStore {
         fingerprint: Option<&str>,
         lease: Duration,
     ) -> Result<Acquired, Error> {
-        let value = format!("p{owner}{}", fingerprint.unwrap_or(""));
+        let value = format!("p{}:{owner}{}", owner.len(), fingerprint.unwrap_or(""));
         let lock_key = rkey(key, "lock");
-        let (code, v): (i64, Vec<u8>) = self
-            .eval(
+        let ((code, v), acknowledged): ((i64, Vec<u8>), _) = self
+            .eval_waiting(
                 LOCK_ACQUIRE
                     .key(&lock_key)
                     .key(rkey(key, "fence"))
                     .arg(value)
                     .arg(millis(lease).max(1))
                     .arg(owner),
+                &lock_key,
             )
             .await?;
         match code {
@@ -106,30 +113,25 @@ impl LockStore for RedisStore {
                 let fence = text(v)?.parse::<u64>().map_err(|_| {
                     Error::Serialization("the fencing counter is not a number".into())
                 })?;
-                if let Some(not_replicated) = self.acquisition_replicated(&lock_key).await? {
+                if let Some(not_replicated) = self.not_replicated(acknowledged)? {
                     let _ = self.release_lock(key, owner).await;
                     return Err(not_replicated);
                 }
                 Ok(Acquired::Acquired { fence })
             }
             1 => {
-                // 'c', the fingerprint (64 hex or nothing), ':', the response.
-                let colon = v.iter().position(|&b| b == b':').ok_or_else(|| {
-                    Error::Serialization("a stored lock response is malformed".into())
-                })?;
-                let fingerprint = opt(v.get(1..colon).unwrap_or_default().to_vec())?;
-                let response = v.get(colon + 1..).unwrap_or_default().to_vec();
+                // 'c', the fingerprint's length, ':', the fingerprint, the response.
+                let (fingerprint, response) = length_prefixed(&v)?;
                 Ok(Acquired::Replay {
-                    fingerprint,
-                    response,
+                    fingerprint: opt(fingerprint.to_vec())?,
+                    response: response.to_vec(),
                 })
             }
             _ => {
-                // 'p', the holder's owner token (as long as ours), its fingerprint.
-                let holder = text(v)?;
-                let fp = holder.get(1 + owner.len()..).unwrap_or("");
+                // 'p', the holder's length, ':', the holder, its fingerprint.
+                let (_, fingerprint) = length_prefixed(&v)?;
                 Ok(Acquired::Held {
-                    fingerprint: (!fp.is_empty()).then(|| fp.to_owned()),
+                    fingerprint: opt(fingerprint.to_vec())?,
                 })
             }
         }
@@ -158,19 +160,20 @@ impl LockStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let lock_key = rkey(key, "lock");
-        let completed = self
-            .eval_cas(
+        let (n, acknowledged): (i64, _) = self
+            .eval_waiting(
                 LOCK_COMPLETE
                     .key(&lock_key)
                     .arg(owner)
                     .arg(response)
                     .arg(millis(ttl).max(1)),
+                &lock_key,
             )
             .await?;
-        if completed {
-            self.completion_replicated(&lock_key).await;
+        if n == 1 {
+            self.completion_replicated(acknowledged);
         }
-        Ok(completed)
+        Ok(n == 1)
     }
 
     async fn release_lock(&self, key: &StorageKey, owner: &str) -> Result<bool, Error> {
@@ -183,4 +186,20 @@ impl LockStore for RedisStore {
             let _ = s.release_lock(&key, &owner).await;
         });
     }
+}
+
+/// A stored value `<letter><n>:<n bytes><rest>` as (the `n` bytes, the rest).
+fn length_prefixed(v: &[u8]) -> Result<(&[u8], &[u8]), Error> {
+    let malformed = || Error::Serialization("a stored lock value is malformed".into());
+    let body = v.get(1..).ok_or_else(malformed)?;
+    let colon = body.iter().position(|&b| b == b':').ok_or_else(malformed)?;
+    let n: usize = std::str::from_utf8(&body[..colon])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(malformed)?;
+    let rest = &body[colon + 1..];
+    if rest.len() < n {
+        return Err(malformed());
+    }
+    Ok(rest.split_at(n))
 }

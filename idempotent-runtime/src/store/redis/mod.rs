@@ -15,7 +15,7 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `idem:{H}:lock` | string, `PX lease` then `PX ttl` | held: `p`, owner (32 hex), fingerprint (64 hex or nothing); completed: `c`, fingerprint, `:`, the stored (JSON) response |
+//! | `idem:{H}:lock` | string, `PX lease` then `PX ttl` | held: `p`, the owner's length, `:`, owner, fingerprint (64 hex or nothing); completed: `c`, the fingerprint's length, `:`, fingerprint, the stored (JSON) response |
 //! | `idem:{H}:fence` | integer, no expiry | the last fencing token: each acquisition sets it to max(itself + 1, server clock in µs) |
 //! | `idem:{H}:tok` | string | issued `i\|<TTL end>`, `PX ttl`; consumed `p\|<TTL end>\|<lease end>\|<owner>\|<binding>\|<fingerprint>`, `PX` the later of both; completed `c\|<binding>\|<fingerprint>\|<response>`, `PX ttl` (ends in server ms) |
 //! | `idem:{H}:rec` | hash, `PX lease/ttl` | `dedup_table` record: `o` owner, `f` fingerprint, `s` (`p`/`c`), `r` response |
@@ -75,6 +75,15 @@ impl Lua {
         Lua {
             code,
             sha: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+
+    /// A call of this script without keys (on a Cluster, redis-rs sends it to any node).
+    fn keyless(&self) -> Call<'_> {
+        Call {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -158,7 +167,7 @@ static CHECK: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
 local t = redis.call('TIME')
-return redis.call('INFO', 'server') .. redis.call('INFO', 'memory')
+return redis.call('INFO', 'server') .. redis.call('INFO', 'memory') .. redis.call('INFO', 'replication')
 ",
     )
 });
@@ -203,7 +212,9 @@ impl RedisOptions {
     /// `replicas` replicas within `timeout` is released again and the call fails with
     /// [`Error::NotReplicated`] before the body runs; a completion that is not acknowledged
     /// is logged (`tracing` warning) and the call still returns its result (the effect has
-    /// happened). `replicas = 0` turns it off (the default).
+    /// happened). `replicas = 0` turns it off (the default). `timeout` must be below the
+    /// store's 5 s response time-out (connecting fails with [`Error::Unsupported`] otherwise);
+    /// connecting logs a warning when the primary has fewer replicas attached than `replicas`.
     ///
     /// What it buys: a replica promoted after the call returned holds the acquisition, so a
     /// failover cannot hand the same key to a second caller while the first still runs.
@@ -271,9 +282,12 @@ impl RedisOptions {
     /// `redis-sentinel` (redis-rs `sentinel`).
     ///
     /// The store keeps one multiplexed connection to the primary. After an I/O error, a
-    /// time-out or a `READONLY` reply (the node was demoted by a failover) it drops that
+    /// time-out, a `READONLY` reply (the node was demoted by a failover) or `NOREPLICAS` (a
+    /// primary cut off from its replicas under `min-replicas-to-write`) it drops that
     /// connection and asks the sentinels again on the next call; the failing call itself
-    /// returns [`Error::Backend`] and may be retried. Errors: as [`connect`](Self::connect),
+    /// returns [`Error::Backend`] and may be retried. Each new primary's eviction policy is
+    /// checked as the first one's (refused: calls fail with [`Error::Backend`] naming the
+    /// policy until the sentinels name another primary). Errors: as [`connect`](Self::connect),
     /// and [`Error::Backend`] when no sentinel answers or none knows `service_name`.
     #[cfg(feature = "redis-sentinel")]
     pub async fn connect_sentinel<U: AsRef<str>>(
@@ -281,14 +295,9 @@ impl RedisOptions {
         sentinels: &[U],
         service_name: &str,
     ) -> Result<RedisStore, Error> {
-        let conn = sentinel::SentinelConn::new(sentinels, service_name)?;
-        let primary = format!("the primary of {service_name:?}");
-        self.checked(
-            Conn::Sentinel(Arc::new(conn)),
-            "redis-sentinel",
-            Some(primary),
-        )
-        .await
+        let conn = sentinel::SentinelConn::new(sentinels, service_name, self.allow_eviction)?;
+        self.checked(Conn::Sentinel(Arc::new(conn)), "redis-sentinel", None)
+            .await
     }
 
     /// The store on `conn` after [`RedisStore::check_support`]; `address` names the server
@@ -299,6 +308,13 @@ impl RedisOptions {
         name: &'static str,
         address: Option<String>,
     ) -> Result<RedisStore, Error> {
+        if let Some((_, timeout)) = self.replicas
+            && timeout >= RESPONSE_TIMEOUT
+        {
+            return Err(Error::Unsupported(format!(
+                "wait_for_replicas timeout {timeout:?} is not below the store's {RESPONSE_TIMEOUT:?} response time-out: the WAIT reply would never arrive in time; use a timeout of milliseconds"
+            )));
+        }
         let store = RedisStore {
             conn,
             name,
@@ -347,42 +363,51 @@ impl RedisStore {
         self.name
     }
 
+    /// Checks every primary: it runs the scripts (the check is a script), is at least
+    /// [`MIN_REDIS_VERSION`], and (unless `allow_eviction`) has `maxmemory-policy noeviction`.
+    /// `address` names a standalone or Sentinel primary in errors.
     async fn check_support(
         &self,
         allow_eviction: bool,
         address: Option<String>,
     ) -> Result<(), Error> {
-        let info: String =
-            self.eval(&mut CHECK.key("idem:{check}"))
-                .await
-                .map_err(|e| match e {
-                    Error::Backend(source) => Error::Backend(
-                        format!("Redis cannot run the idempotency Lua scripts: {source}").into(),
-                    ),
-                    other => other,
-                })?;
-        let version = info_field(&info, "redis_version").unwrap_or("0");
-        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if found < MIN_REDIS_VERSION {
-            return Err(Error::Backend(
-                format!(
-                    "Redis {version} is too old: the idempotency scripts need Redis {}.{} or newer",
-                    MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1
-                )
-                .into(),
-            ));
-        }
-        if allow_eviction {
-            return Ok(());
-        }
-        let address = address.unwrap_or_else(|| {
-            let port = info_field(&info, "tcp_port").unwrap_or("?");
-            format!("the server on port {port}")
-        });
-        for (node, info) in self.memory_info_of_primaries(address, info).await? {
+        for (node, info) in self.check_every_primary(address).await? {
+            let info = info?;
+            let version = info_field(&info, "redis_version").unwrap_or("0");
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            if found < MIN_REDIS_VERSION {
+                return Err(Error::Backend(
+                    format!(
+                        "Redis {version} at {node} is too old: the idempotency scripts need Redis {}.{} or newer",
+                        MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1
+                    )
+                    .into(),
+                ));
+            }
+            if info_field(&info, "role") == Some("slave") {
+                return Err(Error::Backend(
+                    format!(
+                        "Redis at {node} is a replica (role:slave): the idempotency records must be written on the primary; connect to the primary, or use connect_sentinel to follow it"
+                    )
+                    .into(),
+                ));
+            }
+            if let Some((required, _)) = self.replicas {
+                let connected = info_field(&info, "connected_slaves")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(0);
+                if connected < required {
+                    tracing::warn!(
+                        node = %node,
+                        connected,
+                        required,
+                        "wait_for_replicas asks for more replicas than the primary has now: every acquisition fails with NotReplicated until enough replicas are attached"
+                    );
+                }
+            }
             let policy = info_field(&info, "maxmemory_policy").unwrap_or("");
-            if policy != "noeviction" {
+            if !allow_eviction && policy != "noeviction" {
                 return Err(Error::EvictionPolicy {
                     node,
                     policy: policy.to_owned(),
@@ -392,38 +417,71 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `INFO memory` of every primary, as (node, text); outside a Cluster the only primary is
-    /// `address`, and `checked` the `INFO` the support check already read from it.
-    async fn memory_info_of_primaries(
+    /// The check script's reply (`INFO server` and `INFO memory`) from every primary, as
+    /// (node, reply). On a Cluster it goes to every primary that redis-rs has a connection to
+    /// (a primary down at that moment is not checked, and does not stop the others);
+    /// elsewhere to the one primary, named `address` (or by its port).
+    async fn check_every_primary(
         &self,
-        address: String,
-        checked: String,
-    ) -> Result<Vec<(String, String)>, Error> {
-        match &self.conn {
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => {
-                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
-                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                let reply = c
-                    .route_command(redis::cmd("INFO").arg("memory").take(), routing)
-                    .await
-                    .map_err(Error::backend)?;
-                let Value::Map(nodes) = reply else {
-                    return Err(Error::Backend(
-                        format!("unexpected reply to INFO sent to every primary: {reply:?}").into(),
-                    ));
-                };
-                nodes
-                    .into_iter()
-                    .map(|(node, info)| {
-                        let node = String::from_redis_value(node).map_err(Error::backend)?;
-                        let info = String::from_redis_value(info).map_err(Error::backend)?;
-                        Ok((node, info))
-                    })
-                    .collect()
-            }
-            _ => Ok(vec![(address, checked)]),
+        address: Option<String>,
+    ) -> Result<Vec<(String, Result<String, Error>)>, Error> {
+        #[cfg(feature = "redis-cluster")]
+        if let Conn::Cluster(c) = &self.conn {
+            use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+            let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+            let reply = c
+                .route_command(CHECK.keyless().cmd(true), routing)
+                .await
+                .map_err(Error::backend)?;
+            let Value::Map(nodes) = reply else {
+                return Err(Error::Backend(
+                    format!("unexpected reply to the check sent to every primary: {reply:?}")
+                        .into(),
+                ));
+            };
+            return nodes
+                .into_iter()
+                .map(|(node, reply)| {
+                    let node = String::from_redis_value(node).map_err(Error::backend)?;
+                    let info = match reply {
+                        Value::ServerError(e) => Err(cannot_run(&node, &RedisError::from(e))),
+                        v => String::from_redis_value(v).map_err(Error::backend),
+                    };
+                    Ok((node, info))
+                })
+                .collect();
         }
+        let info = self
+            .eval::<String>(&mut CHECK.keyless())
+            .await
+            .map_err(|e| match e {
+                Error::Backend(source) => source,
+                other => Box::new(other),
+            });
+        let address = match (address, &self.conn) {
+            (Some(address), _) => address,
+            #[cfg(feature = "redis-sentinel")]
+            (None, Conn::Sentinel(s)) => s.address(),
+            _ => {
+                let port = info
+                    .as_deref()
+                    .ok()
+                    .and_then(|i| info_field(i, "tcp_port"))
+                    .unwrap_or("?");
+                format!("the server on port {port}")
+            }
+        };
+        let info = info.map_err(|source| {
+            // A server error is the server refusing the script; anything else (unreachable,
+            // timed out, a sentinel that knows no such service) says so itself.
+            match source.downcast_ref::<RedisError>() {
+                Some(e) if matches!(e.kind(), ErrorKind::Server(_)) => cannot_run(&address, e),
+                _ => Error::Backend(
+                    format!("Redis at {address} failed the connection check: {source}").into(),
+                ),
+            }
+        });
+        Ok(vec![(address, info)])
     }
 
     /// Runs `cmd` (on a Cluster: on the node that owns its key, as redis-rs routes it).
@@ -431,11 +489,26 @@ impl RedisStore {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => c.query(cmd).await,
+            // Boxed, like the Sentinel path: replacing a wedged connection is a deep future.
+            Conn::Cluster(c) => erased(c.query(cmd)).await,
             #[cfg(feature = "redis-sentinel")]
             // Boxed: redis-rs's sentinel look-up is a deep future, and every store call
             // would carry its layout (and users' async fns would hit the recursion limit).
-            Conn::Sentinel(s) => Box::pin(s.query(cmd)).await,
+            Conn::Sentinel(s) => erased(s.query(cmd)).await,
+        }
+    }
+
+    /// Runs `pipe` on a standalone or Sentinel primary's connection (never on a Cluster).
+    async fn query_pipe(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, RedisError> {
+        match &self.conn {
+            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(_) => Err(RedisError::from((
+                ErrorKind::Client,
+                "pipelines are not sent to a Cluster",
+            ))),
+            #[cfg(feature = "redis-sentinel")]
+            Conn::Sentinel(s) => erased(s.query_pipe(pipe)).await,
         }
     }
 
@@ -458,48 +531,65 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    /// With [`RedisOptions::wait_for_replicas`], sends `WAIT` to the primary of `key` and
-    /// returns `Err(acknowledged)` when fewer replicas than required acknowledged the writes
-    /// so far; `Ok(())` without the option.
-    async fn replicated(&self, key: &str) -> Result<Result<(), u32>, Error> {
+    /// Runs a script that may write (`EVALSHA`, `EVAL` on `NOSCRIPT`, as [`eval`](Self::eval))
+    /// and, with [`RedisOptions::wait_for_replicas`], `WAIT` right after it on the same
+    /// connection: on a standalone or Sentinel primary both go in one pipeline, so `WAIT`
+    /// counts this very write even if the shared connection is replaced right after (a `WAIT`
+    /// on a fresh connection, which wrote nothing, would return at once); on a Cluster, `WAIT`
+    /// is routed to the primary of `key` (by default redis-rs would send it to every primary).
+    /// Returns the script's reply and what `WAIT` said.
+    async fn eval_waiting<T: FromRedisValue>(
+        &self,
+        call: &mut Call<'_>,
+        key: &str,
+    ) -> Result<(T, Acknowledged), Error> {
         let Some((required, timeout)) = self.replicas else {
-            return Ok(Ok(()));
+            return Ok((self.eval(call).await?, Ok(Ok(()))));
         };
-        let cmd = redis::cmd("WAIT")
+        let wait = redis::cmd("WAIT")
             .arg(required)
             .arg(super::millis(timeout).max(1))
             .take();
-        let acknowledged: i64 = match &self.conn {
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                // WAIT would go to every primary by default; this write lives on one.
-                let route = Route::with_key(key, SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let v = c
-                    .route_command(cmd, routing)
-                    .await
-                    .map_err(Error::backend)?;
-                i64::from_redis_value(v).map_err(Error::backend)?
+        #[cfg(feature = "redis-cluster")]
+        if let Conn::Cluster(c) = &self.conn {
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let reply = self.eval(call).await?;
+            let route = Route::with_key(key, SlotAddr::Master);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            let acked = erased(c.route_command(wait, routing))
+                .await
+                .map_err(Error::backend);
+            return Ok((reply, acked.and_then(|v| enough(v, required))));
+        }
+        let _ = key;
+        for source in [false, true] {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors()
+                .add_command(call.cmd(source))
+                .add_command(wait.clone());
+            let values = self.query_pipe(&pipe).await.map_err(Error::backend)?;
+            let [script, acked]: [Value; 2] = values.try_into().map_err(|_| {
+                Error::Serialization("unexpected reply to a script and WAIT".into())
+            })?;
+            if let Value::ServerError(e) = &script {
+                if !source && e.kind() == Some(ServerErrorKind::NoScript) {
+                    continue;
+                }
+                return Err(Error::backend(RedisError::from(e.clone())));
             }
-            _ => {
-                let v = self.query(&cmd).await.map_err(Error::backend)?;
-                i64::from_redis_value(v).map_err(Error::backend)?
-            }
-        };
-        let acknowledged = u32::try_from(acknowledged).unwrap_or(0);
-        Ok(if acknowledged >= required {
-            Ok(())
-        } else {
-            Err(acknowledged)
-        })
+            let reply = T::from_redis_value(script).map_err(Error::backend)?;
+            return Ok((reply, enough(acked, required)));
+        }
+        Err(Error::Backend(
+            "Redis answered NOSCRIPT to EVAL, which carries the script".into(),
+        ))
     }
 
-    /// [`replicated`](Self::replicated) for an acquisition: `Ok(None)` when acknowledged (or
-    /// not required), `Ok(Some(error))` with the [`Error::NotReplicated`] to return after
-    /// undoing the acquisition.
-    async fn acquisition_replicated(&self, key: &str) -> Result<Option<Error>, Error> {
-        Ok(match self.replicated(key).await? {
+    /// For an acquisition: `Ok(None)` when acknowledged (or not required), `Ok(Some(error))`
+    /// with the [`Error::NotReplicated`] to return after undoing the acquisition, `Err` when
+    /// `WAIT` itself failed.
+    fn not_replicated(&self, acknowledged: Acknowledged) -> Result<Option<Error>, Error> {
+        Ok(match acknowledged? {
             Ok(()) => None,
             Err(acknowledged) => {
                 let (required, timeout) = self.replicas.unwrap_or_default();
@@ -512,10 +602,10 @@ impl RedisStore {
         })
     }
 
-    /// [`replicated`](Self::replicated) for a completion, whose effect has happened: a
-    /// shortfall or a failing `WAIT` is logged, never returned.
-    async fn completion_replicated(&self, key: &str) {
-        match self.replicated(key).await {
+    /// For a completion, whose effect has happened: a shortfall or a failing `WAIT` is logged,
+    /// never returned.
+    fn completion_replicated(&self, acknowledged: Acknowledged) {
+        match acknowledged {
             Ok(Ok(())) => {}
             Ok(Err(acknowledged)) => tracing::warn!(
                 acknowledged,
@@ -538,6 +628,40 @@ impl RedisStore {
             handle.spawn(f(self.clone()));
         }
     }
+}
+
+/// The server at `node` refused the check script with `e`.
+fn cannot_run(node: &str, e: &RedisError) -> Error {
+    Error::Backend(format!("Redis at {node} cannot run the idempotency Lua scripts: {e}").into())
+}
+
+/// `fut` boxed as a `dyn Future + Send`: the Cluster and Sentinel paths reconnect inside
+/// (redis-rs connection set-up is a deep future), and erasing the type here keeps its layout
+/// and its `Send` proof out of every caller's future (the store's callers would otherwise hit
+/// the compiler's recursion limit in `tokio::spawn`).
+#[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+fn erased<'a, T>(
+    fut: impl Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(fut)
+}
+
+/// What `WAIT` said after a write: `Ok(Ok(()))` enough replicas acknowledged it (or none were
+/// asked for), `Ok(Err(n))` only `n`, `Err` `WAIT` itself failed.
+type Acknowledged = Result<Result<(), u32>, Error>;
+
+/// `WAIT`'s reply against the number of replicas required.
+fn enough(reply: Value, required: u32) -> Acknowledged {
+    if let Value::ServerError(e) = reply {
+        return Err(Error::backend(RedisError::from(e)));
+    }
+    let acknowledged = i64::from_redis_value(reply).map_err(Error::backend)?;
+    let acknowledged = u32::try_from(acknowledged).unwrap_or(0);
+    Ok(if acknowledged >= required {
+        Ok(())
+    } else {
+        Err(acknowledged)
+    })
 }
 
 /// The value of `field` in an `INFO` reply (`field:value` lines).

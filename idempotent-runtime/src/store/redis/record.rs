@@ -85,17 +85,18 @@ impl ClaimStore for RedisStore {
 
     async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
         let rec_key = rkey(claim.key, "rec");
-        let mut reply: Vec<Vec<u8>> = self
-            .eval(
+        let (mut reply, acknowledged): (Vec<Vec<u8>>, _) = self
+            .eval_waiting(
                 REC_CLAIM
                     .key(&rec_key)
                     .arg(claim.owner)
                     .arg(claim.fingerprint.unwrap_or(""))
                     .arg(millis(claim.lease).max(1)),
+                &rec_key,
             )
             .await?;
         if reply.first().map(Vec::as_slice) == Some(b"1") {
-            if let Some(not_replicated) = self.acquisition_replicated(&rec_key).await? {
+            if let Some(not_replicated) = self.not_replicated(acknowledged)? {
                 let _ = self.release_claim(claim.key, claim.owner).await;
                 return Err(not_replicated);
             }
@@ -141,19 +142,20 @@ impl ClaimStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let rec_key = rkey(key, "rec");
-        let completed = self
-            .eval_cas(
+        let (n, acknowledged): (i64, _) = self
+            .eval_waiting(
                 REC_COMPLETE
                     .key(&rec_key)
                     .arg(owner)
                     .arg(response)
                     .arg(millis(ttl).max(1)),
+                &rec_key,
             )
             .await?;
-        if completed {
-            self.completion_replicated(&rec_key).await;
+        if n == 1 {
+            self.completion_replicated(acknowledged);
         }
-        Ok(completed)
+        Ok(n == 1)
     }
 
     async fn renew_claim(

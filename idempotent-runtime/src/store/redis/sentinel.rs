@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{AsyncConnectionConfig, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, ServerErrorKind, Value};
 
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 use crate::Error;
@@ -21,12 +21,18 @@ pub(crate) struct SentinelConn {
     client: tokio::sync::Mutex<SentinelClient>,
     /// The connection to the current primary, with a number that tells connections apart.
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The current primary's `host:port`, for error messages.
+    address: Mutex<String>,
+    /// [`RedisOptions::allow_eviction`](super::RedisOptions::allow_eviction): without it, a
+    /// new primary whose `maxmemory-policy` can evict keys is refused.
+    allow_eviction: bool,
 }
 
 impl SentinelConn {
     pub(crate) fn new<U: AsRef<str>>(
         sentinels: &[U],
         service_name: &str,
+        allow_eviction: bool,
     ) -> Result<SentinelConn, Error> {
         let urls: Vec<&str> = sentinels.iter().map(AsRef::as_ref).collect();
         let client = SentinelClient::build(
@@ -39,7 +45,17 @@ impl SentinelConn {
         Ok(SentinelConn {
             client: tokio::sync::Mutex::new(client),
             current: Mutex::new(None),
+            address: Mutex::new(format!("the primary of {service_name:?}")),
+            allow_eviction,
         })
+    }
+
+    /// The `host:port` of the primary last connected to.
+    pub(crate) fn address(&self) -> String {
+        self.address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
@@ -61,17 +77,45 @@ impl SentinelConn {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            client.get_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| {
-            RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the sentinels did not name a reachable primary in time",
-            ))
-        })??;
+        let connect = async {
+            let primary = client.async_get_client().await?;
+            let address = primary.get_connection_info().addr().to_string();
+            let mut conn = primary
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            // A primary the sentinels fail over to is checked like the first one.
+            if !self.allow_eviction {
+                let info: String = redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(&mut conn)
+                    .await?;
+                let policy = super::info_field(&info, "maxmemory_policy").unwrap_or("");
+                if policy != "noeviction" {
+                    let refused = Error::EvictionPolicy {
+                        node: address.clone(),
+                        policy: policy.to_owned(),
+                    };
+                    return Err(RedisError::from((
+                        ErrorKind::Client,
+                        "refused the new primary",
+                        refused.to_string(),
+                    )));
+                }
+            }
+            Ok::<_, RedisError>((address, conn))
+        };
+        let (address, conn) = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect)
+            .await
+            .map_err(|_| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the sentinels did not name a reachable primary in time",
+                ))
+            })??;
+        *self
+            .address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = address;
         let mut current = self
             .current
             .lock()
@@ -86,6 +130,26 @@ impl SentinelConn {
     pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
         let (generation, mut conn) = self.connection().await?;
         let result = cmd.query_async(&mut conn).await;
+        self.after(generation, result)
+    }
+
+    /// [`query`](Self::query) for a pipeline (its errors per command are in the reply when it
+    /// ignores errors: a `READONLY` there drops the connection too).
+    pub(crate) async fn query_pipe(&self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+        let (generation, mut conn) = self.connection().await?;
+        let result: Result<Vec<Value>, RedisError> = pipe.query_async(&mut conn).await;
+        if let Ok(values) = &result
+            && let Some(Value::ServerError(e)) =
+                values.iter().find(|v| matches!(v, Value::ServerError(_)))
+        {
+            let error = RedisError::from(e.clone());
+            let _ = self.after::<()>(generation, Err(error));
+        }
+        self.after(generation, result)
+    }
+
+    /// Drops connection `generation` when `result` says the primary is gone.
+    fn after<T>(&self, generation: u64, result: Result<T, RedisError>) -> Result<T, RedisError> {
         if let Err(e) = &result
             && primary_lost(e)
         {
@@ -111,6 +175,9 @@ fn primary_lost(e: &RedisError) -> bool {
             e.kind(),
             ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
         )
-        // A write inside a script on a demoted primary fails with READONLY too.
+        // A write inside a script on a demoted primary fails with READONLY too; NOREPLICAS is
+        // a primary cut off from its replicas under `min-replicas-to-write` (a zombie primary
+        // a failover left behind): ask the sentinels again.
         || e.to_string().contains("READONLY")
+        || e.to_string().contains("NOREPLICAS")
 }

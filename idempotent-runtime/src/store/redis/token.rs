@@ -109,10 +109,10 @@ return 1
 impl TokenStore for RedisStore {
     async fn issue_token(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
         let tok_key = rkey(token_key, "tok");
-        let _: i64 = self
-            .eval(TOKEN_ISSUE.key(&tok_key).arg(millis(ttl).max(1)))
+        let (_, acknowledged): (i64, _) = self
+            .eval_waiting(TOKEN_ISSUE.key(&tok_key).arg(millis(ttl).max(1)), &tok_key)
             .await?;
-        match self.acquisition_replicated(&tok_key).await? {
+        match self.not_replicated(acknowledged)? {
             Some(not_replicated) => Err(not_replicated),
             None => Ok(()),
         }
@@ -126,19 +126,31 @@ impl TokenStore for RedisStore {
         fingerprint: Option<&str>,
         lease: Duration,
     ) -> Result<Consumed, Error> {
+        // The stored value separates its fields with '|' (the strategy's owners, bindings and
+        // fingerprints are hex); a hand-written caller's field with one would read back wrong.
+        if [owner, binding, fingerprint.unwrap_or("")]
+            .iter()
+            .any(|f| f.contains('|'))
+        {
+            return Err(Error::Unsupported(
+                "the Redis token store's owner, binding and fingerprint must not contain '|'"
+                    .into(),
+            ));
+        }
         let tok_key = rkey(token_key, "tok");
-        let (code, v): (i64, Vec<u8>) = self
-            .eval(
+        let ((code, v), acknowledged): ((i64, Vec<u8>), _) = self
+            .eval_waiting(
                 TOKEN_CONSUME
                     .key(&tok_key)
                     .arg(owner)
                     .arg(millis(lease).max(1))
                     .arg(binding)
                     .arg(fingerprint.unwrap_or("")),
+                &tok_key,
             )
             .await?;
         if code == 1
-            && let Some(not_replicated) = self.acquisition_replicated(&tok_key).await?
+            && let Some(not_replicated) = self.not_replicated(acknowledged)?
         {
             let _ = self.restore_token(token_key, owner).await;
             return Err(not_replicated);
@@ -176,19 +188,20 @@ impl TokenStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let tok_key = rkey(token_key, "tok");
-        let completed = self
-            .eval_cas(
+        let (n, acknowledged): (i64, _) = self
+            .eval_waiting(
                 TOKEN_COMPLETE
                     .key(&tok_key)
                     .arg(owner)
                     .arg(response)
                     .arg(millis(ttl).max(1)),
+                &tok_key,
             )
             .await?;
-        if completed {
-            self.completion_replicated(&tok_key).await;
+        if n == 1 {
+            self.completion_replicated(acknowledged);
         }
-        Ok(completed)
+        Ok(n == 1)
     }
 
     async fn renew_token(

@@ -164,6 +164,24 @@ pub trait SqlBackend: Database {
         key: &StorageKey,
         owner: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// [`try_claim`](Self::try_claim), and when a record exists, that record (see
+    /// [`ClaimStore::claim_or_read`]). The default runs the two statements; PostgreSQL runs one
+    /// (`WITH ins AS (INSERT … ON CONFLICT DO NOTHING RETURNING 1) SELECT …`, whose read sees
+    /// the record as it was when the statement started: a record a concurrent transaction
+    /// committed meanwhile reads as none, and the caller looks again).
+    fn claim_or_read(
+        conn: &mut Self::Connection,
+        claim: &Claim<'_>,
+    ) -> impl Future<Output = Result<ClaimOrRecord, Error>> + Send {
+        async move {
+            if Self::try_claim(&mut *conn, claim).await? {
+                return Ok(ClaimOrRecord::Claimed);
+            }
+            Ok(ClaimOrRecord::Existing(
+                Self::read_record(conn, claim.key).await?,
+            ))
+        }
+    }
     /// Creates the idempotency-record table and its index if missing (the migration shipped in
     /// `migrations/<backend>.sql`). Safe to call concurrently and repeatedly.
     fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), Error>> + Send;
@@ -208,7 +226,7 @@ fn statements(sql: &'static str) -> impl Iterator<Item = &'static str> {
 /// `shared_clock` whether its "now" is one clock for every client ([`SqlBackend::SHARED_CLOCK`]). Each backend's file
 /// invokes it once.
 macro_rules! sql_backend {
-    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, shared_clock = $shared:literal, sql = $sql:expr, migrate = $migrate:expr $(,)?) => {
+    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, shared_clock = $shared:literal, sql = $sql:expr, migrate = $migrate:expr $(, claim_or_read = $claim_or_read:expr)? $(,)?) => {
         impl $crate::store::sql::SqlBackend for $db {
             type ClaimPool = sqlx::Pool<$db>;
             fn claim_pool(pool: &sqlx::Pool<$db>) -> &sqlx::Pool<$db> {
@@ -343,6 +361,15 @@ macro_rules! sql_backend {
             async fn migrate(pool: &sqlx::Pool<$db>) -> Result<(), $crate::Error> {
                 ($migrate)(pool).await
             }
+
+            $(
+                async fn claim_or_read(
+                    conn: &mut $conn,
+                    c: &$crate::store::Claim<'_>,
+                ) -> Result<$crate::store::ClaimOrRecord, $crate::Error> {
+                    ($claim_or_read)(conn, c).await
+                }
+            )?
         }
     };
 }
@@ -659,15 +686,11 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         DB::try_claim(&mut conn, claim).await
     }
 
-    /// Both statements on one pooled connection (one checkout).
+    /// [`SqlBackend::claim_or_read`] on one pooled connection (one checkout; one statement on
+    /// PostgreSQL).
     async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
         let mut conn = self.acquire().await?;
-        if DB::try_claim(&mut conn, claim).await? {
-            return Ok(ClaimOrRecord::Claimed);
-        }
-        Ok(ClaimOrRecord::Existing(
-            DB::read_record(&mut conn, claim.key).await?,
-        ))
+        DB::claim_or_read(&mut conn, claim).await
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {

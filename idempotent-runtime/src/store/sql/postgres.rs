@@ -28,7 +28,58 @@ sql_backend!(
     shared_clock = true,
     sql = SQL,
     migrate = migrate,
+    claim_or_read = claim_or_read,
 );
+
+/// The claim and, when a record exists, its read, in one statement: the `SELECT` sees the
+/// snapshot the statement started with, so it shows the record that made the `INSERT` do
+/// nothing, or none when that record was committed by a concurrent transaction meanwhile (the
+/// caller then looks again). `claimed` is 1 when this statement inserted the claim.
+const CLAIM_OR_READ: &str = concat!(
+    "WITH ins AS (INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) VALUES ($1, $2, $3, 'in_progress', $4, NULL, ",
+    "(extract(epoch from clock_timestamp()) * 1000)::bigint + $5, (extract(epoch from clock_timestamp()) * 1000)::bigint)",
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1) ",
+    "SELECT (SELECT count(*) FROM ins) AS claimed, r.owner, r.fingerprint, r.status, r.response, r.expires_at_ms, ",
+    "(extract(epoch from clock_timestamp()) * 1000)::bigint AS now_ms ",
+    "FROM (SELECT 1) AS one LEFT JOIN idempotency_records AS r ON r.idempotency_key = $1"
+);
+
+/// A row of [`CLAIM_OR_READ`]: claimed, then the record's columns (all `NULL` when none).
+type ClaimOrReadRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    i64,
+);
+
+async fn claim_or_read(
+    conn: &mut sqlx::PgConnection,
+    c: &crate::store::Claim<'_>,
+) -> Result<crate::store::ClaimOrRecord, Error> {
+    use crate::store::ClaimOrRecord;
+    let (claimed, owner, fingerprint, status, response, expires_at_ms, now_ms): ClaimOrReadRow =
+        sqlx::query_as(CLAIM_OR_READ)
+            .bind(c.key.hex())
+            .bind(c.key.operation())
+            .bind(c.fingerprint)
+            .bind(c.owner)
+            .bind(crate::store::millis(c.lease))
+            .fetch_one(&mut *conn)
+            .await?;
+    if claimed == 1 {
+        return Ok(ClaimOrRecord::Claimed);
+    }
+    let row = match (owner, status, expires_at_ms) {
+        (Some(owner), Some(status), Some(expires_at_ms)) => {
+            Some((owner, fingerprint, status, response, expires_at_ms, now_ms))
+        }
+        _ => None,
+    };
+    Ok(ClaimOrRecord::Existing(super::record_from_row(row)?))
+}
 
 tx_store!(database = Postgres, connection = sqlx::PgConnection);
 

@@ -563,11 +563,15 @@ mod transactional {
         conn: &mut DB::Connection,
         claim: &Claim<'_>,
     ) -> Result<InTx<T>, Error> {
-        if DB::try_claim(conn, claim).await? {
-            return Ok(InTx::Claimed);
-        }
-        let Some(rec) = DB::read_record(conn, claim.key).await? else {
-            return Ok(InTx::Retry);
+        let rec = match DB::claim_or_read(conn, claim).await? {
+            ClaimOrRecord::Claimed => return Ok(InTx::Claimed),
+            ClaimOrRecord::Existing(Some(rec)) => rec,
+            // PostgreSQL's one-statement read sees the snapshot its statement started with: a
+            // record committed by the transaction the claim waited for needs a fresh look.
+            ClaimOrRecord::Existing(None) => match DB::read_record(conn, claim.key).await? {
+                Some(rec) => rec,
+                None => return Ok(InTx::Retry),
+            },
         };
         // Judged by the clock even without a shared one: this transaction holds the write lock
         // (SQLite's `BEGIN IMMEDIATE`), and a transactional claim is never seen in progress; an
