@@ -1287,7 +1287,7 @@ const METHOD: &str = r#"
 - Each path has an annotated function (`benches/src/annotated.rs`, distinct operation names
   `bench.*`) and a hand-written one (`benches/src/hand/`) running the same protocol on the same
   store handle: the same `MemoryStore`-like steps on a 64-shard `Mutex<HashMap>`; the runtime's
-  own Lua scripts (copied verbatim) on a clone of the `ConnectionManager` the `RedisStore` wraps;
+  own Lua scripts (their sources, from `idempotent_runtime::store::redis::scripts`) on a clone of the `ConnectionManager` the `RedisStore` wraps;
   the runtime's own SQL statements on the same sqlx pool. Both encode the response with
   `serde_json`. The hand-written side deliberately skips what the framework adds: it keys records
   by the plain text `op:tenant:id` (no SHA-256), uses the amount as fingerprint (no canonical

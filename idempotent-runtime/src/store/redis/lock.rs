@@ -17,9 +17,8 @@ use crate::{Error, StorageKey};
 /// the owner: a resent acquisition, lease reset, same fence) | {1, 'c'..#fp..':'..fp..response}
 /// replay | {2, 'p'..#holder..':'..holder..fp} held. A fresh acquisition executes 3 commands (SET NX, TIME,
 /// SET … GET), a replay 2.
-static LOCK_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const LOCK_ACQUIRE_LUA: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   -- The token: one above the last and at least the server's clock in microseconds. The clock
   -- keeps it above every token handed out before even where the counter is missing (Redis
@@ -42,50 +41,43 @@ if string.sub(v, 1, #ours) == ours then
   return {0, redis.call('GET', KEYS[2]) or '0'}
 end
 return {2, v}
-",
-    )
-});
+";
+static LOCK_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| Lua::new(LOCK_ACQUIRE_LUA));
 
 /// KEYS: lock. ARGV: owner, lease ms. → 1 renewed, 0 not the owner's.
-static LOCK_RENEW: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const LOCK_RENEW_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 local ours = 'p' .. #ARGV[1] .. ':' .. ARGV[1]
 if v and string.sub(v, 1, #ours) == ours then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
-",
-    )
-});
+";
+static LOCK_RENEW: LazyLock<Lua> = LazyLock::new(|| Lua::new(LOCK_RENEW_LUA));
 
 /// KEYS: lock. ARGV: owner, response, ttl ms. → 1 completed (the lock's value replaced by
 /// 'c'..#fingerprint..':'..fingerprint..response, `PX ttl`: 2 commands), 0 not the owner's.
-static LOCK_COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const LOCK_COMPLETE_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 local ours = 'p' .. #ARGV[1] .. ':' .. ARGV[1]
 if not v or string.sub(v, 1, #ours) ~= ours then return 0 end
 local fp = string.sub(v, #ours + 1)
 redis.call('SET', KEYS[1], 'c' .. #fp .. ':' .. fp .. ARGV[2], 'PX', ARGV[3])
 return 1
-",
-    )
-});
+";
+static LOCK_COMPLETE: LazyLock<Lua> = LazyLock::new(|| Lua::new(LOCK_COMPLETE_LUA));
 
 /// KEYS: lock. ARGV: owner. → 1 deleted, 0 not the owner's.
-static LOCK_RELEASE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const LOCK_RELEASE_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 local ours = 'p' .. #ARGV[1] .. ':' .. ARGV[1]
 if v and string.sub(v, 1, #ours) == ours then return redis.call('DEL', KEYS[1]) end
 return 0
-",
-    )
-});
+";
+static LOCK_RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(LOCK_RELEASE_LUA));
 
 impl LockStore for RedisStore {
     async fn acquire_lock(

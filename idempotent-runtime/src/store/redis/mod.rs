@@ -51,6 +51,15 @@ use crate::{Error, StorageKey};
 mod cluster;
 mod lock;
 mod record;
+
+/// The Lua sources of the store's scripts, for the benchmarks' hand-written baseline (which
+/// must run the same protocol). Not a stable API.
+#[doc(hidden)]
+pub mod scripts {
+    pub use super::lock::{LOCK_ACQUIRE_LUA, LOCK_COMPLETE_LUA};
+    pub use super::record::{REC_CLAIM_LUA, REC_COMPLETE_LUA};
+    pub use super::token::{TOKEN_COMPLETE_LUA, TOKEN_CONSUME_LUA, TOKEN_ISSUE_LUA};
+}
 #[cfg(feature = "redis-sentinel")]
 mod sentinel;
 mod token;

@@ -11,9 +11,8 @@ use crate::{Error, StorageKey};
 /// KEYS: rec. ARGV: owner, fingerprint, lease ms. → {'1'} claimed (or already the owner's
 /// in-progress claim: a resent claim, lease reset), {'0', owner, fingerprint, state, response}
 /// another record exists (a replay reads it from this reply: one round trip, one `HMGET`).
-static REC_CLAIM: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const REC_CLAIM_LUA: &str = r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o', 'f', 'r')
 if t[1] then
   if t[1] == 'p' and t[2] == ARGV[1] then
@@ -25,55 +24,46 @@ end
 redis.call('HSET', KEYS[1], 'o', ARGV[1], 'f', ARGV[2], 's', 'p')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'1'}
-",
-    )
-});
+";
+static REC_CLAIM: LazyLock<Lua> = LazyLock::new(|| Lua::new(REC_CLAIM_LUA));
 
 /// KEYS: rec. ARGV: owner, response, ttl ms. → 1 completed, 0 not the owner's claim.
-static REC_COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const REC_COMPLETE_LUA: &str = r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
-",
-    )
-});
+";
+static REC_COMPLETE: LazyLock<Lua> = LazyLock::new(|| Lua::new(REC_COMPLETE_LUA));
 
 /// KEYS: rec. ARGV: owner, lease ms. → 1 renewed (compare-and-`PEXPIRE`), 0 not the owner's
 /// in-progress claim.
-static REC_RENEW: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const REC_RENEW_LUA: &str = r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-",
-    )
-});
+";
+static REC_RENEW: LazyLock<Lua> = LazyLock::new(|| Lua::new(REC_RENEW_LUA));
 
 /// KEYS: rec. ARGV: owner. → 1 deleted, 0 not the owner's claim.
-static REC_RELEASE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const REC_RELEASE_LUA: &str = r"
 local t = redis.call('HMGET', KEYS[1], 's', 'o')
 if t[1] ~= 'p' or t[2] ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
-",
-    )
-});
+";
+static REC_RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(REC_RELEASE_LUA));
 
 /// KEYS: rec. → {owner, fingerprint, state, response} (all '' when absent).
-static REC_READ: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const REC_READ_LUA: &str = r"
 local t = redis.call('HMGET', KEYS[1], 'o', 'f', 's', 'r')
 return {t[1] or '', t[2] or '', t[3] or '', t[4] or ''}
-",
-    )
-});
+";
+static REC_READ: LazyLock<Lua> = LazyLock::new(|| Lua::new(REC_READ_LUA));
 
 /// `dedup_table` claim mode on Redis: the record is a hash whose `PX` is the claim's lease,
 /// then the response's TTL. Redis deletes expired records itself, so [`ClaimStore::read_record`]

@@ -10,24 +10,21 @@ use crate::store::{Consumed, TokenStore, millis};
 use crate::{Error, StorageKey};
 
 /// KEYS: tok. ARGV: ttl ms. → 1. The value `i|<end of the token's TTL, server ms>`.
-static TOKEN_ISSUE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const TOKEN_ISSUE_LUA: &str = r"
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('SET', KEYS[1], 'i|' .. string.format('%d', ms + tonumber(ARGV[1])), 'PX', ARGV[1])
 return 1
-",
-    )
-});
+";
+static TOKEN_ISSUE: LazyLock<Lua> = LazyLock::new(|| Lua::new(TOKEN_ISSUE_LUA));
 
 /// KEYS: tok. ARGV: owner, lease ms, binding, fingerprint.
 /// → {0, ''} invalid | {1, ''} claimed (also when already consumed by the owner: a resent
 /// consumption, lease reset) | {2, value} busy | {3, value} completed (replay). Claiming
 /// executes 3 commands (GET, TIME, SET).
-static TOKEN_CONSUME: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const TOKEN_CONSUME_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return {0, ''} end
 local state = string.sub(v, 1, 1)
@@ -46,30 +43,26 @@ local lease = tonumber(ARGV[2])
 local px = math.max(tonumber(ends) - ms, lease)
 redis.call('SET', KEYS[1], 'p|' .. ends .. '|' .. string.format('%d', ms + lease) .. '|' .. ARGV[1] .. '|' .. ARGV[3] .. '|' .. ARGV[4], 'PX', string.format('%d', px))
 return {1, ''}
-",
-    )
-});
+";
+static TOKEN_CONSUME: LazyLock<Lua> = LazyLock::new(|| Lua::new(TOKEN_CONSUME_LUA));
 
 /// KEYS: tok. ARGV: owner, response, ttl ms. → 1 completed (2 commands: GET, SET), 0 not the
 /// owner's consumption.
-static TOKEN_COMPLETE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const TOKEN_COMPLETE_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local o, b, f = string.match(v, '^p|%d+|%d+|([^|]*)|([^|]*)|([^|]*)$')
 if o ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], 'c|' .. b .. '|' .. f .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1
-",
-    )
-});
+";
+static TOKEN_COMPLETE: LazyLock<Lua> = LazyLock::new(|| Lua::new(TOKEN_COMPLETE_LUA));
 
 /// KEYS: tok. ARGV: owner, lease ms. → 1 renewed (compare-and-set on the owner), 0 not the
 /// owner's consumption.
-static TOKEN_RENEW: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const TOKEN_RENEW_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local e, o, rest = string.match(v, '^p|(%d+)|%d+|([^|]*)(|.*)$')
@@ -80,15 +73,13 @@ local lease = tonumber(ARGV[2])
 local px = math.max(tonumber(e) - ms, lease)
 redis.call('SET', KEYS[1], 'p|' .. e .. '|' .. string.format('%d', ms + lease) .. '|' .. o .. rest, 'PX', string.format('%d', px))
 return 1
-",
-    )
-});
+";
+static TOKEN_RENEW: LazyLock<Lua> = LazyLock::new(|| Lua::new(TOKEN_RENEW_LUA));
 
 /// KEYS: tok. ARGV: owner. → 1 restored to issued (or deleted when the token's own TTL is
 /// over), 0 not the owner's.
-static TOKEN_RESTORE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+#[doc(hidden)]
+pub const TOKEN_RESTORE_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local e, o = string.match(v, '^p|(%d+)|%d+|([^|]*)|')
@@ -102,9 +93,8 @@ else
   redis.call('SET', KEYS[1], 'i|' .. e, 'PX', string.format('%d', left))
 end
 return 1
-",
-    )
-});
+";
+static TOKEN_RESTORE: LazyLock<Lua> = LazyLock::new(|| Lua::new(TOKEN_RESTORE_LUA));
 
 impl TokenStore for RedisStore {
     async fn issue_token(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
