@@ -40,6 +40,7 @@ pub use ledger::{Effects, LiteLedger, MemLedger, MyLedger, PgLedger, ledger_ddl}
 pub use outcome::{Got, classify, got, poll_while, tally};
 pub use redis_replication::{RedisReplicaSet, replication_available};
 pub use redis_server::{
-    RedisCluster, RedisServer, SCRIPT_INTERNAL, cluster_urls, free_port, redis_server_on_path,
+    Commands, CountCommands, RedisCluster, RedisServer, SCRIPT_INTERNAL, WARM_KEYS,
+    assert_round_trips, cluster_urls, counting, free_port, redis_server_on_path,
     throwaway_redis_url,
 };

@@ -599,3 +599,80 @@ impl RedisCluster {
         }
     }
 }
+
+/// What a Redis deployment the suite owns has run, from `INFO commandstats` on every node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Commands {
+    /// Commands clients sent (round trips): for the idempotency store, its scripts
+    /// ([`RedisServer::commands_executed`]).
+    pub sent: u64,
+    /// Commands those scripts executed inside Redis
+    /// ([`RedisServer::script_commands_executed`]).
+    pub inside: u64,
+}
+
+/// A deployment whose [`Commands`] can be read: [`RedisServer`] and [`RedisCluster`].
+pub trait CountCommands {
+    /// The commands run so far.
+    fn commands(&self) -> Commands;
+}
+
+impl CountCommands for RedisServer {
+    fn commands(&self) -> Commands {
+        Commands {
+            sent: self.commands_executed(),
+            inside: self.script_commands_executed(),
+        }
+    }
+}
+
+impl CountCommands for RedisCluster {
+    fn commands(&self) -> Commands {
+        Commands {
+            sent: self.commands_executed(),
+            inside: self.script_commands_executed(),
+        }
+    }
+}
+
+/// How many distinct keys a round-trip test warms up with before it counts: the first use of
+/// each script on a node loads it there (`EVALSHA` → `NOSCRIPT` → `EVAL`), and 60 random keys
+/// reach every node of a 3-master Cluster but with probability 3·(2/3)^60 ≈ 10^-10.
+pub const WARM_KEYS: usize = 60;
+
+/// Awaits `call` and returns its output with the [`Commands`] it cost on `servers`.
+pub async fn counting<F: std::future::Future>(
+    servers: &impl CountCommands,
+    call: F,
+) -> (F::Output, Commands) {
+    let before = servers.commands();
+    let out = call.await;
+    let after = servers.commands();
+    let cost = Commands {
+        sent: after.sent - before.sent,
+        inside: after.inside - before.inside,
+    };
+    (out, cost)
+}
+
+/// Asserts the cost of a fresh call and of its replay: at most 2 scripts and `fresh_inside`
+/// commands inside Redis for the fresh call, 1 script and `replay_inside` for the replay.
+pub fn assert_round_trips(
+    fresh: Commands,
+    replay: Commands,
+    fresh_inside: u64,
+    replay_inside: u64,
+) {
+    assert!(fresh.sent <= 2, "a fresh call cost {} commands", fresh.sent);
+    assert!(replay.sent <= 1, "a replay cost {} commands", replay.sent);
+    assert!(
+        fresh.inside <= fresh_inside,
+        "a fresh call executed {} commands inside Redis",
+        fresh.inside
+    );
+    assert!(
+        replay.inside <= replay_inside,
+        "a replay executed {} commands inside Redis",
+        replay.inside
+    );
+}

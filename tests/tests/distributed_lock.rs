@@ -535,10 +535,14 @@ idempotent_tests::on_kv_backends!(
 
 mod redis_servers {
     use super::*;
-    use idempotent_tests::{RedisCluster, RedisServer, redis_server_on_path};
+    use idempotent_tests::{
+        CountCommands, RedisCluster, RedisServer, WARM_KEYS, assert_round_trips, counting,
+        redis_server_on_path,
+    };
 
-    /// A fresh call costs at most 2 commands (no renewal within a 5 s lease), a replay 1; on a
-    /// private server so that no other test's commands are counted.
+    /// A fresh call sends at most 2 scripts (no renewal within a 5 s lease) executing 5
+    /// commands inside Redis, a replay 1 executing 2; on a private server so that no other
+    /// test's commands are counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn round_trips_standalone() {
         if !redis_server_on_path() {
@@ -548,13 +552,7 @@ mod redis_servers {
         let store = idempotent_runtime::RedisStore::connect(&server.url())
             .await
             .unwrap();
-        count_round_trips(Svc::new(store), || {
-            (
-                server.commands_executed(),
-                server.script_commands_executed(),
-            )
-        })
-        .await;
+        count_round_trips(Svc::new(store), &server).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,46 +564,22 @@ mod redis_servers {
         let store = idempotent_runtime::RedisStore::connect_cluster(&cluster.urls())
             .await
             .unwrap();
-        count_round_trips(Svc::new(store), || {
-            (
-                cluster.commands_executed(),
-                cluster.script_commands_executed(),
-            )
-        })
-        .await;
+        count_round_trips(Svc::new(store), &cluster).await;
     }
 
-    async fn count_round_trips<S: LockStore>(svc: Arc<Svc<S>>, count: impl Fn() -> (u64, u64)) {
+    async fn count_round_trips<S: LockStore>(svc: Arc<Svc<S>>, servers: &impl CountCommands) {
         let t = unique("t");
-        // Warm-up: the first use of each script on a node loads it there (EVALSHA → NOSCRIPT
-        // → EVAL). 60 keys reach every node of a 3-master Cluster but with probability
-        // 3·(2/3)^60 ≈ 10^-10.
-        for i in 0..60 {
+        for i in 0..WARM_KEYS {
             let warm = req(&t, &format!("warm-{i}"), 1);
             svc.settle(&warm).await.unwrap();
             svc.settle(&warm).await.unwrap();
         }
         let r = req(&t, "period-1", 1);
-        let before = count();
-        let (_, how) = observe(svc.settle(&r)).await;
-        let after = count();
-        let (fresh, fresh_inside) = (after.0 - before.0, after.1 - before.1);
+        let ((_, how), fresh) = counting(servers, observe(svc.settle(&r))).await;
         assert_eq!(how, Some(Disposition::Executed));
-        let before = count();
-        let (_, how) = observe(svc.settle(&r)).await;
-        let after = count();
-        let (replay, replay_inside) = (after.0 - before.0, after.1 - before.1);
+        let ((_, how), replay) = counting(servers, observe(svc.settle(&r))).await;
         assert_eq!(how, Some(Disposition::Replayed));
-        assert!(fresh <= 2, "a fresh call cost {fresh} commands");
-        assert!(replay <= 1, "a replay cost {replay} commands");
-        assert!(
-            fresh_inside <= 5,
-            "a fresh call executed {fresh_inside} commands inside Redis"
-        );
-        assert!(
-            replay_inside <= 2,
-            "a replay executed {replay_inside} commands inside Redis"
-        );
+        assert_round_trips(fresh, replay, 5, 2);
     }
 
     /// Redis down before the call: a typed Backend error, no effect; back up: the key is free.
