@@ -371,8 +371,8 @@ pub(crate) trait Completion: Send + Sync + 'static {
 }
 
 /// Records a call whose body returned `Ok`: runs `completion` in a task of its own on the
-/// current tokio runtime (inline when there is none) and awaits it, so the record is written
-/// even if the caller's future is dropped meanwhile.
+/// current tokio runtime (inline when there is none, or when it finishes in its first poll)
+/// and awaits it, so the record is written even if the caller's future is dropped meanwhile.
 ///
 /// The task retries every [`Error::Backend`] with backoff (5 ms doubling to 100 ms) for up to
 /// `lease`, renewing the lease meanwhile on the schedule the body's renewal left (`next_renewal`): the effect has happened, so a
@@ -385,8 +385,23 @@ pub(crate) async fn complete_recorded<C: Completion>(
     lease: Duration,
     next_renewal: tokio::time::Instant,
 ) -> Result<(), Error> {
+    // Polled once right here first: a store whose completion never waits (the memory store)
+    // finishes in that poll, with no task to spawn and schedule. Nothing can drop it halfway:
+    // a poll runs to its end. Otherwise the same future goes on in a task of its own; tokio
+    // polls a new task at once, so what this poll registered with the no-op waker is
+    // registered again with the task's.
+    let mut task = Box::pin(finish(completion, lease, next_renewal));
+    let first = task
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    if let std::task::Poll::Ready(outcome) = first {
+        if outcome.is_ok() {
+            crate::error::record(crate::Disposition::Executed);
+        }
+        return outcome;
+    }
     let outcome = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => match runtime.spawn(finish(completion, lease, next_renewal)).await {
+        Ok(runtime) => match runtime.spawn(task).await {
             Ok(outcome) => outcome,
             Err(join) => Err(Error::Unrecorded {
                 retried_for: Duration::ZERO,
@@ -395,7 +410,7 @@ pub(crate) async fn complete_recorded<C: Completion>(
                 )),
             }),
         },
-        Err(_) => finish(completion, lease, next_renewal).await,
+        Err(_) => task.await,
     };
     if outcome.is_ok() {
         crate::error::record(crate::Disposition::Executed);
