@@ -8,7 +8,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::{Lua, RedisStore, opt, rkey, text};
+use super::{Lua, RedisStore, opt, rkey, rkeys, text};
 use crate::store::{Acquired, LockStore, millis};
 use crate::{Error, StorageKey};
 
@@ -88,12 +88,12 @@ impl LockStore for RedisStore {
         lease: Duration,
     ) -> Result<Acquired, Error> {
         let value = format!("p{}:{owner}{}", owner.len(), fingerprint.unwrap_or(""));
-        let lock_key = rkey(key, "lock");
+        let [lock_key, fence_key] = rkeys(key, ["lock", "fence"]);
         let ((code, v), acknowledged): ((i64, Vec<u8>), _) = self
             .eval_waiting(
                 LOCK_ACQUIRE
                     .key(&lock_key)
-                    .key(rkey(key, "fence"))
+                    .key(&fence_key)
                     .arg(value)
                     .arg(millis(lease).max(1))
                     .arg(owner),

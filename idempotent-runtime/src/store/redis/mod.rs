@@ -415,12 +415,8 @@ impl RedisStore {
                     );
                 }
             }
-            let policy = info_field(&info, "maxmemory_policy").unwrap_or("");
-            if !allow_eviction && policy != "noeviction" {
-                return Err(Error::EvictionPolicy {
-                    node,
-                    policy: policy.to_owned(),
-                });
+            if !allow_eviction && let Some(refused) = evicting(&node, &info) {
+                return Err(refused);
             }
         }
         Ok(())
@@ -673,6 +669,16 @@ fn enough(reply: Value, required: u32) -> Acknowledged {
     })
 }
 
+/// [`Error::EvictionPolicy`] when the `INFO memory` of the server at `node` shows a
+/// `maxmemory-policy` other than `noeviction`.
+fn evicting(node: &str, info: &str) -> Option<Error> {
+    let policy = info_field(info, "maxmemory_policy").unwrap_or("");
+    (policy != "noeviction").then(|| Error::EvictionPolicy {
+        node: node.to_owned(),
+        policy: policy.to_owned(),
+    })
+}
+
 /// The value of `field` in an `INFO` reply (`field:value` lines).
 fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines()
@@ -681,7 +687,15 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
 }
 
 fn rkey(key: &StorageKey, suffix: &str) -> String {
-    format!("idem:{{{}}}:{suffix}", key.hex())
+    let [k] = rkeys(key, [suffix]);
+    k
+}
+
+/// The Redis keys of `key` with these suffixes (`idem:{<hex>}:<suffix>`), the digest
+/// hex-encoded once for all of them.
+fn rkeys<const N: usize>(key: &StorageKey, suffixes: [&str; N]) -> [String; N] {
+    let hex = key.hex();
+    suffixes.map(|suffix| format!("idem:{{{hex}}}:{suffix}"))
 }
 
 fn opt(bytes: Vec<u8>) -> Result<Option<String>, Error> {

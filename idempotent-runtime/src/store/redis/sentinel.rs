@@ -89,12 +89,7 @@ impl SentinelConn {
                     .arg("memory")
                     .query_async(&mut conn)
                     .await?;
-                let policy = super::info_field(&info, "maxmemory_policy").unwrap_or("");
-                if policy != "noeviction" {
-                    let refused = Error::EvictionPolicy {
-                        node: address.clone(),
-                        policy: policy.to_owned(),
-                    };
+                if let Some(refused) = super::evicting(&address, &info) {
                     return Err(RedisError::from((
                         ErrorKind::Client,
                         "refused the new primary",
