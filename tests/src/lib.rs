@@ -41,6 +41,6 @@ pub use outcome::{Got, classify, got, poll_while, tally};
 pub use redis_replication::{RedisReplicaSet, replication_available};
 pub use redis_server::{
     Commands, CountCommands, RedisCluster, RedisServer, SCRIPT_INTERNAL, WARM_KEYS,
-    assert_round_trips, cluster_urls, counting, free_port, redis_server_on_path,
-    throwaway_redis_url,
+    assert_round_trips, cluster_urls, counting, free_port, private_redis, private_redis_cluster,
+    redis_server_on_path, throwaway_redis_url,
 };

@@ -676,3 +676,29 @@ pub fn assert_round_trips(
         replay.inside
     );
 }
+
+/// A store on a standalone `redis-server` of its own (so that no other test's commands or
+/// outages touch it), with the server; `None` when `redis-server` is not on PATH (a panic under
+/// `CI=true`, see [`redis_server_on_path`]).
+pub async fn private_redis() -> Option<(RedisServer, idempotent_runtime::RedisStore)> {
+    if !redis_server_on_path() {
+        return None;
+    }
+    let server = RedisServer::start(&[]);
+    let store = idempotent_runtime::RedisStore::connect(&server.url())
+        .await
+        .unwrap_or_else(|e| panic!("connect to the private redis-server: {e}"));
+    Some((server, store))
+}
+
+/// [`private_redis`] for a 3-master [`RedisCluster`] of its own.
+pub async fn private_redis_cluster() -> Option<(RedisCluster, idempotent_runtime::RedisStore)> {
+    if !redis_server_on_path() {
+        return None;
+    }
+    let cluster = RedisCluster::start(3);
+    let store = idempotent_runtime::RedisStore::connect_cluster(&cluster.urls())
+        .await
+        .unwrap_or_else(|e| panic!("connect to the private Redis Cluster: {e}"));
+    Some((cluster, store))
+}

@@ -327,8 +327,8 @@ idempotent_tests::on_redis_backends!(
 mod redis_servers {
     use super::*;
     use idempotent_tests::{
-        CountCommands, RedisCluster, RedisServer, WARM_KEYS, assert_round_trips, counting,
-        redis_server_on_path,
+        CountCommands, WARM_KEYS, assert_round_trips, counting, private_redis,
+        private_redis_cluster,
     };
 
     /// A fresh call sends 2 scripts (claim, complete), a replay 1 — the claim script returns
@@ -336,25 +336,17 @@ mod redis_servers {
     /// so that no other test's commands are counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn round_trips_standalone() {
-        if !redis_server_on_path() {
+        let Some((server, store)) = private_redis().await else {
             return;
-        }
-        let server = RedisServer::start(&[]);
-        let store = idempotent_runtime::RedisStore::connect(&server.url())
-            .await
-            .unwrap();
+        };
         count_round_trips(Svc::new(store), &server).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn round_trips_cluster() {
-        if !redis_server_on_path() {
+        let Some((cluster, store)) = private_redis_cluster().await else {
             return;
-        }
-        let cluster = RedisCluster::start(3);
-        let store = idempotent_runtime::RedisStore::connect_cluster(&cluster.urls())
-            .await
-            .unwrap();
+        };
         count_round_trips(Svc::new(store), &cluster).await;
     }
 

@@ -536,8 +536,8 @@ idempotent_tests::on_kv_backends!(
 mod redis_servers {
     use super::*;
     use idempotent_tests::{
-        CountCommands, RedisCluster, RedisServer, WARM_KEYS, assert_round_trips, counting,
-        redis_server_on_path,
+        CountCommands, RedisServer, WARM_KEYS, assert_round_trips, counting, private_redis,
+        private_redis_cluster, redis_server_on_path,
     };
 
     /// A fresh call sends at most 2 scripts (no renewal within a 5 s lease) executing 5
@@ -545,25 +545,17 @@ mod redis_servers {
     /// test's commands are counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn round_trips_standalone() {
-        if !redis_server_on_path() {
+        let Some((server, store)) = private_redis().await else {
             return;
-        }
-        let server = RedisServer::start(&[]);
-        let store = idempotent_runtime::RedisStore::connect(&server.url())
-            .await
-            .unwrap();
+        };
         count_round_trips(Svc::new(store), &server).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn round_trips_cluster() {
-        if !redis_server_on_path() {
+        let Some((cluster, store)) = private_redis_cluster().await else {
             return;
-        }
-        let cluster = RedisCluster::start(3);
-        let store = idempotent_runtime::RedisStore::connect_cluster(&cluster.urls())
-            .await
-            .unwrap();
+        };
         count_round_trips(Svc::new(store), &cluster).await;
     }
 
