@@ -685,6 +685,15 @@ async fn main() {
     // ------------------------------------------------------------------ paths
     let mem = MemoryStore::new();
     let mut paths: Vec<PathDef> = Vec::new();
+    // `obj.method(&r)` for each request, on a clone of the shared `obj`.
+    macro_rules! method {
+        ($obj:ident, $method:ident) => {
+            call(move |r| {
+                let $obj = $obj.clone();
+                async move { $obj.$method(&r).await }
+            })
+        };
+    }
     macro_rules! path {
         ($name:expr, redis = $redis:expr, annotated = ($a:expr, $ap:expr), hand = ($h:expr, $hp:expr)) => {
             paths.push(PathDef {
@@ -703,20 +712,8 @@ async fn main() {
         path!(
             "dedup_table claim · memory",
             redis = false,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.place(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.place(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, place), plain()),
+            hand = (method!(h, place), plain())
         );
     }
     {
@@ -729,20 +726,8 @@ async fn main() {
         path!(
             "dedup_table claim · Redis",
             redis = true,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.place(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.place(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, place), plain()),
+            hand = (method!(h, place), plain())
         );
     }
     {
@@ -753,20 +738,8 @@ async fn main() {
         path!(
             "dedup_table claim · PostgreSQL",
             redis = false,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.place(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.place(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, place), plain()),
+            hand = (method!(h, place), plain())
         );
     }
     {
@@ -781,20 +754,8 @@ async fn main() {
         path!(
             "dedup_table claim · MariaDB",
             redis = false,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.place(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.place(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, place), plain()),
+            hand = (method!(h, place), plain())
         );
     }
     {
@@ -809,20 +770,8 @@ async fn main() {
         path!(
             "dedup_table claim · SQLite",
             redis = false,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.place(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.place(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, place), plain()),
+            hand = (method!(h, place), plain())
         );
     }
     {
@@ -833,20 +782,8 @@ async fn main() {
         path!(
             "dedup_table #[tx] · PostgreSQL",
             redis = false,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.place(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.place(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, place), plain()),
+            hand = (method!(h, place), plain())
         );
     }
     {
@@ -859,20 +796,8 @@ async fn main() {
         path!(
             "dedup_table #[tx] · MariaDB",
             redis = false,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.place(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.place(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, place), plain()),
+            hand = (method!(h, place), plain())
         );
     }
     {
@@ -885,20 +810,8 @@ async fn main() {
         path!(
             "dedup_table #[tx] · SQLite",
             redis = false,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.place(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.place(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, place), plain()),
+            hand = (method!(h, place), plain())
         );
     }
     {
@@ -909,20 +822,8 @@ async fn main() {
         path!(
             "distributed_lock · memory",
             redis = false,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.settle(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.settle(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, settle), plain()),
+            hand = (method!(h, settle), plain())
         );
     }
     {
@@ -935,20 +836,8 @@ async fn main() {
         path!(
             "distributed_lock · Redis",
             redis = true,
-            annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.settle(&r).await }
-                }),
-                plain()
-            ),
-            hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.settle(&r).await }
-                }),
-                plain()
-            )
+            annotated = (method!(s, settle), plain()),
+            hand = (method!(h, settle), plain())
         );
     }
     {
@@ -961,20 +850,14 @@ async fn main() {
             "token · memory",
             redis = false,
             annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.checkout(&r).await }
-                }),
+                method!(s, checkout),
                 tokens(move || {
                     let m = m2.clone();
                     async move { Ok(idempotent_runtime::issue_token(&m, TOKEN_TTL).await?) }
                 })
             ),
             hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.checkout(&r).await }
-                }),
+                method!(h, checkout),
                 tokens(move || {
                     let h = h2.clone();
                     async move { Ok(h.issue(TOKEN_TTL)) }
@@ -994,20 +877,14 @@ async fn main() {
             "token · Redis",
             redis = true,
             annotated = (
-                call(move |r| {
-                    let s = s.clone();
-                    async move { s.checkout(&r).await }
-                }),
+                method!(s, checkout),
                 tokens(move || {
                     let r = r2.clone();
                     async move { Ok(idempotent_runtime::issue_token(&r, TOKEN_TTL).await?) }
                 })
             ),
             hand = (
-                call(move |r| {
-                    let h = h.clone();
-                    async move { h.checkout(&r).await }
-                }),
+                method!(h, checkout),
                 tokens(move || {
                     let h = h2.clone();
                     async move { h.issue(TOKEN_TTL).await }
@@ -1059,20 +936,8 @@ async fn main() {
             );
             let p = PathDef {
                 name: name.clone(),
-                annotated: (
-                    call(move |r| {
-                        let s = s.clone();
-                        async move { s.place(&r).await }
-                    }),
-                    plain(),
-                ),
-                hand: (
-                    call(move |r| {
-                        let h = h.clone();
-                        async move { h.place(&r).await }
-                    }),
-                    plain(),
-                ),
+                annotated: (method!(s, place), plain()),
+                hand: (method!(h, place), plain()),
                 redis: false,
             };
             eprintln!("{name}");
