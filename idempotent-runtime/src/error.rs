@@ -42,7 +42,7 @@ pub enum Error {
     /// When the acquisition itself took the whole lease, the error is
     /// [`Error::LeaseShorterThanAcquisition`] instead.
     #[error(
-        "the claim on this idempotency key was lost (its lease expired and another caller took it over)"
+        "the claim on this idempotency key was lost (its lease expired and another caller may have taken it over, or the store forgot it: a Redis restart without persistence)"
     )]
     LockLost,
 

@@ -168,10 +168,11 @@ async fn unknown_or_expired_token_is_invalid<S: TokenStore + 'static>(store: S) 
         matches!(e, Err(AppError::Idempotency(Error::TokenInvalid))),
         "{e:?}"
     );
-    let short = issue_token(&svc.store, Duration::from_millis(100))
+    let short = issue_token(&svc.store, Duration::from_millis(300))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Waiting out the token's TTL (time passing, not ordering callers).
+    tokio::time::sleep(Duration::from_millis(450)).await;
     let e = svc.checkout(&req(&t, &short, 1)).await;
     assert!(
         matches!(e, Err(AppError::Idempotency(Error::TokenInvalid))),
@@ -362,7 +363,30 @@ async fn fields_with_separators_never_pass_for_another_owner<S: TokenStore>(stor
     assert!(store.complete_token(&key, "a", b"{}", HOUR).await.unwrap());
 }
 
+/// `issue_token` with a TTL no call could use in time (zero, below the lease floor) is refused
+/// with the option named, and stores nothing (found by a new user: a zero TTL gave a token
+/// that was invalid before anyone could use it).
+async fn unusable_token_ttl_is_refused<S: TokenStore>(store: S) {
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_millis(1),
+        Duration::from_millis(299),
+    ] {
+        let refused = issue_token(&store, ttl).await;
+        assert!(
+            matches!(&refused, Err(Error::InvalidOption { option: "ttl", value, .. }) if *value == ttl),
+            "{ttl:?}: {refused:?}"
+        );
+    }
+    assert!(
+        issue_token(&store, Duration::from_millis(300))
+            .await
+            .is_ok()
+    );
+}
+
 idempotent_tests::on_kv_backends!(
+    unusable_token_ttl_is_refused,
     fields_with_separators_never_pass_for_another_owner,
     response_serde_writes_like_another_is_not_replayed,
     slow_body_keeps_the_token,

@@ -89,8 +89,20 @@ pub fn token_key<K: KeyPart + ?Sized>(token: &K) -> Result<StorageKey, Error> {
 /// hex characters, stored in `store` as unused. Hand it to the client, which sends it with the
 /// request (and with every retry of that request).
 ///
-/// Errors: [`Error::Backend`] when the store fails or the OS has no randomness.
+/// Errors: [`Error::InvalidOption`] (option `"ttl"`) when `ttl` is below
+/// [`MIN_LEASE`](crate::strategy::durations::MIN_LEASE) (a token that expires before a call
+/// can consume it can never be used; nothing is stored); [`Error::Backend`] when the store
+/// fails or the OS has no randomness.
 pub async fn issue_token<S: TokenStore>(store: &S, ttl: Duration) -> Result<String, Error> {
+    let minimum = crate::strategy::durations::MIN_LEASE;
+    if ttl < minimum {
+        return Err(Error::InvalidOption {
+            option: "ttl",
+            value: ttl,
+            minimum,
+            reason: "a token that expires before a call can consume it can never be used",
+        });
+    }
     let token = random_token()?;
     store.issue_token(&token_key(token.as_str())?, ttl).await?;
     Ok(token)
