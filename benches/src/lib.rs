@@ -17,6 +17,7 @@ pub mod annotated;
 pub mod hand;
 pub mod harness;
 pub mod redis_server;
+pub mod store_alone;
 
 use serde::{Deserialize, Serialize};
 

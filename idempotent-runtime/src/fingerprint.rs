@@ -84,7 +84,7 @@ pub struct Fingerprint([u8; 32]);
 impl Fingerprint {
     /// The fingerprint as 64 lowercase hex characters (the stored form).
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        crate::key::lower_hex(&self.0)
     }
 
     /// Computes the fingerprint of one serializable value under the label `""`.

@@ -4,12 +4,25 @@
 //! them), on a current-thread tokio runtime. `bench` runs it twice with different `n` and
 //! divides the difference in instructions by the difference in calls, which cancels start-up.
 //!
-//! Usage: `memcpu annotated|hand fresh|replay N`
+//! The other sides split the annotated call into its parts, so BENCHMARKS.md can say where
+//! the instructions go: `store` (the `MemoryStore`'s own steps alone — `claim_or_read`, then
+//! `complete_claim` — on storage keys built beforehand) against `hand-store` (the hand-written
+//! sharded map's steps on keys built beforehand); `key` (the storage key: SHA-256 of operation,
+//! scope and key parts, as the macro builds it), `fingerprint` (the canonical form of the
+//! request, SHA-256, hex), `roundtrip` (the response's JSON read back and compared with `==`,
+//! the check a `PartialEq` response gets; the hand-written side serializes only). For those
+//! three `fresh` and `replay` are the same work; `requests` only builds the requests those
+//! three build, and its count is subtracted from theirs. `store-setup` builds the keys `store` and
+//! `hand-store` use and stops: its count is subtracted from theirs.
+//!
+//! Usage: `memcpu annotated|hand|store|hand-store|store-setup|requests|key|fingerprint|roundtrip fresh|replay N`
 
 use idempotent_benches::annotated::Claim;
 use idempotent_benches::hand::memory;
 use idempotent_benches::{AppError, Receipt, Req};
-use idempotent_runtime::MemoryStore;
+use idempotent_runtime::store::{Claim as ClaimStep, ClaimOrRecord};
+use idempotent_runtime::{ClaimStore, Fingerprinter, KeyBuilder, MemoryStore, StorageKey};
+use std::time::Duration;
 
 const FILLED: usize = 1_000;
 
@@ -21,6 +34,102 @@ fn req(i: usize) -> Req {
     }
 }
 
+/// The storage key the annotated function builds for `r`.
+fn storage_key(r: &Req) -> StorageKey {
+    KeyBuilder::new("bench.dedup_table.claim")
+        .scope(&r.tenant)
+        .part(&r.id)
+        .finish()
+        .expect("a valid key")
+}
+
+/// The parts of the annotated call, alone (see the crate docs above).
+fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
+    match side {
+        "requests" => {
+            for i in 0..n {
+                std::hint::black_box(req(i));
+            }
+        }
+        "key" => {
+            for i in 0..n {
+                std::hint::black_box(storage_key(&req(i)));
+            }
+        }
+        "fingerprint" => {
+            for i in 0..n {
+                let f = Fingerprinter::new().arg("req", &req(i)).finish()?;
+                std::hint::black_box(f.map(|f| f.hex()));
+            }
+        }
+        "roundtrip" => {
+            for i in 0..n {
+                let value = idempotent_benches::receipt(&req(i), 0);
+                let bytes = serde_json::to_vec(&value)?;
+                let back: Receipt = serde_json::from_slice(&bytes)?;
+                std::hint::black_box(back == value);
+            }
+        }
+        "store" | "hand-store" | "store-setup" => {
+            let keys: Vec<(StorageKey, String)> = (0..n.max(FILLED))
+                .map(|i| {
+                    let r = req(i);
+                    (storage_key(&r), format!("hand.claim:{}:{}", r.tenant, r.id))
+                })
+                .collect();
+            if side == "store-setup" {
+                // The keys alone: subtracted from `store` and `hand-store`.
+                std::hint::black_box(keys);
+                return Ok(true);
+            }
+            let store = MemoryStore::new();
+            let hand = memory::ClaimMap::default();
+            let response = serde_json::to_vec(&idempotent_benches::receipt(&req(0), 0))?;
+            let owner = "0123456789abcdef0123456789abcdef";
+            let fp = "f".repeat(64);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let step = async |i: usize| -> bool {
+                let (key, text) = &keys[i];
+                if side == "hand-store" {
+                    return hand.claim_and_complete(text, &fp, owner, &response);
+                }
+                let claim = ClaimStep {
+                    key,
+                    fingerprint: Some(&fp),
+                    owner,
+                    lease: Duration::from_secs(30),
+                };
+                match store.claim_or_read(&claim).await {
+                    Ok(ClaimOrRecord::Claimed) => store
+                        .complete_claim(key, owner, &response, Duration::from_secs(86_400))
+                        .await
+                        .unwrap_or(false),
+                    Ok(ClaimOrRecord::Existing(Some(r))) => r.fingerprint.as_deref() == Some(&fp),
+                    _ => false,
+                }
+            };
+            rt.block_on(async {
+                if phase == "fresh" {
+                    for i in 0..n {
+                        assert!(step(i).await);
+                    }
+                } else {
+                    for i in 0..FILLED {
+                        assert!(step(i).await);
+                    }
+                    for i in 0..n {
+                        assert!(step(i % FILLED).await);
+                    }
+                }
+            });
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 fn main() -> Result<(), AppError> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(side), Some(phase), Some(n)) = (args.get(1), args.get(2), args.get(3)) else {
@@ -28,6 +137,9 @@ fn main() -> Result<(), AppError> {
         std::process::exit(2);
     };
     let n: usize = n.parse().expect("N is a number");
+    if part(side, phase, n)? {
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

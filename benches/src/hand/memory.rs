@@ -104,6 +104,50 @@ impl Claim {
     }
 }
 
+/// The hand-written claim map alone (no key building, fingerprinting or JSON): the steps of
+/// [`Claim::place`] on a key and fingerprint made beforehand, for comparing the memory store's
+/// own cost with a sharded map's (`memcpu store|hand-store`).
+#[derive(Default)]
+pub struct ClaimMap {
+    map: Sharded<Record>,
+}
+
+impl ClaimMap {
+    /// Claims `key` (or finds its completed record: `true` when the fingerprint matches),
+    /// then completes it with `response`; `false` when the key is busy or the claim was lost.
+    pub fn claim_and_complete(&self, key: &str, fp: &str, owner: &str, response: &[u8]) -> bool {
+        {
+            let mut m = self.map.shard(key);
+            let now = Instant::now();
+            match m.get(key) {
+                Some(r) if r.expires_at > now => {
+                    return r.response.is_some() && r.fingerprint == fp;
+                }
+                _ => {
+                    m.insert(
+                        key.to_owned(),
+                        Record {
+                            owner: owner.to_owned(),
+                            fingerprint: fp.to_owned(),
+                            response: None,
+                            expires_at: now + lease(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut m = self.map.shard(key);
+        match m.get_mut(key) {
+            Some(r) if r.owner == owner && r.response.is_none() => {
+                r.response = Some(response.into());
+                r.expires_at = Instant::now() + ttl();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct LockEntry {
     /// (owner, fingerprint, lease end, fence)

@@ -219,7 +219,7 @@ pub(crate) fn random_token() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
         .map_err(|e| Error::Backend(format!("no randomness for a token: {e}").into()))?;
-    Ok(hex::encode(bytes))
+    Ok(crate::key::lower_hex(&bytes))
 }
 
 /// A fresh claim owner token, 32 hex characters: this process's 8 random bytes (from the OS
@@ -245,7 +245,7 @@ pub(crate) fn new_owner() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(prefix);
     bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    Ok(hex::encode(bytes))
+    Ok(crate::key::lower_hex(&bytes))
 }
 
 /// Milliseconds of a duration as the `i64` the SQL and Redis backends send, saturating.
