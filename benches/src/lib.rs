@@ -16,6 +16,7 @@
 pub mod annotated;
 pub mod hand;
 pub mod harness;
+pub mod parts;
 pub mod redis_server;
 pub mod store_alone;
 

@@ -21,7 +21,8 @@ use idempotent_benches::annotated::Claim;
 use idempotent_benches::hand::memory;
 use idempotent_benches::{AppError, Receipt, Req};
 use idempotent_runtime::store::{Claim as ClaimStep, ClaimOrRecord};
-use idempotent_runtime::{ClaimStore, Fingerprinter, KeyBuilder, MemoryStore, StorageKey};
+use idempotent_benches::parts;
+use idempotent_runtime::{ClaimStore, MemoryStore, StorageKey};
 use std::time::Duration;
 
 const FILLED: usize = 1_000;
@@ -34,14 +35,6 @@ fn req(i: usize) -> Req {
     }
 }
 
-/// The storage key the annotated function builds for `r`.
-fn storage_key(r: &Req) -> StorageKey {
-    KeyBuilder::new("bench.dedup_table.claim")
-        .scope(&r.tenant)
-        .part(&r.id)
-        .finish()
-        .expect("a valid key")
-}
 
 /// The parts of the annotated call, alone (see the crate docs above).
 fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
@@ -53,30 +46,26 @@ fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
         }
         "key" => {
             for i in 0..n {
-                std::hint::black_box(storage_key(&req(i)));
+                std::hint::black_box(parts::key(&req(i))?);
             }
         }
         "fingerprint" => {
             for i in 0..n {
-                let f = Fingerprinter::new().arg("req", &req(i)).finish()?;
-                std::hint::black_box(f.map(|f| f.hex()));
+                std::hint::black_box(parts::fingerprint(&req(i))?);
             }
         }
         "roundtrip" => {
             for i in 0..n {
-                let value = idempotent_benches::receipt(&req(i), 0);
-                let bytes = serde_json::to_vec(&value)?;
-                let back: Receipt = serde_json::from_slice(&bytes)?;
-                std::hint::black_box(back == value);
+                std::hint::black_box(parts::roundtrip(&req(i))?);
             }
         }
         "store" | "hand-store" | "store-setup" => {
             let keys: Vec<(StorageKey, String)> = (0..n.max(FILLED))
                 .map(|i| {
                     let r = req(i);
-                    (storage_key(&r), format!("hand.claim:{}:{}", r.tenant, r.id))
+                    Ok((parts::key(&r)?, format!("hand.claim:{}:{}", r.tenant, r.id)))
                 })
-                .collect();
+                .collect::<Result<_, AppError>>()?;
             if side == "store-setup" {
                 // The keys alone: subtracted from `store` and `hand-store`.
                 std::hint::black_box(keys);
