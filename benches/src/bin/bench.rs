@@ -1080,7 +1080,10 @@ async fn main() {
             );
         }
         Err(e) => {
-            let _ = writeln!(md, "The framework's own CPU per call could not be measured: {e}.\n");
+            let _ = writeln!(
+                md,
+                "The framework's own CPU per call could not be measured: {e}.\n"
+            );
         }
     }
     let _ = writeln!(

@@ -19,9 +19,9 @@
 
 use idempotent_benches::annotated::Claim;
 use idempotent_benches::hand::memory;
+use idempotent_benches::parts;
 use idempotent_benches::{AppError, Receipt, Req};
 use idempotent_runtime::store::{Claim as ClaimStep, ClaimOrRecord};
-use idempotent_benches::parts;
 use idempotent_runtime::{ClaimStore, MemoryStore, StorageKey};
 use std::time::Duration;
 
@@ -34,7 +34,6 @@ fn req(i: usize) -> Req {
         amount: i as u64,
     }
 }
-
 
 /// The parts of the annotated call, alone (see the crate docs above).
 fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {

@@ -3,7 +3,8 @@
 //! `idempotent-runtime/src/store/sql/{mod,postgres,mysql,sqlite}.rs`) on the same pool.
 //!
 //! Claim mode: the claim `INSERT` and, when it finds a record, the `SELECT` on one pooled
-//! connection; the completion `UPDATE` on another checkout. Transactional mode: `BEGIN`
+//! connection (MySQL and SQLite: the `SELECT` first, and the `INSERT` only when it finds
+//! nothing, as the runtime does); the completion `UPDATE` on another checkout. Transactional mode: `BEGIN`
 //! (SQLite `BEGIN IMMEDIATE`), `INSERT`, body, `UPDATE`, `COMMIT`; a duplicate `INSERT`,
 //! `SELECT`, `ROLLBACK`.
 
@@ -37,7 +38,7 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 }
 
 macro_rules! sql_hand {
-    ($m:ident, pool = $pool:ty, now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal], on_conflict = $oc:literal, read_lock = $rl:literal, begin = $begin:expr) => {
+    ($m:ident, pool = $pool:ty, now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal], on_conflict = $oc:literal, read_lock = $rl:literal, begin = $begin:expr, read_first = $read_first:literal) => {
         pub mod $m {
             use super::*;
 
@@ -66,6 +67,18 @@ macro_rules! sql_hand {
                     let fp = fingerprint(req);
                     let owner = owner();
                     let mut conn = self.pool.acquire().await?;
+                    // As the runtime's pool store on MySQL and SQLite: a duplicate is answered
+                    // by the read alone.
+                    if $read_first {
+                        let row: Option<Row> = sqlx::query_as(READ)
+                            .bind(&key)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                        if row.is_some() {
+                            drop(conn);
+                            return judge(row, &fp);
+                        }
+                    }
                     let claimed = match sqlx::query(CLAIM)
                         .bind(&key)
                         .bind("hand.claim")
@@ -167,7 +180,8 @@ sql_hand!(
     p = ["$1", "$2", "$3", "$4", "$5"],
     on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING",
     read_lock = "",
-    begin = None
+    begin = None,
+    read_first = false
 );
 
 sql_hand!(
@@ -177,7 +191,8 @@ sql_hand!(
     p = ["?", "?", "?", "?", "?"],
     on_conflict = "",
     read_lock = " LOCK IN SHARE MODE",
-    begin = None
+    begin = None,
+    read_first = true
 );
 
 sql_hand!(
@@ -187,5 +202,6 @@ sql_hand!(
     p = ["?1", "?2", "?3", "?4", "?5"],
     on_conflict = " ON CONFLICT (idempotency_key) DO NOTHING",
     read_lock = "",
-    begin = Some("BEGIN IMMEDIATE")
+    begin = Some("BEGIN IMMEDIATE"),
+    read_first = true
 );

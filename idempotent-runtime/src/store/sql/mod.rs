@@ -115,6 +115,11 @@ pub trait SqlBackend: Database {
     /// `false` when the database's "now" is each client's own clock (SQLite): see
     /// [`ClaimStore::SHARED_CLOCK`].
     const SHARED_CLOCK: bool;
+    /// `true` when [`claim_or_read`](Self::claim_or_read) claims and reads in one statement
+    /// (PostgreSQL). `false` (the default): claim mode on a pool reads first, so a duplicate
+    /// of an existing record is answered by that one `SELECT`, with no write and no write lock
+    /// (SQLite), and only a missing record costs the `INSERT` (see `ClaimStore for Pool`).
+    const CLAIM_OR_READ_IN_ONE_STATEMENT: bool = false;
 
     /// The statement that opens a top-level transaction (`BEGIN IMMEDIATE` on SQLite, so the
     /// write lock is taken up front and two writers never deadlock upgrading a read lock).
@@ -363,6 +368,10 @@ macro_rules! sql_backend {
             }
 
             $(
+                const CLAIM_OR_READ_IN_ONE_STATEMENT: bool = {
+                    let _ = stringify!($claim_or_read);
+                    true
+                };
                 async fn claim_or_read(
                     conn: &mut $conn,
                     c: &$crate::store::Claim<'_>,
@@ -686,10 +695,20 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         DB::try_claim(&mut conn, claim).await
     }
 
-    /// [`SqlBackend::claim_or_read`] on one pooled connection (one checkout; one statement on
-    /// PostgreSQL).
+    /// One pooled connection (one checkout). PostgreSQL: [`SqlBackend::claim_or_read`], one
+    /// statement either way. MySQL/MariaDB and SQLite: the record is read first, and an
+    /// existing one — a completed call's (a replay), a running one's, an expired one — is
+    /// returned from that single `SELECT` (autocommit: no transaction, and on SQLite no write
+    /// lock, so replays run beside a writer); only a missing record costs the `INSERT` (and,
+    /// when a concurrent caller inserted it first, the read after it). The strategy judges the
+    /// record it gets exactly as before (fingerprint, expiry by the database's clock, owner).
     async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
         let mut conn = self.acquire().await?;
+        if !DB::CLAIM_OR_READ_IN_ONE_STATEMENT
+            && let Some(record) = DB::read_record(&mut conn, claim.key).await?
+        {
+            return Ok(ClaimOrRecord::Existing(Some(record)));
+        }
         DB::claim_or_read(&mut conn, claim).await
     }
 
