@@ -124,7 +124,13 @@ impl Fingerprinter {
     /// An empty fingerprint over no arguments yet.
     pub fn new() -> Self {
         Fingerprinter {
-            args: Some((Canon::default(), Vec::new())),
+            // Room for a typical request's canonical form, so it is written without regrowing.
+            args: Some((
+                Canon {
+                    out: Vec::with_capacity(256),
+                },
+                Vec::with_capacity(4),
+            )),
             error: None,
         }
     }
