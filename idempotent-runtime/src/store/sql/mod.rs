@@ -37,6 +37,7 @@ use crate::{Error, StorageKey};
 struct SqlText {
     try_claim: &'static str,
     read: &'static str,
+    read_unlocked: &'static str,
     take_over: &'static str,
     take_over_unrenewed: &'static str,
     complete: &'static str,
@@ -46,7 +47,8 @@ struct SqlText {
 
 /// One template for every backend: `$now` is the backend's "now in Unix ms" expression, `p1..p7`
 /// its placeholders in binding order, `$on_conflict` what follows the claim INSERT, `$read_lock`
-/// what follows the record SELECT. Each backend's file invokes it once.
+/// what follows the record SELECT (`read`; `read_unlocked` is the same SELECT without it).
+/// Each backend's file invokes it once.
 macro_rules! sql_text {
     (now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal, $p7:literal], on_conflict = $oc:literal, read_lock = $rl:literal) => {
         $crate::store::sql::SqlText {
@@ -57,6 +59,10 @@ macro_rules! sql_text {
             read: concat!(
                 "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
                 " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1, $rl
+            ),
+            read_unlocked: concat!(
+                "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
+                " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1
             ),
             take_over: concat!(
                 "UPDATE idempotency_records SET owner = ", $p1, ", fingerprint = ", $p2, ", operation = ", $p3,
@@ -127,6 +133,15 @@ pub trait SqlBackend: Database {
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// See [`ClaimStore::read_record`].
     fn read_record(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
+    /// [`read_record`](Self::read_record) without a locking clause (MySQL/MariaDB's
+    /// `LOCK IN SHARE MODE`; PostgreSQL's and SQLite's read has none), for a connection outside
+    /// any transaction: one statement that is its own transaction, sees the latest committed
+    /// record, takes no lock and waits for none (a record a transaction has not committed yet
+    /// reads as none, or as it was). Used by [`TxStore::read_or_begin`].
+    fn read_record_unlocked(
         conn: &mut Self::Connection,
         key: &StorageKey,
     ) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
@@ -272,6 +287,18 @@ macro_rules! sql_backend {
                 $crate::store::sql::record_from_row(row)
             }
 
+            async fn read_record_unlocked(
+                conn: &mut $conn,
+                key: &$crate::StorageKey,
+            ) -> Result<Option<$crate::store::Record>, $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                let row = sqlx::query_as(TEXT.read_unlocked)
+                    .bind(key.hex())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                $crate::store::sql::record_from_row(row)
+            }
+
             async fn take_over_claim(
                 conn: &mut $conn,
                 c: &$crate::store::Claim<'_>,
@@ -399,6 +426,24 @@ macro_rules! tx_store {
             ) -> Result<sqlx::Transaction<'_, $db>, $crate::Error> {
                 let conn: &mut $conn = self;
                 Ok(sqlx::Connection::begin(conn).await?)
+            }
+            async fn read_or_begin<R>(
+                &mut self,
+                key: &$crate::StorageKey,
+                settle: impl FnOnce($crate::store::Record) -> Option<R> + Send,
+            ) -> Result<$crate::store::sql::ReadOrBegun<'_, $db, R>, $crate::Error> {
+                if !sqlx::Connection::is_in_transaction(&**self) {
+                    let conn: &mut $conn = self;
+                    let read =
+                        <$db as $crate::store::sql::SqlBackend>::read_record_unlocked(conn, key)
+                            .await?;
+                    if let Some(settled) = read.and_then(settle) {
+                        return Ok($crate::store::sql::ReadOrBegun::Settled(settled));
+                    }
+                }
+                Ok($crate::store::sql::ReadOrBegun::Begun(
+                    $crate::store::sql::TxStore::begin(self).await?,
+                ))
             }
             async fn settle(&mut self) {
                 let conn: &mut $conn = self;
@@ -610,6 +655,35 @@ pub trait TxStore: IntoTxStore + Send {
     fn begin_deferred(
         &mut self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
+    /// Opens the transaction as [`begin`](Self::begin) does, unless a record read first
+    /// settles the call without one.
+    ///
+    /// When the store is not inside the caller's transaction ([`in_callers_transaction`]
+    /// `false`: a pool, or a connection outside any transaction), the record of `key` is read
+    /// first in one statement outside any transaction ([`SqlBackend::read_record_unlocked`]),
+    /// and `settle` judges it: `Some(r)` ends the call there, [`ReadOrBegun::Settled`]`(r)`,
+    /// with no transaction opened (a pooled connection goes back to the pool). No record, or
+    /// `settle` answering `None`, opens the transaction on that same connection (a pool: one
+    /// checkout for both), through the same cancel-safe path as [`begin`](Self::begin). Inside
+    /// the caller's transaction nothing is read first: [`ReadOrBegun::Begun`] at once.
+    ///
+    /// `dedup_table`'s transactional mode settles a duplicate of a completed call this way:
+    /// one statement and no `BEGIN` (on SQLite, no write lock). The read claims nothing: what
+    /// is claimed is decided inside the transaction, by reading again.
+    ///
+    /// The default reads nothing and begins (the behaviour inside the caller's transaction).
+    ///
+    /// Errors: [`Error::Backend`] (the read's, or the `BEGIN`'s).
+    ///
+    /// [`in_callers_transaction`]: Self::in_callers_transaction
+    fn read_or_begin<R>(
+        &mut self,
+        key: &StorageKey,
+        settle: impl FnOnce(Record) -> Option<R> + Send,
+    ) -> impl Future<Output = Result<ReadOrBegun<'_, Self::Database, R>, Error>> + Send {
+        let _ = (key, settle);
+        async move { Ok(ReadOrBegun::Begun(self.begin().await?)) }
+    }
     /// `true` when the store is a connection already inside the caller's transaction: the
     /// strategy then works in a SAVEPOINT, and a deadlock or serialization failure is returned
     /// at once (only the caller can retry its whole transaction). Pools return `false`.
@@ -628,10 +702,22 @@ pub trait TxStore: IntoTxStore + Send {
     }
 }
 
+/// What [`TxStore::read_or_begin`] did.
+pub enum ReadOrBegun<'c, DB: Database, R> {
+    /// The record read before any transaction settled the call: `settle`'s answer. No
+    /// transaction was opened.
+    Settled(R),
+    /// The transaction (or savepoint), opened as [`TxStore::begin`] opens it.
+    Begun(sqlx::Transaction<'c, DB>),
+}
+
 /// Opens a transaction on a connection of `pool` with `statement` (`None`: sqlx's `BEGIN`),
 /// so that a caller whose future is dropped while the `BEGIN` is in flight never leaves that
 /// connection in the pool inside a transaction. Every transaction the runtime opens on a pool
-/// starts here (the strategies through [`TxStore::begin`], the migrations).
+/// starts here (the strategies through [`TxStore::begin`], the migrations) or in
+/// [`begin_on_connection`], its second half (`dedup_table` through
+/// [`TxStore::read_or_begin`], on the connection it read on); tested by sweeping a deadline
+/// across both (`tests/tests/cancelled_begin.rs`).
 ///
 /// sqlx 0.9.0 raises its transaction depth only after the `BEGIN` round trip (PostgreSQL and
 /// MySQL), and its rollback-on-drop guards do nothing at depth 0: a future dropped in between
@@ -650,7 +736,16 @@ pub(crate) async fn begin_on_pool<DB: Database>(
     pool: &Pool<DB>,
     statement: Option<&'static str>,
 ) -> Result<sqlx::Transaction<'static, DB>, Error> {
-    let conn = pool.acquire().await?;
+    begin_on_connection(pool.acquire().await?, statement).await
+}
+
+/// [`begin_on_pool`] on a connection already checked out of the pool (by
+/// [`TxStore::read_or_begin`], which read on it first, outside any transaction): the same
+/// `BEGIN` in a task of its own.
+async fn begin_on_connection<DB: Database>(
+    conn: sqlx::pool::PoolConnection<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>, Error> {
     let begin = sqlx::Transaction::begin(conn, statement.map(sqlx::SqlSafeStr::into_sql_str));
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Ok(begin.await?);
@@ -669,6 +764,21 @@ impl<DB: SqlBackend> TxStore for &Pool<DB> {
     }
     async fn begin_deferred(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
         begin_on_pool(self, None).await
+    }
+    /// The read and the `BEGIN` on one pooled connection.
+    async fn read_or_begin<R>(
+        &mut self,
+        key: &StorageKey,
+        settle: impl FnOnce(Record) -> Option<R> + Send,
+    ) -> Result<ReadOrBegun<'_, DB, R>, Error> {
+        let mut conn = self.acquire().await?;
+        let read = DB::read_record_unlocked(&mut conn, key).await?;
+        if let Some(settled) = read.and_then(settle) {
+            return Ok(ReadOrBegun::Settled(settled));
+        }
+        Ok(ReadOrBegun::Begun(
+            begin_on_connection(conn, DB::BEGIN).await?,
+        ))
     }
 }
 
