@@ -1444,7 +1444,8 @@ async fn postgres_record_table_allows_hot_completions() {
 /// (the record read on a pooled connection; no `BEGIN`, so on SQLite no write lock), judged as
 /// inside a transaction (replay, or `FingerprintMismatch`); a fresh call still runs in one
 /// transaction with one effect. Counted by the database itself on a pool of one connection
-/// (see [`idempotent_tests::statements`]).
+/// (see [`idempotent_tests::statements`]). A fresh claim-mode call on SQLite is two write
+/// transactions, the claim and the completion, and nothing else.
 mod statements_per_call {
     use std::time::Duration;
 
@@ -1625,5 +1626,51 @@ mod statements_per_call {
         sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
         assert_eq!(svc.ledger.count(&r).await, 1);
         assert_eq!(svc.ledger.count(&other).await, 0);
+    }
+
+    /// Claim mode needs the claim durable before the body runs (a crash mid-body must leave
+    /// it), so a fresh call is two write transactions: the claim `INSERT` and the completion
+    /// `UPDATE`, each its own autocommit — no third, and no read.
+    #[tokio::test]
+    async fn sqlite_fresh_claim_call_is_two_write_transactions() {
+        let trace = SqliteTrace::open(Duration::from_secs(30)).await;
+        let db = trace.pool.clone();
+        let svc = sqlite::Svc {
+            ledger: LiteLedger::create(&db).await,
+            db,
+            gate: Gate::default(),
+            fail_next: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
+        };
+        let r = req(&unique("t"), "order-1", 100);
+        // The ledger's own write in the body is an effect, not the protocol's: counted apart.
+        let mark = trace.snapshot();
+        let (first, how) = observe(svc.place_claim(&r)).await;
+        let fresh = trace.snapshot().since(&mark);
+        assert_eq!(how, Some(Disposition::Executed), "{first:?}");
+        let protocol: Vec<_> = fresh
+            .statements
+            .iter()
+            .filter(|s| s.contains("idempotency_records"))
+            .map(|s| s.split_whitespace().next().unwrap_or_default())
+            .collect();
+        assert_eq!(protocol, ["INSERT", "UPDATE"], "{fresh:?}");
+        assert_eq!(
+            fresh.statements.len(),
+            3,
+            "claim, the ledger's insert, completion: {fresh:?}"
+        );
+        assert_eq!((fresh.commits, fresh.rollbacks), (3, 0), "{fresh:?}");
+
+        // The claim attempt is a write statement: it takes the write lock and commits its
+        // (empty) transaction, which SQLite's commit hook reports; then the read.
+        let mark = trace.snapshot();
+        let (again, how) = observe(svc.place_claim(&r)).await;
+        let replay = trace.snapshot().since(&mark);
+        assert_eq!(how, Some(Disposition::Replayed), "{again:?}");
+        assert_eq!(again.unwrap(), first.unwrap());
+        assert_eq!(replay.statements.len(), 2, "{replay:?}");
+        assert_eq!((replay.commits, replay.rollbacks), (1, 0), "{replay:?}");
+        assert_eq!(svc.ledger.count(&r).await, 1);
     }
 }

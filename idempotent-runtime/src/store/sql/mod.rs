@@ -197,9 +197,42 @@ pub trait SqlBackend: Database {
             ))
         }
     }
+    /// Waits for this process's turn to write claim-mode statements to `pool`'s database, and
+    /// holds it until the returned [`WriteTurn`] drops; `None`: no turn needed. The pool's
+    /// [`ClaimStore`] methods that write (claim, take-over, completion, renewal, release) each
+    /// hold one around their write statement, taken once they hold a pooled connection (so a
+    /// turn never waits for the pool) and never held longer: never across a body, and never
+    /// in transactional mode, whose transaction spans the body.
+    ///
+    /// The default needs none: a server database queues its writers on row locks. SQLite has
+    /// one writer per database file and makes the others retry in its busy handler, which
+    /// sleeps (up to 100 ms a time): with many pooled writers the slowest calls waited for
+    /// sleeps rather than the lock. Its turn is an in-process first-in-first-out queue per
+    /// database (see `store/sql/sqlite.rs`), so this process's writers hand the lock on
+    /// without sleeping; other processes on the same file still meet the busy handler.
+    fn write_turn(pool: &Pool<Self>) -> impl Future<Output = Option<WriteTurn>> + Send {
+        let _ = pool;
+        std::future::ready(None)
+    }
     /// Creates the idempotency-record table and its index if missing (the migration shipped in
     /// `migrations/<backend>.sql`). Safe to call concurrently and repeatedly.
     fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// A process's turn to write claim-mode statements to one database, held until dropped (see
+/// [`SqlBackend::write_turn`]).
+pub struct WriteTurn {
+    /// Held for its drop, which hands the turn to the next writer in line.
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTurn {
+    /// Waits for `gate`'s turn (first come, first served: tokio's mutex is fair) and holds it.
+    pub(crate) async fn wait(gate: std::sync::Arc<tokio::sync::Mutex<()>>) -> WriteTurn {
+        WriteTurn {
+            _held: gate.lock_owned().await,
+        }
+    }
 }
 
 /// A record row: owner, fingerprint, status, response, expires_at_ms, now_ms.
@@ -241,7 +274,7 @@ fn statements(sql: &'static str) -> impl Iterator<Item = &'static str> {
 /// `shared_clock` whether its "now" is one clock for every client ([`SqlBackend::SHARED_CLOCK`]). Each backend's file
 /// invokes it once.
 macro_rules! sql_backend {
-    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, shared_clock = $shared:literal, sql = $sql:expr, migrate = $migrate:expr $(, claim_or_read = $claim_or_read:expr)? $(,)?) => {
+    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, shared_clock = $shared:literal, sql = $sql:expr, migrate = $migrate:expr $(, claim_or_read = $claim_or_read:expr)? $(, write_turn = $write_turn:expr)? $(,)?) => {
         impl $crate::store::sql::SqlBackend for $db {
             type ClaimPool = sqlx::Pool<$db>;
             fn claim_pool(pool: &sqlx::Pool<$db>) -> &sqlx::Pool<$db> {
@@ -395,6 +428,14 @@ macro_rules! sql_backend {
                     c: &$crate::store::Claim<'_>,
                 ) -> Result<$crate::store::ClaimOrRecord, $crate::Error> {
                     ($claim_or_read)(conn, c).await
+                }
+            )?
+
+            $(
+                async fn write_turn(
+                    pool: &sqlx::Pool<$db>,
+                ) -> Option<$crate::store::sql::WriteTurn> {
+                    ($write_turn)(pool).await
                 }
             )?
         }
@@ -793,14 +834,26 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
 
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::try_claim(&mut conn, claim).await
     }
 
     /// [`SqlBackend::claim_or_read`] on one pooled connection (one checkout; one statement on
-    /// PostgreSQL).
+    /// PostgreSQL). Where writers take turns ([`SqlBackend::write_turn`]: SQLite), the claim
+    /// `INSERT` under the turn, then the read, after it.
     async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
         let mut conn = self.acquire().await?;
-        DB::claim_or_read(&mut conn, claim).await
+        let Some(turn) = DB::write_turn(self).await else {
+            return DB::claim_or_read(&mut conn, claim).await;
+        };
+        let claimed = DB::try_claim(&mut conn, claim).await?;
+        drop(turn);
+        if claimed {
+            return Ok(ClaimOrRecord::Claimed);
+        }
+        Ok(ClaimOrRecord::Existing(
+            DB::read_record(&mut conn, claim.key).await?,
+        ))
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
@@ -814,6 +867,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         previous_owner: &str,
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::take_over_claim(&mut conn, claim, previous_owner).await
     }
 
@@ -824,6 +878,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         expires_at_ms: i64,
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::take_over_unrenewed(&mut conn, claim, previous_owner, expires_at_ms).await
     }
 
@@ -835,6 +890,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::complete_claim(&mut conn, key, owner, response, ttl).await
     }
 
@@ -845,11 +901,13 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         lease: Duration,
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::renew_claim(&mut conn, key, owner, lease).await
     }
 
     async fn release_claim(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::release_claim(&mut conn, key, owner).await
     }
 
