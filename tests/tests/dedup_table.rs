@@ -752,6 +752,30 @@ macro_rules! tx_tests {
                 assert_eq!(svc.ledger.records_with_key(&key.hex()).await, 1);
             }
 
+            /// A completed record past its TTL (by the database's clock) is not replayed by the
+            /// read before the transaction: the call runs again, in a transaction that takes
+            /// the record over.
+            #[tokio::test]
+            async fn expired_record_runs_the_body_again() {
+                let Some((svc, _g)) = svc().await else { return };
+                let r = req(&unique("t"), "order-1", 100);
+                let (first, how) = observe(svc.place_tx(&r)).await;
+                assert_eq!(how, Some(Disposition::Executed), "{first:?}");
+                let key = KeyBuilder::new(Svc::PLACE_TX)
+                    .scope(&r.tenant)
+                    .part(&r.id)
+                    .finish()
+                    .unwrap();
+                svc.ledger.expire_record(&key.hex()).await;
+                let (again, how) = observe(svc.place_tx(&r)).await;
+                assert_eq!(how, Some(Disposition::Executed), "{again:?}");
+                assert_ne!(again.unwrap(), first.unwrap());
+                assert_eq!(svc.ledger.count(&r).await, 2);
+                let (third, how) = observe(svc.place_tx(&r)).await;
+                assert_eq!(how, Some(Disposition::Replayed), "{third:?}");
+                assert_eq!(svc.ledger.count(&r).await, 2);
+            }
+
             #[tokio::test]
             async fn unstorable_response_rolls_the_call_back() {
                 let Some((svc, _g)) = svc().await else { return };
