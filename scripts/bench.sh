@@ -3,7 +3,7 @@
 #   scripts/bench.sh                 # default run: 2,000 calls a phase, 3 rounds, a few minutes
 #   scripts/bench.sh --long          # 10,000 calls a phase
 #   scripts/bench.sh --growth        # adds the PostgreSQL growth section (slow)
-# Other flags: --calls N, --rounds N, --only SUBSTRING, --no-callgrind, --redis-url URL,
+# Other flags: --calls N, --rounds N, --only SUBSTRING, --sqlite-pool N, --no-callgrind, --redis-url URL,
 # --postgres-url URL (default $IDEMPOTENT_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/test),
 # --mysql-url URL (default $IDEMPOTENT_MYSQL_URL or mysql://root@127.0.0.1:3306/test).
 # Needs PostgreSQL, MariaDB/MySQL and redis-server; valgrind for the CPU section

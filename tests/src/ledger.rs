@@ -138,6 +138,21 @@ macro_rules! sql_ledger {
                     .expect("count ledger")
             }
 
+            /// Makes the idempotency record stored under `key_hex` expired by any clock (its
+            /// expiry set to the Unix epoch), as if its TTL had passed.
+            pub async fn expire_record(&self, key_hex: &str) {
+                let sql = format!(
+                    "UPDATE idempotency_records SET expires_at_ms = 0 WHERE idempotency_key = {}",
+                    $ph.replace("N", "1")
+                );
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(key_hex)
+                    .execute(&self.pool)
+                    .await
+                    .expect("expire record");
+                assert_eq!(done.rows_affected(), 1, "no record under {key_hex}");
+            }
+
             /// Idempotency records stored under `key_hex` (the hex of the request's key).
             pub async fn records_with_key(&self, key_hex: &str) -> i64 {
                 let sql = format!(

@@ -14,6 +14,7 @@
 //! | [`fixtures`] | [`Req`], [`Receipt`], [`AppError`], the pause points [`Gate`] and [`Once`] |
 //! | [`ledger`] | [`ledger_ddl`], the SQL and memory ledgers ([`PgLedger`], [`MyLedger`], [`LiteLedger`], [`MemLedger`]), the in-memory [`Effects`] |
 //! | [`outcome`] | [`Got`] with [`classify`], [`got`], [`tally`] and [`poll_while`] |
+//! | [`statements`] | what a database runs for one call, as it reports it: [`PgWire`] (a proxy reading PostgreSQL's replies), [`MySqlSession`] (session status counters), [`SqliteTrace`] (SQLite's statement trace and commit/rollback hooks) |
 //! | [`skew`] | [`SkewSvc`](skew::SkewSvc) and the `skew_worker` protocol: processes sharing one SQLite file with clocks apart |
 //! | [`redis_server`] | [`RedisServer`], [`RedisCluster`], [`free_port`], the throwaway server and cluster |
 //! | [`redis_replication`] | [`RedisReplicaSet`]: primary + replica (+ 3 Sentinels), promotion, failover |
@@ -29,6 +30,7 @@ pub mod outcome;
 pub mod redis_replication;
 pub mod redis_server;
 pub mod skew;
+pub mod statements;
 
 pub use backends::{
     Guard, MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, ci, mariadb_snapshot_pool, mysql,
@@ -44,3 +46,4 @@ pub use redis_server::{
     assert_round_trips, cluster_urls, counting, free_port, private_redis, private_redis_cluster,
     redis_server_on_path, throwaway_redis_url,
 };
+pub use statements::{MySqlSession, PgLog, PgWire, SqliteLog, SqliteTrace};

@@ -7,10 +7,15 @@
 //! it is inside a transaction. PostgreSQL: `SAVEPOINT probe` must fail with 25P01 ("SAVEPOINT
 //! can only be used in transaction blocks"); MariaDB: `SELECT @@in_transaction` must be 0 (its
 //! `SAVEPOINT` succeeds outside a transaction in autocommit mode).
+//!
+//! The same sweep across `TxStore::read_or_begin` (issue 14): the record read outside any
+//! transaction, then the `BEGIN` on that same pooled connection, as `dedup_table`'s
+//! transactional mode opens its transaction.
 
 use std::time::{Duration, Instant};
 
-use idempotent_runtime::TxStore;
+use idempotent_runtime::store::sql::ReadOrBegun;
+use idempotent_runtime::{KeyBuilder, StorageKey, TxStore};
 use idempotent_tests::{mysql_pool, pg_pool};
 
 /// Deadlines swept: from 0 µs up in 5 µs steps, across acquiring the connection (with the
@@ -39,9 +44,29 @@ struct Sweep {
     leaked: Vec<u64>,
 }
 
-/// Sweeps the deadline across `TxStore::begin` on `pool`; `in_transaction` probes the next
-/// borrow and, when it finds a transaction, ends it (so every step starts clean).
-async fn sweep<DB, P>(pool: &sqlx::Pool<DB>, mut in_transaction: P) -> Sweep
+/// `TxStore::begin` on `store`, or with `read_first`, `TxStore::read_or_begin` for that key
+/// with a judgement that never settles (so it always goes on to the `BEGIN`).
+async fn open<'s, DB: idempotent_runtime::SqlBackend>(
+    store: &'s mut &sqlx::Pool<DB>,
+    read_first: Option<&StorageKey>,
+) -> Result<sqlx::Transaction<'s, DB>, idempotent_runtime::Error> {
+    let Some(key) = read_first else {
+        return TxStore::begin(store).await;
+    };
+    match store.read_or_begin(key, |_| None::<()>).await? {
+        ReadOrBegun::Begun(tx) => Ok(tx),
+        ReadOrBegun::Settled(()) => panic!("the judgement never settles"),
+    }
+}
+
+/// Sweeps the deadline across `TxStore::begin` on `pool` (with `read_first`, across
+/// `TxStore::read_or_begin`); `in_transaction` probes the next borrow and, when it finds a
+/// transaction, ends it (so every step starts clean).
+async fn sweep<DB, P>(
+    pool: &sqlx::Pool<DB>,
+    read_first: Option<&StorageKey>,
+    mut in_transaction: P,
+) -> Sweep
 where
     DB: idempotent_runtime::SqlBackend,
     P: AsyncFnMut(&mut sqlx::pool::PoolConnection<DB>) -> bool,
@@ -56,7 +81,7 @@ where
         let mut store = pool;
         let began = tokio::select! {
             biased;
-            tx = TxStore::begin(&mut store) => Some(tx),
+            tx = open(&mut store, read_first) => Some(tx),
             () = deadline(at) => None,
         };
         match began {
@@ -90,12 +115,21 @@ fn assert_clean(backend: &str, s: &Sweep) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_cancelled_begin_never_lends_a_connection_inside_a_transaction() {
+/// A key no record is stored under: the read finds nothing and the `BEGIN` follows.
+fn absent_key() -> StorageKey {
+    KeyBuilder::new("cancelled_begin")
+        .part(&idempotent_tests::unique("absent"))
+        .finish()
+        .unwrap()
+}
+
+async fn postgres_sweep(read_first: bool) {
     let Some((pool, _guard)) = pg_pool(1).await else {
         return;
     };
-    let s = sweep(&pool, async |conn| {
+    idempotent_runtime::migrate(&pool).await.unwrap();
+    let key = read_first.then(absent_key);
+    let s = sweep(&pool, key.as_ref(), async |conn| {
         match sqlx::query("SAVEPOINT probe").execute(&mut **conn).await {
             Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("25P01") => false,
             Err(e) => panic!("unexpected probe error: {e}"),
@@ -109,12 +143,13 @@ async fn postgres_cancelled_begin_never_lends_a_connection_inside_a_transaction(
     assert_clean("postgres", &s);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_cancelled_begin_never_lends_a_connection_inside_a_transaction() {
+async fn mariadb_sweep(read_first: bool) {
     let Some((pool, _guard)) = mysql_pool(1).await else {
         return;
     };
-    let s = sweep(&pool, async |conn| {
+    idempotent_runtime::migrate(&pool).await.unwrap();
+    let key = read_first.then(absent_key);
+    let s = sweep(&pool, key.as_ref(), async |conn| {
         let open: u64 = sqlx::query_scalar("SELECT @@in_transaction")
             .fetch_one(&mut **conn)
             .await
@@ -126,4 +161,24 @@ async fn mariadb_cancelled_begin_never_lends_a_connection_inside_a_transaction()
     })
     .await;
     assert_clean("mariadb", &s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cancelled_begin_never_lends_a_connection_inside_a_transaction() {
+    postgres_sweep(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_cancelled_begin_never_lends_a_connection_inside_a_transaction() {
+    mariadb_sweep(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cancelled_read_then_begin_never_lends_a_connection_inside_a_transaction() {
+    postgres_sweep(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_cancelled_read_then_begin_never_lends_a_connection_inside_a_transaction() {
+    mariadb_sweep(true).await;
 }

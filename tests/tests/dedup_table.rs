@@ -752,6 +752,30 @@ macro_rules! tx_tests {
                 assert_eq!(svc.ledger.records_with_key(&key.hex()).await, 1);
             }
 
+            /// A completed record past its TTL (by the database's clock) is not replayed by the
+            /// read before the transaction: the call runs again, in a transaction that takes
+            /// the record over.
+            #[tokio::test]
+            async fn expired_record_runs_the_body_again() {
+                let Some((svc, _g)) = svc().await else { return };
+                let r = req(&unique("t"), "order-1", 100);
+                let (first, how) = observe(svc.place_tx(&r)).await;
+                assert_eq!(how, Some(Disposition::Executed), "{first:?}");
+                let key = KeyBuilder::new(Svc::PLACE_TX)
+                    .scope(&r.tenant)
+                    .part(&r.id)
+                    .finish()
+                    .unwrap();
+                svc.ledger.expire_record(&key.hex()).await;
+                let (again, how) = observe(svc.place_tx(&r)).await;
+                assert_eq!(how, Some(Disposition::Executed), "{again:?}");
+                assert_ne!(again.unwrap(), first.unwrap());
+                assert_eq!(svc.ledger.count(&r).await, 2);
+                let (third, how) = observe(svc.place_tx(&r)).await;
+                assert_eq!(how, Some(Disposition::Replayed), "{third:?}");
+                assert_eq!(svc.ledger.count(&r).await, 2);
+            }
+
             #[tokio::test]
             async fn unstorable_response_rolls_the_call_back() {
                 let Some((svc, _g)) = svc().await else { return };
@@ -1438,4 +1462,240 @@ async fn postgres_record_table_allows_hot_completions() {
     .await
     .unwrap();
     assert_eq!(options.0, Some(vec!["fillfactor=90".to_owned()]));
+}
+
+/// Issue 14: a duplicate of a completed `#[tx]` call is one statement outside any transaction
+/// (the record read on a pooled connection; no `BEGIN`, so on SQLite no write lock), judged as
+/// inside a transaction (replay, or `FingerprintMismatch`); a fresh call still runs in one
+/// transaction with one effect. Counted by the database itself on a pool of one connection
+/// (see [`idempotent_tests::statements`]). A fresh claim-mode call on SQLite is two write
+/// transactions, the claim and the completion, and nothing else.
+mod statements_per_call {
+    use std::time::Duration;
+
+    use idempotent_tests::{MySqlSession, PgLog, PgWire, SqliteTrace};
+    use sqlx::Connection;
+
+    use super::*;
+
+    fn mismatch<T: std::fmt::Debug>(got: &Result<T, AppError>) -> bool {
+        matches!(got, Err(AppError::Idempotency(Error::FingerprintMismatch)))
+    }
+
+    #[tokio::test]
+    async fn postgres_tx_replay_is_one_statement_and_no_transaction() {
+        let Some(wire) = PgWire::start().await else {
+            return;
+        };
+        let db = wire.pool().await;
+        let svc = postgres::Svc {
+            ledger: PgLedger::create(&db).await,
+            db,
+            gate: Gate::default(),
+            fail_next: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
+        };
+        let r = req(&unique("t"), "order-1", 100);
+
+        let mark = wire.snapshot();
+        let (first, how) = observe(svc.place_tx(&r)).await;
+        let fresh = wire.snapshot().since(&mark);
+        assert_eq!(how, Some(Disposition::Executed), "{first:?}");
+        assert_eq!(fresh.transactions, 1, "{fresh:?}");
+        assert_eq!(
+            fresh.commands.first().map(String::as_str),
+            Some("SELECT 0"),
+            "{fresh:?}"
+        );
+        assert_eq!(
+            fresh.commands.last().map(String::as_str),
+            Some("COMMIT"),
+            "{fresh:?}"
+        );
+        assert_eq!(svc.ledger.count(&r).await, 1);
+
+        let one_read = PgLog {
+            commands: vec!["SELECT 1".to_owned()],
+            round_trips: 1,
+            transactions: 0,
+        };
+        let mark = wire.snapshot();
+        let (again, how) = observe(svc.place_tx(&r)).await;
+        assert_eq!(wire.snapshot().since(&mark), one_read);
+        assert_eq!(how, Some(Disposition::Replayed));
+        assert_eq!(again.unwrap(), first.unwrap());
+
+        let mark = wire.snapshot();
+        let other = svc.place_tx(&req(&r.tenant, "order-1", 999)).await;
+        assert_eq!(wire.snapshot().since(&mark), one_read);
+        assert!(mismatch(&other), "{other:?}");
+        assert_eq!(svc.ledger.count(&r).await, 1);
+        assert_eq!(svc.ledger.count(&req(&r.tenant, "order-1", 999)).await, 0);
+    }
+
+    #[tokio::test]
+    async fn mysql_tx_replay_is_one_statement_and_no_transaction() {
+        let Some(session) = MySqlSession::connect().await else {
+            return;
+        };
+        let db = session.pool.clone();
+        let svc = mysql::Svc {
+            ledger: MyLedger::create(&db).await,
+            db,
+            gate: Gate::default(),
+            fail_next: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
+        };
+        let r = req(&unique("t"), "order-1", 100);
+        // What reading the counters adds to them, measured once the reading is prepared.
+        let overhead = session.overhead().await;
+        let ran = async |call: &dyn Fn() -> _| {
+            let before = session.counters().await;
+            let got = observe(call()).await;
+            let after = session.counters().await;
+            (got, MySqlSession::between(&before, &after, &overhead))
+        };
+
+        let ((first, how), fresh) = ran(&|| svc.place_tx(&r)).await;
+        assert_eq!(how, Some(Disposition::Executed), "{first:?}");
+        assert_eq!(
+            (fresh["Com_begin"], fresh["Com_commit"]),
+            (1, 1),
+            "{fresh:?}"
+        );
+        assert_eq!(svc.ledger.count(&r).await, 1);
+
+        let ((again, how), replay) = ran(&|| svc.place_tx(&r)).await;
+        assert_eq!(how, Some(Disposition::Replayed));
+        assert_eq!(again.unwrap(), first.unwrap());
+        for (counter, expected) in [
+            ("Questions", 1),
+            ("Com_begin", 0),
+            ("Com_commit", 0),
+            ("Com_rollback", 0),
+        ] {
+            assert_eq!(replay[counter], expected, "{counter}: {replay:?}");
+        }
+
+        let other = req(&r.tenant, "order-1", 999);
+        let ((got, _), mismatched) = ran(&|| svc.place_tx(&other)).await;
+        assert!(mismatch(&got), "{got:?}");
+        for (counter, expected) in [
+            ("Questions", 1),
+            ("Com_begin", 0),
+            ("Com_commit", 0),
+            ("Com_rollback", 0),
+        ] {
+            assert_eq!(mismatched[counter], expected, "{counter}: {mismatched:?}");
+        }
+        assert_eq!(svc.ledger.count(&r).await, 1);
+        assert_eq!(svc.ledger.count(&other).await, 0);
+    }
+
+    /// Also with another connection holding the database's write lock all along: the replay
+    /// and the mismatch need no lock, so they answer at once (a `BEGIN IMMEDIATE` would wait
+    /// for the busy timeout, then fail).
+    #[tokio::test]
+    async fn sqlite_tx_replay_is_one_statement_and_no_transaction() {
+        let trace = SqliteTrace::open(Duration::from_millis(200)).await;
+        let db = trace.pool.clone();
+        let svc = sqlite::Svc {
+            ledger: LiteLedger::create(&db).await,
+            db,
+            gate: Gate::default(),
+            fail_next: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
+        };
+        let r = req(&unique("t"), "order-1", 100);
+
+        let mark = trace.snapshot();
+        let (first, how) = observe(svc.place_tx(&r)).await;
+        let fresh = trace.snapshot().since(&mark);
+        assert_eq!(how, Some(Disposition::Executed), "{first:?}");
+        assert_eq!((fresh.commits, fresh.rollbacks), (1, 0), "{fresh:?}");
+        assert!(
+            fresh.statements.iter().any(|s| s == "BEGIN IMMEDIATE"),
+            "{fresh:?}"
+        );
+        assert_eq!(svc.ledger.count(&r).await, 1);
+
+        let mut writer =
+            sqlx::SqliteConnection::connect_with(&trace.options(Duration::from_millis(200)))
+                .await
+                .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+
+        let one_read = |log: &idempotent_tests::SqliteLog| {
+            log.statements.len() == 1
+                && log.statements[0].starts_with("SELECT owner, fingerprint, status, response")
+                && (log.commits, log.rollbacks) == (0, 0)
+        };
+        let mark = trace.snapshot();
+        let (again, how) = observe(svc.place_tx(&r)).await;
+        let replay = trace.snapshot().since(&mark);
+        assert_eq!(how, Some(Disposition::Replayed), "{again:?}");
+        assert_eq!(again.unwrap(), first.unwrap());
+        assert!(one_read(&replay), "{replay:?}");
+
+        let mark = trace.snapshot();
+        let other = req(&r.tenant, "order-1", 999);
+        let got = svc.place_tx(&other).await;
+        let mismatched = trace.snapshot().since(&mark);
+        assert!(mismatch(&got), "{got:?}");
+        assert!(one_read(&mismatched), "{mismatched:?}");
+
+        sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+        assert_eq!(svc.ledger.count(&r).await, 1);
+        assert_eq!(svc.ledger.count(&other).await, 0);
+    }
+
+    /// Claim mode needs the claim durable before the body runs (a crash mid-body must leave
+    /// it), so a fresh call is two write transactions: the claim `INSERT` and the completion
+    /// `UPDATE`, each its own autocommit — no third. Before them, the read that answers a
+    /// duplicate alone (it finds nothing here). A replay is that read only: no write.
+    #[tokio::test]
+    async fn sqlite_fresh_claim_call_is_two_write_transactions() {
+        let trace = SqliteTrace::open(Duration::from_secs(30)).await;
+        let db = trace.pool.clone();
+        let svc = sqlite::Svc {
+            ledger: LiteLedger::create(&db).await,
+            db,
+            gate: Gate::default(),
+            fail_next: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
+        };
+        let r = req(&unique("t"), "order-1", 100);
+        // The ledger's own write in the body is an effect, not the protocol's: counted apart.
+        let mark = trace.snapshot();
+        let (first, how) = observe(svc.place_claim(&r)).await;
+        let fresh = trace.snapshot().since(&mark);
+        assert_eq!(how, Some(Disposition::Executed), "{first:?}");
+        let protocol: Vec<_> = fresh
+            .statements
+            .iter()
+            .filter(|s| s.contains("idempotency_records"))
+            .map(|s| s.split_whitespace().next().unwrap_or_default())
+            .collect();
+        assert_eq!(protocol, ["SELECT", "INSERT", "UPDATE"], "{fresh:?}");
+        assert_eq!(
+            fresh.statements.len(),
+            4,
+            "read, claim, the ledger's insert, completion: {fresh:?}"
+        );
+        assert_eq!((fresh.commits, fresh.rollbacks), (3, 0), "{fresh:?}");
+
+        // The replay is the read alone: no claim attempt, no write transaction.
+        let mark = trace.snapshot();
+        let (again, how) = observe(svc.place_claim(&r)).await;
+        let replay = trace.snapshot().since(&mark);
+        assert_eq!(how, Some(Disposition::Replayed), "{again:?}");
+        assert_eq!(again.unwrap(), first.unwrap());
+        assert_eq!(replay.statements.len(), 1, "{replay:?}");
+        assert!(replay.statements[0].starts_with("SELECT"), "{replay:?}");
+        assert_eq!((replay.commits, replay.rollbacks), (0, 0), "{replay:?}");
+        assert_eq!(svc.ledger.count(&r).await, 1);
+    }
 }

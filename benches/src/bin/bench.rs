@@ -36,6 +36,7 @@ struct Args {
     callgrind: bool,
     write: Option<PathBuf>,
     only: Option<String>,
+    sqlite_pool: u32,
     redis_url: Option<String>,
     postgres_url: String,
     mysql_url: String,
@@ -51,6 +52,7 @@ fn args() -> Args {
         callgrind: true,
         write: None,
         only: None,
+        sqlite_pool: 8,
         redis_url: None,
         postgres_url: std::env::var("IDEMPOTENT_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
@@ -72,6 +74,9 @@ fn args() -> Args {
             "--no-callgrind" => a.callgrind = false,
             "--write" => a.write = Some(value().into()),
             "--only" => a.only = Some(value()),
+            "--sqlite-pool" => {
+                a.sqlite_pool = value().parse().unwrap_or_else(|_| usage("--sqlite-pool N"))
+            }
             "--redis-url" => a.redis_url = Some(value()),
             "--postgres-url" => a.postgres_url = value(),
             "--mysql-url" => a.mysql_url = value(),
@@ -85,7 +90,7 @@ fn args() -> Args {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: bench [--calls N (2000)] [--long (10000 calls)] [--rounds N (3)] [--growth] \
-         [--no-callgrind] [--only SUBSTRING] [--write BENCHMARKS.md] [--redis-url URL (default: a \
+         [--no-callgrind] [--only SUBSTRING] [--sqlite-pool N (8)] [--write BENCHMARKS.md] [--redis-url URL (default: a \
          throwaway redis-server)] [--postgres-url URL] [--mysql-url URL]"
     );
     std::process::exit(2)
@@ -541,14 +546,14 @@ async fn mysql_pool(url: &str) -> MySqlPool {
     pool
 }
 
-async fn sqlite_pool(dir: &Path) -> SqlitePool {
+async fn sqlite_pool(dir: &Path, connections: u32) -> SqlitePool {
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(dir.join("bench.db"))
         .create_if_missing(true)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(30));
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(8)
+        .max_connections(connections)
         .connect_with(opts)
         .await
         .expect("SQLite pool");
@@ -637,7 +642,7 @@ async fn main() {
     let pg = pg_pool(&a.postgres_url, SCHEMA, POOL).await;
     let mysql = mysql_pool(&a.mysql_url).await;
     let sqlite_dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = sqlite_pool(sqlite_dir.path()).await;
+    let sqlite = sqlite_pool(sqlite_dir.path(), a.sqlite_pool).await;
     pg.execute("TRUNCATE idempotency_records")
         .await
         .expect("truncate");
@@ -1294,11 +1299,12 @@ const METHOD: &str = r#"
   round's calls/s and the median of the rounds' p99.
 - Stores: PostgreSQL schema `idem_bench` and MariaDB database `idem_bench` (truncated at the
   start of a run; never the tests' tables), pools of 32 connections; SQLite a temporary file in
-  WAL mode with a 30 s busy timeout and a pool of 8 (as the tests); the memory store one
+  WAL mode with a 30 s busy timeout and a pool of 8 (as the tests; `--sqlite-pool N` for
+  another size); the memory store one
   `MemoryStore`; Redis a throwaway `redis-server` (no persistence) unless `--redis-url` is given.
 - Flags of `scripts/bench.sh` (passed to `bench`): `--calls N` (default 2,000 per phase),
   `--long` (10,000), `--rounds N` (3), `--growth` (adds the growth section, slow: it pre-fills
   10^6 rows once and runs c up to 128), `--only SUBSTRING` (paths whose name contains it),
-  `--no-callgrind`. Without `--growth`, the growth section of the existing BENCHMARKS.md is kept
+  `--sqlite-pool N` (the SQLite pool's connections, default 8), `--no-callgrind`. Without `--growth`, the growth section of the existing BENCHMARKS.md is kept
   as it was, with the date it was last run.
 "#;

@@ -4,8 +4,11 @@
 //!
 //! Claim mode: the claim `INSERT` and, when it finds a record, the `SELECT` on one pooled
 //! connection (MySQL and SQLite: the `SELECT` first, and the `INSERT` only when it finds
-//! nothing, as the runtime does); the completion `UPDATE` on another checkout. Transactional mode: `BEGIN`
-//! (SQLite `BEGIN IMMEDIATE`), `INSERT`, body, `UPDATE`, `COMMIT`; a duplicate `INSERT`,
+//! nothing, as the runtime does); the completion `UPDATE` on another checkout. Transactional
+//! mode, on one pooled connection: the record's `SELECT` outside any transaction (without
+//! MySQL's lock clause), which ends a duplicate of a completed call; otherwise `BEGIN` (SQLite
+//! `BEGIN IMMEDIATE`), `INSERT`, body, `UPDATE`, `COMMIT`, or for a record found inside the
+//! transaction
 //! `SELECT`, `ROLLBACK`.
 
 use super::{LEASE_MS, TTL_MS, busy, fingerprint, key, lost, mismatch, owner};
@@ -33,6 +36,13 @@ pub fn judge(row: Option<Row>, fp: &str) -> Result<Receipt, AppError> {
     }
 }
 
+/// `true` when `row` answers a duplicate without a transaction: completed and unexpired by
+/// the database's clock.
+pub fn settled(row: &Row) -> bool {
+    let (_owner, _fp, status, _response, expires_at_ms, now_ms) = row;
+    status == "completed" && expires_at_ms > now_ms
+}
+
 fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -49,6 +59,10 @@ macro_rules! sql_hand {
             const READ: &str = concat!(
                 "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
                 " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1, $rl
+            );
+            const READ_UNLOCKED: &str = concat!(
+                "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
+                " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1
             );
             const COMPLETE: &str = concat!(
                 "UPDATE idempotency_records SET status = 'completed', response = ", $p1, ", expires_at_ms = ", $now, " + ", $p2,
@@ -70,7 +84,7 @@ macro_rules! sql_hand {
                     // As the runtime's pool store on MySQL and SQLite: a duplicate is answered
                     // by the read alone.
                     if $read_first {
-                        let row: Option<Row> = sqlx::query_as(READ)
+                        let row: Option<Row> = sqlx::query_as(READ_UNLOCKED)
                             .bind(&key)
                             .fetch_optional(&mut *conn)
                             .await?;
@@ -128,9 +142,18 @@ macro_rules! sql_hand {
                     let key = key("hand.tx", req);
                     let fp = fingerprint(req);
                     let owner = owner();
+                    let mut conn = self.pool.acquire().await?;
+                    let row: Option<Row> = sqlx::query_as(READ_UNLOCKED)
+                        .bind(&key)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if let Some(row) = row.filter(settled) {
+                        drop(conn);
+                        return judge(Some(row), &fp);
+                    }
                     let mut tx = match BEGIN {
-                        Some(statement) => self.pool.begin_with(statement).await?,
-                        None => self.pool.begin().await?,
+                        Some(statement) => sqlx::Connection::begin_with(&mut *conn, statement).await?,
+                        None => sqlx::Connection::begin(&mut *conn).await?,
                     };
                     let claimed = match sqlx::query(CLAIM)
                         .bind(&key)

@@ -37,6 +37,7 @@ use crate::{Error, StorageKey};
 struct SqlText {
     try_claim: &'static str,
     read: &'static str,
+    read_unlocked: &'static str,
     take_over: &'static str,
     take_over_unrenewed: &'static str,
     complete: &'static str,
@@ -46,7 +47,8 @@ struct SqlText {
 
 /// One template for every backend: `$now` is the backend's "now in Unix ms" expression, `p1..p7`
 /// its placeholders in binding order, `$on_conflict` what follows the claim INSERT, `$read_lock`
-/// what follows the record SELECT. Each backend's file invokes it once.
+/// what follows the record SELECT (`read`; `read_unlocked` is the same SELECT without it).
+/// Each backend's file invokes it once.
 macro_rules! sql_text {
     (now = $now:literal, p = [$p1:literal, $p2:literal, $p3:literal, $p4:literal, $p5:literal, $p6:literal, $p7:literal], on_conflict = $oc:literal, read_lock = $rl:literal) => {
         $crate::store::sql::SqlText {
@@ -57,6 +59,10 @@ macro_rules! sql_text {
             read: concat!(
                 "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
                 " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1, $rl
+            ),
+            read_unlocked: concat!(
+                "SELECT owner, fingerprint, status, response, expires_at_ms, ", $now,
+                " AS now_ms FROM idempotency_records WHERE idempotency_key = ", $p1
             ),
             take_over: concat!(
                 "UPDATE idempotency_records SET owner = ", $p1, ", fingerprint = ", $p2, ", operation = ", $p3,
@@ -135,6 +141,15 @@ pub trait SqlBackend: Database {
         conn: &mut Self::Connection,
         key: &StorageKey,
     ) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
+    /// [`read_record`](Self::read_record) without a locking clause (MySQL/MariaDB's
+    /// `LOCK IN SHARE MODE`; PostgreSQL's and SQLite's read has none), for a connection outside
+    /// any transaction: one statement that is its own transaction, sees the latest committed
+    /// record, takes no lock and waits for none (a record a transaction has not committed yet
+    /// reads as none, or as it was). Used by [`TxStore::read_or_begin`].
+    fn read_record_unlocked(
+        conn: &mut Self::Connection,
+        key: &StorageKey,
+    ) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
     /// See [`ClaimStore::take_over_claim`].
     fn take_over_claim(
         conn: &mut Self::Connection,
@@ -187,9 +202,42 @@ pub trait SqlBackend: Database {
             ))
         }
     }
+    /// Waits for this process's turn to write claim-mode statements to `pool`'s database, and
+    /// holds it until the returned [`WriteTurn`] drops; `None`: no turn needed. The pool's
+    /// [`ClaimStore`] methods that write (claim, take-over, completion, renewal, release) each
+    /// hold one around their write statement, taken once they hold a pooled connection (so a
+    /// turn never waits for the pool) and never held longer: never across a body, and never
+    /// in transactional mode, whose transaction spans the body.
+    ///
+    /// The default needs none: a server database queues its writers on row locks. SQLite has
+    /// one writer per database file and makes the others retry in its busy handler, which
+    /// sleeps (up to 100 ms a time): with many pooled writers the slowest calls waited for
+    /// sleeps rather than the lock. Its turn is an in-process first-in-first-out queue per
+    /// database (see `store/sql/sqlite.rs`), so this process's writers hand the lock on
+    /// without sleeping; other processes on the same file still meet the busy handler.
+    fn write_turn(pool: &Pool<Self>) -> impl Future<Output = Option<WriteTurn>> + Send {
+        let _ = pool;
+        std::future::ready(None)
+    }
     /// Creates the idempotency-record table and its index if missing (the migration shipped in
     /// `migrations/<backend>.sql`). Safe to call concurrently and repeatedly.
     fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// A process's turn to write claim-mode statements to one database, held until dropped (see
+/// [`SqlBackend::write_turn`]).
+pub struct WriteTurn {
+    /// Held for its drop, which hands the turn to the next writer in line.
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTurn {
+    /// Waits for `gate`'s turn (first come, first served: tokio's mutex is fair) and holds it.
+    pub(crate) async fn wait(gate: std::sync::Arc<tokio::sync::Mutex<()>>) -> WriteTurn {
+        WriteTurn {
+            _held: gate.lock_owned().await,
+        }
+    }
 }
 
 /// A record row: owner, fingerprint, status, response, expires_at_ms, now_ms.
@@ -231,7 +279,7 @@ fn statements(sql: &'static str) -> impl Iterator<Item = &'static str> {
 /// `shared_clock` whether its "now" is one clock for every client ([`SqlBackend::SHARED_CLOCK`]). Each backend's file
 /// invokes it once.
 macro_rules! sql_backend {
-    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, shared_clock = $shared:literal, sql = $sql:expr, migrate = $migrate:expr $(, claim_or_read = $claim_or_read:expr)? $(,)?) => {
+    (database = $db:ty, connection = $conn:ty, begin = $begin:expr, shared_clock = $shared:literal, sql = $sql:expr, migrate = $migrate:expr $(, claim_or_read = $claim_or_read:expr)? $(, write_turn = $write_turn:expr)? $(,)?) => {
         impl $crate::store::sql::SqlBackend for $db {
             type ClaimPool = sqlx::Pool<$db>;
             fn claim_pool(pool: &sqlx::Pool<$db>) -> &sqlx::Pool<$db> {
@@ -271,6 +319,18 @@ macro_rules! sql_backend {
             ) -> Result<Option<$crate::store::Record>, $crate::Error> {
                 const TEXT: $crate::store::sql::SqlText = $sql;
                 let row = sqlx::query_as(TEXT.read)
+                    .bind(key.hex())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                $crate::store::sql::record_from_row(row)
+            }
+
+            async fn read_record_unlocked(
+                conn: &mut $conn,
+                key: &$crate::StorageKey,
+            ) -> Result<Option<$crate::store::Record>, $crate::Error> {
+                const TEXT: $crate::store::sql::SqlText = $sql;
+                let row = sqlx::query_as(TEXT.read_unlocked)
                     .bind(key.hex())
                     .fetch_optional(&mut *conn)
                     .await?;
@@ -379,6 +439,14 @@ macro_rules! sql_backend {
                     ($claim_or_read)(conn, c).await
                 }
             )?
+
+            $(
+                async fn write_turn(
+                    pool: &sqlx::Pool<$db>,
+                ) -> Option<$crate::store::sql::WriteTurn> {
+                    ($write_turn)(pool).await
+                }
+            )?
         }
     };
 }
@@ -408,6 +476,24 @@ macro_rules! tx_store {
             ) -> Result<sqlx::Transaction<'_, $db>, $crate::Error> {
                 let conn: &mut $conn = self;
                 Ok(sqlx::Connection::begin(conn).await?)
+            }
+            async fn read_or_begin<R>(
+                &mut self,
+                key: &$crate::StorageKey,
+                settle: impl FnOnce($crate::store::Record) -> Option<R> + Send,
+            ) -> Result<$crate::store::sql::ReadOrBegun<'_, $db, R>, $crate::Error> {
+                if !sqlx::Connection::is_in_transaction(&**self) {
+                    let conn: &mut $conn = self;
+                    let read =
+                        <$db as $crate::store::sql::SqlBackend>::read_record_unlocked(conn, key)
+                            .await?;
+                    if let Some(settled) = read.and_then(settle) {
+                        return Ok($crate::store::sql::ReadOrBegun::Settled(settled));
+                    }
+                }
+                Ok($crate::store::sql::ReadOrBegun::Begun(
+                    $crate::store::sql::TxStore::begin(self).await?,
+                ))
             }
             async fn settle(&mut self) {
                 let conn: &mut $conn = self;
@@ -619,6 +705,35 @@ pub trait TxStore: IntoTxStore + Send {
     fn begin_deferred(
         &mut self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'_, Self::Database>, Error>> + Send;
+    /// Opens the transaction as [`begin`](Self::begin) does, unless a record read first
+    /// settles the call without one.
+    ///
+    /// When the store is not inside the caller's transaction ([`in_callers_transaction`]
+    /// `false`: a pool, or a connection outside any transaction), the record of `key` is read
+    /// first in one statement outside any transaction ([`SqlBackend::read_record_unlocked`]),
+    /// and `settle` judges it: `Some(r)` ends the call there, [`ReadOrBegun::Settled`]`(r)`,
+    /// with no transaction opened (a pooled connection goes back to the pool). No record, or
+    /// `settle` answering `None`, opens the transaction on that same connection (a pool: one
+    /// checkout for both), through the same cancel-safe path as [`begin`](Self::begin). Inside
+    /// the caller's transaction nothing is read first: [`ReadOrBegun::Begun`] at once.
+    ///
+    /// `dedup_table`'s transactional mode settles a duplicate of a completed call this way:
+    /// one statement and no `BEGIN` (on SQLite, no write lock). The read claims nothing: what
+    /// is claimed is decided inside the transaction, by reading again.
+    ///
+    /// The default reads nothing and begins (the behaviour inside the caller's transaction).
+    ///
+    /// Errors: [`Error::Backend`] (the read's, or the `BEGIN`'s).
+    ///
+    /// [`in_callers_transaction`]: Self::in_callers_transaction
+    fn read_or_begin<R>(
+        &mut self,
+        key: &StorageKey,
+        settle: impl FnOnce(Record) -> Option<R> + Send,
+    ) -> impl Future<Output = Result<ReadOrBegun<'_, Self::Database, R>, Error>> + Send {
+        let _ = (key, settle);
+        async move { Ok(ReadOrBegun::Begun(self.begin().await?)) }
+    }
     /// `true` when the store is a connection already inside the caller's transaction: the
     /// strategy then works in a SAVEPOINT, and a deadlock or serialization failure is returned
     /// at once (only the caller can retry its whole transaction). Pools return `false`.
@@ -637,10 +752,22 @@ pub trait TxStore: IntoTxStore + Send {
     }
 }
 
+/// What [`TxStore::read_or_begin`] did.
+pub enum ReadOrBegun<'c, DB: Database, R> {
+    /// The record read before any transaction settled the call: `settle`'s answer. No
+    /// transaction was opened.
+    Settled(R),
+    /// The transaction (or savepoint), opened as [`TxStore::begin`] opens it.
+    Begun(sqlx::Transaction<'c, DB>),
+}
+
 /// Opens a transaction on a connection of `pool` with `statement` (`None`: sqlx's `BEGIN`),
 /// so that a caller whose future is dropped while the `BEGIN` is in flight never leaves that
 /// connection in the pool inside a transaction. Every transaction the runtime opens on a pool
-/// starts here (the strategies through [`TxStore::begin`], the migrations).
+/// starts here (the strategies through [`TxStore::begin`], the migrations) or in
+/// [`begin_on_connection`], its second half (`dedup_table` through
+/// [`TxStore::read_or_begin`], on the connection it read on); tested by sweeping a deadline
+/// across both (`tests/tests/cancelled_begin.rs`).
 ///
 /// sqlx 0.9.0 raises its transaction depth only after the `BEGIN` round trip (PostgreSQL and
 /// MySQL), and its rollback-on-drop guards do nothing at depth 0: a future dropped in between
@@ -659,7 +786,16 @@ pub(crate) async fn begin_on_pool<DB: Database>(
     pool: &Pool<DB>,
     statement: Option<&'static str>,
 ) -> Result<sqlx::Transaction<'static, DB>, Error> {
-    let conn = pool.acquire().await?;
+    begin_on_connection(pool.acquire().await?, statement).await
+}
+
+/// [`begin_on_pool`] on a connection already checked out of the pool (by
+/// [`TxStore::read_or_begin`], which read on it first, outside any transaction): the same
+/// `BEGIN` in a task of its own.
+async fn begin_on_connection<DB: Database>(
+    conn: sqlx::pool::PoolConnection<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>, Error> {
     let begin = sqlx::Transaction::begin(conn, statement.map(sqlx::SqlSafeStr::into_sql_str));
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Ok(begin.await?);
@@ -679,6 +815,21 @@ impl<DB: SqlBackend> TxStore for &Pool<DB> {
     async fn begin_deferred(&mut self) -> Result<sqlx::Transaction<'_, DB>, Error> {
         begin_on_pool(self, None).await
     }
+    /// The read and the `BEGIN` on one pooled connection.
+    async fn read_or_begin<R>(
+        &mut self,
+        key: &StorageKey,
+        settle: impl FnOnce(Record) -> Option<R> + Send,
+    ) -> Result<ReadOrBegun<'_, DB, R>, Error> {
+        let mut conn = self.acquire().await?;
+        let read = DB::read_record_unlocked(&mut conn, key).await?;
+        if let Some(settled) = read.and_then(settle) {
+            return Ok(ReadOrBegun::Settled(settled));
+        }
+        Ok(ReadOrBegun::Begun(
+            begin_on_connection(conn, DB::BEGIN).await?,
+        ))
+    }
 }
 
 impl<DB: SqlBackend> Store for Pool<DB> {
@@ -692,24 +843,37 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
 
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::try_claim(&mut conn, claim).await
     }
 
     /// One pooled connection (one checkout). PostgreSQL: [`SqlBackend::claim_or_read`], one
-    /// statement either way. MySQL/MariaDB and SQLite: the record is read first, and an
+    /// statement either way. MySQL/MariaDB and SQLite: the record is read first
+    /// ([`SqlBackend::read_record_unlocked`]: autocommit, no lock taken or waited for), and an
     /// existing one — a completed call's (a replay), a running one's, an expired one — is
-    /// returned from that single `SELECT` (autocommit: no transaction, and on SQLite no write
-    /// lock, so replays run beside a writer); only a missing record costs the `INSERT` (and,
-    /// when a concurrent caller inserted it first, the read after it). The strategy judges the
-    /// record it gets exactly as before (fingerprint, expiry by the database's clock, owner).
+    /// returned from that single `SELECT`: no transaction, and on SQLite no write lock, so
+    /// replays run beside a writer. Only a missing record costs the `INSERT` (under the
+    /// writers' turn where they take turns, [`SqlBackend::write_turn`]: SQLite) and, when a
+    /// concurrent caller inserted it first, the read after it. The strategy judges the record
+    /// it gets exactly as before (fingerprint, expiry by the database's clock, owner).
     async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
         let mut conn = self.acquire().await?;
         if !DB::CLAIM_OR_READ_IN_ONE_STATEMENT
-            && let Some(record) = DB::read_record(&mut conn, claim.key).await?
+            && let Some(record) = DB::read_record_unlocked(&mut conn, claim.key).await?
         {
             return Ok(ClaimOrRecord::Existing(Some(record)));
         }
-        DB::claim_or_read(&mut conn, claim).await
+        let Some(turn) = DB::write_turn(self).await else {
+            return DB::claim_or_read(&mut conn, claim).await;
+        };
+        let claimed = DB::try_claim(&mut conn, claim).await?;
+        drop(turn);
+        if claimed {
+            return Ok(ClaimOrRecord::Claimed);
+        }
+        Ok(ClaimOrRecord::Existing(
+            DB::read_record(&mut conn, claim.key).await?,
+        ))
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
@@ -723,6 +887,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         previous_owner: &str,
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::take_over_claim(&mut conn, claim, previous_owner).await
     }
 
@@ -733,6 +898,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         expires_at_ms: i64,
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::take_over_unrenewed(&mut conn, claim, previous_owner, expires_at_ms).await
     }
 
@@ -744,6 +910,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         ttl: Duration,
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::complete_claim(&mut conn, key, owner, response, ttl).await
     }
 
@@ -754,11 +921,13 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         lease: Duration,
     ) -> Result<bool, Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::renew_claim(&mut conn, key, owner, lease).await
     }
 
     async fn release_claim(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
         let mut conn = self.acquire().await?;
+        let _turn = DB::write_turn(self).await;
         DB::release_claim(&mut conn, key, owner).await
     }
 

@@ -7,7 +7,13 @@
 //!   not at all. A concurrent duplicate's insert waits on the primary key until the first
 //!   transaction ends, then reads the committed record and replays it (PostgreSQL
 //!   `ON CONFLICT DO NOTHING`, SQLite `BEGIN IMMEDIATE`, MySQL's duplicate-key error, recognised
-//!   by sqlx's error kind). A rollback or a crash leaves no record.
+//!   by sqlx's error kind). A rollback or a crash leaves no record. A duplicate of a completed
+//!   call opens no transaction: on a pool (or a connection outside any transaction) the record
+//!   is first read in one statement outside any transaction
+//!   ([`TxStore::read_or_begin`](crate::TxStore::read_or_begin)); completed and unexpired by
+//!   the database's clock, it is judged there (replay, or [`Error::FingerprintMismatch`]).
+//!   Absent, expired or in progress, the transaction opens on the same connection and claims
+//!   as above, judging what it reads itself.
 //! - **Claim** ([`run`], no `#[tx]`, any [`ClaimStore`]): the claim commits first as
 //!   `in_progress` with a lease judged by the store's clock; the body runs; completion stores the
 //!   response by compare-and-set on the claim's owner token, in a task of its own that outlives
@@ -411,11 +417,22 @@ pub use transactional::run_in_tx;
 mod transactional {
     use super::super::storable;
     use super::*;
-    use crate::store::sql::{SqlBackend, TxStore, is_retryable};
+    use crate::store::sql::{ReadOrBegun, SqlBackend, TxStore, is_retryable};
 
     /// Transactional mode: opens a transaction on `store`, inserts the record, runs `body` on
     /// that transaction's connection, completes the record and commits — one commit for the
     /// record and the body's writes. A body error rolls everything back; the retry runs again.
+    ///
+    /// A duplicate of a completed call is answered before any transaction: unless `store` is
+    /// inside the caller's transaction, each attempt first reads the record in one statement
+    /// outside any transaction, on the pooled connection the transaction then uses
+    /// ([`TxStore::read_or_begin`]). A record completed and unexpired by the database's clock
+    /// is judged as it would be inside the transaction — another fingerprint is
+    /// [`Error::FingerprintMismatch`], else its response is replayed — with no `BEGIN`
+    /// (on SQLite, no write lock). Anything else — no record, an expired one, one in
+    /// progress — goes on to the transaction, whose claim reads and judges again: the
+    /// first read never decides a claim. So a replay costs one statement, and a fresh call
+    /// one statement more than the transaction alone.
     ///
     /// Deadlocks and serialization failures while claiming (the retryable errors of
     /// [`is_retryable`]: MySQL 1213, MariaDB 1020, SQLSTATE 40001/40P01, SQLite busy) retry the
@@ -460,8 +477,16 @@ mod transactional {
             attempts += 1;
             let nested = store.in_callers_transaction();
             let may_retry = |e: &Error| !nested && is_retryable(e) && attempts < MAX_ATTEMPTS;
-            let mut tx = match store.begin().await {
-                Ok(tx) => tx,
+            let mut tx = match store
+                .read_or_begin(&key, |rec| replay_before_begin::<T>(rec, &claim))
+                .await
+            {
+                Ok(ReadOrBegun::Begun(tx)) => tx,
+                Ok(ReadOrBegun::Settled(replay)) => {
+                    let value = replay?;
+                    record(Disposition::Replayed);
+                    return Ok(value);
+                }
                 Err(e) if may_retry(&e) => {
                     backoff.wait().await;
                     continue;
@@ -539,6 +564,25 @@ mod transactional {
                     busy(options.on_busy, started, &mut backoff).await?;
                 }
             }
+        }
+    }
+
+    /// The answer a record read before any transaction ([`TxStore::read_or_begin`]) settles
+    /// the call with: only a completed record unexpired by the store's clock, judged exactly as
+    /// inside the transaction ([`judge`]: another fingerprint → [`Error::FingerprintMismatch`],
+    /// else its response, replayed). Anything else (expired, in progress) is `None`: the call
+    /// goes on in a transaction, which reads and judges again.
+    fn replay_before_begin<T: DeserializeOwned>(
+        rec: Record,
+        claim: &Claim<'_>,
+    ) -> Option<Result<T, Error>> {
+        if rec.expired || !matches!(rec.state, RecordState::Completed(_)) {
+            return None;
+        }
+        match judge::<T>(rec, claim.owner, claim.fingerprint, None) {
+            Ok(Verdict::Replay(v)) => Some(Ok(v)),
+            Err(e) => Some(Err(e)),
+            Ok(_) => None,
         }
     }
 
