@@ -774,7 +774,7 @@ async fn main() {
     {
         let (s, h) = (
             Arc::new(Claim { store: pg.clone() }),
-            Arc::new(hand::sql::postgres::Claim { pool: pg.clone() }),
+            Arc::new(hand::sql::postgres_one_statement::Claim { pool: pg.clone() }),
         );
         path!(
             "dedup_table claim · PostgreSQL",
@@ -973,7 +973,7 @@ async fn main() {
                 Arc::new(Claim {
                     store: pool.clone(),
                 }),
-                Arc::new(hand::sql::postgres::Claim { pool: pool.clone() }),
+                Arc::new(hand::sql::postgres_one_statement::Claim { pool: pool.clone() }),
             );
             let p = PathDef {
                 name: name.clone(),

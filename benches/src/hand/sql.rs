@@ -228,3 +228,74 @@ sql_hand!(
     begin = Some("BEGIN IMMEDIATE"),
     read_first = true
 );
+
+/// `dedup_table` claim mode by hand on PostgreSQL with the runtime's one-statement claim
+/// (`WITH ins AS (INSERT … ON CONFLICT DO NOTHING RETURNING 1) SELECT …`, copied from
+/// `idempotent-runtime/src/store/sql/postgres.rs`): a fresh call and a replay are one statement
+/// each before the completion, as the runtime's.
+pub mod postgres_one_statement {
+    use super::*;
+
+    const CLAIM_OR_READ: &str = concat!(
+        "WITH ins AS (INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) VALUES ($1, $2, $3, 'in_progress', $4, NULL, ",
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint + $5, (extract(epoch from clock_timestamp()) * 1000)::bigint)",
+        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1) ",
+        "SELECT (SELECT count(*) FROM ins) AS claimed, r.owner, r.fingerprint, r.status, r.response, r.expires_at_ms, ",
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint AS now_ms ",
+        "FROM (SELECT 1) AS one LEFT JOIN idempotency_records AS r ON r.idempotency_key = $1"
+    );
+    const COMPLETE: &str = "UPDATE idempotency_records SET status = 'completed', response = $1, expires_at_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $2 WHERE idempotency_key = $3 AND owner = $4 AND status = 'in_progress'";
+
+    /// claimed, owner, fingerprint, status, response, expires_at_ms, now_ms
+    type ClaimOrReadRow = (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<Vec<u8>>,
+        Option<i64>,
+        i64,
+    );
+
+    /// `dedup_table` claim mode by hand, one statement to claim or read.
+    pub struct Claim {
+        pub pool: sqlx::PgPool,
+    }
+
+    impl Claim {
+        pub async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
+            let key = key("hand.claim", req);
+            let fp = fingerprint(req);
+            let owner = owner();
+            let (claimed, stored_owner, stored_fp, status, response, expires_at_ms, now_ms): ClaimOrReadRow =
+                sqlx::query_as(CLAIM_OR_READ)
+                    .bind(&key)
+                    .bind("hand.claim")
+                    .bind(&fp)
+                    .bind(&owner)
+                    .bind(LEASE_MS)
+                    .fetch_one(&self.pool)
+                    .await?;
+            if claimed != 1 {
+                let row = match (stored_owner, status, expires_at_ms) {
+                    (Some(o), Some(s), Some(e)) => Some((o, stored_fp, s, response, e, now_ms)),
+                    _ => None,
+                };
+                return judge(row, &fp);
+            }
+            let value = receipt(req, 0);
+            let bytes = serde_json::to_vec(&value)?;
+            let done = sqlx::query(COMPLETE)
+                .bind(bytes)
+                .bind(TTL_MS)
+                .bind(&key)
+                .bind(&owner)
+                .execute(&self.pool)
+                .await?;
+            if done.rows_affected() != 1 {
+                return Err(lost());
+            }
+            Ok(value)
+        }
+    }
+}
