@@ -6,7 +6,7 @@
 //! Why dashmap and not a cache crate: measured with the benchmarks (`BENCHMARKS.md`, "memory
 //! store"), moka's `and_compute_with` took 63% of a fresh call and made the memory path 6× the
 //! CPU of a hand-written sharded `Mutex<HashMap>`; a sharded map with expiry judged on access
-//! costs what the hand-written map does. Dead entries are swept in bulk ([`Table::room`]), so
+//! costs what the hand-written map does. Dead entries are swept in bulk (`Table::room`), so
 //! memory stays bounded without a background task.
 //!
 //! Here live the memory store's [`ClaimStore`], [`LockStore`] and [`TokenStore`] impls and its
