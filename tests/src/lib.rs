@@ -14,6 +14,7 @@
 //! | [`fixtures`] | [`Req`], [`Receipt`], [`AppError`], the pause points [`Gate`] and [`Once`] |
 //! | [`ledger`] | [`ledger_ddl`], the SQL and memory ledgers ([`PgLedger`], [`MyLedger`], [`LiteLedger`], [`MemLedger`]), the in-memory [`Effects`] |
 //! | [`outcome`] | [`Got`] with [`classify`], [`got`], [`tally`] and [`poll_while`] |
+//! | [`matrix`] | the fault matrix (issue 15): strategies × backends × faults, the `fault_worker` protocol, `GUARANTEES.md` |
 //! | [`skew`] | [`SkewSvc`](skew::SkewSvc) and the `skew_worker` protocol: processes sharing one SQLite file with clocks apart |
 //! | [`redis_server`] | [`RedisServer`], [`RedisCluster`], [`free_port`], the throwaway server and cluster |
 //! | [`redis_replication`] | [`RedisReplicaSet`]: primary + replica (+ 3 Sentinels), promotion, failover |
@@ -25,6 +26,7 @@ pub mod business;
 pub mod faults;
 pub mod fixtures;
 pub mod ledger;
+pub mod matrix;
 pub mod outcome;
 pub mod redis_replication;
 pub mod redis_server;

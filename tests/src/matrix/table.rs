@@ -1,0 +1,267 @@
+//! The matrix's cells and `GUARANTEES.md`: [`Fault`] (the columns), [`Cell`] (one strategy ×
+//! backend × fault, with its measured [`Verdict`]), [`render`] (the document) and
+//! [`compare`] (the committed document against a fresh run, skipped rows aside).
+
+use std::fmt::Write;
+
+use super::{Backend, Strategy};
+
+/// The faults: the table's columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// The worker process SIGKILLed when the body started; a fresh worker retries.
+    KillClaimed,
+    /// SIGKILLed after the body's effect, before completion/commit.
+    KillEffect,
+    /// SIGKILLed after the call returned.
+    KillCompleted,
+    /// The caller's future dropped when the body started (in process).
+    CancelClaimed,
+    /// The caller's future dropped after the body's effect (in process).
+    CancelEffect,
+    /// The backend connections killed by the server after the body's effect (in process).
+    ConnKilled,
+    /// A pool of one connection, 10 concurrent calls of one key (in process).
+    PoolOfOne,
+    /// 4 worker processes × many requests over many keys.
+    Storm,
+    /// A worker with its clock 60 s ahead, then 60 s behind, against a live claim (claim mode).
+    Skew,
+}
+
+impl Fault {
+    /// Every fault, in column order.
+    pub const ALL: [Fault; 9] = [
+        Fault::KillClaimed,
+        Fault::KillEffect,
+        Fault::KillCompleted,
+        Fault::CancelClaimed,
+        Fault::CancelEffect,
+        Fault::ConnKilled,
+        Fault::PoolOfOne,
+        Fault::Storm,
+        Fault::Skew,
+    ];
+
+    /// Its id in test names (`kill_claimed`, …).
+    pub fn id(self) -> &'static str {
+        match self {
+            Fault::KillClaimed => "kill_claimed",
+            Fault::KillEffect => "kill_effect",
+            Fault::KillCompleted => "kill_completed",
+            Fault::CancelClaimed => "cancel_claimed",
+            Fault::CancelEffect => "cancel_effect",
+            Fault::ConnKilled => "conn_killed",
+            Fault::PoolOfOne => "pool_of_one",
+            Fault::Storm => "storm",
+            Fault::Skew => "skew_60s",
+        }
+    }
+
+    /// Its column heading.
+    pub fn title(self) -> &'static str {
+        match self {
+            Fault::KillClaimed => "SIGKILL after claim",
+            Fault::KillEffect => "SIGKILL after effect",
+            Fault::KillCompleted => "SIGKILL after completion",
+            Fault::CancelClaimed => "future dropped after claim",
+            Fault::CancelEffect => "future dropped after effect",
+            Fault::ConnKilled => "connection killed after effect",
+            Fault::PoolOfOne => "pool of 1, 10 calls",
+            Fault::Storm => "storm, 4 processes",
+            Fault::Skew => "clock ±60 s",
+        }
+    }
+}
+
+/// What a cell measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It ran: the outcome in words, and the most effects one key got.
+    Measured {
+        /// The outcome (`1 effect; the retry runs at once`).
+        text: String,
+        /// The most effects any key of the cell got.
+        effects: i64,
+    },
+    /// The fault does not apply to this pair, and why.
+    NotApplicable(String),
+    /// It could not run here (a server or tool missing, outside CI), and why.
+    Skipped(String),
+    /// It ran and broke a guarantee, or crashed: the message.
+    Failed(String),
+}
+
+/// One strategy × backend × fault.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// The fault (column).
+    pub fault: Fault,
+    /// The strategy (row).
+    pub strategy: Strategy,
+    /// The backend (row).
+    pub backend: Backend,
+    /// What it measured.
+    pub verdict: Verdict,
+}
+
+impl Cell {
+    /// The cell's test name: `<fault>::<strategy>::<backend>`.
+    pub fn id(&self) -> String {
+        cell_id(self.fault, self.strategy, self.backend)
+    }
+
+    /// The cell as JSON (for `target/tmp/fault-matrix/<id>.json`).
+    pub fn json(&self) -> serde_json::Value {
+        let (status, text, effects) = match &self.verdict {
+            Verdict::Measured { text, effects } => ("measured", text.clone(), Some(*effects)),
+            Verdict::NotApplicable(t) => ("n/a", t.clone(), None),
+            Verdict::Skipped(t) => ("skipped", t.clone(), None),
+            Verdict::Failed(t) => ("failed", t.clone(), None),
+        };
+        serde_json::json!({
+            "cell": self.id(),
+            "fault": self.fault.id(),
+            "strategy": self.strategy.id(),
+            "backend": self.backend.id(),
+            "status": status,
+            "outcome": text,
+            "effects": effects,
+        })
+    }
+}
+
+/// `<fault>::<strategy>::<backend>`.
+pub fn cell_id(fault: Fault, strategy: Strategy, backend: Backend) -> String {
+    format!("{}::{}::{}", fault.id(), strategy.id(), backend.id())
+}
+
+/// The rows of the table: every strategy × backend pair that runs.
+pub fn rows() -> Vec<(Strategy, Backend)> {
+    let mut v = Vec::new();
+    for s in Strategy::ALL {
+        for b in Backend::ALL {
+            if s.runs_on(b) {
+                v.push((s, b));
+            }
+        }
+    }
+    v
+}
+
+const HEADER: &str = "\
+# Guarantees under faults
+
+<!-- Generated by tests/tests/fault_matrix.rs from its measurements: do not edit. -->
+
+Every strategy × backend pair under the same faults, each cell **measured** by the fault
+matrix (`cargo test -p idempotent-tests --test fault_matrix`), which fails when this file
+differs from what it measured; `IDEMPOTENT_WRITE_GUARANTEES=1` rewrites it. Each cell gives
+the measured outcome, then (small) its test, `fault::strategy::backend`. Effects are counted in
+a ledger on the same backend (a table, or Redis counters); every claim-mode operation has a
+1 s lease.
+
+- **SIGKILL after claim / effect / completion**: a worker process (`tests/src/bin/fault_worker.rs`)
+  announces its pause point on stdout and is killed there with SIGKILL; a fresh worker then
+  retries the same key every 20 ms until it is not turned away as busy. *after claim*: the
+  body has started (claim, lock or consumed token held; transaction open); *after effect*: the
+  body wrote its effect and has not returned (no completion, no commit); *after completion*:
+  the call returned.
+- **future dropped after claim / effect**: the same pause points in the test's own process,
+  where the caller's future is dropped (what a `tokio::time::timeout` firing there does); the
+  default `on_cancel = \"keep\"`.
+- **connection killed after effect**: while the body is held after its effect, the server
+  kills every connection of the caller's pool (PostgreSQL `pg_terminate_backend`, MariaDB
+  `KILL`; Redis `CLIENT KILL TYPE normal` on a server of the test's own); then the body
+  returns.
+- **pool of 1, 10 calls**: a pool of one connection (acquire time-out 10 s), 10 concurrent
+  calls of one key lined up on a barrier; all must finish within 60 s.
+- **storm, 4 processes**: 4 worker processes, each calling every key several times in its own
+  order, 4 calls at a time; effects must equal keys.
+- **clock ±60 s**: a worker under `faketime` (+60 s, then −60 s) calls a key another worker
+  holds (alive, renewing) for 2.5 leases, then after the holder completes.
+- `n/a`: the fault does not apply to the pair (the reason is given).
+";
+
+/// The document for `cells`: one table row per strategy × backend, one column per fault, then
+/// the cells with more than one effect (the limits).
+pub fn render(cells: &[Cell]) -> String {
+    let mut out = String::from(HEADER);
+    out.push_str("\n| strategy | backend |");
+    for f in Fault::ALL {
+        let _ = write!(out, " {} |", f.title());
+    }
+    out.push_str("\n|---|---|");
+    for _ in Fault::ALL {
+        out.push_str("---|");
+    }
+    out.push('\n');
+    for (s, b) in rows() {
+        let _ = write!(out, "| {} | {} |", s.title(), b.title());
+        for f in Fault::ALL {
+            let cell = cells
+                .iter()
+                .find(|c| c.fault == f && c.strategy == s && c.backend == b);
+            let text = match cell.map(|c| &c.verdict) {
+                Some(Verdict::Measured { text, .. }) => {
+                    format!("{text}<br><sub>{}</sub>", cell_id(f, s, b))
+                }
+                Some(Verdict::NotApplicable(why)) => format!("n/a: {why}"),
+                Some(Verdict::Skipped(why)) => format!("**skipped**: {why}"),
+                Some(Verdict::Failed(_)) => "**FAILED**".to_owned(),
+                None => "not measured yet".to_owned(),
+            };
+            let _ = write!(out, " {text} |");
+        }
+        out.push('\n');
+    }
+    let limits: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Measured { effects, .. } if effects > 1))
+        .collect();
+    out.push_str("\n## Cells with more than one effect\n\n");
+    if limits.is_empty() {
+        out.push_str("None.\n");
+    } else {
+        out.push_str(
+            "Each is a documented limit of its strategy (README, *Guarantees and their limits*):\n\n",
+        );
+        for c in limits {
+            if let Verdict::Measured { text, .. } = &c.verdict {
+                let _ = writeln!(
+                    out,
+                    "- {} on {}, {}: {text} (`{}`)",
+                    c.strategy.title(),
+                    c.backend.title(),
+                    c.fault.title(),
+                    c.id()
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Compares a fresh rendering with the committed document. Lines of the fresh one that show a
+/// skipped cell are left out of the comparison (a machine without a server cannot check its
+/// rows); every other line must be identical and in the same place.
+pub fn compare(fresh: &str, committed: &str) -> Result<(), String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (fresh.lines().collect(), committed.lines().collect());
+    if a.len() != b.len() {
+        return Err(format!("{} lines measured, {} committed", a.len(), b.len()));
+    }
+    let mut diffs = Vec::new();
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        if x != y && !x.contains("**skipped**") {
+            diffs.push(format!(
+                "line {}:\n  measured:  {x}\n  committed: {y}",
+                i + 1
+            ));
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(diffs.join("\n"))
+    }
+}
