@@ -128,7 +128,10 @@ impl Env {
         {
             return Some(why.clone());
         }
-        if fault == Fault::ConnKilled && b == Backend::Redis && !redis_server_on_path() {
+        if matches!(fault, Fault::ConnKilled | Fault::Restarted)
+            && b == Backend::Redis
+            && !redis_server_on_path()
+        {
             return Some(
                 "redis-server is not on PATH (the test kills its own server's clients)".into(),
             );
@@ -140,13 +143,13 @@ impl Env {
 /// Why `fault` does not apply to `s` on `b`, if it does not.
 fn not_applicable(fault: Fault, s: Strategy, b: Backend) -> Option<&'static str> {
     match fault {
-        Fault::KillClaimed | Fault::KillEffect | Fault::KillCompleted | Fault::Storm
-            if b == Backend::Memory =>
-        {
+        Fault::KillClaimed | Fault::KillEffect | Fault::KillCompleted if b == Backend::Memory => {
             Some("in-process store, gone with its process")
         }
-        Fault::ConnKilled if b == Backend::Memory => Some("no connection"),
-        Fault::ConnKilled if b == Backend::Sqlite => Some("a file, no server connection"),
+        Fault::Storm if b == Backend::Memory => Some("in-process store: one process"),
+        Fault::ConnKilled | Fault::Restarted if b == Backend::Memory => Some("no server"),
+        Fault::ConnKilled | Fault::Restarted if b == Backend::Sqlite => Some("a file, no server"),
+        Fault::Restarted if b != Backend::Redis => Some("the suite starts no server of its own"),
         Fault::PoolOfOne if !b.is_sql() => Some("no connection pool"),
         Fault::Skew if s.family() == Family::Transactional => {
             Some("no lease: claim and body in one transaction")
@@ -159,10 +162,10 @@ fn not_applicable(fault: Fault, s: Strategy, b: Backend) -> Option<&'static str>
 // ------------------------------------------------------------------------------ wording
 
 fn effects_text(n: i64) -> String {
-    if n == 1 {
-        "1 effect".into()
-    } else {
-        format!("{n} effects")
+    match n {
+        1 => "1 effect".into(),
+        0 => "0 effects".into(),
+        n => format!("**{n} effects**"),
     }
 }
 
@@ -183,6 +186,7 @@ fn short(k: &str) -> String {
         ("Unrecorded", "`Unrecorded`"),
         ("LockLost", "`LockLost`"),
         ("Contention", "`Contention`"),
+        ("TokenInvalid", "`TokenInvalid`"),
         ("Backend", "`Error::Backend`"),
         ("Db(", "the database error"),
     ] {
@@ -287,17 +291,17 @@ async fn kill_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict {
         format!("{}; retry {} at once", effects_text(after), verb(&last))
     } else {
         let wait = if b == Backend::Sqlite {
-            "for up to a lease of watching"
+            " (watched)"
         } else {
-            "until the lease ends"
+            ""
         };
         let why = if after > 1 {
-            " (the effect was not recorded: limit)"
+            " (effect not recorded)"
         } else {
             ""
         };
         format!(
-            "{}{why}; retry turned away {wait}, then {}",
+            "{}{why}; retry busy until the lease ends{wait}, then {}",
             effects_text(after),
             verb(&last)
         )
@@ -365,12 +369,12 @@ async fn cancel_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict 
     }
     let text = if is_busy(s, &first) {
         let why = if after > 1 {
-            " (the effect was not recorded: limit)"
+            " (effect not recorded)"
         } else {
             ""
         };
         format!(
-            "{}{why}; retry turned away until the lease ends, then {}",
+            "{}{why}; retry busy until the lease ends, then {}",
             effects_text(after),
             verb(&last)
         )
@@ -449,7 +453,7 @@ async fn conn_killed(env: &Env, s: Strategy, b: Backend) -> Verdict {
     assert_eq!(after, 1, "first {first}, retries {calls:?}");
     let text = if ok {
         format!(
-            "{}; the call completes, retry {}",
+            "{}; call completes, retry {}",
             effects_text(after),
             verb(&last)
         )
@@ -512,8 +516,21 @@ async fn pool_of_one(env: &Env, s: Strategy, b: Backend) -> Verdict {
         .collect();
     assert!(others.is_empty(), "unexpected errors: {all:?}");
     assert_eq!(after, 1, "{all:?}");
+    let fresh = all.iter().filter(|k| *k == fresh_ok(s)).count();
+    assert_eq!(fresh, 1, "one call runs the body: {all:?}");
+    let turned_away = if s.replays() {
+        ["Replayed", "InProgress"]
+    } else {
+        ["Duplicate", "Duplicate"]
+    };
+    assert!(
+        all.iter().all(|k| k == fresh_ok(s)
+            || turned_away.contains(&k.as_str())
+            || k.contains("PoolTimedOut")),
+        "the others replay, are busy or get Duplicate: {all:?}"
+    );
     let text = if timeouts == 0 {
-        format!("{}; all {N} finish", effects_text(after))
+        format!("{}; {N} of {N} finish", effects_text(after))
     } else {
         format!(
             "{}; {} finish, {timeouts} get a pool time-out",
@@ -577,7 +594,7 @@ async fn storm(env: &Env, s: Strategy, b: Backend) -> Verdict {
     );
     let total: u64 = tally.values().sum();
     Verdict::Measured {
-        text: format!("effects = keys ({keys_n}) of {total} calls, no errors"),
+        text: format!("{keys_n} keys, {keys_n} effects, 0 errors ({total} calls)"),
         effects: 1,
     }
 }
@@ -599,6 +616,7 @@ async fn skew(env: &Env, s: Strategy, b: Backend) -> Verdict {
     let busy = kind(&s.busy().expect("claim mode"));
     for offset in ["+60s", "-60s"] {
         let skewed = until_free(worker(), s, url, &r.id, LEASE * 5 / 2, Some(offset)).await;
+        check_skewed(offset, &skewed);
         assert!(
             skewed.calls.iter().all(|c| *c == busy),
             "at {offset} the live claim is never taken over: {:?}",
@@ -610,15 +628,148 @@ async fn skew(env: &Env, s: Strategy, b: Backend) -> Verdict {
     holder.expect(&format!("result {}", fresh_ok(s))).await;
     holder.finish().await;
     let after = until_free(worker(), s, url, &r.id, LEASE, Some("+60s")).await;
+    check_skewed("+60s", &after);
     assert_eq!(after.calls, ["Replayed"], "{after:?}");
     let effects = svc.effects(s, &r).await.expect("effects");
     assert_eq!(effects, 1);
+    // A dead claim: the holder is killed after claiming; the skewed worker runs the body
+    // within about one lease, whichever way its clock is off.
+    for offset in ["+60s", "-60s"] {
+        let dead = svc.fresh(s).await.expect("fresh key");
+        let mut holder = Worker::start(
+            worker(),
+            s,
+            url,
+            &WorkerCmd::Once(dead.id.clone(), Some(Point::Claimed)),
+            None,
+        )
+        .await;
+        holder.expect("paused claimed").await;
+        holder.kill().await;
+        let killed = Instant::now();
+        let retry = until_free(worker(), s, url, &dead.id, LEASE * 10, Some(offset)).await;
+        let took = killed.elapsed();
+        check_skewed(offset, &retry);
+        assert_eq!(
+            retry.calls.last().map(String::as_str),
+            Some("Executed"),
+            "{retry:?}"
+        );
+        let bound = if b == Backend::Sqlite {
+            2 * LEASE
+        } else {
+            LEASE
+        };
+        assert!(
+            took <= bound + Duration::from_secs(2),
+            "a dead claim is free within its lease at {offset}: {took:?} {retry:?}"
+        );
+        assert_eq!(svc.effects(s, &dead).await.expect("effects"), 1);
+    }
     Verdict::Measured {
         text: format!(
-            "{}; a live claim is never taken over (turned away for 2.5 leases at +60 s and −60 s), replays after",
+            "{}; live claim never taken over, dead one free within its lease",
             effects_text(effects)
         ),
         effects,
+    }
+}
+
+/// Checks that a worker run under `faketime offset` had its clock off by about `offset`.
+fn check_skewed(offset: &str, r: &idempotent_tests::matrix::worker::UntilFree) {
+    let want: i64 = if offset.starts_with('-') {
+        -60_000
+    } else {
+        60_000
+    };
+    assert!(
+        (r.clock_offset_ms - want).abs() < 5_000,
+        "faketime {offset} did not skew the worker's clock: {} ms off",
+        r.clock_offset_ms
+    );
+}
+
+/// Restarts the test's own Redis while the body is held after its effect: without persistence,
+/// then with AOF `appendfsync always`.
+async fn restarted(s: Strategy) -> Verdict {
+    let mut parts = Vec::new();
+    let mut most = 0;
+    for (name, args) in [
+        ("no persistence", &[][..]),
+        (
+            "AOF always",
+            &["--appendonly", "yes", "--appendfsync", "always"][..],
+        ),
+    ] {
+        let mut server = RedisServer::start(args);
+        let mut svc = Svc::open(&server.url(), Pause::local(), Open::default())
+            .await
+            .expect("open");
+        // The restart may forget what the server held: effects are counted here.
+        svc.count_in_memory();
+        let svc = Arc::new(svc);
+        let r = svc.fresh(s).await.expect("fresh key");
+        svc.pause.arm(Point::Effect);
+        let call = {
+            let (svc, r) = (svc.clone(), r.clone());
+            tokio::spawn(async move { svc.call(s, &r).await })
+        };
+        svc.pause.entered.notified().await;
+        tokio::task::block_in_place(|| server.restart());
+        svc.pause.release.notify_one();
+        let first = kind(
+            &tokio::time::timeout(Duration::from_secs(30), call)
+                .await
+                .expect("the call ends within 30 s")
+                .expect("call task"),
+        );
+        let mut calls = vec![kind(&svc.call(s, &r).await)];
+        let started = Instant::now();
+        while is_busy(s, calls.last().expect("a call"))
+            || calls.last().is_some_and(|c| c.contains("Backend"))
+        {
+            assert!(
+                started.elapsed() < LEASE * 2 + Duration::from_secs(3),
+                "{name}: still busy: {first} {calls:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            calls.push(kind(&svc.call(s, &r).await));
+        }
+        let after = svc.effects(s, &r).await.expect("effects");
+        let last = calls.last().cloned().unwrap_or_default();
+        eprintln!(
+            "restarted {} {name}: first {first}, retries {calls:?}, effects {after}",
+            s.id()
+        );
+        if name == "AOF always" {
+            assert_eq!(
+                first, "Executed",
+                "the claim survived the restart: {calls:?}"
+            );
+            assert_eq!(after, 1, "{calls:?}");
+        } else {
+            assert!(
+                first.contains("LockLost"),
+                "the restart forgot the claim: the completion finds none: {first}"
+            );
+            assert!(after <= 2, "{first} {calls:?} {after}");
+        }
+        most = most.max(after);
+        let how = if first == "Executed" {
+            "call completes".to_owned()
+        } else {
+            format!("caller {}", verb(&first))
+        };
+        let limit = if after > 1 { " (claim forgotten)" } else { "" };
+        parts.push(format!(
+            "{name}: {}{limit}, {how}, retry {}",
+            effects_text(after),
+            verb(&last)
+        ));
+    }
+    Verdict::Measured {
+        text: parts.join("; "),
+        effects: most,
     }
 }
 
@@ -630,6 +781,7 @@ async fn run_cell(env: Arc<Env>, fault: Fault, s: Strategy, b: Backend) -> Verdi
         Fault::CancelClaimed => cancel_at(&env, s, b, Point::Claimed).await,
         Fault::CancelEffect => cancel_at(&env, s, b, Point::Effect).await,
         Fault::ConnKilled => conn_killed(&env, s, b).await,
+        Fault::Restarted => restarted(s).await,
         Fault::PoolOfOne => pool_of_one(&env, s, b).await,
         Fault::Storm => storm(&env, s, b).await,
         Fault::Skew => skew(&env, s, b).await,
@@ -650,7 +802,13 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 async fn run() -> bool {
     let started = Instant::now();
     let env = Arc::new(Env::new().await);
-    let only = std::env::var("IDEMPOTENT_FM_ONLY").unwrap_or_default();
+    // A filter: `IDEMPOTENT_FM_ONLY=<part of a cell id>`, or a positional argument
+    // (`cargo test -p idempotent-tests --test fault_matrix -- kill_effect::dedup_claim`).
+    let positional = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    let only = std::env::var("IDEMPOTENT_FM_ONLY").unwrap_or(positional);
     let parallel = env_num("IDEMPOTENT_FM_PARALLEL", 6);
     let permits = Arc::new(Semaphore::new(parallel as usize));
     let mut cells = Vec::new();
@@ -796,6 +954,15 @@ fn main() {
         println!("fault_matrix: test");
         return;
     }
+    // A failed cell is reported with its message at the end; one line per panic here, no
+    // backtraces from the many tasks.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("panic at {at}");
+    }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()

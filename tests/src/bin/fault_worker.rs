@@ -43,7 +43,10 @@ fn main() {
         let svc = Svc::open(url, Pause::stdio(), Open::default())
             .await
             .unwrap_or_else(|e| fail(&e));
-        say("ready");
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        say(&format!("ready {wall}"));
         match (mode.as_str(), rest) {
             ("once", [key, point]) => {
                 let point = match point.as_str() {

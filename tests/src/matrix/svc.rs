@@ -481,6 +481,14 @@ impl Svc {
         })
     }
 
+    /// Counts this service's effects in this process instead of on the store (Redis): for a
+    /// test that restarts the store, which may forget its own counters.
+    pub fn count_in_memory(&mut self) {
+        if let Db::Redis(kv) = &mut self.db {
+            kv.ledger = KvLedger::Memory(Mutex::default());
+        }
+    }
+
     /// Migrates the record table and creates the matrix's tables (SQL backends).
     pub async fn setup(&self) -> Result<(), String> {
         match &self.db {

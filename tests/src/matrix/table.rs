@@ -21,6 +21,9 @@ pub enum Fault {
     CancelEffect,
     /// The backend connections killed by the server after the body's effect (in process).
     ConnKilled,
+    /// The backend server restarted after the body's effect (in process; the test's own Redis,
+    /// without persistence and with AOF `appendfsync always`).
+    Restarted,
     /// A pool of one connection, 10 concurrent calls of one key (in process).
     PoolOfOne,
     /// 4 worker processes × many requests over many keys.
@@ -31,13 +34,14 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in column order.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::KillClaimed,
         Fault::KillEffect,
         Fault::KillCompleted,
         Fault::CancelClaimed,
         Fault::CancelEffect,
         Fault::ConnKilled,
+        Fault::Restarted,
         Fault::PoolOfOne,
         Fault::Storm,
         Fault::Skew,
@@ -52,6 +56,7 @@ impl Fault {
             Fault::CancelClaimed => "cancel_claimed",
             Fault::CancelEffect => "cancel_effect",
             Fault::ConnKilled => "conn_killed",
+            Fault::Restarted => "restarted",
             Fault::PoolOfOne => "pool_of_one",
             Fault::Storm => "storm",
             Fault::Skew => "skew_60s",
@@ -67,6 +72,7 @@ impl Fault {
             Fault::CancelClaimed => "future dropped after claim",
             Fault::CancelEffect => "future dropped after effect",
             Fault::ConnKilled => "connection killed after effect",
+            Fault::Restarted => "server restarted after effect",
             Fault::PoolOfOne => "pool of 1, 10 calls",
             Fault::Storm => "storm, 4 processes",
             Fault::Skew => "clock ±60 s",
@@ -161,6 +167,11 @@ the measured outcome, then (small) its test, `fault::strategy::backend`. Effects
 a ledger on the same backend (a table, or Redis counters); every claim-mode operation has a
 1 s lease.
 
+- Wording: *retry busy until the lease ends*: the retry got `InProgress` (`Duplicate` for
+  `token`) until the dead holder's 1 s lease ended (asserted: within the lease plus 2 s to
+  start a process; on SQLite, which has no server clock, a lease of watching the claim
+  unchanged, asserted within 2 leases plus 2 s); *at once*: the retry's first call answered.
+  **Bold**: more than one effect for one key, listed after the table.
 - **SIGKILL after claim / effect / completion**: a worker process (`tests/src/bin/fault_worker.rs`)
   announces its pause point on stdout and is killed there with SIGKILL; a fresh worker then
   retries the same key every 20 ms until it is not turned away as busy. *after claim*: the
@@ -174,12 +185,18 @@ a ledger on the same backend (a table, or Redis counters); every claim-mode oper
   kills every connection of the caller's pool (PostgreSQL `pg_terminate_backend`, MariaDB
   `KILL`; Redis `CLIENT KILL TYPE normal` on a server of the test's own); then the body
   returns.
+- **server restarted after effect**: while the body is held after its effect, the test's own
+  `redis-server` is restarted (stopped and started on the same port), once without
+  persistence and once with AOF `appendfsync always`; then the body returns. The suite starts
+  no PostgreSQL or MariaDB server of its own, so their cells are `n/a`.
 - **pool of 1, 10 calls**: a pool of one connection (acquire time-out 10 s), 10 concurrent
   calls of one key lined up on a barrier; all must finish within 60 s.
 - **storm, 4 processes**: 4 worker processes, each calling every key several times in its own
   order, 4 calls at a time; effects must equal keys.
-- **clock ±60 s**: a worker under `faketime` (+60 s, then −60 s) calls a key another worker
-  holds (alive, renewing) for 2.5 leases, then after the holder completes.
+- **clock ±60 s**: a worker under `faketime` (+60 s, then −60 s; its clock checked) calls a
+  key another worker holds (alive, renewing) for 2.5 leases, and after the holder completes;
+  then, for each offset, a holder is SIGKILLed after claiming and the skewed worker retries:
+  it must run the body within one lease (+2 s to start a process), not 60 s early or late.
 - `n/a`: the fault does not apply to the pair (the reason is given).
 ";
 
@@ -224,16 +241,22 @@ pub fn render(cells: &[Cell]) -> String {
         out.push_str("None.\n");
     } else {
         out.push_str(
-            "Each is a documented limit of its strategy (README, *Guarantees and their limits*):\n\n",
+            "Each is a documented limit, not a bug (README, *Guarantees and their limits*): in \
+             claim mode an effect whose completion never landed (the process died, the future \
+             was dropped after the effect) is not recorded, so once the lease ends a retry runs \
+             the body again; a Redis without persistence forgets the claim when it restarts. \
+             Use transactional mode when the effect is in the same database, AOF \
+             `appendfsync always` on Redis, or make the effect safe to repeat.\n\n",
         );
         for c in limits {
             if let Verdict::Measured { text, .. } = &c.verdict {
                 let _ = writeln!(
                     out,
-                    "- {} on {}, {}: {text} (`{}`)",
+                    "- {} on {}, {}: {} (`{}`)",
                     c.strategy.title(),
                     c.backend.title(),
                     c.fault.title(),
+                    text.replace("**", ""),
                     c.id()
                 );
             }

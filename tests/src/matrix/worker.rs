@@ -11,7 +11,7 @@
 //! - `storm <keys-file> <rounds> <concurrency>`: every key of the file (one per line) `rounds`
 //!   times in a shuffled order, `concurrency` calls at a time; prints `tally <outcome> <n>`.
 //!
-//! The worker prints `ready` once connected. Outcomes are [`Got`]'s kinds (see [`kind`]).
+//! The worker prints `ready <its wall clock, Unix ms>` once connected. Outcomes are [`Got`]'s kinds (see [`kind`]).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -75,6 +75,8 @@ pub struct Worker {
     lines: Lines<BufReader<ChildStdout>>,
     /// Every line it printed so far.
     pub seen: Vec<String>,
+    /// Its wall clock (Unix ms) when it was ready, as it printed it.
+    pub wall_ms: i64,
     what: String,
 }
 
@@ -114,9 +116,14 @@ impl Worker {
             child,
             lines: BufReader::new(stdout).lines(),
             seen: Vec::new(),
+            wall_ms: 0,
             what,
         };
-        w.expect("ready").await;
+        let ready = w.line().await;
+        w.wall_ms = ready
+            .strip_prefix("ready ")
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("{} printed {ready:?}, not `ready <ms>`", w.what));
         w
     }
 
@@ -191,6 +198,16 @@ pub struct UntilFree {
     pub elapsed_ms: u64,
     /// Test-measured time from the start of the worker to its exit.
     pub wall: Duration,
+    /// The worker's wall clock minus the test's when it was ready, ms (about ±60,000 under
+    /// `faketime ±60s`).
+    pub clock_offset_ms: i64,
+}
+
+/// This process's wall clock, Unix ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Runs `until-free` for `key` (at most `within`) to its end.
@@ -211,9 +228,11 @@ pub async fn until_free(
         faketime,
     )
     .await;
+    let clock_offset_ms = w.wall_ms - now_ms();
     let lines = w.finish().await;
     let mut r = UntilFree {
         wall: started.elapsed(),
+        clock_offset_ms,
         ..UntilFree::default()
     };
     for l in lines {
