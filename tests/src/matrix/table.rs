@@ -265,20 +265,35 @@ pub fn render(cells: &[Cell]) -> String {
     out
 }
 
-/// Compares a fresh rendering with the committed document. Lines of the fresh one that show a
-/// skipped cell are left out of the comparison (a machine without a server cannot check its
-/// rows); every other line must be identical and in the same place.
-pub fn compare(fresh: &str, committed: &str) -> Result<(), String> {
-    let (a, b): (Vec<&str>, Vec<&str>) = (fresh.lines().collect(), committed.lines().collect());
-    if a.len() != b.len() {
-        return Err(format!("{} lines measured, {} committed", a.len(), b.len()));
-    }
+/// Compares a fresh rendering with the committed document. With `skipped` cells (their ids),
+/// their table rows and their lines in the list of limits are left out on both sides (a
+/// machine without a server cannot check them); everything else must be identical and in the
+/// same order.
+pub fn compare(fresh: &str, committed: &str, skipped: &[String]) -> Result<(), String> {
+    // A table row's key: its first two columns.
+    let row_key = |l: &str| -> Option<String> {
+        l.starts_with("| ")
+            .then(|| l.splitn(4, " | ").take(2).collect::<Vec<_>>().join(" | "))
+    };
+    let skipped_rows: Vec<String> = fresh
+        .lines()
+        .filter(|l| l.contains("**skipped**"))
+        .filter_map(row_key)
+        .collect();
+    let keep = |l: &&str| {
+        !row_key(l).is_some_and(|k| skipped_rows.contains(&k))
+            && !skipped.iter().any(|id| l.ends_with(&format!("(`{id}`)")))
+    };
+    let a: Vec<&str> = fresh.lines().filter(keep).collect();
+    let b: Vec<&str> = committed.lines().filter(keep).collect();
     let mut diffs = Vec::new();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        if x != y && !x.contains("**skipped**") {
+    for i in 0..a.len().max(b.len()) {
+        let (x, y) = (a.get(i).copied(), b.get(i).copied());
+        if x != y {
             diffs.push(format!(
-                "line {}:\n  measured:  {x}\n  committed: {y}",
-                i + 1
+                "  measured:  {}\n  committed: {}",
+                x.unwrap_or("(nothing)"),
+                y.unwrap_or("(nothing)")
             ));
         }
     }
