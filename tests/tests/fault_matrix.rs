@@ -35,6 +35,15 @@ const LEASE: Duration = Duration::from_secs(1);
 const GUARANTEES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../GUARANTEES.md");
 const WRITE_ENV: &str = "IDEMPOTENT_WRITE_GUARANTEES";
 
+/// Prints a cell's details under `IDEMPOTENT_FM_VERBOSE=1`.
+macro_rules! detail {
+    ($($t:tt)*) => {
+        if std::env::var("IDEMPOTENT_FM_VERBOSE").is_ok_and(|v| v == "1") {
+            eprintln!($($t)*);
+        }
+    };
+}
+
 fn worker() -> &'static Path {
     Path::new(WORKER)
 }
@@ -538,7 +547,7 @@ async fn pool_of_one(env: &Env, s: Strategy, b: Backend) -> Verdict {
             N - timeouts
         )
     };
-    eprintln!("pool_of_one {} {}: {all:?}", s.id(), b.id());
+    detail!("pool_of_one {} {}: {all:?}", s.id(), b.id());
     Verdict::Measured {
         text,
         effects: after,
@@ -574,7 +583,7 @@ async fn storm(env: &Env, s: Strategy, b: Backend) -> Verdict {
             .entry(svc.effects(s, r).await.expect("effects"))
             .or_insert(0u32) += 1;
     }
-    eprintln!(
+    detail!(
         "storm {} {}: {tally:?}, effects per key {per_key:?}",
         s.id(),
         b.id()
@@ -737,7 +746,7 @@ async fn restarted(s: Strategy) -> Verdict {
         }
         let after = svc.effects(s, &r).await.expect("effects");
         let last = calls.last().cloned().unwrap_or_default();
-        eprintln!(
+        detail!(
             "restarted {} {name}: first {first}, retries {calls:?}, effects {after}",
             s.id()
         );
@@ -850,7 +859,7 @@ async fn run() -> bool {
                         tokio::time::timeout(Duration::from_secs(150), run_cell(env, fault, s, b))
                             .await
                             .unwrap_or_else(|_| Verdict::Failed("timed out after 150 s".into()));
-                    eprintln!("cell {id}: {:?} ({:?})", v, t.elapsed());
+                    detail!("cell {id}: {:?} ({:?})", v, t.elapsed());
                     v
                 }),
             ));
