@@ -21,12 +21,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idempotent_tests::matrix::svc::{Open, Svc};
+use idempotent_tests::matrix::svc::{Open, Svc, cluster_url};
 use idempotent_tests::matrix::table::{Cell, Fault, Verdict, compare, render, rows};
 use idempotent_tests::matrix::worker::{Worker, WorkerCmd, kind, storm_tally, until_free};
 use idempotent_tests::matrix::{Backend, Family, Pause, Point, Strategy};
 use idempotent_tests::{
-    MYSQL_ENV, POSTGRES_ENV, REDIS_ENV, RedisServer, ci, redis_server_on_path, throwaway_redis_url,
+    MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, RedisCluster, RedisServer, ci,
+    cluster_urls, redis_server_on_path, throwaway_redis_url,
 };
 use tokio::sync::{Barrier, Semaphore};
 
@@ -84,6 +85,12 @@ impl Env {
                 throwaway_redis_url().ok_or(format!("{e} and redis-server is not on PATH"))
             }),
         );
+        urls.insert(
+            Backend::RedisCluster,
+            cluster_urls().map(|u| cluster_url(&u)).ok_or_else(|| {
+                format!("{REDIS_CLUSTER_ENV} is unset and redis-server is not on PATH")
+            }),
+        );
         let mut svcs = HashMap::new();
         for b in Backend::ALL {
             let Some(Ok(url)) = urls.get(&b) else {
@@ -138,7 +145,7 @@ impl Env {
             return Some(why.clone());
         }
         if matches!(fault, Fault::ConnKilled | Fault::Restarted)
-            && b == Backend::Redis
+            && matches!(b, Backend::Redis | Backend::RedisCluster)
             && !redis_server_on_path()
         {
             return Some(
@@ -158,6 +165,9 @@ fn not_applicable(fault: Fault, s: Strategy, b: Backend) -> Option<&'static str>
         Fault::Storm if b == Backend::Memory => Some("in-process store: one process"),
         Fault::ConnKilled | Fault::Restarted if b == Backend::Memory => Some("no server"),
         Fault::ConnKilled | Fault::Restarted if b == Backend::Sqlite => Some("a file, no server"),
+        Fault::Restarted if b == Backend::RedisCluster => {
+            Some("not run on a Cluster (a node lost: `redis_cluster_faults.rs`)")
+        }
         Fault::Restarted if b != Backend::Redis => Some("the suite starts no server of its own"),
         Fault::PoolOfOne if !b.is_sql() => Some("no connection pool"),
         Fault::Skew if s.family() == Family::Transactional => {
@@ -255,7 +265,10 @@ async fn kill_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict {
     let after = svc.effects(s, &r).await.expect("effects");
     let last = retry.calls.last().cloned().unwrap_or_default();
     let busy = retry.calls.iter().filter(|c| is_busy(s, c)).count();
-    let context = format!("retry {:?} in {blocked:?}, effects {after}", retry.calls);
+    let context = format!(
+        "retry {:?} (ms per call {:?}) in {blocked:?}, effects {after}",
+        retry.calls, retry.call_ms
+    );
     // The guarantees.
     match (s.family(), point) {
         (Family::Claim, Point::Claimed | Point::Effect) => {
@@ -336,21 +349,24 @@ async fn cancel_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict 
             _ = svc.pause.entered.notified() => {}
         }
     }
+    let started = Instant::now();
     let first = kind(&svc.call(s, &r).await);
     let mut calls = vec![first.clone()];
-    let started = Instant::now();
+    let mut ms = vec![started.elapsed().as_millis()];
     while is_busy(s, calls.last().expect("a call")) {
         assert!(
             started.elapsed() < LEASE * 2 + Duration::from_secs(3),
-            "still busy: {calls:?}"
+            "still busy: {calls:?} (ms per call {ms:?})"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = Instant::now();
         calls.push(kind(&svc.call(s, &r).await));
+        ms.push(t.elapsed().as_millis());
     }
     let blocked = started.elapsed();
     let after = svc.effects(s, &r).await.expect("effects");
     let last = calls.last().cloned().unwrap_or_default();
-    let context = format!("retries {calls:?} in {blocked:?}, effects {after}");
+    let context = format!("retries {calls:?} (ms per call {ms:?}) in {blocked:?}, effects {after}");
     match s.family() {
         Family::Claim => {
             assert!(
@@ -402,10 +418,20 @@ async fn cancel_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict 
 
 /// Kills the pool's server connections while the body is held after its effect.
 async fn conn_killed(env: &Env, s: Strategy, b: Backend) -> Verdict {
-    let private = (b == Backend::Redis).then(|| RedisServer::start(&[]));
-    let url = match &private {
-        Some(server) => server.url(),
-        None => env.url(b).to_owned(),
+    // Redis: servers of the test's own, whose every client it kills.
+    // Starting servers blocks (processes, waits): off the runtime's worker, or the other
+    // cells' timers starve.
+    let servers: Vec<RedisServer> = tokio::task::block_in_place(|| match b {
+        Backend::Redis => vec![RedisServer::start(&[])],
+        Backend::RedisCluster => RedisCluster::start(3).nodes,
+        _ => Vec::new(),
+    });
+    let url = match b {
+        Backend::Redis => servers[0].url(),
+        Backend::RedisCluster => {
+            cluster_url(&servers.iter().map(RedisServer::url).collect::<Vec<_>>())
+        }
+        _ => env.url(b).to_owned(),
     };
     let svc = Arc::new(
         Svc::open(&url, Pause::local(), Open::default())
@@ -420,18 +446,17 @@ async fn conn_killed(env: &Env, s: Strategy, b: Backend) -> Verdict {
         tokio::spawn(async move { svc.call(s, &r).await })
     };
     svc.pause.entered.notified().await;
-    match &private {
-        Some(server) => {
-            let out = server.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
-            assert!(
-                out.trim().parse::<u32>().is_ok_and(|n| n > 0),
-                "CLIENT KILL killed nobody: {out:?}"
-            );
+    if servers.is_empty() {
+        let n = svc.kill_sessions().await.expect("kill sessions");
+        assert!(n > 0, "no session killed");
+    } else {
+        let mut killed = 0;
+        for server in &servers {
+            let out =
+                tokio::task::block_in_place(|| server.cli(&["CLIENT", "KILL", "TYPE", "normal"]));
+            killed += out.trim().parse::<u32>().unwrap_or(0);
         }
-        None => {
-            let n = svc.kill_sessions().await.expect("kill sessions");
-            assert!(n > 0, "no session killed");
-        }
+        assert!(killed > 0, "CLIENT KILL killed nobody");
     }
     svc.pause.release.notify_one();
     let first = kind(
@@ -459,6 +484,8 @@ async fn conn_killed(env: &Env, s: Strategy, b: Backend) -> Verdict {
     }
     let after = svc.effects(s, &r).await.expect("effects");
     let last = calls.last().cloned().unwrap_or_default();
+    // Stopping servers blocks too.
+    tokio::task::block_in_place(|| drop(servers));
     assert_eq!(after, 1, "first {first}, retries {calls:?}");
     let text = if ok {
         format!(
@@ -710,7 +737,7 @@ async fn restarted(s: Strategy) -> Verdict {
             &["--appendonly", "yes", "--appendfsync", "always"][..],
         ),
     ] {
-        let mut server = RedisServer::start(args);
+        let mut server = tokio::task::block_in_place(|| RedisServer::start(args));
         let mut svc = Svc::open(&server.url(), Pause::local(), Open::default())
             .await
             .expect("open");
@@ -746,6 +773,7 @@ async fn restarted(s: Strategy) -> Verdict {
         }
         let after = svc.effects(s, &r).await.expect("effects");
         let last = calls.last().cloned().unwrap_or_default();
+        tokio::task::block_in_place(|| drop(server));
         detail!(
             "restarted {} {name}: first {first}, retries {calls:?}, effects {after}",
             s.id()

@@ -65,8 +65,9 @@ fn main() {
                 let r = req(TENANT, key, 0);
                 let started = Instant::now();
                 loop {
+                    let t = Instant::now();
                     let got = svc.call(s, &r).await;
-                    say(&format!("call {}", kind(&got)));
+                    say(&format!("call {} {}", t.elapsed().as_millis(), kind(&got)));
                     if s.busy().as_ref() != Some(&got) || started.elapsed() >= within {
                         break;
                     }
@@ -85,8 +86,14 @@ fn main() {
                 let conc: usize = conc.parse().unwrap_or_else(|_| fail("concurrency?"));
                 let mut order = Vec::with_capacity(keys.len() * rounds);
                 let mut seed = u64::from(std::process::id());
-                for _ in 0..rounds {
+                for n in 0..rounds {
                     let mut round: Vec<String> = keys.clone();
+                    if n == 0 {
+                        // The first round in the file's order in every worker: the first calls
+                        // of each key meet (the keys are popped from the end).
+                        order.extend(round);
+                        continue;
+                    }
                     // Fisher-Yates with a small LCG seeded by the pid: each worker its own order.
                     for i in (1..round.len()).rev() {
                         seed = seed
@@ -97,6 +104,8 @@ fn main() {
                     }
                     order.extend(round);
                 }
+                // Popped from the end: the first round last in the vector.
+                order.reverse();
                 let queue = Arc::new(std::sync::Mutex::new(order));
                 let svc = Arc::new(svc);
                 let mut tasks = Vec::new();

@@ -133,9 +133,10 @@ impl Strategy {
     pub fn runs_on(self, backend: Backend) -> bool {
         match self {
             Strategy::DedupClaim => true,
-            Strategy::DistributedLock | Strategy::Token => {
-                matches!(backend, Backend::Memory | Backend::Redis)
-            }
+            Strategy::DistributedLock | Strategy::Token => matches!(
+                backend,
+                Backend::Memory | Backend::Redis | Backend::RedisCluster
+            ),
             _ => backend.is_sql(),
         }
     }
@@ -154,19 +155,22 @@ pub enum Backend {
     MySql,
     /// Standalone Redis.
     Redis,
+    /// A Redis Cluster (3 masters).
+    RedisCluster,
 }
 
 impl Backend {
     /// Every backend, in the table's row order.
-    pub const ALL: [Backend; 5] = [
+    pub const ALL: [Backend; 6] = [
         Backend::Memory,
         Backend::Sqlite,
         Backend::Postgres,
         Backend::MySql,
         Backend::Redis,
+        Backend::RedisCluster,
     ];
 
-    /// Its short name (`memory`, `sqlite`, `postgres`, `mysql`, `redis`).
+    /// Its short name (`memory`, `sqlite`, `postgres`, `mysql`, `redis`, `redis_cluster`).
     pub fn id(self) -> &'static str {
         match self {
             Backend::Memory => "memory",
@@ -174,6 +178,7 @@ impl Backend {
             Backend::Postgres => "postgres",
             Backend::MySql => "mysql",
             Backend::Redis => "redis",
+            Backend::RedisCluster => "redis_cluster",
         }
     }
 
@@ -185,6 +190,7 @@ impl Backend {
             Backend::Postgres => "PostgreSQL",
             Backend::MySql => "MariaDB",
             Backend::Redis => "Redis",
+            Backend::RedisCluster => "Redis Cluster",
         }
     }
 
@@ -194,7 +200,7 @@ impl Backend {
     }
 
     /// The backend of a URL (`postgres://…`, `mysql://…`, `sqlite://<path>`, `redis://…`,
-    /// `memory`).
+    /// `redis-cluster://<host:port>,<host:port>,…`, `memory`).
     pub fn of_url(url: &str) -> Option<Backend> {
         let scheme = url.split(':').next()?;
         Some(match scheme {
@@ -202,6 +208,7 @@ impl Backend {
             "mysql" | "mariadb" => Backend::MySql,
             "sqlite" => Backend::Sqlite,
             "redis" => Backend::Redis,
+            "redis-cluster" => Backend::RedisCluster,
             "memory" => Backend::Memory,
             _ => return None,
         })

@@ -232,6 +232,8 @@ sql_ops!(
 pub enum KvLedger {
     /// `INCR fm:fx:<key>` on Redis.
     Redis(redis::aio::ConnectionManager),
+    /// `INCR fm:fx:<key>` on a Redis Cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
     /// In this process.
     Memory(Mutex<HashMap<String, i64>>),
 }
@@ -240,6 +242,14 @@ impl KvLedger {
     async fn record(&self, k: &str) -> Result<(), AppError> {
         match self {
             KvLedger::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("INCR")
+                    .arg(format!("fm:fx:{k}"))
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map_err(|e| AppError::Idempotency(Error::Backend(Box::new(e))))?;
+            }
+            KvLedger::Cluster(conn) => {
                 let mut conn = conn.clone();
                 redis::cmd("INCR")
                     .arg(format!("fm:fx:{k}"))
@@ -275,6 +285,15 @@ impl KvLedger {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(format!("count effects on Redis: {last}"))
+            }
+            KvLedger::Cluster(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("GET")
+                    .arg(format!("fm:fx:{k}"))
+                    .query_async::<Option<i64>>(&mut conn)
+                    .await
+                    .map(|n| n.unwrap_or(0))
+                    .map_err(|e| format!("count effects on the Redis Cluster: {e}"))
             }
             KvLedger::Memory(m) => Ok(m
                 .lock()
@@ -346,7 +365,7 @@ pub enum Db {
     My(sqlx::MySqlPool),
     /// SQLite.
     Lite(sqlx::SqlitePool),
-    /// Redis.
+    /// Redis, standalone or Cluster.
     Redis(Kv<RedisStore>),
     /// The memory store.
     Memory(Kv<MemoryStore>),
@@ -388,7 +407,7 @@ impl Default for Open {
 
 impl Svc {
     /// Opens the backend at `url` (`postgres://…`, `mysql://…`, `sqlite://<path>`,
-    /// `redis://…`, `memory`) with `pause`. Does not create tables: see [`setup`](Svc::setup).
+    /// `redis://…`, `redis-cluster://<host:port>,…`, `memory`) with `pause`. Does not create tables: see [`setup`](Svc::setup).
     pub async fn open(url: &str, pause: Pause, how: Open) -> Result<Svc, String> {
         let backend = Backend::of_url(url).ok_or_else(|| format!("unknown backend URL {url}"))?;
         let pause = Arc::new(pause);
@@ -463,6 +482,22 @@ impl Svc {
                 Db::Redis(Kv {
                     store,
                     ledger: KvLedger::Redis(conn),
+                    pause: pause.clone(),
+                })
+            }
+            Backend::RedisCluster => {
+                let nodes = cluster_nodes(url);
+                let store = RedisStore::connect_cluster(&nodes)
+                    .await
+                    .map_err(|e| format!("connect to {url}: {e}"))?;
+                let conn = redis::cluster::ClusterClient::new(nodes)
+                    .map_err(|e| format!("{url}: {e}"))?
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| format!("connect the ledger to {url}: {e}"))?;
+                Db::Redis(Kv {
+                    store,
+                    ledger: KvLedger::Cluster(conn),
                     pause: pause.clone(),
                 })
             }
@@ -590,6 +625,24 @@ impl Svc {
             other => Err(format!("{} has no server sessions to kill", other.id())),
         }
     }
+}
+
+/// The `redis-cluster://` URL of the nodes at `urls` (`redis://host:port`).
+pub fn cluster_url(urls: &[String]) -> String {
+    let hosts: Vec<&str> = urls
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").trim_end_matches('/'))
+        .collect();
+    format!("redis-cluster://{}", hosts.join(","))
+}
+
+/// The node URLs (`redis://host:port`) of a `redis-cluster://` URL.
+pub fn cluster_nodes(url: &str) -> Vec<String> {
+    url.trim_start_matches("redis-cluster://")
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{h}"))
+        .collect()
 }
 
 fn push(ids: &Mutex<Vec<i64>>, id: i64) {

@@ -183,10 +183,10 @@ a ledger on the same backend (a table, or Redis counters); every claim-mode oper
   default `on_cancel = \"keep\"`.
 - **connection killed after effect**: while the body is held after its effect, the server
   kills every connection of the caller's pool (PostgreSQL `pg_terminate_backend`, MariaDB
-  `KILL`; Redis `CLIENT KILL TYPE normal` on a server of the test's own); then the body
-  returns.
+  `KILL`; Redis `CLIENT KILL TYPE normal` on a server, or every node of a cluster, of the
+  test's own); then the body returns.
 - **server restarted after effect**: while the body is held after its effect, the test's own
-  `redis-server` is restarted (stopped and started on the same port), once without
+  `redis-server` is restarted (SIGKILLed and started again on the same port), once without
   persistence and once with AOF `appendfsync always`; then the body returns. The suite starts
   no PostgreSQL or MariaDB server of its own, so their cells are `n/a`.
 - **pool of 1, 10 calls**: a pool of one connection (acquire time-out 10 s), 10 concurrent

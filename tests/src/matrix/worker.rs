@@ -7,9 +7,12 @@
 //!   and waits for a line on stdin (`completed` is after the call returned); prints
 //!   `result <outcome>`.
 //! - `until-free <key> <ms>`: calls every 20 ms until the answer is not the strategy's busy
-//!   answer (or `<ms>` passed); prints `call <outcome>` per call, then `elapsed <ms>`.
+//!   answer (or `<ms>` passed); prints `call <ms it took> <outcome>` per call, then
+//!   `elapsed <ms>`.
 //! - `storm <keys-file> <rounds> <concurrency>`: every key of the file (one per line) `rounds`
-//!   times in a shuffled order, `concurrency` calls at a time; prints `tally <outcome> <n>`.
+//!   times, `concurrency` calls at a time — the first round in the file's order (so the first
+//!   calls of a key from every worker meet), the others shuffled per worker; prints
+//!   `tally <outcome> <n>`.
 //!
 //! The worker prints `ready <its wall clock, Unix ms>` once connected. Outcomes are [`Got`]'s kinds (see [`kind`]).
 
@@ -194,6 +197,8 @@ impl Worker {
 pub struct UntilFree {
     /// Each call's outcome kind, in order.
     pub calls: Vec<String>,
+    /// How long each call took, ms.
+    pub call_ms: Vec<u64>,
     /// Worker-measured ms from its first call to its last.
     pub elapsed_ms: u64,
     /// Test-measured time from the start of the worker to its exit.
@@ -237,7 +242,9 @@ pub async fn until_free(
     };
     for l in lines {
         if let Some(c) = l.strip_prefix("call ") {
-            r.calls.push(c.to_owned());
+            let (ms, k) = c.split_once(' ').unwrap_or(("0", c));
+            r.call_ms.push(ms.parse().unwrap_or(u64::MAX));
+            r.calls.push(k.to_owned());
         } else if let Some(ms) = l.strip_prefix("elapsed ") {
             r.elapsed_ms = ms.parse().unwrap_or(u64::MAX);
         }
