@@ -170,6 +170,9 @@ fn not_applicable(fault: Fault, s: Strategy, b: Backend) -> Option<&'static str>
         }
         Fault::Restarted if b != Backend::Redis => Some("the suite starts no server of its own"),
         Fault::PoolOfOne if !b.is_sql() => Some("no connection pool"),
+        Fault::CancelRelease if s.family() == Family::Transactional => {
+            Some("a dropped transaction rolls back; no `on_cancel`")
+        }
         Fault::Skew if s.family() == Family::Transactional => {
             Some("no lease: claim and body in one transaction")
         }
@@ -416,6 +419,46 @@ async fn cancel_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict 
     }
 }
 
+/// Drops the caller's future after the body's effect, with `on_cancel = "release"` (30 s
+/// lease), then retries.
+async fn cancel_release(env: &Env, s: Strategy, b: Backend) -> Verdict {
+    let svc = Svc::open(env.url(b), Pause::local(), Open::default())
+        .await
+        .expect("open");
+    let r = svc.fresh(s).await.expect("fresh key");
+    svc.pause.arm(Point::Effect);
+    {
+        let call = svc.call_releasing(s, &r);
+        tokio::pin!(call);
+        tokio::select! {
+            g = &mut call => panic!("the call ended before its pause point: {g:?}"),
+            _ = svc.pause.entered.notified() => {}
+        }
+    }
+    let started = Instant::now();
+    let mut calls = vec![kind(&svc.call_releasing(s, &r).await)];
+    // A retry racing the background release may still see the key busy.
+    while is_busy(s, calls.last().expect("a call")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the release frees the key at once, not after the 30 s lease: {calls:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        calls.push(kind(&svc.call_releasing(s, &r).await));
+    }
+    let after = svc.effects(s, &r).await.expect("effects");
+    let last = calls.last().cloned().unwrap_or_default();
+    assert_eq!(last, "Executed", "{calls:?}");
+    assert_eq!(after, 2, "the released key runs again: {calls:?}");
+    Verdict::Measured {
+        text: format!(
+            "{} (released on drop); retry runs within 5 s, not after the 30 s lease",
+            effects_text(after)
+        ),
+        effects: after,
+    }
+}
+
 /// Kills the pool's server connections while the body is held after its effect.
 async fn conn_killed(env: &Env, s: Strategy, b: Backend) -> Verdict {
     // Redis: servers of the test's own, whose every client it kills.
@@ -512,7 +555,7 @@ async fn conn_killed(env: &Env, s: Strategy, b: Backend) -> Verdict {
     }
 }
 
-/// 10 concurrent calls of one key on a pool of one connection.
+/// 10 concurrent calls on a pool of one connection: first of one key, then of 10 keys.
 async fn pool_of_one(env: &Env, s: Strategy, b: Backend) -> Verdict {
     const N: usize = 10;
     let how = Open {
@@ -524,60 +567,90 @@ async fn pool_of_one(env: &Env, s: Strategy, b: Backend) -> Verdict {
             .await
             .expect("open"),
     );
-    let r = svc.fresh(s).await.expect("fresh key");
-    let barrier = Arc::new(Barrier::new(N));
-    let tasks: Vec<_> = (0..N)
-        .map(|_| {
-            let (svc, r, barrier) = (svc.clone(), r.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                kind(&svc.call(s, &r).await)
-            })
-        })
-        .collect();
-    let all = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut all = Vec::new();
-        for t in tasks {
-            all.push(t.await.expect("call task"));
+    let mut parts = Vec::new();
+    for distinct in [false, true] {
+        let mut reqs = Vec::new();
+        let one = svc.fresh(s).await.expect("fresh key");
+        for _ in 0..N {
+            reqs.push(if distinct {
+                svc.fresh(s).await.expect("fresh key")
+            } else {
+                one.clone()
+            });
         }
-        all
-    })
-    .await
-    .expect("deadlock: 10 calls on a pool of one did not finish within 60 s");
-    let after = svc.effects(s, &r).await.expect("effects");
-    let timeouts = all.iter().filter(|k| k.contains("PoolTimedOut")).count();
-    let others: Vec<&String> = all
-        .iter()
-        .filter(|k| k.starts_with("Other:") && !k.contains("PoolTimedOut"))
-        .collect();
-    assert!(others.is_empty(), "unexpected errors: {all:?}");
-    assert_eq!(after, 1, "{all:?}");
-    let fresh = all.iter().filter(|k| *k == fresh_ok(s)).count();
-    assert_eq!(fresh, 1, "one call runs the body: {all:?}");
-    let turned_away = if s.replays() {
-        ["Replayed", "InProgress"]
-    } else {
-        ["Duplicate", "Duplicate"]
-    };
-    assert!(
-        all.iter().all(|k| k == fresh_ok(s)
-            || turned_away.contains(&k.as_str())
-            || k.contains("PoolTimedOut")),
-        "the others replay, are busy or get Duplicate: {all:?}"
-    );
-    let text = if timeouts == 0 {
-        format!("{}; {N} of {N} finish", effects_text(after))
-    } else {
-        format!(
-            "{}; {} finish, {timeouts} get a pool time-out",
-            effects_text(after),
-            N - timeouts
-        )
-    };
-    detail!("pool_of_one {} {}: {all:?}", s.id(), b.id());
+        let barrier = Arc::new(Barrier::new(N));
+        let tasks: Vec<_> = reqs
+            .iter()
+            .map(|r| {
+                let (svc, r, barrier) = (svc.clone(), r.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    kind(&svc.call(s, &r).await)
+                })
+            })
+            .collect();
+        let all = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut all = Vec::new();
+            for t in tasks {
+                all.push(t.await.expect("call task"));
+            }
+            all
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("deadlock: {N} calls on a pool of one did not finish within 60 s")
+        });
+        detail!(
+            "pool_of_one {} {} distinct={distinct}: {all:?}",
+            s.id(),
+            b.id()
+        );
+        let timeouts = all.iter().filter(|k| k.contains("PoolTimedOut")).count();
+        let others: Vec<&String> = all
+            .iter()
+            .filter(|k| k.starts_with("Other:") && !k.contains("PoolTimedOut"))
+            .collect();
+        assert!(others.is_empty(), "unexpected errors: {all:?}");
+        let fresh = all.iter().filter(|k| *k == fresh_ok(s)).count();
+        let mut effects = Vec::new();
+        if distinct {
+            for r in &reqs {
+                effects.push(svc.effects(s, r).await.expect("effects"));
+            }
+            assert_eq!(fresh + timeouts, N, "every key runs once: {all:?}");
+            assert!(effects.iter().all(|e| *e <= 1), "{effects:?} {all:?}");
+            assert_eq!(effects.iter().sum::<i64>(), fresh as i64, "{all:?}");
+        } else {
+            effects.push(svc.effects(s, &one).await.expect("effects"));
+            assert_eq!(effects, [1], "{all:?}");
+            assert_eq!(fresh, 1, "one call runs the body: {all:?}");
+            let turned_away = if s.replays() {
+                ["Replayed", "InProgress"]
+            } else {
+                ["Duplicate", "Duplicate"]
+            };
+            assert!(
+                all.iter().all(|k| k == fresh_ok(s)
+                    || turned_away.contains(&k.as_str())
+                    || k.contains("PoolTimedOut")),
+                "the others replay, are busy or get Duplicate: {all:?}"
+            );
+        }
+        let total: i64 = effects.iter().sum();
+        let finish = if timeouts == 0 {
+            format!("{N} of {N} finish")
+        } else {
+            format!("{} finish, {timeouts} pool time-outs", N - timeouts)
+        };
+        parts.push(if distinct {
+            format!("{N} keys: {total} effects, {finish}")
+        } else {
+            format!("1 key: {}, {finish}", effects_text(total))
+        });
+    }
     Verdict::Measured {
-        text,
-        effects: after,
+        text: parts.join("; "),
+        effects: 1,
     }
 }
 
@@ -817,6 +890,7 @@ async fn run_cell(env: Arc<Env>, fault: Fault, s: Strategy, b: Backend) -> Verdi
         Fault::KillCompleted => kill_at(&env, s, b, Point::Completed).await,
         Fault::CancelClaimed => cancel_at(&env, s, b, Point::Claimed).await,
         Fault::CancelEffect => cancel_at(&env, s, b, Point::Effect).await,
+        Fault::CancelRelease => cancel_release(&env, s, b).await,
         Fault::ConnKilled => conn_killed(&env, s, b).await,
         Fault::Restarted => restarted(s).await,
         Fault::PoolOfOne => pool_of_one(&env, s, b).await,

@@ -94,6 +94,17 @@ macro_rules! sql_ops {
                 Ok(receipt(r))
             }
 
+            /// [`dedup_claim`] with `on_cancel = "release"` and a 30 s lease.
+            #[idempotent(strategy = "dedup_table", key = "r.id", scope = "r.tenant", lease = "30s", on_cancel = "release", fingerprint = ["r"])]
+            pub async fn dedup_claim_release(db: &$pool, r: &Req, p: &Pause) -> Result<Receipt, AppError> {
+                p.at(Point::Claimed).await;
+                let mut conn = db.acquire().await?;
+                effect(&mut conn, Strategy::DedupClaim, &r.id).await?;
+                drop(conn);
+                p.at(Point::Effect).await;
+                Ok(receipt(r))
+            }
+
             /// `dedup_table` with `#[tx]`: the effect in the record's transaction.
             #[idempotent(strategy = "dedup_table", key = "r.id", scope = "r.tenant", fingerprint = ["r"])]
             pub async fn dedup_tx(db: &$pool, r: &Req, p: &Pause, #[tx] tx: &mut $conn) -> Result<Receipt, AppError> {
@@ -160,6 +171,14 @@ macro_rules! sql_ops {
                 effect(&mut *tx, Strategy::StateMachine, &r.id).await?;
                 p.at(Point::Effect).await;
                 Ok(())
+            }
+
+            /// Calls strategy `s`'s `on_cancel = "release"` operation for `r` (claim mode only).
+            pub async fn call_releasing(db: &$pool, s: Strategy, r: &Req, p: &Pause) -> Got {
+                match s {
+                    Strategy::DedupClaim => classify(observe(dedup_claim_release(db, r, p)).await),
+                    _ => Got::Other(format!("{} takes no on_cancel", s.id())),
+                }
             }
 
             /// Calls strategy `s`'s operation for `r`.
@@ -339,6 +358,34 @@ impl<S: ClaimStore + LockStore + TokenStore> Kv<S> {
     #[idempotent(strategy = "token", key = "r.id", scope = "r.tenant", store = "self.store", lease = "1s", fingerprint = ["r"])]
     pub async fn token(&self, r: &Req) -> Result<Receipt, AppError> {
         self.body(Strategy::Token, r).await
+    }
+
+    /// [`dedup_claim`](Self::dedup_claim) with `on_cancel = "release"`, 30 s lease.
+    #[idempotent(strategy = "dedup_table", key = "r.id", scope = "r.tenant", store = "self.store", lease = "30s", on_cancel = "release", fingerprint = ["r"])]
+    pub async fn dedup_claim_release(&self, r: &Req) -> Result<Receipt, AppError> {
+        self.body(Strategy::DedupClaim, r).await
+    }
+
+    /// [`distributed_lock`](Self::distributed_lock) with `on_cancel = "release"`, 30 s lease.
+    #[idempotent(strategy = "distributed_lock", key = "r.id", scope = "r.tenant", store = "self.store", lease = "30s", on_cancel = "release", fingerprint = ["r"])]
+    pub async fn distributed_lock_release(&self, r: &Req) -> Result<Receipt, AppError> {
+        self.body(Strategy::DistributedLock, r).await
+    }
+
+    /// [`token`](Self::token) with `on_cancel = "release"`, 30 s lease.
+    #[idempotent(strategy = "token", key = "r.id", scope = "r.tenant", store = "self.store", lease = "30s", on_cancel = "release", fingerprint = ["r"])]
+    pub async fn token_release(&self, r: &Req) -> Result<Receipt, AppError> {
+        self.body(Strategy::Token, r).await
+    }
+
+    /// Calls strategy `s`'s `on_cancel = "release"` operation for `r`.
+    pub async fn call_releasing(&self, s: Strategy, r: &Req) -> Got {
+        match s {
+            Strategy::DedupClaim => classify(observe(self.dedup_claim_release(r)).await),
+            Strategy::DistributedLock => classify(observe(self.distributed_lock_release(r)).await),
+            Strategy::Token => classify(observe(self.token_release(r)).await),
+            _ => Got::Other(format!("{} takes no on_cancel", s.id())),
+        }
     }
 
     /// Calls strategy `s`'s operation for `r`.
@@ -566,6 +613,18 @@ impl Svc {
             Db::Lite(db) => lite::call(db, s, r, p).await,
             Db::Redis(kv) => kv.call(s, r).await,
             Db::Memory(kv) => kv.call(s, r).await,
+        }
+    }
+
+    /// Calls claim-mode strategy `s`'s `on_cancel = "release"` operation (30 s lease) for `r`.
+    pub async fn call_releasing(&self, s: Strategy, r: &Req) -> Got {
+        let p = &*self.pause;
+        match &self.db {
+            Db::Pg(db) => pg::call_releasing(db, s, r, p).await,
+            Db::My(db) => my::call_releasing(db, s, r, p).await,
+            Db::Lite(db) => lite::call_releasing(db, s, r, p).await,
+            Db::Redis(kv) => kv.call_releasing(s, r).await,
+            Db::Memory(kv) => kv.call_releasing(s, r).await,
         }
     }
 

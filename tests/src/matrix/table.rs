@@ -19,6 +19,8 @@ pub enum Fault {
     CancelClaimed,
     /// The caller's future dropped after the body's effect (in process).
     CancelEffect,
+    /// The same with `on_cancel = "release"` (claim mode, 30 s lease).
+    CancelRelease,
     /// The backend connections killed by the server after the body's effect (in process).
     ConnKilled,
     /// The backend server restarted after the body's effect (in process; the test's own Redis,
@@ -34,12 +36,13 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in column order.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillClaimed,
         Fault::KillEffect,
         Fault::KillCompleted,
         Fault::CancelClaimed,
         Fault::CancelEffect,
+        Fault::CancelRelease,
         Fault::ConnKilled,
         Fault::Restarted,
         Fault::PoolOfOne,
@@ -55,6 +58,7 @@ impl Fault {
             Fault::KillCompleted => "kill_completed",
             Fault::CancelClaimed => "cancel_claimed",
             Fault::CancelEffect => "cancel_effect",
+            Fault::CancelRelease => "cancel_release",
             Fault::ConnKilled => "conn_killed",
             Fault::Restarted => "restarted",
             Fault::PoolOfOne => "pool_of_one",
@@ -71,6 +75,7 @@ impl Fault {
             Fault::KillCompleted => "SIGKILL after completion",
             Fault::CancelClaimed => "future dropped after claim",
             Fault::CancelEffect => "future dropped after effect",
+            Fault::CancelRelease => "dropped after effect, `on_cancel = \"release\"`",
             Fault::ConnKilled => "connection killed after effect",
             Fault::Restarted => "server restarted after effect",
             Fault::PoolOfOne => "pool of 1, 10 calls",
@@ -180,7 +185,8 @@ a ledger on the same backend (a table, or Redis counters); every claim-mode oper
   the call returned.
 - **future dropped after claim / effect**: the same pause points in the test's own process,
   where the caller's future is dropped (what a `tokio::time::timeout` firing there does); the
-  default `on_cancel = \"keep\"`.
+  default `on_cancel = \"keep\"`. With `on_cancel = \"release\"` (and a 30 s lease, so only
+  the release can free the key in time) the claim is released on the drop.
 - **connection killed after effect**: while the body is held after its effect, the server
   kills every connection of the caller's pool (PostgreSQL `pg_terminate_backend`, MariaDB
   `KILL`; Redis `CLIENT KILL TYPE normal` on a server, or every node of a cluster, of the
@@ -190,7 +196,8 @@ a ledger on the same backend (a table, or Redis counters); every claim-mode oper
   persistence and once with AOF `appendfsync always`; then the body returns. The suite starts
   no PostgreSQL or MariaDB server of its own, so their cells are `n/a`.
 - **pool of 1, 10 calls**: a pool of one connection (acquire time-out 10 s), 10 concurrent
-  calls of one key lined up on a barrier; all must finish within 60 s.
+  calls lined up on a barrier, first of one key, then of 10 keys; all must finish (or get a
+  pool time-out) within 60 s.
 - **storm, 4 processes**: 4 worker processes, each calling every key several times in its own
   order, 4 calls at a time; effects must equal keys.
 - **clock ±60 s**: a worker under `faketime` (+60 s, then −60 s; its clock checked) calls a
@@ -244,7 +251,8 @@ pub fn render(cells: &[Cell]) -> String {
             "Each is a documented limit, not a bug (README, *Guarantees and their limits*): in \
              claim mode an effect whose completion never landed (the process died, the future \
              was dropped after the effect) is not recorded, so once the lease ends a retry runs \
-             the body again; a Redis without persistence forgets the claim when it restarts. \
+             the body again (with `on_cancel = \"release\"` at once: that is its trade-off); a \
+             Redis without persistence forgets the claim when it restarts. \
              Use transactional mode when the effect is in the same database, AOF \
              `appendfsync always` on Redis, or make the effect safe to repeat.\n\n",
         );
