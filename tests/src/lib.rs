@@ -14,6 +14,7 @@
 //! | [`fixtures`] | [`Req`], [`Receipt`], [`AppError`], the pause points [`Gate`] and [`Once`] |
 //! | [`ledger`] | [`ledger_ddl`], the SQL and memory ledgers ([`PgLedger`], [`MyLedger`], [`LiteLedger`], [`MemLedger`]), the in-memory [`Effects`] |
 //! | [`outcome`] | [`Got`] with [`classify`], [`got`], [`tally`] and [`poll_while`] |
+//! | [`mariadb_server`] | [`MariaDbServer`], a throwaway MariaDB server the suite can crash and restart |
 //! | [`matrix`] | the fault matrix (issue 15): strategies × backends × faults, the `fault_worker` protocol, `GUARANTEES.md` |
 //! | [`skew`] | [`SkewSvc`](skew::SkewSvc) and the `skew_worker` protocol: processes sharing one SQLite file with clocks apart |
 //! | [`redis_server`] | [`RedisServer`], [`RedisCluster`], [`free_port`], the throwaway server and cluster |
@@ -26,6 +27,7 @@ pub mod business;
 pub mod faults;
 pub mod fixtures;
 pub mod ledger;
+pub mod mariadb_server;
 pub mod matrix;
 pub mod outcome;
 pub mod redis_replication;
@@ -39,6 +41,7 @@ pub use backends::{
 pub use faults::{FaultSvc, Faults, Faulty, Lease, Observed};
 pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};
 pub use ledger::{Effects, LiteLedger, MemLedger, MyLedger, PgLedger, ledger_ddl};
+pub use mariadb_server::{MariaDbServer, mariadb_server_available};
 pub use outcome::{Got, classify, got, poll_while, tally};
 pub use redis_replication::{RedisReplicaSet, replication_available};
 pub use redis_server::{

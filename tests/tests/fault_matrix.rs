@@ -26,8 +26,9 @@ use idempotent_tests::matrix::table::{Cell, Fault, Verdict, compare, render, row
 use idempotent_tests::matrix::worker::{Worker, WorkerCmd, kind, storm_tally, until_free};
 use idempotent_tests::matrix::{Backend, Family, Pause, Point, Strategy};
 use idempotent_tests::{
-    MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, RedisCluster, RedisServer, ci,
-    cluster_urls, redis_server_on_path, throwaway_redis_url,
+    MYSQL_ENV, MariaDbServer, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, RedisCluster,
+    RedisServer, ci, cluster_urls, mariadb_server_available, redis_server_on_path,
+    throwaway_redis_url,
 };
 use tokio::sync::{Barrier, Semaphore};
 
@@ -144,6 +145,11 @@ impl Env {
         {
             return Some(why.clone());
         }
+        if fault == Fault::Restarted && b == Backend::MySql && !mariadb_server_available() {
+            return Some(
+                "mariadbd, mariadb-install-db or the mariadb client is not installed".into(),
+            );
+        }
         if matches!(fault, Fault::ConnKilled | Fault::Restarted)
             && matches!(b, Backend::Redis | Backend::RedisCluster)
             && !redis_server_on_path()
@@ -168,7 +174,9 @@ fn not_applicable(fault: Fault, s: Strategy, b: Backend) -> Option<&'static str>
         Fault::Restarted if b == Backend::RedisCluster => {
             Some("not run on a Cluster (a node lost: `redis_cluster_faults.rs`)")
         }
-        Fault::Restarted if b != Backend::Redis => Some("the suite starts no server of its own"),
+        Fault::Restarted if b == Backend::Postgres => Some(
+            "the suite starts no PostgreSQL of its own (it runs as root, which `postgres` refuses)",
+        ),
         Fault::PoolOfOne if !b.is_sql() => Some("no connection pool"),
         Fault::CancelRelease if s.family() == Family::Transactional => {
             Some("a dropped transaction rolls back; no `on_cancel`")
@@ -798,6 +806,91 @@ fn check_skewed(offset: &str, r: &idempotent_tests::matrix::worker::UntilFree) {
     );
 }
 
+/// Restarts (SIGKILL, start again) the test's own MariaDB while the body is held after its
+/// effect. Claim mode runs its 30 s-lease operation: the completion retries across the restart
+/// for up to the lease.
+async fn restarted_mariadb(s: Strategy) -> Verdict {
+    let mut server = tokio::task::block_in_place(MariaDbServer::start);
+    let svc = Arc::new(
+        Svc::open(&server.url(), Pause::local(), Open::default())
+            .await
+            .expect("open"),
+    );
+    svc.setup().await.expect("setup");
+    let r = svc.fresh(s).await.expect("fresh key");
+    let claim = s.family() == Family::Claim;
+    svc.pause.arm(Point::Effect);
+    let call = {
+        let (svc, r) = (svc.clone(), r.clone());
+        tokio::spawn(async move {
+            if claim {
+                svc.call_releasing(s, &r).await
+            } else {
+                svc.call(s, &r).await
+            }
+        })
+    };
+    svc.pause.entered.notified().await;
+    tokio::task::block_in_place(|| server.restart());
+    svc.pause.release.notify_one();
+    let first = kind(
+        &tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the call ends within 60 s")
+            .expect("call task"),
+    );
+    let mid = svc.effects(s, &r).await.expect("effects");
+    let again = async || {
+        if claim {
+            kind(&svc.call_releasing(s, &r).await)
+        } else {
+            kind(&svc.call(s, &r).await)
+        }
+    };
+    let mut calls = vec![again().await];
+    let started = Instant::now();
+    while is_busy(s, calls.last().expect("a call")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still busy: {calls:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        calls.push(again().await);
+    }
+    let after = svc.effects(s, &r).await.expect("effects");
+    let last = calls.last().cloned().unwrap_or_default();
+    tokio::task::block_in_place(|| drop(server));
+    detail!(
+        "restarted {} mariadb: first {first}, effects then {mid}, retries {calls:?}, effects {after}",
+        s.id()
+    );
+    assert_eq!(after, 1, "first {first}, retries {calls:?}");
+    let text = if first == fresh_ok(s) {
+        assert!(
+            claim,
+            "a transaction cannot commit across the crash: {first}"
+        );
+        format!(
+            "{}; call completes (its completion retried across the restart; 30 s lease), retry {}",
+            effects_text(after),
+            verb(&last)
+        )
+    } else {
+        assert!(first.starts_with("Other:"), "a typed error: {first}");
+        assert_eq!(mid, 0, "nothing committed: {first}");
+        format!(
+            "{}; caller {}, nothing committed; retry {}",
+            effects_text(after),
+            verb(&first),
+            verb(&last)
+        )
+    };
+    Verdict::Measured {
+        text,
+        effects: after,
+    }
+}
+
 /// Restarts the test's own Redis while the body is held after its effect: without persistence,
 /// then with AOF `appendfsync always`.
 async fn restarted(s: Strategy) -> Verdict {
@@ -892,6 +985,7 @@ async fn run_cell(env: Arc<Env>, fault: Fault, s: Strategy, b: Backend) -> Verdi
         Fault::CancelEffect => cancel_at(&env, s, b, Point::Effect).await,
         Fault::CancelRelease => cancel_release(&env, s, b).await,
         Fault::ConnKilled => conn_killed(&env, s, b).await,
+        Fault::Restarted if b == Backend::MySql => restarted_mariadb(s).await,
         Fault::Restarted => restarted(s).await,
         Fault::PoolOfOne => pool_of_one(&env, s, b).await,
         Fault::Storm => storm(&env, s, b).await,

@@ -191,10 +191,13 @@ a ledger on the same backend (a table, or Redis counters); every claim-mode oper
   kills every connection of the caller's pool (PostgreSQL `pg_terminate_backend`, MariaDB
   `KILL`; Redis `CLIENT KILL TYPE normal` on a server, or every node of a cluster, of the
   test's own); then the body returns.
-- **server restarted after effect**: while the body is held after its effect, the test's own
-  `redis-server` is restarted (SIGKILLed and started again on the same port), once without
-  persistence and once with AOF `appendfsync always`; then the body returns. The suite starts
-  no PostgreSQL or MariaDB server of its own, so their cells are `n/a`.
+- **server restarted after effect**: while the body is held after its effect, a server of the
+  test's own is SIGKILLed and started again on the same port and data; then the body returns.
+  Redis once without persistence and once with AOF `appendfsync always`; MariaDB
+  (`mariadb-install-db` + `mariadbd`, InnoDB recovers), where claim mode runs an operation
+  with a 30 s lease (its completion retries for up to the lease, longer than the restart). The
+  suite runs no PostgreSQL of its own (`postgres` refuses to run as root), so those cells are
+  `n/a`.
 - **pool of 1, 10 calls**: a pool of one connection (acquire time-out 10 s), 10 concurrent
   calls lined up on a barrier, first of one key, then of 10 keys; all must finish (or get a
   pool time-out) within 60 s.
