@@ -71,15 +71,15 @@ impl Env {
         let mut urls = HashMap::new();
         urls.insert(Backend::Memory, Ok("memory".to_owned()));
         urls.insert(
-            Backend::Sqlite,
+            Backend::SqliteFile,
             Ok(format!("sqlite://{}", dir.path().join("fm.db").display())),
         );
         let from_env = |var: &str| match std::env::var(var) {
             Ok(u) if !u.is_empty() => Ok(u),
             _ => Err(format!("{var} is unset")),
         };
-        urls.insert(Backend::Postgres, from_env(POSTGRES_ENV));
-        urls.insert(Backend::MySql, from_env(MYSQL_ENV));
+        urls.insert(Backend::PostgreSql, from_env(POSTGRES_ENV));
+        urls.insert(Backend::MariaDb, from_env(MYSQL_ENV));
         urls.insert(
             Backend::Redis,
             from_env(REDIS_ENV).or_else(|e| {
@@ -145,7 +145,7 @@ impl Env {
         {
             return Some(why.clone());
         }
-        if fault == Fault::Restarted && b == Backend::MySql && !mariadb_server_available() {
+        if fault == Fault::Restarted && b == Backend::MariaDb && !mariadb_server_available() {
             return Some(
                 "mariadbd, mariadb-install-db or the mariadb client is not installed".into(),
             );
@@ -170,11 +170,13 @@ fn not_applicable(fault: Fault, s: Strategy, b: Backend) -> Option<&'static str>
         }
         Fault::Storm if b == Backend::Memory => Some("in-process store: one process"),
         Fault::ConnKilled | Fault::Restarted if b == Backend::Memory => Some("no server"),
-        Fault::ConnKilled | Fault::Restarted if b == Backend::Sqlite => Some("a file, no server"),
+        Fault::ConnKilled | Fault::Restarted if b == Backend::SqliteFile => {
+            Some("a file, no server")
+        }
         Fault::Restarted if b == Backend::RedisCluster => {
             Some("not run on a Cluster (a node lost: `redis_cluster_faults.rs`)")
         }
-        Fault::Restarted if b == Backend::Postgres => Some(
+        Fault::Restarted if b == Backend::PostgreSql => Some(
             "the suite starts no PostgreSQL of its own (it runs as root, which `postgres` refuses)",
         ),
         Fault::PoolOfOne if !b.is_sql() => Some("no connection pool"),
@@ -291,7 +293,7 @@ async fn kill_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict {
                 last, "Executed",
                 "after the lease the retry runs: {context}"
             );
-            let bound = if b == Backend::Sqlite {
+            let bound = if b == Backend::SqliteFile {
                 2 * LEASE
             } else {
                 LEASE
@@ -323,7 +325,7 @@ async fn kill_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict {
     let text = if busy == 0 {
         format!("{}; retry {} at once", effects_text(after), verb(&last))
     } else {
-        let wait = if b == Backend::Sqlite {
+        let wait = if b == Backend::SqliteFile {
             " (watched)"
         } else {
             ""
@@ -385,7 +387,7 @@ async fn cancel_at(env: &Env, s: Strategy, b: Backend, point: Point) -> Verdict 
                 "on_cancel = keep holds the key: {context}"
             );
             assert_eq!(last, "Executed", "{context}");
-            let bound = if b == Backend::Sqlite {
+            let bound = if b == Backend::SqliteFile {
                 2 * LEASE
             } else {
                 LEASE
@@ -772,7 +774,7 @@ async fn skew(env: &Env, s: Strategy, b: Backend) -> Verdict {
             Some("Executed"),
             "{retry:?}"
         );
-        let bound = if b == Backend::Sqlite {
+        let bound = if b == Backend::SqliteFile {
             2 * LEASE
         } else {
             LEASE
@@ -985,7 +987,7 @@ async fn run_cell(env: Arc<Env>, fault: Fault, s: Strategy, b: Backend) -> Verdi
         Fault::CancelEffect => cancel_at(&env, s, b, Point::Effect).await,
         Fault::CancelRelease => cancel_release(&env, s, b).await,
         Fault::ConnKilled => conn_killed(&env, s, b).await,
-        Fault::Restarted if b == Backend::MySql => restarted_mariadb(s).await,
+        Fault::Restarted if b == Backend::MariaDb => restarted_mariadb(s).await,
         Fault::Restarted => restarted(s).await,
         Fault::PoolOfOne => pool_of_one(&env, s, b).await,
         Fault::Storm => storm(&env, s, b).await,

@@ -147,12 +147,13 @@ impl Strategy {
 pub enum Backend {
     /// The in-process memory store.
     Memory,
-    /// SQLite (a file the processes share).
-    Sqlite,
+    /// SQLite (a file the processes share). (Variant names differ from sqlx's types, whose
+    /// names the compiler would otherwise qualify in the ui tests' messages.)
+    SqliteFile,
     /// PostgreSQL.
-    Postgres,
+    PostgreSql,
     /// MySQL/MariaDB.
-    MySql,
+    MariaDb,
     /// Standalone Redis.
     Redis,
     /// A Redis Cluster (3 masters).
@@ -163,9 +164,9 @@ impl Backend {
     /// Every backend, in the table's row order.
     pub const ALL: [Backend; 6] = [
         Backend::Memory,
-        Backend::Sqlite,
-        Backend::Postgres,
-        Backend::MySql,
+        Backend::SqliteFile,
+        Backend::PostgreSql,
+        Backend::MariaDb,
         Backend::Redis,
         Backend::RedisCluster,
     ];
@@ -174,9 +175,9 @@ impl Backend {
     pub fn id(self) -> &'static str {
         match self {
             Backend::Memory => "memory",
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-            Backend::MySql => "mysql",
+            Backend::SqliteFile => "sqlite",
+            Backend::PostgreSql => "postgres",
+            Backend::MariaDb => "mysql",
             Backend::Redis => "redis",
             Backend::RedisCluster => "redis_cluster",
         }
@@ -186,9 +187,9 @@ impl Backend {
     pub fn title(self) -> &'static str {
         match self {
             Backend::Memory => "memory",
-            Backend::Sqlite => "SQLite",
-            Backend::Postgres => "PostgreSQL",
-            Backend::MySql => "MariaDB",
+            Backend::SqliteFile => "SQLite",
+            Backend::PostgreSql => "PostgreSQL",
+            Backend::MariaDb => "MariaDB",
             Backend::Redis => "Redis",
             Backend::RedisCluster => "Redis Cluster",
         }
@@ -196,7 +197,10 @@ impl Backend {
 
     /// PostgreSQL, MySQL/MariaDB or SQLite.
     pub fn is_sql(self) -> bool {
-        matches!(self, Backend::Sqlite | Backend::Postgres | Backend::MySql)
+        matches!(
+            self,
+            Backend::SqliteFile | Backend::PostgreSql | Backend::MariaDb
+        )
     }
 
     /// The backend of a URL (`postgres://…`, `mysql://…`, `sqlite://<path>`, `redis://…`,
@@ -204,9 +208,9 @@ impl Backend {
     pub fn of_url(url: &str) -> Option<Backend> {
         let scheme = url.split(':').next()?;
         Some(match scheme {
-            "postgres" | "postgresql" => Backend::Postgres,
-            "mysql" | "mariadb" => Backend::MySql,
-            "sqlite" => Backend::Sqlite,
+            "postgres" | "postgresql" => Backend::PostgreSql,
+            "mysql" | "mariadb" => Backend::MariaDb,
+            "sqlite" => Backend::SqliteFile,
             "redis" => Backend::Redis,
             "redis-cluster" => Backend::RedisCluster,
             "memory" => Backend::Memory,

@@ -45,7 +45,7 @@ pub fn ddl(backend: Backend) -> Vec<&'static str> {
         "CREATE TABLE IF NOT EXISTS fm_uniq (id VARCHAR(255) PRIMARY KEY)",
         "CREATE TABLE IF NOT EXISTS fm_ships (id VARCHAR(255) PRIMARY KEY, status VARCHAR(20) NOT NULL)",
     ];
-    if backend == Backend::MySql {
+    if backend == Backend::MariaDb {
         v.push("CREATE TABLE IF NOT EXISTS fm_ledger (op VARCHAR(64) NOT NULL, k VARCHAR(255) NOT NULL, KEY fm_ledger_k (k))");
     } else {
         v.push("CREATE TABLE IF NOT EXISTS fm_ledger (op VARCHAR(64) NOT NULL, k VARCHAR(255) NOT NULL)");
@@ -460,7 +460,7 @@ impl Svc {
         let pause = Arc::new(pause);
         let sessions: Arc<Mutex<Vec<i64>>> = Arc::default();
         let db = match backend {
-            Backend::Postgres => {
+            Backend::PostgreSql => {
                 let ids = sessions.clone();
                 Db::Pg(
                     sqlx::postgres::PgPoolOptions::new()
@@ -481,7 +481,7 @@ impl Svc {
                         .map_err(|e| format!("connect to {url}: {e}"))?,
                 )
             }
-            Backend::MySql => {
+            Backend::MariaDb => {
                 let ids = sessions.clone();
                 Db::My(
                     sqlx::mysql::MySqlPoolOptions::new()
@@ -502,7 +502,7 @@ impl Svc {
                         .map_err(|e| format!("connect to {url}: {e}"))?,
                 )
             }
-            Backend::Sqlite => {
+            Backend::SqliteFile => {
                 let path = url.trim_start_matches("sqlite://");
                 let opts = SqliteConnectOptions::new()
                     .filename(path)
@@ -651,7 +651,7 @@ impl Svc {
             .clone();
         let err = |e: sqlx::Error| format!("kill sessions: {e}");
         match self.backend {
-            Backend::Postgres => {
+            Backend::PostgreSql => {
                 let mut admin = sqlx::PgConnection::connect(&self.url).await.map_err(err)?;
                 let mut n = 0;
                 for id in &ids {
@@ -664,7 +664,7 @@ impl Svc {
                 }
                 Ok(n)
             }
-            Backend::MySql => {
+            Backend::MariaDb => {
                 let mut admin = sqlx::MySqlConnection::connect(&self.url)
                     .await
                     .map_err(err)?;
