@@ -15,6 +15,8 @@
 //! | [`ledger`] | [`ledger_ddl`], the SQL and memory ledgers ([`PgLedger`], [`MyLedger`], [`LiteLedger`], [`MemLedger`]), the in-memory [`Effects`] |
 //! | [`outcome`] | [`Got`] with [`classify`], [`got`], [`tally`] and [`poll_while`] |
 //! | [`statements`] | what a database runs for one call, as it reports it: [`PgWire`] (a proxy reading PostgreSQL's replies), [`MySqlSession`] (session status counters), [`SqliteTrace`] (SQLite's statement trace and commit/rollback hooks) |
+//! | [`mariadb_server`] | [`MariaDbServer`], a throwaway MariaDB server the suite can crash and restart |
+//! | [`matrix`] | the fault matrix (issue 15): strategies × backends × faults, the `fault_worker` protocol, `GUARANTEES.md` |
 //! | [`skew`] | [`SkewSvc`](skew::SkewSvc) and the `skew_worker` protocol: processes sharing one SQLite file with clocks apart |
 //! | [`redis_server`] | [`RedisServer`], [`RedisCluster`], [`free_port`], the throwaway server and cluster |
 //! | [`redis_replication`] | [`RedisReplicaSet`]: primary + replica (+ 3 Sentinels), promotion, failover |
@@ -26,6 +28,8 @@ pub mod business;
 pub mod faults;
 pub mod fixtures;
 pub mod ledger;
+pub mod mariadb_server;
+pub mod matrix;
 pub mod outcome;
 pub mod redis_replication;
 pub mod redis_server;
@@ -39,6 +43,7 @@ pub use backends::{
 pub use faults::{FaultSvc, Faults, Faulty, Lease, Observed};
 pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};
 pub use ledger::{Effects, LiteLedger, MemLedger, MyLedger, PgLedger, ledger_ddl};
+pub use mariadb_server::{MariaDbServer, mariadb_server_available};
 pub use outcome::{Got, classify, got, poll_while, tally};
 pub use redis_replication::{RedisReplicaSet, replication_available};
 pub use redis_server::{
