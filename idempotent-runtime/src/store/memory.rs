@@ -70,18 +70,29 @@ impl<V: Expiring> Table<V> {
         }
     }
 
-    /// Called before a write that may add a key (never while holding one of the map's
-    /// guards): sweeps dead entries when the table has grown to its mark, and refuses when the
-    /// live entries fill the capacity.
+    /// Called before a write that may add `key` (never while holding one of the map's
+    /// guards). A key with a live entry adds nothing, so it always has room: its own record is
+    /// judged as usual (in progress, replay, take-over). Otherwise, once the table has grown to
+    /// its mark, sweeps the dead entries; when the live ones still fill the capacity, sweeps
+    /// again without the second of grace (an entry past its lease or TTL is never replayed or
+    /// waited for, so a full store gives its room at once), and refuses only when that leaves
+    /// no room.
     ///
     /// Errors: [`Error::Backend`] "the memory store is full", naming the capacity: a new key
     /// is refused rather than another key's record forgotten (forgetting it would let a retry
     /// run a second time).
-    fn room(&self) -> Result<(), Error> {
+    fn room(&self, key: &[u8; 32]) -> Result<(), Error> {
         if self.len.load(Relaxed) < self.sweep_at.load(Relaxed) {
             return Ok(());
         }
-        let live = self.sweep();
+        let now = Instant::now();
+        if self.map.get(key).is_some_and(|e| !e.dead(now)) {
+            return Ok(());
+        }
+        let mut live = self.sweep(now);
+        if live >= self.capacity {
+            live = self.sweep(now + GRACE);
+        }
         if live >= self.capacity {
             return Err(Error::Backend(
                 format!(
@@ -96,9 +107,9 @@ impl<V: Expiring> Table<V> {
         Ok(())
     }
 
-    /// Drops the dead entries; returns the live ones.
-    fn sweep(&self) -> usize {
-        let now = Instant::now();
+    /// Drops the entries dead at `now` (an entry is dead [`GRACE`] after its end, so a `now`
+    /// one grace ahead drops every entry past its end); returns the others.
+    fn sweep(&self, now: Instant) -> usize {
         self.map.retain(|_, v| !v.dead(now));
         let live = self.map.len();
         self.len.store(live, Relaxed);
@@ -236,7 +247,7 @@ impl MemoryStore {
     ) -> Result<R, Error> {
         let table = self.records();
         if may_add {
-            table.room()?;
+            table.room(key.digest())?;
         }
         let now = Instant::now();
         Ok(match table.map.entry(*key.digest()) {
@@ -329,7 +340,7 @@ impl MemoryStore {
     /// Number of live records (claims and completed records within their lease or TTL, and
     /// those less than a second past it); sweeps the dead ones first.
     pub fn len(&self) -> u64 {
-        self.records().sweep() as u64
+        self.records().sweep(Instant::now()) as u64
     }
 
     /// `true` when the store holds no live record.
@@ -552,7 +563,7 @@ impl LockStore for MemoryStore {
         lease: Duration,
     ) -> Result<Acquired, Error> {
         let table = self.locks();
-        table.room()?;
+        table.room(key.digest())?;
         let mut e = match table.map.entry(*key.digest()) {
             Slot::Occupied(o) => o.into_ref(),
             Slot::Vacant(v) => {
@@ -639,7 +650,7 @@ impl LockStore for MemoryStore {
 impl TokenStore for MemoryStore {
     async fn issue_token(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
         let table = self.tokens();
-        table.room()?;
+        table.room(token_key.digest())?;
         let entry = TokenEntry {
             consumer: None,
             binding: None,
@@ -788,25 +799,108 @@ mod tests {
         assert_eq!(store.len(), 3);
     }
 
-    /// Records past their TTL (and the second of grace) are swept to make room; records
-    /// within it are not.
+    /// A full store gives the room of a record past its TTL at once (no second of grace
+    /// then), and never the room of a record within it.
     #[tokio::test(start_paused = true)]
     async fn expired_records_are_swept_to_make_room() {
         let store = MemoryStore::with_capacity(2);
         let (a, b, c) = (key(0), key(1), key(2));
-        for k in [&a, &b] {
-            assert!(store.try_claim(&claim(k, "a", LEASE)).await.expect("room"));
-            assert!(store.complete_claim(k, "a", b"r", TTL).await.expect("ok"));
-        }
-        tokio::time::advance(TTL).await;
-        // Expired, but within the grace: still held (a caller judges it expired itself).
+        assert!(store.try_claim(&claim(&a, "a", LEASE)).await.expect("room"));
+        assert!(store.complete_claim(&a, "a", b"r", TTL).await.expect("ok"));
+        tokio::time::advance(LEASE).await;
+        assert!(store.try_claim(&claim(&b, "a", LEASE)).await.expect("room"));
+        assert!(store.complete_claim(&b, "a", b"r", TTL).await.expect("ok"));
+        // Both within their TTL: full.
+        assert!(store.try_claim(&claim(&c, "a", LEASE)).await.is_err());
+        tokio::time::advance(TTL - LEASE).await;
+        // `a` is past its TTL (read as expired until swept), `b` is not: `a`'s room goes to `c`.
         let rec = store.read_record(&a).await.expect("ok").expect("held");
         assert!(rec.expired);
-        assert!(store.try_claim(&claim(&c, "a", LEASE)).await.is_err());
-        tokio::time::advance(GRACE).await;
-        assert_eq!(store.read_record(&a).await.expect("ok"), None);
         assert!(store.try_claim(&claim(&c, "a", LEASE)).await.expect("room"));
-        assert_eq!(store.len(), 1);
+        assert_eq!(store.read_record(&a).await.expect("ok"), None);
+        let kept = store.read_record(&b).await.expect("ok").expect("kept");
+        assert_eq!(kept.state, RecordState::Completed(b"r".to_vec()));
+        assert_eq!(store.len(), 2);
+    }
+
+    /// In a full store, a key that is already there is answered as always: its running claim
+    /// is busy to another owner, its completed record replays, its expired claim is taken over,
+    /// its lock replays — none of them "full".
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_still_answers_the_keys_it_holds() {
+        let store = MemoryStore::with_capacity(2);
+        let (running, done, other) = (key(0), key(1), key(2));
+        assert!(
+            store
+                .try_claim(&claim(&running, "a", LEASE))
+                .await
+                .expect("room")
+        );
+        assert!(
+            store
+                .try_claim(&claim(&done, "a", LEASE))
+                .await
+                .expect("room")
+        );
+        assert!(
+            store
+                .complete_claim(&done, "a", b"r", TTL)
+                .await
+                .expect("ok")
+        );
+        assert!(store.try_claim(&claim(&other, "a", LEASE)).await.is_err());
+        // Busy to another owner, not "full".
+        assert_eq!(
+            store
+                .claim_or_read(&claim(&running, "b", LEASE))
+                .await
+                .expect("busy"),
+            ClaimOrRecord::Existing(Some(Record {
+                owner: "a".into(),
+                fingerprint: Some("fp".into()),
+                state: RecordState::InProgress,
+                expired: false,
+                expires_at_ms: None,
+            }))
+        );
+        let replay = store
+            .claim_or_read(&claim(&done, "b", LEASE))
+            .await
+            .expect("replay");
+        assert!(matches!(
+            replay,
+            ClaimOrRecord::Existing(Some(Record {
+                state: RecordState::Completed(_),
+                ..
+            }))
+        ));
+        // The running claim's lease ends: taken over by `b` although the store is full.
+        tokio::time::advance(LEASE).await;
+        assert!(
+            store
+                .take_over_claim(&claim(&running, "b", LEASE), "a")
+                .await
+                .expect("room")
+        );
+
+        let locks = MemoryStore::with_capacity(1);
+        let l = key(3);
+        assert!(matches!(
+            locks
+                .acquire_lock(&l, "a", None, LEASE)
+                .await
+                .expect("room"),
+            Acquired::Acquired { .. }
+        ));
+        assert!(locks.complete_lock(&l, "a", b"r", TTL).await.expect("ok"));
+        assert!(matches!(
+            locks
+                .acquire_lock(&l, "b", None, LEASE)
+                .await
+                .expect("replay"),
+            Acquired::Replay { .. }
+        ));
+        assert!(locks.acquire_lock(&key(4), "b", None, LEASE).await.is_err());
     }
 
     /// A sweep never drops a live claim or a live lock, and fencing tokens keep growing after
