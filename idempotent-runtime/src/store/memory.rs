@@ -34,6 +34,10 @@ const GRACE: Duration = Duration::from_secs(1);
 /// The fewest entries a table holds before its first sweep.
 const MIN_SWEEP: usize = 4096;
 
+/// How often a full table sweeps again to find room: in between, a new key is refused at once
+/// instead of every refused call walking the whole table (unless an entry is removed meanwhile).
+const FULL_SWEEP_EVERY: Duration = Duration::from_millis(10);
+
 /// `d` from now, clamped to a century: a lease or TTL of `Duration::MAX` (which the
 /// strategies' floors allow) means "for good", not an overflow.
 fn after(d: Duration) -> Instant {
@@ -58,6 +62,8 @@ struct Table<V> {
     /// amortized.
     sweep_at: AtomicUsize,
     capacity: usize,
+    /// `Some(when)`: the sweep at `when` left the table full (cleared by a removal).
+    full_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl<V: Expiring> Table<V> {
@@ -67,7 +73,15 @@ impl<V: Expiring> Table<V> {
             len: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(MIN_SWEEP.min(capacity)),
             capacity,
+            full_since: std::sync::Mutex::new(None),
         }
+    }
+
+    fn full_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // Holds one `Option<Instant>`, written whole: a poisoned lock is safe to keep using.
+        self.full_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Called before a write that may add `key` (never while holding one of the map's
@@ -76,7 +90,8 @@ impl<V: Expiring> Table<V> {
     /// its mark, sweeps the dead entries; when the live ones still fill the capacity, sweeps
     /// again without the second of grace (an entry past its lease or TTL is never replayed or
     /// waited for, so a full store gives its room at once), and refuses only when that leaves
-    /// no room.
+    /// no room. A table left full sweeps again only [`FULL_SWEEP_EVERY`] later or after a
+    /// removal: refused calls in between cost no walk over the table.
     ///
     /// Errors: [`Error::Backend`] "the memory store is full", naming the capacity: a new key
     /// is refused rather than another key's record forgotten (forgetting it would let a retry
@@ -89,10 +104,19 @@ impl<V: Expiring> Table<V> {
         if self.map.get(key).is_some_and(|e| !e.dead(now)) {
             return Ok(());
         }
-        let mut live = self.sweep(now);
-        if live >= self.capacity {
-            live = self.sweep(now + GRACE);
-        }
+        let swept_lately = self
+            .full_since()
+            .is_some_and(|at| now.saturating_duration_since(at) < FULL_SWEEP_EVERY);
+        let live = if swept_lately {
+            self.len.load(Relaxed)
+        } else {
+            let mut live = self.sweep(now);
+            if live >= self.capacity {
+                live = self.sweep(now + GRACE);
+            }
+            *self.full_since() = (live >= self.capacity).then_some(now);
+            live
+        };
         if live >= self.capacity {
             return Err(Error::Backend(
                 format!(
@@ -127,9 +151,14 @@ impl<V: Expiring> Table<V> {
 
     fn removed(&self) {
         // Saturating: a sweep may have reset the count between the removal and this call.
-        let _ = self
+        let before = self
             .len
-            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)))
+            .unwrap_or(0);
+        if before >= self.capacity {
+            // The room it frees is found at once, not after the full table's pause.
+            *self.full_since() = None;
+        }
     }
 }
 
@@ -797,6 +826,39 @@ mod tests {
             assert_eq!(rec.state, RecordState::Completed(b"r".to_vec()));
         }
         assert_eq!(store.len(), 3);
+    }
+
+    /// A full store walks its table at most once per [`FULL_SWEEP_EVERY`] to find room (a
+    /// storm of refused calls costs no sweep each), and a removal gives its room at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_sweeps_again_only_after_a_pause_or_a_removal() {
+        let store = MemoryStore::with_capacity(2);
+        let (a, b) = (key(0), key(1));
+        assert!(store.try_claim(&claim(&a, "a", LEASE)).await.expect("room"));
+        assert!(store.try_claim(&claim(&b, "a", LEASE)).await.expect("room"));
+        assert!(store.try_claim(&claim(&key(2), "a", LEASE)).await.is_err());
+        let marked = *store.records().full_since();
+        assert!(marked.is_some(), "the refusing sweep marks the table full");
+        // Half the pause later a sweep would mark a later instant: none happens.
+        tokio::time::advance(FULL_SWEEP_EVERY / 2).await;
+        for i in 3..100 {
+            assert!(store.try_claim(&claim(&key(i), "a", LEASE)).await.is_err());
+        }
+        assert_eq!(*store.records().full_since(), marked, "no sweep in between");
+        tokio::time::advance(FULL_SWEEP_EVERY / 2).await;
+        assert!(store.try_claim(&claim(&key(2), "a", LEASE)).await.is_err());
+        assert!(
+            *store.records().full_since() > marked,
+            "swept again after the pause"
+        );
+        // A released claim's room is given at once, pause or not.
+        store.release_claim(&a, "a").await.expect("ok");
+        assert!(
+            store
+                .try_claim(&claim(&key(2), "a", LEASE))
+                .await
+                .expect("room")
+        );
     }
 
     /// A full store gives the room of a record past its TTL at once (no second of grace
