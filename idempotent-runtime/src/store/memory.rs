@@ -306,15 +306,17 @@ impl MemoryStore {
         })
     }
 
-    fn claim_now(&self, c: &Claim<'_>) -> Result<bool, Error> {
+    /// Claims `c.key`, or returns the record that holds it, in one step under the key's
+    /// shard lock.
+    fn claim_now(&self, c: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
         self.with_record(c.key, true, |cur| match cur {
-            None => (Change::Put(Entry::claim(c)), true),
+            None => (Change::Put(Entry::claim(c)), ClaimOrRecord::Claimed),
             // The same owner claiming again (a resent claim): still theirs, lease reset.
             Some(e) if &*e.owner == c.owner && e.response.is_none() => {
                 e.expires_at = after(c.lease);
-                (Change::Keep, true)
+                (Change::Keep, ClaimOrRecord::Claimed)
             }
-            Some(_) => (Change::Keep, false),
+            Some(e) => (Change::Keep, ClaimOrRecord::Existing(Some(e.record()))),
         })
     }
 
@@ -420,22 +422,22 @@ impl AsTokenStore for MemoryStore {
 
 impl ClaimStore for MemoryStore {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
-        self.claim_now(claim)
+        Ok(self.claim_now(claim)? == ClaimOrRecord::Claimed)
     }
 
-    /// A completed, unexpired record is read without the compute step (a replay: one map
-    /// read); otherwise as the default (claim, then read when a record exists).
+    /// A completed, unexpired record is read under the shard's shared lock (a replay: one map
+    /// read, copied out only then); otherwise one claim-or-read step under its write lock.
     async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
         let completed = self
-            .read_now(claim.key)
-            .filter(|r| !r.expired && matches!(r.state, RecordState::Completed(_)));
-        if let Some(record) = completed {
-            return Ok(ClaimOrRecord::Existing(Some(record)));
+            .records()
+            .map
+            .get(claim.key.digest())
+            .filter(|e| e.response.is_some() && !e.expired())
+            .map(|e| e.record());
+        match completed {
+            Some(record) => Ok(ClaimOrRecord::Existing(Some(record))),
+            None => self.claim_now(claim),
         }
-        if self.claim_now(claim)? {
-            return Ok(ClaimOrRecord::Claimed);
-        }
-        Ok(ClaimOrRecord::Existing(self.read_now(claim.key)))
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
