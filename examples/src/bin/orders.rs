@@ -10,6 +10,7 @@
 //! ```
 //! Exits 1 when any operation's effects differ from its keys or it saw an error.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -253,24 +254,35 @@ async fn main() -> ExitCode {
     let json = args.json;
     match main_inner(args).await {
         Ok(report) => {
-            if json {
+            let out = if json {
                 match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => s + "\n",
                     Err(e) => {
                         eprintln!("error: {e}");
                         return ExitCode::FAILURE;
                     }
                 }
             } else {
-                print!("{}", report.table());
-                println!(
-                    "{}",
+                format!(
+                    "{}{}\n",
+                    report.table(),
                     if report.ok() {
                         "OK: every operation applied exactly one effect per key, with no errors."
                     } else {
                         "FAILED: some operation's effects differ from its keys, or it saw errors."
                     }
-                );
+                )
+            };
+            // A reader that went away (`orders | head`) is no failure of the run: its exit code
+            // still says whether every key had one effect. `println!` would panic instead.
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                eprintln!("error: cannot write the report: {e}");
+                return ExitCode::FAILURE;
             }
             if report.ok() {
                 ExitCode::SUCCESS
