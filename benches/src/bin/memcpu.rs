@@ -121,7 +121,7 @@ fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
 fn main() -> Result<(), AppError> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(side), Some(phase), Some(n)) = (args.get(1), args.get(2), args.get(3)) else {
-        eprintln!("usage: memcpu annotated|hand fresh|replay N");
+        eprintln!("usage: memcpu annotated|hand|hand-work|<part> fresh|replay N");
         std::process::exit(2);
     };
     let n: usize = n.parse().expect("N is a number");
@@ -136,10 +136,13 @@ fn main() -> Result<(), AppError> {
         store: MemoryStore::new(),
     };
     let hand = memory::Claim::default();
+    // `hand-work`: the hand-written call doing the framework's own work too (storage key,
+    // fingerprint, random owner, response read back), see `hand::set_framework_work`.
+    idempotent_benches::hand::set_framework_work(side == "hand-work");
     let call = async |r: &Req| -> Result<Receipt, AppError> {
         match side.as_str() {
             "annotated" => annotated.place(r).await,
-            "hand" => hand.place(r).await,
+            "hand" | "hand-work" => hand.place(r).await,
             other => panic!("unknown side {other}"),
         }
     };

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{LEASE_MS, TTL_MS, busy, fingerprint, key, lost, mismatch, owner};
+use super::{LEASE_MS, TTL_MS, busy, encode, fingerprint, key, lost, mismatch, owner, token_key};
 use crate::{AppError, Receipt, Req, receipt};
 
 const SHARDS: usize = 64;
@@ -91,7 +91,7 @@ impl Claim {
             }
         };
         let value = receipt(req, 0);
-        let bytes = serde_json::to_vec(&value)?;
+        let bytes = encode(&value)?;
         let mut m = self.map.shard(&key);
         match m.get_mut(&key) {
             Some(r) if r.owner == owner && r.response.is_none() => {
@@ -188,7 +188,7 @@ impl Lock {
             (owner, fence)
         };
         let value = receipt(req, fence);
-        let bytes = serde_json::to_vec(&value)?;
+        let bytes = encode(&value)?;
         let mut m = self.map.shard(&key);
         let now = Instant::now();
         match m.get_mut(&key) {
@@ -221,8 +221,9 @@ impl Token {
     /// A new token valid for `ttl`.
     pub fn issue(&self, ttl: Duration) -> String {
         let token = owner();
-        self.map.shard(&token).insert(
-            token.clone(),
+        let k = token_key(&token);
+        self.map.shard(&k).insert(
+            k,
             TokenEntry {
                 consumer: None,
                 binding: String::new(),
@@ -235,12 +236,13 @@ impl Token {
     }
 
     pub async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {
-        let binding = format!("hand.token:{}", req.tenant);
+        let binding = key("hand.token", req);
         let fp = fingerprint(req);
+        let k = token_key(&req.id);
         let owner = {
-            let mut m = self.map.shard(&req.id);
+            let mut m = self.map.shard(&k);
             let now = Instant::now();
-            let Some(t) = m.get_mut(&req.id).filter(|t| t.expires_at > now) else {
+            let Some(t) = m.get_mut(&k).filter(|t| t.expires_at > now) else {
                 return Err(AppError::Hand("invalid token".into()));
             };
             if let Some(bytes) = &t.response {
@@ -262,9 +264,9 @@ impl Token {
             owner
         };
         let value = receipt(req, 0);
-        let bytes = serde_json::to_vec(&value)?;
-        let mut m = self.map.shard(&req.id);
-        match m.get_mut(&req.id) {
+        let bytes = encode(&value)?;
+        let mut m = self.map.shard(&k);
+        match m.get_mut(&k) {
             Some(t)
                 if t.response.is_none() && t.consumer.as_ref().is_some_and(|c| c.0 == owner) =>
             {

@@ -7,9 +7,11 @@
 //! task, no renewal, no retries. A busy key, a lost claim or a mismatch is an error here, never
 //! hit in the benchmark (every key is fresh or completed).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::{AppError, Req};
+use idempotent_runtime::{Fingerprinter, KeyBuilder};
+
+use crate::{AppError, Receipt, Req};
 
 pub mod memory;
 pub mod redis;
@@ -19,20 +21,88 @@ pub mod sql;
 pub const LEASE_MS: i64 = 30_000;
 pub const TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// The record's key: `op:tenant:id` as text (at most 64 bytes for the SQL column).
+/// Whether the hand-written side also does the work the framework must do and the minimal
+/// hand-written code skips (the *hand + work* side of BENCHMARKS.md): the storage key as the
+/// SHA-256 of operation, scope and key parts, the canonical fingerprint, a random owner token
+/// from the OS and the response's JSON read back and compared. Off: plain-text keys, the
+/// amount as fingerprint, a counter as owner, no read-back. The benchmark sets it before each
+/// phase (phases run one at a time).
+static FRAMEWORK_WORK: AtomicBool = AtomicBool::new(false);
+
+/// Turns the framework's own work on or off for the hand-written side (see [`FRAMEWORK_WORK`]).
+pub fn set_framework_work(on: bool) {
+    FRAMEWORK_WORK.store(on, Ordering::Relaxed);
+}
+
+fn work() -> bool {
+    FRAMEWORK_WORK.load(Ordering::Relaxed)
+}
+
+/// The record's key: `op:tenant:id` as text (at most 64 bytes for the SQL column); with the
+/// framework's work on, the storage key the runtime builds (SHA-256, 64 hex characters).
 pub fn key(op: &str, req: &Req) -> String {
+    if work() {
+        return match KeyBuilder::new(op)
+            .scope(&req.tenant)
+            .part(&req.id)
+            .finish()
+        {
+            Ok(k) => k.hex().to_string(),
+            Err(e) => format!("invalid key: {e}"),
+        };
+    }
     format!("{op}:{}:{}", req.tenant, req.id)
 }
 
-/// The request's fingerprint: its amount, the only field that varies per payload here.
+/// The key an issued token is stored under: the token itself; with the framework's work on,
+/// the runtime's token key (SHA-256 of the token in its own namespace).
+pub fn token_key(token: &str) -> String {
+    if work() {
+        return match KeyBuilder::new("idempotent::token").part(token).finish() {
+            Ok(k) => k.hex().to_string(),
+            Err(e) => format!("invalid token: {e}"),
+        };
+    }
+    token.to_string()
+}
+
+/// The request's fingerprint: its amount, the only field that varies per payload here; with
+/// the framework's work on, the canonical fingerprint the macro computes (64 hex characters).
 pub fn fingerprint(req: &Req) -> String {
+    if work() {
+        return match Fingerprinter::new().arg("req", req).finish() {
+            Ok(Some(f)) => f.hex().to_string(),
+            Ok(None) => String::new(),
+            Err(e) => format!("unfingerprintable: {e}"),
+        };
+    }
     req.amount.to_string()
 }
 
-/// A fresh owner token: 32 hex characters from a process counter (the runtime's are as long).
+/// A fresh owner token: 32 hex characters from a process counter (the runtime's are as long);
+/// with the framework's work on, 16 random bytes from the OS, as the runtime's.
 pub fn owner() -> String {
+    if work() {
+        let mut b = [0u8; 16];
+        if getrandom::fill(&mut b).is_ok() {
+            return b.iter().map(|x| format!("{x:02x}")).collect();
+        }
+    }
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!("{:032x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The response's JSON; with the framework's work on, read back and compared with `==` as the
+/// runtime's round-trip check does for a `PartialEq` response.
+pub fn encode(value: &Receipt) -> Result<Vec<u8>, AppError> {
+    let bytes = serde_json::to_vec(value)?;
+    if work() {
+        let back: Receipt = serde_json::from_slice(&bytes)?;
+        if back != *value {
+            return Err(AppError::Hand("the response does not read back".into()));
+        }
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn busy() -> AppError {

@@ -10,7 +10,7 @@ use idempotent_runtime::store::redis::scripts;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use super::{LEASE_MS, TTL_MS, busy, fingerprint, key, lost, mismatch, owner};
+use super::{LEASE_MS, TTL_MS, busy, encode, fingerprint, key, lost, mismatch, owner, token_key};
 use crate::{AppError, Receipt, Req, receipt};
 
 static REC_CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::REC_CLAIM_LUA));
@@ -64,7 +64,7 @@ impl Redis {
             return Ok(serde_json::from_slice(&response)?);
         }
         let value = receipt(req, 0);
-        let bytes = serde_json::to_vec(&value)?;
+        let bytes = encode(&value)?;
         let done: i64 = REC_COMPLETE
             .key(&k)
             .arg(&owner)
@@ -118,7 +118,7 @@ impl Redis {
             .and_then(|s| s.parse().ok())
             .ok_or_else(lost)?;
         let value = receipt(req, fence);
-        let bytes = serde_json::to_vec(&value)?;
+        let bytes = encode(&value)?;
         let done: i64 = LOCK_COMPLETE
             .key(&lock_key)
             .arg(&owner)
@@ -136,7 +136,7 @@ impl Redis {
     pub async fn issue(&self, ttl: Duration) -> Result<String, AppError> {
         let token = owner();
         let _: i64 = TOKEN_ISSUE
-            .key(format!("hb:{{{token}}}:tok"))
+            .key(format!("hb:{{{}}}:tok", token_key(&token)))
             .arg(ttl.as_millis() as i64)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -145,8 +145,8 @@ impl Redis {
 
     /// `token`: one consume script, then one complete script.
     pub async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {
-        let k = format!("hb:{{{}}}:tok", req.id);
-        let binding = format!("hand.token:{}", req.tenant);
+        let k = format!("hb:{{{}}}:tok", token_key(&req.id));
+        let binding = key("hand.token", req);
         let fp = fingerprint(req);
         let owner = owner();
         let mut conn = self.conn.clone();
@@ -173,7 +173,7 @@ impl Redis {
             _ => return Err(AppError::Hand("invalid token".into())),
         }
         let value = receipt(req, 0);
-        let bytes = serde_json::to_vec(&value)?;
+        let bytes = encode(&value)?;
         let done: i64 = TOKEN_COMPLETE
             .key(&k)
             .arg(&owner)

@@ -11,7 +11,7 @@
 //! transaction
 //! `SELECT`, `ROLLBACK`.
 
-use super::{LEASE_MS, TTL_MS, busy, fingerprint, key, lost, mismatch, owner};
+use super::{LEASE_MS, TTL_MS, busy, encode, fingerprint, key, lost, mismatch, owner};
 use crate::{AppError, Receipt, Req, receipt};
 
 /// owner, fingerprint, status, response, expires_at_ms, now_ms
@@ -116,7 +116,7 @@ macro_rules! sql_hand {
                     }
                     drop(conn);
                     let value = receipt(req, 0);
-                    let bytes = serde_json::to_vec(&value)?;
+                    let bytes = encode(&value)?;
                     let mut conn = self.pool.acquire().await?;
                     let done = sqlx::query(COMPLETE)
                         .bind(bytes)
@@ -177,7 +177,7 @@ macro_rules! sql_hand {
                         return judge(row, &fp);
                     }
                     let value = receipt(req, 0);
-                    let bytes = serde_json::to_vec(&value)?;
+                    let bytes = encode(&value)?;
                     let done = sqlx::query(COMPLETE)
                         .bind(bytes)
                         .bind(TTL_MS)
@@ -284,7 +284,7 @@ pub mod postgres_one_statement {
                 return judge(row, &fp);
             }
             let value = receipt(req, 0);
-            let bytes = serde_json::to_vec(&value)?;
+            let bytes = encode(&value)?;
             let done = sqlx::query(COMPLETE)
                 .bind(bytes)
                 .bind(TTL_MS)
