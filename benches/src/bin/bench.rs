@@ -180,7 +180,7 @@ struct Results {
 
 /// The sides of each path: the annotated function, the hand-written one, and the hand-written
 /// one doing the framework's own work too (`hand::set_framework_work`): storage key by SHA-256,
-/// canonical fingerprint, random owner token, response read back and compared.
+/// canonical fingerprint, owner token with a random per-process prefix, response read back and compared.
 const SIDES: [&str; 3] = ["annotated", "hand", "hand-work"];
 /// The `memcpu` sides that split the annotated call into parts (see `memcpu`'s docs).
 const PARTS: [&str; 7] = [
@@ -1108,7 +1108,7 @@ async fn main() {
         Ok([key, fp, rt]) => {
             let _ = writeln!(
                 md,
-                "**Where a gap comes from.** Every path makes the same store round trips, statements and scripts on both sides (Redis: counted below). What the framework adds is CPU in the caller, measured natively in this run (median of 5 × 20,000 calls, `benches/src/parts.rs`): the storage key (SHA-256 of operation, scope and key parts) {}, the request's fingerprint (canonical form, SHA-256, hex) {}, the response's JSON read back and compared (fresh calls only) {} — **{} a fresh call, {} a replay** — plus a random owner token from the OS, the completion task and the macro's glue (see the callgrind split below). Each path therefore runs a third side in the same rounds, *hand + framework's work*: the hand-written function doing that work too (storage key by SHA-256, canonical fingerprint, random owner token, response read back and compared; `hand::set_framework_work`). *Framework's work per call* is 1/(hand + work) rate − 1/hand rate, the measured cost of that work on this path (at c = 1 added latency; at c = 32 the added cost per call of the whole run, calls overlapping on 2 cores). *Annotated ÷ (hand + work)* is what is left to the framework's own code: the protocol's steps, the completion task, the macro's glue. Rows where both ratios are below 0.97× are listed under the table.\n",
+                "**Where a gap comes from.** Every path makes the same store round trips, statements and scripts on both sides (Redis: counted below). What the framework adds is CPU in the caller, measured natively in this run (median of 5 × 20,000 calls, `benches/src/parts.rs`): the storage key (SHA-256 of operation, scope and key parts) {}, the request's fingerprint (canonical form, SHA-256, hex) {}, the response's JSON read back and compared (fresh calls only) {} — **{} a fresh call, {} a replay** — plus the owner token, the completion task and the macro's glue (see the callgrind split below). Each path therefore runs a third side in the same rounds, *hand + framework's work*: the hand-written function doing that work too (storage key by SHA-256, canonical fingerprint, an owner token with a random per-process prefix as the runtime's, response read back and compared; `hand::set_framework_work`). *Framework's work per call* is 1/(hand + work) rate − 1/hand rate, the measured cost of that work on this path (at c = 1 added latency; at c = 32 the added cost per call of the whole run, calls overlapping on 2 cores). *Annotated ÷ (hand + work)* is what is left to the framework's own code: the protocol's steps, the completion task, the macro's glue. Rows where both ratios are below 0.97× are listed under the table.\n",
                 fmt_us(*key),
                 fmt_us(*fp),
                 fmt_us(*rt),
@@ -1345,7 +1345,7 @@ const METHOD: &str = r#"
   lease renewal, busy-wait or retry. So the ratio is the whole cost of the framework's
   guarantees and generality on that path. The third side, *hand + work*, is the same
   hand-written code with `hand::set_framework_work(true)`: SHA-256 storage keys, the canonical
-  fingerprint, a random owner token from the OS and the response read back and compared — the
+  fingerprint, an owner token with a random per-process prefix and the response read back and compared — the
   work any implementation with the framework's guarantees (fixed-size keys whatever the key's
   length, payload mismatch detection, owners unique across processes, replays equal to the
   original) must do.

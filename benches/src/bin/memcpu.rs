@@ -137,7 +137,7 @@ fn main() -> Result<(), AppError> {
     };
     let hand = memory::Claim::default();
     // `hand-work`: the hand-written call doing the framework's own work too (storage key,
-    // fingerprint, random owner, response read back), see `hand::set_framework_work`.
+    // fingerprint, owner with a random prefix, response read back), see `hand::set_framework_work`.
     idempotent_benches::hand::set_framework_work(side == "hand-work");
     let call = async |r: &Req| -> Result<Receipt, AppError> {
         match side.as_str() {

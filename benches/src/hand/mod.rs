@@ -7,6 +7,7 @@
 //! task, no renewal, no retries. A busy key, a lost claim or a mismatch is an error here, never
 //! hit in the benchmark (every key is fresh or completed).
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use idempotent_runtime::{Fingerprinter, KeyBuilder};
@@ -23,8 +24,8 @@ pub const TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// Whether the hand-written side also does the work the framework must do and the minimal
 /// hand-written code skips (the *hand + work* side of BENCHMARKS.md): the storage key as the
-/// SHA-256 of operation, scope and key parts, the canonical fingerprint, a random owner token
-/// from the OS and the response's JSON read back and compared. Off: plain-text keys, the
+/// SHA-256 of operation, scope and key parts, the canonical fingerprint, an owner token with a
+/// random per-process prefix and the response's JSON read back and compared. Off: plain-text keys, the
 /// amount as fingerprint, a counter as owner, no read-back. The benchmark sets it before each
 /// phase (phases run one at a time).
 static FRAMEWORK_WORK: AtomicBool = AtomicBool::new(false);
@@ -80,16 +81,21 @@ pub fn fingerprint(req: &Req) -> String {
 }
 
 /// A fresh owner token: 32 hex characters from a process counter (the runtime's are as long);
-/// with the framework's work on, 16 random bytes from the OS, as the runtime's.
+/// with the framework's work on, as the runtime's: 8 random bytes drawn once per process
+/// from the OS, then the counter (unique across processes, one system call per process).
 pub fn owner() -> String {
-    if work() {
-        let mut b = [0u8; 16];
-        if getrandom::fill(&mut b).is_ok() {
-            return b.iter().map(|x| format!("{x:02x}")).collect();
-        }
-    }
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("{:032x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    if work() {
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        let prefix = PREFIX.get_or_init(|| {
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            u64::from_be_bytes(b)
+        });
+        return format!("{prefix:016x}{n:016x}");
+    }
+    format!("{n:032x}")
 }
 
 /// The response's JSON; with the framework's work on, read back and compared with `==` as the
