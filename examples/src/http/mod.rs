@@ -67,8 +67,18 @@ macro_rules! on_db {
 }
 
 impl Db {
-    /// Creates the ledger table. Errors: sqlx's.
+    /// Creates the ledger table. On PostgreSQL under an advisory lock, because concurrent
+    /// `CREATE TABLE IF NOT EXISTS` race on its catalog (servers started together on a fresh
+    /// database). Errors: sqlx's.
     pub async fn create_tables(&self) -> Result<(), sqlx::Error> {
+        if let Db::Postgres(pool) = self {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('http_ledger'))")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(LEDGER_DDL).execute(&mut *tx).await?;
+            return tx.commit().await;
+        }
         on_db!(self, |pool, _dollar| sqlx::query(LEDGER_DDL)
             .execute(pool)
             .await
