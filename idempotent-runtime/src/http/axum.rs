@@ -17,27 +17,29 @@ use crate::Error;
 ///
 /// ```ignore
 /// async fn refund(State(app): State<App>, IdempotencyKey(key): IdempotencyKey, Json(req): Json<Refund>)
-///     -> Result<Json<Receipt>, idempotent_runtime::Error> { … }
+///     -> Result<Json<Receipt>, idempotent_runtime::Error> { todo!() }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(pub String);
 
-fn read(parts: &Parts) -> Result<Option<IdempotencyKey>, Response> {
+fn read(parts: &Parts) -> Result<Option<IdempotencyKey>, Problem> {
     idempotency_key(&parts.headers, DEFAULT_MAX_KEY_LEN)
         .map(|key| key.map(IdempotencyKey))
-        .map_err(|e| Problem::from_key_error(&e).into_response())
+        .map_err(|e| Problem::from_key_error(&e))
 }
 
+/// Rejects with the `400` [`Problem`] of the [`KeyError`].
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
-    type Rejection = Response;
+    type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        read(parts)?.ok_or_else(|| Problem::from_key_error(&KeyError::Missing).into_response())
+        read(parts)?.ok_or_else(|| Problem::from_key_error(&KeyError::Missing))
     }
 }
 
+/// `None` without the header; rejects an unusable one with the `400` [`Problem`].
 impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyKey {
-    type Rejection = Response;
+    type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
         read(parts)

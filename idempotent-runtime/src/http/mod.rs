@@ -48,7 +48,7 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 pub const DEFAULT_MAX_KEY_LEN: usize = 255;
 
 /// Why a request's `Idempotency-Key` header cannot be used. Each is answered `400`
-/// ([`KeyError::problem`]).
+/// ([`Problem::from_key_error`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
