@@ -1,7 +1,9 @@
 //! The orders demo service: order placement and payment-message consumption made idempotent
 //! with `#[idempotent]`, plus the storm driver that hammers them with duplicates and the report
-//! it prints. The binary is `src/bin/orders.rs`.
+//! it prints. The binary is `src/bin/orders.rs`;
+//! [`http`] is the HTTP orders API of `src/bin/http.rs`.
 
+pub mod http;
 pub mod report;
 pub mod service;
 pub mod storm;

@@ -3,6 +3,8 @@
 
 pub mod error;
 pub mod fingerprint;
+#[cfg(feature = "tower")]
+pub mod http;
 pub mod key;
 pub mod operation;
 pub mod store;

@@ -1,0 +1,147 @@
+//! The HTTP orders API (`idempotent_examples::http`): axum with the `Idempotency-Key` layer on
+//! some routes and an `#[idempotent]` function behind another.
+//!
+//! ```text
+//! cargo run -p idempotent-examples --bin http                         # SQLite file, claims in it
+//! cargo run -p idempotent-examples --bin http -- --database-url postgres://postgres@127.0.0.1/test
+//! cargo run -p idempotent-examples --bin http -- --redis-url redis://127.0.0.1:6379   # claims in Redis
+//! cargo run -p idempotent-examples --bin http -- --memory-store --listen 127.0.0.1:8080
+//! curl -i -X POST localhost:8080/orders -H 'x-customer: c1' -H 'Idempotency-Key: "k1"' \
+//!      -H 'content-type: application/json' -d '{"amount_cents":500}'
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use idempotent_examples::http::{App, Db, router};
+use idempotent_runtime::{ClaimStore, MemoryStore, RedisStore};
+
+/// HTTP orders API made idempotent with the Idempotency-Key header.
+#[derive(Debug, Parser)]
+#[command(name = "http")]
+struct Args {
+    /// Database of the ledger (postgres://…, mysql://…, sqlite://path). Default: a fresh
+    /// SQLite file in the system temp directory. It also keeps the idempotency records unless
+    /// `--redis-url` or `--memory-store` is given.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Keep the idempotency records in Redis (`redis://127.0.0.1:6379`; several comma-separated
+    /// node URLs select a Redis Cluster).
+    #[arg(long, conflicts_with = "memory_store")]
+    redis_url: Option<String>,
+    /// Keep the idempotency records in the in-process memory store.
+    #[arg(long)]
+    memory_store: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+}
+
+async fn serve<K: ClaimStore>(
+    db: Db,
+    store: K,
+    listen: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    db.create_tables().await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    eprintln!(
+        "listening on http://{} (ledger: {}, idempotency records: {})",
+        listener.local_addr()?,
+        db_name(&db),
+        store.backend_name()
+    );
+    axum::serve(
+        listener,
+        router(App {
+            db,
+            store,
+            hook: None,
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+fn db_name(db: &Db) -> &'static str {
+    match db {
+        Db::Postgres(_) => "postgres",
+        Db::MySql(_) => "mysql",
+        Db::Sqlite(_) => "sqlite",
+    }
+}
+
+async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let (url, _tmp) = match &args.database_url {
+        Some(u) => (u.clone(), None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("http-demo.db");
+            (format!("sqlite://{}", path.display()), Some(dir))
+        }
+    };
+    let db = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await?;
+        Db::Postgres(pool)
+    } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url.replacen("mariadb:", "mysql:", 1))
+            .await?;
+        Db::MySql(pool)
+    } else if url.starts_with("sqlite:") {
+        let opts: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(30));
+        Db::Sqlite(
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(opts)
+                .await?,
+        )
+    } else {
+        return Err("unsupported --database-url: use postgres://, mysql:// or sqlite://".into());
+    };
+    if args.memory_store {
+        return serve(db, MemoryStore::new(), &args.listen).await;
+    }
+    if let Some(urls) = &args.redis_url {
+        let store = if urls.contains(',') {
+            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+            RedisStore::connect_cluster(&nodes).await?
+        } else {
+            RedisStore::connect(urls).await?
+        };
+        return serve(db, store, &args.listen).await;
+    }
+    match db.clone() {
+        Db::Postgres(pool) => {
+            idempotent_runtime::migrate(&pool).await?;
+            serve(db, pool, &args.listen).await
+        }
+        Db::MySql(pool) => {
+            idempotent_runtime::migrate(&pool).await?;
+            serve(db, pool, &args.listen).await
+        }
+        Db::Sqlite(pool) => {
+            idempotent_runtime::migrate(&pool).await?;
+            serve(db, pool, &args.listen).await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match main_inner(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
