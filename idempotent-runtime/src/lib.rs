@@ -7,6 +7,7 @@ pub mod key;
 pub mod operation;
 pub mod store;
 pub mod strategy;
+pub mod telemetry;
 
 #[doc(hidden)]
 pub mod __private;
