@@ -285,7 +285,12 @@ pub async fn observe<F: Future>(fut: F) -> (F::Output, Option<Disposition>) {
         .await
 }
 
-/// Records the disposition of the current call for [`observe`]; a no-op outside it.
+/// Records the disposition of the current call for [`observe`] (a no-op outside it), and
+/// reports it as the call's `executed` or `replayed` decision ([`crate::telemetry`]).
 pub(crate) fn record(d: Disposition) {
+    crate::telemetry::event(match d {
+        Disposition::Executed => crate::telemetry::Decision::Executed,
+        Disposition::Replayed => crate::telemetry::Decision::Replayed,
+    });
     let _ = DISPOSITION.try_with(|cell| cell.set(Some(d)));
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod error;
 pub mod fingerprint;
 #[cfg(feature = "tower")]
@@ -9,6 +10,7 @@ pub mod key;
 pub mod operation;
 pub mod store;
 pub mod strategy;
+pub mod telemetry;
 
 #[doc(hidden)]
 pub mod __private;

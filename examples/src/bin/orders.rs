@@ -250,6 +250,13 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The framework's spans and decision events on stderr when asked: RUST_LOG=idempotent=info.
+    let log =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(log)
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let json = args.json;
     match main_inner(args).await {

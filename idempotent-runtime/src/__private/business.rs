@@ -142,9 +142,12 @@ where
         let body = body();
         async move |conn: &mut Conn<S>| kit.wrap(body(conn).await)
     };
-    let on_duplicate = async move || match on_duplicate {
-        Some(handler) => kit.wrap(handler().await),
-        None => Err(Failure::Runtime(Error::Duplicate)),
+    let on_duplicate = async move || {
+        crate::telemetry::event(crate::telemetry::Decision::Duplicate);
+        match on_duplicate {
+            Some(handler) => kit.wrap(handler().await),
+            None => Err(Failure::Runtime(Error::Duplicate)),
+        }
     };
     kit.split(strategy.run(store, key, body, on_duplicate).await)
 }
@@ -152,7 +155,7 @@ where
 /// Implements [`BusinessStrategy`] for `$ty` by calling `$run`, whose arguments are listed
 /// by name (`strategy` is `self`).
 macro_rules! business_strategy {
-    ($(#[$meta:meta])* [$($generics:tt)*] $ty:ty, |$this:ident, $store:ident, $key:ident, $body:ident, $dup:ident| $call:expr) => {
+    ($(#[$meta:meta])* [$($generics:tt)*] $ty:ty, $name:literal, |$this:ident| $table:expr, |$store:ident, $key:ident, $body:ident, $dup:ident| $call:expr) => {
         $(#[$meta])*
         impl<DB: BusinessBackend, $($generics)*> BusinessStrategy<DB> for $ty {
             #[allow(unused_variables)]
@@ -172,7 +175,9 @@ macro_rules! business_strategy {
                 D: AsyncFnOnce() -> Result<T, E>,
             {
                 let $this = self;
-                $call.await
+                let table: &str = $table;
+                let traced = crate::telemetry::traced_business($name, <DB as Database>::NAME, table);
+                traced.run($call).await
             }
         }
     };
@@ -184,7 +189,7 @@ pub struct SelectBeforeInsert {
     pub target: Target,
 }
 
-business_strategy!([] SelectBeforeInsert, |this, store, key, body, on_duplicate| {
+business_strategy!([] SelectBeforeInsert, "select_before_insert", |this| this.target.table.as_str(), |store, key, body, on_duplicate| {
     crate::strategy::select_before_insert::run(store, this.target, key, body, on_duplicate)
 });
 
@@ -194,7 +199,7 @@ pub struct Pessimistic {
     pub target: Target,
 }
 
-business_strategy!([] Pessimistic, |this, store, key, body, on_duplicate| {
+business_strategy!([] Pessimistic, "pessimistic", |this| this.target.table.as_str(), |store, key, body, on_duplicate| {
     crate::strategy::pessimistic::run(store, this.target, key, body)
 });
 
@@ -209,7 +214,9 @@ pub struct Optimistic<V> {
 business_strategy!(
     []
     Optimistic<&(dyn BindValue<DB> + '_)>,
-    |this, store, key, body, on_duplicate| {
+    "optimistic",
+    |this| this.target.table.as_str(),
+    |store, key, body, on_duplicate| {
         crate::strategy::optimistic::run_bound(
             store,
             this.target,
@@ -221,10 +228,10 @@ business_strategy!(
     }
 );
 
-business_strategy!([] UniqueIndex, |this, store, key, body, on_duplicate| {
+business_strategy!([] UniqueIndex, "unique_index", |this| this.target.map_or("", |t| t.table.as_str()), |store, key, body, on_duplicate| {
     crate::strategy::unique_index::run(store, this, key, body, on_duplicate)
 });
 
-business_strategy!([] StateMachine, |this, store, key, body, on_duplicate| {
+business_strategy!([] StateMachine, "state_machine", |this| this.target.table.as_str(), |store, key, body, on_duplicate| {
     crate::strategy::state_machine::run(store, this, key, body, on_duplicate)
 });

@@ -782,6 +782,56 @@ impl TokenStore for MemoryStore {
     }
 }
 
+impl crate::admin::AdminStore for MemoryStore {
+    async fn inspect_key(&self, key: &StorageKey) -> Result<crate::admin::KeyState, Error> {
+        use crate::admin::KeyState;
+        let now = Instant::now();
+        Ok(match self.records().map.get(key.digest()) {
+            Some(e) if !e.expired() => match e.response {
+                None => KeyState::InProgress {
+                    owner: e.owner.to_string(),
+                    lease_left: e.expires_at.saturating_duration_since(now),
+                },
+                Some(_) => KeyState::Completed {
+                    created_at_ms: None,
+                    expires_in: e.expires_at.saturating_duration_since(now),
+                },
+            },
+            _ => KeyState::Absent,
+        })
+    }
+
+    async fn evict_key(
+        &self,
+        key: &StorageKey,
+        force: bool,
+    ) -> Result<crate::admin::Evicted, Error> {
+        use crate::admin::Evicted;
+        let evicted = self.with_record(key, false, |cur| match cur {
+            None => (Change::Keep, Evicted::Absent),
+            Some(e) if e.response.is_none() && !e.expired() && !force => (
+                Change::Keep,
+                Evicted::LiveClaim {
+                    lease_left: e.expires_at.saturating_duration_since(Instant::now()),
+                },
+            ),
+            Some(_) => (Change::Remove, Evicted::Removed),
+        })?;
+        Ok(evicted)
+    }
+
+    /// Sweeps every record past its lease or TTL at once (one walk of the map, each shard
+    /// locked in turn); `batch` is not needed here.
+    async fn purge_expired_batch(&self, _batch: u32) -> Result<u64, Error> {
+        let records = self.records();
+        let before = records.map.len();
+        let live = records.sweep(Instant::now() + GRACE);
+        Ok(before.saturating_sub(live) as u64)
+    }
+
+    const BATCHED: bool = false;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

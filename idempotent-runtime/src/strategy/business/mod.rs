@@ -58,6 +58,7 @@ impl Retry {
             });
         }
         tracing::debug!(attempt = self.attempts, error = %last, "retrying the transaction");
+        crate::telemetry::event(crate::telemetry::Decision::ContentionRetry);
         self.backoff.wait().await;
         Ok(())
     }

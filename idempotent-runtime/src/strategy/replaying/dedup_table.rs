@@ -48,6 +48,7 @@ use super::{
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimOrRecord, ClaimStore, Record, RecordState, new_owner, retryable};
 use crate::strategy::{Backoff, OnBusy, OnCancel};
+use crate::telemetry::{self, Decision};
 use crate::{Error, Fingerprint, StorageKey};
 
 /// How many times a claim attempt is retried after a deadlock, a serialization failure, SQLite
@@ -279,6 +280,26 @@ where
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
+    telemetry::traced("dedup_table", store.backend_name(), &key)
+        .run(claim_mode(store, key, fingerprint, options, same, body))
+        .await
+}
+
+/// [`run`], inside the call's span.
+async fn claim_mode<S, T, E, F>(
+    store: &S,
+    key: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
+    body: F,
+) -> Result<T, E>
+where
+    S: ClaimStore,
+    T: super::Replayable,
+    E: From<Error>,
+    F: AsyncFnOnce() -> Result<T, E>,
+{
     options.check()?;
     let owner = new_owner()?;
     let fp = fingerprint.map(|f| f.hex());
@@ -309,41 +330,47 @@ where
         };
         match existing {
             None if attempts < MAX_ATTEMPTS => continue,
-            None => return Err(Error::InProgress.into()),
-            Some(rec) => match judge::<T>(rec, claim.owner, claim.fingerprint, watch)? {
-                Verdict::Ours => break,
-                Verdict::Replay(v) => {
-                    record(Disposition::Replayed);
-                    return Ok(v);
-                }
-                Verdict::TakeOver(previous) => {
-                    let taken = retrying(|| {
-                        sent = tokio::time::Instant::now();
-                        store.take_over_claim(&claim, &previous)
-                    });
-                    if acquiring(taken, release).await? {
-                        break;
+            None => return Err(telemetry::check(Err(Error::InProgress))?),
+            Some(rec) => {
+                match telemetry::check(judge::<T>(rec, claim.owner, claim.fingerprint, watch))? {
+                    Verdict::Ours => break,
+                    Verdict::Replay(v) => {
+                        record(Disposition::Replayed);
+                        return Ok(v);
+                    }
+                    Verdict::TakeOver(previous) => {
+                        let taken = retrying(|| {
+                            sent = tokio::time::Instant::now();
+                            store.take_over_claim(&claim, &previous)
+                        });
+                        if acquiring(taken, release).await? {
+                            break;
+                        }
+                    }
+                    Verdict::TakeOverUnrenewed(previous, expires_at_ms) => {
+                        let taken = retrying(|| {
+                            sent = tokio::time::Instant::now();
+                            store.take_over_unrenewed(&claim, &previous, expires_at_ms)
+                        });
+                        if acquiring(taken, release).await? {
+                            break;
+                        }
+                    }
+                    Verdict::Busy => {
+                        telemetry::check(busy(options.on_busy, started, &mut backoff).await)?
                     }
                 }
-                Verdict::TakeOverUnrenewed(previous, expires_at_ms) => {
-                    let taken = retrying(|| {
-                        sent = tokio::time::Instant::now();
-                        store.take_over_unrenewed(&claim, &previous, expires_at_ms)
-                    });
-                    if acquiring(taken, release).await? {
-                        break;
-                    }
-                }
-                Verdict::Busy => busy(options.on_busy, started, &mut backoff).await?,
-            },
+            }
         }
     }
+    telemetry::event(Decision::Claimed);
 
     let took = sent.elapsed();
     if let Err(e) = check_acquisition(took, options.lease) {
         if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
             tracing::warn!(?key, error = %release, "releasing a claim that outlived its lease failed; it frees itself when its lease ends");
         }
+        telemetry::event(Decision::Released);
         return Err(e.into());
     }
 
@@ -362,6 +389,7 @@ where
             if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
                 tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
             }
+            telemetry::event(Decision::Released);
             return Err(e);
         }
     };
@@ -376,7 +404,7 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease, next_renewal).await?;
+    telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
     Ok(value)
 }
 
@@ -448,6 +476,27 @@ mod transactional {
     /// unstorable): the macro passes `==` when `T: PartialEq`; a direct caller passes
     /// [`not_compared`](crate::strategy::not_compared) or its own comparison.
     pub async fn run_in_tx<S, T, E, F>(
+        store: S,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        options: Options,
+        same: SameValue<T>,
+        body: F,
+    ) -> Result<T, E>
+    where
+        S: TxStore,
+        T: crate::strategy::replaying::Replayable,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
+    {
+        let name = <S::Database as sqlx::Database>::NAME;
+        telemetry::traced("dedup_table", name, &key)
+            .run(in_tx(store, key, fingerprint, options, same, body))
+            .await
+    }
+
+    /// [`run_in_tx`], inside the call's span.
+    async fn in_tx<S, T, E, F>(
         mut store: S,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
@@ -483,7 +532,7 @@ mod transactional {
             {
                 Ok(ReadOrBegun::Begun(tx)) => tx,
                 Ok(ReadOrBegun::Settled(replay)) => {
-                    let value = replay?;
+                    let value = telemetry::check(replay)?;
                     record(Disposition::Replayed);
                     return Ok(value);
                 }
@@ -493,20 +542,22 @@ mod transactional {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let claimed = match claim_in_tx::<S::Database, T>(&mut *tx, &claim).await {
-                Ok(c) => c,
-                Err(e) if may_retry(&e) => {
-                    drop(tx);
-                    backoff.wait().await;
-                    continue;
-                }
-                Err(e) => {
-                    drop(tx);
-                    return Err(settled(&mut store, nested, e).await.into());
-                }
-            };
+            let claimed =
+                match telemetry::check(claim_in_tx::<S::Database, T>(&mut *tx, &claim).await) {
+                    Ok(c) => c,
+                    Err(e) if may_retry(&e) => {
+                        drop(tx);
+                        backoff.wait().await;
+                        continue;
+                    }
+                    Err(e) => {
+                        drop(tx);
+                        return Err(settled(&mut store, nested, e).await.into());
+                    }
+                };
             match claimed {
                 InTx::Claimed => {
+                    telemetry::event(Decision::Claimed);
                     let result = body(&mut *tx).await;
                     let value = match result {
                         Ok(v) => v,
@@ -516,6 +567,7 @@ mod transactional {
                             if tx.rollback().await.is_err() && nested {
                                 store.settle().await;
                             }
+                            telemetry::event(Decision::Released);
                             return Err(e);
                         }
                     };
@@ -555,13 +607,13 @@ mod transactional {
                 InTx::Retry => {
                     let _ = tx.rollback().await;
                     if nested || attempts >= MAX_ATTEMPTS {
-                        return Err(Error::InProgress.into());
+                        return Err(telemetry::check(Err(Error::InProgress))?);
                     }
                     backoff.wait().await;
                 }
                 InTx::Busy => {
                     let _ = tx.rollback().await;
-                    busy(options.on_busy, started, &mut backoff).await?;
+                    telemetry::check(busy(options.on_busy, started, &mut backoff).await)?;
                 }
             }
         }

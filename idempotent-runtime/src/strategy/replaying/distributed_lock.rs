@@ -41,6 +41,7 @@ use super::{
 use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
 use crate::strategy::{Backoff, OnBusy, OnCancel};
+use crate::telemetry::{self, Decision};
 use crate::{Error, Fingerprint, StorageKey};
 
 /// A fencing token: a number that grows with every acquisition of the same key's lock.
@@ -218,6 +219,26 @@ where
     E: From<Error>,
     F: AsyncFnOnce(FencingToken) -> Result<T, E>,
 {
+    telemetry::traced("distributed_lock", store.backend_name(), &key)
+        .run(locked(store, key, fingerprint, options, same, body))
+        .await
+}
+
+/// [`run`], inside the call's span.
+async fn locked<S, T, E, F>(
+    store: &S,
+    key: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
+    body: F,
+) -> Result<T, E>
+where
+    S: LockStore,
+    T: super::Replayable,
+    E: From<Error>,
+    F: AsyncFnOnce(FencingToken) -> Result<T, E>,
+{
     options.check()?;
     let owner = new_owner()?;
     let fp = fingerprint.map(|f| f.hex());
@@ -237,17 +258,18 @@ where
                 fingerprint,
                 response,
             } => {
-                check_fingerprint(fingerprint.as_deref(), fp.as_deref())?;
+                telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
                 let value = replayed(&response)?;
                 record(Disposition::Replayed);
                 return Ok(value);
             }
             Acquired::Held { fingerprint } => {
-                check_fingerprint(fingerprint.as_deref(), fp.as_deref())?;
-                busy(options.on_busy, started, &mut backoff).await?;
+                telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
+                telemetry::check(busy(options.on_busy, started, &mut backoff).await)?;
             }
         }
     };
+    telemetry::event(Decision::Claimed);
 
     let mut guard = DropGuard::new(options.on_cancel, || {
         store.release_lock_detached(key.clone(), owner.clone())
@@ -258,6 +280,7 @@ where
     if let Err(e) = check_acquisition(sent.elapsed(), options.lease) {
         guard.disarm();
         let _ = store.release_lock(&key, &owner).await;
+        telemetry::event(Decision::Released);
         return Err(e.into());
     }
 
@@ -283,6 +306,7 @@ where
             if let Err(release) = store.release_lock(&key, &owner).await {
                 tracing::warn!(?key, error = %release, "releasing the lock failed; it frees itself when its lease ends");
             }
+            telemetry::event(Decision::Released);
             return Err(e);
         }
     };
@@ -297,7 +321,7 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease, next_renewal).await?;
+    telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
     Ok(value)
 }
 

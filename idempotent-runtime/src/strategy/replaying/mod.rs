@@ -254,6 +254,7 @@ pub(crate) async fn busy(
             if started.elapsed() >= limit {
                 return Err(Error::WaitTimeout(limit));
             }
+            crate::telemetry::waiting();
             backoff.wait().await;
             Ok(())
         }
@@ -399,7 +400,10 @@ pub(crate) async fn complete_recorded<C: Completion>(
     // a poll runs to its end. Otherwise the same future goes on in a task of its own; tokio
     // polls a new task at once, so what this poll registered with the no-op waker is
     // registered again with the task's.
-    let mut task = Box::pin(finish(completion, lease, next_renewal));
+    let mut task = Box::pin(tracing::Instrument::instrument(
+        finish(completion, lease, next_renewal),
+        tracing::Span::current(),
+    ));
     let first = task
         .as_mut()
         .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
@@ -447,6 +451,7 @@ async fn finish<C: Completion>(
                 Ok(false) => return Err(Error::LockLost),
                 Err(e @ Error::Backend(_)) if started.elapsed() + backoff.next() < lease => {
                     tracing::warn!(error = %e, "recording the response failed; retrying while the lease lasts");
+                    crate::telemetry::event(crate::telemetry::Decision::CompletionRetried);
                     failed = true;
                     backoff.wait().await;
                 }

@@ -35,6 +35,7 @@ use super::{
 use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner, random_token};
 use crate::strategy::OnCancel;
+use crate::telemetry::{self, Decision};
 use crate::{Error, Fingerprint, KeyBuilder, KeyPart, StorageKey};
 
 /// The operation name under which tokens are stored.
@@ -157,6 +158,36 @@ where
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
+    telemetry::traced("token", store.backend_name(), &binding)
+        .run(consumed(
+            store,
+            token,
+            binding,
+            fingerprint,
+            options,
+            same,
+            body,
+        ))
+        .await
+}
+
+/// [`run`], inside the call's span.
+async fn consumed<S, K, T, E, F>(
+    store: &S,
+    token: &K,
+    binding: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
+    body: F,
+) -> Result<T, E>
+where
+    S: TokenStore,
+    K: KeyPart + ?Sized,
+    T: super::Replayable,
+    E: From<Error>,
+    F: AsyncFnOnce() -> Result<T, E>,
+{
     options.check()?;
     let key = token_key(token)?;
     let owner = new_owner()?;
@@ -169,21 +200,31 @@ where
     })
     .await?
     {
-        Consumed::Claimed => {}
+        Consumed::Claimed => telemetry::event(Decision::Claimed),
         Consumed::Invalid => return Err(Error::TokenInvalid.into()),
         Consumed::Busy {
             binding,
             fingerprint,
         } => {
-            check(&binding, fingerprint.as_deref(), &bind, fp.as_deref())?;
-            return Err(Error::Duplicate.into());
+            telemetry::check(check(
+                &binding,
+                fingerprint.as_deref(),
+                &bind,
+                fp.as_deref(),
+            ))?;
+            return Err(telemetry::check(Err(Error::Duplicate))?);
         }
         Consumed::Replay {
             binding,
             fingerprint,
             response,
         } => {
-            check(&binding, fingerprint.as_deref(), &bind, fp.as_deref())?;
+            telemetry::check(check(
+                &binding,
+                fingerprint.as_deref(),
+                &bind,
+                fp.as_deref(),
+            ))?;
             let value = replayed(&response)?;
             record(Disposition::Replayed);
             return Ok(value);
@@ -196,6 +237,7 @@ where
         if let Err(restore) = store.restore_token(&key, &owner).await {
             tracing::warn!(?key, error = %restore, "restoring a consumption that outlived its lease failed; it frees itself when its lease ends");
         }
+        telemetry::event(Decision::Released);
         return Err(e.into());
     }
 
@@ -216,6 +258,7 @@ where
             if let Err(restore) = store.restore_token(&key, &owner).await {
                 tracing::warn!(?key, error = %restore, "restoring the token failed; it frees itself when its lease ends");
             }
+            telemetry::event(Decision::Released);
             return Err(e);
         }
     };
@@ -230,7 +273,7 @@ where
         ttl: options.ttl,
         lease: options.lease,
     };
-    complete_recorded(completion, options.lease, next_renewal).await?;
+    telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
     Ok(value)
 }
 
