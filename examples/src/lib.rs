@@ -1,7 +1,9 @@
 //! The orders demo service: order placement and payment-message consumption made idempotent
 //! with `#[idempotent]`, plus the storm driver that hammers them with duplicates and the report
-//! it prints. The binary is `src/bin/orders.rs`.
+//! it prints. The binary is `src/bin/orders.rs`. [`consumers`] holds the RabbitMQ and NATS
+//! JetStream payment consumers whose handler is an idempotent service function.
 
+pub mod consumers;
 pub mod report;
 pub mod service;
 pub mod storm;

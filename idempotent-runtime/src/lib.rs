@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod consumer;
 pub mod error;
 pub mod fingerprint;
 pub mod key;
