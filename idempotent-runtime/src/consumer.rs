@@ -108,20 +108,44 @@ mod tests {
     fn errors_map_to_the_documented_settlement() {
         let d = Duration::from_millis(250);
         let retry = Settle::Retry { after: d };
-        assert_eq!(Settle::for_error(&Error::Duplicate, d), Settle::Ack);
-        assert_eq!(Settle::for_error(&Error::InProgress, d), retry);
-        assert_eq!(
-            Settle::for_error(&Error::backend(std::io::Error::other("down")), d),
-            retry
-        );
-        assert_eq!(Settle::for_error(&Error::LockLost, d), retry);
-        assert_eq!(
-            Settle::for_error(&Error::FingerprintMismatch, d),
-            Settle::DeadLetter
-        );
-        assert_eq!(
-            Settle::for_error(&Error::Serialization("bad".into()), d),
-            Settle::DeadLetter
-        );
+        let ack = [Error::Duplicate];
+        let retried = [
+            Error::InProgress,
+            Error::WaitTimeout(d),
+            Error::LockLost,
+            Error::LeaseShorterThanAcquisition { lease: d, took: d },
+            Error::Contention {
+                attempts: 3,
+                last: "deadlock".into(),
+            },
+            Error::NotReplicated {
+                acknowledged: 0,
+                required: 1,
+                timeout: d,
+            },
+            Error::backend(std::io::Error::other("down")),
+            Error::Unrecorded {
+                retried_for: d,
+                last: Box::new(Error::backend(std::io::Error::other("down"))),
+            },
+        ];
+        let dead = [
+            Error::FingerprintMismatch,
+            Error::Conflict("PENDING".into()),
+            Error::NotFound("order".into()),
+            Error::InvalidKey("empty".into()),
+            Error::TokenInvalid,
+            Error::Serialization("bad".into()),
+            Error::Unsupported("constraint".into()),
+        ];
+        for e in &ack {
+            assert_eq!(Settle::for_error(e, d), Settle::Ack, "{e:?}");
+        }
+        for e in &retried {
+            assert_eq!(Settle::for_error(e, d), retry, "{e:?}");
+        }
+        for e in &dead {
+            assert_eq!(Settle::for_error(e, d), Settle::DeadLetter, "{e:?}");
+        }
     }
 }

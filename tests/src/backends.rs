@@ -73,7 +73,9 @@ pub fn amqp_url() -> Option<String> {
 pub fn nats_url() -> Option<String> {
     let url = server_url(NATS_ENV, "NATS with JetStream");
     if url.is_none() {
-        eprintln!("!!! SKIPPED: {NATS_ENV} is unset: the NATS JetStream consumer tests did not run !!!");
+        eprintln!(
+            "!!! SKIPPED: {NATS_ENV} is unset: the NATS JetStream consumer tests did not run !!!"
+        );
     }
     url
 }

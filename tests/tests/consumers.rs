@@ -167,7 +167,9 @@ async fn kill_9_run(store: Store) {
         Store::SqliteTx => args.push("store=sqlite-tx".into()),
         Store::PostgresTx => {
             let Some(pool) = idempotent_tests::postgres().await else {
-                eprintln!("!!! SKIPPED: rabbitmq_kill_9::postgres_tx needs IDEMPOTENT_POSTGRES_URL !!!");
+                eprintln!(
+                    "!!! SKIPPED: rabbitmq_kill_9::postgres_tx needs IDEMPOTENT_POSTGRES_URL !!!"
+                );
                 return;
             };
             sqlx::query(ledger.ddl())
@@ -209,7 +211,9 @@ async fn kill_9_run(store: Store) {
         .expect("confirm.select");
 
     let (tx, mut events) = mpsc::unbounded_channel();
-    let mut workers: Vec<Worker> = (0..2).map(|slot| spawn(&args, true, slot, 0, &tx)).collect();
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|slot| spawn(&args, true, slot, 0, &tx))
+        .collect();
     let mut generation = [0u32; 2];
     let mut ready = 0;
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -385,7 +389,10 @@ async fn kill_9_run(store: Store) {
         in_dlq.len()
     );
     let expected: Vec<(String, i64, i64)> = (0..KEYS).map(|i| (key(i), 1, amount(i))).collect();
-    assert_eq!(rows, expected, "{store:?}: one ledger row per key (effects == keys)");
+    assert_eq!(
+        rows, expected,
+        "{store:?}: one ledger row per key (effects == keys)"
+    );
     assert!(
         kills >= MIN_KILLS,
         "{store:?}: only {kills} workers were killed between effect and ack"
@@ -395,14 +402,21 @@ async fn kill_9_run(store: Store) {
         "{store:?}: every message whose worker was killed before the ack was replayed on redelivery"
     );
     assert_eq!(acked, normal_ids, "{store:?}: every payment acked");
-    assert_eq!(dead, mismatch_ids, "{store:?}: exactly the mismatches dead-lettered");
+    assert_eq!(
+        dead, mismatch_ids,
+        "{store:?}: exactly the mismatches dead-lettered"
+    );
     in_dlq.sort();
     assert_eq!(
         in_dlq,
         mismatch_ids.iter().cloned().collect::<Vec<_>>(),
         "{store:?}: the dead-letter queue holds exactly the mismatched payments, once each"
     );
-    assert_eq!(left.message_count(), 0, "{store:?}: nothing left in the queue");
+    assert_eq!(
+        left.message_count(),
+        0,
+        "{store:?}: nothing left in the queue"
+    );
     drop(dir);
 }
 
@@ -538,7 +552,10 @@ async fn rabbitmq_redelivery_after_ttl_runs_again() {
         tokio::time::sleep(Duration::from_millis((expires_at_ms - now_ms + 5) as u64)).await;
     }
     // The stalled consumer's channel closes without the ack: RabbitMQ requeues the message.
-    first_channel.close(200, "stalled".into()).await.expect("close");
+    first_channel
+        .close(200, "stalled".into())
+        .await
+        .expect("close");
 
     let second_channel = conn.create_channel().await.expect("channel");
     let second = consume(&second_channel).await;
@@ -557,7 +574,10 @@ async fn rabbitmq_redelivery_after_ttl_runs_again() {
     .fetch_one(&pool)
     .await
     .expect("ledger");
-    assert_eq!(rows, 2, "two effects for one message: ttl shorter than redelivery");
+    assert_eq!(
+        rows, 2,
+        "two effects for one message: ttl shorter than redelivery"
+    );
     setup
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
@@ -661,11 +681,14 @@ where
         key: "slow".into(),
         amount_cents: 900,
     };
-    js.publish(subject.clone(), serde_json::to_vec(&payment).expect("json").into())
-        .await
-        .expect("publish")
-        .await
-        .expect("publish ack");
+    js.publish(
+        subject.clone(),
+        serde_json::to_vec(&payment).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("publish ack");
     let wait = Duration::from_secs(20);
     tokio::time::timeout(wait, svc.hold.entered.notified())
         .await
@@ -683,7 +706,10 @@ where
     };
     // AckWait passes while the handler is held: JetStream redelivers, the claim is held.
     let busy = next(&mut log, "InProgress").await;
-    assert!(busy.1 >= 2, "the InProgress answer went to a redelivery: {log:?}");
+    assert!(
+        busy.1 >= 2,
+        "the InProgress answer went to a redelivery: {log:?}"
+    );
     svc.hold.release.notify_one();
     let executed = next(&mut log, "Executed").await;
     assert_eq!(executed.1, 1, "the first delivery ran the body: {log:?}");

@@ -17,9 +17,7 @@
 //! crash, a `kill -9`, a network partition noticed by heartbeats) and, from 3.8 on, when a
 //! quorum queue's consumer exceeds `consumer_timeout` (30 min by default).
 
-use lapin::options::{
-    BasicAckOptions, BasicNackOptions, BasicRejectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, message::Delivery};
 

@@ -318,4 +318,3 @@ claim_payments!(
     idempotent_runtime::RedisStore => "payments::apply_claim_redis",
     SqlitePool => "payments::apply_claim_sqlite"
 );
-
