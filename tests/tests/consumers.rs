@@ -14,7 +14,8 @@
 //!   `ttl` has expired runs the body a second time (two ledger rows).
 //! - `jetstream_ack_wait::{sqlite_claim, redis_claim}`: AckWait (1 s) shorter than the held
 //!   handler: the redelivery gets `InProgress` and is NAKed with a delay; once the handler has
-//!   returned (its ack held back), a later delivery is replayed and acked; one effect.
+//!   returned (its ack held back), a later delivery is replayed and acked; one effect. Then the
+//!   same key with another amount is published to the dead-letter subject and terminated.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -52,7 +53,7 @@ const CRASH_AFTER: u32 = 2;
 const MAX_KILLS: usize = 30;
 const MIN_KILLS: usize = 20;
 /// How long the kill test may take before it fails (each variant needs a few seconds).
-const DEADLINE: Duration = Duration::from_secs(120);
+const DEADLINE: Duration = Duration::from_secs(90);
 
 fn key(i: usize) -> String {
     format!("k{i:03}")
@@ -277,7 +278,19 @@ async fn kill_9_run(store: Store) {
         if phase_two && mismatch_ids.is_subset(&dead) {
             break;
         }
-        let (slot, generation_of, line) = next(&mut events, "every message settled").await;
+        let Ok(event) = tokio::time::timeout_at(deadline, events.recv()).await else {
+            let unacked: Vec<_> = normal_ids.difference(&acked).collect();
+            let lost: Vec<_> = unacked.iter().filter(|id| crashed.contains(**id)).collect();
+            panic!(
+                "{store:?}: after {DEADLINE:?}, {} payments never acked ({} of them were at a killed worker's crash point: {lost:?}; first unacked: {:?}), {} of {} mismatches dead-lettered",
+                unacked.len(),
+                lost.len(),
+                unacked.first(),
+                dead.intersection(&mismatch_ids).count(),
+                mismatch_ids.len()
+            );
+        };
+        let (slot, generation_of, line) = event.expect("event channel open");
         if generation_of != generation[slot] {
             continue; // a killed worker's last lines
         }
@@ -751,6 +764,53 @@ where
     .await
     .expect("ledger");
     assert_eq!(rows, 1, "one effect: {log:?}");
+
+    // The same key with another amount: FingerprintMismatch → published to the dead-letter
+    // subject, then +TERM (no redelivery).
+    let mismatch = Payment {
+        amount_cents: payment.amount_cents + 1,
+        ..payment.clone()
+    };
+    let body = serde_json::to_vec(&mismatch).expect("json");
+    js.publish(subject.clone(), body.clone().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("publish ack");
+    let s = loop {
+        let s = tokio::time::timeout(wait, seen.recv())
+            .await
+            .expect("the mismatch was handled")
+            .expect("tasks alive");
+        // A delivery of the first message a task had already pulled is replayed late.
+        if s.2 != "Replayed" {
+            break s;
+        }
+    };
+    assert!(s.2.contains("FingerprintMismatch"), "{s:?}");
+    let started = tokio::time::Instant::now();
+    loop {
+        let info = consumer.info().await.expect("consumer info");
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(started.elapsed() < wait, "the mismatch was not terminated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = stream
+        .get_last_raw_message_by_subject(&dead_subject)
+        .await
+        .expect("the mismatch is on the dead-letter subject");
+    assert_eq!(dead.payload.as_ref(), body.as_slice());
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM {} WHERE merchant = ?",
+        svc.ledger.name()
+    )))
+    .bind(&payment.merchant)
+    .fetch_one(&svc.db)
+    .await
+    .expect("ledger");
+    assert_eq!(rows, 1, "the mismatch had no effect");
     for t in tasks {
         t.abort();
     }
