@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod consumer;
 pub mod error;
 pub mod fingerprint;
 #[cfg(feature = "tower")]

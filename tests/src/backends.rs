@@ -21,6 +21,13 @@ pub const REDIS_ENV: &str = "IDEMPOTENT_REDIS_URL";
 /// 3-master cluster with `redis-server --cluster-enabled yes` if `redis-server` is on PATH.
 pub const REDIS_CLUSTER_ENV: &str = "IDEMPOTENT_REDIS_CLUSTER_URLS";
 
+/// Environment variable naming the RabbitMQ (AMQP 0-9-1) broker for the consumer tests
+/// (`amqp://guest:guest@127.0.0.1:5672/%2f`).
+pub const AMQP_ENV: &str = "IDEMPOTENT_AMQP_URL";
+/// Environment variable naming the NATS server (with JetStream enabled) for the consumer tests
+/// (`nats://127.0.0.1:4222`).
+pub const NATS_ENV: &str = "IDEMPOTENT_NATS_URL";
+
 /// `true` when running under CI (`CI=true`), where every backend is required.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -49,6 +56,28 @@ pub fn server_url(var: &str, what: &str) -> Option<String> {
         _ if ci() => panic!("{var} is unset and CI=true: {what} is required in CI"),
         _ => None,
     }
+}
+
+/// The RabbitMQ URL of `IDEMPOTENT_AMQP_URL`, or `None` (test skipped, loudly) when unset
+/// outside CI; panics when unset under `CI=true`.
+pub fn amqp_url() -> Option<String> {
+    let url = server_url(AMQP_ENV, "RabbitMQ (AMQP 0-9-1)");
+    if url.is_none() {
+        eprintln!("!!! SKIPPED: {AMQP_ENV} is unset: the RabbitMQ consumer tests did not run !!!");
+    }
+    url
+}
+
+/// The NATS URL of `IDEMPOTENT_NATS_URL`, or `None` (test skipped, loudly) when unset outside
+/// CI; panics when unset under `CI=true`.
+pub fn nats_url() -> Option<String> {
+    let url = server_url(NATS_ENV, "NATS with JetStream");
+    if url.is_none() {
+        eprintln!(
+            "!!! SKIPPED: {NATS_ENV} is unset: the NATS JetStream consumer tests did not run !!!"
+        );
+    }
+    url
 }
 
 // ------------------------------------------------------------------------------------ SQL

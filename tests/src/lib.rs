@@ -2,7 +2,8 @@
 //! effects, and run-unique names so tests can run in parallel against shared servers.
 //!
 //! Backends come from URLs in the environment: `IDEMPOTENT_POSTGRES_URL`,
-//! `IDEMPOTENT_MYSQL_URL`. Where one is unset the tests that need it return early and the
+//! `IDEMPOTENT_MYSQL_URL`, and for the message-consumer tests the brokers'
+//! `IDEMPOTENT_AMQP_URL` and `IDEMPOTENT_NATS_URL`. Where one is unset the tests that need it return early and the
 //! `backends` test binary prints a loud SKIPPED banner; with `CI=true` a missing backend fails
 //! the run instead. SQLite (a temporary file) and the memory store need nothing.
 //!
@@ -37,8 +38,9 @@ pub mod skew;
 pub mod statements;
 
 pub use backends::{
-    Guard, MYSQL_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, ci, mariadb_snapshot_pool, mysql,
-    mysql_pool, pg_pool, postgres, redis, redis_cluster, server_url, sqlite, sqlite_pool, unique,
+    AMQP_ENV, Guard, MYSQL_ENV, NATS_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, amqp_url, ci,
+    mariadb_snapshot_pool, mysql, mysql_pool, nats_url, pg_pool, postgres, redis, redis_cluster,
+    server_url, sqlite, sqlite_pool, unique,
 };
 pub use faults::{FaultSvc, Faults, Faulty, Lease, Observed};
 pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};

@@ -11,6 +11,8 @@ fn main() {
         (idempotent_tests::POSTGRES_ENV, "postgres"),
         (idempotent_tests::MYSQL_ENV, "mysql"),
         (idempotent_tests::REDIS_ENV, "redis"),
+        (idempotent_tests::AMQP_ENV, "rabbitmq"),
+        (idempotent_tests::NATS_ENV, "nats"),
     ] {
         match std::env::var(var) {
             Ok(url) if !url.is_empty() => println!("  {what:<9}: ran against {url}"),
