@@ -3,9 +3,10 @@
 //! ([`idempotent_examples::consumers`]).
 //!
 //! - `rabbitmq_kill_9::{sqlite_tx, postgres_tx, redis_claim}`: 490 payments over 100 business
-//!   keys (each key 1–9 times) consumed by two `consumer_worker` processes, each killed with
-//!   SIGKILL after its handler returned and before its ack, at least 20 times in all (every
-//!   second execution of a worker's life, until 30 kills), respawned each time; then 10
+//!   keys (each key 4 or 5 times, shuffled) consumed by two `consumer_worker` processes,
+//!   each killed with SIGKILL after its handler returned and before its ack, at least 20
+//!   times in all (every second execution of a worker's life, while fewer than 30 kills were
+//!   made), respawned each time; then 10
 //!   payments reusing a key with another amount. Every message is acked or dead-lettered;
 //!   exactly the 10 mismatched ones are in the dead-letter queue; the ledger has exactly one
 //!   row per key with its amount (effects == keys); every killed message was replayed on
@@ -230,7 +231,7 @@ async fn kill_9_run(store: Store) {
         ready += 1;
     }
 
-    // 490 payments: every key once, then 390 duplicates spread over the keys, shuffled.
+    // 490 payments: each key 4 or 5 times, shuffled.
     let mut order: Vec<usize> = (0..NORMAL).map(|i| i % KEYS).collect();
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).expect("OS randomness");
