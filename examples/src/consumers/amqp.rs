@@ -1,7 +1,7 @@
 //! The RabbitMQ (AMQP 0-9-1) side of the payment consumer, on `lapin`'s own API: declaring the
 //! queue with its dead-letter queue, and settling a delivery as [`Settle`] says.
 //!
-//! A consumer loop (the test worker `tests/src/bin/consumer_worker.rs` is one):
+//! A consumer loop (the test worker `examples/src/bin/consumer_worker.rs` is one):
 //!
 //! ```ignore
 //! channel.basic_qos(1, BasicQosOptions::default()).await?;

@@ -1,7 +1,7 @@
 //! The NATS JetStream side of the payment consumer, on `async-nats`' own API: settling a
 //! delivery of a pull consumer (explicit acks) as [`Settle`] says.
 //!
-//! A consumer loop (the JetStream test in `tests/tests/consumers.rs` runs two):
+//! A consumer loop (the JetStream test in `examples/tests/consumers.rs` runs two):
 //!
 //! ```ignore
 //! let mut messages = consumer.messages().await?;

@@ -1,4 +1,4 @@
-//! A RabbitMQ payment consumer process for the kill -9 tests (`tests/tests/consumers.rs`): the
+//! A RabbitMQ payment consumer process for the kill -9 tests (`examples/tests/consumers.rs`): the
 //! examples' consumer ([`idempotent_examples::consumers`]) around one of its idempotent
 //! handlers, with a crash point between the handler's return and the ack.
 //!
