@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod connect;
 pub mod error;
 pub mod fingerprint;
 pub mod key;
@@ -11,6 +12,7 @@ pub mod strategy;
 #[doc(hidden)]
 pub mod __private;
 
+pub use connect::{ConnectCause, ConnectError};
 pub use error::{Disposition, Error, FunctionError, SqlFunctionError, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};
