@@ -1,20 +1,9 @@
-//! SQL backends through sqlx: PostgreSQL, MySQL/MariaDB and SQLite, one file each.
-//!
-//! This file holds what every SQL database shares: the [`SqlBackend`] and [`TxStore`] traits,
-//! the generic impls for `sqlx::Pool<DB>` ([`ClaimStore`], the store-argument traits), the
-//! one template of the claim statements (`sql_text!`), the macros that implement the traits
-//! for one database, and [`migrate`]. Each database's file
-//! (`postgres.rs`, `mysql.rs`, `sqlite.rs`) holds its dialect (placeholders, "now" expression,
-//! lock clauses, `BEGIN` statement), its claim SQL, its migration (`migrations/<db>.sql`), its
-//! business-table impl ([`BusinessBackend`](business::BusinessBackend)), its `#[tx]` impls
-//! (`&mut <DB>Connection`), the sqlx encoding of [`FencingToken`](crate::FencingToken), how its own error type is recognised and which of its errors are
-//! retryable; [`errors`] holds the one classification of database errors built on those
-//! (retryable, unique violation and its constraint), [`business`] the business-table access of
-//! the five business-table strategies.
-//!
-//! Adding a database: a file here invoking the macros below (`sql_text!`, `sql_backend!`,
-//! `tx_store!`, `business_backend!`, `fencing_token_type!`), one line in `backends!`, a migration under
-//! `migrations/` and a feature in `Cargo.toml`.
+//! SQL backends through sqlx 0.9: PostgreSQL, MySQL/MariaDB and SQLite (features `postgres`,
+//! `mysql`, `sqlite`). A `sqlx::Pool` of one of them is a [`ClaimStore`] (claim-mode
+//! `dedup_table`) and, through [`TxStore`], the store of `#[tx]` calls; [`migrate`] creates
+//! the idempotency-record table; [`is_retryable`] tells a deadlock or serialization failure
+//! the caller's own transaction must rerun; a pool that lends no connection in time is
+//! explained by [`diagnose_pool_timeout`].
 //!
 //! All SQL is static text with bound parameters; the storage key, owner and fingerprint are hex
 //! strings and the response is a byte blob, so no user value is ever interpolated into SQL.
@@ -22,6 +11,21 @@
 //! `UTC_TIMESTAMP(3)` on MySQL/MariaDB, independent of the session's time zone), never the
 //! application's — except on SQLite, which has no server: `julianday('now')` is each client
 //! process's own clock.
+
+// Layout (for contributors): this file holds what every SQL database shares — the
+// `SqlBackend` and `TxStore` traits, the generic impls for `sqlx::Pool<DB>` (`ClaimStore`, the
+// store-argument traits), the one template of the claim statements (`sql_text!`), the macros
+// that implement the traits for one database, and `migrate`. Each database's file
+// (`postgres.rs`, `mysql.rs`, `sqlite.rs`) holds its dialect (placeholders, "now" expression,
+// lock clauses, `BEGIN` statement), its claim SQL, its migration (`migrations/<db>.sql`), its
+// business-table impl (`business::BusinessBackend`), its `#[tx]` impls
+// (`&mut <DB>Connection`), the sqlx encoding of `FencingToken`, how its own error type is
+// recognised and which of its errors are retryable; `errors` holds the one classification of
+// database errors built on those (retryable, unique violation and its constraint), `business`
+// the business-table access of the five business-table strategies. Adding a database: a file
+// here invoking the macros below (`sql_text!`, `sql_backend!`, `tx_store!`,
+// `business_backend!`, `fencing_token_type!`), one line in `backends!`, a migration under
+// `migrations/` and a feature in `Cargo.toml` (see CONTRIBUTING.md).
 
 use std::future::Future;
 use std::time::Duration;
@@ -225,7 +229,8 @@ pub trait SqlBackend: Database {
 }
 
 /// A process's turn to write claim-mode statements to one database, held until dropped (see
-/// [`SqlBackend::write_turn`]).
+/// [`SqlBackend::write_turn`]). Internal to the SQL stores.
+#[doc(hidden)]
 pub struct WriteTurn {
     /// Held for its drop, which hands the turn to the next writer in line.
     _held: tokio::sync::OwnedMutexGuard<()>,
@@ -520,7 +525,7 @@ macro_rules! tx_store {
     };
 }
 
-/// Implements [`BusinessBackend`](business::BusinessBackend) for one database:
+/// Implements `business::BusinessBackend` for one database:
 /// `business_backend!(database = sqlx::Postgres, connection = sqlx::PgConnection,
 /// lock_for_update = " FOR UPDATE", read_latest = "", names_constraints = true,
 /// placeholder = |i: usize| ..., key_lock = |table, parts| ...)`.
@@ -664,6 +669,8 @@ macro_rules! backends {
     };
 }
 
+// The business-table plumbing the strategies and generated code use: not an API of its own.
+#[doc(hidden)]
 pub mod business;
 pub mod errors;
 
