@@ -36,4 +36,4 @@ pub async fn touch(store: &idempotent_runtime::MemoryStore, id: u64) -> Result<u
     Ok(id)
 }
 
-fn main() {}
+pub fn main() {}

@@ -47,4 +47,4 @@ pub async fn on_connection(
     Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
 }
 
-fn main() {}
+pub fn main() {}

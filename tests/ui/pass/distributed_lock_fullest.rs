@@ -53,7 +53,7 @@ impl Payments {
     }
 }
 
-fn main() {
+pub fn main() {
     // Each function has an operation name of its own.
     assert!(idempotent_runtime::check_operation_names().is_ok());
 }

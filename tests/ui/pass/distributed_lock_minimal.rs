@@ -28,4 +28,4 @@ pub async fn report(store: &MemoryStore, req: &Req) -> Result<i64, AppError> {
     Ok(req.amount)
 }
 
-fn main() {}
+pub fn main() {}

@@ -32,4 +32,4 @@ pub async fn redeem(store: &MemoryStore, req: &Req) -> Result<i64, AppError> {
     Ok(req.amount)
 }
 
-fn main() {}
+pub fn main() {}

@@ -36,4 +36,4 @@ impl HasId for Payload {
     }
 }
 
-fn main() {}
+pub fn main() {}

@@ -122,7 +122,7 @@ async fn run() {
     assert_eq!(rows, 1);
 }
 
-fn main() {
+pub fn main() {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

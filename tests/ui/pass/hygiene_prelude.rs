@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use idempotent_runtime::{Disposition, Error, observe};
-use idempotent_tests::{AppError, Receipt, Req, req};
+use idempotent_tests::{AppError, Receipt, req};
 
 mod shadowed {
     use idempotent_runtime::{FencingToken, MemoryStore, idempotent};
@@ -109,7 +109,7 @@ async fn run() {
     ));
 }
 
-fn main() {
+pub fn main() {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

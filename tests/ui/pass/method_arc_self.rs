@@ -17,4 +17,4 @@ impl Svc {
     }
 }
 
-fn main() {}
+pub fn main() {}

@@ -19,4 +19,4 @@ impl Svc {
     }
 }
 
-fn main() {}
+pub fn main() {}

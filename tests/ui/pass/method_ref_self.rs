@@ -15,4 +15,4 @@ impl Svc {
     }
 }
 
-fn main() {}
+pub fn main() {}

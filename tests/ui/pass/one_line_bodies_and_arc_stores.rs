@@ -39,4 +39,4 @@ impl Svc {
     }
 }
 
-fn main() {}
+pub fn main() {}

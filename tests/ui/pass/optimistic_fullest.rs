@@ -41,4 +41,4 @@ pub async fn set_amount(
     Ok(amount)
 }
 
-fn main() {}
+pub fn main() {}

@@ -22,6 +22,6 @@ fn check(svc: Arc<Svc>, req: Req) {
     assert_send(async move { svc.place(req).await });
 }
 
-fn main() {
+pub fn main() {
     let _ = check;
 }

@@ -51,7 +51,7 @@ impl Checkout {
     }
 }
 
-fn main() {
+pub fn main() {
     // Each function has an operation name of its own.
     assert!(idempotent_runtime::check_operation_names().is_ok());
 }

@@ -18,4 +18,4 @@ impl Orders for Svc {
     }
 }
 
-fn main() {}
+pub fn main() {}

@@ -37,4 +37,4 @@ pub async fn generic<DB: SqlBackend>(
     Ok(req.amount)
 }
 
-fn main() {}
+pub fn main() {}

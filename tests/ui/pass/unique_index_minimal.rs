@@ -36,4 +36,4 @@ pub async fn create_by_table(
     Ok(())
 }
 
-fn main() {}
+pub fn main() {}
