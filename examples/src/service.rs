@@ -305,7 +305,10 @@ pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(sqlx::Error::Database(db)) = err.downcast_ref::<sqlx::Error>() {
-            let code = db.code().map(|c| format!(" (code {c})")).unwrap_or_default();
+            let code = db
+                .code()
+                .map(|c| format!(" (code {c})"))
+                .unwrap_or_default();
             return format!("database error: {}{code}", db.message());
         }
         cur = err.source();

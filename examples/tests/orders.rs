@@ -48,7 +48,13 @@ fn an_in_memory_sqlite_url_is_refused_with_the_reason() {
 #[test]
 fn an_unknown_scheme_is_refused() {
     let out = orders(&["--database-url", "ftp://example.invalid/x"]);
-    refused(&out, &["unsupported --database-url", "postgres://, mysql:// or sqlite://"]);
+    refused(
+        &out,
+        &[
+            "unsupported --database-url",
+            "postgres://, mysql:// or sqlite://",
+        ],
+    );
 }
 
 /// A port nothing listens on (1, reserved): refused at once, with the URL minus its password.
@@ -81,7 +87,10 @@ fn a_refused_redis_is_named_once() {
         let out = orders(&args);
         let stderr = refused(
             &out,
-            &["--redis-url: cannot connect to redis://127.0.0.1:1", "connection refused"],
+            &[
+                "--redis-url: cannot connect to redis://127.0.0.1:1",
+                "connection refused",
+            ],
         );
         assert!(!stderr.contains("pw"), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -106,8 +115,14 @@ fn a_small_run_on_a_sqlite_file_reports_progress_and_cleans_up() {
             .ends_with("OK: every operation applied exactly one effect per key, with no errors."),
         "{stdout}"
     );
-    assert!(stderr.contains("demo_ledger") && stderr.contains("idempotency_records (created now)"), "{stderr}");
-    assert!(stderr.contains("dropped at the end (--cleanup)"), "{stderr}");
+    assert!(
+        stderr.contains("demo_ledger") && stderr.contains("idempotency_records (created now)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dropped at the end (--cleanup)"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("70 requests per operation = 10 keys x 7")
             && stderr.contains("--requests 75 rounded down to whole keys"),
@@ -130,7 +145,10 @@ fn a_small_run_on_a_sqlite_file_reports_progress_and_cleans_up() {
             let again = orders(&["--requests", "7", "--database-url", &url, "--cleanup"]);
             let stderr = text(&again.stderr);
             assert!(again.status.success(), "{stderr}");
-            assert!(stderr.contains("idempotency_records (created now)"), "{stderr}");
+            assert!(
+                stderr.contains("idempotency_records (created now)"),
+                "{stderr}"
+            );
         }
     }
 }

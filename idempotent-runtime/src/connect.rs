@@ -141,7 +141,11 @@ async fn resolves(host: &str) -> bool {
         return true;
     }
     let target = format!("{}:0", host.trim_start_matches('[').trim_end_matches(']'));
-    let lookup = move || target.to_socket_addrs().is_ok_and(|mut a| a.next().is_some());
+    let lookup = move || {
+        target
+            .to_socket_addrs()
+            .is_ok_and(|mut a| a.next().is_some())
+    };
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => rt.spawn_blocking(lookup).await.unwrap_or(true),
         Err(_) => lookup(),
@@ -222,8 +226,14 @@ mod tests {
             redact_url("postgres://app:s3cr@t@db:5432/orders?sslmode=require"),
             "postgres://app@db:5432/orders?sslmode=require"
         );
-        assert_eq!(redact_url("redis://:pw@127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
-        assert_eq!(redact_url("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+        assert_eq!(
+            redact_url("redis://:pw@127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
         assert_eq!(redact_url("not a url"), "not a url");
     }
 
@@ -247,8 +257,9 @@ mod tests {
         )
         .await;
         assert_eq!(e.cause, ConnectCause::UnknownHost);
-        assert!(e.to_string().starts_with(
-            "cannot connect to postgres://app@db.invalid/orders: unknown host"
-        ));
+        assert!(
+            e.to_string()
+                .starts_with("cannot connect to postgres://app@db.invalid/orders: unknown host")
+        );
     }
 }

@@ -23,7 +23,9 @@ async fn a_postgres_pool_on_a_closed_port_says_refused_without_the_password() {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://app:s3cret@127.0.0.1:1/orders")
         .expect("a valid URL");
-    let e = idempotent_runtime::migrate(&pool).await.expect_err("nothing listens on port 1");
+    let e = idempotent_runtime::migrate(&pool)
+        .await
+        .expect_err("nothing listens on port 1");
     let c = connect_error(&e);
     assert_eq!(c.cause, ConnectCause::Refused);
     assert_eq!(c.target, "postgres://app@127.0.0.1:1/orders");
@@ -39,7 +41,9 @@ async fn a_mysql_pool_on_a_closed_port_says_refused() {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("mysql://root:pw@127.0.0.1:1/test")
         .expect("a valid URL");
-    let e = idempotent_runtime::migrate(&pool).await.expect_err("nothing listens on port 1");
+    let e = idempotent_runtime::migrate(&pool)
+        .await
+        .expect_err("nothing listens on port 1");
     let c = connect_error(&e);
     assert_eq!(c.cause, ConnectCause::Refused);
     assert!(!e.to_string().contains("pw"), "{e}");
@@ -55,11 +59,15 @@ async fn a_pool_whose_connections_are_all_busy_says_so() {
         .await
         .expect("in-memory SQLite");
     let held = pool.acquire().await.expect("the only connection");
-    let e = idempotent_runtime::migrate(&pool).await.expect_err("the connection is held");
+    let e = idempotent_runtime::migrate(&pool)
+        .await
+        .expect_err("the connection is held");
     assert_eq!(connect_error(&e).cause, ConnectCause::PoolBusy);
     assert!(e.to_string().contains("1 of 1 connections open"), "{e}");
     drop(held);
-    idempotent_runtime::migrate(&pool).await.expect("free again");
+    idempotent_runtime::migrate(&pool)
+        .await
+        .expect("free again");
 }
 
 #[tokio::test]

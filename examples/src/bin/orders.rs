@@ -429,11 +429,7 @@ async fn main() -> ExitCode {
                     }
                 }
             } else {
-                format!(
-                    "{}{}\n",
-                    report.table(),
-                    verdict(&report)
-                )
+                format!("{}{}\n", report.table(), verdict(&report))
             };
             // A reader that went away (`orders | head`) is no failure of the run: its exit code
             // still says whether every key had one effect. `println!` would panic instead.

@@ -15,7 +15,12 @@ impl Svc {
         req: &Req,
     ) -> Result<Receipt, AppError> {
         self.served += 1;
-        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: self.served })
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: self.served,
+        })
     }
 }
 

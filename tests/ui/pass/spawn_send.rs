@@ -12,7 +12,12 @@ pub struct Svc {
 impl Svc {
     #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db")]
     pub async fn place(&self, req: Req) -> Result<Receipt, AppError> {
-        Ok(Receipt { tenant: req.tenant, id: req.id, amount: req.amount, serial: 1 })
+        Ok(Receipt {
+            tenant: req.tenant,
+            id: req.id,
+            amount: req.amount,
+            serial: 1,
+        })
     }
 }
 

@@ -26,7 +26,12 @@ pub async fn checkout(
     req: &Req,
 ) -> Result<Receipt, AppError> {
     let _ = (ctx, token);
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: 1,
+    })
 }
 
 pub struct Checkout {
@@ -47,7 +52,12 @@ impl Checkout {
         crate = "::idempotent_runtime"
     )]
     pub async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {
-        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: 1,
+        })
     }
 }
 

@@ -248,7 +248,9 @@ impl RedisOptions {
     pub async fn connect(&self, url: &str) -> Result<RedisStore, Error> {
         let target = crate::connect::redact_url(url);
         let client = redis::Client::open(url).map_err(|e| {
-            Error::Backend(format!("{target} is not a Redis URL (redis://host:port/db): {e}").into())
+            Error::Backend(
+                format!("{target} is not a Redis URL (redis://host:port/db): {e}").into(),
+            )
         })?;
         let address = client.get_connection_info().addr().to_string();
         let host = match client.get_connection_info().addr() {

@@ -1033,18 +1033,17 @@ pub(crate) async fn acquire<DB: SqlBackend>(
 ///   when it does not answer in time, or `PoolBusy` when it opens fine (the pool's
 ///   connections were busy after all).
 ///
-/// The target is the pool's URL as sqlx rebuilds it from its options, without the password.
+/// The target is the pool's URL as sqlx rebuilds it from its options, without the password and
+/// the query (`postgres://app@db:5432/orders`); for SQLite `sqlite://<file>`.
 pub async fn diagnose_pool_timeout<DB: SqlBackend>(pool: &Pool<DB>) -> crate::ConnectError {
     use sqlx::{ConnectOptions as _, Connection as _};
     let options = pool.connect_options();
-    let mut url = options.to_url_lossy();
-    let host = url.host_str().map(str::to_owned);
-    let _ = url.set_password(None);
+    let (target, host) = target_of::<DB>(&options);
     let waited = pool.options().get_acquire_timeout();
     let max = pool.options().get_max_connections();
     let open = pool.size();
     let busy = |context: String| crate::ConnectError {
-        target: url.to_string(),
+        target: target.clone(),
         cause: crate::ConnectCause::PoolBusy,
         source: None,
         context,
@@ -1063,15 +1062,35 @@ pub async fn diagnose_pool_timeout<DB: SqlBackend>(pool: &Pool<DB>) -> crate::Co
         }
         Ok(Err(e)) => {
             let mut err =
-                crate::ConnectError::diagnose(url.to_string(), host.as_deref(), Box::new(e)).await;
+                crate::ConnectError::diagnose(target.clone(), host.as_deref(), Box::new(e)).await;
             err.context = context;
             err
         }
         Err(_) => crate::ConnectError {
-            target: url.to_string(),
+            target: target.clone(),
             cause: crate::ConnectCause::TimedOut,
             source: Some(Box::new(sqlx::Error::PoolTimedOut)),
             context: format!("{context}; a fresh connection did not open within {probe_for:?}"),
         },
     }
+}
+
+/// The address of a pool's database for messages, and its host for a name look-up: the URL
+/// sqlx rebuilds from `options` without password and query; for SQLite, whose URL rebuilding
+/// panics on in-memory databases in sqlx 0.9.0, `sqlite://<file>` and no host.
+fn target_of<DB: SqlBackend>(
+    options: &<DB::Connection as sqlx::Connection>::Options,
+) -> (String, Option<String>) {
+    use sqlx::ConnectOptions as _;
+    #[cfg(feature = "sqlite")]
+    if let Some(o) =
+        (options as &dyn std::any::Any).downcast_ref::<sqlx::sqlite::SqliteConnectOptions>()
+    {
+        return (format!("sqlite://{}", o.get_filename().display()), None);
+    }
+    let mut url = options.to_url_lossy();
+    let host = url.host_str().map(str::to_owned);
+    let _ = url.set_password(None);
+    url.set_query(None);
+    (url.to_string(), host)
 }
