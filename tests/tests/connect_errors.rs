@@ -91,3 +91,29 @@ async fn an_unknown_redis_host_is_named() {
         .expect("the name does not resolve");
     assert_eq!(connect_error(&e).cause, ConnectCause::UnknownHost);
 }
+
+/// A user the server does not know: refused at once (sqlx does not retry it), named as an
+/// authentication failure with the pool's URL.
+#[tokio::test]
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
+async fn a_postgres_pool_with_an_unknown_user_says_authentication() {
+    let Some(url) = idempotent_tests::server_url(idempotent_tests::POSTGRES_ENV, "PostgreSQL")
+    else {
+        return;
+    };
+    let mut options: sqlx::postgres::PgConnectOptions = url.parse().expect("a PostgreSQL URL");
+    options = options.username("idempotent_no_such_user").password("pw");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options);
+    let e = idempotent_runtime::migrate(&pool)
+        .await
+        .expect_err("no such user");
+    let c = connect_error(&e);
+    assert_eq!(c.cause, ConnectCause::Auth, "{e}");
+    assert!(
+        c.target.starts_with("postgres://idempotent_no_such_user@"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(":pw@"), "{e}");
+}

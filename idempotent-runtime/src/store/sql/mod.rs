@@ -1008,16 +1008,26 @@ pub async fn migrate<DB: SqlBackend>(pool: &Pool<DB>) -> Result<(), Error> {
 /// `PoolTimedOut` ("pool timed out while waiting for an open connection") comes back as a
 /// [`ConnectError`](crate::ConnectError) from [`diagnose_pool_timeout`]: the pool's URL
 /// without its password and why no connection came (refused, unknown host, credentials,
-/// unknown database, timed out, or every connection busy).
+/// unknown database, timed out, or every connection busy); an error the pool met while
+/// opening a connection (credentials, unknown database, …) comes back as a `ConnectError`
+/// too.
 ///
-/// Errors: [`Error::Backend`] holding the `ConnectError`, or sqlx's other errors.
+/// Errors: [`Error::Backend`] holding the `ConnectError`, or sqlx's `PoolClosed`.
 pub(crate) async fn acquire<DB: SqlBackend>(
     pool: &Pool<DB>,
 ) -> Result<sqlx::pool::PoolConnection<DB>, Error> {
     match pool.acquire().await {
         Ok(conn) => Ok(conn),
         Err(sqlx::Error::PoolTimedOut) => Err(Error::backend(diagnose_pool_timeout(pool).await)),
-        Err(e) => Err(e.into()),
+        Err(e @ sqlx::Error::PoolClosed) => Err(e.into()),
+        // Anything else failed while the pool opened a connection for us (sqlx does not retry
+        // credentials, unknown databases, TLS or name look-ups): say where to and why.
+        Err(e) => {
+            let (target, host) = target_of::<DB>(&pool.connect_options());
+            Err(Error::backend(
+                crate::ConnectError::diagnose(target, host.as_deref(), Box::new(e)).await,
+            ))
+        }
     }
 }
 
