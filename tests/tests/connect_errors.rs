@@ -72,10 +72,9 @@ async fn a_pool_whose_connections_are_all_busy_says_so() {
 
 #[tokio::test]
 async fn a_redis_on_a_closed_port_says_refused_without_the_password() {
-    let e = RedisStore::connect("redis://:s3cret@127.0.0.1:1")
-        .await
-        .err()
-        .expect("nothing listens on port 1");
+    let Err(e) = RedisStore::connect("redis://:s3cret@127.0.0.1:1").await else {
+        panic!("nothing listens on port 1");
+    };
     let c = connect_error(&e);
     assert_eq!(c.cause, ConnectCause::Refused);
     assert_eq!(c.target, "redis://127.0.0.1:1");
@@ -85,10 +84,9 @@ async fn a_redis_on_a_closed_port_says_refused_without_the_password() {
 /// `.invalid` never resolves (RFC 2606).
 #[tokio::test]
 async fn an_unknown_redis_host_is_named() {
-    let e = RedisStore::connect("redis://cache.invalid:6379")
-        .await
-        .err()
-        .expect("the name does not resolve");
+    let Err(e) = RedisStore::connect("redis://cache.invalid:6379").await else {
+        panic!("the name does not resolve");
+    };
     assert_eq!(connect_error(&e).cause, ConnectCause::UnknownHost);
 }
 
