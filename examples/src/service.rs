@@ -5,7 +5,8 @@
 //!   ledger row commit in one transaction (`#[tx]`).
 //! - `consume_payment` — `dedup_table`, claim mode on the database: a redelivered payment
 //!   message is processed once; the claim commits first with a lease.
-//! - `reserve_stock` — `dedup_table`, claim mode on the in-process memory store.
+//! - `reserve_stock` — `dedup_table`, claim mode on the key-value store (memory, or Redis with
+//!   `--redis-url`).
 //! - `register_customer` — `select_before_insert` on `demo_customers` (email primary key).
 //! - `create_order_by_code` — `unique_index` on `demo_orders` (unique `code`).
 //! - `add_to_order_amount` — `optimistic` on `demo_accounts.version` (callers carry version 1).
@@ -83,7 +84,8 @@ pub struct Operation {
     pub name: &'static str,
     /// Strategy name.
     pub strategy: &'static str,
-    /// `true` when its records live in the memory store rather than the database.
+    /// `true` when its records live in the key-value store (memory, or Redis with
+    /// `--redis-url`) rather than the database.
     pub memory: bool,
 }
 
@@ -150,6 +152,21 @@ pub const DEMO_DDL: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS demo_wallets (id VARCHAR(255) NOT NULL PRIMARY KEY, balance BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS demo_payments (payment_id VARCHAR(255) NOT NULL PRIMARY KEY, wallet VARCHAR(255) NOT NULL, amount BIGINT NOT NULL)",
 ];
+
+/// Every table the demo creates besides the runtime's `idempotency_records`, in the order the
+/// demo creates them: the ledger ([`LEDGER_DDL`]) and the business tables ([`DEMO_DDL`]).
+pub const DEMO_TABLES: [&str; 7] = [
+    "demo_ledger",
+    "demo_customers",
+    "demo_orders",
+    "demo_accounts",
+    "demo_shipments",
+    "demo_wallets",
+    "demo_payments",
+];
+
+/// The runtime's table of idempotency records (created by `idempotent_runtime::migrate`).
+pub const RECORDS_TABLE: &str = "idempotency_records";
 
 /// `$1, $2, …` kept for PostgreSQL, turned into `?` for MySQL and SQLite. The text is the
 /// demo's own constant SQL; values are always bound.
@@ -276,11 +293,27 @@ pub fn attempt<T>(r: Result<T, DemoError>, how: Option<Disposition>) -> Attempt 
         Err(DemoError::Idempotency(Error::InProgress)) => Attempt::Busy,
         Err(DemoError::Idempotency(Error::FingerprintMismatch)) => Attempt::Done(Outcome::Mismatch),
         Err(DemoError::Idempotency(Error::Duplicate)) => Attempt::Done(Outcome::Duplicate),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Attempt::Done(Outcome::Error)
-        }
+        Err(e) => Attempt::Failed(error_text(&e)),
     }
+}
+
+/// One line for an error the storm tallies: a database's own error as its message and code
+/// (`duplicate key value violates unique constraint "…" (code 23505)`), without sqlx's
+/// PostgreSQL suffix `at line N` (a line of the server's C source, no help to a reader);
+/// anything else as it displays.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(sqlx::Error::Database(db)) = err.downcast_ref::<sqlx::Error>() {
+            let code = db
+                .code()
+                .map(|c| format!(" (code {c})"))
+                .unwrap_or_default();
+            return format!("database error: {}{code}", db.message());
+        }
+        cur = err.source();
+    }
+    e.to_string()
 }
 
 /// The ledger table: one row per effect applied.
@@ -292,7 +325,7 @@ macro_rules! service {
         pub mod $m {
             use super::*;
             use idempotent_runtime::{
-                FencingToken, LockStore, MemoryStore, TokenStore, idempotent, issue_token, observe,
+                ClaimStore, FencingToken, LockStore, TokenStore, idempotent, issue_token, observe,
             };
 
             /// Creates the demo's tables ([`LEDGER_DDL`], [`DEMO_DDL`]) in one transaction. On
@@ -312,16 +345,42 @@ macro_rules! service {
                 tx.commit().await
             }
 
+            /// `true` when the runtime's [`RECORDS_TABLE`] exists in `db` already (so the demo
+            /// did not create it and `--cleanup` leaves it). A failure other than the
+            /// database's own error (no such table) counts as "exists": nothing is dropped on
+            /// a guess.
+            pub async fn records_table_exists(db: &$pool) -> bool {
+                match sqlx::query("SELECT 1 FROM idempotency_records WHERE 1 = 0")
+                    .execute(db)
+                    .await
+                {
+                    Ok(_) => true,
+                    Err(sqlx::Error::Database(_)) => false,
+                    Err(_) => true,
+                }
+            }
+
+            /// Drops [`DEMO_TABLES`] and, when `records` is `true`, the runtime's
+            /// [`RECORDS_TABLE`] (`DROP TABLE IF EXISTS` each). Errors: sqlx's.
+            pub async fn drop_tables(db: &$pool, records: bool) -> Result<(), sqlx::Error> {
+                let records = records.then_some(RECORDS_TABLE);
+                for table in DEMO_TABLES.iter().copied().chain(records) {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+                        .execute(db)
+                        .await?;
+                }
+                Ok(())
+            }
+
             /// The order service.
             pub struct Orders {
                 /// The database.
                 pub db: $pool,
-                /// The in-process store for `reserve_stock`.
-                pub store: MemoryStore,
                 /// This run's id: part of every scope and ledger row, so runs never replay each
                 /// other.
                 pub run: String,
-                /// The store of `settle_period` (locks) and `checkout` (tokens).
+                /// The store of `reserve_stock` (claims), `settle_period` (locks) and
+                /// `checkout` (tokens).
                 pub kv: Kv,
                 /// The token each checkout key's client got (issued once per key).
                 pub tokens: std::sync::Mutex<
@@ -394,16 +453,18 @@ macro_rules! service {
                     })
                 }
 
-                /// Reserves stock for an order, deduplicated in the memory store.
+                /// Reserves stock for an order, deduplicated in the key-value store (claim
+                /// mode: the claim commits first, with a lease).
                 #[idempotent(
                     strategy = "dedup_table",
                     key = "req.order_id",
                     scope = "req.customer",
-                    store = "self.store",
+                    store = "kv",
                     lease = "15s"
                 )]
-                pub async fn reserve_stock(
+                pub async fn reserve_stock<K: ClaimStore>(
                     &self,
+                    kv: &K,
                     req: &PlaceOrder,
                 ) -> Result<OrderReceipt, DemoError> {
                     let mut conn = self.db.acquire().await?;
@@ -643,7 +704,11 @@ macro_rules! service {
                             attempt(r, how)
                         }
                         2 => {
-                            let (r, how) = observe(self.reserve_stock(&self.order(c))).await;
+                            let order = self.order(c);
+                            let (r, how) = match &self.kv {
+                                Kv::Memory(m) => observe(self.reserve_stock(m, &order)).await,
+                                Kv::Redis(r) => observe(self.reserve_stock(r, &order)).await,
+                            };
                             attempt(r, how)
                         }
                         3 => {

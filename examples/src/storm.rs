@@ -2,6 +2,7 @@
 //! with a different payload all in flight together, then retries after completion — with a
 //! fixed number of requests in flight.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -22,12 +23,15 @@ pub struct Call {
 }
 
 /// What one attempt of a request got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
     /// Final answer.
     Done(Outcome),
     /// `InProgress`: the client pauses and retries.
     Busy,
+    /// Any other error, with its text: counted as [`Outcome::Error`] and tallied by text in
+    /// [`StormResult::errors`].
+    Failed(String),
 }
 
 /// Results of a storm: per request its final outcome and latency, and the `InProgress`
@@ -40,7 +44,13 @@ pub struct StormResult {
     pub requests: Vec<(Outcome, Duration)>,
     /// `InProgress` answers (each was retried).
     pub in_progress: u64,
+    /// The requests that ended in an error, counted per error text (one line each in the
+    /// demo's output instead of one line per request).
+    pub errors: BTreeMap<String, u64>,
 }
+
+/// The error text of a request still answered `InProgress` after every retry.
+pub const STILL_BUSY: &str = "still in progress after 200 retries";
 
 /// The two phases of calls for `keys` keys.
 pub fn plan(keys: usize) -> (Vec<Call>, Vec<Call>) {
@@ -91,29 +101,40 @@ where
     F: Fn(Call) -> Fut,
     Fut: Future<Output = Attempt>,
 {
-    let done: Vec<(Outcome, Duration, u64)> = futures_util::stream::iter(calls)
+    let done: Vec<(Outcome, Duration, u64, Option<String>)> = futures_util::stream::iter(calls)
         .map(|c| async move {
             let start = Instant::now();
             let mut busy = 0u64;
             let mut pause = Duration::from_millis(2);
             loop {
                 match call(c).await {
-                    Attempt::Done(o) => return (o, start.elapsed(), busy),
+                    Attempt::Done(o) => return (o, start.elapsed(), busy, None),
+                    Attempt::Failed(e) => return (Outcome::Error, start.elapsed(), busy, Some(e)),
                     Attempt::Busy if busy < 200 => {
                         busy += 1;
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_millis(50));
                     }
-                    Attempt::Busy => return (Outcome::Error, start.elapsed(), busy),
+                    Attempt::Busy => {
+                        return (
+                            Outcome::Error,
+                            start.elapsed(),
+                            busy,
+                            Some(STILL_BUSY.to_owned()),
+                        );
+                    }
                 }
             }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    for (o, d, busy) in done {
+    for (o, d, busy, error) in done {
         result.requests.push((o, d));
         result.in_progress += busy;
+        if let Some(e) = error {
+            *result.errors.entry(e).or_default() += 1;
+        }
     }
 }
 

@@ -39,7 +39,7 @@ use proc_macro::TokenStream;
 /// replayed, `Error::Duplicate`, or `Error::InProgress` while the first call is
 /// still running.
 ///
-/// ```ignore
+/// ```text
 /// use idempotent_runtime::idempotent;
 ///
 /// #[idempotent(strategy = "dedup_table", key = "req.request_id", ttl = "24h")]
@@ -47,6 +47,9 @@ use proc_macro::TokenStream;
 ///     // runs once per `req.request_id`; retries get the stored `Receipt` back
 /// }
 /// ```
+///
+/// Complete programs, one per strategy, run as doc tests on the runtime's front page
+/// (`idempotent_runtime`, "Your first idempotent function" and each strategy's section).
 ///
 /// Callers call the function exactly as written (minus injected parameters,
 /// below). The function must be an `async fn` (free function, inherent or
@@ -109,135 +112,10 @@ use proc_macro::TokenStream;
 ///   of the lock (distributed_lock only); pass it with your writes (in SQL it
 ///   binds as a `BIGINT`/`INTEGER` as it is, `fence.as_i64()` gives the number).
 ///
-/// # What `dedup_table` expands to
+/// # How it expands
 ///
-/// ```ignore
-/// #[idempotent(strategy = "dedup_table", key = "req.id", scope = "ctx.tenant",
-///              lease = "30s", on_busy = "wait(5s)")]
-/// pub async fn place(pool: &PgPool, ctx: &Ctx, req: PlaceOrder) -> Result<Receipt, AppError> {
-///     BODY
-/// }
-/// ```
-///
-/// becomes (every binding and parameter the expansion introduces is `__idempotent_*` and
-/// hygienic, and standard items are named by their full paths: the body cannot see them, and
-/// no user item named `value`, `error`, `Ok`, … in scope can change them; the traits
-/// `Serialize` live in blocks of their own, out of the body's sight)
-///
-/// ```ignore
-/// pub async fn place(pool: &PgPool, ctx: &Ctx, req: PlaceOrder) -> Result<Receipt, AppError> {
-///     // The operation, registered at link time (`inventory`), checked before anything else:
-///     // another function with the same name makes this `Error::OperationNameCollision`.
-///     static __IDEMPOTENT_OPERATION: ::idempotent_runtime::__private::OperationSite =
-///         ::idempotent_runtime::__private::OperationSite::new(
-///             ::core::concat!(::core::module_path!(), "::", "place"), "place",
-///             ::core::file!(), ::core::line!(), ::core::column!(),
-///         );
-///     ::idempotent_runtime::__private::inventory::submit!(
-///         ::idempotent_runtime::__private::Registered(&__IDEMPOTENT_OPERATION)
-///     );
-///     match ::idempotent_runtime::__private::OperationSite::check(&__IDEMPOTENT_OPERATION) {
-///         ::core::result::Result::Ok(__idempotent_value) => __idempotent_value,
-///         ::core::result::Result::Err(__idempotent_error) => {
-///             return ::core::result::Result::Err(
-///                 ::idempotent_runtime::__private::ErrorType::into_error(__idempotent_error),
-///             );
-///         }
-///     };
-///     // Each key part checked (`KeyPartArg`, one message at the part) and added:
-///     let __idempotent_key = match ::idempotent_runtime::__private::KeyPartArg::add_part(
-///         &(req.id),
-///         ::idempotent_runtime::__private::KeyPartArg::add_scope(
-///             &(ctx.tenant),
-///             ::idempotent_runtime::__private::KeyBuilder::new(
-///                 ::core::concat!(::core::module_path!(), "::", "place"),
-///             ),
-///         ),
-///     )
-///     .finish()
-///     {
-///         ::core::result::Result::Ok(__idempotent_value) => __idempotent_value,
-///         ::core::result::Result::Err(__idempotent_error) => {
-///             return ::core::result::Result::Err(
-///                 ::idempotent_runtime::__private::ErrorType::into_error(__idempotent_error),
-///             );
-///         }
-///     };
-///     let __idempotent_fingerprint = match {
-///         let __idempotent_fingerprinter = ::idempotent_runtime::__private::Fingerprinter::new();
-///         // Each argument in a block of its own, through a trait whose message names it:
-///         let __idempotent_fingerprinter = {
-///             #[diagnostic::on_unimplemented(
-///                 message = "parameter `ctx` is part of the request fingerprint, but its type `{Self}` is not `Serialize`",
-///                 label = "fingerprinted by default, …",
-///                 note = "to leave `ctx` out, list the arguments that identify the request: `fingerprint = [\"req\"]` …"
-///             )]
-///             trait Serialize {
-///                 fn __idempotent_arg(&self, __idempotent_fingerprinter: Fingerprinter, __idempotent_label: &'static str) -> Fingerprinter;
-///             }
-///             #[diagnostic::do_not_recommend]
-///             impl<__IdempotentArg: ::idempotent_runtime::__private::Serialize + ?Sized> Serialize for __IdempotentArg {
-///                 fn __idempotent_arg(&self, ..) -> Fingerprinter { __idempotent_fingerprinter.arg(__idempotent_label, self) }
-///             }
-///             Serialize::__idempotent_arg(&(ctx), __idempotent_fingerprinter, "ctx")
-///         };
-///         let __idempotent_fingerprinter = { /* the same for `req` */ };
-///         __idempotent_fingerprinter
-///     }
-///     .finish()
-///     {
-///         // … as for the key …
-///     };
-///     <Receipt as ::idempotent_runtime::__private::ResponseType>::replaying(
-///         ::idempotent_runtime::__private::Replay {
-///             strategy: ::idempotent_runtime::__private::DedupTable {
-///                 store: ::idempotent_runtime::__private::AsClaimStore::as_claim_store(&*pool),
-///                 options: ::idempotent_runtime::__private::DedupTableOptions {
-///                     lease: ::idempotent_runtime::__private::Duration::from_millis(30000),
-///                     on_busy: ::idempotent_runtime::__private::OnBusy::Wait(
-///                         ::idempotent_runtime::__private::Duration::from_millis(5000),
-///                     ),
-///                     ..::core::default::Default::default()
-///                 },
-///             },
-///             key: __idempotent_key,
-///             fingerprint: __idempotent_fingerprint,
-///             into_error: ::idempotent_runtime::__private::ErrorType::into_error,
-///             // `Some(a == b)` when `Receipt: PartialEq`, else `None` (see below)
-///             same: ::idempotent_runtime::__private::Probe::<Receipt>::new().same(),
-///         },
-///         async |_| -> Result<Receipt, AppError> { BODY },
-///     )
-///     .await
-/// }
-/// ```
-///
-/// `same` compares the response with the copy read back from its JSON before it
-/// is stored: a difference makes it unstorable, like a response whose JSON reads
-/// back differently. `Probe::<T>::new().same()` is autoderef specialization: an
-/// inherent method of `Probe<T>` where `T: PartialEq`, otherwise the same-named
-/// method of what `Probe` dereferences to, which answers `None` — so a `T`
-/// without `PartialEq` is no error. In a generic function whose `T` is not
-/// bounded by `PartialEq` (even if every caller's `T` is), the fallback is taken.
-///
-/// With a `#[tx] tx: &mut PgConnection` parameter, `tx` disappears from the
-/// signature, the store is bound first,
-/// `let __idempotent_store = IntoTxStore::into_tx_store(&*pool);` and checked
-/// against the parameter's type,
-/// `let __idempotent_connection = connection_of(&__idempotent_store); let __idempotent_store = <_ as TxParam<&mut PgConnection, _>>::tx_param(__idempotent_store, __idempotent_connection);`,
-/// the strategy becomes `DedupTableInTx { store: __idempotent_store, .. }` and the body
-/// `async |__idempotent_tx| -> Result<..> { let tx: &mut PgConnection = __idempotent_tx; BODY }`.
-/// The other replaying strategies fill
-/// `DistributedLock { store: AsLockStore::as_lock_store(..), options }` (the body
-/// is lent the fencing token) and
-/// `Token { store: AsTokenStore::as_token_store(..), token: &KeyPartArg::key_part(..), options }`.
-///
-/// The business-table strategies bind and check the store the same way, then call
-/// `__private::business(Business { store: __idempotent_store, key: [KeyValueArg::key_value(database_of(..), &(order.code))], kit: SqlErrorType::error_kit(), strategy: Optimistic { target, version: VersionValueArg::version_value(..) }, on_duplicate }, || async |__idempotent_tx| -> .. { .. BODY })`.
-///
-/// The store is passed as `&*param` for a `&T` parameter, `&mut *param` for a
-/// `&mut T` one and `&(expr)` otherwise. The body runs inside a (non-`move`)
-/// async closure, so `return` and `?` in it behave as in the original function.
+/// The expansion (what the wrapper calls, how the body is moved into the strategy) is
+/// described for contributors in `CONTRIBUTING.md`, "How `#[idempotent]` expands".
 ///
 /// # One error per mistake, at the user's token
 ///

@@ -6,7 +6,7 @@
 
 use crate::parse::OptionName;
 
-/// One of the eight idempotency strategies (DESIGN.md §3).
+/// One of the eight idempotency strategies (README: "What works now").
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Strategy {
     /// `strategy = "select_before_insert"`

@@ -470,7 +470,7 @@ fn check_tx_used(strategy: Strategy, info: &FnInfo, func: &ItemFn, errors: &mut 
     ));
 }
 
-/// The options the strategy needs and has no default for (DESIGN.md §2). An option that is
+/// The options the strategy needs and has no default for (README: the attribute's options). An option that is
 /// written but malformed is reported as such, not as missing.
 fn check_required(args: &RawArgs, strategy: Strategy, span: Span, errors: &mut Errors) {
     let rules = strategy.rules();

@@ -14,7 +14,7 @@ pub enum Error {
     /// The operation already ran (or, for `token`, is running) for this idempotency key and
     /// there is no response to replay: select-before-insert, pessimistic (the body's re-check),
     /// optimistic, unique-index and state-machine store none; `token` answers a concurrent use
-    /// of a token whose first call has not completed yet this way (DESIGN: "one wins, others
+    /// of a token whose first call has not completed yet this way ("one wins, the others get
     /// Duplicate") and replays once it has.
     #[error("duplicate request: the operation already ran for this idempotency key")]
     Duplicate,
@@ -271,9 +271,27 @@ tokio::task_local! {
 /// Runs `fut` and reports how the last `#[idempotent]` call awaited inside it produced its
 /// result (`None` when no wrapped call completed, or it failed before deciding).
 ///
-/// ```ignore
-/// let (receipt, how) = idempotent_runtime::observe(svc.place_order(req)).await;
-/// if how == Some(Disposition::Replayed) { /* set Idempotent-Replayed: true */ }
+/// ```
+/// use idempotent_runtime::{Disposition, MemoryStore, idempotent, observe};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error(transparent)]
+/// struct AppError(#[from] idempotent_runtime::Error);
+///
+/// #[idempotent(strategy = "dedup_table", key = "order_id")]
+/// async fn place_order(store: &MemoryStore, order_id: &str) -> Result<u32, AppError> {
+///     Ok(7)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), AppError> {
+/// let store = MemoryStore::new();
+/// let (receipt, how) = observe(place_order(&store, "o-1")).await;
+/// assert_eq!((receipt?, how), (7, Some(Disposition::Executed)));
+/// let (receipt, how) = observe(place_order(&store, "o-1")).await;
+/// assert_eq!((receipt?, how), (7, Some(Disposition::Replayed))); // set `Idempotent-Replayed: true`
+/// # Ok(())
+/// # }
 /// ```
 pub async fn observe<F: Future>(fut: F) -> (F::Output, Option<Disposition>) {
     DISPOSITION

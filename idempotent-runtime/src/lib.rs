@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod connect;
 pub mod consumer;
 pub mod error;
 pub mod fingerprint;
@@ -16,6 +17,7 @@ pub mod telemetry;
 #[doc(hidden)]
 pub mod __private;
 
+pub use connect::{ConnectCause, ConnectError};
 pub use error::{Disposition, Error, FunctionError, SqlFunctionError, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use key::{KeyBuilder, KeyPart, MAX_KEY_BYTES, StorageKey};

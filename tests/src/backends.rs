@@ -244,6 +244,7 @@ macro_rules! on_redis_backends {
         mod redis {
             $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(not(has_redis), ignore = "Redis: set IDEMPOTENT_REDIS_URL or put redis-server on PATH")]
             async fn $test() {
                 let Some(store) = $crate::redis().await else { return };
                 super::$test(store).await
@@ -253,6 +254,7 @@ macro_rules! on_redis_backends {
         mod cluster {
             $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(not(has_redis_cluster), ignore = "Redis Cluster: set IDEMPOTENT_REDIS_CLUSTER_URLS or put redis-server on PATH")]
             async fn $test() {
                 let Some(store) = $crate::redis_cluster().await else { return };
                 super::$test(store).await
@@ -287,6 +289,7 @@ macro_rules! on_claim_backends {
         mod postgres {
             $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
             async fn $test() {
                 let Some(pool) = $crate::postgres().await else { return };
                 super::$test(pool).await
@@ -296,6 +299,7 @@ macro_rules! on_claim_backends {
         mod mysql {
             $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
             async fn $test() {
                 let Some(pool) = $crate::mysql().await else { return };
                 super::$test(pool).await

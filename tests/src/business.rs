@@ -13,9 +13,9 @@ use crate::backends::{mysql_pool, pg_pool, sqlite_pool};
 #[macro_export]
 macro_rules! on_business_backends {
     ($suite:ident) => {
-        $suite! { postgres, sqlx::PgPool, sqlx::PgConnection }
-        $suite! { mysql, sqlx::MySqlPool, sqlx::MySqlConnection }
-        $suite! { sqlite, sqlx::SqlitePool, sqlx::SqliteConnection }
+        $suite! { postgres, sqlx::PgPool, sqlx::PgConnection, cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set") }
+        $suite! { mysql, sqlx::MySqlPool, sqlx::MySqlConnection, cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set") }
+        $suite! { sqlite, sqlx::SqlitePool, sqlx::SqliteConnection, cfg_attr(any(), ignore) }
     };
 }
 

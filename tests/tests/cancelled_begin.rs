@@ -164,21 +164,25 @@ async fn mariadb_sweep(read_first: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
 async fn postgres_cancelled_begin_never_lends_a_connection_inside_a_transaction() {
     postgres_sweep(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
 async fn mariadb_cancelled_begin_never_lends_a_connection_inside_a_transaction() {
     mariadb_sweep(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
 async fn postgres_cancelled_read_then_begin_never_lends_a_connection_inside_a_transaction() {
     postgres_sweep(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
 async fn mariadb_cancelled_read_then_begin_never_lends_a_connection_inside_a_transaction() {
     mariadb_sweep(true).await;
 }

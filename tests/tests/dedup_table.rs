@@ -58,6 +58,7 @@ macro_rules! suite {
         store = $store:ty;
         setup = $setup:expr;
         ledger = $ledger:ty;
+        skip = $skip:meta;
         $( tx_conn = $conn:ty; )?
     ) => {
         mod $m {
@@ -214,8 +215,8 @@ macro_rules! suite {
                 ))
             }
 
-            claim_tests!(place_claim);
-            $( tx_tests!($conn); )?
+            claim_tests!(place_claim, $skip);
+            $( tx_tests!($conn, $skip); )?
         }
     };
 }
@@ -278,8 +279,9 @@ fn assert_one_executed(got: &[Got]) -> Receipt {
 }
 
 macro_rules! claim_tests {
-    ($call:ident) => {
+    ($call:ident, $skip:meta) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        #[$skip]
         async fn concurrent_64_one_key_one_effect() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "order-1", 100);
@@ -306,6 +308,7 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test]
+        #[$skip]
         async fn retry_after_completion_replays_the_same_response() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "order-1", 100);
@@ -319,6 +322,7 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test]
+        #[$skip]
         async fn same_key_different_payload_is_a_fingerprint_mismatch() {
             let Some((svc, _g)) = svc().await else { return };
             let t = unique("t");
@@ -335,6 +339,7 @@ macro_rules! claim_tests {
         /// Issue 11 item 4: a call with `amount = None`, then the same key with `+inf`, was
         /// replayed; every other amount — non-finite ones included — is another payload.
         #[tokio::test]
+        #[$skip]
         async fn none_and_non_finite_amounts_are_different_payloads() {
             let Some((svc, _g)) = svc().await else { return };
             let t = unique("t");
@@ -367,6 +372,7 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test]
+        #[$skip]
         async fn scopes_and_operations_are_isolated() {
             let Some((svc, _g)) = svc().await else { return };
             let (a, b) = (req(&unique("ta"), "same", 1), req(&unique("tb"), "same", 1));
@@ -387,6 +393,7 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test]
+        #[$skip]
         async fn body_error_leaves_no_record_and_the_retry_executes() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "order-1", 100);
@@ -403,6 +410,7 @@ macro_rules! claim_tests {
         /// immediate retry gets `InProgress` and writes nothing; once the 1 s lease has ended
         /// (nobody renews it) a retry executes exactly once, and later ones replay.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[$skip]
         async fn dropped_mid_body_keeps_the_claim_until_the_lease_ends() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "order-1", 100);
@@ -447,6 +455,7 @@ macro_rules! claim_tests {
         /// `on_cancel = "release"`: a future dropped mid-body frees the key at once (its lease
         /// is 30 s), so a retry executes as soon as the background release has landed.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[$skip]
         async fn dropped_mid_body_with_release_frees_the_key_at_once() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "order-1", 100);
@@ -473,6 +482,7 @@ macro_rules! claim_tests {
         /// lease. Until it lapses callers get `InProgress`; then exactly one of 16 concurrent
         /// retries takes over, and the crashed holder can neither complete nor renew.
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        #[$skip]
         async fn expired_claim_is_taken_over_by_exactly_one_caller() {
             use idempotent_runtime::ClaimStore;
             let Some((svc, _g)) = svc().await else { return };
@@ -537,6 +547,7 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test]
+        #[$skip]
         async fn unstorable_response_still_runs_the_body_once() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "nan-1", 1);
@@ -552,6 +563,7 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test]
+        #[$skip]
         async fn response_that_reads_back_as_another_is_not_replayed() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "untagged-1", 1);
@@ -571,6 +583,7 @@ macro_rules! claim_tests {
         /// by `T: PartialEq`: the first caller gets its value, the duplicate
         /// `Error::Serialization`, the body ran once.
         #[tokio::test]
+        #[$skip]
         async fn response_serde_writes_like_another_is_not_replayed_when_comparable() {
             let Some((svc, _g)) = svc().await else { return };
             fn not_replayed<T>(again: &Result<T, AppError>) -> bool {
@@ -604,6 +617,7 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[$skip]
         async fn lease_is_renewed_while_the_body_runs() {
             let Some((svc, _g)) = svc().await else { return };
             let r = req(&unique("t"), "slow-1", 1);
@@ -628,6 +642,7 @@ macro_rules! claim_tests {
         }
 
         #[tokio::test]
+        #[$skip]
         async fn bad_keys_are_rejected_or_stored_safely() {
             let Some((svc, _g)) = svc().await else { return };
             let t = unique("t");
@@ -672,11 +687,12 @@ macro_rules! claim_tests {
 }
 
 macro_rules! tx_tests {
-    ($conn:ty) => {
+    ($conn:ty, $skip:meta) => {
         mod tx {
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[$skip]
             async fn concurrent_64_one_key_one_effect() {
                 let Some((svc, _g)) = svc().await else { return };
                 let r = req(&unique("t"), "order-1", 100);
@@ -694,6 +710,7 @@ macro_rules! tx_tests {
             }
 
             #[tokio::test]
+            #[$skip]
             async fn retry_after_completion_replays_the_same_response() {
                 let Some((svc, _g)) = svc().await else { return };
                 let r = req(&unique("t"), "order-1", 100);
@@ -707,6 +724,7 @@ macro_rules! tx_tests {
             }
 
             #[tokio::test]
+            #[$skip]
             async fn same_key_different_payload_is_a_fingerprint_mismatch() {
                 let Some((svc, _g)) = svc().await else { return };
                 let t = unique("t");
@@ -721,6 +739,7 @@ macro_rules! tx_tests {
             }
 
             #[tokio::test]
+            #[$skip]
             async fn scopes_are_isolated() {
                 let Some((svc, _g)) = svc().await else { return };
                 let (a, b) = (req(&unique("ta"), "same", 1), req(&unique("tb"), "same", 1));
@@ -732,6 +751,7 @@ macro_rules! tx_tests {
             }
 
             #[tokio::test]
+            #[$skip]
             async fn body_error_rolls_back_the_record_and_the_writes() {
                 let Some((svc, _g)) = svc().await else { return };
                 let r = req(&unique("t"), "order-1", 100);
@@ -756,6 +776,7 @@ macro_rules! tx_tests {
             /// read before the transaction: the call runs again, in a transaction that takes
             /// the record over.
             #[tokio::test]
+            #[$skip]
             async fn expired_record_runs_the_body_again() {
                 let Some((svc, _g)) = svc().await else { return };
                 let r = req(&unique("t"), "order-1", 100);
@@ -777,6 +798,7 @@ macro_rules! tx_tests {
             }
 
             #[tokio::test]
+            #[$skip]
             async fn unstorable_response_rolls_the_call_back() {
                 let Some((svc, _g)) = svc().await else { return };
                 let r = req(&unique("t"), "nan-1", 1);
@@ -791,6 +813,7 @@ macro_rules! tx_tests {
             /// Issue 11 item 5's siblings in `#[tx]` mode: a response that reads back as a
             /// value not `==` to it rolls the whole call back, every time.
             #[tokio::test]
+            #[$skip]
             async fn response_serde_writes_like_another_rolls_the_call_back() {
                 let Some((svc, _g)) = svc().await else { return };
                 fn rolled_back<T>(e: &Result<T, AppError>) -> bool {
@@ -812,6 +835,7 @@ macro_rules! tx_tests {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$skip]
             async fn dropped_future_mid_body_rolls_back_and_the_retry_executes() {
                 let Some((svc, _g)) = svc().await else { return };
                 let r = req(&unique("t"), "order-1", 100);
@@ -848,6 +872,7 @@ suite! {
     store = sqlx::PgPool;
     setup = pg();
     ledger = PgLedger;
+    skip = cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set");
     tx_conn = sqlx::PgConnection;
 }
 
@@ -856,6 +881,7 @@ suite! {
     store = sqlx::MySqlPool;
     setup = my();
     ledger = MyLedger;
+    skip = cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set");
     tx_conn = sqlx::MySqlConnection;
 }
 
@@ -864,6 +890,7 @@ suite! {
     store = sqlx::SqlitePool;
     setup = idempotent_tests::sqlite();
     ledger = LiteLedger;
+    skip = cfg_attr(any(), ignore);
     tx_conn = sqlx::SqliteConnection;
 }
 
@@ -872,6 +899,7 @@ suite! {
     store = idempotent_runtime::MemoryStore;
     setup = mem();
     ledger = MemLedger;
+    skip = cfg_attr(any(), ignore);
 }
 
 /// A generic response type `T`: the expansion compares the value read back with `==` only when
@@ -984,6 +1012,7 @@ mod postgres_caller_transaction {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
     async fn duplicate_inside_callers_transaction_keeps_it_usable() {
         let Some((svc, _g)) = postgres::svc().await else {
             return;
@@ -1129,6 +1158,7 @@ mod mysql_caller_transaction {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
     async fn duplicate_after_an_old_snapshot_replays() {
         let Some((svc, _g)) = mysql::svc().await else {
             return;
@@ -1343,6 +1373,7 @@ mod mysql_session_time_zone {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
     async fn now_is_the_instant_in_the_repeated_dst_hour() {
         let Some(url) = server_url(MYSQL_ENV, "MySQL/MariaDB") else {
             return;
@@ -1435,6 +1466,7 @@ mod mysql_session_time_zone {
 /// `expires_at_ms` index (issue 14). Also checks that `migrate` removes that index from a table
 /// an earlier version created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
 async fn postgres_record_table_allows_hot_completions() {
     let Some(pool) = idempotent_tests::postgres().await else {
         return;
@@ -1483,6 +1515,7 @@ mod statements_per_call {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
     async fn postgres_tx_replay_is_one_statement_and_no_transaction() {
         let Some(wire) = PgWire::start().await else {
             return;
@@ -1534,6 +1567,7 @@ mod statements_per_call {
     }
 
     #[tokio::test]
+    #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
     async fn mysql_tx_replay_is_one_statement_and_no_transaction() {
         let Some(session) = MySqlSession::connect().await else {
             return;

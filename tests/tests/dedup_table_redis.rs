@@ -335,6 +335,10 @@ mod redis_servers {
     /// the completed record itself — executing one `HMGET` inside Redis; on private servers
     /// so that no other test's commands are counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis),
+        ignore = "Redis: set IDEMPOTENT_REDIS_URL or put redis-server on PATH"
+    )]
     async fn round_trips_standalone() {
         let Some((server, store)) = private_redis().await else {
             return;
@@ -343,6 +347,10 @@ mod redis_servers {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_cluster),
+        ignore = "Redis Cluster: set IDEMPOTENT_REDIS_CLUSTER_URLS or put redis-server on PATH"
+    )]
     async fn round_trips_cluster() {
         let Some((cluster, store)) = private_redis_cluster().await else {
             return;

@@ -544,6 +544,10 @@ mod redis_servers {
     /// commands inside Redis, a replay 1 executing 2; on a private server so that no other
     /// test's commands are counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis),
+        ignore = "Redis: set IDEMPOTENT_REDIS_URL or put redis-server on PATH"
+    )]
     async fn round_trips_standalone() {
         let Some((server, store)) = private_redis().await else {
             return;
@@ -552,6 +556,10 @@ mod redis_servers {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_cluster),
+        ignore = "Redis Cluster: set IDEMPOTENT_REDIS_CLUSTER_URLS or put redis-server on PATH"
+    )]
     async fn round_trips_cluster() {
         let Some((cluster, store)) = private_redis_cluster().await else {
             return;
@@ -576,6 +584,10 @@ mod redis_servers {
 
     /// Redis down before the call: a typed Backend error, no effect; back up: the key is free.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn unreachable_redis_is_a_backend_error() {
         if !redis_server_on_path() {
             return;
@@ -611,6 +623,10 @@ mod redis_servers {
     /// token is still higher than every earlier one (the counter restarts from the server's
     /// clock), so a stalled holder's old token keeps losing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn fencing_tokens_keep_growing_across_a_restart_without_persistence() {
         if !redis_server_on_path() {
             return;
@@ -650,6 +666,10 @@ mod redis_servers {
     /// record is not written; before issue 10 this was `Error::Backend` after 3 tries) whose
     /// last error is the backend's; the body ran once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn redis_lost_mid_call_is_a_backend_error_and_one_effect() {
         if !redis_server_on_path() {
             return;
@@ -688,6 +708,10 @@ mod redis_servers {
     /// Redis restarted (with its append-only file) while the body runs: the completion
     /// reconnects and records the response; one effect, and the retry replays.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn redis_restarted_mid_call_records_once() {
         if !redis_server_on_path() {
             return;

@@ -1106,6 +1106,7 @@ async fn run() -> bool {
         failed.len(),
         elapsed.as_secs_f64()
     );
+    let _ = TALLY.set((ran, failed.len(), skipped.len()));
     let mut ok = true;
     for c in &failed {
         if let Verdict::Failed(msg) = &c.verdict {
@@ -1156,6 +1157,9 @@ async fn run() -> bool {
     }
 }
 
+/// (passed, failed, skipped) cells of this run, for the closing line.
+static TALLY: std::sync::OnceLock<(usize, usize, usize)> = std::sync::OnceLock::new();
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         // `cargo test -- --list`: this binary is one test.
@@ -1177,6 +1181,11 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let ok = runtime.block_on(run());
+    // The closing line, in the form test runners count: cells measured and within their
+    // strategy's guarantee, cells that broke it, cells skipped for a missing backend.
+    if let Some((passed, failed, skipped)) = TALLY.get() {
+        println!("fault_matrix: {passed} passed, {failed} failed, {skipped} skipped");
+    }
     if !ok {
         std::process::exit(1);
     }

@@ -17,6 +17,7 @@ macro_rules! fenced_suite {
         connect = $connect:expr;
         placeholder = $ph:literal;
         fence_type = $fence_type:literal;
+        skip = $skip:meta;
     ) => {
         mod $m {
             use super::*;
@@ -110,6 +111,7 @@ macro_rules! fenced_suite {
             }
 
             #[tokio::test]
+            #[$skip]
             async fn a_fencing_token_binds_as_a_signed_64_bit_integer() {
                 let Some((svc, _guard)) = svc().await else { return };
 
@@ -178,6 +180,7 @@ fenced_suite! {
     connect = idempotent_tests::pg_pool(2);
     placeholder = "$N";
     fence_type = "BIGINT";
+    skip = cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set");
 }
 
 fenced_suite! {
@@ -186,6 +189,7 @@ fenced_suite! {
     connect = idempotent_tests::mysql_pool(2);
     placeholder = "?";
     fence_type = "BIGINT";
+    skip = cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set");
 }
 
 fenced_suite! {
@@ -194,4 +198,5 @@ fenced_suite! {
     connect = idempotent_tests::sqlite_pool(2);
     placeholder = "?N";
     fence_type = "INTEGER";
+    skip = cfg_attr(any(), ignore);
 }

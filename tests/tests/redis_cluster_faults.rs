@@ -263,6 +263,10 @@ fn cluster_args(full_coverage: bool) -> Vec<&'static str> {
 /// loading them must not need the dead node). A call whose key lives on the dead node gets
 /// `Error::Backend` within a bounded time, and its body never runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts servers of its own)"
+)]
 async fn one_node_killed_other_shards_keep_working() {
     if !redis_server_on_path() {
         return;
@@ -419,6 +423,10 @@ async fn dead_node_calls(
 /// calls on healthy shards fail too — with `Error::Backend` after redis-rs has retried — and
 /// nothing runs. When the node comes back the cluster heals and calls work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts servers of its own)"
+)]
 async fn full_coverage_default_one_node_killed_stops_the_whole_cluster() {
     if !redis_server_on_path() {
         return;
@@ -675,6 +683,10 @@ async fn storm_during_slot_migration(s: Strategy, callers: usize) {
 /// answering and callers never finish. Passes with the store replacing a connection that
 /// timed out (branch `cluster-reconnect`, notes/cluster.md), callers retrying the errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts servers of its own)"
+)]
 async fn storm_dedup_table_during_slot_migration() {
     storm_during_slot_migration(Strategy::Dedup, 10).await
 }
@@ -682,6 +694,10 @@ async fn storm_dedup_table_during_slot_migration() {
 /// As [`storm_dedup_table_during_slot_migration`], for
 /// `distributed_lock`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts servers of its own)"
+)]
 async fn storm_distributed_lock_during_slot_migration() {
     storm_during_slot_migration(Strategy::Lock, 10).await
 }
@@ -698,6 +714,10 @@ async fn storm_distributed_lock_during_slot_migration() {
 /// retries `ASK`/`TRYAGAIN` and follows the `MOVED` that comes after); one effect per key;
 /// both replay afterwards from the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts servers of its own)"
+)]
 async fn slot_migration_one_call_at_a_time_each_strategy() {
     if !redis_server_on_path() {
         return;
@@ -792,6 +812,10 @@ async fn slot_migration_one_call_at_a_time_each_strategy() {
 /// each strategy — a fresh key on that node, and a replay of the first — reloads the script
 /// and succeeds; the node did answer `NOSCRIPT`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts servers of its own)"
+)]
 async fn noscript_after_script_flush_reloads_and_succeeds() {
     if !redis_server_on_path() {
         return;

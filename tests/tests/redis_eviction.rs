@@ -67,6 +67,10 @@ fn set_policy(server: &RedisServer, policy: &str) {
 /// `noeviction`; `allow_eviction(true)` accepts it and a call works; `noeviction` connects by
 /// default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts servers of its own)"
+)]
 async fn standalone_refuses_evicting_policies_unless_allowed() {
     if !redis_server_on_path() {
         return;
@@ -114,6 +118,10 @@ async fn standalone_refuses_evicting_policies_unless_allowed() {
 /// Cluster: one primary with `allkeys-lru` (the others `noeviction`) makes `connect_cluster`
 /// refuse, naming that node; `allow_eviction(true)` connects and a call works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts servers of its own)"
+)]
 async fn cluster_refuses_when_one_primary_evicts() {
     if !redis_server_on_path() {
         return;

@@ -136,6 +136,10 @@ mod fencing {
     /// token must be larger than A's, so the resource refuses A's late write. Before the fix
     /// (the clock seeded only a missing counter) both got warm + 1.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn fencing_token_grows_across_a_promotion() {
         if !available() {
             return;
@@ -219,6 +223,10 @@ mod infrastructure {
     /// The replica set and its Sentinels: a failover moves the primary and every Sentinel
     /// reports it; the old primary, demoted, follows the new one.
     #[test]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     fn sentinels_fail_the_primary_over() {
         if !available() {
             return;
@@ -490,16 +498,28 @@ mod replicas_one {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn distributed_lock_waits_for_one_replica() {
         acquisition_waits_for_one_replica(Strategy::Lock).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn dedup_table_waits_for_one_replica() {
         acquisition_waits_for_one_replica(Strategy::Dedup).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn token_waits_for_one_replica() {
         acquisition_waits_for_one_replica(Strategy::Token).await
     }
@@ -970,11 +990,19 @@ mod sentinel_storm {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn distributed_lock_storm_survives_a_sentinel_failover() {
         storm_survives_a_sentinel_failover(true, Switch::Switchover, false).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn dedup_table_storm_survives_a_sentinel_failover() {
         storm_survives_a_sentinel_failover(false, Switch::Switchover, false).await
     }
@@ -983,16 +1011,28 @@ mod sentinel_storm {
     /// runs. (Not with the primary killed: the new primary has no replica left, every
     /// acquisition would be `NotReplicated`.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn distributed_lock_storm_waiting_for_a_replica_survives_a_sentinel_failover() {
         storm_survives_a_sentinel_failover(true, Switch::Switchover, true).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn distributed_lock_storm_survives_the_primary_killed() {
         storm_survives_a_sentinel_failover(true, Switch::Kill, false).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn dedup_table_storm_survives_the_primary_killed() {
         storm_survives_a_sentinel_failover(false, Switch::Kill, false).await
     }
@@ -1032,6 +1072,10 @@ mod connect_checks {
     /// `connect` to a replica's URL is refused, naming the node and the way out; writes there
     /// would fail (`READONLY`) or, on a writable replica, never reach the primary.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn a_replica_url_is_refused() {
         if !available() {
             return;
@@ -1055,6 +1099,10 @@ mod connect_checks {
     /// A `wait_for_replicas` time-out of 5 s or more could never be answered before the
     /// store's 5 s response time-out: refused when connecting.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn a_wait_timeout_at_the_response_timeout_is_refused() {
         if !available() {
             return;
@@ -1082,6 +1130,10 @@ mod connect_checks {
     /// it. After a failover to the replica, the store that follows it refuses the new primary:
     /// every call fails with an error naming the policy (none is written there).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn sentinel_refuses_an_evicting_new_primary() {
         if !available() {
             return;

@@ -55,6 +55,7 @@ async fn mysql_counters(conn: &mut sqlx::MySqlConnection) -> [i64; 3] {
 }
 
 #[tokio::test]
+#[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
 async fn mysql_claim_replay_is_one_select_without_a_transaction() {
     let Some(url) = backends::server_url("IDEMPOTENT_MYSQL_URL", "MySQL/MariaDB") else {
         return;

@@ -125,6 +125,7 @@ mod snapshot_isolation {
     /// The duplicate inserts of 20 concurrent first calls past the check meet the winner's row,
     /// newer than their snapshots: 1020, rerun, `Duplicate` (before: `Backend(1020)`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
     async fn select_before_insert_20_first_calls() {
         let Some(env) = env(24).await else { return };
         let env = Arc::new(env);
@@ -174,6 +175,7 @@ mod snapshot_isolation {
     /// and inserts; the losers meet the winner's newer row (1020, or a deadlock), rerun, lock
     /// the committed row and answer `Duplicate`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
     async fn pessimistic_missing_row_10_first_calls() {
         let Some(env) = env(16).await else { return };
         let env = Arc::new(env);
@@ -218,6 +220,7 @@ mod snapshot_isolation {
     /// back, so no answer read now would belong to it); the caller's `rollback()` succeeds and
     /// its retry answers `Duplicate`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
     async fn state_machine_in_the_callers_older_snapshot() {
         let Some(env) = env(4).await else { return };
         let o = ShipRef { code: unique("si") };
@@ -299,6 +302,7 @@ mod snapshot_isolation {
     /// uncommitted claim; each duplicate's own transaction meets the committed record and
     /// replays it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
     async fn dedup_table_16_duplicates_replay() {
         let Some(db) = mariadb_snapshot_pool(20).await else {
             return;
@@ -341,6 +345,7 @@ mod snapshot_isolation {
     /// once; its `rollback()` succeeds, and running its transaction again replays the first
     /// call's response. One effect.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
     async fn dedup_table_duplicate_in_the_callers_older_snapshot() {
         let Some(db) = mariadb_snapshot_pool(4).await else {
             return;
@@ -449,6 +454,7 @@ mod callers_transaction {
         /// The strategy's own UPDATE meets a row updated after the caller's snapshot: 40001 on
         /// the first occurrence, as the runtime's `Backend` (before: ten runs, `Contention`).
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
         async fn repeatable_read_serialization_failure_in_the_strategy() {
             let Some(env) = env(4).await else { return };
             let o = ShipRef { code: unique("rr") };
@@ -477,6 +483,7 @@ mod callers_transaction {
         /// The body's UPDATE meets a row updated after the caller's snapshot: the body's own
         /// error (40001) on the first occurrence.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
         async fn repeatable_read_serialization_failure_in_the_body() {
             let Some(env) = env(4).await else { return };
             let (code, other) = (unique("rr"), unique("rr"));
@@ -640,6 +647,7 @@ mod callers_transaction {
         /// "SAVEPOINT does not exist"), its `rollback()` succeeds, and its earlier write is gone
         /// with its transaction.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
         async fn deadlock_in_the_strategy_returns_1213() {
             let Some(env) = env(4).await else { return };
             let (a, b) = wallets(&env.db).await;
@@ -655,6 +663,7 @@ mod callers_transaction {
 
         /// The body's UPDATE is the victim: the body's own error (1213), the same way.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
         async fn deadlock_in_the_body_returns_1213() {
             let Some(env) = env(4).await else { return };
             let (a, b) = wallets(&env.db).await;
@@ -683,6 +692,7 @@ mod callers_transaction {
         /// `dedup_table` with `#[tx]` in the caller's transaction, the body the victim: 1213,
         /// and the caller's `rollback()` succeeds; a retry runs the body (nothing was recorded).
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
         async fn deadlock_in_a_dedup_table_body_returns_1213() {
             let Some(env) = env(4).await else { return };
             idempotent_runtime::migrate(&env.db).await.unwrap();

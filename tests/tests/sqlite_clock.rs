@@ -101,6 +101,10 @@ async fn dead_claim(svc: &SkewSvc, r: &idempotent_tests::Req) {
 /// `InProgress` every time (the claim's expiry changes at every renewal), and the body runs
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(has_faketime),
+    ignore = "needs faketime on PATH (Debian package faketime)"
+)]
 async fn clock_ahead_never_takes_over_a_renewing_claim() {
     if !faketime_available() {
         return;
@@ -184,6 +188,10 @@ async fn dead_claim_is_taken_over_after_a_lease_of_watching() {
 /// it takes the claim over about one lease after its first look, runs the body once, and this
 /// process then gets the stored response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(has_faketime),
+    ignore = "needs faketime on PATH (Debian package faketime)"
+)]
 async fn clock_behind_takes_over_a_dead_claim_after_a_lease_not_a_minute() {
     if !faketime_available() {
         return;
@@ -229,6 +237,10 @@ async fn clock_behind_takes_over_a_dead_claim_after_a_lease_not_a_minute() {
 /// still watches it for a lease before taking it over (the same rule that protects a live
 /// holder), then runs the body once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(has_faketime),
+    ignore = "needs faketime on PATH (Debian package faketime)"
+)]
 async fn clock_ahead_takes_over_a_dead_claim_after_a_lease_of_watching() {
     if !faketime_available() {
         return;

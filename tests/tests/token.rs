@@ -422,6 +422,10 @@ mod redis_servers {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis),
+        ignore = "Redis: set IDEMPOTENT_REDIS_URL or put redis-server on PATH"
+    )]
     async fn round_trips_standalone() {
         let Some((server, store)) = private_redis().await else {
             return;
@@ -430,6 +434,10 @@ mod redis_servers {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_cluster),
+        ignore = "Redis Cluster: set IDEMPOTENT_REDIS_CLUSTER_URLS or put redis-server on PATH"
+    )]
     async fn round_trips_cluster() {
         let Some((cluster, store)) = private_redis_cluster().await else {
             return;
@@ -440,6 +448,10 @@ mod redis_servers {
     /// A server that cannot run the scripts (scripting renamed away) is refused when the store
     /// is built, not at the first call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
     async fn missing_server_support_fails_fast() {
         if !redis_server_on_path() {
             return;

@@ -8,7 +8,8 @@
 //! cargo run -p idempotent-examples --bin orders -- --database-url mysql://root@127.0.0.1/test --json
 //! cargo run -p idempotent-examples --bin orders -- --redis-url redis://127.0.0.1:6379
 //! ```
-//! Exits 1 when any operation's effects differ from its keys or it saw an error.
+//! Exits 1 when any operation's effects differ from its keys or it saw an error. Progress,
+//! the tables it created and errors go to stderr, the summary to stdout.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -16,9 +17,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotent_examples::report::{OperationReport, Outcome, Report, quantile_ms};
-use idempotent_examples::service::{self, Demo, Kv, OPERATIONS};
+use idempotent_examples::service::{self, DEMO_TABLES, Demo, Kv, OPERATIONS, RECORDS_TABLE};
 use idempotent_examples::storm;
 use idempotent_runtime::MemoryStore;
+use idempotent_runtime::connect::redact_url;
+use idempotent_runtime::{ConnectError, Error as IdemError};
 use sqlx::Connection as _;
 
 /// Order-service demo for #[idempotent]: drives concurrent duplicates through every strategy.
@@ -31,30 +34,57 @@ struct Args {
     /// the system temp directory.
     #[arg(long)]
     database_url: Option<String>,
-    /// Redis for the lock- and token-guarded operations (`redis://127.0.0.1:6379`; several
-    /// comma-separated node URLs select a Redis Cluster). Default: the in-process memory store.
+    /// Redis for every operation that does not need the database: `reserve_stock`
+    /// (dedup_table, claim mode), `settle_period` (distributed_lock) and `checkout` (token)
+    /// (`redis://127.0.0.1:6379`; several comma-separated node URLs select a Redis Cluster).
+    /// Default: the in-process memory store.
     #[arg(long)]
     redis_url: Option<String>,
-    /// Requests per operation, at least 7 (rounded down to whole keys of 7 requests each).
-    #[arg(long, default_value_t = 1400, value_parser = at_least::<7>)]
+    /// Requests per operation, 7 to 100000 (rounded down to whole keys of 7 requests each;
+    /// `settle_period` sends 8 per key).
+    #[arg(long, default_value_t = 1400, value_parser = count_in::<7, MAX_REQUESTS>)]
     requests: usize,
-    /// Requests in flight at once, at least 1.
-    #[arg(long, default_value_t = 32, value_parser = at_least::<1>)]
+    /// Requests in flight at once, 1 to 1024.
+    #[arg(long, default_value_t = 32, value_parser = count_in::<1, 1024>)]
     concurrency: usize,
-    /// Print the summary as one JSON object.
+    /// Print the summary as one JSON object (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Drop the tables the demo created (`demo_*`, and `idempotency_records` when it did not
+    /// exist before) at the end. Without it they stay, and the demo says so.
+    #[arg(long)]
+    cleanup: bool,
 }
 
-/// Parses a count of at least `MIN`.
-fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
+/// The most requests per operation: the storm keeps every request's latency in memory and
+/// runs the ten operations in turn, so 100,000 each already takes minutes.
+const MAX_REQUESTS: usize = 100_000;
+
+/// Parses a count from `MIN` to `MAX`.
+fn count_in<const MIN: usize, const MAX: usize>(s: &str) -> Result<usize, String> {
     let n: usize = s
         .parse()
         .map_err(|e| format!("`{s}` is not a count: {e}"))?;
     if n < MIN {
         return Err(format!("must be at least {MIN}"));
     }
+    if n > MAX {
+        return Err(format!("must be at most {MAX}"));
+    }
     Ok(n)
+}
+
+/// `Err` with a message when `url` names an in-memory SQLite database: each connection of a
+/// pool would get a database of its own (tables created on one are missing on the others).
+fn refuse_sqlite_memory(url: &str) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("sqlite:") && (lower.contains(":memory:") || lower.contains("mode=memory"))
+    {
+        return Err(format!(
+            "--database-url `{url}`: an in-memory SQLite database belongs to one connection, and the demo runs a pool of them (each would see a database of its own); leave --database-url out (a fresh SQLite file in the temp directory, deleted at exit) or give a file, e.g. sqlite://orders.db"
+        ));
+    }
+    Ok(())
 }
 
 fn run_id() -> String {
@@ -65,25 +95,73 @@ fn run_id() -> String {
     format!("run{:x}{:x}", nanos, std::process::id())
 }
 
-/// Hides a password in a URL for printing.
+/// `url` without its password, for printing.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    redact_url(url)
 }
+
+/// The host of a database URL (`postgres://user:pw@host:5432/db` → `host`), for telling an
+/// unknown host from other failures; `None` when there is none.
+fn host_of(url: &str) -> Option<String> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let host_port = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => &v6[..v6.find(']')?],
+        None => host_port.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// The one line saying why connecting to the database at `url` failed: its URL without the
+/// password and the cause (refused, unknown host, authentication, unknown database).
+async fn connect_failed(url: &str, e: sqlx::Error) -> String {
+    ConnectError::diagnose(redact(url), host_of(url).as_deref(), Box::new(e))
+        .await
+        .to_string()
+}
+
+/// The one line saying why `--redis-url` failed: the runtime's [`ConnectError`] when it is
+/// one (it names the URL and the cause), else the error as it displays.
+fn redis_failed(urls: &str, hint: &str, e: &IdemError) -> String {
+    if let IdemError::Backend(source) = e
+        && let Some(c) = source.downcast_ref::<ConnectError>()
+    {
+        return format!("--redis-url: {c}{hint}");
+    }
+    format!("cannot connect to --redis-url {}{hint}: {e}", redact(urls))
+}
+
+/// What the storm sends, said once before it starts: the requests per operation, and how
+/// `--requests` was rounded to whole keys.
+fn storm_plan(requests: usize) -> String {
+    let per_key = storm::REQUESTS_PER_KEY;
+    let keys = (requests / per_key).max(1);
+    let workers = service::WORKERS_PER_PERIOD;
+    let periods = (requests / workers).max(1);
+    let mut line = format!(
+        "storm: {} requests per operation = {keys} keys x {per_key} (a first call, 3 concurrent duplicates, 1 with another payload, 2 retries); settle_period: {} = {periods} periods x {workers} workers",
+        keys * per_key,
+        periods * workers,
+    );
+    if keys * per_key != requests {
+        line.push_str(&format!(
+            "; --requests {requests} rounded down to whole keys"
+        ));
+    }
+    line
+}
+
+/// At most this many distinct error texts are printed per operation (each with its count).
+const ERROR_LINES: usize = 5;
 
 async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Report, sqlx::Error> {
     let mut operations = Vec::new();
     demo.prepare((args.requests / storm::REQUESTS_PER_KEY).max(1))
         .await?;
+    eprintln!("{}", storm_plan(args.requests));
     for (i, op) in OPERATIONS.iter().enumerate() {
+        let started = std::time::Instant::now();
         let result = if op.name == "settle_period" {
             storm::workers(
                 args.requests,
@@ -101,16 +179,15 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
             .iter()
             .map(|(_, d)| d.as_secs_f64() * 1000.0)
             .collect();
-        operations.push(OperationReport {
+        let backend = if op.memory {
+            demo.kv_backend()
+        } else {
+            demo.backend()
+        };
+        let line = OperationReport {
             operation: op.name.into(),
             strategy: op.strategy.into(),
-            backend: if op.memory && op.name != "reserve_stock" {
-                demo.kv_backend().into()
-            } else if op.memory {
-                "memory".into()
-            } else {
-                demo.backend().into()
-            },
+            backend: backend.into(),
             requests: result.requests.len() as u64,
             keys: result.keys as u64,
             effects: demo.effects(op.name).await?,
@@ -121,7 +198,38 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
             errors: count(Outcome::Error),
             p50_ms: quantile_ms(&mut lat, 0.50),
             p99_ms: quantile_ms(&mut lat, 0.99),
-        });
+        };
+        eprintln!(
+            "[{:>2}/{}] {:<20} {:<20} on {:<13} {} requests, {} keys: {} effects, {} errors ({:.1} s){}",
+            i + 1,
+            OPERATIONS.len(),
+            op.name,
+            op.strategy,
+            backend,
+            line.requests,
+            line.keys,
+            line.effects,
+            line.errors,
+            started.elapsed().as_secs_f64(),
+            if line.effects == line.keys && line.errors == 0 {
+                ""
+            } else {
+                "  <- FAILED"
+            }
+        );
+        let mut errors: Vec<(&String, &u64)> = result.errors.iter().collect();
+        errors.sort_by(|a, b| b.1.cmp(a.1));
+        for (text, n) in errors.iter().take(ERROR_LINES) {
+            eprintln!("        {} on {backend}: {n} x {text}", op.name);
+        }
+        if errors.len() > ERROR_LINES {
+            eprintln!(
+                "        {}: {} more distinct errors",
+                op.name,
+                errors.len() - ERROR_LINES
+            );
+        }
+        operations.push(line);
     }
     let ok = operations
         .iter()
@@ -135,41 +243,61 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
     })
 }
 
+/// Connects to the Redis of `--redis-url` (several comma-separated URLs: a Cluster).
+async fn connect_kv(urls: &str) -> Result<Kv, String> {
+    if urls.contains(',') {
+        let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let store = idempotent_runtime::RedisStore::connect_cluster(&nodes)
+            .await
+            .map_err(|e| redis_failed(urls, "", &e))?;
+        return Ok(Kv::Redis(store));
+    }
+    // The expected form only helps when the URL is not a Redis URL at all.
+    let hint = if urls.starts_with("redis://") || urls.starts_with("rediss://") {
+        ""
+    } else {
+        " (expected redis://host:port)"
+    };
+    let store = idempotent_runtime::RedisStore::connect(urls)
+        .await
+        .map_err(|e| redis_failed(urls, hint, &e))?;
+    Ok(Kv::Redis(store))
+}
+
+/// Says which tables the run uses and whether they stay.
+fn tables_note(shown: &str, records_existed: bool, temporary: bool, cleanup: bool) -> String {
+    let records = if records_existed {
+        format!("{RECORDS_TABLE} (existed already, kept)")
+    } else {
+        format!("{RECORDS_TABLE} (created now)")
+    };
+    let fate = if temporary {
+        "in a temporary SQLite file, deleted at exit"
+    } else if cleanup {
+        "dropped at the end (--cleanup)"
+    } else {
+        "they stay after the run (each run's rows carry its own run id); --cleanup drops them"
+    };
+    format!(
+        "tables on {shown}: {records}, {}: {fate}",
+        DEMO_TABLES.join(", ")
+    )
+}
+
 async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     // Two operations sharing a name would share records: fail before the first request.
     idempotent_runtime::check_operation_names()?;
+    if let Some(url) = &args.database_url {
+        refuse_sqlite_memory(&redact(url))?;
+    }
     let run = run_id();
     let pool_size = u32::try_from(args.concurrency.clamp(2, 64)).unwrap_or(32);
-    let store = MemoryStore::new();
     let kv = match &args.redis_url {
         None => Kv::Memory(MemoryStore::new()),
-        Some(urls) if urls.contains(',') => {
-            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
-            Kv::Redis(
-                idempotent_runtime::RedisStore::connect_cluster(&nodes)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "cannot connect to the Redis Cluster --redis-url {}: {e}",
-                            redact(urls)
-                        )
-                    })?,
-            )
-        }
-        Some(url) => Kv::Redis(idempotent_runtime::RedisStore::connect(url).await.map_err(
-            |e| {
-                // The expected form only helps when the URL is not a Redis URL at all.
-                let hint = if url.starts_with("redis://") || url.starts_with("rediss://") {
-                    ""
-                } else {
-                    " (expected redis://host:port)"
-                };
-                format!("cannot connect to --redis-url {}{hint}: {e}", redact(url))
-            },
-        )?),
+        Some(urls) => connect_kv(urls).await?,
     };
     let tokens = std::sync::Mutex::default();
-    let (url, _tmp) = match &args.database_url {
+    let (url, tmp) = match &args.database_url {
         Some(u) => (u.clone(), None),
         None => {
             let dir = tempfile::tempdir()?;
@@ -177,59 +305,78 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             (format!("sqlite://{}", path.display()), Some(dir))
         }
     };
+    let temporary = tmp.is_some();
     let shown = redact(&url);
-    // Creates the demo's tables in `db`, then drives the storm through the service on it.
+    // Creates the demo's tables in `db`, says which, drives the storm through the service on
+    // it, and with --cleanup drops what it created.
     macro_rules! run_on {
         ($db:expr, $backend:ident) => {{
             let db = $db;
+            let records_existed = service::$backend::records_table_exists(&db).await;
             idempotent_runtime::migrate(&db)
                 .await
                 .map_err(|e| format!("creating the idempotency-record table on {shown}: {e}"))?;
             service::$backend::create_tables(&db)
                 .await
                 .map_err(|e| format!("creating the demo's tables on {shown}: {e}"))?;
+            eprintln!(
+                "{}",
+                tables_note(&shown, records_existed, temporary, args.cleanup)
+            );
             let demo = service::$backend::Orders {
                 db,
-                store,
                 run,
                 kv,
                 tokens,
             };
-            Ok(drive(&demo, &args, shown).await?)
+            let report = drive(&demo, &args, shown.clone()).await;
+            if args.cleanup && !temporary {
+                service::$backend::drop_tables(&demo.db, !records_existed)
+                    .await
+                    .map_err(|e| format!("dropping the demo's tables on {shown}: {e}"))?;
+            }
+            Ok(report?)
         }};
     }
-    // One plain connection first: a refused port or a bad password is reported at once, as
-    // the server said it, instead of as a pool timeout after 10 s.
-    let probe = |e: sqlx::Error| format!("cannot connect to {shown}: {e}");
+    // One plain connection first: a refused port, an unknown host or a bad password is
+    // reported at once, with its cause, instead of as a pool timeout.
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        sqlx::PgConnection::connect(&url)
-            .await
-            .map_err(probe)?
-            .close()
-            .await?;
-        let db = sqlx::postgres::PgPoolOptions::new()
+        match sqlx::PgConnection::connect(&url).await {
+            Ok(conn) => conn.close().await?,
+            Err(e) => return Err(connect_failed(&url, e).await.into()),
+        }
+        let db = match sqlx::postgres::PgPoolOptions::new()
             .max_connections(pool_size)
+            // How long a call may wait for a pooled connection before failing (sqlx's
+            // default is 30 s): the demo's calls wait at most 10 s.
             .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
             .await
-            .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+        {
+            Ok(db) => db,
+            Err(e) => return Err(connect_failed(&url, e).await.into()),
+        };
         run_on!(db, postgres)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         let url = url.replacen("mariadb:", "mysql:", 1);
-        sqlx::MySqlConnection::connect(&url)
-            .await
-            .map_err(probe)?
-            .close()
-            .await?;
-        let db = sqlx::mysql::MySqlPoolOptions::new()
+        match sqlx::MySqlConnection::connect(&url).await {
+            Ok(conn) => conn.close().await?,
+            Err(e) => return Err(connect_failed(&url, e).await.into()),
+        }
+        let db = match sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
             .await
-            .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+        {
+            Ok(db) => db,
+            Err(e) => return Err(connect_failed(&url, e).await.into()),
+        };
         run_on!(db, mysql)
     } else if url.starts_with("sqlite:") {
-        let opts: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+        let opts: sqlx::sqlite::SqliteConnectOptions = url
+            .parse()
+            .map_err(|e| format!("--database-url {shown} is not a SQLite URL: {e}"))?;
         let opts = opts
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
@@ -246,6 +393,25 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
                 .into(),
         )
     }
+}
+
+/// The last line of the text summary: OK, or FAILED naming each failed operation and why.
+fn verdict(report: &Report) -> String {
+    if report.ok() {
+        return "OK: every operation applied exactly one effect per key, with no errors.".into();
+    }
+    let failed: Vec<String> = report
+        .operations
+        .iter()
+        .filter(|o| o.effects != o.keys || o.errors != 0)
+        .map(|o| {
+            format!(
+                "{} ({} on {}: {} effects for {} keys, {} errors)",
+                o.operation, o.strategy, o.backend, o.effects, o.keys, o.errors
+            )
+        })
+        .collect();
+    format!("FAILED: {}", failed.join("; "))
 }
 
 #[tokio::main]
@@ -270,15 +436,7 @@ async fn main() -> ExitCode {
                     }
                 }
             } else {
-                format!(
-                    "{}{}\n",
-                    report.table(),
-                    if report.ok() {
-                        "OK: every operation applied exactly one effect per key, with no errors."
-                    } else {
-                        "FAILED: some operation's effects differ from its keys, or it saw errors."
-                    }
-                )
+                format!("{}{}\n", report.table(), verdict(&report))
             };
             // A reader that went away (`orders | head`) is no failure of the run: its exit code
             // still says whether every key had one effect. `println!` would panic instead.

@@ -29,6 +29,7 @@ pub mod sql;
 /// The business-table access of the SQL strategies, at its former path
 /// (`store::business`); it lives in [`sql::business`].
 #[cfg(feature = "sqlx")]
+#[doc(hidden)]
 pub use sql::business;
 
 #[cfg(feature = "sqlx")]

@@ -26,14 +26,24 @@ pub async fn place(
     req: &Req,
 ) -> Result<Receipt, AppError> {
     let _ = ctx;
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: 1,
+    })
 }
 
 /// The smallest claim-mode use on the memory store, with fingerprinting off and rejecting
 /// concurrent duplicates.
-#[idempotent(strategy = "dedup_table", key = "id", fingerprint = false, on_busy = "reject")]
+#[idempotent(
+    strategy = "dedup_table",
+    key = "id",
+    fingerprint = false,
+    on_busy = "reject"
+)]
 pub async fn touch(store: &idempotent_runtime::MemoryStore, id: u64) -> Result<u64, AppError> {
     Ok(id)
 }
 
-fn main() {}
+pub fn main() {}

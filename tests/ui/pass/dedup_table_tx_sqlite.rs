@@ -12,7 +12,12 @@ pub async fn minimal(
     #[tx] tx: &mut SqliteConnection,
 ) -> Result<Receipt, AppError> {
     sqlx::query("SELECT 1").execute(&mut *tx).await?;
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: 1,
+    })
 }
 
 #[idempotent(
@@ -33,7 +38,12 @@ pub async fn fullest(
 ) -> Result<Receipt, AppError> {
     sqlx::query("SELECT 1").execute(&mut *tx).await?;
     let _ = &mut tx;
-    Ok(Receipt { tenant: req.tenant, id: req.id, amount: req.amount, serial: 1 })
+    Ok(Receipt {
+        tenant: req.tenant,
+        id: req.id,
+        amount: req.amount,
+        serial: 1,
+    })
 }
 
 /// The store is the caller's own connection: the claim goes in a SAVEPOINT of its transaction.
@@ -44,7 +54,12 @@ pub async fn on_connection(
     #[tx] tx: &mut SqliteConnection,
 ) -> Result<Receipt, AppError> {
     sqlx::query("SELECT 1").execute(&mut *tx).await?;
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: 1,
+    })
 }
 
-fn main() {}
+pub fn main() {}

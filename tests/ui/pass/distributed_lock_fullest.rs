@@ -27,7 +27,12 @@ pub async fn settle(
     #[fence] fence: FencingToken,
 ) -> Result<Receipt, AppError> {
     let _ = ctx;
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: fence.0 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: fence.0,
+    })
 }
 
 pub struct Payments {
@@ -48,12 +53,21 @@ impl Payments {
         on_cancel = "keep",
         crate = "::idempotent_runtime"
     )]
-    pub async fn settle(&self, req: &Req, #[fence] fence: FencingToken) -> Result<Receipt, AppError> {
-        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: fence.0 })
+    pub async fn settle(
+        &self,
+        req: &Req,
+        #[fence] fence: FencingToken,
+    ) -> Result<Receipt, AppError> {
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: fence.0,
+        })
     }
 }
 
-fn main() {
+pub fn main() {
     // Each function has an operation name of its own.
     assert!(idempotent_runtime::check_operation_names().is_ok());
 }

@@ -10,7 +10,12 @@ pub async fn settle(
     req: &Req,
     #[fence] fence: FencingToken,
 ) -> Result<Receipt, AppError> {
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: fence.0 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: fence.0,
+    })
 }
 
 #[idempotent(strategy = "distributed_lock", key = "req.id")]
@@ -19,7 +24,12 @@ pub async fn settle_redis(
     req: &Req,
     #[fence] fence: FencingToken,
 ) -> Result<Receipt, AppError> {
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: fence.0 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: fence.0,
+    })
 }
 
 /// Without `#[fence]`: the token is issued, the body does not see it.
@@ -28,4 +38,4 @@ pub async fn report(store: &MemoryStore, req: &Req) -> Result<i64, AppError> {
     Ok(req.amount)
 }
 
-fn main() {}
+pub fn main() {}

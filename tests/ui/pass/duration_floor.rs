@@ -7,7 +7,13 @@ use idempotent_runtime::{MemoryStore, idempotent};
 use idempotent_tests::{AppError, Req};
 use sqlx::SqlitePool;
 
-#[idempotent(strategy = "dedup_table", key = "req.id", lease = "300ms", ttl = "300ms", on_busy = "wait(10ms)")]
+#[idempotent(
+    strategy = "dedup_table",
+    key = "req.id",
+    lease = "300ms",
+    ttl = "300ms",
+    on_busy = "wait(10ms)"
+)]
 pub async fn place(pool: &SqlitePool, req: &Req) -> Result<i64, AppError> {
     Ok(req.amount)
 }
@@ -17,7 +23,13 @@ pub async fn place_default_lease(pool: &SqlitePool, req: &Req) -> Result<i64, Ap
     Ok(req.amount)
 }
 
-#[idempotent(strategy = "distributed_lock", key = "req.id", lease = "300ms", ttl = "300ms", on_busy = "wait(10ms)")]
+#[idempotent(
+    strategy = "distributed_lock",
+    key = "req.id",
+    lease = "300ms",
+    ttl = "300ms",
+    on_busy = "wait(10ms)"
+)]
 pub async fn settle(store: &MemoryStore, req: &Req) -> Result<i64, AppError> {
     Ok(req.amount)
 }
@@ -32,4 +44,4 @@ pub async fn redeem(store: &MemoryStore, req: &Req) -> Result<i64, AppError> {
     Ok(req.amount)
 }
 
-fn main() {}
+pub fn main() {}

@@ -31,4 +31,4 @@ pub async fn place_order(pool: &SqlitePool, req: &PlaceOrder) -> Result<Receipt,
     Ok(Receipt { order_id: 1 })
 }
 
-fn main() {}
+pub fn main() {}

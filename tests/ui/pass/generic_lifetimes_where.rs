@@ -18,7 +18,12 @@ where
     P: HasId + Serialize + Debug + Sync,
 {
     let _ = store;
-    Ok(Receipt { tenant: tenant.to_owned(), id: format!("{payload:?}"), amount: 0, serial: 1 })
+    Ok(Receipt {
+        tenant: tenant.to_owned(),
+        id: format!("{payload:?}"),
+        amount: 0,
+        serial: 1,
+    })
 }
 
 pub trait HasId {
@@ -36,4 +41,4 @@ impl HasId for Payload {
     }
 }
 
-fn main() {}
+pub fn main() {}

@@ -14,4 +14,4 @@ pub async fn checkout<K: TokenStore + ?Sized>(kv: &K, req: &Req) -> Result<i64, 
     Ok(req.amount)
 }
 
-fn main() {}
+pub fn main() {}

@@ -41,7 +41,12 @@ const scope: u8 = 0;
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
 fn receipt(r: &Req, serial: u64) -> Receipt {
-    Receipt { tenant: r.tenant.clone(), id: r.id.clone(), amount: r.amount, serial }
+    Receipt {
+        tenant: r.tenant.clone(),
+        id: r.id.clone(),
+        amount: r.amount,
+        serial,
+    }
 }
 
 #[idempotent(strategy = "dedup_table", key = "r.id", scope = "r.tenant")]
@@ -50,13 +55,29 @@ pub async fn claim(db: &MemoryStore, r: &Req) -> Result<Receipt, AppError> {
 }
 
 #[idempotent(strategy = "dedup_table", key = "r.id", fingerprint = ["r.amount", "r.tenant"])]
-pub async fn in_tx(db: &SqlitePool, r: &Req, #[tx] c: &mut SqliteConnection) -> Result<Receipt, AppError> {
-    sqlx::query("INSERT INTO ledger (id) VALUES (?)").bind(&r.id).execute(&mut *c).await?;
+pub async fn in_tx(
+    db: &SqlitePool,
+    r: &Req,
+    #[tx] c: &mut SqliteConnection,
+) -> Result<Receipt, AppError> {
+    sqlx::query("INSERT INTO ledger (id) VALUES (?)")
+        .bind(&r.id)
+        .execute(&mut *c)
+        .await?;
     Ok(receipt(r, RUNS.fetch_add(1, Ordering::SeqCst) + 1))
 }
 
-#[idempotent(strategy = "distributed_lock", key = "r.id", lease = "5s", on_busy = "reject")]
-pub async fn locked(db: &MemoryStore, r: &Req, #[fence] f: FencingToken) -> Result<Receipt, AppError> {
+#[idempotent(
+    strategy = "distributed_lock",
+    key = "r.id",
+    lease = "5s",
+    on_busy = "reject"
+)]
+pub async fn locked(
+    db: &MemoryStore,
+    r: &Req,
+    #[fence] f: FencingToken,
+) -> Result<Receipt, AppError> {
     Ok(receipt(r, f.0))
 }
 
@@ -66,7 +87,11 @@ pub async fn spend(db: &MemoryStore, r: &Req) -> Result<Receipt, AppError> {
 }
 
 #[idempotent(strategy = "select_before_insert", key = "r.id", table = "orders")]
-pub async fn insert(db: &SqlitePool, r: &Req, #[tx] c: &mut SqliteConnection) -> Result<i64, AppError> {
+pub async fn insert(
+    db: &SqlitePool,
+    r: &Req,
+    #[tx] c: &mut SqliteConnection,
+) -> Result<i64, AppError> {
     sqlx::query("INSERT INTO orders (id, amount) VALUES (?, ?)")
         .bind(&r.id)
         .bind(r.amount)
@@ -99,7 +124,10 @@ async fn twice<F: Future<Output = Result<Receipt, AppError>>>(call: impl Fn() ->
 async fn run() {
     let memory = MemoryStore::new();
     let (pool, _dir) = idempotent_tests::sqlite().await.expect("sqlite");
-    sqlx::query("CREATE TABLE ledger (id TEXT NOT NULL)").execute(&pool).await.expect("ledger");
+    sqlx::query("CREATE TABLE ledger (id TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("ledger");
     sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY, amount INTEGER NOT NULL)")
         .execute(&pool)
         .await
@@ -109,20 +137,30 @@ async fn run() {
     twice(|| claim(&memory, &r)).await;
     twice(|| in_tx(&pool, &r)).await;
     twice(|| locked(&memory, &r)).await;
-    let svc = Svc { db: MemoryStore::new() };
+    let svc = Svc {
+        db: MemoryStore::new(),
+    };
     twice(|| svc.place(&r)).await;
 
-    let issued = issue_token(&memory, Duration::from_secs(60)).await.expect("token");
+    let issued = issue_token(&memory, Duration::from_secs(60))
+        .await
+        .expect("token");
     let t = req("t1", &issued, 100);
     twice(|| spend(&memory, &t)).await;
 
     assert_eq!(insert(&pool, &r).await.expect("insert"), 100);
-    assert!(matches!(insert(&pool, &r).await, Err(AppError::Idempotency(Error::Duplicate))));
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger").fetch_one(&pool).await.expect("count");
+    assert!(matches!(
+        insert(&pool, &r).await,
+        Err(AppError::Idempotency(Error::Duplicate))
+    ));
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
     assert_eq!(rows, 1);
 }
 
-fn main() {
+pub fn main() {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use idempotent_runtime::{Disposition, Error, observe};
-use idempotent_tests::{AppError, Receipt, Req, req};
+use idempotent_tests::{AppError, Receipt, req};
 
 mod shadowed {
     use idempotent_runtime::{FencingToken, MemoryStore, idempotent};
@@ -28,22 +28,41 @@ mod shadowed {
     pub struct Into;
 
     fn receipt(r: &Req, serial: u64) -> Receipt {
-        Receipt { tenant: r.tenant.clone(), id: r.id.clone(), amount: r.amount, serial }
+        Receipt {
+            tenant: r.tenant.clone(),
+            id: r.id.clone(),
+            amount: r.amount,
+            serial,
+        }
     }
 
-    #[idempotent(strategy = "dedup_table", key = "r.id", scope = "r.tenant", lease = "5s", on_cancel = "release")]
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "r.id",
+        scope = "r.tenant",
+        lease = "5s",
+        on_cancel = "release"
+    )]
     pub async fn claim(store: &MemoryStore, r: &Req) -> ::core::result::Result<Receipt, AppError> {
         ::core::result::Result::Ok(receipt(r, 1))
     }
 
     #[idempotent(strategy = "dedup_table", key = "r.id", name = "hygiene.in_tx")]
-    pub async fn in_tx(pool: &SqlitePool, r: &Req, #[tx] tx: &mut SqliteConnection) -> ::core::result::Result<Receipt, AppError> {
+    pub async fn in_tx(
+        pool: &SqlitePool,
+        r: &Req,
+        #[tx] tx: &mut SqliteConnection,
+    ) -> ::core::result::Result<Receipt, AppError> {
         sqlx::query("SELECT 1").execute(&mut *tx).await?;
         ::core::result::Result::Ok(receipt(r, 2))
     }
 
     #[idempotent(strategy = "distributed_lock", key = "r.id", on_busy = "wait(1s)")]
-    pub async fn locked(store: &MemoryStore, r: &Req, #[fence] fence: FencingToken) -> ::core::result::Result<Receipt, AppError> {
+    pub async fn locked(
+        store: &MemoryStore,
+        r: &Req,
+        #[fence] fence: FencingToken,
+    ) -> ::core::result::Result<Receipt, AppError> {
         ::core::result::Result::Ok(receipt(r, fence.0))
     }
 
@@ -53,7 +72,11 @@ mod shadowed {
     }
 
     #[idempotent(strategy = "unique_index", key = "r.id", table = "orders")]
-    pub async fn insert(pool: &SqlitePool, r: &Req, #[tx] tx: &mut SqliteConnection) -> ::core::result::Result<i64, AppError> {
+    pub async fn insert(
+        pool: &SqlitePool,
+        r: &Req,
+        #[tx] tx: &mut SqliteConnection,
+    ) -> ::core::result::Result<i64, AppError> {
         sqlx::query("INSERT INTO orders (id, amount) VALUES (?, ?)")
             .bind(&r.id)
             .bind(r.amount)
@@ -96,9 +119,13 @@ async fn run() {
     twice(|| shadowed::claim(&memory, &r)).await;
     twice(|| shadowed::in_tx(&pool, &r)).await;
     twice(|| shadowed::locked(&memory, &r)).await;
-    let svc = shadowed::Svc { db: idempotent_runtime::MemoryStore::new() };
+    let svc = shadowed::Svc {
+        db: idempotent_runtime::MemoryStore::new(),
+    };
     twice(|| svc.place(&r)).await;
-    let issued = idempotent_runtime::issue_token(&memory, Duration::from_secs(60)).await.expect("token");
+    let issued = idempotent_runtime::issue_token(&memory, Duration::from_secs(60))
+        .await
+        .expect("token");
     let t = req("t1", &issued, 100);
     twice(|| shadowed::spend(&memory, &t)).await;
 
@@ -109,7 +136,7 @@ async fn run() {
     ));
 }
 
-fn main() {
+pub fn main() {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

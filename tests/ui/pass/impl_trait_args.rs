@@ -12,7 +12,12 @@ pub async fn place(
     note: impl Serialize + Send + Sync,
 ) -> Result<Receipt, AppError> {
     let _ = (pool, note);
-    Ok(Receipt { tenant: String::new(), id: id.as_ref().to_owned(), amount: 0, serial: 1 })
+    Ok(Receipt {
+        tenant: String::new(),
+        id: id.as_ref().to_owned(),
+        amount: 0,
+        serial: 1,
+    })
 }
 
-fn main() {}
+pub fn main() {}

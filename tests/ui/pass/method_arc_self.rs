@@ -13,8 +13,13 @@ impl Svc {
     #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db")]
     pub async fn place(self: Arc<Self>, req: Req) -> Result<Receipt, AppError> {
         let _ = &self.db;
-        Ok(Receipt { tenant: req.tenant, id: req.id, amount: req.amount, serial: 1 })
+        Ok(Receipt {
+            tenant: req.tenant,
+            id: req.id,
+            amount: req.amount,
+            serial: 1,
+        })
     }
 }
 
-fn main() {}
+pub fn main() {}

@@ -15,8 +15,13 @@ impl Svc {
         req: &Req,
     ) -> Result<Receipt, AppError> {
         self.served += 1;
-        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: self.served })
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: self.served,
+        })
     }
 }
 
-fn main() {}
+pub fn main() {}

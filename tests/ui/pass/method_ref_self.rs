@@ -8,11 +8,21 @@ pub struct Svc {
 }
 
 impl Svc {
-    #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db", scope = "req.tenant")]
+    #[idempotent(
+        strategy = "dedup_table",
+        key = "req.id",
+        store = "self.db",
+        scope = "req.tenant"
+    )]
     pub async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
         let _ = &self.db;
-        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: 1,
+        })
     }
 }
 
-fn main() {}
+pub fn main() {}

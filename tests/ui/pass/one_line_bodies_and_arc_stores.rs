@@ -10,13 +10,33 @@ use idempotent_tests::AppError;
 use sqlx::{SqliteConnection, SqlitePool};
 
 #[idempotent(strategy = "distributed_lock", key = "id")]
-pub async fn fence_one_line(store: &MemoryStore, id: u64, #[fence] fence: FencingToken) -> Result<u64, AppError> { Ok(fence.0 + id) }
+pub async fn fence_one_line(
+    store: &MemoryStore,
+    id: u64,
+    #[fence] fence: FencingToken,
+) -> Result<u64, AppError> {
+    Ok(fence.0 + id)
+}
 
 #[idempotent(strategy = "dedup_table", key = "id")]
-pub async fn tx_one_line(pool: &SqlitePool, id: u64, #[tx] tx: &mut SqliteConnection) -> Result<u64, AppError> { sqlx::query("SELECT 1").execute(&mut *tx).await?; Ok(id + 1) }
+pub async fn tx_one_line(
+    pool: &SqlitePool,
+    id: u64,
+    #[tx] tx: &mut SqliteConnection,
+) -> Result<u64, AppError> {
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
+    Ok(id + 1)
+}
 
 #[idempotent(strategy = "unique_index", key = "id", table = "orders")]
-pub async fn business_one_line(pool: &SqlitePool, id: String, #[tx] tx: &mut SqliteConnection) -> Result<(), AppError> { sqlx::query("SELECT 1").execute(&mut *tx).await?; Ok(()) }
+pub async fn business_one_line(
+    pool: &SqlitePool,
+    id: String,
+    #[tx] tx: &mut SqliteConnection,
+) -> Result<(), AppError> {
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
+    Ok(())
+}
 
 pub struct Svc {
     pub store: Arc<MemoryStore>,
@@ -39,4 +59,4 @@ impl Svc {
     }
 }
 
-fn main() {}
+pub fn main() {}

@@ -11,7 +11,12 @@ pub struct AccountRef {
 }
 
 /// A stale version: report the current amount instead of `Error::Duplicate`.
-async fn stale(db: &SqlitePool, acct: &AccountRef, seen: i64, amount: i64) -> Result<i64, AppError> {
+async fn stale(
+    db: &SqlitePool,
+    acct: &AccountRef,
+    seen: i64,
+    amount: i64,
+) -> Result<i64, AppError> {
     let _ = (db, acct, seen);
     Ok(amount)
 }
@@ -41,4 +46,4 @@ pub async fn set_amount(
     Ok(amount)
 }
 
-fn main() {}
+pub fn main() {}

@@ -26,4 +26,4 @@ pub async fn set_amount(
     Ok(())
 }
 
-fn main() {}
+pub fn main() {}

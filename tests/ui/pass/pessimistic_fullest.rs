@@ -26,4 +26,4 @@ pub async fn debit(
     Ok(done.rows_affected())
 }
 
-fn main() {}
+pub fn main() {}

@@ -19,4 +19,4 @@ pub async fn pay(
     Ok(())
 }
 
-fn main() {}
+pub fn main() {}

@@ -53,4 +53,4 @@ pub async fn place_per_tenant(
     Ok(())
 }
 
-fn main() {}
+pub fn main() {}

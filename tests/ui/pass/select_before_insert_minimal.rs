@@ -20,4 +20,4 @@ pub async fn place(
     Ok(req.amount)
 }
 
-fn main() {}
+pub fn main() {}

@@ -12,7 +12,12 @@ pub struct Svc {
 impl Svc {
     #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.db")]
     pub async fn place(&self, req: Req) -> Result<Receipt, AppError> {
-        Ok(Receipt { tenant: req.tenant, id: req.id, amount: req.amount, serial: 1 })
+        Ok(Receipt {
+            tenant: req.tenant,
+            id: req.id,
+            amount: req.amount,
+            serial: 1,
+        })
     }
 }
 
@@ -22,6 +27,6 @@ fn check(svc: Arc<Svc>, req: Req) {
     assert_send(async move { svc.place(req).await });
 }
 
-fn main() {
+pub fn main() {
     let _ = check;
 }

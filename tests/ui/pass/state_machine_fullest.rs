@@ -38,4 +38,4 @@ impl Shipping {
     }
 }
 
-fn main() {}
+pub fn main() {}

@@ -26,4 +26,4 @@ pub async fn ship(
     Ok(())
 }
 
-fn main() {}
+pub fn main() {}

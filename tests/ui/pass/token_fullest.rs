@@ -26,7 +26,12 @@ pub async fn checkout(
     req: &Req,
 ) -> Result<Receipt, AppError> {
     let _ = (ctx, token);
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: 1,
+    })
 }
 
 pub struct Checkout {
@@ -47,11 +52,16 @@ impl Checkout {
         crate = "::idempotent_runtime"
     )]
     pub async fn checkout(&self, req: &Req) -> Result<Receipt, AppError> {
-        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: 1,
+        })
     }
 }
 
-fn main() {
+pub fn main() {
     // Each function has an operation name of its own.
     assert!(idempotent_runtime::check_operation_names().is_ok());
 }

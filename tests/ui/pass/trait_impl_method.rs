@@ -14,8 +14,13 @@ pub struct Svc {
 impl Orders for Svc {
     #[idempotent(strategy = "dedup_table", key = "req.id", store = "self.store")]
     async fn place(&self, req: &Req) -> Result<Receipt, AppError> {
-        Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+        Ok(Receipt {
+            tenant: req.tenant.clone(),
+            id: req.id.clone(),
+            amount: req.amount,
+            serial: 1,
+        })
     }
 }
 
-fn main() {}
+pub fn main() {}

@@ -6,13 +6,21 @@ use idempotent_tests::{AppError, Receipt, Req};
 use sqlx::{SqliteConnection, SqlitePool};
 
 #[idempotent(strategy = "unique_index", key = "req.id", table = "orders")]
-pub async fn by_ref_ref(pool: &&SqlitePool, req: &Req, #[tx] tx: &mut SqliteConnection) -> Result<(), AppError> {
+pub async fn by_ref_ref(
+    pool: &&SqlitePool,
+    req: &Req,
+    #[tx] tx: &mut SqliteConnection,
+) -> Result<(), AppError> {
     let _ = tx;
     Ok(())
 }
 
 #[idempotent(strategy = "unique_index", key = "req.id", table = "orders")]
-pub async fn by_mut(pool: &mut SqlitePool, req: &Req, #[tx] tx: &mut SqliteConnection) -> Result<(), AppError> {
+pub async fn by_mut(
+    pool: &mut SqlitePool,
+    req: &Req,
+    #[tx] tx: &mut SqliteConnection,
+) -> Result<(), AppError> {
     let _ = tx;
     Ok(())
 }
@@ -24,7 +32,12 @@ pub async fn on_connection(
     #[tx] tx: &mut SqliteConnection,
 ) -> Result<Receipt, AppError> {
     let _ = tx;
-    Ok(Receipt { tenant: req.tenant.clone(), id: req.id.clone(), amount: req.amount, serial: 1 })
+    Ok(Receipt {
+        tenant: req.tenant.clone(),
+        id: req.id.clone(),
+        amount: req.amount,
+        serial: 1,
+    })
 }
 
 #[idempotent(strategy = "dedup_table", key = "req.id")]
@@ -37,4 +50,4 @@ pub async fn generic<DB: SqlBackend>(
     Ok(req.amount)
 }
 
-fn main() {}
+pub fn main() {}

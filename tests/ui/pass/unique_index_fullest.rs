@@ -53,4 +53,4 @@ pub async fn create_per_tenant(
     Ok(())
 }
 
-fn main() {}
+pub fn main() {}

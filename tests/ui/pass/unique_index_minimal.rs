@@ -8,12 +8,12 @@ use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};
 
 /// `constraint` alone: on PostgreSQL, which names the violated constraint (MySQL/MariaDB and
 /// SQLite, which do not, refuse it at run time with `Error::Unsupported`: they need `table`).
-#[idempotent(strategy = "unique_index", key = "req.id", constraint = "orders_id_key")]
-pub async fn create(
-    pool: &PgPool,
-    req: &Req,
-    #[tx] tx: &mut PgConnection,
-) -> Result<(), AppError> {
+#[idempotent(
+    strategy = "unique_index",
+    key = "req.id",
+    constraint = "orders_id_key"
+)]
+pub async fn create(pool: &PgPool, req: &Req, #[tx] tx: &mut PgConnection) -> Result<(), AppError> {
     sqlx::query("INSERT INTO orders (id, amount) VALUES ($1, $2)")
         .bind(&req.id)
         .bind(req.amount)
@@ -36,4 +36,4 @@ pub async fn create_by_table(
     Ok(())
 }
 
-fn main() {}
+pub fn main() {}

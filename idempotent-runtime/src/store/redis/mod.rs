@@ -240,19 +240,36 @@ impl RedisOptions {
     /// [`ConnectionManager`] (reconnects after failures to the same address; 2 s connect and
     /// 5 s response timeouts), and checks the server.
     ///
-    /// Errors: [`Error::Backend`] when the URL is invalid, the server does not answer, or it is
+    /// Errors: [`Error::Backend`] when the URL is invalid, the server does not answer (holding a
+    /// [`ConnectError`](crate::ConnectError) that names the URL without its password and the
+    /// cause: refused, unknown host, authentication, timed out), or it is
     /// older than [`MIN_REDIS_VERSION`] or cannot run scripts; [`Error::EvictionPolicy`] (see
     /// [`allow_eviction`](Self::allow_eviction)).
     pub async fn connect(&self, url: &str) -> Result<RedisStore, Error> {
-        let client = redis::Client::open(url).map_err(Error::backend)?;
+        let target = crate::connect::redact_url(url);
+        let client = redis::Client::open(url).map_err(|e| {
+            Error::Backend(
+                format!("{target} is not a Redis URL (redis://host:port/db): {e}").into(),
+            )
+        })?;
         let address = client.get_connection_info().addr().to_string();
+        let host = match client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+                Some(host.clone())
+            }
+            _ => None,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2);
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(Error::backend)?;
+        let manager = match ConnectionManager::new_with_config(client, config).await {
+            Ok(manager) => manager,
+            Err(e) => {
+                let e = crate::ConnectError::diagnose(target, host.as_deref(), Box::new(e)).await;
+                return Err(Error::backend(e));
+            }
+        };
         self.checked(Conn::Single(manager), "redis", Some(address))
             .await
     }
@@ -277,9 +294,18 @@ impl RedisOptions {
             .response_timeout(RESPONSE_TIMEOUT)
             .build()
             .map_err(Error::backend)?;
-        let conn = cluster::ClusterConn::new(client)
-            .await
-            .map_err(Error::backend)?;
+        let conn = match cluster::ClusterConn::new(client).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let target = nodes
+                    .iter()
+                    .map(|u| crate::connect::redact_url(u.as_ref()))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let e = crate::ConnectError::diagnose(target, None, Box::new(e)).await;
+                return Err(Error::backend(e));
+            }
+        };
         self.checked(Conn::Cluster(Arc::new(conn)), "redis-cluster", None)
             .await
     }

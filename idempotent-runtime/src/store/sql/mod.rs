@@ -1,20 +1,9 @@
-//! SQL backends through sqlx: PostgreSQL, MySQL/MariaDB and SQLite, one file each.
-//!
-//! This file holds what every SQL database shares: the [`SqlBackend`] and [`TxStore`] traits,
-//! the generic impls for `sqlx::Pool<DB>` ([`ClaimStore`], the store-argument traits), the
-//! one template of the claim statements (`sql_text!`), the macros that implement the traits
-//! for one database, and [`migrate`]. Each database's file
-//! (`postgres.rs`, `mysql.rs`, `sqlite.rs`) holds its dialect (placeholders, "now" expression,
-//! lock clauses, `BEGIN` statement), its claim SQL, its migration (`migrations/<db>.sql`), its
-//! business-table impl ([`BusinessBackend`](business::BusinessBackend)), its `#[tx]` impls
-//! (`&mut <DB>Connection`), the sqlx encoding of [`FencingToken`](crate::FencingToken), how its own error type is recognised and which of its errors are
-//! retryable; [`errors`] holds the one classification of database errors built on those
-//! (retryable, unique violation and its constraint), [`business`] the business-table access of
-//! the five business-table strategies.
-//!
-//! Adding a database: a file here invoking the macros below (`sql_text!`, `sql_backend!`,
-//! `tx_store!`, `business_backend!`, `fencing_token_type!`), one line in `backends!`, a migration under
-//! `migrations/` and a feature in `Cargo.toml`.
+//! SQL backends through sqlx 0.9: PostgreSQL, MySQL/MariaDB and SQLite (features `postgres`,
+//! `mysql`, `sqlite`). A `sqlx::Pool` of one of them is a [`ClaimStore`] (claim-mode
+//! `dedup_table`) and, through [`TxStore`], the store of `#[tx]` calls; [`migrate`] creates
+//! the idempotency-record table; [`is_retryable`] tells a deadlock or serialization failure
+//! the caller's own transaction must rerun; a pool that lends no connection in time is
+//! explained by [`diagnose_pool_timeout`].
 //!
 //! All SQL is static text with bound parameters; the storage key, owner and fingerprint are hex
 //! strings and the response is a byte blob, so no user value is ever interpolated into SQL.
@@ -22,6 +11,21 @@
 //! `UTC_TIMESTAMP(3)` on MySQL/MariaDB, independent of the session's time zone), never the
 //! application's — except on SQLite, which has no server: `julianday('now')` is each client
 //! process's own clock.
+
+// Layout (for contributors): this file holds what every SQL database shares — the
+// `SqlBackend` and `TxStore` traits, the generic impls for `sqlx::Pool<DB>` (`ClaimStore`, the
+// store-argument traits), the one template of the claim statements (`sql_text!`), the macros
+// that implement the traits for one database, and `migrate`. Each database's file
+// (`postgres.rs`, `mysql.rs`, `sqlite.rs`) holds its dialect (placeholders, "now" expression,
+// lock clauses, `BEGIN` statement), its claim SQL, its migration (`migrations/<db>.sql`), its
+// business-table impl (`business::BusinessBackend`), its `#[tx]` impls
+// (`&mut <DB>Connection`), the sqlx encoding of `FencingToken`, how its own error type is
+// recognised and which of its errors are retryable; `errors` holds the one classification of
+// database errors built on those (retryable, unique violation and its constraint), `business`
+// the business-table access of the five business-table strategies. Adding a database: a file
+// here invoking the macros below (`sql_text!`, `sql_backend!`, `tx_store!`,
+// `business_backend!`, `fencing_token_type!`), one line in `backends!`, a migration under
+// `migrations/` and a feature in `Cargo.toml` (see CONTRIBUTING.md).
 
 use std::future::Future;
 use std::time::Duration;
@@ -225,7 +229,8 @@ pub trait SqlBackend: Database {
 }
 
 /// A process's turn to write claim-mode statements to one database, held until dropped (see
-/// [`SqlBackend::write_turn`]).
+/// [`SqlBackend::write_turn`]). Internal to the SQL stores.
+#[doc(hidden)]
 pub struct WriteTurn {
     /// Held for its drop, which hands the turn to the next writer in line.
     _held: tokio::sync::OwnedMutexGuard<()>,
@@ -520,7 +525,7 @@ macro_rules! tx_store {
     };
 }
 
-/// Implements [`BusinessBackend`](business::BusinessBackend) for one database:
+/// Implements `business::BusinessBackend` for one database:
 /// `business_backend!(database = sqlx::Postgres, connection = sqlx::PgConnection,
 /// lock_for_update = " FOR UPDATE", read_latest = "", names_constraints = true,
 /// placeholder = |i: usize| ..., key_lock = |table, parts| ...)`.
@@ -664,6 +669,8 @@ macro_rules! backends {
     };
 }
 
+// The business-table plumbing the strategies and generated code use: not an API of its own.
+#[doc(hidden)]
 pub mod business;
 pub mod errors;
 
@@ -782,11 +789,11 @@ pub enum ReadOrBegun<'c, DB: Database, R> {
 ///
 /// Errors: [`Error::Backend`] (sqlx's, or the task's when the runtime is shutting down). A
 /// panic inside sqlx's `begin` is resumed in the caller.
-pub(crate) async fn begin_on_pool<DB: Database>(
+pub(crate) async fn begin_on_pool<DB: SqlBackend>(
     pool: &Pool<DB>,
     statement: Option<&'static str>,
 ) -> Result<sqlx::Transaction<'static, DB>, Error> {
-    begin_on_connection(pool.acquire().await?, statement).await
+    begin_on_connection(acquire(pool).await?, statement).await
 }
 
 /// [`begin_on_pool`] on a connection already checked out of the pool (by
@@ -821,7 +828,7 @@ impl<DB: SqlBackend> TxStore for &Pool<DB> {
         key: &StorageKey,
         settle: impl FnOnce(Record) -> Option<R> + Send,
     ) -> Result<ReadOrBegun<'_, DB, R>, Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         let read = DB::read_record_unlocked(&mut conn, key).await?;
         if let Some(settled) = read.and_then(settle) {
             return Ok(ReadOrBegun::Settled(settled));
@@ -842,7 +849,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     const SHARED_CLOCK: bool = DB::SHARED_CLOCK;
 
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         let _turn = DB::write_turn(self).await;
         DB::try_claim(&mut conn, claim).await
     }
@@ -857,7 +864,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     /// concurrent caller inserted it first, the read after it. The strategy judges the record
     /// it gets exactly as before (fingerprint, expiry by the database's clock, owner).
     async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         if !DB::CLAIM_OR_READ_IN_ONE_STATEMENT
             && let Some(record) = DB::read_record_unlocked(&mut conn, claim.key).await?
         {
@@ -877,7 +884,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     }
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         DB::read_record(&mut conn, key).await
     }
 
@@ -886,7 +893,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         claim: &Claim<'_>,
         previous_owner: &str,
     ) -> Result<bool, Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         let _turn = DB::write_turn(self).await;
         DB::take_over_claim(&mut conn, claim, previous_owner).await
     }
@@ -897,7 +904,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         previous_owner: &str,
         expires_at_ms: i64,
     ) -> Result<bool, Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         let _turn = DB::write_turn(self).await;
         DB::take_over_unrenewed(&mut conn, claim, previous_owner, expires_at_ms).await
     }
@@ -909,7 +916,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         response: &[u8],
         ttl: Duration,
     ) -> Result<bool, Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         let _turn = DB::write_turn(self).await;
         DB::complete_claim(&mut conn, key, owner, response, ttl).await
     }
@@ -920,13 +927,13 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         let _turn = DB::write_turn(self).await;
         DB::renew_claim(&mut conn, key, owner, lease).await
     }
 
     async fn release_claim(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
-        let mut conn = self.acquire().await?;
+        let mut conn = acquire(self).await?;
         let _turn = DB::write_turn(self).await;
         DB::release_claim(&mut conn, key, owner).await
     }
@@ -987,7 +994,113 @@ impl<'a, DB: SqlBackend> IntoTxStore for &&'a Pool<DB> {
 /// Creates the idempotency-record table (`idempotency_records`) and its index in `pool`'s
 /// database if they are missing. Call once at startup; safe to call concurrently.
 ///
-/// Errors: [`Error::Backend`] when the database refuses the DDL.
+/// Errors: [`Error::Backend`] when the database refuses the DDL, or holding a
+/// [`ConnectError`](crate::ConnectError) when the pool lends no connection within its
+/// `acquire_timeout` (refused, unknown host, credentials, …: see [`diagnose_pool_timeout`]).
 pub async fn migrate<DB: SqlBackend>(pool: &Pool<DB>) -> Result<(), Error> {
+    // One connection first, so that a pool that cannot connect says why
+    // ([`diagnose_pool_timeout`]) rather than "pool timed out".
+    drop(acquire(pool).await?);
     DB::migrate(pool).await
+}
+
+/// A connection from `pool`, as `pool.acquire()`, except that sqlx's bare
+/// `PoolTimedOut` ("pool timed out while waiting for an open connection") comes back as a
+/// [`ConnectError`](crate::ConnectError) from [`diagnose_pool_timeout`]: the pool's URL
+/// without its password and why no connection came (refused, unknown host, credentials,
+/// unknown database, timed out, or every connection busy); an error the pool met while
+/// opening a connection (credentials, unknown database, …) comes back as a `ConnectError`
+/// too.
+///
+/// Errors: [`Error::Backend`] holding the `ConnectError`, or sqlx's `PoolClosed`.
+pub(crate) async fn acquire<DB: SqlBackend>(
+    pool: &Pool<DB>,
+) -> Result<sqlx::pool::PoolConnection<DB>, Error> {
+    match pool.acquire().await {
+        Ok(conn) => Ok(conn),
+        Err(sqlx::Error::PoolTimedOut) => Err(Error::backend(diagnose_pool_timeout(pool).await)),
+        Err(e @ sqlx::Error::PoolClosed) => Err(e.into()),
+        // Anything else failed while the pool opened a connection for us (sqlx does not retry
+        // credentials, unknown databases, TLS or name look-ups): say where to and why.
+        Err(e) => {
+            let (target, host) = target_of::<DB>(&pool.connect_options());
+            Err(Error::backend(
+                crate::ConnectError::diagnose(target, host.as_deref(), Box::new(e)).await,
+            ))
+        }
+    }
+}
+
+/// Why `pool` lent no connection within its `acquire_timeout`, for a caller that got sqlx's
+/// `PoolTimedOut`. sqlx keeps retrying a refused connection until that time-out and then
+/// reports only the time-out; this looks once more:
+///
+/// - every one of the pool's `max_connections` is open (and was lent out):
+///   [`ConnectCause::PoolBusy`](crate::ConnectCause::PoolBusy);
+/// - otherwise one connection is opened with the pool's own options (for at most the
+///   `acquire_timeout`, 5 s at most) and closed again: its error's cause (refused, unknown
+///   host, authentication, unknown database), [`ConnectCause::TimedOut`](crate::ConnectCause::TimedOut)
+///   when it does not answer in time, or `PoolBusy` when it opens fine (the pool's
+///   connections were busy after all).
+///
+/// The target is the pool's URL as sqlx rebuilds it from its options, without the password and
+/// the query (`postgres://app@db:5432/orders`); for SQLite `sqlite://<file>`.
+pub async fn diagnose_pool_timeout<DB: SqlBackend>(pool: &Pool<DB>) -> crate::ConnectError {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let options = pool.connect_options();
+    let (target, host) = target_of::<DB>(&options);
+    let waited = pool.options().get_acquire_timeout();
+    let max = pool.options().get_max_connections();
+    let open = pool.size();
+    let busy = |context: String| crate::ConnectError {
+        target: target.clone(),
+        cause: crate::ConnectCause::PoolBusy,
+        source: None,
+        context,
+    };
+    let context = format!(
+        "no connection from the pool within its acquire_timeout of {waited:?}; {open} of {max} connections open"
+    );
+    if open >= max {
+        return busy(context);
+    }
+    let probe_for = waited.min(Duration::from_secs(5));
+    match tokio::time::timeout(probe_for, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            busy(context)
+        }
+        Ok(Err(e)) => {
+            let mut err =
+                crate::ConnectError::diagnose(target.clone(), host.as_deref(), Box::new(e)).await;
+            err.context = context;
+            err
+        }
+        Err(_) => crate::ConnectError {
+            target: target.clone(),
+            cause: crate::ConnectCause::TimedOut,
+            source: Some(Box::new(sqlx::Error::PoolTimedOut)),
+            context: format!("{context}; a fresh connection did not open within {probe_for:?}"),
+        },
+    }
+}
+
+/// The address of a pool's database for messages, and its host for a name look-up: the URL
+/// sqlx rebuilds from `options` without password and query; for SQLite, whose URL rebuilding
+/// panics on in-memory databases in sqlx 0.9.0, `sqlite://<file>` and no host.
+fn target_of<DB: SqlBackend>(
+    options: &<DB::Connection as sqlx::Connection>::Options,
+) -> (String, Option<String>) {
+    use sqlx::ConnectOptions as _;
+    #[cfg(feature = "sqlite")]
+    if let Some(o) =
+        (options as &dyn std::any::Any).downcast_ref::<sqlx::sqlite::SqliteConnectOptions>()
+    {
+        return (format!("sqlite://{}", o.get_filename().display()), None);
+    }
+    let mut url = options.to_url_lossy();
+    let host = url.host_str().map(str::to_owned);
+    let _ = url.set_password(None);
+    url.set_query(None);
+    (url.to_string(), host)
 }

@@ -8,7 +8,7 @@
 //! again).
 //!
 //! The strategies see databases only through the generic [`TxStore`] and
-//! [`BusinessBackend`](crate::store::sql::business::BusinessBackend) traits.
+//! `BusinessBackend` traits (in `store::sql::business`).
 
 use std::error::Error as StdError;
 

@@ -82,6 +82,7 @@ impl Options {
 /// The storage key of a token (its own namespace, independent of any operation).
 ///
 /// Errors: [`Error::InvalidKey`] for an empty or oversized token.
+#[doc(hidden)]
 pub fn token_key<K: KeyPart + ?Sized>(token: &K) -> Result<StorageKey, Error> {
     KeyBuilder::new(TOKEN_OPERATION).part(token).finish()
 }
