@@ -10,6 +10,8 @@
 //! - `has_redis_server`: `redis-server` is on PATH (the failover, Cluster-fault and eviction
 //!   tests start servers of their own).
 //! - `has_faketime`: `faketime` is on PATH (the SQLite clock-skew tests).
+//! - `has_amqp`, `has_nats`: `IDEMPOTENT_AMQP_URL` / `IDEMPOTENT_NATS_URL` is set (the consumer
+//!   tests of the examples crate, whose `build.rs` is this file).
 //!
 //! Under `CI=true` every cfg is set, whatever is configured: a missing backend then fails its
 //! tests (the harness panics), it is never skipped. Cargo reruns this script, and rebuilds the
@@ -17,13 +19,15 @@
 
 use std::path::Path;
 
-const CFGS: [&str; 6] = [
+const CFGS: [&str; 8] = [
     "has_postgres",
     "has_mysql",
     "has_redis",
     "has_redis_cluster",
     "has_redis_server",
     "has_faketime",
+    "has_amqp",
+    "has_nats",
 ];
 
 fn set(var: &str) -> bool {
@@ -67,6 +71,8 @@ fn main() {
         set("IDEMPOTENT_REDIS_CLUSTER_URLS") || redis_server,
         redis_server,
         on_path("faketime"),
+        set("IDEMPOTENT_AMQP_URL"),
+        set("IDEMPOTENT_NATS_URL"),
     ];
     for (cfg, have) in CFGS.into_iter().zip(have) {
         if ci || have {

@@ -90,6 +90,7 @@ async fn sqlite_inspect_evict_purge() {
     assert_eq!(purged["purged"], 1, "{purged}");
 }
 
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
 #[tokio::test]
 async fn postgres_inspect_evict() {
     let Ok(url) = std::env::var("IDEMPOTENT_POSTGRES_URL") else {
@@ -105,6 +106,7 @@ async fn postgres_inspect_evict() {
     end_to_end(&pool, &url).await;
 }
 
+#[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
 #[tokio::test]
 async fn mysql_inspect_evict() {
     let Ok(url) = std::env::var("IDEMPOTENT_MYSQL_URL") else {

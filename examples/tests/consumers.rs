@@ -437,16 +437,25 @@ async fn kill_9_run(store: Store) {
 mod rabbitmq_kill_9 {
     use super::*;
 
+    #[cfg_attr(not(has_amqp), ignore = "IDEMPOTENT_AMQP_URL is not set")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_tx() {
         kill_9_run(Store::SqliteTx).await
     }
 
+    #[cfg_attr(
+        any(not(has_amqp), not(has_postgres)),
+        ignore = "IDEMPOTENT_AMQP_URL is not set or IDEMPOTENT_POSTGRES_URL is not set"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_tx() {
         kill_9_run(Store::PostgresTx).await
     }
 
+    #[cfg_attr(
+        any(not(has_amqp), not(has_redis)),
+        ignore = "IDEMPOTENT_AMQP_URL is not set or IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_claim() {
         kill_9_run(Store::RedisClaim).await
@@ -492,6 +501,7 @@ impl ShortTtl {
 /// A consumer gets the payment, runs it and does not ack (it stalls); the record's `ttl`
 /// passes; the consumer's channel closes, RabbitMQ redelivers: the redelivery runs the body
 /// again — a second ledger row. `ttl` must outlast every redelivery.
+#[cfg_attr(not(has_amqp), ignore = "IDEMPOTENT_AMQP_URL is not set")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_redelivery_after_ttl_runs_again() {
     let Some(url) = amqp_url() else { return };
@@ -852,6 +862,7 @@ async fn claim_svc<K>(kv: K, db: sqlx::SqlitePool) -> Arc<ClaimPayments<K>> {
 mod jetstream_ack_wait {
     use super::*;
 
+    #[cfg_attr(not(has_nats), ignore = "IDEMPOTENT_NATS_URL is not set")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_claim() {
         let Some((pool, _dir)) = idempotent_tests::sqlite().await else {
@@ -860,6 +871,10 @@ mod jetstream_ack_wait {
         ack_wait_run(claim_svc(pool.clone(), pool).await).await
     }
 
+    #[cfg_attr(
+        any(not(has_nats), not(has_redis)),
+        ignore = "IDEMPOTENT_NATS_URL is not set or IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+    )]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_claim() {
         let Some(kv) = idempotent_tests::redis().await else {

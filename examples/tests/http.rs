@@ -461,6 +461,7 @@ macro_rules! on_http_backends {
         }
         mod postgres {
             $(
+            #[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
                 let Some(pool) = idempotent_tests::postgres().await else { return };
@@ -470,6 +471,7 @@ macro_rules! on_http_backends {
         }
         mod mysql {
             $(
+            #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
                 let Some(pool) = idempotent_tests::mysql().await else { return };
@@ -480,6 +482,7 @@ macro_rules! on_http_backends {
         /// Ledger on SQLite, claims in standalone Redis.
         mod redis {
             $(
+            #[cfg_attr(not(has_redis), ignore = "IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
                 let Some(store) = idempotent_tests::redis().await else { return };
@@ -491,6 +494,7 @@ macro_rules! on_http_backends {
         /// Ledger on SQLite, claims in a Redis Cluster.
         mod redis_cluster {
             $(
+            #[cfg_attr(not(has_redis_cluster), ignore = "IDEMPOTENT_REDIS_CLUSTER_URLS is not set and redis-server is not on PATH")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
                 let Some(store) = idempotent_tests::redis_cluster().await else { return };

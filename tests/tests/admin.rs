@@ -141,6 +141,7 @@ async fn sqlite_inspect_and_evict() {
     inspect_and_evict(&pool).await;
 }
 
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
 #[tokio::test]
 async fn postgres_inspect_and_evict() {
     let Some(pool) = backends::postgres().await else {
@@ -149,6 +150,7 @@ async fn postgres_inspect_and_evict() {
     inspect_and_evict(&pool).await;
 }
 
+#[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
 #[tokio::test]
 async fn mysql_inspect_and_evict() {
     let Some(pool) = backends::mysql().await else {
