@@ -205,8 +205,13 @@ pub(crate) struct Traced {
 
 impl Traced {
     /// Runs the call's future in its span, recording its metrics.
-    pub(crate) async fn run<F: Future>(self, fut: F) -> F::Output {
-        CALL.scope(self.call, fut).instrument(self.span).await
+    ///
+    /// The strategy's future is moved to the heap first (one allocation per call): wrapped by
+    /// value in the task-local scope and the span, a debug build copied it on the stack once
+    /// per layer when first polled, which overflowed tokio's 2 MiB worker stack under a deep
+    /// caller (the fault matrix's cancelling `select!`).
+    pub(crate) fn run<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        CALL.scope(self.call, Box::pin(fut)).instrument(self.span)
     }
 }
 
