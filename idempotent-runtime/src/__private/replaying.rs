@@ -38,25 +38,23 @@ pub struct Replay<M, E, T, P> {
 /// The function's error type `E` with `terminal = "path::to::fn"`: a terminal error is stored
 /// and replayed, so `E` must be `Serialize + DeserializeOwned`. Called as
 /// `TerminalErrorType::terminal(path)`, spanned at the option, `Self` inferred from the
-/// function's parameter; a failed check leaves a projection with no value, checked no further.
+/// function's parameter. What it returns, [`Terminal`], is an `ErrorPolicy` for any `E`, so
+/// nothing after the check depends on the bound.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be stored as a terminal error: with `terminal = \"...\"` the function's error type must be `Serialize + DeserializeOwned`",
     label = "`terminal` stores the errors this function calls terminal and replays them to duplicates",
-    note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}` (a variant holding a foreign error can keep its message: `#[serde(with = ...)]`, or store a `String`), or remove `terminal` so every error releases the claim"
+    note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}`; a variant wrapping another crate's error that is never terminal (`idempotent_runtime::Error`, `sqlx::Error`) can be left out with `#[serde(skip)]`, or remove `terminal` so that every error releases the claim"
 )]
 pub trait TerminalErrorType: Sized {
-    /// The policy: [`Terminal`].
-    type Policy: ErrorPolicy<Self>;
     /// The policy that stores the errors `is_terminal` calls terminal.
-    fn terminal(is_terminal: fn(&Self) -> bool) -> Self::Policy;
+    fn terminal(is_terminal: fn(&Self) -> bool) -> Terminal<Self>;
 }
 
 #[diagnostic::do_not_recommend]
 impl<E: serde::Serialize + serde::de::DeserializeOwned> TerminalErrorType for E {
-    type Policy = Terminal<E>;
     #[inline(always)]
     fn terminal(is_terminal: fn(&E) -> bool) -> Terminal<E> {
-        Terminal(is_terminal)
+        Terminal::new(is_terminal)
     }
 }
 

@@ -315,8 +315,25 @@ impl<E> ErrorPolicy<E> for ReleaseAll {
 
 /// The [`ErrorPolicy`] of `terminal = "path::to::fn"`: an error for which the function returns
 /// `true` is terminal — stored as JSON and replayed to duplicates for the record's `ttl` —
-/// and any other releases the claim. `E` must be `Serialize + DeserializeOwned`.
-pub struct Terminal<E>(pub fn(&E) -> bool);
+/// and any other releases the claim. Built by [`Terminal::new`], which needs
+/// `E: Serialize + DeserializeOwned`; the policy itself holds plain function pointers, so it is
+/// an [`ErrorPolicy<E>`] for any `E`.
+pub struct Terminal<E> {
+    is_terminal: fn(&E) -> bool,
+    encode: fn(&E, usize) -> Result<Vec<u8>, String>,
+    decode: fn(&[u8]) -> Result<E, serde_json::Error>,
+}
+
+impl<E: Serialize + DeserializeOwned> Terminal<E> {
+    /// The policy that stores the errors `is_terminal` calls terminal.
+    pub fn new(is_terminal: fn(&E) -> bool) -> Self {
+        Terminal {
+            is_terminal,
+            encode: |e, limit| storable(e, limit, not_compared),
+            decode: |json| serde_json::from_slice(json),
+        }
+    }
+}
 
 impl<E> Clone for Terminal<E> {
     fn clone(&self) -> Self {
@@ -332,16 +349,16 @@ impl<E> std::fmt::Debug for Terminal<E> {
     }
 }
 
-impl<E: Serialize + DeserializeOwned> ErrorPolicy<E> for Terminal<E> {
+impl<E> ErrorPolicy<E> for Terminal<E> {
     fn stores_errors(&self) -> bool {
         true
     }
 
     fn stored(&self, error: &E, limit: usize) -> Option<Vec<u8>> {
-        if !(self.0)(error) {
+        if !(self.is_terminal)(error) {
             return None;
         }
-        match storable(error, limit, not_compared) {
+        match (self.encode)(error, limit) {
             Ok(json) => Some([STORED_ERROR, &json].concat()),
             Err(reason) => {
                 tracing::warn!(%reason, "a terminal error cannot be stored for replay; the claim is released instead, so a retry runs again");
@@ -351,7 +368,7 @@ impl<E: Serialize + DeserializeOwned> ErrorPolicy<E> for Terminal<E> {
     }
 
     fn replayed(&self, json: &[u8]) -> Result<E, Error> {
-        serde_json::from_slice(json).map_err(|e| {
+        (self.decode)(json).map_err(|e| {
             Error::Serialization(format!(
                 "the first call with this idempotency key failed with a terminal error, stored for replay, that does not read back: {e}"
             ))
