@@ -1537,13 +1537,20 @@ fn terminal_names_the_error_policy() {
         "{out}"
     );
     // Not written: every error releases the claim.
-    let out = ok(quote!(strategy = "token", key = "req.id", store = "pool"), place());
+    let out = ok(
+        quote!(strategy = "token", key = "req.id", store = "pool"),
+        place(),
+    );
     assert!(
         out.contains("policy : :: idempotent_runtime :: __private :: ReleaseAll"),
         "{out}"
     );
     let msg = one_err(
-        quote!(strategy = "dedup_table", key = "req.id", terminal = "not a path"),
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            terminal = "not a path"
+        ),
         place(),
     );
     assert!(msg.starts_with("`not a path` is not a path"), "{msg}");
