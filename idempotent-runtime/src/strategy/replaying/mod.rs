@@ -587,7 +587,7 @@ async fn completed<C: Completion>(
     if let std::task::Poll::Ready(outcome) = first {
         return outcome;
     }
-    let outcome = match tokio::runtime::Handle::try_current() {
+    match tokio::runtime::Handle::try_current() {
         Ok(runtime) => match runtime.spawn(task).await {
             Ok(outcome) => outcome,
             Err(join) => Err(Error::Unrecorded {
@@ -598,8 +598,7 @@ async fn completed<C: Completion>(
             }),
         },
         Err(_) => task.await,
-    };
-    outcome
+    }
 }
 
 /// The completion task: tries `completion` until it answers, retrying backend errors for up to
