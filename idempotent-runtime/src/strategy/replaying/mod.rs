@@ -803,6 +803,47 @@ mod tests {
         assert!(storable(&Skipped { a: 1, b: 9 }, usize::MAX, not_compared).is_ok());
     }
 
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum PayError {
+        Declined(String),
+        Unavailable,
+    }
+
+    #[test]
+    fn terminal_errors_are_stored_behind_a_marker_and_responses_as_before() {
+        use super::{ErrorPolicy, ReleaseAll, Replayed, Terminal, replayed};
+        let policy = Terminal::new(|e: &PayError| matches!(e, PayError::Declined(_)));
+        let stored = policy
+            .stored(&PayError::Declined("limit".into()), usize::MAX)
+            .unwrap();
+        assert_eq!(stored, b"\0error:{\"Declined\":\"limit\"}");
+        assert_eq!(policy.stored(&PayError::Unavailable, usize::MAX), None);
+        // Over the limit: released instead of stored.
+        assert_eq!(policy.stored(&PayError::Declined("limit".into()), 8), None);
+        match replayed::<u32>(&stored).unwrap() {
+            Replayed::Error(json) => assert_eq!(
+                policy.replayed(&json).unwrap(),
+                PayError::Declined("limit".into())
+            ),
+            Replayed::Response(v) => panic!("{v}"),
+        }
+        // A response is plain JSON, as records written before error policies.
+        assert!(matches!(
+            replayed::<u32>(b"7").unwrap(),
+            Replayed::Response(7)
+        ));
+        // A function without `terminal` cannot read a stored error back.
+        let released: &dyn ErrorPolicy<PayError> = &ReleaseAll;
+        assert_eq!(
+            released.stored(&PayError::Declined("x".into()), usize::MAX),
+            None
+        );
+        assert!(matches!(
+            released.replayed(b"{}"),
+            Err(crate::Error::Serialization(_))
+        ));
+    }
+
     #[test]
     fn json_texts_compare_but_for_member_order() {
         use super::same_json_but_member_order as same;
