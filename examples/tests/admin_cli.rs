@@ -1,6 +1,7 @@
-//! `idempotent-admin` end to end on SQLite (and on PostgreSQL and MariaDB when
-//! `IDEMPOTENT_POSTGRES_URL` / `IDEMPOTENT_MYSQL_URL` are set): the built binary inspects a
-//! record a real call wrote, evicts it (the next call runs again) and purges an expired one.
+//! `idempotent-admin` end to end on SQLite (and on PostgreSQL, MariaDB and Redis when
+//! `IDEMPOTENT_POSTGRES_URL` / `IDEMPOTENT_MYSQL_URL` / `IDEMPOTENT_REDIS_URL` are set): the
+//! built binary inspects a record a real call wrote, evicts it (the next call runs again) and
+//! purges an expired one (on Redis, which expires records itself, a purge reports 0).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
@@ -9,9 +10,11 @@ use idempotent_runtime::admin::{self, AdminStore};
 use idempotent_runtime::strategy::{dedup_table, not_compared};
 use idempotent_runtime::{ClaimStore, Error};
 
-fn cli(url: &str, args: &[&str]) -> serde_json::Value {
+/// Runs the binary against `target` (`["--database-url", url]` or `["--redis-url", url]`).
+fn cli(target: [&str; 2], args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_idempotent-admin"))
-        .args(["--database-url", url, "--json"])
+        .args(target)
+        .arg("--json")
         .args(args)
         .output()
         .expect("run idempotent-admin");
@@ -29,7 +32,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", u64::from_le_bytes(b))
 }
 
-async fn end_to_end<S: AdminStore + ClaimStore>(store: &S, url: &str) {
+async fn end_to_end<S: AdminStore + ClaimStore>(store: &S, url: [&str; 2]) {
     let op = "admin_cli::place";
     let order = unique("order");
     let key = admin::storage_key(op, Some("tenant-1"), &[&order]).unwrap();
@@ -61,7 +64,8 @@ async fn end_to_end<S: AdminStore + ClaimStore>(store: &S, url: &str) {
     assert_eq!((again, effects.load(SeqCst)), (2, 2));
     // The table output names the state too.
     let out = Command::new(env!("CARGO_BIN_EXE_idempotent-admin"))
-        .args(["--database-url", url, "inspect"])
+        .args(url)
+        .arg("inspect")
         .args(k)
         .output()
         .unwrap();
@@ -78,7 +82,7 @@ async fn sqlite_inspect_evict_purge() {
     let url = format!("sqlite:{}?mode=rwc", dir.path().join("admin.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     idempotent_runtime::migrate(&pool).await.unwrap();
-    end_to_end(&pool, &url).await;
+    end_to_end(&pool, ["--database-url", &url]).await;
     sqlx::query(
         "INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) \
          VALUES ('old', 'admin_cli::old', NULL, 'completed', 'o', X'31', 1000, 1000)",
@@ -86,7 +90,7 @@ async fn sqlite_inspect_evict_purge() {
     .execute(&pool)
     .await
     .unwrap();
-    let purged = cli(&url, &["purge", "--batch", "10"]);
+    let purged = cli(["--database-url", &url], &["purge", "--batch", "10"]);
     assert_eq!(purged["purged"], 1, "{purged}");
 }
 
@@ -103,7 +107,7 @@ async fn postgres_inspect_evict() {
     };
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     idempotent_runtime::migrate(&pool).await.unwrap();
-    end_to_end(&pool, &url).await;
+    end_to_end(&pool, ["--database-url", &url]).await;
 }
 
 #[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
@@ -119,5 +123,21 @@ async fn mysql_inspect_evict() {
     };
     let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
     idempotent_runtime::migrate(&pool).await.unwrap();
-    end_to_end(&pool, &url).await;
+    end_to_end(&pool, ["--database-url", &url]).await;
+}
+
+#[tokio::test]
+async fn redis_inspect_evict_purge() {
+    let Ok(url) = std::env::var("IDEMPOTENT_REDIS_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true needs IDEMPOTENT_REDIS_URL"
+        );
+        eprintln!("SKIPPED: IDEMPOTENT_REDIS_URL not set");
+        return;
+    };
+    let store = idempotent_runtime::RedisStore::connect(&url).await.unwrap();
+    end_to_end(&store, ["--redis-url", &url]).await;
+    let purged = cli(["--redis-url", &url], &["purge"]);
+    assert_eq!(purged["purged"], 0, "{purged}");
 }

@@ -81,6 +81,7 @@ use proc_macro::TokenStream;
 /// | `done` | the states that count as already applied besides `to`, which always does, e.g. `["SHIPPED", "DELIVERED"]`: a row found in one answers `Duplicate` instead of `Conflict`; not empty, never `from` (state_machine) |
 /// | `constraint` | the unique index whose violation means duplicate (unique_index); on MySQL/MariaDB and SQLite, which name no constraint, it also needs `table` (otherwise each call fails with `Error::Unsupported`: the macro cannot know the store's database) |
 /// | `on_duplicate` | path of an async fn called for a duplicate instead of returning `Error::Duplicate` (select_before_insert, unique_index, optimistic, state_machine) |
+/// | `terminal` | path of a `fn(&E) -> bool`: an error from the body it calls terminal is stored and replayed to duplicates for `ttl` instead of releasing the claim; `E` must then be `Serialize + DeserializeOwned` (dedup_table, distributed_lock, token) |
 ///
 /// Durations are [humantime](https://docs.rs/humantime) strings (`"500ms"`,
 /// `"30s"`, `"24h"`), parsed at compile time; zero is rejected, and so is a

@@ -195,6 +195,9 @@ pub(crate) struct Replaying {
     pub(crate) on_busy: Option<OnBusy>,
     /// Dropped-future policy, when given (claim mode only).
     pub(crate) on_cancel: Option<OnCancel>,
+    /// `terminal = "path"`: the `fn(&E) -> bool` that calls a body error terminal (stored and
+    /// replayed), re-spanned to its literal; `None`: every error releases the claim.
+    pub(crate) terminal: Option<TokenStream>,
 }
 
 /// The replaying strategies.

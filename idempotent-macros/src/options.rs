@@ -585,6 +585,7 @@ pub(crate) fn example(name: OptionName) -> &'static str {
         OptionName::OnBusy => "wait(5s)",
         OptionName::OnCancel => "release",
         OptionName::OnDuplicate => "Self::on_duplicate",
+        OptionName::Terminal => "AppError::is_terminal",
     }
 }
 

@@ -70,6 +70,7 @@ option_names! {
     OnBusy => "on_busy",
     OnCancel => "on_cancel",
     OnDuplicate => "on_duplicate",
+    Terminal => "terminal",
 }
 
 impl OptionName {

@@ -1519,3 +1519,52 @@ fn connection_parameter_fingerprinted_by_a_replaying_strategy_is_pointed_at() {
     );
     assert!(msg.starts_with("add `#[tx]` to `tx`:"), "{msg}");
 }
+
+#[test]
+fn terminal_names_the_error_policy() {
+    let out = ok(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            terminal = "AppError::is_terminal"
+        ),
+        place(),
+    );
+    assert!(
+        out.contains(
+            "policy : :: idempotent_runtime :: __private :: TerminalErrorType :: terminal (AppError :: is_terminal)"
+        ),
+        "{out}"
+    );
+    // Not written: every error releases the claim.
+    let out = ok(
+        quote!(strategy = "token", key = "req.id", store = "pool"),
+        place(),
+    );
+    assert!(
+        out.contains("policy : :: idempotent_runtime :: __private :: ReleaseAll"),
+        "{out}"
+    );
+    let msg = one_err(
+        quote!(
+            strategy = "dedup_table",
+            key = "req.id",
+            terminal = "not a path"
+        ),
+        place(),
+    );
+    assert!(msg.starts_with("`not a path` is not a path"), "{msg}");
+    let errors = errs(
+        quote!(
+            strategy = "unique_index",
+            key = "req.id",
+            table = "orders",
+            terminal = "is_terminal"
+        ),
+        place(),
+    );
+    assert_eq!(
+        errors[0],
+        "option `terminal` is not used by strategy `unique_index`; it applies to: dedup_table, distributed_lock, token"
+    );
+}

@@ -62,6 +62,8 @@ struct Checked {
     done: Option<Vec<LitStr>>,
     /// `on_duplicate`.
     on_duplicate: Option<TokenStream>,
+    /// `terminal`.
+    terminal: Option<TokenStream>,
 }
 
 /// Checks `args` against `func` and returns the configuration, or every
@@ -196,6 +198,11 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         .and_then(|lit| {
             parse_path_option(lit, "on_duplicate = \"Self::on_duplicate\"", &mut errors)
         });
+    let terminal = usable(OptionName::Terminal)
+        .and_then(|o| expect_str(o, &mut errors))
+        .and_then(|lit| {
+            parse_path_option(lit, "terminal = \"AppError::is_terminal\"", &mut errors)
+        });
 
     let checked = Checked {
         name,
@@ -214,6 +221,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
         to,
         done,
         on_duplicate,
+        terminal,
     };
     let family = strategy.and_then(|(strategy, span)| {
         check_required(args, strategy, span, &mut errors);
@@ -584,6 +592,7 @@ fn family(
                 ttl: checked.ttl,
                 on_busy: checked.on_busy,
                 on_cancel,
+                terminal: checked.terminal,
             }));
         }
         _ => {

@@ -7,8 +7,10 @@
 //! ([`storage_key`]); only the SHA-256 storage key reaches the store.
 //!
 //! Implemented ([`AdminStore`]) for the SQL pools (`PgPool`, `MySqlPool`, `SqlitePool`: the
-//! `idempotency_records` table) and [`MemoryStore`](crate::MemoryStore) (its records). Times
-//! are judged by the store's clock, as the strategies judge them.
+//! `idempotency_records` table), [`MemoryStore`](crate::MemoryStore) (its records) and, with
+//! the feature `redis`, `RedisStore` (its `dedup_table` record hashes; Redis expires them
+//! itself, so a purge there deletes nothing and returns 0). Times are judged by the store's
+//! clock, as the strategies judge them.
 
 use std::future::Future;
 use std::time::Duration;

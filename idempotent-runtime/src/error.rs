@@ -303,6 +303,12 @@ pub async fn observe<F: Future>(fut: F) -> (F::Output, Option<Disposition>) {
         .await
 }
 
+/// Records the disposition of the current call for [`observe`] without reporting a decision
+/// (the caller reports its own, e.g. `stored_error`).
+pub(crate) fn note(d: Disposition) {
+    let _ = DISPOSITION.try_with(|cell| cell.set(Some(d)));
+}
+
 /// Records the disposition of the current call for [`observe`] (a no-op outside it), and
 /// reports it as the call's `executed` or `replayed` decision ([`crate::telemetry`]).
 pub(crate) fn record(d: Disposition) {

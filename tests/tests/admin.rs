@@ -1,4 +1,5 @@
-//! Inspect, evict and purge (`idempotent_runtime::admin`) on every claim store: the state of a
+//! Inspect, evict and purge (`idempotent_runtime::admin`) on every claim store (memory, SQLite,
+//! PostgreSQL, MariaDB, Redis, Redis Cluster): the state of a
 //! key through its life (absent, in progress with owner and lease left, completed with TTL
 //! left), eviction of a completed record (the next call runs again), refusal to evict a live
 //! claim unless forced (and the forced holder's completion then fails with `LockLost`), and a
@@ -157,6 +158,41 @@ async fn mysql_inspect_and_evict() {
         return;
     };
     inspect_and_evict(&pool).await;
+}
+
+#[tokio::test]
+async fn redis_inspect_and_evict() {
+    let Some(store) = backends::redis().await else {
+        return;
+    };
+    inspect_and_evict(&store).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_inspect_and_evict() {
+    let Some(store) = backends::redis_cluster().await else {
+        return;
+    };
+    inspect_and_evict(&store).await;
+}
+
+/// Redis expires records itself: a purge finds nothing to do (0) and leaves a live record.
+#[tokio::test]
+async fn redis_purge_is_a_no_op() {
+    let Some(store) = backends::redis().await else {
+        return;
+    };
+    let body = async || -> Result<u32, AppError> { Ok(1) };
+    let live = unique("live");
+    let key = admin::storage_key(OP, None, &[&live]).unwrap();
+    dedup_table::run(&store, key, None, Default::default(), not_compared, body)
+        .await
+        .unwrap();
+    assert_eq!(admin::purge_expired(&store, 100).await.unwrap(), 0);
+    assert!(matches!(
+        admin::inspect(&store, OP, None, &[&live]).await.unwrap(),
+        KeyState::Completed { .. }
+    ));
 }
 
 /// A purge on the memory store leaves live records alone (its clock is `Instant`, which a test

@@ -461,3 +461,53 @@ async fn business_strategy_reports_executed_then_duplicate() {
     assert_eq!(calls[0].0["strategy"], "select_before_insert");
     assert_eq!(calls[0].0["table"], "tm_customers");
 }
+
+/// A serializable error for the terminal policy: a declined card is terminal.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum PayError {
+    #[serde(skip)]
+    Runtime(String),
+    Declined(String),
+}
+
+impl From<idempotent_runtime::Error> for PayError {
+    fn from(e: idempotent_runtime::Error) -> Self {
+        PayError::Runtime(e.to_string())
+    }
+}
+
+#[tokio::test]
+async fn a_stored_terminal_error_reports_stored_error_then_replayed() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let store = MemoryStore::new();
+    let effects = AtomicU32::new(0);
+    let declined = async || -> Result<String, PayError> {
+        effects.fetch_add(1, SeqCst);
+        Err(PayError::Declined("limit".into()))
+    };
+    let policy = idempotent_runtime::strategy::Terminal::new(|e: &PayError| {
+        matches!(e, PayError::Declined(_))
+    });
+    let k = key("telemetry::pay");
+    let opts = dedup_table::Options::default();
+    for expected in [Disposition::Executed, Disposition::Replayed] {
+        let (got, how) = observe(dedup_table::run_with_policy(
+            &store,
+            k.clone(),
+            fp("a"),
+            opts,
+            not_compared,
+            policy,
+            declined,
+        ))
+        .await;
+        assert_eq!(got, Err(PayError::Declined("limit".into())));
+        assert_eq!(how, Some(expected));
+    }
+    assert_eq!(effects.load(SeqCst), 1);
+    assert_eq!(
+        capture.decisions(),
+        strs(&[&["claimed", "stored_error"], &["replayed"]])
+    );
+}

@@ -1,11 +1,16 @@
 //! `idempotent-admin`: inspect, evict and purge `dedup_table` idempotency records in a SQL
-//! database (`idempotent_runtime::admin`), printing a table or, with `--json`, one JSON object.
+//! database or in Redis (`idempotent_runtime::admin`), printing a table or, with `--json`, one
+//! JSON object.
 //!
 //! ```text
 //! idempotent-admin --database-url sqlite:orders.db inspect --operation orders::place --scope t1 --key o-1
 //! idempotent-admin --database-url postgres://… evict --operation orders::place --key o-1 [--force]
 //! idempotent-admin --database-url mysql://… purge [--batch 1000]
+//! idempotent-admin --redis-url redis://127.0.0.1:6379 inspect --operation orders::place --key o-1
 //! ```
+//!
+//! `--redis-url` takes one URL, or a comma-separated list of Redis Cluster nodes. On Redis a
+//! purge deletes nothing (Redis expires records itself) and reports 0.
 
 use std::process::ExitCode;
 
@@ -20,8 +25,15 @@ use serde_json::json;
 )]
 struct Args {
     /// The database holding `idempotency_records`: `sqlite:PATH`, `postgres://…` or `mysql://…`.
+    #[arg(
+        long,
+        required_unless_present = "redis_url",
+        conflicts_with = "redis_url"
+    )]
+    database_url: Option<String>,
+    /// The Redis holding the records instead: `redis://…`, or Cluster nodes comma-separated.
     #[arg(long)]
-    database_url: String,
+    redis_url: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -102,7 +114,16 @@ fn table(value: &serde_json::Value, prefix: &str, out: &mut String) {
 }
 
 async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let url = args.database_url.as_str();
+    if let Some(urls) = &args.redis_url {
+        let store = if urls.contains(',') {
+            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+            idempotent_runtime::RedisStore::connect_cluster(&nodes).await?
+        } else {
+            idempotent_runtime::RedisStore::connect(urls).await?
+        };
+        return Ok(run_on(&store, &args.command).await?);
+    }
+    let url = args.database_url.as_deref().unwrap_or_default();
     Ok(if url.starts_with("postgres") {
         run_on(&sqlx::PgPool::connect(url).await?, &args.command).await?
     } else if url.starts_with("mysql") || url.starts_with("mariadb") {

@@ -1,7 +1,7 @@
 //! Code generation for the replaying strategies (`dedup_table`, `distributed_lock`, `token`):
 //! the storage key and fingerprint as hygienic locals, then one call of
 //! `<T as __private::ResponseType>::replaying` with a
-//! `Replay { strategy, key, fingerprint, into_error, same }`.
+//! `Replay { strategy, key, fingerprint, into_error, same, policy }`.
 
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{ToTokens as _, quote, quote_spanned};
@@ -28,6 +28,7 @@ use crate::syntax::{UnrawString as _, ends};
 ///         strategy: rt::__private::DedupTable { store: AsClaimStore::as_claim_store(&store), options },
 ///         key, fingerprint, into_error: ErrorType::into_error,
 ///         same: rt::__private::Probe::<T>::new().same(),
+///         policy: rt::__private::ReleaseAll, // `terminal = "f"`: TerminalErrorType::terminal(f)
 ///     },
 ///     async |injected| -> Result<T, E> { BODY },
 /// ).await
@@ -122,6 +123,7 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
     let entry = Ident::new("replaying", ok_end);
     let into_error = into_error(config);
     let same = same_value(config);
+    let policy = policy(config, replaying);
     let call = call_entry(
         ok_span,
         quote_spanned!(ok_span=> <#ok_type as #response_type>::#entry),
@@ -132,6 +134,7 @@ pub(super) fn expand(config: &Config, replaying: &Replaying, func: &ItemFn) -> T
                 fingerprint: #fingerprint_local,
                 into_error: #into_error,
                 same: #same,
+                policy: #policy,
             },
             #body,
         },
@@ -156,6 +159,22 @@ fn same_value(config: &Config) -> TokenStream {
     match &config.ok_type {
         Some(ty) => quote!(#rt::__private::Probe::<#ty>::new().same()),
         None => quote!(::core::ops::Deref::deref(&#rt::__private::Probe::new()).same()),
+    }
+}
+
+/// What an error from the body does: `rt::__private::ReleaseAll` (release the claim), or with
+/// `terminal = "path"` `rt::__private::TerminalErrorType::terminal(path)`, spanned at the
+/// option, so that an `E` that is not `Serialize + DeserializeOwned` is one error there.
+fn policy(config: &Config, replaying: &Replaying) -> TokenStream {
+    let rt = &config.runtime;
+    match &replaying.terminal {
+        None => quote!(#rt::__private::ReleaseAll),
+        Some(path) => {
+            let span = path.span();
+            let check = private_at(config, span, "TerminalErrorType");
+            let method = Ident::new("terminal", span);
+            quote_spanned!(span=> #check::#method(#path))
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use super::{Error, Failure, Fingerprint, StorageKey};
 use crate::key::KeyPart;
 use crate::store::{ClaimStore, LockStore, TokenStore};
 use crate::strategy::Replayable;
-use crate::strategy::replaying::{SameValue, not_compared};
+use crate::strategy::replaying::{ErrorPolicy, SameValue, not_compared};
+pub use crate::strategy::replaying::{ReleaseAll, Terminal};
 
 pub use crate::strategy::dedup_table::Options as DedupTableOptions;
 use crate::strategy::distributed_lock::FencingToken;
@@ -17,7 +18,7 @@ pub use crate::strategy::distributed_lock::Options as LockOptions;
 pub use crate::strategy::token::Options as TokenOptions;
 
 /// One call of a replaying strategy, as the generated code fills it.
-pub struct Replay<M, E, T> {
+pub struct Replay<M, E, T, P> {
     /// The strategy with its store and options ([`DedupTable`], [`DistributedLock`], …).
     pub strategy: M,
     /// The storage key.
@@ -29,6 +30,53 @@ pub struct Replay<M, E, T> {
     /// Compares the response with the copy read back from its JSON: `Probe::<T>::new().same()`,
     /// `Some(a == b)` when `T: PartialEq`, else `None` (see [`Probe`]).
     pub same: fn(&T, &T) -> Option<bool>,
+    /// What an error from the body does: [`ReleaseAll`], or `terminal = "path"`'s
+    /// [`Terminal`] from [`TerminalErrorType::terminal`] (checked at the option).
+    pub policy: P,
+}
+
+/// The function's error type `E` with `terminal = "path::to::fn"`: a terminal error is stored
+/// and replayed, so `E` must be `Serialize + DeserializeOwned`. Called as
+/// `TerminalErrorType::terminal(path)`, spanned at the option, `Self` inferred from the
+/// function's parameter. What it returns, [`Terminal`], is an `ErrorPolicy` for any `E`, so
+/// nothing after the check depends on the bound.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored as a terminal error: with `terminal = \"...\"` the function's error type must be `Serialize + DeserializeOwned`",
+    label = "`terminal` stores the errors this function calls terminal and replays them to duplicates",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}`; a variant wrapping another crate's error that is never terminal (`idempotent_runtime::Error`, `sqlx::Error`) can be left out with `#[serde(skip)]`, or remove `terminal` so that every error releases the claim"
+)]
+pub trait TerminalErrorType: Sized {
+    /// The policy that stores the errors `is_terminal` calls terminal.
+    fn terminal(is_terminal: fn(&Self) -> bool) -> Terminal<Self>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<E: serde::Serialize + serde::de::DeserializeOwned> TerminalErrorType for E {
+    #[inline(always)]
+    fn terminal(is_terminal: fn(&E) -> bool) -> Terminal<E> {
+        Terminal::new(is_terminal)
+    }
+}
+
+/// The user's policy seen through [`Failure`]: the body's errors are judged by it, runtime
+/// errors are never stored.
+struct BodyErrors<P>(P);
+
+impl<E, P: ErrorPolicy<E>> ErrorPolicy<Failure<E>> for BodyErrors<P> {
+    fn stores_errors(&self) -> bool {
+        self.0.stores_errors()
+    }
+
+    fn stored(&self, error: &Failure<E>, limit: usize) -> Option<Vec<u8>> {
+        match error {
+            Failure::Body(e, _) => self.0.stored(e, limit),
+            Failure::Runtime(_) => None,
+        }
+    }
+
+    fn replayed(&self, json: &[u8]) -> Result<Failure<E>, Error> {
+        self.0.replayed(json).map(|e| Failure::Body(e, None))
+    }
 }
 
 /// Picks how a response type `T` is compared with the copy read back from its JSON, by
@@ -89,16 +137,19 @@ pub trait ReplayStrategy {
     type Injected;
 
     /// Runs the strategy's entry point with `body`.
-    fn run<T, E, F>(
+    #[allow(clippy::too_many_arguments)]
+    fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
+        policy: P,
         body: F,
     ) -> impl Future<Output = Result<T, E>>
     where
         T: Replayable,
         E: From<Error>,
+        P: ErrorPolicy<E>,
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>;
 }
 
@@ -114,21 +165,26 @@ pub trait ReplayStrategy {
 pub trait ResponseType: Sized {
     /// The replaying family's adapter: runs `call.strategy` with the body's error passed
     /// through and a runtime error converted by `call.into_error`.
-    fn replaying<M, E, F>(
-        call: Replay<M, E, Self>,
+    fn replaying<M, E, P, F>(
+        call: Replay<M, E, Self, P>,
         body: F,
     ) -> impl Future<Output = Result<Self, E>>
     where
         M: ReplayStrategy,
+        P: ErrorPolicy<E>,
         F: AsyncFnOnce(&mut M::Injected) -> Result<Self, E>;
 }
 
 #[diagnostic::do_not_recommend]
 impl<T: Replayable> ResponseType for T {
     #[inline(always)]
-    fn replaying<M, E, F>(call: Replay<M, E, Self>, body: F) -> impl Future<Output = Result<T, E>>
+    fn replaying<M, E, P, F>(
+        call: Replay<M, E, Self, P>,
+        body: F,
+    ) -> impl Future<Output = Result<T, E>>
     where
         M: ReplayStrategy,
+        P: ErrorPolicy<E>,
         F: AsyncFnOnce(&mut M::Injected) -> Result<T, E>,
     {
         replaying(call, body)
@@ -137,10 +193,11 @@ impl<T: Replayable> ResponseType for T {
 
 /// See [`ResponseType::replaying`].
 #[inline]
-async fn replaying<M, T, E, F>(call: Replay<M, E, T>, body: F) -> Result<T, E>
+async fn replaying<M, T, E, P, F>(call: Replay<M, E, T, P>, body: F) -> Result<T, E>
 where
     M: ReplayStrategy,
     T: Replayable,
+    P: ErrorPolicy<E>,
     F: AsyncFnOnce(&mut M::Injected) -> Result<T, E>,
 {
     let Replay {
@@ -149,11 +206,16 @@ where
         fingerprint,
         into_error,
         same,
+        policy,
     } = call;
     let body = async move |injected: &mut M::Injected| {
         body(injected).await.map_err(|e| Failure::Body(e, None))
     };
-    Failure::split(strategy.run(key, fingerprint, same, body).await, into_error)
+    let policy = BodyErrors(policy);
+    Failure::split(
+        strategy.run(key, fingerprint, same, policy, body).await,
+        into_error,
+    )
 }
 
 /// `dedup_table` without `#[tx]`: [`crate::strategy::dedup_table::run`].
@@ -167,21 +229,31 @@ pub struct DedupTable<'a, S: ?Sized> {
 impl<S: ClaimStore> ReplayStrategy for DedupTable<'_, S> {
     type Injected = ();
 
-    async fn run<T, E, F>(
+    async fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
+        policy: P,
         body: F,
     ) -> Result<T, E>
     where
         T: Replayable,
         E: From<Error>,
+        P: ErrorPolicy<E>,
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move || body(&mut ()).await;
-        crate::strategy::dedup_table::run(self.store, key, fingerprint, self.options, same, body)
-            .await
+        crate::strategy::dedup_table::run_with_policy(
+            self.store,
+            key,
+            fingerprint,
+            self.options,
+            same,
+            policy,
+            body,
+        )
+        .await
     }
 }
 
@@ -198,24 +270,27 @@ pub struct DedupTableInTx<S> {
 impl<S: crate::TxStore> ReplayStrategy for DedupTableInTx<S> {
     type Injected = <S::Database as sqlx::Database>::Connection;
 
-    async fn run<T, E, F>(
+    async fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
+        policy: P,
         body: F,
     ) -> Result<T, E>
     where
         T: Replayable,
         E: From<Error>,
+        P: ErrorPolicy<E>,
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
-        crate::strategy::dedup_table::run_in_tx(
+        crate::strategy::dedup_table::run_in_tx_with_policy(
             self.store,
             key,
             fingerprint,
             self.options,
             same,
+            policy,
             body,
         )
         .await
@@ -234,25 +309,28 @@ pub struct DistributedLock<'a, S: ?Sized> {
 impl<S: LockStore> ReplayStrategy for DistributedLock<'_, S> {
     type Injected = FencingToken;
 
-    async fn run<T, E, F>(
+    async fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
+        policy: P,
         body: F,
     ) -> Result<T, E>
     where
         T: Replayable,
         E: From<Error>,
+        P: ErrorPolicy<E>,
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move |mut fence: FencingToken| body(&mut fence).await;
-        crate::strategy::distributed_lock::run(
+        crate::strategy::distributed_lock::run_with_policy(
             self.store,
             key,
             fingerprint,
             self.options,
             same,
+            policy,
             body,
         )
         .await
@@ -272,26 +350,29 @@ pub struct Token<'a, S: ?Sized, K: ?Sized> {
 impl<S: TokenStore, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
     type Injected = ();
 
-    async fn run<T, E, F>(
+    async fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
+        policy: P,
         body: F,
     ) -> Result<T, E>
     where
         T: Replayable,
         E: From<Error>,
+        P: ErrorPolicy<E>,
         F: AsyncFnOnce(&mut Self::Injected) -> Result<T, E>,
     {
         let body = async move || body(&mut ()).await;
-        crate::strategy::token::run(
+        crate::strategy::token::run_with_policy(
             self.store,
             self.token,
             key,
             fingerprint,
             self.options,
             same,
+            policy,
             body,
         )
         .await

@@ -194,3 +194,81 @@ fn record(o: Vec<u8>, f: Vec<u8>, s: Vec<u8>, r: Vec<u8>) -> Result<Option<Recor
         expires_at_ms: None,
     }))
 }
+
+/// KEYS: rec. → {state, owner, pttl}: state `''` when absent, `'p'` in progress, `'c'`
+/// completed; pttl the record's time to live in ms (its lease left, or its TTL left).
+const REC_INSPECT_LUA: &str = r"
+local t = redis.call('HMGET', KEYS[1], 's', 'o')
+if not t[1] then return {'', '', -2} end
+return {t[1], t[2] or '', redis.call('PTTL', KEYS[1])}
+";
+static REC_INSPECT: LazyLock<Lua> = LazyLock::new(|| Lua::new(REC_INSPECT_LUA));
+
+/// KEYS: rec. ARGV: force ('1' or '0'). → {'removed', 0}, {'absent', 0}, or
+/// {'live', pttl}: an in-progress claim left alone (no `force`).
+const REC_EVICT_LUA: &str = r"
+local s = redis.call('HGET', KEYS[1], 's')
+if not s then return {'absent', 0} end
+if s == 'p' and ARGV[1] ~= '1' then return {'live', redis.call('PTTL', KEYS[1])} end
+redis.call('DEL', KEYS[1])
+return {'removed', 0}
+";
+static REC_EVICT: LazyLock<Lua> = LazyLock::new(|| Lua::new(REC_EVICT_LUA));
+
+/// A PTTL reply as a duration (`-1`, no expiry, and `-2`, gone, as zero).
+fn pttl(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// `dedup_table` records on Redis (standalone, Cluster, Sentinel), one script per step. Redis
+/// expires records itself (a claim at the end of its lease, a completed record at the end of
+/// its TTL), so an expired record is never seen and
+/// [`purge_expired_batch`](crate::admin::AdminStore::purge_expired_batch) has nothing to do:
+/// it returns 0 without a round trip. The creation time is not kept (`created_at_ms: None`).
+impl crate::admin::AdminStore for RedisStore {
+    const BATCHED: bool = false;
+
+    async fn inspect_key(&self, key: &StorageKey) -> Result<crate::admin::KeyState, Error> {
+        use crate::admin::KeyState;
+        let (state, owner, ttl): (Vec<u8>, String, i64) =
+            self.eval(&mut REC_INSPECT.key(rkey(key, "rec"))).await?;
+        Ok(match state.as_slice() {
+            b"p" => KeyState::InProgress {
+                owner,
+                lease_left: pttl(ttl),
+            },
+            b"c" => KeyState::Completed {
+                created_at_ms: None,
+                expires_in: pttl(ttl),
+            },
+            _ => KeyState::Absent,
+        })
+    }
+
+    async fn evict_key(
+        &self,
+        key: &StorageKey,
+        force: bool,
+    ) -> Result<crate::admin::Evicted, Error> {
+        use crate::admin::Evicted;
+        let (what, ttl): (String, i64) = self
+            .eval(
+                REC_EVICT
+                    .key(rkey(key, "rec"))
+                    .arg(if force { "1" } else { "0" }),
+            )
+            .await?;
+        Ok(match what.as_str() {
+            "removed" => Evicted::Removed,
+            "live" => Evicted::LiveClaim {
+                lease_left: pttl(ttl),
+            },
+            _ => Evicted::Absent,
+        })
+    }
+
+    /// Nothing to purge: Redis deletes expired records itself. Returns 0.
+    async fn purge_expired_batch(&self, _batch: u32) -> Result<u64, Error> {
+        Ok(0)
+    }
+}

@@ -42,8 +42,9 @@ use super::durations::{
     DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, check_on_busy,
 };
 use super::{
-    Completion, DropGuard, SameValue, acquiring, busy, check_fingerprint, complete_recorded,
-    first_renewal, replayed, response_bytes, while_renewing,
+    Completion, DropGuard, ErrorPolicy, ReleaseAll, Replayed, SameValue, acquiring, answer, busy,
+    check_fingerprint, complete_recorded, complete_with_error, first_renewal, replayed,
+    response_bytes, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimOrRecord, ClaimStore, Record, RecordState, new_owner, retryable};
@@ -124,7 +125,8 @@ async fn retrying<R, Fut: Future<Output = Result<R, Error>>>(
 
 /// What to do about an existing record.
 enum Verdict<T> {
-    Replay(T),
+    /// A completed record: its response, or its stored terminal error.
+    Replay(Replayed<T>),
     /// The record expired by the store's clock: take it over from this owner.
     TakeOver(String),
     /// The in-progress claim of this owner, with this stored expiry, went unrenewed for a
@@ -266,6 +268,9 @@ mod unrenewed {
 /// `same` compares the response with the copy read back from its JSON (a difference makes it
 /// unstorable): the macro passes `==` when `T: PartialEq`; a direct caller passes
 /// [`not_compared`](crate::strategy::not_compared) or its own comparison.
+///
+/// Every error from the body releases the claim ([`ReleaseAll`]); [`run_with_policy`] takes
+/// an [`ErrorPolicy`] that may store terminal errors instead.
 pub async fn run<S, T, E, F>(
     store: &S,
     key: StorageKey,
@@ -280,24 +285,58 @@ where
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
-    telemetry::traced("dedup_table", store.backend_name(), &key)
-        .run(claim_mode(store, key, fingerprint, options, same, body))
-        .await
+    run_with_policy(store, key, fingerprint, options, same, ReleaseAll, body).await
 }
 
-/// [`run`], inside the call's span.
-async fn claim_mode<S, T, E, F>(
+/// [`run`] with an [`ErrorPolicy`]: an error from the body that `policy` stores (a terminal
+/// error, see [`Terminal`](super::Terminal)) completes the record with it instead of
+/// releasing the claim — by compare-and-set on the owner, as a response is — so duplicates
+/// get the same error back for `ttl` without running the body; the caller gets the body's
+/// error as it was. Any other error releases the claim as in [`run`]. Errors as [`run`]'s.
+pub async fn run_with_policy<S, T, E, P, F>(
     store: &S,
     key: StorageKey,
     fingerprint: Option<Fingerprint>,
     options: Options,
     same: SameValue<T>,
+    policy: P,
     body: F,
 ) -> Result<T, E>
 where
     S: ClaimStore,
     T: super::Replayable,
     E: From<Error>,
+    P: ErrorPolicy<E>,
+    F: AsyncFnOnce() -> Result<T, E>,
+{
+    telemetry::traced("dedup_table", store.backend_name(), &key)
+        .run(claim_mode(
+            store,
+            key,
+            fingerprint,
+            options,
+            same,
+            policy,
+            body,
+        ))
+        .await
+}
+
+/// [`run_with_policy`], inside the call's span.
+async fn claim_mode<S, T, E, P, F>(
+    store: &S,
+    key: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
+    policy: P,
+    body: F,
+) -> Result<T, E>
+where
+    S: ClaimStore,
+    T: super::Replayable,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
     options.check()?;
@@ -334,10 +373,7 @@ where
             Some(rec) => {
                 match telemetry::check(judge::<T>(rec, claim.owner, claim.fingerprint, watch))? {
                     Verdict::Ours => break,
-                    Verdict::Replay(v) => {
-                        record(Disposition::Replayed);
-                        return Ok(v);
-                    }
+                    Verdict::Replay(v) => return answer(v, &policy),
                     Verdict::TakeOver(previous) => {
                         let taken = retrying(|| {
                             sent = tokio::time::Instant::now();
@@ -386,6 +422,19 @@ where
     let value = match result {
         Ok(v) => v,
         Err(e) => {
+            if let Some(stored) = policy.stored(&e, options.max_response_bytes) {
+                let completion = Completing {
+                    store: store.clone(),
+                    key: key.clone(),
+                    owner: owner.clone(),
+                    response: stored,
+                    ttl: options.ttl,
+                    lease: options.lease,
+                };
+                // Stored or not (logged), the caller gets the body's own error.
+                let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                return Err(e);
+            }
             if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
                 tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
             }
@@ -439,7 +488,7 @@ impl<S: ClaimStore> Completion for Completing<S> {
 }
 
 #[cfg(feature = "sqlx")]
-pub use transactional::run_in_tx;
+pub use transactional::{run_in_tx, run_in_tx_with_policy};
 
 #[cfg(feature = "sqlx")]
 mod transactional {
@@ -489,25 +538,55 @@ mod transactional {
         E: From<Error>,
         F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
     {
-        let name = <S::Database as sqlx::Database>::NAME;
-        telemetry::traced("dedup_table", name, &key)
-            .run(in_tx(store, key, fingerprint, options, same, body))
-            .await
+        run_in_tx_with_policy(store, key, fingerprint, options, same, ReleaseAll, body).await
     }
 
-    /// [`run_in_tx`], inside the call's span.
-    async fn in_tx<S, T, E, F>(
-        mut store: S,
+    /// [`run_in_tx`] with an [`ErrorPolicy`]. When `policy` may store errors
+    /// ([`ErrorPolicy::stores_errors`]) the body runs in a SAVEPOINT inside the claim's
+    /// transaction: an error the policy stores (terminal) rolls back to the savepoint — none
+    /// of the body's writes remain — then completes the record with the error and commits,
+    /// so the record and the absence of the body's writes commit together and duplicates get
+    /// the error back for `ttl`. Any other error rolls everything back as in [`run_in_tx`].
+    /// When the savepoint cannot be rolled back (MySQL ends the whole transaction on a
+    /// deadlock), the error is not stored: the transaction rolls back and a retry runs again.
+    /// Errors as [`run_in_tx`]'s.
+    pub async fn run_in_tx_with_policy<S, T, E, P, F>(
+        store: S,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         options: Options,
         same: SameValue<T>,
+        policy: P,
         body: F,
     ) -> Result<T, E>
     where
         S: TxStore,
         T: crate::strategy::replaying::Replayable,
         E: From<Error>,
+        P: ErrorPolicy<E>,
+        F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
+    {
+        let name = <S::Database as sqlx::Database>::NAME;
+        telemetry::traced("dedup_table", name, &key)
+            .run(in_tx(store, key, fingerprint, options, same, policy, body))
+            .await
+    }
+
+    /// [`run_in_tx_with_policy`], inside the call's span.
+    async fn in_tx<S, T, E, P, F>(
+        mut store: S,
+        key: StorageKey,
+        fingerprint: Option<Fingerprint>,
+        options: Options,
+        same: SameValue<T>,
+        policy: P,
+        body: F,
+    ) -> Result<T, E>
+    where
+        S: TxStore,
+        T: crate::strategy::replaying::Replayable,
+        E: From<Error>,
+        P: ErrorPolicy<E>,
         F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
     {
         options.check()?;
@@ -532,9 +611,7 @@ mod transactional {
             {
                 Ok(ReadOrBegun::Begun(tx)) => tx,
                 Ok(ReadOrBegun::Settled(replay)) => {
-                    let value = telemetry::check(replay)?;
-                    record(Disposition::Replayed);
-                    return Ok(value);
+                    return answer(telemetry::check(replay)?, &policy);
                 }
                 Err(e) if may_retry(&e) => {
                     backoff.wait().await;
@@ -558,7 +635,48 @@ mod transactional {
             match claimed {
                 InTx::Claimed => {
                     telemetry::event(Decision::Claimed);
-                    let result = body(&mut *tx).await;
+                    let result = if policy.stores_errors() {
+                        // The body in a savepoint, so that a terminal error can be stored
+                        // without its writes.
+                        match in_savepoint(&mut tx, body, &policy, options.max_response_bytes).await
+                        {
+                            Savepointed::Done(result) => result,
+                            Savepointed::Terminal(e, stored) => {
+                                match S::Database::complete_claim(
+                                    &mut *tx,
+                                    &key,
+                                    &owner,
+                                    &stored,
+                                    options.ttl,
+                                )
+                                .await
+                                {
+                                    Ok(true) => match tx.commit().await {
+                                        Ok(()) => {
+                                            telemetry::event(Decision::StoredError);
+                                            crate::error::note(Disposition::Executed);
+                                        }
+                                        Err(commit) => {
+                                            tracing::warn!(?key, error = %commit, "storing the terminal error failed; a retry runs again");
+                                            let _ =
+                                                settled(&mut store, nested, commit.into()).await;
+                                        }
+                                    },
+                                    Ok(false) => {
+                                        let _ = tx.rollback().await;
+                                    }
+                                    Err(complete) => {
+                                        tracing::warn!(?key, error = %complete, "storing the terminal error failed; a retry runs again");
+                                        drop(tx);
+                                        let _ = settled(&mut store, nested, complete).await;
+                                    }
+                                }
+                                return Err(e);
+                            }
+                        }
+                    } else {
+                        body(&mut *tx).await
+                    };
                     let value = match result {
                         Ok(v) => v,
                         Err(e) => {
@@ -601,8 +719,7 @@ mod transactional {
                 }
                 InTx::Replay(v) => {
                     let _ = tx.rollback().await;
-                    record(Disposition::Replayed);
-                    return Ok(v);
+                    return answer(v, &policy);
                 }
                 InTx::Retry => {
                     let _ = tx.rollback().await;
@@ -627,7 +744,7 @@ mod transactional {
     fn replay_before_begin<T: DeserializeOwned>(
         rec: Record,
         claim: &Claim<'_>,
-    ) -> Option<Result<T, Error>> {
+    ) -> Option<Result<Replayed<T>, Error>> {
         if rec.expired || !matches!(rec.state, RecordState::Completed(_)) {
             return None;
         }
@@ -648,9 +765,51 @@ mod transactional {
         e
     }
 
+    /// How the body ran in its savepoint.
+    enum Savepointed<T, E> {
+        /// Its result, the savepoint released (`Ok`) or rolled back (`Err`, not stored).
+        Done(Result<T, E>),
+        /// A terminal error, the savepoint rolled back, and the error as stored.
+        Terminal(E, Vec<u8>),
+    }
+
+    /// Runs `body` in a savepoint of `tx`: released when it succeeds; rolled back when it
+    /// fails — a terminal error (one `policy` stores) then comes back with its stored form,
+    /// unless the rollback failed (the transaction is gone: nothing can be stored).
+    async fn in_savepoint<DB, T, E, P, F>(
+        tx: &mut sqlx::Transaction<'_, DB>,
+        body: F,
+        policy: &P,
+        limit: usize,
+    ) -> Savepointed<T, E>
+    where
+        DB: SqlBackend,
+        E: From<Error>,
+        P: ErrorPolicy<E>,
+        F: AsyncFnOnce(&mut DB::Connection) -> Result<T, E>,
+    {
+        let mut savepoint = match sqlx::Connection::begin(&mut **tx).await {
+            Ok(sp) => sp,
+            Err(e) => return Savepointed::Done(Err(Error::from(e).into())),
+        };
+        match body(&mut *savepoint).await {
+            Ok(value) => Savepointed::Done(match savepoint.commit().await {
+                Ok(()) => Ok(value),
+                Err(e) => Err(Error::from(e).into()),
+            }),
+            Err(e) => {
+                let stored = policy.stored(&e, limit);
+                match (savepoint.rollback().await, stored) {
+                    (Ok(()), Some(stored)) => Savepointed::Terminal(e, stored),
+                    _ => Savepointed::Done(Err(e)),
+                }
+            }
+        }
+    }
+
     enum InTx<T> {
         Claimed,
-        Replay(T),
+        Replay(Replayed<T>),
         Retry,
         Busy,
     }

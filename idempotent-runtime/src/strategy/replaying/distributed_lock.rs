@@ -35,10 +35,10 @@ use super::durations::{
     DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl, check_on_busy,
 };
 use super::{
-    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, SameValue, acquiring, busy,
-    check_fingerprint, complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
+    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, ErrorPolicy, ReleaseAll, SameValue,
+    acquiring, answer, busy, check_fingerprint, complete_recorded, complete_with_error,
+    first_renewal, replayed, response_bytes, while_renewing,
 };
-use crate::error::{Disposition, record};
 use crate::store::{Acquired, LockStore, new_owner};
 use crate::strategy::{Backoff, OnBusy, OnCancel};
 use crate::telemetry::{self, Decision};
@@ -219,24 +219,50 @@ where
     E: From<Error>,
     F: AsyncFnOnce(FencingToken) -> Result<T, E>,
 {
-    telemetry::traced("distributed_lock", store.backend_name(), &key)
-        .run(locked(store, key, fingerprint, options, same, body))
-        .await
+    run_with_policy(store, key, fingerprint, options, same, ReleaseAll, body).await
 }
 
-/// [`run`], inside the call's span.
-async fn locked<S, T, E, F>(
+/// [`run`] with an [`ErrorPolicy`]: an error from the body that `policy` stores (a terminal
+/// error, see [`Terminal`](super::Terminal)) is recorded under the key and the lock released
+/// in the same compare-and-set step a response takes, so duplicates get the same error back
+/// for `ttl` without running the body; the caller gets the body's error as it was. Any other
+/// error releases the lock as in [`run`]. Errors as [`run`]'s.
+pub async fn run_with_policy<S, T, E, P, F>(
     store: &S,
     key: StorageKey,
     fingerprint: Option<Fingerprint>,
     options: Options,
     same: SameValue<T>,
+    policy: P,
     body: F,
 ) -> Result<T, E>
 where
     S: LockStore,
     T: super::Replayable,
     E: From<Error>,
+    P: ErrorPolicy<E>,
+    F: AsyncFnOnce(FencingToken) -> Result<T, E>,
+{
+    telemetry::traced("distributed_lock", store.backend_name(), &key)
+        .run(locked(store, key, fingerprint, options, same, policy, body))
+        .await
+}
+
+/// [`run_with_policy`], inside the call's span.
+async fn locked<S, T, E, P, F>(
+    store: &S,
+    key: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
+    policy: P,
+    body: F,
+) -> Result<T, E>
+where
+    S: LockStore,
+    T: super::Replayable,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
     F: AsyncFnOnce(FencingToken) -> Result<T, E>,
 {
     options.check()?;
@@ -259,9 +285,7 @@ where
                 response,
             } => {
                 telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
-                let value = replayed(&response)?;
-                record(Disposition::Replayed);
-                return Ok(value);
+                return answer(replayed(&response)?, &policy);
             }
             Acquired::Held { fingerprint } => {
                 telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
@@ -303,6 +327,19 @@ where
     let value = match result {
         Ok(v) => v,
         Err(e) => {
+            if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
+                let completion = Completing {
+                    store: store.clone(),
+                    key: key.clone(),
+                    owner: owner.clone(),
+                    response: stored,
+                    ttl: options.ttl,
+                    lease: options.lease,
+                };
+                // Stored or not (logged), the caller gets the body's own error.
+                let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                return Err(e);
+            }
             if let Err(release) = store.release_lock(&key, &owner).await {
                 tracing::warn!(?key, error = %release, "releasing the lock failed; it frees itself when its lease ends");
             }

@@ -20,6 +20,8 @@
 //! - **acquisition**: `acquiring` releases by owner when an acquisition step failed with a
 //!   backend error (its reply may have been lost) or the caller gave up while it was in flight;
 //! - [`Replayable`], the bound on a replayed response type;
+//! - the **error policy** ([`ErrorPolicy`]): whether an error from the body releases the claim
+//!   (the default, [`ReleaseAll`]) or is stored and replayed like a response ([`Terminal`]);
 //! - the duration options' defaults and floors, checked by each entry point first, in
 //!   [`durations`].
 
@@ -221,15 +223,156 @@ where
     })
 }
 
-/// Reads a stored response back; [`Error::Serialization`] when the first call's response was
-/// recorded as not storable.
-pub(crate) fn replayed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+/// Stored before the JSON of a terminal error the body returned ([`ErrorPolicy`]). Never
+/// valid JSON, so a stored response (plain JSON, as before error policies existed) is never
+/// mistaken for an error, nor an error for a response.
+pub(crate) const STORED_ERROR: &[u8] = b"\0error:";
+
+/// A stored record's answer, read back: the response, or the JSON of a stored terminal error
+/// (decoded by the caller's [`ErrorPolicy`]).
+pub(crate) enum Replayed<T> {
+    /// The first call's response.
+    Response(T),
+    /// The first call's terminal error, as JSON.
+    Error(Vec<u8>),
+}
+
+/// Reads a stored answer back; [`Error::Serialization`] when the first call's response was
+/// recorded as not storable, or does not read back as a `T`.
+pub(crate) fn replayed<T: DeserializeOwned>(bytes: &[u8]) -> Result<Replayed<T>, Error> {
+    if let Some(error) = bytes.strip_prefix(STORED_ERROR) {
+        return Ok(Replayed::Error(error.to_vec()));
+    }
     match bytes.strip_prefix(UNSTORABLE) {
         Some(reason) => Err(Error::Serialization(format!(
             "the first call with this idempotency key succeeded, but its response was not stored for replay: {}",
             String::from_utf8_lossy(reason)
         ))),
-        None => Ok(serde_json::from_slice(bytes)?),
+        None => Ok(Replayed::Response(serde_json::from_slice(bytes)?)),
+    }
+}
+
+/// What a replayed answer gives the caller: the response, or the stored terminal error decoded
+/// by `policy` (a runtime error converted into `E` when it cannot be decoded). Records the call
+/// as replayed.
+pub(crate) fn answer<T, E: From<Error>>(
+    replayed: Replayed<T>,
+    policy: &impl ErrorPolicy<E>,
+) -> Result<T, E> {
+    let answer = match replayed {
+        Replayed::Response(value) => Ok(value),
+        Replayed::Error(json) => Err(policy.replayed(&json).unwrap_or_else(E::from)),
+    };
+    crate::error::record(crate::Disposition::Replayed);
+    answer
+}
+
+/// What a replaying strategy does with an error its body returns: release the claim (lock,
+/// token) so that a retry runs the body again — the default, [`ReleaseAll`] — or, for an error
+/// the policy calls *terminal*, store it in the record like a response, so that duplicates get
+/// the same error back for the record's `ttl` without running the body ([`Terminal`]).
+///
+/// Implemented by the two policies below; the macro's `terminal = "path::to::fn"` option
+/// picks [`Terminal`]. A stored error is JSON after a marker that is never valid JSON, so
+/// records written before error policies existed replay as they did.
+pub trait ErrorPolicy<E> {
+    /// Whether this policy ever stores an error: `dedup_table`'s transactional mode then runs
+    /// the body in a SAVEPOINT, so that a stored error commits the record without the body's
+    /// writes.
+    fn stores_errors(&self) -> bool;
+
+    /// The error as stored (JSON, at most `limit` bytes) when it is terminal; `None` when the
+    /// claim is to be released instead: the error is retryable, or it cannot be stored (it
+    /// fails to serialize, does not read back, or exceeds `limit`; logged as a warning).
+    fn stored(&self, error: &E, limit: usize) -> Option<Vec<u8>>;
+
+    /// A stored terminal error read back from its JSON. Errors: [`Error::Serialization`] when
+    /// it does not deserialize as an `E`, or this policy stores no errors (the record was
+    /// written by a build whose policy did).
+    fn replayed(&self, json: &[u8]) -> Result<E, Error>;
+}
+
+/// The default [`ErrorPolicy`]: every error from the body releases the claim, so a retry runs
+/// the body again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleaseAll;
+
+impl<E> ErrorPolicy<E> for ReleaseAll {
+    fn stores_errors(&self) -> bool {
+        false
+    }
+
+    fn stored(&self, _: &E, _: usize) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn replayed(&self, _: &[u8]) -> Result<E, Error> {
+        Err(Error::Serialization(
+            "the first call with this idempotency key failed with an error that was stored as terminal, but this function has no `terminal` error policy to read it back".to_owned(),
+        ))
+    }
+}
+
+/// The [`ErrorPolicy`] of `terminal = "path::to::fn"`: an error for which the function returns
+/// `true` is terminal — stored as JSON and replayed to duplicates for the record's `ttl` —
+/// and any other releases the claim. Built by [`Terminal::new`], which needs
+/// `E: Serialize + DeserializeOwned`; the policy itself holds plain function pointers, so it is
+/// an [`ErrorPolicy<E>`] for any `E`.
+pub struct Terminal<E> {
+    is_terminal: fn(&E) -> bool,
+    encode: fn(&E, usize) -> Result<Vec<u8>, String>,
+    decode: fn(&[u8]) -> Result<E, serde_json::Error>,
+}
+
+impl<E: Serialize + DeserializeOwned> Terminal<E> {
+    /// The policy that stores the errors `is_terminal` calls terminal.
+    pub fn new(is_terminal: fn(&E) -> bool) -> Self {
+        Terminal {
+            is_terminal,
+            encode: |e, limit| storable(e, limit, not_compared),
+            decode: |json| serde_json::from_slice(json),
+        }
+    }
+}
+
+impl<E> Clone for Terminal<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for Terminal<E> {}
+
+impl<E> std::fmt::Debug for Terminal<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Terminal(..)")
+    }
+}
+
+impl<E> ErrorPolicy<E> for Terminal<E> {
+    fn stores_errors(&self) -> bool {
+        true
+    }
+
+    fn stored(&self, error: &E, limit: usize) -> Option<Vec<u8>> {
+        if !(self.is_terminal)(error) {
+            return None;
+        }
+        match (self.encode)(error, limit) {
+            Ok(json) => Some([STORED_ERROR, &json].concat()),
+            Err(reason) => {
+                tracing::warn!(%reason, "a terminal error cannot be stored for replay; the claim is released instead, so a retry runs again");
+                None
+            }
+        }
+    }
+
+    fn replayed(&self, json: &[u8]) -> Result<E, Error> {
+        (self.decode)(json).map_err(|e| {
+            Error::Serialization(format!(
+                "the first call with this idempotency key failed with a terminal error, stored for replay, that does not read back: {e}"
+            ))
+        })
     }
 }
 
@@ -395,6 +538,40 @@ pub(crate) async fn complete_recorded<C: Completion>(
     lease: Duration,
     next_renewal: tokio::time::Instant,
 ) -> Result<(), Error> {
+    let outcome = completed(completion, lease, next_renewal).await;
+    if outcome.is_ok() {
+        crate::error::record(crate::Disposition::Executed);
+    }
+    outcome
+}
+
+/// Records a terminal error the body returned, as [`complete_recorded`] records a response
+/// (`completion` holds the stored error): `Ok(())` reports the call's `stored_error` decision.
+/// On failure the error is logged and returned; the caller gets the body's error either way.
+pub(crate) async fn complete_with_error<C: Completion>(
+    completion: C,
+    lease: Duration,
+    next_renewal: tokio::time::Instant,
+) -> Result<(), Error> {
+    let outcome = completed(completion, lease, next_renewal).await;
+    match &outcome {
+        Ok(()) => {
+            crate::telemetry::event(crate::telemetry::Decision::StoredError);
+            crate::error::note(crate::Disposition::Executed);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the body's terminal error could not be stored; the caller gets it, a retry may run again");
+        }
+    }
+    outcome
+}
+
+/// [`complete_recorded`] without reporting the outcome.
+async fn completed<C: Completion>(
+    completion: C,
+    lease: Duration,
+    next_renewal: tokio::time::Instant,
+) -> Result<(), Error> {
     // Polled once right here first: a store whose completion never waits (the memory store)
     // finishes in that poll, with no task to spawn and schedule. Nothing can drop it halfway:
     // a poll runs to its end. Otherwise the same future goes on in a task of its own; tokio
@@ -408,12 +585,9 @@ pub(crate) async fn complete_recorded<C: Completion>(
         .as_mut()
         .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
     if let std::task::Poll::Ready(outcome) = first {
-        if outcome.is_ok() {
-            crate::error::record(crate::Disposition::Executed);
-        }
         return outcome;
     }
-    let outcome = match tokio::runtime::Handle::try_current() {
+    match tokio::runtime::Handle::try_current() {
         Ok(runtime) => match runtime.spawn(task).await {
             Ok(outcome) => outcome,
             Err(join) => Err(Error::Unrecorded {
@@ -424,11 +598,7 @@ pub(crate) async fn complete_recorded<C: Completion>(
             }),
         },
         Err(_) => task.await,
-    };
-    if outcome.is_ok() {
-        crate::error::record(crate::Disposition::Executed);
     }
-    outcome
 }
 
 /// The completion task: tries `completion` until it answers, retrying backend errors for up to
@@ -631,6 +801,47 @@ mod tests {
         // Without a comparison (no `PartialEq`), only what serde writes is checked: the limit.
         assert!(storable(&Alike::B(1), usize::MAX, not_compared).is_ok());
         assert!(storable(&Skipped { a: 1, b: 9 }, usize::MAX, not_compared).is_ok());
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum PayError {
+        Declined(String),
+        Unavailable,
+    }
+
+    #[test]
+    fn terminal_errors_are_stored_behind_a_marker_and_responses_as_before() {
+        use super::{ErrorPolicy, ReleaseAll, Replayed, Terminal, replayed};
+        let policy = Terminal::new(|e: &PayError| matches!(e, PayError::Declined(_)));
+        let stored = policy
+            .stored(&PayError::Declined("limit".into()), usize::MAX)
+            .unwrap();
+        assert_eq!(stored, b"\0error:{\"Declined\":\"limit\"}");
+        assert_eq!(policy.stored(&PayError::Unavailable, usize::MAX), None);
+        // Over the limit: released instead of stored.
+        assert_eq!(policy.stored(&PayError::Declined("limit".into()), 8), None);
+        match replayed::<u32>(&stored).unwrap() {
+            Replayed::Error(json) => assert_eq!(
+                policy.replayed(&json).unwrap(),
+                PayError::Declined("limit".into())
+            ),
+            Replayed::Response(v) => panic!("{v}"),
+        }
+        // A response is plain JSON, as records written before error policies.
+        assert!(matches!(
+            replayed::<u32>(b"7").unwrap(),
+            Replayed::Response(7)
+        ));
+        // A function without `terminal` cannot read a stored error back.
+        let released: &dyn ErrorPolicy<PayError> = &ReleaseAll;
+        assert_eq!(
+            released.stored(&PayError::Declined("x".into()), usize::MAX),
+            None
+        );
+        assert!(matches!(
+            released.replayed(b"{}"),
+            Err(crate::Error::Serialization(_))
+        ));
     }
 
     #[test]

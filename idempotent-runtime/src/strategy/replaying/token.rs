@@ -29,10 +29,10 @@ use std::time::Duration;
 
 use super::durations::{DEFAULT_LEASE, DEFAULT_TTL, check_acquisition, check_lease_and_ttl};
 use super::{
-    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, SameValue, acquiring, check_fingerprint,
-    complete_recorded, first_renewal, replayed, response_bytes, while_renewing,
+    Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, ErrorPolicy, ReleaseAll, SameValue,
+    acquiring, answer, check_fingerprint, complete_recorded, complete_with_error, first_renewal,
+    replayed, response_bytes, while_renewing,
 };
-use crate::error::{Disposition, record};
 use crate::store::{Consumed, TokenStore, new_owner, random_token};
 use crate::strategy::OnCancel;
 use crate::telemetry::{self, Decision};
@@ -159,6 +159,44 @@ where
     E: From<Error>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
+    run_with_policy(
+        store,
+        token,
+        binding,
+        fingerprint,
+        options,
+        same,
+        ReleaseAll,
+        body,
+    )
+    .await
+}
+
+/// [`run`] with an [`ErrorPolicy`], which decides whether an error from the body restores the
+/// token: an error `policy` stores (a terminal error, see [`Terminal`](super::Terminal))
+/// completes the token with it — consumed for good, by compare-and-set on the consumer, as a
+/// response is — so a retry with the token gets the same error back for `ttl` without running
+/// the body; the caller gets the body's error as it was. Any other error restores the token as
+/// in [`run`]. Errors as [`run`]'s.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_policy<S, K, T, E, P, F>(
+    store: &S,
+    token: &K,
+    binding: StorageKey,
+    fingerprint: Option<Fingerprint>,
+    options: Options,
+    same: SameValue<T>,
+    policy: P,
+    body: F,
+) -> Result<T, E>
+where
+    S: TokenStore,
+    K: KeyPart + ?Sized,
+    T: super::Replayable,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
+    F: AsyncFnOnce() -> Result<T, E>,
+{
     telemetry::traced("token", store.backend_name(), &binding)
         .run(consumed(
             store,
@@ -167,19 +205,22 @@ where
             fingerprint,
             options,
             same,
+            policy,
             body,
         ))
         .await
 }
 
-/// [`run`], inside the call's span.
-async fn consumed<S, K, T, E, F>(
+/// [`run_with_policy`], inside the call's span.
+#[allow(clippy::too_many_arguments)]
+async fn consumed<S, K, T, E, P, F>(
     store: &S,
     token: &K,
     binding: StorageKey,
     fingerprint: Option<Fingerprint>,
     options: Options,
     same: SameValue<T>,
+    policy: P,
     body: F,
 ) -> Result<T, E>
 where
@@ -187,6 +228,7 @@ where
     K: KeyPart + ?Sized,
     T: super::Replayable,
     E: From<Error>,
+    P: ErrorPolicy<E>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
     options.check()?;
@@ -226,9 +268,7 @@ where
                 &bind,
                 fp.as_deref(),
             ))?;
-            let value = replayed(&response)?;
-            record(Disposition::Replayed);
-            return Ok(value);
+            return answer(replayed(&response)?, &policy);
         }
     }
 
@@ -256,6 +296,19 @@ where
     let value = match result {
         Ok(v) => v,
         Err(e) => {
+            if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
+                let completion = Completing {
+                    store: store.clone(),
+                    key: key.clone(),
+                    owner: owner.clone(),
+                    response: stored,
+                    ttl: options.ttl,
+                    lease: options.lease,
+                };
+                // Stored or not (logged), the caller gets the body's own error.
+                let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                return Err(e);
+            }
             if let Err(restore) = store.restore_token(&key, &owner).await {
                 tracing::warn!(?key, error = %restore, "restoring the token failed; it frees itself when its lease ends");
             }
