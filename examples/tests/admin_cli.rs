@@ -126,6 +126,10 @@ async fn mysql_inspect_evict() {
     end_to_end(&pool, ["--database-url", &url]).await;
 }
 
+#[cfg_attr(
+    not(has_redis),
+    ignore = "IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+)]
 #[tokio::test]
 async fn redis_inspect_evict_purge() {
     let Ok(url) = std::env::var("IDEMPOTENT_REDIS_URL") else {

@@ -160,6 +160,10 @@ async fn mysql_inspect_and_evict() {
     inspect_and_evict(&pool).await;
 }
 
+#[cfg_attr(
+    not(has_redis),
+    ignore = "IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+)]
 #[tokio::test]
 async fn redis_inspect_and_evict() {
     let Some(store) = backends::redis().await else {
@@ -168,6 +172,10 @@ async fn redis_inspect_and_evict() {
     inspect_and_evict(&store).await;
 }
 
+#[cfg_attr(
+    not(has_redis_cluster),
+    ignore = "IDEMPOTENT_REDIS_CLUSTER_URLS is not set and redis-server is not on PATH"
+)]
 #[tokio::test]
 async fn redis_cluster_inspect_and_evict() {
     let Some(store) = backends::redis_cluster().await else {
@@ -177,6 +185,10 @@ async fn redis_cluster_inspect_and_evict() {
 }
 
 /// Redis expires records itself: a purge finds nothing to do (0) and leaves a live record.
+#[cfg_attr(
+    not(has_redis),
+    ignore = "IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+)]
 #[tokio::test]
 async fn redis_purge_is_a_no_op() {
     let Some(store) = backends::redis().await else {

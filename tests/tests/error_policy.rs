@@ -268,7 +268,7 @@ mod tokens {
 /// the body's row is rolled back (it ran in a savepoint); a retryable error rolls everything
 /// back and the retry runs, its row committed with the record.
 macro_rules! tx_suite {
-    (mod $m:ident; pool = $pool:ty; conn = $conn:ty; ledger = $ledger:ident; setup = $setup:expr;) => {
+    (mod $m:ident; pool = $pool:ty; conn = $conn:ty; ledger = $ledger:ident; setup = $setup:expr; $(skip = $skip:meta;)?) => {
         mod $m {
             use super::*;
             use idempotent_tests::$ledger;
@@ -294,6 +294,7 @@ macro_rules! tx_suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            $(#[$skip])?
             async fn terminal_error_commits_without_the_bodys_writes() {
                 let Some((db, _guard)) = $setup else { return };
                 let ledger = $ledger::create(&db).await;
@@ -356,6 +357,7 @@ tx_suite! {
     conn = sqlx::PgConnection;
     ledger = PgLedger;
     setup = idempotent_tests::postgres().await.map(|p| (p, None::<()>));
+    skip = cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set");
 }
 
 tx_suite! {
@@ -364,4 +366,5 @@ tx_suite! {
     conn = sqlx::MySqlConnection;
     ledger = MyLedger;
     setup = idempotent_tests::mysql().await.map(|p| (p, None::<()>));
+    skip = cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set");
 }

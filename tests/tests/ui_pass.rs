@@ -77,6 +77,9 @@ mod state_machine_fullest;
 #[path = "../ui/pass/state_machine_minimal.rs"]
 #[allow(dead_code, clippy::all)]
 mod state_machine_minimal;
+#[path = "../ui/pass/terminal_policy.rs"]
+#[allow(dead_code, clippy::all)]
+mod terminal_policy;
 #[path = "../ui/pass/token_fullest.rs"]
 #[allow(dead_code, clippy::all)]
 mod token_fullest;
@@ -244,4 +247,32 @@ fn unique_index_fullest_compiles_and_runs() {
 #[test]
 fn unique_index_minimal_compiles_and_runs() {
     unique_index_minimal::main();
+}
+
+#[test]
+fn terminal_policy_compiles_and_runs() {
+    terminal_policy::main();
+}
+
+/// Every file in `tests/ui/pass` is a module of this crate: a case added there and not here
+/// would never be compiled.
+#[test]
+fn every_pass_case_is_a_module_here() {
+    let here = include_str!("ui_pass.rs");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/pass");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("tests/ui/pass") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".rs") && !here.contains(&format!("\"../ui/pass/{name}\"")) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "pass cases not compiled by ui_pass.rs: {missing:?}"
+    );
 }

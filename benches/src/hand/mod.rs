@@ -30,7 +30,7 @@ pub const TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// phase (phases run one at a time).
 static FRAMEWORK_WORK: AtomicBool = AtomicBool::new(false);
 
-/// Turns the framework's own work on or off for the hand-written side (see [`FRAMEWORK_WORK`]).
+/// Turns the framework's own work on or off for the hand-written side (see `FRAMEWORK_WORK`).
 pub fn set_framework_work(on: bool) {
     FRAMEWORK_WORK.store(on, Ordering::Relaxed);
 }

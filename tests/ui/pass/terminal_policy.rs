@@ -22,13 +22,21 @@ impl PayError {
     }
 }
 
-#[idempotent(strategy = "dedup_table", key = "req.id", terminal = "PayError::is_terminal")]
+#[idempotent(
+    strategy = "dedup_table",
+    key = "req.id",
+    terminal = "PayError::is_terminal"
+)]
 pub async fn place(store: &MemoryStore, req: &Req) -> Result<u32, PayError> {
     let _ = req;
     Err(PayError::Declined)
 }
 
-#[idempotent(strategy = "distributed_lock", key = "req.id", terminal = "PayError::is_terminal")]
+#[idempotent(
+    strategy = "distributed_lock",
+    key = "req.id",
+    terminal = "PayError::is_terminal"
+)]
 pub async fn settle(store: &MemoryStore, req: &Req) -> Result<u32, PayError> {
     let _ = req;
     Ok(1)
@@ -40,4 +48,4 @@ pub async fn book(store: &MemoryStore, req: &Req) -> Result<u32, PayError> {
     Ok(1)
 }
 
-fn main() {}
+pub fn main() {}
