@@ -192,7 +192,9 @@ tokio::task_local! {
 
 /// The key field of the span: a prefix of the storage key's digest.
 pub(crate) fn key_prefix(key: &StorageKey) -> String {
-    let mut hex = key.hex();
+    // Only the bytes the prefix shows are encoded (a call's span must not hex-encode the
+    // whole digest again).
+    let mut hex = crate::key::lower_hex(&key.digest()[..KEY_PREFIX_LEN.div_ceil(2)]);
     hex.truncate(KEY_PREFIX_LEN);
     hex
 }
@@ -223,8 +225,12 @@ pub(crate) fn traced(strategy: &'static str, store: &'static str, key: &StorageK
         operation = key.operation(),
         strategy,
         store,
-        key = %key_prefix(key),
+        key = tracing::field::Empty,
     );
+    // Filled only when a subscriber wants the span: with none, the prefix is not computed.
+    if !span.is_disabled() {
+        span.record("key", key_prefix(key));
+    }
     Traced {
         span,
         call: Call::new(strategy, store, key.operation()),
