@@ -4,6 +4,7 @@
 //! [`http`] is the HTTP orders API of `src/bin/http.rs`. [`consumers`] holds the RabbitMQ and
 //! NATS JetStream payment consumers whose handler is an idempotent service function.
 
+pub mod connect;
 pub mod consumers;
 pub mod http;
 pub mod report;

@@ -74,6 +74,42 @@ async fn end_to_end<S: AdminStore + ClaimStore>(store: &S, url: [&str; 2]) {
         text.contains("record.state") && text.contains("\"completed\""),
         "{text}"
     );
+
+    // A live claim is not evicted without --force: exit code 3, a line saying so on stderr,
+    // and the record still there.
+    let held = unique("held");
+    let held_key = admin::storage_key(op, Some("tenant-1"), &[&held]).unwrap();
+    let claim = idempotent_runtime::store::Claim {
+        key: &held_key,
+        fingerprint: None,
+        owner: "0123456789abcdef0123456789abcdef",
+        lease: std::time::Duration::from_secs(60),
+    };
+    assert!(store.try_claim(&claim).await.unwrap());
+    let k = [
+        "--operation",
+        op,
+        "--scope",
+        "tenant-1",
+        "--key",
+        held.as_str(),
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_idempotent-admin"))
+        .args(url)
+        .arg("evict")
+        .args(k)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("not evicted") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let seen = cli(url, &[&["inspect"][..], &k].concat());
+    assert_eq!(seen["record"]["state"], "in_progress", "{seen}");
+    let forced = cli(url, &[&["evict", "--force"][..], &k].concat());
+    assert_eq!(forced["result"]["evicted"], "removed", "{forced}");
 }
 
 #[tokio::test]

@@ -71,6 +71,30 @@ fn a_refused_database_is_named_with_its_cause_and_no_password() {
     }
 }
 
+/// A port where something accepts connections but never speaks the database's protocol (a
+/// mistyped port, another kind of server): the demo gives up after its probe's time-out with
+/// one line saying so, instead of waiting forever.
+#[test]
+fn a_server_that_never_answers_the_handshake_is_named() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    for (url, what) in [
+        (
+            format!("postgres://app@127.0.0.1:{port}/orders"),
+            "no PostgreSQL handshake",
+        ),
+        (
+            format!("mysql://app@127.0.0.1:{port}/orders"),
+            "no MySQL/MariaDB handshake",
+        ),
+    ] {
+        let out = orders(&["--database-url", &url]);
+        let stderr = refused(&out, &[what, "another kind of server"]);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+    drop(silent);
+}
+
 /// `.invalid` never resolves (RFC 2606).
 #[test]
 fn an_unknown_database_host_is_named() {

@@ -80,6 +80,7 @@ async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (format!("sqlite://{}", path.display()), Some(dir))
         }
     };
+    idempotent_examples::connect::probe(&url).await?;
     let db = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .acquire_timeout(Duration::from_secs(10))

@@ -9,6 +9,9 @@
 //! idempotent-admin --redis-url redis://127.0.0.1:6379 inspect --operation orders::place --key o-1
 //! ```
 //!
+//! Exit codes: 0 done, 1 an error (printed on stderr), 2 bad arguments, 3 `evict` refused
+//! because a call holds a live claim on the key (pass `--force`).
+//!
 //! `--redis-url` takes one URL, or a comma-separated list of Redis Cluster nodes. On Redis a
 //! purge deletes nothing (Redis expires records itself) and reports 0.
 
@@ -124,6 +127,7 @@ async fn run(args: &Args) -> Result<serde_json::Value, Box<dyn std::error::Error
         return Ok(run_on(&store, &args.command).await?);
     }
     let url = args.database_url.as_deref().unwrap_or_default();
+    idempotent_examples::connect::probe(url).await?;
     Ok(if url.starts_with("postgres") {
         run_on(&sqlx::PgPool::connect(url).await?, &args.command).await?
     } else if url.starts_with("mysql") || url.starts_with("mariadb") {
@@ -151,6 +155,12 @@ async fn main() -> ExitCode {
                 out
             };
             print!("{text}");
+            if value["result"]["evicted"] == "live_claim" {
+                eprintln!(
+                    "idempotent-admin: not evicted: a call holds a live claim on this key (its body may be running); pass --force to evict it anyway"
+                );
+                return ExitCode::from(3);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

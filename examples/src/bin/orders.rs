@@ -16,13 +16,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use idempotent_examples::connect::{connect_failed, probe};
 use idempotent_examples::report::{OperationReport, Outcome, Report, quantile_ms};
 use idempotent_examples::service::{self, DEMO_TABLES, Demo, Kv, OPERATIONS, RECORDS_TABLE};
 use idempotent_examples::storm;
 use idempotent_runtime::MemoryStore;
 use idempotent_runtime::connect::redact_url;
 use idempotent_runtime::{ConnectError, Error as IdemError};
-use sqlx::Connection as _;
 
 /// Order-service demo for #[idempotent]: drives concurrent duplicates through every strategy.
 // The doc above is also clap's `--help` text, so `#[idempotent]` stays as written there.
@@ -98,27 +98,6 @@ fn run_id() -> String {
 /// `url` without its password, for printing.
 fn redact(url: &str) -> String {
     redact_url(url)
-}
-
-/// The host of a database URL (`postgres://user:pw@host:5432/db` → `host`), for telling an
-/// unknown host from other failures; `None` when there is none.
-fn host_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let host_port = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => &v6[..v6.find(']')?],
-        None => host_port.split(':').next()?,
-    };
-    (!host.is_empty()).then(|| host.to_owned())
-}
-
-/// The one line saying why connecting to the database at `url` failed: its URL without the
-/// password and the cause (refused, unknown host, authentication, unknown database).
-async fn connect_failed(url: &str, e: sqlx::Error) -> String {
-    ConnectError::diagnose(redact(url), host_of(url).as_deref(), Box::new(e))
-        .await
-        .to_string()
 }
 
 /// The one line saying why `--redis-url` failed: the runtime's [`ConnectError`] when it is
@@ -341,10 +320,7 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     // One plain connection first: a refused port, an unknown host or a bad password is
     // reported at once, with its cause, instead of as a pool timeout.
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        match sqlx::PgConnection::connect(&url).await {
-            Ok(conn) => conn.close().await?,
-            Err(e) => return Err(connect_failed(&url, e).await.into()),
-        }
+        probe(&url).await?;
         let db = match sqlx::postgres::PgPoolOptions::new()
             .max_connections(pool_size)
             // How long a call may wait for a pooled connection before failing (sqlx's
@@ -359,10 +335,7 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         run_on!(db, postgres)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         let url = url.replacen("mariadb:", "mysql:", 1);
-        match sqlx::MySqlConnection::connect(&url).await {
-            Ok(conn) => conn.close().await?,
-            Err(e) => return Err(connect_failed(&url, e).await.into()),
-        }
+        probe(&url).await?;
         let db = match sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))
