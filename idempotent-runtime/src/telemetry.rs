@@ -23,11 +23,17 @@
 //! | `idempotent_wait_duration_seconds` | histogram | `operation`, `strategy` |
 //! | `idempotent_in_flight` | gauge | `operation`, `strategy` |
 //!
+//! **Cost when nothing listens.** Without the `metrics` feature and with no `tracing`
+//! subscriber enabling INFO for target `idempotent`, a call creates no span and no per-call
+//! state: its future is polled as it is (the check is a load and a compare).
+//!
 //! `outcome` is one of [`Outcome::as_str`]'s names; `operation` is the table name for the
 //! business-table strategies.
 
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
 use tracing::Instrument;
 
@@ -199,50 +205,99 @@ pub(crate) fn key_prefix(key: &StorageKey) -> String {
     hex
 }
 
-/// A call about to run: its span and its metrics state.
+/// A call about to run: its span and its metrics state, or nothing when nothing listens.
 pub(crate) struct Traced {
-    span: tracing::Span,
-    call: Call,
+    listening: Option<(tracing::Span, Call)>,
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Traced::run`]: the strategy's future polled in place when nothing
+    /// listens, else on the heap inside the call's task-local state and span.
+    #[project = TracedProj]
+    pub(crate) enum TracedFuture<F: Future> {
+        Quiet { #[pin] fut: F },
+        Listening { #[pin] fut: tracing::instrument::Instrumented<tokio::task::futures::TaskLocalFuture<Call, Pin<Box<F>>>> },
+    }
+}
+
+impl<F: Future> Future for TracedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            TracedProj::Quiet { fut } => fut.poll(cx),
+            TracedProj::Listening { fut } => fut.poll(cx),
+        }
+    }
 }
 
 impl Traced {
     /// Runs the call's future in its span, recording its metrics.
     ///
-    /// The strategy's future is moved to the heap first (one allocation per call): wrapped by
-    /// value in the task-local scope and the span, a debug build copied it on the stack once
-    /// per layer when first polled, which overflowed tokio's 2 MiB worker stack under a deep
-    /// caller (the fault matrix's cancelling `select!`).
-    pub(crate) fn run<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
-        CALL.scope(self.call, Box::pin(fut)).instrument(self.span)
+    /// When nothing listens (see [`listening`]) the future is polled as it is: no span, no
+    /// task-local state, no allocation. Otherwise it is moved to the heap first (one
+    /// allocation per call): wrapped by value in the task-local scope and the span, a debug
+    /// build copied it on the stack once per layer when first polled, which overflowed tokio's
+    /// 2 MiB worker stack under a deep caller (the fault matrix's cancelling `select!`).
+    pub(crate) fn run<F: Future>(self, fut: F) -> TracedFuture<F> {
+        match self.listening {
+            None => TracedFuture::Quiet { fut },
+            Some((span, call)) => TracedFuture::Listening {
+                fut: CALL.scope(call, Box::pin(fut)).instrument(span),
+            },
+        }
     }
+}
+
+/// `true` when something may want a call's span, events or metrics: the `metrics` feature is
+/// on, or a `tracing` subscriber enables INFO for target `idempotent` (the span, or the
+/// events alone). Checked once per call; with no subscriber it is a load and a compare.
+fn listening(span: impl FnOnce() -> tracing::Span) -> Option<tracing::Span> {
+    #[cfg(test)]
+    if let Some(listen) = tests::LISTEN.get() {
+        return listen.then(span);
+    }
+    if !cfg!(feature = "metrics") && !tracing::level_enabled!(tracing::Level::INFO) {
+        return None;
+    }
+    let span = span();
+    let wanted = cfg!(feature = "metrics")
+        || !span.is_disabled()
+        || tracing::enabled!(target: "idempotent", tracing::Level::INFO);
+    wanted.then_some(span)
 }
 
 /// A replaying call on `key`, by `strategy` on a `store` (its backend name).
 pub(crate) fn traced(strategy: &'static str, store: &'static str, key: &StorageKey) -> Traced {
-    let span = tracing::info_span!(
-        target: "idempotent",
-        "idempotent.call",
-        operation = key.operation(),
-        strategy,
-        store,
-        key = tracing::field::Empty,
-    );
-    // Filled only when a subscriber wants the span: with none, the prefix is not computed.
-    if !span.is_disabled() {
-        span.record("key", key_prefix(key));
-    }
+    let span = listening(|| {
+        tracing::info_span!(
+            target: "idempotent",
+            "idempotent.call",
+            operation = key.operation(),
+            strategy,
+            store,
+            key = tracing::field::Empty,
+        )
+    });
     Traced {
-        span,
-        call: Call::new(strategy, store, key.operation()),
+        listening: span.map(|span| {
+            // Filled only when a subscriber wants the span: with none, the prefix is not
+            // computed.
+            if !span.is_disabled() {
+                span.record("key", key_prefix(key));
+            }
+            (span, Call::new(strategy, store, key.operation()))
+        }),
     }
 }
 
 /// A business-table call on `table`, by `strategy` on a `store` (its backend name).
 pub(crate) fn traced_business(strategy: &'static str, store: &'static str, table: &str) -> Traced {
-    let span = tracing::info_span!(target: "idempotent", "idempotent.call", table, strategy, store);
+    let span = listening(
+        || tracing::info_span!(target: "idempotent", "idempotent.call", table, strategy, store),
+    );
     Traced {
-        span,
-        call: Call::new(strategy, store, table),
+        listening: span.map(|span| (span, Call::new(strategy, store, table))),
     }
 }
 
@@ -423,9 +478,17 @@ mod metered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Overrides [`listening`]'s answer on this thread: `Some(true)` always listening,
+        /// `Some(false)` never.
+        pub(super) static LISTEN: Cell<Option<bool>> = const { Cell::new(None) };
+    }
 
     #[tokio::test]
     async fn the_last_deciding_event_is_the_outcome() {
+        LISTEN.set(Some(true));
         let key = crate::KeyBuilder::new("op").part("k").finish().unwrap();
         let seen = traced("dedup_table", "memory", &key)
             .run(async {
@@ -438,5 +501,34 @@ mod tests {
             .await;
         assert_eq!(seen, Some(Outcome::Executed));
         assert_eq!(current_outcome(), None);
+    }
+
+    /// With nothing listening, a call runs its future as it is (no span, no task-local state)
+    /// and decides as it would with a subscriber: executed once, then replayed.
+    #[tokio::test]
+    async fn a_quiet_call_runs_in_place_and_decides_the_same() {
+        LISTEN.set(Some(false));
+        let key = crate::KeyBuilder::new("op").part("quiet").finish().unwrap();
+        assert!(traced("dedup_table", "memory", &key).listening.is_none());
+        let store = crate::MemoryStore::new();
+        let ran = std::sync::atomic::AtomicUsize::new(0);
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let answer: Result<u32, Error> = crate::strategy::dedup_table::run(
+                &store,
+                key.clone(),
+                None,
+                crate::strategy::dedup_table::Options::default(),
+                crate::strategy::not_compared,
+                async || {
+                    assert_eq!(current_outcome(), None, "no task-local state when quiet");
+                    Ok(40 + ran.fetch_add(1, Ordering::SeqCst) as u32)
+                },
+            )
+            .await;
+            answers.push(answer.unwrap());
+        }
+        assert_eq!(answers, [40, 40]);
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 }

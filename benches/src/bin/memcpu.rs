@@ -15,6 +15,10 @@
 //! three build, and its count is subtracted from theirs. `store-setup` builds the keys `store` and
 //! `hand-store` use and stops: its count is subtracted from theirs.
 //!
+//! With `MEMCPU_SIZES` set it first prints the size in bytes of one call's future, annotated
+//! and hand-written: each `async` layer copies the future below it when first polled, so
+//! this size is copied several times a call.
+//!
 //! Usage: `memcpu annotated|hand|store|hand-store|store-setup|requests|key|fingerprint|roundtrip fresh|replay N`
 
 use idempotent_benches::annotated::Claim;
@@ -146,6 +150,14 @@ fn main() -> Result<(), AppError> {
             other => panic!("unknown side {other}"),
         }
     };
+    if std::env::var_os("MEMCPU_SIZES").is_some() {
+        let r = req(0);
+        eprintln!(
+            "annotated future {} bytes, hand {} bytes",
+            std::mem::size_of_val(&annotated.place(&r)),
+            std::mem::size_of_val(&hand.place(&r))
+        );
+    }
     rt.block_on(async {
         match phase.as_str() {
             "fresh" => {

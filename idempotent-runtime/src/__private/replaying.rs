@@ -4,6 +4,8 @@
 
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use super::{Error, Failure, Fingerprint, StorageKey};
 use crate::key::KeyPart;
@@ -191,9 +193,11 @@ impl<T: Replayable> ResponseType for T {
     }
 }
 
-/// See [`ResponseType::replaying`].
+/// See [`ResponseType::replaying`]. A plain function returning the strategy's future wrapped
+/// in [`Split`], not an `async fn`: each `async` layer copies the whole future below it into
+/// its own state when first polled, kilobytes on every call, replays included.
 #[inline]
-async fn replaying<M, T, E, P, F>(call: Replay<M, E, T, P>, body: F) -> Result<T, E>
+fn replaying<M, T, E, P, F>(call: Replay<M, E, T, P>, body: F) -> impl Future<Output = Result<T, E>>
 where
     M: ReplayStrategy,
     T: Replayable,
@@ -212,10 +216,31 @@ where
         body(injected).await.map_err(|e| Failure::Body(e, None))
     };
     let policy = BodyErrors(policy);
-    Failure::split(
-        strategy.run(key, fingerprint, same, policy, body).await,
+    Split {
+        fut: strategy.run(key, fingerprint, same, policy, body),
         into_error,
-    )
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The strategy's future, its [`Failure`] split into the user's error on completion.
+    struct Split<Fut, E> {
+        #[pin]
+        fut: Fut,
+        into_error: fn(Error) -> E,
+    }
+}
+
+impl<T, E, Fut: Future<Output = Result<T, Failure<E>>>> Future for Split<Fut, E> {
+    type Output = Result<T, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
+        let this = self.project();
+        this.fut
+            .poll(cx)
+            .map(|result| Failure::split(result, *this.into_error))
+    }
 }
 
 /// `dedup_table` without `#[tx]`: [`crate::strategy::dedup_table::run`].
@@ -229,14 +254,14 @@ pub struct DedupTable<'a, S: ?Sized> {
 impl<S: ClaimStore> ReplayStrategy for DedupTable<'_, S> {
     type Injected = ();
 
-    async fn run<T, E, P, F>(
+    fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
         policy: P,
         body: F,
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         T: Replayable,
         E: From<Error>,
@@ -253,7 +278,6 @@ impl<S: ClaimStore> ReplayStrategy for DedupTable<'_, S> {
             policy,
             body,
         )
-        .await
     }
 }
 
@@ -270,14 +294,14 @@ pub struct DedupTableInTx<S> {
 impl<S: crate::TxStore> ReplayStrategy for DedupTableInTx<S> {
     type Injected = <S::Database as sqlx::Database>::Connection;
 
-    async fn run<T, E, P, F>(
+    fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
         policy: P,
         body: F,
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         T: Replayable,
         E: From<Error>,
@@ -293,7 +317,6 @@ impl<S: crate::TxStore> ReplayStrategy for DedupTableInTx<S> {
             policy,
             body,
         )
-        .await
     }
 }
 
@@ -309,14 +332,14 @@ pub struct DistributedLock<'a, S: ?Sized> {
 impl<S: LockStore> ReplayStrategy for DistributedLock<'_, S> {
     type Injected = FencingToken;
 
-    async fn run<T, E, P, F>(
+    fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
         policy: P,
         body: F,
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         T: Replayable,
         E: From<Error>,
@@ -333,7 +356,6 @@ impl<S: LockStore> ReplayStrategy for DistributedLock<'_, S> {
             policy,
             body,
         )
-        .await
     }
 }
 
@@ -350,14 +372,14 @@ pub struct Token<'a, S: ?Sized, K: ?Sized> {
 impl<S: TokenStore, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
     type Injected = ();
 
-    async fn run<T, E, P, F>(
+    fn run<T, E, P, F>(
         self,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
         same: SameValue<T>,
         policy: P,
         body: F,
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         T: Replayable,
         E: From<Error>,
@@ -375,6 +397,5 @@ impl<S: TokenStore, K: KeyPart + ?Sized> ReplayStrategy for Token<'_, S, K> {
             policy,
             body,
         )
-        .await
     }
 }

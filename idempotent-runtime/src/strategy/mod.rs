@@ -88,7 +88,9 @@ impl Backoff {
     }
 
     pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
+        // On the heap: a timer is ~100 bytes, and every future that may back off (each store
+        // step of a claim loop) would otherwise carry one inline, copied on every call.
+        Box::pin(tokio::time::sleep(self.next)).await;
         self.next = (self.next * 2).min(self.max);
     }
 }

@@ -293,7 +293,7 @@ where
 /// releasing the claim — by compare-and-set on the owner, as a response is — so duplicates
 /// get the same error back for `ttl` without running the body; the caller gets the body's
 /// error as it was. Any other error releases the claim as in [`run`]. Errors as [`run`]'s.
-pub async fn run_with_policy<S, T, E, P, F>(
+pub fn run_with_policy<S, T, E, P, F>(
     store: &S,
     key: StorageKey,
     fingerprint: Option<Fingerprint>,
@@ -301,7 +301,7 @@ pub async fn run_with_policy<S, T, E, P, F>(
     same: SameValue<T>,
     policy: P,
     body: F,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>>
 where
     S: ClaimStore,
     T: super::Replayable,
@@ -309,17 +309,15 @@ where
     P: ErrorPolicy<E>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
-    telemetry::traced("dedup_table", store.backend_name(), &key)
-        .run(claim_mode(
-            store,
-            key,
-            fingerprint,
-            options,
-            same,
-            policy,
-            body,
-        ))
-        .await
+    telemetry::traced("dedup_table", store.backend_name(), &key).run(claim_mode(
+        store,
+        key,
+        fingerprint,
+        options,
+        same,
+        policy,
+        body,
+    ))
 }
 
 /// [`run_with_policy`], inside the call's span.
@@ -401,60 +399,66 @@ where
     }
     telemetry::event(Decision::Claimed);
 
-    let took = sent.elapsed();
-    if let Err(e) = check_acquisition(took, options.lease) {
-        if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
-            tracing::warn!(?key, error = %release, "releasing a claim that outlived its lease failed; it frees itself when its lease ends");
-        }
-        telemetry::event(Decision::Released);
-        return Err(e.into());
-    }
-
-    let mut guard = DropGuard::new(options.on_cancel, || {
-        store.release_claim_detached(key.clone(), owner.clone())
-    });
-    let mut next_renewal = first_renewal(sent, options.lease);
-    let result = while_renewing(options.lease, &mut next_renewal, body(), || {
-        store.renew_claim(&key, &owner, options.lease)
-    })
-    .await;
-    guard.disarm();
-    let value = match result {
-        Ok(v) => v,
-        Err(e) => {
-            if let Some(stored) = policy.stored(&e, options.max_response_bytes) {
-                let completion = Completing {
-                    store: store.clone(),
-                    key: key.clone(),
-                    owner: owner.clone(),
-                    response: stored,
-                    ttl: options.ttl,
-                    lease: options.lease,
-                };
-                // Stored or not (logged), the caller gets the body's own error.
-                let _ = complete_with_error(completion, options.lease, next_renewal).await;
-                return Err(e);
-            }
+    // The claimed call's steps run on the heap: only a fresh call needs them, and kept inline
+    // they made this future (and every layer awaiting it) kilobytes larger, copied between
+    // the layers on every call, replays too.
+    Box::pin(async move {
+        let took = sent.elapsed();
+        if let Err(e) = check_acquisition(took, options.lease) {
             if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
-                tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
+                tracing::warn!(?key, error = %release, "releasing a claim that outlived its lease failed; it frees itself when its lease ends");
             }
             telemetry::event(Decision::Released);
-            return Err(e);
+            return Err(e.into());
         }
-    };
-    // The effect has happened: record it even when the response cannot be kept, so a retry
-    // never runs the body a second time.
-    let bytes = response_bytes(&key, &value, options.max_response_bytes, same);
-    let completion = Completing {
-        store: store.clone(),
-        key: key.clone(),
-        owner: owner.clone(),
-        response: bytes,
-        ttl: options.ttl,
-        lease: options.lease,
-    };
-    telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
-    Ok(value)
+
+        let mut guard = DropGuard::new(options.on_cancel, || {
+            store.release_claim_detached(key.clone(), owner.clone())
+        });
+        let mut next_renewal = first_renewal(sent, options.lease);
+        let result = while_renewing(options.lease, &mut next_renewal, body(), || {
+            store.renew_claim(&key, &owner, options.lease)
+        })
+        .await;
+        guard.disarm();
+        let value = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(stored) = policy.stored(&e, options.max_response_bytes) {
+                    let completion = Completing {
+                        store: store.clone(),
+                        key: key.clone(),
+                        owner: owner.clone(),
+                        response: stored,
+                        ttl: options.ttl,
+                        lease: options.lease,
+                    };
+                    // Stored or not (logged), the caller gets the body's own error.
+                    let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                    return Err(e);
+                }
+                if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
+                    tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
+                }
+                telemetry::event(Decision::Released);
+                return Err(e);
+            }
+        };
+        // The effect has happened: record it even when the response cannot be kept, so a retry
+        // never runs the body a second time.
+        let bytes = response_bytes(&key, &value, options.max_response_bytes, same);
+        let completion = Completing {
+            store: store.clone(),
+            key: key.clone(),
+            owner: owner.clone(),
+            response: bytes,
+            ttl: options.ttl,
+            lease: options.lease,
+        };
+        telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
+        Ok(value)
+    })
+    .await
 }
 
 /// The completion of a claim-mode call, on an owned store handle (see [`Completion`]).
@@ -550,7 +554,7 @@ mod transactional {
     /// When the savepoint cannot be rolled back (MySQL ends the whole transaction on a
     /// deadlock), the error is not stored: the transaction rolls back and a retry runs again.
     /// Errors as [`run_in_tx`]'s.
-    pub async fn run_in_tx_with_policy<S, T, E, P, F>(
+    pub fn run_in_tx_with_policy<S, T, E, P, F>(
         store: S,
         key: StorageKey,
         fingerprint: Option<Fingerprint>,
@@ -558,7 +562,7 @@ mod transactional {
         same: SameValue<T>,
         policy: P,
         body: F,
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         S: TxStore,
         T: crate::strategy::replaying::Replayable,
@@ -567,9 +571,15 @@ mod transactional {
         F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
     {
         let name = <S::Database as sqlx::Database>::NAME;
-        telemetry::traced("dedup_table", name, &key)
-            .run(in_tx(store, key, fingerprint, options, same, policy, body))
-            .await
+        telemetry::traced("dedup_table", name, &key).run(in_tx(
+            store,
+            key,
+            fingerprint,
+            options,
+            same,
+            policy,
+            body,
+        ))
     }
 
     /// [`run_in_tx_with_policy`], inside the call's span.

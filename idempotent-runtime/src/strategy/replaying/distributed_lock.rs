@@ -227,7 +227,7 @@ where
 /// in the same compare-and-set step a response takes, so duplicates get the same error back
 /// for `ttl` without running the body; the caller gets the body's error as it was. Any other
 /// error releases the lock as in [`run`]. Errors as [`run`]'s.
-pub async fn run_with_policy<S, T, E, P, F>(
+pub fn run_with_policy<S, T, E, P, F>(
     store: &S,
     key: StorageKey,
     fingerprint: Option<Fingerprint>,
@@ -235,7 +235,7 @@ pub async fn run_with_policy<S, T, E, P, F>(
     same: SameValue<T>,
     policy: P,
     body: F,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>>
 where
     S: LockStore,
     T: super::Replayable,
@@ -243,9 +243,15 @@ where
     P: ErrorPolicy<E>,
     F: AsyncFnOnce(FencingToken) -> Result<T, E>,
 {
-    telemetry::traced("distributed_lock", store.backend_name(), &key)
-        .run(locked(store, key, fingerprint, options, same, policy, body))
-        .await
+    telemetry::traced("distributed_lock", store.backend_name(), &key).run(locked(
+        store,
+        key,
+        fingerprint,
+        options,
+        same,
+        policy,
+        body,
+    ))
 }
 
 /// [`run_with_policy`], inside the call's span.

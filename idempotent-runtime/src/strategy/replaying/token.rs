@@ -179,7 +179,7 @@ where
 /// the body; the caller gets the body's error as it was. Any other error restores the token as
 /// in [`run`]. Errors as [`run`]'s.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_with_policy<S, K, T, E, P, F>(
+pub fn run_with_policy<S, K, T, E, P, F>(
     store: &S,
     token: &K,
     binding: StorageKey,
@@ -188,7 +188,7 @@ pub async fn run_with_policy<S, K, T, E, P, F>(
     same: SameValue<T>,
     policy: P,
     body: F,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>>
 where
     S: TokenStore,
     K: KeyPart + ?Sized,
@@ -197,18 +197,16 @@ where
     P: ErrorPolicy<E>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
-    telemetry::traced("token", store.backend_name(), &binding)
-        .run(consumed(
-            store,
-            token,
-            binding,
-            fingerprint,
-            options,
-            same,
-            policy,
-            body,
-        ))
-        .await
+    telemetry::traced("token", store.backend_name(), &binding).run(consumed(
+        store,
+        token,
+        binding,
+        fingerprint,
+        options,
+        same,
+        policy,
+        body,
+    ))
 }
 
 /// [`run_with_policy`], inside the call's span.
