@@ -37,12 +37,17 @@ pub enum Error {
     #[error("not found: {0}")]
     NotFound(String),
 
-    /// The caller's claim or lock expired and another caller took it over; this caller's
-    /// completion (or release, or renewal) was refused by compare-and-set on the owner token.
-    /// When the acquisition itself took the whole lease, the error is
+    /// The caller's claim, lock or consumed token is no longer its own — its lease expired and
+    /// another caller may have taken it over, an operator removed it (`admin::evict`,
+    /// `evict_lock` or `evict_token` with `force`; `idempotent-admin evict --force`), or the
+    /// store forgot it (a Redis restart without persistence) — so this caller's completion (or
+    /// renewal) was refused by compare-and-set on the owner token. The body may have run: its
+    /// effect may have happened. (In `distributed_lock` and `token`, a completion that landed
+    /// but whose reply was lost, and whose resend is refused, is reported this way too.) When
+    /// the acquisition itself took the whole lease, the error is
     /// [`Error::LeaseShorterThanAcquisition`] instead.
     #[error(
-        "the claim on this idempotency key was lost (its lease expired and another caller may have taken it over, or the store forgot it: a Redis restart without persistence)"
+        "the claim on this idempotency key was lost before this call could confirm its completion (the operation may have run): its lease expired and another caller may have taken it over, an operator evicted it (idempotent-admin evict --force), or the store forgot it (a Redis restart without persistence)"
     )]
     LockLost,
 

@@ -4,15 +4,26 @@
 //! left), eviction of a completed record (the next call runs again), refusal to evict a live
 //! claim unless forced (and the forced holder's completion then fails with `LockLost`), and a
 //! purge of 100,000 expired SQLite records while a storm of fresh calls keeps working.
+//!
+//! The same for `distributed_lock` entries and one-time tokens on the stores that keep them
+//! (memory, Redis, Redis Cluster), made by annotated functions: a lock held (owner, the
+//! fencing token its body got, lease left), completed (the stored response), evicted (the next
+//! call runs with a higher fencing token), a live lock refused unless forced; a token issued,
+//! consumed (owner, binding, lease left), completed, evicted (the next call with it gets
+//! `TokenInvalid`), a live consumption refused unless forced.
 
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use idempotent_runtime::admin::{self, AdminStore, Evicted, KeyState};
+use idempotent_runtime::admin::{
+    self, AdminStore, Evicted, KeyState, LockAdminStore, LockState, StoredResponse,
+    TokenAdminStore, TokenState,
+};
 use idempotent_runtime::strategy::{dedup_table, not_compared};
-use idempotent_runtime::{ClaimStore, Error, MemoryStore};
+use idempotent_runtime::{ClaimStore, Error, FencingToken, MemoryStore, idempotent, issue_token};
 use idempotent_tests::{AppError, backends, unique};
+use tokio::sync::Notify;
 
 const OP: &str = "admin::place_order";
 
@@ -266,4 +277,387 @@ async fn sqlite_purge_of_100000_expired_records_beside_a_storm() {
         .await
         .unwrap();
     assert_eq!(left, 200, "only the fresh records are left");
+}
+
+/// A service whose annotated functions make real locks and token consumptions. A body runs
+/// once per call; with `park` set, the next body signals `entered` and waits for `release`.
+struct Svc<S> {
+    store: S,
+    runs: AtomicU32,
+    park: std::sync::atomic::AtomicBool,
+    entered: Notify,
+    release: Notify,
+    /// The fencing token the last `settle` body got.
+    fence: std::sync::atomic::AtomicU64,
+}
+
+impl<S> Svc<S> {
+    fn new(store: S) -> Self {
+        Svc {
+            store,
+            runs: AtomicU32::new(0),
+            park: false.into(),
+            entered: Notify::new(),
+            release: Notify::new(),
+            fence: 0.into(),
+        }
+    }
+
+    async fn body(&self) -> u32 {
+        if self.park.swap(false, SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        self.runs.fetch_add(1, SeqCst) + 1
+    }
+}
+
+const LOCK_OP: &str = "admin::settle";
+const TOKEN_OP: &str = "admin::checkout";
+const LEASE: Duration = Duration::from_secs(60);
+const TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+impl<S: LockAdminStore> Svc<S> {
+    #[idempotent(
+        strategy = "distributed_lock",
+        key = "id",
+        scope = "tenant",
+        store = "self.store",
+        name = "admin::settle",
+        lease = "60s"
+    )]
+    async fn settle(
+        &self,
+        tenant: &str,
+        id: &str,
+        #[fence] fence: FencingToken,
+    ) -> Result<(u32, u64), AppError> {
+        self.fence.store(fence.get(), SeqCst);
+        Ok((self.body().await, fence.get()))
+    }
+}
+
+impl<S: TokenAdminStore> Svc<S> {
+    /// `token` is the one-time token.
+    #[idempotent(
+        strategy = "token",
+        key = "token",
+        scope = "tenant",
+        store = "self.store",
+        name = "admin::checkout",
+        lease = "60s"
+    )]
+    async fn checkout(&self, tenant: &str, token: &str) -> Result<u32, AppError> {
+        Ok(self.body().await)
+    }
+}
+
+async fn locks<S: LockAdminStore>(store: S) {
+    let svc = Svc::new(store);
+    let store = &svc.store;
+    let tenant = unique("tenant");
+    let scope = Some(tenant.as_str());
+    let id = unique("order");
+    let parts = [id.as_str()];
+    let inspect = || admin::inspect_lock(store, LOCK_OP, scope, &parts);
+    assert_eq!(inspect().await.unwrap(), LockState::Absent);
+    assert_eq!(
+        admin::evict_lock(store, LOCK_OP, scope, &[&id], false)
+            .await
+            .unwrap(),
+        Evicted::Absent
+    );
+
+    // Completed: the stored response is the body's, as JSON; a duplicate replays it.
+    let (run, first) = svc.settle(&tenant, &id).await.unwrap();
+    assert_eq!(run, 1);
+    match inspect().await.unwrap() {
+        LockState::Completed {
+            expires_in,
+            response,
+        } => {
+            assert!(
+                expires_in > TTL - Duration::from_secs(60) && expires_in <= TTL,
+                "{expires_in:?}"
+            );
+            assert_eq!(
+                response,
+                StoredResponse::Response {
+                    json: format!("[1,{first}]")
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(svc.settle(&tenant, &id).await.unwrap(), (1, first));
+    // Evicted: the next call runs the body again, with a higher fencing token.
+    assert_eq!(
+        admin::evict_lock(store, LOCK_OP, scope, &[&id], false)
+            .await
+            .unwrap(),
+        Evicted::Removed
+    );
+    assert_eq!(inspect().await.unwrap(), LockState::Absent);
+    let (run, second) = svc.settle(&tenant, &id).await.unwrap();
+    assert_eq!(run, 2);
+    assert!(second > first, "{second} after {first}");
+
+    // Held: inspected while the body is parked, refused, then forcibly evicted.
+    let id2 = unique("order");
+    svc.park.store(true, SeqCst);
+    let (held, ()) = tokio::join!(svc.settle(&tenant, &id2), async {
+        svc.entered.notified().await;
+        let fence = svc.fence.load(SeqCst);
+        match admin::inspect_lock(store, LOCK_OP, scope, &[&id2])
+            .await
+            .unwrap()
+        {
+            LockState::Held {
+                owner,
+                fence: Some(f),
+                lease_left,
+            } => {
+                assert_eq!(owner.len(), 32);
+                assert_eq!(f, fence, "the fencing token the body got");
+                assert!(
+                    lease_left > Duration::ZERO && lease_left <= LEASE,
+                    "{lease_left:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let refused = admin::evict_lock(store, LOCK_OP, scope, &[&id2], false)
+            .await
+            .unwrap();
+        assert!(
+            matches!(refused, Evicted::LiveClaim { lease_left } if lease_left > Duration::ZERO && lease_left <= LEASE),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            admin::inspect_lock(store, LOCK_OP, scope, &[&id2])
+                .await
+                .unwrap(),
+            LockState::Held { .. }
+        ));
+        assert_eq!(
+            admin::evict_lock(store, LOCK_OP, scope, &[&id2], true)
+                .await
+                .unwrap(),
+            Evicted::Removed
+        );
+        svc.release.notify_one();
+    });
+    // The evicted holder's body ran, but its completion is refused by compare-and-set.
+    assert!(
+        matches!(held, Err(AppError::Idempotency(Error::LockLost))),
+        "{held:?}"
+    );
+    assert_eq!(svc.runs.load(SeqCst), 3);
+    assert_eq!(
+        admin::inspect_lock(store, LOCK_OP, scope, &[&id2])
+            .await
+            .unwrap(),
+        LockState::Absent
+    );
+    let parked_fence = svc.fence.load(SeqCst);
+    let (run, next) = svc.settle(&tenant, &id2).await.unwrap();
+    assert_eq!(run, 4);
+    assert!(next > parked_fence, "{next} after {parked_fence}");
+}
+
+async fn tokens<S: TokenAdminStore>(store: S) {
+    let svc = Svc::new(store);
+    let store = &svc.store;
+    let tenant = unique("tenant");
+    let scope = Some(tenant.as_str());
+    let unknown = unique("never-issued");
+    assert_eq!(
+        admin::inspect_token(store, &unknown).await.unwrap(),
+        TokenState::Absent
+    );
+    assert_eq!(
+        admin::evict_token(store, &unknown, false).await.unwrap(),
+        Evicted::Absent
+    );
+
+    // Issued, then completed by a call: bound to its operation and scope, response stored.
+    let ttl = Duration::from_secs(3600);
+    let token = issue_token(store, ttl).await.unwrap();
+    match admin::inspect_token(store, &token).await.unwrap() {
+        TokenState::Issued { expires_in } => assert!(
+            expires_in > ttl - Duration::from_secs(60) && expires_in <= ttl,
+            "{expires_in:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(svc.checkout(&tenant, &token).await.unwrap(), 1);
+    let binding = admin::storage_key(TOKEN_OP, scope, &[&token])
+        .unwrap()
+        .hex();
+    match admin::inspect_token(store, &token).await.unwrap() {
+        TokenState::Completed {
+            binding: b,
+            expires_in,
+            response,
+        } => {
+            assert_eq!(b, binding);
+            assert!(
+                expires_in > TTL - Duration::from_secs(60) && expires_in <= TTL,
+                "{expires_in:?}"
+            );
+            assert_eq!(response, StoredResponse::Response { json: "1".into() });
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(svc.checkout(&tenant, &token).await.unwrap(), 1, "replayed");
+    // Evicted: the token no longer replays; a call with it is refused, the body not run.
+    assert_eq!(
+        admin::evict_token(store, &token, false).await.unwrap(),
+        Evicted::Removed
+    );
+    assert_eq!(
+        admin::inspect_token(store, &token).await.unwrap(),
+        TokenState::Absent
+    );
+    let again = svc.checkout(&tenant, &token).await;
+    assert!(
+        matches!(again, Err(AppError::Idempotency(Error::TokenInvalid))),
+        "{again:?}"
+    );
+    // An issued token evicted is revoked.
+    let revoked = issue_token(store, ttl).await.unwrap();
+    assert_eq!(
+        admin::evict_token(store, &revoked, false).await.unwrap(),
+        Evicted::Removed
+    );
+    let refused = svc.checkout(&tenant, &revoked).await;
+    assert!(
+        matches!(refused, Err(AppError::Idempotency(Error::TokenInvalid))),
+        "{refused:?}"
+    );
+    assert_eq!(svc.runs.load(SeqCst), 1);
+
+    // Consumed: inspected while the body is parked, refused, then forcibly evicted.
+    let live = issue_token(store, ttl).await.unwrap();
+    let live_binding = admin::storage_key(TOKEN_OP, scope, &[&live]).unwrap().hex();
+    svc.park.store(true, SeqCst);
+    let (held, ()) = tokio::join!(svc.checkout(&tenant, &live), async {
+        svc.entered.notified().await;
+        match admin::inspect_token(store, &live).await.unwrap() {
+            TokenState::Consumed {
+                owner,
+                binding,
+                lease_left,
+                expires_in,
+            } => {
+                assert_eq!(owner.len(), 32);
+                assert_eq!(binding, live_binding);
+                assert!(
+                    lease_left > Duration::ZERO && lease_left <= LEASE,
+                    "{lease_left:?}"
+                );
+                assert!(
+                    expires_in > ttl - Duration::from_secs(60) && expires_in <= ttl,
+                    "{expires_in:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let refused = admin::evict_token(store, &live, false).await.unwrap();
+        assert!(
+            matches!(refused, Evicted::LiveClaim { lease_left } if lease_left > Duration::ZERO && lease_left <= LEASE),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            admin::inspect_token(store, &live).await.unwrap(),
+            TokenState::Consumed { .. }
+        ));
+        assert_eq!(
+            admin::evict_token(store, &live, true).await.unwrap(),
+            Evicted::Removed
+        );
+        svc.release.notify_one();
+    });
+    assert!(
+        matches!(held, Err(AppError::Idempotency(Error::LockLost))),
+        "{held:?}"
+    );
+    assert_eq!(svc.runs.load(SeqCst), 2, "the evicted consumer's body ran");
+    assert_eq!(
+        admin::inspect_token(store, &live).await.unwrap(),
+        TokenState::Absent
+    );
+}
+
+#[tokio::test]
+async fn memory_locks() {
+    locks(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_tokens() {
+    tokens(MemoryStore::new()).await;
+}
+
+/// A fresh memory store counts fencing tokens from 1; an evicted lock entry does not reset
+/// them (the counter is store-wide).
+#[tokio::test]
+async fn memory_fencing_tokens_survive_eviction() {
+    let svc = Svc::new(MemoryStore::new());
+    assert_eq!(svc.settle("t", "a").await.unwrap(), (1, 1));
+    assert_eq!(
+        admin::evict_lock(&svc.store, LOCK_OP, Some("t"), &["a"], false)
+            .await
+            .unwrap(),
+        Evicted::Removed
+    );
+    assert_eq!(svc.settle("t", "a").await.unwrap(), (2, 2));
+}
+
+#[cfg_attr(
+    not(has_redis),
+    ignore = "IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+)]
+#[tokio::test]
+async fn redis_locks() {
+    let Some(store) = backends::redis().await else {
+        return;
+    };
+    locks(store).await;
+}
+
+#[cfg_attr(
+    not(has_redis),
+    ignore = "IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+)]
+#[tokio::test]
+async fn redis_tokens() {
+    let Some(store) = backends::redis().await else {
+        return;
+    };
+    tokens(store).await;
+}
+
+#[cfg_attr(
+    not(has_redis_cluster),
+    ignore = "IDEMPOTENT_REDIS_CLUSTER_URLS is not set and redis-server is not on PATH"
+)]
+#[tokio::test]
+async fn redis_cluster_locks() {
+    let Some(store) = backends::redis_cluster().await else {
+        return;
+    };
+    locks(store).await;
+}
+
+#[cfg_attr(
+    not(has_redis_cluster),
+    ignore = "IDEMPOTENT_REDIS_CLUSTER_URLS is not set and redis-server is not on PATH"
+)]
+#[tokio::test]
+async fn redis_cluster_tokens() {
+    let Some(store) = backends::redis_cluster().await else {
+        return;
+    };
+    tokens(store).await;
 }

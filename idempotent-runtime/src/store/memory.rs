@@ -832,6 +832,123 @@ impl crate::admin::AdminStore for MemoryStore {
     const BATCHED: bool = false;
 }
 
+impl crate::admin::LockAdminStore for MemoryStore {
+    async fn inspect_lock_key(&self, key: &StorageKey) -> Result<crate::admin::LockState, Error> {
+        use crate::admin::{LockState, StoredResponse};
+        let now = Instant::now();
+        Ok(self
+            .locks()
+            .map
+            .get(key.digest())
+            .and_then(|e| {
+                if let Some((owner, _, ends, fence)) = e.live_lock() {
+                    return Some(LockState::Held {
+                        owner: owner.to_string(),
+                        fence: Some(*fence),
+                        lease_left: ends.saturating_duration_since(now),
+                    });
+                }
+                e.live_response()
+                    .map(|(_, response, ends)| LockState::Completed {
+                        expires_in: ends.saturating_duration_since(now),
+                        response: StoredResponse::from_bytes(response),
+                    })
+            })
+            .unwrap_or(LockState::Absent))
+    }
+
+    /// Removes the key's whole entry (lock and stored response); fencing tokens are counted
+    /// store-wide, so they keep growing.
+    async fn evict_lock_key(
+        &self,
+        key: &StorageKey,
+        force: bool,
+    ) -> Result<crate::admin::Evicted, Error> {
+        use crate::admin::Evicted;
+        let table = self.locks();
+        let Slot::Occupied(o) = table.map.entry(*key.digest()) else {
+            return Ok(Evicted::Absent);
+        };
+        let e = o.get();
+        let now = Instant::now();
+        if let Some((_, _, ends, _)) = e.live_lock().filter(|_| !force) {
+            return Ok(Evicted::LiveClaim {
+                lease_left: ends.saturating_duration_since(now),
+            });
+        }
+        let live = e.live_lock().is_some() || e.live_response().is_some();
+        o.remove();
+        table.removed();
+        Ok(if live {
+            Evicted::Removed
+        } else {
+            Evicted::Absent
+        })
+    }
+}
+
+impl crate::admin::TokenAdminStore for MemoryStore {
+    async fn inspect_token_key(
+        &self,
+        token_key: &StorageKey,
+    ) -> Result<crate::admin::TokenState, Error> {
+        use crate::admin::{StoredResponse, TokenState};
+        let now = Instant::now();
+        let Some(t) = self.tokens().map.get(token_key.digest()) else {
+            return Ok(TokenState::Absent);
+        };
+        let expires_in = t.expires_at.saturating_duration_since(now);
+        let binding = || t.binding.as_deref().unwrap_or_default().to_owned();
+        Ok(match (&t.response, &t.consumer) {
+            _ if t.expires_at <= now => TokenState::Absent,
+            (Some(response), _) => TokenState::Completed {
+                binding: binding(),
+                expires_in,
+                response: StoredResponse::from_bytes(response),
+            },
+            (None, Some((owner, ends))) if *ends > now => TokenState::Consumed {
+                owner: owner.to_string(),
+                binding: binding(),
+                lease_left: ends.saturating_duration_since(now),
+                expires_in,
+            },
+            (None, _) => TokenState::Issued { expires_in },
+        })
+    }
+
+    async fn evict_token_key(
+        &self,
+        token_key: &StorageKey,
+        force: bool,
+    ) -> Result<crate::admin::Evicted, Error> {
+        use crate::admin::Evicted;
+        let table = self.tokens();
+        let Slot::Occupied(o) = table.map.entry(*token_key.digest()) else {
+            return Ok(Evicted::Absent);
+        };
+        let t = o.get();
+        let now = Instant::now();
+        let consumed = t
+            .consumer
+            .as_ref()
+            .filter(|c| t.response.is_none() && c.1 > now);
+        if let Some((_, ends)) = consumed.filter(|_| !force) {
+            return Ok(Evicted::LiveClaim {
+                lease_left: ends.saturating_duration_since(now),
+            });
+        }
+        // A consumption's lease may outlast the token's own TTL (`expires_at` is pushed out).
+        let live = t.expires_at > now || consumed.is_some();
+        o.remove();
+        table.removed();
+        Ok(if live {
+            Evicted::Removed
+        } else {
+            Evicted::Absent
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

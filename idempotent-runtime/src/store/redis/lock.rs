@@ -180,6 +180,87 @@ impl LockStore for RedisStore {
     }
 }
 
+/// KEYS: lock, fence. → {value, pttl, fence}: value `''` when there is no lock entry, else the
+/// stored value (`p…` held, `c…` completed); pttl its time to live in ms; fence the key's last
+/// fencing token (`''` when the counter is missing).
+const LOCK_INSPECT_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return {'', -2, ''} end
+return {v, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]) or ''}
+";
+static LOCK_INSPECT: LazyLock<Lua> = LazyLock::new(|| Lua::new(LOCK_INSPECT_LUA));
+
+/// KEYS: lock. ARGV: force ('1' or '0'). → {'removed', 0}, {'absent', 0}, or {'live', pttl}:
+/// a held lock left alone (no `force`). The fencing counter is never deleted.
+const LOCK_EVICT_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return {'absent', 0} end
+if string.sub(v, 1, 1) == 'p' and ARGV[1] ~= '1' then return {'live', redis.call('PTTL', KEYS[1])} end
+redis.call('DEL', KEYS[1])
+return {'removed', 0}
+";
+static LOCK_EVICT: LazyLock<Lua> = LazyLock::new(|| Lua::new(LOCK_EVICT_LUA));
+
+/// `distributed_lock` entries on Redis: `idem:{H}:lock` read or deleted in one script each.
+/// Redis expires a lock at the end of its lease and a stored response at the end of its TTL,
+/// so neither is seen past it. An eviction leaves `idem:{H}:fence`, so the next acquisition's
+/// fencing token is still above every earlier one.
+impl crate::admin::LockAdminStore for RedisStore {
+    async fn inspect_lock_key(&self, key: &StorageKey) -> Result<crate::admin::LockState, Error> {
+        use crate::admin::{LockState, StoredResponse};
+        let [lock_key, fence_key] = rkeys(key, ["lock", "fence"]);
+        let (v, ttl, fence): (Vec<u8>, i64, Vec<u8>) = self
+            .eval(LOCK_INSPECT.key(&lock_key).key(&fence_key))
+            .await?;
+        Ok(match v.first() {
+            Some(b'p') => {
+                let (owner, _) = length_prefixed(&v)?;
+                let fence = match text(fence)? {
+                    f if f.is_empty() => None,
+                    f => Some(f.parse::<u64>().map_err(|_| {
+                        Error::Serialization("the fencing counter is not a number".into())
+                    })?),
+                };
+                LockState::Held {
+                    owner: text(owner.to_vec())?,
+                    fence,
+                    lease_left: super::record::pttl(ttl),
+                }
+            }
+            Some(b'c') => {
+                let (_, response) = length_prefixed(&v)?;
+                LockState::Completed {
+                    expires_in: super::record::pttl(ttl),
+                    response: StoredResponse::from_bytes(response),
+                }
+            }
+            _ => LockState::Absent,
+        })
+    }
+
+    async fn evict_lock_key(
+        &self,
+        key: &StorageKey,
+        force: bool,
+    ) -> Result<crate::admin::Evicted, Error> {
+        use crate::admin::Evicted;
+        let (what, ttl): (String, i64) = self
+            .eval(
+                LOCK_EVICT
+                    .key(rkey(key, "lock"))
+                    .arg(if force { "1" } else { "0" }),
+            )
+            .await?;
+        Ok(match what.as_str() {
+            "removed" => Evicted::Removed,
+            "live" => Evicted::LiveClaim {
+                lease_left: super::record::pttl(ttl),
+            },
+            _ => Evicted::Absent,
+        })
+    }
+}
+
 /// A stored value `<letter><n>:<n bytes><rest>` as (the `n` bytes, the rest).
 fn length_prefixed(v: &[u8]) -> Result<(&[u8], &[u8]), Error> {
     let malformed = || Error::Serialization("a stored lock value is malformed".into());

@@ -216,7 +216,7 @@ return {'removed', 0}
 static REC_EVICT: LazyLock<Lua> = LazyLock::new(|| Lua::new(REC_EVICT_LUA));
 
 /// A PTTL reply as a duration (`-1`, no expiry, and `-2`, gone, as zero).
-fn pttl(ms: i64) -> Duration {
+pub(super) fn pttl(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 

@@ -220,3 +220,112 @@ impl TokenStore for RedisStore {
         });
     }
 }
+
+/// KEYS: tok. → {value, pttl, now}: value `''` when there is no token, else the stored value;
+/// pttl its time to live in ms; now the server's clock in Unix ms (to judge a consumer's lease).
+const TOKEN_INSPECT_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return {'', -2, 0} end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+return {v, redis.call('PTTL', KEYS[1]), ms}
+";
+static TOKEN_INSPECT: LazyLock<Lua> = LazyLock::new(|| Lua::new(TOKEN_INSPECT_LUA));
+
+/// KEYS: tok. ARGV: force ('1' or '0'). → {'removed', 0}, {'absent', 0}, or {'live', lease
+/// left ms}: a consumption within its lease left alone (no `force`).
+const TOKEN_EVICT_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return {'absent', 0} end
+if string.sub(v, 1, 1) == 'p' and ARGV[1] ~= '1' then
+  local d = tonumber(string.match(v, '^p|%d+|(%d+)|'))
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if d and d > ms then return {'live', d - ms} end
+end
+redis.call('DEL', KEYS[1])
+return {'removed', 0}
+";
+static TOKEN_EVICT: LazyLock<Lua> = LazyLock::new(|| Lua::new(TOKEN_EVICT_LUA));
+
+/// One-time tokens on Redis: `idem:{H}:tok` read or deleted in one script each. Redis expires
+/// a token at the end of its TTL (or of its consumer's lease, when later) and a stored
+/// response at the end of its TTL.
+impl crate::admin::TokenAdminStore for RedisStore {
+    async fn inspect_token_key(
+        &self,
+        token_key: &StorageKey,
+    ) -> Result<crate::admin::TokenState, Error> {
+        use crate::admin::{StoredResponse, TokenState};
+        let (v, ttl, now): (Vec<u8>, i64, i64) = self
+            .eval(&mut TOKEN_INSPECT.key(rkey(token_key, "tok")))
+            .await?;
+        let ms = |d: i64| Duration::from_millis(u64::try_from(d).unwrap_or(0));
+        let malformed = || Error::Serialization("a stored token is malformed".into());
+        let number = |f: Option<&[u8]>| -> Result<i64, Error> {
+            std::str::from_utf8(f.ok_or_else(malformed)?)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(malformed)
+        };
+        Ok(match v.first() {
+            Some(b'i') => TokenState::Issued {
+                expires_in: ms(ttl),
+            },
+            Some(b'p') => {
+                // p|ends|deadline|owner|binding|fingerprint
+                let mut fields = v.splitn(6, |&b| b == b'|').skip(1);
+                let ends = number(fields.next())?;
+                let deadline = number(fields.next())?;
+                let owner = text(fields.next().unwrap_or_default().to_vec())?;
+                let binding = text(fields.next().unwrap_or_default().to_vec())?;
+                if deadline > now {
+                    TokenState::Consumed {
+                        owner,
+                        binding,
+                        lease_left: ms(deadline - now),
+                        expires_in: ms(ttl),
+                    }
+                } else {
+                    // The consumer's lease ended: the next call consumes the token.
+                    TokenState::Issued {
+                        expires_in: ms(ends - now),
+                    }
+                }
+            }
+            Some(b'c') => {
+                // c|binding|fingerprint|response
+                let mut fields = v.splitn(4, |&b| b == b'|').skip(1);
+                let (b, _, r) = (fields.next(), fields.next(), fields.next());
+                TokenState::Completed {
+                    binding: text(b.unwrap_or_default().to_vec())?,
+                    expires_in: ms(ttl),
+                    response: StoredResponse::from_bytes(r.unwrap_or_default()),
+                }
+            }
+            _ => TokenState::Absent,
+        })
+    }
+
+    async fn evict_token_key(
+        &self,
+        token_key: &StorageKey,
+        force: bool,
+    ) -> Result<crate::admin::Evicted, Error> {
+        use crate::admin::Evicted;
+        let (what, left): (String, i64) = self
+            .eval(
+                TOKEN_EVICT
+                    .key(rkey(token_key, "tok"))
+                    .arg(if force { "1" } else { "0" }),
+            )
+            .await?;
+        Ok(match what.as_str() {
+            "removed" => Evicted::Removed,
+            "live" => Evicted::LiveClaim {
+                lease_left: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
+            },
+            _ => Evicted::Absent,
+        })
+    }
+}
