@@ -99,9 +99,10 @@ pub trait Store: Send + Sync {
 /// [`MemoryStore`](memory::MemoryStore). Each method is one atomic step on the backend.
 ///
 /// **Owned handles.** The store must be a cheap-to-clone handle to shared state (`Clone + Send
-/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response in a
-/// task of its own (spawned on the current tokio runtime, holding a clone of the store), so
-/// that the record is written even if the caller's future is dropped meanwhile. Every built-in
+/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response with a
+/// future holding a clone of the store, which goes on in a task of its own (spawned on the
+/// current tokio runtime) if the caller's future is dropped meanwhile, so that the record is
+/// still written. Every built-in
 /// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
 /// of your own that owns its state should keep it behind an `Arc`.
 ///
@@ -298,9 +299,10 @@ pub enum Acquired {
 /// (one Lua script on Redis); every write after acquisition is a compare-and-set on the owner.
 ///
 /// **Owned handles.** The store must be a cheap-to-clone handle to shared state (`Clone + Send
-/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response in a
-/// task of its own (spawned on the current tokio runtime, holding a clone of the store), so
-/// that the record is written even if the caller's future is dropped meanwhile. Every built-in
+/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response with a
+/// future holding a clone of the store, which goes on in a task of its own (spawned on the
+/// current tokio runtime) if the caller's future is dropped meanwhile, so that the record is
+/// still written. Every built-in
 /// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
 /// of your own that owns its state should keep it behind an `Arc`.
 ///
@@ -385,9 +387,10 @@ pub enum Consumed {
 /// one atomic step on the server (one Lua script on Redis: never GET then DEL).
 ///
 /// **Owned handles.** The store must be a cheap-to-clone handle to shared state (`Clone + Send
-/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response in a
-/// task of its own (spawned on the current tokio runtime, holding a clone of the store), so
-/// that the record is written even if the caller's future is dropped meanwhile. Every built-in
+/// + Sync + 'static`): once the body has returned `Ok`, the strategy records its response with a
+/// future holding a clone of the store, which goes on in a task of its own (spawned on the
+/// current tokio runtime) if the caller's future is dropped meanwhile, so that the record is
+/// still written. Every built-in
 /// store is one (a sqlx `Pool`, [`MemoryStore`](memory::MemoryStore), `RedisStore`); a store
 /// of your own that owns its state should keep it behind an `Arc`.
 ///

@@ -25,6 +25,7 @@
 //! - the duration options' defaults and floors, checked by each entry point first, in
 //!   [`durations`].
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -523,9 +524,9 @@ pub(crate) trait Completion: Send + Sync + 'static {
     }
 }
 
-/// Records a call whose body returned `Ok`: runs `completion` in a task of its own on the
-/// current tokio runtime (inline when there is none, or when it finishes in its first poll)
-/// and awaits it, so the record is written even if the caller's future is dropped meanwhile.
+/// Records a call whose body returned `Ok`: runs `completion` in place; if the caller's
+/// future is dropped before it finishes, the rest runs in a task of its own on the current
+/// tokio runtime, so the record is written even then.
 ///
 /// The task retries every [`Error::Backend`] with backoff (5 ms doubling to 100 ms) for up to
 /// `lease`, renewing the lease meanwhile on the schedule the body's renewal left (`next_renewal`): the effect has happened, so a
@@ -572,32 +573,50 @@ async fn completed<C: Completion>(
     lease: Duration,
     next_renewal: tokio::time::Instant,
 ) -> Result<(), Error> {
-    // Polled once right here first: a store whose completion never waits (the memory store)
-    // finishes in that poll, with no task to spawn and schedule. Nothing can drop it halfway:
-    // a poll runs to its end. Otherwise the same future goes on in a task of its own; tokio
-    // polls a new task at once, so what this poll registered with the no-op waker is
-    // registered again with the task's.
-    let mut task = Box::pin(tracing::Instrument::instrument(
+    // Polled right here, not spawned: a task per call cost a spawn, a cross-worker wake-up
+    // and a join on every fresh call. The future is on the heap and owned by `Detaching`: if
+    // the caller's future is dropped before it finishes, its `Drop` hands what is left to a
+    // task of its own on the current runtime, so the record is still written. Nothing can
+    // drop it halfway through a poll: a poll runs to its end.
+    let task = Box::pin(tracing::Instrument::instrument(
         finish(completion, lease, next_renewal),
         tracing::Span::current(),
     ));
-    let first = task
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-    if let std::task::Poll::Ready(outcome) = first {
-        return outcome;
+    Detaching(Some(task)).await
+}
+
+/// A completion awaited in place, whose remainder is spawned if it is dropped unfinished.
+struct Detaching<F: Future<Output = Result<(), Error>> + Send + 'static>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = Result<(), Error>> + Send + 'static> Future for Detaching<F> {
+    type Output = Result<(), Error>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        let Some(task) = self.0.as_mut() else {
+            return std::task::Poll::Ready(Err(Error::Backend(
+                "a completion polled after it finished".into(),
+            )));
+        };
+        let outcome = std::task::ready!(task.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(outcome)
     }
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => match runtime.spawn(task).await {
-            Ok(outcome) => outcome,
-            Err(join) => Err(Error::Unrecorded {
-                retried_for: Duration::ZERO,
-                last: Box::new(Error::Backend(
-                    format!("the completion task did not finish: {join}").into(),
-                )),
-            }),
-        },
-        Err(_) => task.await,
+}
+
+impl<F: Future<Output = Result<(), Error>> + Send + 'static> Drop for Detaching<F> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                // The outcome is logged by `finish`; nobody waits for it any more.
+                Ok(runtime) => drop(runtime.spawn(task)),
+                Err(_) => tracing::warn!(
+                    "a call was dropped while recording its response, outside a tokio runtime: the record is not written and the claim stays until its lease ends"
+                ),
+            }
+        }
     }
 }
 
