@@ -7,7 +7,9 @@
 //! Besides the everyday paths, each rarer decision is driven by a real scenario, on the memory
 //! store where it can happen there and on real backends, lined up with notifications and
 //! deterministic faults (never sleeps): `lock_lost` (a claim evicted by force while its body is
-//! parked, taken by a second caller), `completion_retried` (completions failing with a backend
+//! parked, taken by a second caller; or a claim, lock or consumed token whose renewals all fail,
+//! so that its 300 ms lease runs out while the body is parked — a bounded poll waits for that
+//! lease, the fault itself — and a duplicate takes it over), `completion_retried` (completions failing with a backend
 //! error through the [`Faulty`] store wrapper), `contention_retry` (a business strategy's
 //! transaction failing with the backend's retryable error; `dedup_table`'s claim statement and
 //! claim transaction meeting SQLSTATE 40001 from a trigger in a PostgreSQL schema of the
@@ -729,6 +731,257 @@ async fn redis_lock_lost() {
     };
     lock_lost_when_the_claim_is_taken_over(store.clone()).await;
     terminal_error_lock_lost(store).await;
+}
+
+/// Calls `call` until it no longer finds the key busy (`InProgress`, or `Duplicate` for a
+/// token): the holder's lease, its renewals failing, runs out within a few hundred
+/// milliseconds. A bounded poll (10 s) for the lease — the fault itself — to run out; nothing
+/// is lined up by sleeping.
+async fn until_taken_over<T, F, Fut>(mut call: F) -> (Result<T, AppError>, Option<Disposition>)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = (Result<T, AppError>, Option<Disposition>)>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        let got = call().await;
+        if !matches!(
+            got.0,
+            Err(AppError::Idempotency(Error::InProgress | Error::Duplicate))
+        ) {
+            return got;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the lapsed claim was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The decisions of a lapsed-lease path: the holder's `claimed, lock_lost`, then any number of
+/// duplicates that found the key busy (`busy`, while the lease ran out), then the taker's
+/// `claimed, executed`.
+fn assert_lapsed(calls: &[Vec<String>], busy: &str) {
+    let (first, rest) = calls.split_first().expect("the holder's call");
+    assert_eq!(first, &["claimed", "lock_lost"], "{calls:?}");
+    let (last, middle) = rest.split_last().expect("the taker's call");
+    assert_eq!(last, &["claimed", "executed"], "{calls:?}");
+    assert!(middle.iter().all(|d| d == &[busy]), "{calls:?}");
+}
+
+/// The 300 ms lease (the minimum) of the lapsed-lease scenarios.
+const SHORT: Duration = Duration::from_millis(300);
+
+/// `lock_lost` when the lease runs out: every renewal fails (a holder cut off from the store,
+/// [`Faulty`]), so while the body is parked its 300 ms claim lapses and a duplicate takes the
+/// key over and executes. Released, the holder's completion is refused: `claimed, lock_lost`,
+/// `LockLost`. Two effects — what a lease lost to an outage costs.
+async fn dedup_table_lock_lost_when_renewals_fail<S: ClaimStore>(store: S) {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let store = Faulty::new(store);
+    store.faults.fail_renewals.store(true, SeqCst);
+    let k = key("telemetry::lapsed");
+    let opts = dedup_table::Options {
+        lease: SHORT,
+        ..Default::default()
+    };
+    let effects = AtomicU32::new(0);
+    let (entered, release) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
+    let parked = async || -> Result<u32, AppError> {
+        effects.fetch_add(1, SeqCst);
+        entered.notify_one();
+        release.notified().await;
+        Ok(1)
+    };
+    let second = async || -> Result<u32, AppError> {
+        effects.fetch_add(1, SeqCst);
+        Ok(2)
+    };
+    let (first, taken) = tokio::join!(
+        dedup_table::run(&store, k.clone(), fp("a"), opts, not_compared, parked),
+        async {
+            entered.notified().await;
+            let taken = until_taken_over(|| {
+                observe(dedup_table::run(
+                    &store,
+                    k.clone(),
+                    fp("a"),
+                    opts,
+                    not_compared,
+                    second,
+                ))
+            })
+            .await;
+            release.notify_one();
+            taken
+        }
+    );
+    assert!(
+        matches!(first, Err(AppError::Idempotency(Error::LockLost))),
+        "{first:?}"
+    );
+    assert!(
+        matches!(taken, (Ok(2), Some(Disposition::Executed))),
+        "{taken:?}"
+    );
+    assert_eq!(effects.load(SeqCst), 2);
+    assert_lapsed(&capture.decisions(), "in_progress");
+}
+
+/// `lock_lost` in `distributed_lock` when the lease runs out: as
+/// [`dedup_table_lock_lost_when_renewals_fail`].
+async fn distributed_lock_lock_lost_when_renewals_fail<S: LockStore>(store: S) {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let store = Faulty::new(store);
+    store.faults.fail_renewals.store(true, SeqCst);
+    let k = key("telemetry::lapsed_lock");
+    let opts = distributed_lock::Options {
+        lease: SHORT,
+        ..Default::default()
+    };
+    let effects = AtomicU32::new(0);
+    let (entered, release) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
+    let (first, taken) = tokio::join!(
+        distributed_lock::run(
+            &store,
+            k.clone(),
+            fp("a"),
+            opts,
+            not_compared,
+            async |_fence| -> Result<u32, AppError> {
+                effects.fetch_add(1, SeqCst);
+                entered.notify_one();
+                release.notified().await;
+                Ok(1)
+            }
+        ),
+        async {
+            entered.notified().await;
+            let taken = until_taken_over(|| {
+                observe(distributed_lock::run(
+                    &store,
+                    k.clone(),
+                    fp("a"),
+                    opts,
+                    not_compared,
+                    async |_fence| -> Result<u32, AppError> {
+                        effects.fetch_add(1, SeqCst);
+                        Ok(2)
+                    },
+                ))
+            })
+            .await;
+            release.notify_one();
+            taken
+        }
+    );
+    assert!(
+        matches!(first, Err(AppError::Idempotency(Error::LockLost))),
+        "{first:?}"
+    );
+    assert!(
+        matches!(taken, (Ok(2), Some(Disposition::Executed))),
+        "{taken:?}"
+    );
+    assert_eq!(effects.load(SeqCst), 2);
+    assert_lapsed(&capture.decisions(), "in_progress");
+}
+
+/// `lock_lost` in `token` when the consumption's lease runs out: as
+/// [`dedup_table_lock_lost_when_renewals_fail`], a duplicate with the token getting `Duplicate`
+/// until the lease ends, then taking the token over.
+async fn token_lock_lost_when_renewals_fail<S: TokenStore>(store: S) {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let store = Faulty::new(store);
+    let t = issue_token(&store, Duration::from_secs(60)).await.unwrap();
+    store.faults.fail_renewals.store(true, SeqCst);
+    let binding = key("telemetry::lapsed_token");
+    let opts = token::Options {
+        lease: SHORT,
+        ..Default::default()
+    };
+    let effects = AtomicU32::new(0);
+    let (entered, release) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
+    let (first, taken) = tokio::join!(
+        token::run(
+            &store,
+            t.as_str(),
+            binding.clone(),
+            fp("a"),
+            opts,
+            not_compared,
+            async || -> Result<u32, AppError> {
+                effects.fetch_add(1, SeqCst);
+                entered.notify_one();
+                release.notified().await;
+                Ok(1)
+            }
+        ),
+        async {
+            entered.notified().await;
+            let taken = until_taken_over(|| {
+                observe(token::run(
+                    &store,
+                    t.as_str(),
+                    binding.clone(),
+                    fp("a"),
+                    opts,
+                    not_compared,
+                    async || -> Result<u32, AppError> {
+                        effects.fetch_add(1, SeqCst);
+                        Ok(2)
+                    },
+                ))
+            })
+            .await;
+            release.notify_one();
+            taken
+        }
+    );
+    assert!(
+        matches!(first, Err(AppError::Idempotency(Error::LockLost))),
+        "{first:?}"
+    );
+    assert!(
+        matches!(taken, (Ok(2), Some(Disposition::Executed))),
+        "{taken:?}"
+    );
+    assert_eq!(effects.load(SeqCst), 2);
+    assert_lapsed(&capture.decisions(), "duplicate");
+}
+
+#[tokio::test]
+async fn memory_lock_lost_when_renewals_fail() {
+    dedup_table_lock_lost_when_renewals_fail(MemoryStore::new()).await;
+    distributed_lock_lock_lost_when_renewals_fail(MemoryStore::new()).await;
+    token_lock_lost_when_renewals_fail(MemoryStore::new()).await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
+#[tokio::test]
+async fn postgres_lock_lost_when_renewals_fail() {
+    let Some(pool) = idempotent_tests::postgres().await else {
+        return;
+    };
+    dedup_table_lock_lost_when_renewals_fail(pool).await;
+}
+
+#[cfg_attr(
+    not(has_redis),
+    ignore = "IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+)]
+#[tokio::test]
+async fn redis_lock_lost_when_renewals_fail() {
+    let Some(store) = idempotent_tests::redis().await else {
+        return;
+    };
+    dedup_table_lock_lost_when_renewals_fail(store.clone()).await;
+    distributed_lock_lock_lost_when_renewals_fail(store.clone()).await;
+    token_lock_lost_when_renewals_fail(store).await;
 }
 
 // --------------------------------------------------------------------- completion_retried
