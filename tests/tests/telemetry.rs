@@ -12,8 +12,8 @@
 //! lease, the fault itself — and a duplicate takes it over), `completion_retried` (completions failing with a backend
 //! error through the [`Faulty`] store wrapper), `contention_retry` (a business strategy's
 //! transaction failing with the backend's retryable error; `dedup_table`'s claim statement and
-//! claim transaction meeting SQLSTATE 40001 from a trigger in a PostgreSQL schema of the
-//! test's own). The memory, Redis and business-free paths have no contention to retry.
+//! claim transaction meeting SQLSTATE 40001 from a trigger, in a PostgreSQL schema and a
+//! MariaDB database of the test's own). The memory, Redis and business-free paths have no contention to retry.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
@@ -1234,18 +1234,89 @@ macro_rules! contention {
 
 idempotent_tests::on_business_backends!(contention);
 
-/// `contention_retry` in `dedup_table` on PostgreSQL, in the schema `idem_tm_conflict` of this
-/// test's own: a trigger on its `idempotency_records` fails the first two inserts with SQLSTATE
-/// 40001 (a serialization failure; its counter is a sequence, which a rollback does not undo).
-/// Claim mode retries the claim statement, transactional mode the claim transaction: each
-/// reports `contention_retry` twice, then `claimed, executed`; a duplicate replays.
-#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
-#[tokio::test]
-async fn dedup_table_reports_each_contention_retry_on_postgres() {
-    let Some(pool) = idempotent_tests::postgres_in_schema("idem_tm_conflict", 4).await else {
-        return;
+/// `contention_retry` in `dedup_table` on a server of its own namespace (`$pool`: a pool whose
+/// `idempotency_records` is this test's alone), after `$ddl` installed a trigger failing the
+/// first two inserts with SQLSTATE 40001 (a serialization failure; its counter is a sequence,
+/// which a rollback does not undo) and `$restart` rewinds it. Claim mode retries the claim
+/// statement, transactional mode the claim transaction: each reports `contention_retry`
+/// twice, then `claimed, executed`; a duplicate replays.
+macro_rules! dedup_contention {
+    ($name:ident, $skip:meta, $pool:expr, $conn:ty, $store:literal, ddl = [$($ddl:literal),* $(,)?], restart = $restart:literal) => {
+        #[$skip]
+        #[tokio::test]
+        async fn $name() {
+            let Some(pool) = $pool.await else {
+                return;
+            };
+            for ddl in [$($ddl),*] {
+                sqlx::raw_sql(ddl).execute(&pool).await.unwrap();
+            }
+            let capture = Capture::default();
+            let _guard = capture.install();
+            let effects = AtomicU32::new(0);
+            let opts = dedup_table::Options::default();
+
+            let k = key("telemetry::contended");
+            let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
+            for expected in [Disposition::Executed, Disposition::Replayed] {
+                let got = observe(dedup_table::run(
+                    &pool,
+                    k.clone(),
+                    fp("a"),
+                    opts,
+                    not_compared,
+                    body,
+                ))
+                .await;
+                assert!(matches!(got, (Ok(1), Some(d)) if d == expected), "{got:?}");
+            }
+
+            sqlx::raw_sql($restart).execute(&pool).await.unwrap();
+            let k = key("telemetry::contended_tx");
+            let body = async |_tx: &mut $conn| -> Result<u32, AppError> {
+                Ok(effects.fetch_add(1, SeqCst) + 1)
+            };
+            for expected in [Disposition::Executed, Disposition::Replayed] {
+                let got = observe(dedup_table::run_in_tx(
+                    &pool,
+                    k.clone(),
+                    fp("a"),
+                    opts,
+                    not_compared,
+                    body,
+                ))
+                .await;
+                assert!(matches!(got, (Ok(2), Some(d)) if d == expected), "{got:?}");
+            }
+            assert_eq!(effects.load(SeqCst), 2);
+            let retried = &[
+                "contention_retry",
+                "contention_retry",
+                "claimed",
+                "executed",
+            ];
+            let calls = capture.calls();
+            assert_eq!(
+                calls.iter().map(|c| c.1.clone()).collect::<Vec<_>>(),
+                strs(&[retried, &["replayed"], retried, &["replayed"]])
+            );
+            assert_eq!(calls[0].0["store"], $store);
+            assert_eq!(calls[2].0["store"], $store);
+        }
     };
-    for ddl in [
+}
+
+// PostgreSQL, in the schema `idem_tm_conflict`.
+dedup_contention!(
+    dedup_table_reports_each_contention_retry_on_postgres,
+    cfg_attr(
+        not(has_postgres),
+        ignore = "IDEMPOTENT_POSTGRES_URL is not set"
+    ),
+    idempotent_tests::postgres_in_schema("idem_tm_conflict", 4),
+    sqlx::PgConnection,
+    "PostgreSQL",
+    ddl = [
         "CREATE SEQUENCE tm_conflicts",
         "CREATE FUNCTION tm_conflict() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
          IF nextval('tm_conflicts') <= 2 THEN \
@@ -1253,60 +1324,22 @@ async fn dedup_table_reports_each_contention_retry_on_postgres() {
          RETURN NEW; END $$",
         "CREATE TRIGGER tm_conflict BEFORE INSERT ON idempotency_records \
          FOR EACH ROW EXECUTE FUNCTION tm_conflict()",
-    ] {
-        sqlx::query(ddl).execute(&pool).await.unwrap();
-    }
-    let capture = Capture::default();
-    let _guard = capture.install();
-    let effects = AtomicU32::new(0);
-    let opts = dedup_table::Options::default();
+    ],
+    restart = "ALTER SEQUENCE tm_conflicts RESTART"
+);
 
-    let k = key("telemetry::contended");
-    let body = async || -> Result<u32, AppError> { Ok(effects.fetch_add(1, SeqCst) + 1) };
-    for expected in [Disposition::Executed, Disposition::Replayed] {
-        let got = observe(dedup_table::run(
-            &pool,
-            k.clone(),
-            fp("a"),
-            opts,
-            not_compared,
-            body,
-        ))
-        .await;
-        assert!(matches!(got, (Ok(1), Some(d)) if d == expected), "{got:?}");
-    }
-
-    sqlx::query("ALTER SEQUENCE tm_conflicts RESTART")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let k = key("telemetry::contended_tx");
-    let body = async |_tx: &mut sqlx::PgConnection| -> Result<u32, AppError> {
-        Ok(effects.fetch_add(1, SeqCst) + 1)
-    };
-    for expected in [Disposition::Executed, Disposition::Replayed] {
-        let got = observe(dedup_table::run_in_tx(
-            &pool,
-            k.clone(),
-            fp("a"),
-            opts,
-            not_compared,
-            body,
-        ))
-        .await;
-        assert!(matches!(got, (Ok(2), Some(d)) if d == expected), "{got:?}");
-    }
-    assert_eq!(effects.load(SeqCst), 2);
-    let retried = &[
-        "contention_retry",
-        "contention_retry",
-        "claimed",
-        "executed",
-    ];
-    let calls = capture.calls();
-    assert_eq!(
-        calls.iter().map(|c| c.1.clone()).collect::<Vec<_>>(),
-        strs(&[retried, &["replayed"], retried, &["replayed"]])
-    );
-    assert_eq!(calls[0].0["store"], "PostgreSQL");
-}
+// MariaDB, in the database `idem_tm_conflict`.
+dedup_contention!(
+    dedup_table_reports_each_contention_retry_on_mysql,
+    cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set"),
+    idempotent_tests::mysql_in_database("idem_tm_conflict", 4),
+    sqlx::MySqlConnection,
+    "MySQL",
+    ddl = [
+        "CREATE SEQUENCE tm_conflicts",
+        "CREATE TRIGGER tm_conflict BEFORE INSERT ON idempotency_records FOR EACH ROW \
+         BEGIN IF NEXTVAL(tm_conflicts) <= 2 THEN \
+         SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'forced serialization failure'; END IF; END",
+    ],
+    restart = "ALTER SEQUENCE tm_conflicts RESTART"
+);
