@@ -709,7 +709,8 @@ mod transactional {
                         .await
                     {
                         Ok(true) => {}
-                        Ok(false) => return Err(Error::LockLost.into()),
+                        // Not expected: the claim lives in this transaction.
+                        Ok(false) => return Err(telemetry::check(Err(Error::LockLost))?),
                         Err(e) => {
                             drop(tx);
                             return Err(settled(&mut store, nested, e).await.into());
