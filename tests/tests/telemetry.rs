@@ -7,13 +7,14 @@
 //! Besides the everyday paths, each rarer decision is driven by a real scenario, on the memory
 //! store where it can happen there and on real backends, lined up with notifications and
 //! deterministic faults (never sleeps): `lock_lost` (a claim evicted by force while its body is
-//! parked, taken by a second caller; or a claim, lock or consumed token whose renewals all fail,
-//! so that its 300 ms lease runs out while the body is parked — a bounded poll waits for that
-//! lease, the fault itself — and a duplicate takes it over), `completion_retried` (completions failing with a backend
-//! error through the [`Faulty`] store wrapper), `contention_retry` (a business strategy's
-//! transaction failing with the backend's retryable error; `dedup_table`'s claim statement and
-//! claim transaction meeting SQLSTATE 40001 from a trigger, in a PostgreSQL schema and a
-//! MariaDB database of the test's own). The memory, Redis and business-free paths have no contention to retry.
+//! parked, taken by a second caller; or a claim, lock or consumed token whose renewals all fail, so
+//! that its 300 ms lease runs out while the body is parked — a bounded poll waits for that lease,
+//! the fault itself — and a duplicate takes it over), `completion_retried` (completions failing
+//! with a backend error through the [`Faulty`] store wrapper), `contention_retry` (a business
+//! strategy's transaction failing with the backend's retryable error; `dedup_table`'s claim
+//! statement and claim transaction meeting SQLSTATE 40001 from a trigger, in a PostgreSQL schema
+//! and a MariaDB database of the test's own). `contention_retry` is SQL-only: the memory store's
+//! and Redis's steps are atomic (one lock, one Lua script) and never conflict.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
