@@ -80,14 +80,19 @@ pub enum Decision {
     Waited,
     /// The key was used before with another request payload ([`Error::FingerprintMismatch`]).
     FingerprintMismatch,
-    /// The call's claim expired and was taken over before it completed ([`Error::LockLost`]).
+    /// The call's claim expired or was taken over (evicted) before it completed: the call fails
+    /// with [`Error::LockLost`] — or, when the body's error was a terminal one to store, with
+    /// that error, unstored.
     LockLost,
     /// The body failed (or acquisition took the whole lease) and the claim was given back, so a
     /// retry runs again (a `token` restored).
     Released,
     /// Recording the body's response failed with a backend error and is tried again.
     CompletionRetried,
-    /// A business strategy's transaction hit a deadlock or serialization failure and runs again.
+    /// A SQL statement or transaction hit a deadlock, a serialization failure or SQLite busy
+    /// and runs again: a business strategy's whole transaction, or a `dedup_table` claim step
+    /// (claim mode: the claim, take-over or release statement; transactional mode: the claim
+    /// transaction). Reported once per rerun.
     ContentionRetry,
     /// A strategy that stores no response found the operation done ([`Error::Duplicate`], or
     /// `on_duplicate`).

@@ -112,6 +112,94 @@ pub async fn mysql() -> Option<MySqlPool> {
     Some(pool)
 }
 
+/// `name` if it is a plain SQL identifier (`[a-z_][a-z0-9_]*`), safe to splice into DDL.
+fn plain_identifier(name: &str) -> &str {
+    assert!(
+        name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "not a plain identifier: {name:?}"
+    );
+    name
+}
+
+/// A PostgreSQL pool of at most `max` connections whose sessions see only `schema`
+/// (`search_path`), dropped and created afresh, with the idempotency-record table migrated into
+/// it: a test that owns the whole `idempotency_records` table (counts every row, installs a
+/// trigger) without meeting the other suites' rows in `public`. `None` when skipped.
+pub async fn postgres_in_schema(schema: &str, max: u32) -> Option<PgPool> {
+    let url = server_url(POSTGRES_ENV, "PostgreSQL")?;
+    let schema = plain_identifier(schema);
+    let setup = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}"));
+    for ddl in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(ddl.clone()))
+            .execute(&setup)
+            .await
+            .unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    }
+    setup.close().await;
+    let opts = url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .expect("IDEMPOTENT_POSTGRES_URL parses")
+        .options([("search_path", schema)]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}"));
+    idempotent_runtime::migrate(&pool)
+        .await
+        .expect("migrate postgres");
+    Some(pool)
+}
+
+/// A MySQL/MariaDB pool of at most `max` connections on the database `database`, dropped and
+/// created afresh, with the idempotency-record table migrated into it: a test that owns the
+/// whole `idempotency_records` table without meeting the other suites' rows in `test`. `None`
+/// when skipped.
+pub async fn mysql_in_database(database: &str, max: u32) -> Option<MySqlPool> {
+    let url = server_url(MYSQL_ENV, "MySQL/MariaDB")?;
+    let database = plain_identifier(database);
+    let setup = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to MySQL at {url}: {e}"));
+    for ddl in [
+        format!("DROP DATABASE IF EXISTS {database}"),
+        format!("CREATE DATABASE {database}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(ddl.clone()))
+            .execute(&setup)
+            .await
+            .unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    }
+    setup.close().await;
+    let opts = url
+        .parse::<sqlx::mysql::MySqlConnectOptions>()
+        .expect("IDEMPOTENT_MYSQL_URL parses")
+        .database(database);
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to MySQL at {url}: {e}"));
+    idempotent_runtime::migrate(&pool)
+        .await
+        .expect("migrate mysql");
+    Some(pool)
+}
+
 /// A SQLite pool on a fresh temporary file (WAL, 30 s busy timeout), migrated. The file is
 /// removed when the returned guard drops.
 pub async fn sqlite() -> Option<(SqlitePool, tempfile::TempDir)> {

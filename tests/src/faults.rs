@@ -1,7 +1,7 @@
 //! Fault injection for the claim-mode strategies: [`Faulty`], a store that wraps any store and
 //! implements the store traits it implements ([`ClaimStore`], [`LockStore`], [`TokenStore`]) by
 //! delegating, with the switches of [`Faults`] — hold a completion at a gate, fail completions
-//! with a backend error, lose the reply of an acquisition — and the scenarios every claim store
+//! or renewals with a backend error, lose the reply of an acquisition — and the scenarios every claim store
 //! must pass under those faults ([`FaultSvc`] and the `async fn`s below, which each strategy's
 //! test file runs on every store it applies to).
 
@@ -37,6 +37,10 @@ pub struct Faults {
     pub lose_acquire_replies: AtomicU32,
     /// Completions that reached the store.
     pub completes_delivered: AtomicU32,
+    /// Every renewal (`renew_claim`, `renew_lock`, `renew_token`) fails with
+    /// [`Error::Backend`] without reaching the store: a holder cut off from the store while
+    /// its body runs, whose claim then lapses at the end of its lease.
+    pub fail_renewals: AtomicBool,
     /// When set, the next successful acquisition (claim, take-over, lock, consumption) is held after
     /// the store answered: [`acquired`](Faults::acquired) is notified and the reply reaches the
     /// caller only after [`go`](Faults::go) — an acquisition as slow as the test makes it.
@@ -63,6 +67,13 @@ impl Faults {
             return Err(injected("connection reset while completing"));
         }
         self.completes_delivered.fetch_add(1, SeqCst);
+        Ok(())
+    }
+
+    fn before_renew(&self) -> Result<(), Error> {
+        if self.fail_renewals.load(SeqCst) {
+            return Err(injected("connection reset while renewing"));
+        }
         Ok(())
     }
 
@@ -184,6 +195,7 @@ impl<S: ClaimStore> ClaimStore for Faulty<S> {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, Error> {
+        self.faults.before_renew()?;
         self.inner.renew_claim(key, owner, lease).await
     }
 
@@ -220,6 +232,7 @@ impl<S: LockStore> LockStore for Faulty<S> {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, Error> {
+        self.faults.before_renew()?;
         self.inner.renew_lock(key, owner, lease).await
     }
 
@@ -285,6 +298,7 @@ impl<S: TokenStore> TokenStore for Faulty<S> {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, Error> {
+        self.faults.before_renew()?;
         self.inner.renew_token(token_key, owner, lease).await
     }
 

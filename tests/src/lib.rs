@@ -39,8 +39,8 @@ pub mod statements;
 
 pub use backends::{
     AMQP_ENV, Guard, MYSQL_ENV, NATS_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, amqp_url, ci,
-    mariadb_snapshot_pool, mysql, mysql_pool, nats_url, pg_pool, postgres, redis, redis_cluster,
-    server_url, sqlite, sqlite_pool, unique,
+    mariadb_snapshot_pool, mysql, mysql_in_database, mysql_pool, nats_url, pg_pool, postgres,
+    postgres_in_schema, redis, redis_cluster, server_url, sqlite, sqlite_pool, unique,
 };
 pub use faults::{FaultSvc, Faults, Faulty, Lease, Observed};
 pub use fixtures::{AppError, Gate, Once, Receipt, Req, req};

@@ -3,7 +3,9 @@
 //! key through its life (absent, in progress with owner and lease left, completed with TTL
 //! left), eviction of a completed record (the next call runs again), refusal to evict a live
 //! claim unless forced (and the forced holder's completion then fails with `LockLost`), and a
-//! purge of 100,000 expired SQLite records while a storm of fresh calls keeps working.
+//! purge of 100,000 expired records while a storm of fresh calls keeps working (SQLite, and
+//! PostgreSQL and MariaDB each in a namespace of its own: the schema or database
+//! `idem_purge_test`, so the test owns every row of its `idempotency_records`).
 //!
 //! The same for `distributed_lock` entries and one-time tokens on the stores that keep them
 //! (memory, Redis, Redis Cluster), made by annotated functions: a lock held (owner, the
@@ -23,6 +25,7 @@ use idempotent_runtime::admin::{
 use idempotent_runtime::strategy::{dedup_table, not_compared};
 use idempotent_runtime::{ClaimStore, Error, FencingToken, MemoryStore, idempotent, issue_token};
 use idempotent_tests::{AppError, backends, unique};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
 use tokio::sync::Notify;
 
 const OP: &str = "admin::place_order";
@@ -235,48 +238,209 @@ async fn memory_purge_keeps_live_records() {
     ));
 }
 
-/// 100,000 expired records are purged in batches of 1,000 while 200 fresh calls run: every
-/// fresh call executes its body once and keeps its record; the purge reports exactly the
-/// expired rows.
+/// How many expired records the purge tests seed: half completed records past their TTL,
+/// half in-progress claims past their lease.
+const EXPIRED: i64 = 100_000;
+/// How many live records they seed beside them (half completed, half in progress, both
+/// expiring in 2100): none may be purged.
+const LIVE: i64 = 100;
+/// How many fresh calls the storm makes, each on a key of its own.
+const STORM: usize = 200;
+/// The storm's operation name.
+const STORM_OP: &str = "admin::storm";
+
+/// A SQL pool whose rows a purge test counts (statements with literals only).
+trait Counted: AdminStore + ClaimStore + Sync {
+    /// The single integer `sql` selects.
+    async fn count(&self, sql: &'static str) -> i64;
+}
+
+impl Counted for SqlitePool {
+    async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(self).await.unwrap()
+    }
+}
+
+impl Counted for PgPool {
+    async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(self).await.unwrap()
+    }
+}
+
+impl Counted for MySqlPool {
+    async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(self).await.unwrap()
+    }
+}
+
+/// The `SELECT` list of the rows a purge test seeds, for row number `i` (an SQL expression,
+/// from 1), `lpad` the key (`i` zero-padded to 64 characters) and `response` a one-byte blob
+/// literal, in the dialect at hand: rows up to `EXPIRED` are expired rows of operation
+/// `admin::old` (even `i` completed, TTL ended at 1000; odd `i` in progress, lease ended at
+/// 1000), the `LIVE` rows after them live rows of `admin::live` (expiring in 2100).
+fn seed_select(i: &str, lpad: &str, response: &str) -> String {
+    format!(
+        "SELECT {lpad}, CASE WHEN {i} <= {EXPIRED} THEN 'admin::old' ELSE 'admin::live' END, NULL, \
+         CASE WHEN {i} % 2 = 0 THEN 'completed' ELSE 'in_progress' END, 'o', \
+         CASE WHEN {i} % 2 = 0 THEN {response} END, \
+         CASE WHEN {i} <= {EXPIRED} THEN 1000 ELSE 4102444800000 END, 1000"
+    )
+}
+
+const SEED_INTO: &str = "INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) ";
+
+/// The purge of `EXPIRED` expired records (already seeded, with `LIVE` live ones) in batches
+/// of 1,000, run beside a storm of `STORM` fresh calls on keys of their own and one call
+/// parked in its body (a live claim) throughout: the purge reports exactly the expired rows
+/// and leaves none; no live row, seeded or the parked claim, is deleted; every storm call
+/// executes its body exactly once and gets its own response; the parked call then completes.
+/// Both the purge and the storm finish while the other runs (nothing is timed).
+async fn purge_beside_a_storm<S: Counted + Clone + Send + 'static>(store: S) {
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM idempotency_records WHERE operation = 'admin::old'")
+            .await,
+        EXPIRED,
+        "seeded"
+    );
+    let effects: Vec<AtomicU32> = (0..STORM).map(|_| AtomicU32::new(0)).collect();
+    let storm = join_all(effects.iter().enumerate().map(|(i, count)| {
+        let store = store.clone();
+        async move {
+            let key = admin::storage_key(STORM_OP, None, &[&format!("fresh-{i}")]).unwrap();
+            let body = async || -> Result<usize, AppError> {
+                count.fetch_add(1, SeqCst);
+                Ok(i)
+            };
+            dedup_table::run(&store, key, None, Default::default(), not_compared, body).await
+        }
+    }));
+
+    let held_key = admin::storage_key(STORM_OP, None, &["held"]).unwrap();
+    let (entered, release) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
+    let parked = async || -> Result<usize, AppError> {
+        entered.notify_one();
+        release.notified().await;
+        Ok(STORM)
+    };
+    let (held, (purged, results)) = tokio::join!(
+        dedup_table::run(
+            &store,
+            held_key,
+            None,
+            Default::default(),
+            not_compared,
+            parked
+        ),
+        async {
+            entered.notified().await;
+            let both = tokio::join!(admin::purge_expired(&store, 1_000), storm);
+            release.notify_one();
+            both
+        }
+    );
+    assert_eq!(purged.unwrap(), EXPIRED as u64);
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), i, "storm call {i}");
+    }
+    for (i, c) in effects.iter().enumerate() {
+        assert_eq!(c.load(SeqCst), 1, "storm call {i} ran its body once");
+    }
+    assert_eq!(held.unwrap(), STORM, "the parked claim survived the purge");
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM idempotency_records WHERE operation = 'admin::old'")
+            .await,
+        0,
+        "every expired row is gone"
+    );
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM idempotency_records WHERE operation = 'admin::live' AND status = 'in_progress'")
+            .await,
+        LIVE / 2,
+        "no live in-progress row purged"
+    );
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM idempotency_records WHERE operation = 'admin::live' AND status = 'completed'")
+            .await,
+        LIVE / 2,
+        "no live completed row purged"
+    );
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM idempotency_records WHERE operation = 'admin::storm' AND status = 'completed'")
+            .await,
+        STORM as i64 + 1,
+        "every storm call and the parked one recorded"
+    );
+    assert_eq!(
+        store
+            .count("SELECT COUNT(*) FROM idempotency_records")
+            .await,
+        LIVE + STORM as i64 + 1,
+        "nothing else is left"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_purge_of_100000_expired_records_beside_a_storm() {
     let Some((pool, _dir)) = backends::sqlite().await else {
         return;
     };
-    const EXPIRED: i64 = 100_000;
-    sqlx::query(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
-         INSERT INTO idempotency_records (idempotency_key, operation, fingerprint, status, owner, response, expires_at_ms, created_at_ms) \
-         SELECT printf('%064d', i), 'admin::old', NULL, 'completed', 'o', X'31', 1000, 1000 FROM n",
-    )
-    .bind(EXPIRED)
-    .execute(&pool)
-    .await
-    .unwrap();
-
-    let effects: Vec<AtomicU32> = (0..200).map(|_| AtomicU32::new(0)).collect();
-    let storm = join_all(effects.iter().enumerate().map(|(i, count)| {
-        let pool = pool.clone();
-        async move {
-            let key = admin::storage_key(OP, None, &[&format!("fresh-{i}")]).unwrap();
-            let body = async || -> Result<usize, AppError> {
-                count.fetch_add(1, SeqCst);
-                Ok(i)
-            };
-            dedup_table::run(&pool, key, None, Default::default(), not_compared, body).await
-        }
-    }));
-    let (purged, results) = tokio::join!(admin::purge_expired(&pool, 1_000), storm);
-    assert_eq!(purged.unwrap(), EXPIRED as u64);
-    for (i, r) in results.into_iter().enumerate() {
-        assert_eq!(r.unwrap(), i);
-    }
-    assert!(effects.iter().all(|c| c.load(SeqCst) == 1));
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_records")
-        .fetch_one(&pool)
+    let seed = format!(
+        "{SEED_INTO}WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {}) {} FROM n",
+        EXPIRED + LIVE,
+        seed_select("i", "printf('%064d', i)", "X'31'")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(seed))
+        .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(left, 200, "only the fresh records are left");
+    purge_beside_a_storm(pool).await;
+}
+
+/// PostgreSQL, in the schema `idem_purge_test` (the other suites' rows live in `public`).
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_purge_of_100000_expired_records_beside_a_storm() {
+    let Some(pool) = backends::postgres_in_schema("idem_purge_test", 16).await else {
+        return;
+    };
+    let seed = format!(
+        "{SEED_INTO}{} FROM generate_series(1, {}) AS g(i)",
+        seed_select("i", "lpad(i::text, 64, '0')", "'\\x31'::bytea"),
+        EXPIRED + LIVE
+    );
+    sqlx::query(sqlx::AssertSqlSafe(seed))
+        .execute(&pool)
+        .await
+        .unwrap();
+    purge_beside_a_storm(pool).await;
+}
+
+/// MariaDB/MySQL, in the database `idem_purge_test` (the other suites' rows live in `test`).
+#[cfg_attr(not(has_mysql), ignore = "IDEMPOTENT_MYSQL_URL is not set")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_purge_of_100000_expired_records_beside_a_storm() {
+    let Some(pool) = backends::mysql_in_database("idem_purge_test", 16).await else {
+        return;
+    };
+    // Rows 1..=EXPIRED + LIVE from five digit tables and a 0/1 table (portable: no recursion
+    // limit, no sequence engine).
+    let digit = "(SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9)";
+    let seed = format!(
+        "{SEED_INTO}{} FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * h.d + 1 AS i \
+         FROM {digit} a, {digit} b, {digit} c, {digit} e, {digit} f, (SELECT 0 AS d UNION ALL SELECT 1) h) AS n WHERE i <= {}",
+        seed_select("i", "LPAD(i, 64, '0')", "X'31'"),
+        EXPIRED + LIVE
+    );
+    sqlx::query(sqlx::AssertSqlSafe(seed))
+        .execute(&pool)
+        .await
+        .unwrap();
+    purge_beside_a_storm(pool).await;
 }
 
 /// A service whose annotated functions make real locks and token consumptions. A body runs

@@ -105,8 +105,9 @@ impl Options {
     }
 }
 
-/// Runs `step` again while it fails with a transient backend error, at most
-/// [`MAX_ATTEMPTS`] times in all, with backoff.
+/// Runs `step` again while it fails with a transient backend error (a deadlock, a
+/// serialization failure, SQLite busy), at most [`MAX_ATTEMPTS`] times in all, with backoff;
+/// each rerun is reported as the call's `contention_retry` decision.
 async fn retrying<R, Fut: Future<Output = Result<R, Error>>>(
     mut step: impl FnMut() -> Fut,
 ) -> Result<R, Error> {
@@ -116,6 +117,7 @@ async fn retrying<R, Fut: Future<Output = Result<R, Error>>>(
         match step().await {
             Err(e) if retryable(&e) && attempts < MAX_ATTEMPTS => {
                 attempts += 1;
+                telemetry::event(Decision::ContentionRetry);
                 backoff.wait().await;
             }
             other => return other,
@@ -624,6 +626,7 @@ mod transactional {
                     return answer(telemetry::check(replay)?, &policy);
                 }
                 Err(e) if may_retry(&e) => {
+                    telemetry::event(Decision::ContentionRetry);
                     backoff.wait().await;
                     continue;
                 }
@@ -634,6 +637,7 @@ mod transactional {
                     Ok(c) => c,
                     Err(e) if may_retry(&e) => {
                         drop(tx);
+                        telemetry::event(Decision::ContentionRetry);
                         backoff.wait().await;
                         continue;
                     }
@@ -715,7 +719,8 @@ mod transactional {
                         .await
                     {
                         Ok(true) => {}
-                        Ok(false) => return Err(Error::LockLost.into()),
+                        // Not expected: the claim lives in this transaction.
+                        Ok(false) => return Err(telemetry::check(Err(Error::LockLost))?),
                         Err(e) => {
                             drop(tx);
                             return Err(settled(&mut store, nested, e).await.into());

@@ -547,7 +547,8 @@ pub(crate) async fn complete_recorded<C: Completion>(
 }
 
 /// Records a terminal error the body returned, as [`complete_recorded`] records a response
-/// (`completion` holds the stored error): `Ok(())` reports the call's `stored_error` decision.
+/// (`completion` holds the stored error): `Ok(())` reports the call's `stored_error` decision,
+/// [`Error::LockLost`] its `lock_lost` decision (the claim was taken over: nothing stored).
 /// On failure the error is logged and returned; the caller gets the body's error either way.
 pub(crate) async fn complete_with_error<C: Completion>(
     completion: C,
@@ -561,6 +562,9 @@ pub(crate) async fn complete_with_error<C: Completion>(
             crate::error::note(crate::Disposition::Executed);
         }
         Err(e) => {
+            if matches!(e, Error::LockLost) {
+                crate::telemetry::event(crate::telemetry::Decision::LockLost);
+            }
             tracing::warn!(error = %e, "the body's terminal error could not be stored; the caller gets it, a retry may run again");
         }
     }
