@@ -25,7 +25,8 @@ pub fn connect_message(e: &Error) -> String {
 }
 
 /// Checks that the PostgreSQL or MySQL/MariaDB server of `url` (`mariadb:` is read as
-/// `mysql:`) takes a connection within [`PROBE_TIMEOUT`], through
+/// `mysql:`) takes a connection within [`PROBE_TIMEOUT`] (for a binary that then opens its
+/// pool its own way, as `idempotent-admin` does), through
 /// [`idempotent_runtime::check_connection`] on a one-connection lazy pool; other schemes are
 /// left to their caller. Errors: one line, [`connect_message`]'s, or that `url` does not parse.
 pub async fn probe(url: &str) -> Result<(), String> {

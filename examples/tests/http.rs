@@ -685,3 +685,28 @@ on_http_backends!(
     annotated_function_behind_a_route,
     terminal_policy_decides_what_is_stored,
 );
+
+/// The HTTP example's first connection goes through the runtime: a database it cannot reach
+/// is one line on stderr naming the URL without its password and the cause, and it exits 1.
+#[test]
+fn the_binary_names_a_database_it_cannot_reach() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_http"))
+        .args([
+            "--database-url",
+            "postgres://app:s3cret@127.0.0.1:1/orders",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run the http example");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: --database-url: cannot connect to postgres://app@127.0.0.1:1/orders (the pool's first connection, within its acquire_timeout of 10s): connection refused"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
