@@ -1,13 +1,16 @@
 //! Why connecting to a store failed: [`ConnectError`] names the store's address (its URL
 //! without the password) and the cause — refused, unknown host, credentials, unknown database,
-//! timed out — read from the error the driver returned, so a user need not guess it from a
-//! pool time-out.
+//! timed out (saying whether a TCP connection to the port opened: then another kind of server
+//! may listen there), an answer in another protocol — read from the error the driver
+//! returned, so a user need not guess it from a pool time-out.
 //!
 //! The runtime returns it (inside [`Error::Backend`](crate::Error::Backend)) where it connects:
-//! [`RedisStore::connect`](crate::RedisStore) and its Cluster and Sentinel forms, and where a
-//! SQL pool fails to lend a connection within its `acquire_timeout` (sqlx then reports only
-//! "pool timed out"; the runtime opens one connection with the pool's own options to find out
-//! why, see [`diagnose_pool_timeout`](crate::store::sql::diagnose_pool_timeout)).
+//! [`RedisStore::connect`](crate::RedisStore) and its Cluster and Sentinel forms,
+//! [`check_connection`](crate::store::sql::check_connection) (and so
+//! [`migrate`](crate::store::sql::migrate)) on a SQL pool, and where a SQL pool fails to lend
+//! a connection within its `acquire_timeout` (sqlx then reports only "pool timed out"; the
+//! runtime opens one connection with the pool's own options to find out why, see
+//! [`diagnose_pool_timeout`](crate::store::sql::diagnose_pool_timeout)).
 
 use std::fmt;
 
