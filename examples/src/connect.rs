@@ -1,64 +1,57 @@
-//! The examples' first connection to a `--database-url`: one plain connection, bounded in
-//! time, so a refused port, an unknown host, a bad password or a port where another kind of
-//! server listens is reported at once with its cause, instead of as a pool time-out (or, for a
-//! server that never answers the handshake, not at all).
+//! The examples' first connection to a `--database-url` or `--redis-url`, through the
+//! runtime: [`idempotent_runtime::check_connection`] on a lazily connected pool (one bounded
+//! wait; the cause named: refused, unknown host, credentials, unknown database, no handshake
+//! from another kind of server), and [`connect_message`] to say a connect error in one line.
 
 use std::time::Duration;
 
-use idempotent_runtime::ConnectError;
 use idempotent_runtime::connect::redact_url;
-use sqlx::Connection;
+use idempotent_runtime::{ConnectError, Error};
 
-/// How long the first connection may take before the examples give up on the server.
+/// How long the first connection may take before the examples give up on the server (the
+/// pools' `acquire_timeout`).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The host of a database URL (`postgres://user:pw@host:5432/db` → `host`), for telling an
-/// unknown host from other failures; `None` when there is none.
-pub fn host_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let host_port = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => &v6[..v6.find(']')?],
-        None => host_port.split(':').next()?,
-    };
-    (!host.is_empty()).then(|| host.to_owned())
+/// The one line of a connect error: the runtime's [`ConnectError`] as it displays (`cannot
+/// connect to <URL without password>: <cause>: <driver's error>`) when `e` holds one, else `e`
+/// as it displays.
+pub fn connect_message(e: &Error) -> String {
+    if let Error::Backend(source) = e
+        && let Some(c) = source.downcast_ref::<ConnectError>()
+    {
+        return c.to_string();
+    }
+    e.to_string()
 }
 
-/// The one line saying why connecting to the database at `url` failed: its URL without the
-/// password and the cause (refused, unknown host, authentication, unknown database).
-pub async fn connect_failed(url: &str, e: sqlx::Error) -> String {
-    ConnectError::diagnose(redact_url(url), host_of(url).as_deref(), Box::new(e))
-        .await
-        .to_string()
-}
-
-/// Opens and closes one connection to the PostgreSQL or MySQL/MariaDB server of `url`
-/// (`mariadb:` is read as `mysql:`) within [`PROBE_TIMEOUT`]; other schemes are left to their
-/// caller. Errors: one line naming the URL without its password and the cause; for a server
-/// that does not answer in time, that it may be another kind of server.
+/// Checks that the PostgreSQL or MySQL/MariaDB server of `url` (`mariadb:` is read as
+/// `mysql:`) takes a connection within [`PROBE_TIMEOUT`] (for a binary that then opens its
+/// pool its own way, as `idempotent-admin` does), through
+/// [`idempotent_runtime::check_connection`] on a one-connection lazy pool; other schemes are
+/// left to their caller. Errors: one line, [`connect_message`]'s, or that `url` does not parse.
 pub async fn probe(url: &str) -> Result<(), String> {
     let url = url.replacen("mariadb:", "mysql:", 1);
-    let (what, attempt) = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let u = url.clone();
-        let f: futures_util::future::BoxFuture<'_, Result<(), sqlx::Error>> =
-            Box::pin(async move { sqlx::PgConnection::connect(&u).await?.close().await });
-        ("PostgreSQL", f)
+    let result = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(PROBE_TIMEOUT)
+            .connect_lazy(&url)
+            .map_err(|e| not_a_url(&url, &e))?;
+        idempotent_runtime::check_connection(&pool).await
     } else if url.starts_with("mysql:") {
-        let u = url.clone();
-        let f: futures_util::future::BoxFuture<'_, Result<(), sqlx::Error>> =
-            Box::pin(async move { sqlx::MySqlConnection::connect(&u).await?.close().await });
-        ("MySQL/MariaDB", f)
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(PROBE_TIMEOUT)
+            .connect_lazy(&url)
+            .map_err(|e| not_a_url(&url, &e))?;
+        idempotent_runtime::check_connection(&pool).await
     } else {
         return Ok(());
     };
-    match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(connect_failed(&url, e).await),
-        Err(_) => Err(format!(
-            "{}: no {what} handshake within {} s (is a {what} server listening on that port, not another kind of server?)",
-            redact_url(&url),
-            PROBE_TIMEOUT.as_secs()
-        )),
-    }
+    result.map_err(|e| connect_message(&e))
+}
+
+/// `url` (without its password) does not parse as its scheme's URL.
+pub fn not_a_url(url: &str, e: &sqlx::Error) -> String {
+    format!("--database-url {} does not parse: {e}", redact_url(url))
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use idempotent_examples::http::{App, CUSTOMER, Db, Hook, MAX_STORED_RESPONSE, Point, router};
 use idempotent_runtime::ClaimStore;
+use idempotent_runtime::http::IdempotencyLayer;
 use idempotent_tests::unique;
 use tokio::sync::{Barrier, Notify, Semaphore, mpsc};
 
@@ -437,6 +438,175 @@ async fn annotated_function_behind_a_route<K: ClaimStore>(db: Db, store: K) {
     assert_eq!(s.effects("refund").await, 1);
 }
 
+/// The answer the `/attempt` route gives: `status`, and `Retry-After: 1` when `retry_after`.
+#[derive(serde::Deserialize)]
+struct AttemptQuery {
+    status: u16,
+    #[serde(default)]
+    retry_after: bool,
+}
+
+/// `POST /attempt?status=N[&retry_after=true]`: writes one ledger row (`attempt`, the
+/// effect) for the customer, then answers status N with a body naming it.
+async fn attempt(
+    axum::extract::State(db): axum::extract::State<Db>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<AttemptQuery>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let customer = headers
+        .get(CUSTOMER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    db.record(&customer, "attempt", "-", 0)
+        .await
+        .expect("record the attempt");
+    let status = axum::http::StatusCode::from_u16(q.status).expect("a status");
+    let mut response = (status, format!("attempt answered {}", q.status)).into_response();
+    if q.retry_after {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
+    response
+}
+
+/// A server whose only route is `/attempt`, behind the example's layer (key required, scope
+/// the customer header) as `policy` changes it.
+async fn start_attempts<K: ClaimStore>(
+    db: Db,
+    store: K,
+    policy: impl FnOnce(IdempotencyLayer<K>) -> IdempotencyLayer<K>,
+) -> Server {
+    db.create_tables().await.expect("create the ledger table");
+    let app = axum::Router::new()
+        .route("/attempt", axum::routing::post(attempt))
+        .route_layer(policy(idempotent_examples::http::layer(store)))
+        .with_state(db.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server {
+        base: format!("http://{addr}"),
+        db,
+        hooks: Arc::new(Hooks::default()),
+        client: reqwest::Client::new(),
+        customer: unique("c"),
+    }
+}
+
+impl Server {
+    /// Sends the same request to `path` twice with one fresh key and asserts each answer's
+    /// status, whether the second was a replay (then its body is the first's), and how many
+    /// times the handler ran in all (ledger rows of this customer, cumulative over the test).
+    async fn twice(&self, path: &str, status: u16, stored: bool, runs_so_far: &mut i64) {
+        let key = sf(&unique("k"));
+        let first = self.post(path, Some(&key), "").await;
+        let again = self.post(path, Some(&key), "").await;
+        assert_eq!(
+            (first.status, first.replayed),
+            (status, false),
+            "{path}: {first:?}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&first.body),
+            format!("attempt answered {status}")
+        );
+        assert_eq!(
+            (again.status, again.replayed, &again.body),
+            (status, stored, &first.body),
+            "{path}: the retry"
+        );
+        *runs_so_far += if stored { 1 } else { 2 };
+        assert_eq!(
+            self.effects("attempt").await,
+            *runs_so_far,
+            "{path}: handler runs"
+        );
+    }
+}
+
+/// Which handler responses are stored and replayed, and which release the claim (the retry
+/// runs the handler again): the default (below 500), `terminal` over the status, `terminal`
+/// over a header, and `store_status`.
+async fn terminal_policy_decides_what_is_stored<K: ClaimStore>(db: Db, store: K) {
+    let default = start_attempts(db.clone(), store.clone(), |l| l).await;
+    let mut runs = 0;
+    default
+        .twice("/attempt?status=200", 200, true, &mut runs)
+        .await;
+    default
+        .twice("/attempt?status=402", 402, true, &mut runs)
+        .await;
+    default
+        .twice("/attempt?status=409", 409, true, &mut runs)
+        .await;
+    default
+        .twice("/attempt?status=503", 503, false, &mut runs)
+        .await;
+
+    // Only a declined payment is final among the errors; responses below 400 are stored
+    // whatever `terminal` says.
+    let by_status = start_attempts(db.clone(), store.clone(), |l| {
+        l.terminal(|p| p.status == axum::http::StatusCode::PAYMENT_REQUIRED)
+    })
+    .await;
+    let mut runs = 0;
+    by_status
+        .twice("/attempt?status=201", 201, true, &mut runs)
+        .await;
+    by_status
+        .twice("/attempt?status=402", 402, true, &mut runs)
+        .await;
+    by_status
+        .twice("/attempt?status=409", 409, false, &mut runs)
+        .await;
+    by_status
+        .twice("/attempt?status=503", 503, false, &mut runs)
+        .await;
+
+    // Every error final unless the handler sends `Retry-After`: a 5xx without it is stored,
+    // a 429 with it released.
+    let by_header = start_attempts(db.clone(), store.clone(), |l| {
+        l.terminal(|p| !p.headers.contains_key(axum::http::header::RETRY_AFTER))
+    })
+    .await;
+    let mut runs = 0;
+    by_header
+        .twice("/attempt?status=501", 501, true, &mut runs)
+        .await;
+    by_header
+        .twice(
+            "/attempt?status=429&retry_after=true",
+            429,
+            false,
+            &mut runs,
+        )
+        .await;
+    by_header
+        .twice(
+            "/attempt?status=503&retry_after=true",
+            503,
+            false,
+            &mut runs,
+        )
+        .await;
+
+    // `store_status` sees every status: successes only.
+    let successes = start_attempts(db, store, |l| l.store_status(|s| s.is_success())).await;
+    let mut runs = 0;
+    successes
+        .twice("/attempt?status=200", 200, true, &mut runs)
+        .await;
+    successes
+        .twice("/attempt?status=402", 402, false, &mut runs)
+        .await;
+}
+
 macro_rules! on_http_backends {
     ($($test:ident),* $(,)?) => {
         /// Ledger and claims in one SQLite file.
@@ -513,4 +683,30 @@ on_http_backends!(
     server_error_is_not_stored,
     large_response_is_passed_through,
     annotated_function_behind_a_route,
+    terminal_policy_decides_what_is_stored,
 );
+
+/// The HTTP example's first connection goes through the runtime: a database it cannot reach
+/// is one line on stderr naming the URL without its password and the cause, and it exits 1.
+#[test]
+fn the_binary_names_a_database_it_cannot_reach() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_http"))
+        .args([
+            "--database-url",
+            "postgres://app:s3cret@127.0.0.1:1/orders",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run the http example");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: --database-url: cannot connect to postgres://app@127.0.0.1:1/orders (the pool's first connection, within its acquire_timeout of 10s): connection refused"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}

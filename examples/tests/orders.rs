@@ -176,3 +176,254 @@ fn a_small_run_on_a_sqlite_file_reports_progress_and_cleans_up() {
         }
     }
 }
+
+/// Starts the demo with `args`, waits (by reading its stderr) for the storm's first progress
+/// line, sends it SIGINT (`kill -INT`, as Ctrl-C does) and returns its exit status and whole
+/// stderr. `--requests 100000` makes the storm last far longer than the signal takes.
+fn interrupt_the_storm(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead as _, Read as _};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["--requests", "100000"])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the orders demo");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "the demo ended before its storm started:\n{seen}");
+        seen.push_str(&line);
+        if line.starts_with("storm: ") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success(), "kill -INT failed");
+    stderr.read_to_string(&mut seen).expect("read stderr");
+    let status = child.wait().expect("wait for the demo");
+    (status, seen)
+}
+
+/// The temporary SQLite file of a default run (`<temp dir>/.tmpXXXX/orders-demo.db`), as its
+/// table line on `stderr` names it.
+fn temp_file_of(stderr: &str) -> std::path::PathBuf {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("tables on sqlite://"))
+        .unwrap_or_else(|| panic!("no table line:\n{stderr}"));
+    let path = &line["tables on sqlite://".len()..line.find(": ").expect("a colon")];
+    std::path::PathBuf::from(path)
+}
+
+/// Ctrl-C during the default run (a temporary SQLite file): the storm stops, the file and its
+/// directory are deleted, the demo says so and exits 130.
+#[test]
+fn ctrl_c_on_the_default_run_deletes_the_temporary_file() {
+    let (status, stderr) = interrupt_the_storm(&[]);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let file = temp_file_of(&stderr);
+    assert!(
+        stderr.lines().any(|l| l
+            == format!(
+                "interrupted (Ctrl-C): deleted the temporary SQLite file {}",
+                file.display()
+            )),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "{} still exists", file.display());
+    let dir = file.parent().expect("its directory");
+    assert!(!dir.exists(), "{} still exists", dir.display());
+    assert!(
+        !stderr.contains("[10/10]"),
+        "the storm ran to the end:\n{stderr}"
+    );
+}
+
+/// Ctrl-C with `--cleanup` on a SQLite file of the test's own: the demo's tables are dropped.
+#[test]
+fn ctrl_c_with_cleanup_drops_the_tables_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("interrupted.db");
+    let url = format!("sqlite://{}", file.display());
+    let (status, stderr) = interrupt_the_storm(&["--database-url", &url, "--cleanup"]);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l
+            == format!("interrupted (Ctrl-C): dropped the demo's tables on {url} (--cleanup)")),
+        "{stderr}"
+    );
+    let tables = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect(&url)
+                .await
+                .expect("open the file");
+            let names: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+                    .fetch_all(&pool)
+                    .await
+                    .expect("list tables");
+            pool.close().await;
+            names
+        });
+    assert_eq!(tables, Vec::<String>::new(), "tables left");
+}
+
+/// Ctrl-C with `--cleanup` on PostgreSQL, in a schema of the test's own (`search_path`): the
+/// demo's tables and the record table it created are dropped.
+#[test]
+#[cfg_attr(not(has_postgres), ignore = "IDEMPOTENT_POSTGRES_URL is not set")]
+fn ctrl_c_with_cleanup_drops_the_tables_on_postgres() {
+    let Some(base) = idempotent_tests::server_url(idempotent_tests::POSTGRES_ENV, "PostgreSQL")
+    else {
+        return;
+    };
+    let schema = idempotent_tests::unique("orders_ctrl_c");
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let pool = rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&base).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&pool)
+            .await
+            .expect("create the schema");
+        pool
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let (status, stderr) = interrupt_the_storm(&["--database-url", &url, "--cleanup"]);
+    let left: Vec<String> = rt.block_on(async {
+        let left = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+        )
+        .bind(&schema)
+        .fetch_all(&pool)
+        .await
+        .expect("list tables");
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&pool)
+            .await
+            .expect("drop the schema");
+        left
+    });
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l
+            .starts_with("interrupted (Ctrl-C): dropped the demo's tables on postgres://")
+            && l.ends_with("(--cleanup)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("idempotency_records (created now)"),
+        "{stderr}"
+    );
+    assert_eq!(left, Vec::<String>::new(), "tables left in {schema}");
+}
+
+/// A loopback port where another kind of server listens, on a thread of its own: `answer`
+/// `None` accepts and holds every connection without a byte; `Some(reply)` reads what the
+/// client sent, answers `reply` and closes (an HTTP server refusing the request).
+fn other_server(answer: Option<&'static [u8]>) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            if let Some(reply) = answer {
+                let mut request = [0u8; 512];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(reply);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            }
+            held.push(stream);
+        }
+    });
+    port
+}
+
+const HTTP_400: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// A bad `--redis-url` is said in the shape of a bad `--database-url`: an unsupported scheme
+/// is refused naming the schemes; otherwise one line `--redis-url: cannot connect to <URL
+/// without password>: <cause>`, the cause named (refused, unknown host, no handshake from
+/// another kind of server, an answer in another protocol).
+#[test]
+fn a_bad_redis_url_is_named_like_a_bad_database_url() {
+    let out = orders(&["--redis-url", "http://:pw@127.0.0.1:6379"]);
+    let stderr = refused(
+        &out,
+        &[
+            "unsupported --redis-url `http://127.0.0.1:6379`",
+            "use redis://host:port or rediss://host:port",
+        ],
+    );
+    assert!(!stderr.contains("pw"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    let out = orders(&["--database-url", "http://:pw@127.0.0.1:5432"]);
+    refused(
+        &out,
+        &["unsupported --database-url `http://127.0.0.1:5432`"],
+    );
+
+    let silent = other_server(None);
+    let http = other_server(Some(HTTP_400));
+    for (url, shown, cause) in [
+        (
+            "redis://:pw@127.0.0.1:1".to_owned(),
+            "redis://127.0.0.1:1".to_owned(),
+            "connection refused".to_owned(),
+        ),
+        (
+            "redis://:pw@cache.invalid:6379".to_owned(),
+            "redis://cache.invalid:6379".to_owned(),
+            "unknown host".to_owned(),
+        ),
+        (
+            format!("redis://:pw@127.0.0.1:{silent}"),
+            format!("redis://127.0.0.1:{silent}"),
+            format!(
+                "timed out: no answer from that address in time: a TCP connection to 127.0.0.1:{silent} opens, but no Redis handshake came within 2s (is a Redis server listening on that port, not another kind of server?)"
+            ),
+        ),
+        (
+            format!("redis://:pw@127.0.0.1:{http}"),
+            format!("redis://127.0.0.1:{http}"),
+            "the server there answered, but not in the store's protocol (is another kind of server listening on that port?)".to_owned(),
+        ),
+    ] {
+        let out = orders(&["--redis-url", &url]);
+        let stderr = refused(
+            &out,
+            &[&format!("error: --redis-url: cannot connect to {shown}: {cause}")],
+        );
+        assert!(!stderr.contains("pw@"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+/// The same other servers on a `--database-url` port: the same shape and causes.
+#[test]
+fn another_kind_of_server_on_the_database_port_is_named() {
+    let http = other_server(Some(HTTP_400));
+    let out = orders(&[
+        "--database-url",
+        &format!("postgres://app:pw@127.0.0.1:{http}/orders"),
+    ]);
+    let stderr = refused(
+        &out,
+        &[&format!(
+            "error: --database-url: cannot connect to postgres://app@127.0.0.1:{http}/orders (the pool's first connection, within its acquire_timeout of 10s): the server there answered, but not in the store's protocol (is another kind of server listening on that port?)"
+        )],
+    );
+    assert!(!stderr.contains("pw@"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}

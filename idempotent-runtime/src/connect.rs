@@ -1,13 +1,16 @@
 //! Why connecting to a store failed: [`ConnectError`] names the store's address (its URL
 //! without the password) and the cause — refused, unknown host, credentials, unknown database,
-//! timed out — read from the error the driver returned, so a user need not guess it from a
-//! pool time-out.
+//! timed out (saying whether a TCP connection to the port opened: then another kind of server
+//! may listen there), an answer in another protocol — read from the error the driver
+//! returned, so a user need not guess it from a pool time-out.
 //!
 //! The runtime returns it (inside [`Error::Backend`](crate::Error::Backend)) where it connects:
-//! [`RedisStore::connect`](crate::RedisStore) and its Cluster and Sentinel forms, and where a
-//! SQL pool fails to lend a connection within its `acquire_timeout` (sqlx then reports only
-//! "pool timed out"; the runtime opens one connection with the pool's own options to find out
-//! why, see [`diagnose_pool_timeout`](crate::store::sql::diagnose_pool_timeout)).
+//! [`RedisStore::connect`](crate::RedisStore) and its Cluster and Sentinel forms,
+//! [`check_connection`](crate::store::sql::check_connection) (and so
+//! [`migrate`](crate::store::sql::migrate)) on a SQL pool, and where a SQL pool fails to lend
+//! a connection within its `acquire_timeout` (sqlx then reports only "pool timed out"; the
+//! runtime opens one connection with the pool's own options to find out why, see
+//! [`diagnose_pool_timeout`](crate::store::sql::diagnose_pool_timeout)).
 
 use std::fmt;
 
@@ -27,6 +30,9 @@ pub enum ConnectCause {
     UnknownDatabase,
     /// No answer in time: a firewall dropping packets, a wrong address, an overloaded server.
     TimedOut,
+    /// The server answered, but not in the store's protocol (an HTTP, SSH or other server on
+    /// that port, or TLS where plain text was expected): a wrong port, most likely.
+    Protocol,
     /// Connections open fine, but every one of the pool's connections stayed lent out for the
     /// whole `acquire_timeout`: raise `max_connections` or `acquire_timeout`, or look for calls
     /// that hold connections for long.
@@ -45,6 +51,9 @@ impl fmt::Display for ConnectCause {
             ConnectCause::Auth => "authentication failed: the server refused the user or password",
             ConnectCause::UnknownDatabase => "the database named in the URL does not exist",
             ConnectCause::TimedOut => "timed out: no answer from that address in time",
+            ConnectCause::Protocol => {
+                "the server there answered, but not in the store's protocol (is another kind of server listening on that port?)"
+            }
             ConnectCause::PoolBusy => {
                 "every pooled connection stayed busy for the whole acquire_timeout (raise max_connections or acquire_timeout)"
             }
@@ -85,7 +94,8 @@ impl fmt::Display for ConnectError {
 }
 
 /// A database's own error as its message and code (sqlx's PostgreSQL errors otherwise end in
-/// `at line N`, a line of the server's C source); anything else as it displays.
+/// `at line N`, a line of the server's C source); anything else as it displays, its first
+/// line only (followed by ` …` when there were more).
 fn write_source(
     f: &mut fmt::Formatter<'_>,
     source: &(dyn std::error::Error + 'static),
@@ -97,7 +107,15 @@ fn write_source(
             None => f.write_str(db.message()),
         };
     }
-    write!(f, "{source}")
+    // One line: the first of the source's text (a redis-rs parse error lists every byte it
+    // did not expect, a line each).
+    let text = source.to_string();
+    let mut lines = text.lines();
+    f.write_str(lines.next().unwrap_or_default())?;
+    if lines.next().is_some() {
+        f.write_str(" …")?;
+    }
+    Ok(())
 }
 
 impl std::error::Error for ConnectError {
@@ -133,6 +151,68 @@ impl ConnectError {
     }
 }
 
+/// A plain TCP connection to a store's `host:port`, tried on a blocking thread while the
+/// driver connects, so that a driver's time-out can tell "nothing answers at that address"
+/// from "something accepts connections there but does not speak the store's protocol"
+/// (another kind of server) without waiting any longer.
+pub(crate) struct TcpCheck {
+    address: String,
+    opened: tokio::task::JoinHandle<bool>,
+}
+
+impl TcpCheck {
+    /// Starts the check of `host:port` (a TCP connection, closed at once, within `limit`);
+    /// `None` without a tokio runtime or for a Unix socket path.
+    pub(crate) fn start(host: &str, port: u16, limit: std::time::Duration) -> Option<TcpCheck> {
+        if host.is_empty() || host.starts_with('/') || host.contains('%') {
+            return None;
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let target = address.clone();
+        let opened = rt.spawn_blocking(move || {
+            use std::net::ToSocketAddrs as _;
+            target.to_socket_addrs().is_ok_and(|mut all| {
+                all.any(|a| std::net::TcpStream::connect_timeout(&a, limit).is_ok())
+            })
+        });
+        Some(TcpCheck { address, opened })
+    }
+
+    /// The text saying why the driver's connection timed out after `limit`: with the TCP
+    /// connection open, that `what` (`PostgreSQL`, `Redis`, …) never answered on it and
+    /// another kind of server may listen there. A check still running counts as "did not
+    /// open" (it is not waited for).
+    pub(crate) async fn timed_out(
+        check: Option<TcpCheck>,
+        what: &str,
+        limit: std::time::Duration,
+    ) -> String {
+        match check {
+            Some(check) => {
+                let opened = check.opened.is_finished() && check.opened.await.unwrap_or(false);
+                if opened {
+                    format!(
+                        "a TCP connection to {} opens, but no {what} handshake came within {limit:?} (is a {what} server listening on that port, not another kind of server?)",
+                        check.address
+                    )
+                } else {
+                    format!(
+                        "no {what} handshake from {} within {limit:?}",
+                        check.address
+                    )
+                }
+            }
+            None => format!("no {what} connection opened within {limit:?}"),
+        }
+    }
+}
+
 /// `false` when `host` does not resolve to any address (looked up on a blocking thread when a
 /// tokio runtime is running, inline otherwise). A bare socket path (`/…`) counts as resolved.
 async fn resolves(host: &str) -> bool {
@@ -153,8 +233,8 @@ async fn resolves(host: &str) -> bool {
 }
 
 /// The cause of a connection failure, read from `e` and its sources: an I/O error's kind
-/// (refused, timed out), a database's error code (credentials, unknown database), a redis-rs
-/// error's kind. [`ConnectCause::Other`] when none of them tells.
+/// (refused, timed out), a database's error code (credentials, unknown database), a driver's
+/// protocol error (another kind of server), a redis-rs error's kind. [`ConnectCause::Other`] when none of them tells.
 pub fn cause_of(e: &(dyn std::error::Error + 'static)) -> ConnectCause {
     let mut cur = Some(e);
     while let Some(err) = cur {
@@ -162,6 +242,12 @@ pub fn cause_of(e: &(dyn std::error::Error + 'static)) -> ConnectCause {
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return ConnectCause::Refused,
                 std::io::ErrorKind::TimedOut => return ConnectCause::TimedOut,
+                // The server's answer ended in the middle of a message the driver read from
+                // its first bytes (an HTTP reply read as a PostgreSQL message's length), or
+                // was not the protocol at all.
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
+                    return ConnectCause::Protocol;
+                }
                 _ => {}
             }
         }
@@ -174,6 +260,7 @@ pub fn cause_of(e: &(dyn std::error::Error + 'static)) -> ConnectCause {
                     _ => {}
                 },
                 sqlx::Error::PoolTimedOut => return ConnectCause::TimedOut,
+                sqlx::Error::Protocol(_) => return ConnectCause::Protocol,
                 _ => {}
             }
         }
@@ -189,6 +276,9 @@ pub fn cause_of(e: &(dyn std::error::Error + 'static)) -> ConnectCause {
             }
             if e.is_timeout() {
                 return ConnectCause::TimedOut;
+            }
+            if e.kind() == redis::ErrorKind::Parse {
+                return ConnectCause::Protocol;
             }
         }
         cur = err.source();
@@ -245,6 +335,8 @@ mod tests {
         assert_eq!(cause_of(&timed_out), ConnectCause::TimedOut);
         let other = std::io::Error::other("tls handshake");
         assert_eq!(cause_of(&other), ConnectCause::Other);
+        let cut = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(cause_of(&cut), ConnectCause::Protocol);
     }
 
     #[tokio::test]

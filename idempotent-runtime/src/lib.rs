@@ -31,7 +31,7 @@ pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlx")]
-pub use store::sql::{SqlBackend, TxStore, migrate};
+pub use store::sql::{SqlBackend, TxStore, check_connection, migrate};
 pub use store::{ClaimOrRecord, ClaimStore};
 pub use store::{LockStore, Store, TokenStore};
 

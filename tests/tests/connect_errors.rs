@@ -115,3 +115,181 @@ async fn a_postgres_pool_with_an_unknown_user_says_authentication() {
     );
     assert!(!e.to_string().contains(":pw@"), "{e}");
 }
+
+/// A listener that accepts TCP connections and holds them without ever answering: a port
+/// where another kind of server listens (or a database that hangs). Its port; the connections
+/// stay open until the test's runtime ends.
+async fn silent_listener() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// `migrate` on a pool whose server accepts the connection but never answers the handshake:
+/// one error naming the time-out and that the port may belong to another kind of server (the
+/// wait is the pool's `acquire_timeout`, once: not asserted, a time is no assertion).
+#[tokio::test]
+async fn migrate_against_a_silent_server_names_the_missing_handshake() {
+    let port = silent_listener().await;
+    let pg = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(&format!("postgres://app:s3cret@127.0.0.1:{port}/orders"))
+        .expect("a valid URL");
+    let my = sqlx::mysql::MySqlPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(&format!("mysql://app:s3cret@127.0.0.1:{port}/orders"))
+        .expect("a valid URL");
+    let pg = idempotent_runtime::migrate(&pg)
+        .await
+        .expect_err("no handshake");
+    let my = idempotent_runtime::migrate(&my)
+        .await
+        .expect_err("no handshake");
+    for (e, scheme, what) in [
+        (&pg, "postgres", "PostgreSQL"),
+        (&my, "mysql", "MySQL/MariaDB"),
+    ] {
+        let c = connect_error(e);
+        assert_eq!(c.cause, ConnectCause::TimedOut, "{e}");
+        assert_eq!(c.target, format!("{scheme}://app@127.0.0.1:{port}/orders"));
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!(
+                "a TCP connection to 127.0.0.1:{port} opens, but no {what} handshake came within 500ms"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("not another kind of server?"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}
+
+/// `check_connection` on a closed port: the same `ConnectError` as `migrate`.
+#[tokio::test]
+async fn check_connection_on_a_closed_port_says_refused() {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://app@127.0.0.1:1/orders")
+        .expect("a valid URL");
+    let e = idempotent_runtime::check_connection(&pool)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert_eq!(connect_error(&e).cause, ConnectCause::Refused);
+    assert!(
+        e.to_string()
+            .contains("cannot connect to postgres://app@127.0.0.1:1/orders (the pool's first connection, within its acquire_timeout of 500ms): connection refused"),
+        "{e}"
+    );
+}
+
+/// Sentinels that cannot be reached: a `ConnectError` like the other connect functions', its
+/// target the sentinels' URLs without passwords, its context the service.
+#[tokio::test]
+async fn sentinels_on_a_closed_port_say_refused_without_the_password() {
+    let Err(e) =
+        RedisStore::connect_sentinel(&["redis://:s3cret@127.0.0.1:1"], "orders-primary").await
+    else {
+        panic!("nothing listens on port 1");
+    };
+    let c = connect_error(&e);
+    assert_eq!(c.cause, ConnectCause::Refused, "{e}");
+    assert_eq!(c.target, "redis://127.0.0.1:1");
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "cannot connect to redis://127.0.0.1:1 (the primary of \"orders-primary\", as its sentinels name it): connection refused"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+/// `.invalid` never resolves (RFC 2606): one sentinel whose name does not resolve.
+#[tokio::test]
+async fn an_unknown_sentinel_host_is_named() {
+    let Err(e) = RedisStore::connect_sentinel(&["redis://sentinel.invalid:26379"], "orders").await
+    else {
+        panic!("the name does not resolve");
+    };
+    assert_eq!(connect_error(&e).cause, ConnectCause::UnknownHost, "{e}");
+}
+
+/// A Redis URL whose port is served by something that never answers: a `ConnectError` that
+/// says it timed out although a TCP connection opens (another kind of server).
+#[tokio::test]
+async fn a_silent_redis_port_says_timed_out() {
+    let port = silent_listener().await;
+    let Err(e) = RedisStore::connect(&format!("redis://:s3cret@127.0.0.1:{port}")).await else {
+        panic!("nothing answers");
+    };
+    let c = connect_error(&e);
+    assert_eq!(c.target, format!("redis://127.0.0.1:{port}"));
+    assert_eq!(c.cause, ConnectCause::TimedOut, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!(
+            "a TCP connection to 127.0.0.1:{port} opens, but no Redis handshake came within 2s"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("not another kind of server?"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+/// A port served by another kind of server that answers at once (here: an HTTP server
+/// refusing whatever it got): the cause is the protocol, not a time-out.
+async fn http_listener() -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Reads what the client sent first, as an HTTP server reads a request.
+                let mut request = [0u8; 512];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+                // Held open until the client closes it (a read of 0 bytes or an error).
+                let _ = stream.read(&mut request).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_http_server_on_the_redis_port_is_named() {
+    let port = http_listener().await;
+    let Err(e) = RedisStore::connect(&format!("redis://127.0.0.1:{port}")).await else {
+        panic!("not a Redis server");
+    };
+    assert_eq!(connect_error(&e).cause, ConnectCause::Protocol, "{e}");
+    assert!(e.to_string().contains("another kind of server"), "{e}");
+}
+
+#[tokio::test]
+async fn an_http_server_on_the_postgres_port_is_named() {
+    let port = http_listener().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&format!("postgres://app@127.0.0.1:{port}/orders"))
+        .expect("a valid URL");
+    let e = idempotent_runtime::migrate(&pool)
+        .await
+        .expect_err("not a PostgreSQL server");
+    assert_eq!(connect_error(&e).cause, ConnectCause::Protocol, "{e}");
+    assert!(e.to_string().contains("another kind of server"), "{e}");
+}

@@ -80,18 +80,27 @@ async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (format!("sqlite://{}", path.display()), Some(dir))
         }
     };
-    idempotent_examples::connect::probe(&url).await?;
+    use idempotent_examples::connect::{PROBE_TIMEOUT, connect_message, not_a_url};
+    // The first connection through the runtime (`check_connection`): an unreachable server
+    // is named with its cause within the pool's acquire_timeout.
     let db = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let pool = sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&url)
-            .await?;
+            .acquire_timeout(PROBE_TIMEOUT)
+            .connect_lazy(&url)
+            .map_err(|e| not_a_url(&url, &e))?;
+        idempotent_runtime::check_connection(&pool)
+            .await
+            .map_err(|e| format!("--database-url: {}", connect_message(&e)))?;
         Db::Postgres(pool)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        let url = url.replacen("mariadb:", "mysql:", 1);
         let pool = sqlx::mysql::MySqlPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&url.replacen("mariadb:", "mysql:", 1))
-            .await?;
+            .acquire_timeout(PROBE_TIMEOUT)
+            .connect_lazy(&url)
+            .map_err(|e| not_a_url(&url, &e))?;
+        idempotent_runtime::check_connection(&pool)
+            .await
+            .map_err(|e| format!("--database-url: {}", connect_message(&e)))?;
         Db::MySql(pool)
     } else if url.starts_with("sqlite:") {
         let opts: sqlx::sqlite::SqliteConnectOptions = url.parse()?;

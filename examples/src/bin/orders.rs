@@ -8,21 +8,23 @@
 //! cargo run -p idempotent-examples --bin orders -- --database-url mysql://root@127.0.0.1/test --json
 //! cargo run -p idempotent-examples --bin orders -- --redis-url redis://127.0.0.1:6379
 //! ```
-//! Exits 1 when any operation's effects differ from its keys or it saw an error. Progress,
-//! the tables it created and errors go to stderr, the summary to stdout.
+//! Exits 1 when any operation's effects differ from its keys or it saw an error, 130 when
+//! interrupted (Ctrl-C: the storm stops, the temporary SQLite file is deleted and, with
+//! `--cleanup`, the tables dropped, and a line says so). Progress, the tables it created and
+//! errors go to stderr, the summary to stdout.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use idempotent_examples::connect::{connect_failed, probe};
+use idempotent_examples::connect::{PROBE_TIMEOUT, connect_message, not_a_url};
 use idempotent_examples::report::{OperationReport, Outcome, Report, quantile_ms};
 use idempotent_examples::service::{self, DEMO_TABLES, Demo, Kv, OPERATIONS, RECORDS_TABLE};
 use idempotent_examples::storm;
+use idempotent_runtime::Error as IdemError;
 use idempotent_runtime::MemoryStore;
 use idempotent_runtime::connect::redact_url;
-use idempotent_runtime::{ConnectError, Error as IdemError};
 
 /// Order-service demo for #[idempotent]: drives concurrent duplicates through every strategy.
 // The doc above is also clap's `--help` text, so `#[idempotent]` stays as written there.
@@ -100,15 +102,22 @@ fn redact(url: &str) -> String {
     redact_url(url)
 }
 
-/// The one line saying why `--redis-url` failed: the runtime's [`ConnectError`] when it is
-/// one (it names the URL and the cause), else the error as it displays.
-fn redis_failed(urls: &str, hint: &str, e: &IdemError) -> String {
-    if let IdemError::Backend(source) = e
-        && let Some(c) = source.downcast_ref::<ConnectError>()
-    {
-        return format!("--redis-url: {c}{hint}");
+/// The one line saying why `--redis-url` failed, in the shape of `--database-url`'s:
+/// `--redis-url: cannot connect to <URL without password>: <cause>: <driver's error>` (the
+/// runtime's `ConnectError`), or `--redis-url <URL>: <error>` for a server that answered but
+/// cannot be used (too old, an evicting policy).
+fn redis_failed(urls: &str, e: &IdemError) -> String {
+    let line = connect_message(e);
+    if line.starts_with("cannot connect to ") {
+        return format!("--redis-url: {line}");
     }
-    format!("cannot connect to --redis-url {}{hint}: {e}", redact(urls))
+    format!("--redis-url {}: {line}", redact(urls))
+}
+
+/// The one line saying why `--database-url` failed (the runtime's `ConnectError`: the URL
+/// without its password and the cause).
+fn database_failed(e: &IdemError) -> String {
+    format!("--database-url: {}", connect_message(e))
 }
 
 /// What the storm sends, said once before it starts: the requests per operation, and how
@@ -222,25 +231,25 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
     })
 }
 
-/// Connects to the Redis of `--redis-url` (several comma-separated URLs: a Cluster).
+/// Connects to the Redis of `--redis-url` (several comma-separated URLs: a Cluster). A URL
+/// of another scheme is refused as an unsupported `--database-url` is.
 async fn connect_kv(urls: &str) -> Result<Kv, String> {
-    if urls.contains(',') {
-        let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
-        let store = idempotent_runtime::RedisStore::connect_cluster(&nodes)
-            .await
-            .map_err(|e| redis_failed(urls, "", &e))?;
-        return Ok(Kv::Redis(store));
+    let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+    if let Some(bad) = nodes
+        .iter()
+        .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+    {
+        return Err(format!(
+            "unsupported --redis-url `{}`: use redis://host:port or rediss://host:port (comma-separated node URLs select a Redis Cluster)",
+            redact(bad)
+        ));
     }
-    // The expected form only helps when the URL is not a Redis URL at all.
-    let hint = if urls.starts_with("redis://") || urls.starts_with("rediss://") {
-        ""
+    let store = if nodes.len() > 1 {
+        idempotent_runtime::RedisStore::connect_cluster(&nodes).await
     } else {
-        " (expected redis://host:port)"
+        idempotent_runtime::RedisStore::connect(urls).await
     };
-    let store = idempotent_runtime::RedisStore::connect(urls)
-        .await
-        .map_err(|e| redis_failed(urls, hint, &e))?;
-    Ok(Kv::Redis(store))
+    store.map(Kv::Redis).map_err(|e| redis_failed(urls, &e))
 }
 
 /// Says which tables the run uses and whether they stay.
@@ -263,7 +272,40 @@ fn tables_note(shown: &str, records_existed: bool, temporary: bool, cleanup: boo
     )
 }
 
-async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
+/// How a run ended (its errors aside).
+enum Ended {
+    /// The storm ran to the end: its report.
+    Report(Report),
+    /// Ctrl-C: what was cleaned up (one line).
+    Interrupted(String),
+}
+
+/// `work`, unless `interrupted` (Ctrl-C) comes first: then `None` and `work` is dropped
+/// (its in-flight calls cancelled).
+async fn unless_interrupted<T>(
+    interrupted: &mut std::pin::Pin<&mut impl Future<Output = std::io::Result<()>>>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        _ = interrupted.as_mut() => None,
+    }
+}
+
+async fn main_inner(args: Args) -> Result<Ended, Box<dyn std::error::Error>> {
+    // Ctrl-C, listened for from here on: polled once now so that the handler is installed
+    // before the first line is printed; each step below is raced against it.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    match futures_util::poll!(interrupted.as_mut()) {
+        std::task::Poll::Pending => {}
+        std::task::Poll::Ready(Ok(())) => {
+            return Ok(Ended::Interrupted("nothing was created yet".into()));
+        }
+        std::task::Poll::Ready(Err(e)) => {
+            return Err(format!("cannot listen for Ctrl-C: {e}").into());
+        }
+    }
     // Two operations sharing a name would share records: fail before the first request.
     idempotent_runtime::check_operation_names()?;
     if let Some(url) = &args.database_url {
@@ -273,7 +315,10 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     let pool_size = u32::try_from(args.concurrency.clamp(2, 64)).unwrap_or(32);
     let kv = match &args.redis_url {
         None => Kv::Memory(MemoryStore::new()),
-        Some(urls) => connect_kv(urls).await?,
+        Some(urls) => match unless_interrupted(&mut interrupted, connect_kv(urls)).await {
+            Some(kv) => kv?,
+            None => return Ok(Ended::Interrupted("nothing was created yet".into())),
+        },
     };
     let tokens = std::sync::Mutex::default();
     let (url, tmp) = match &args.database_url {
@@ -286,65 +331,80 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     };
     let temporary = tmp.is_some();
     let shown = redact(&url);
-    // Creates the demo's tables in `db`, says which, drives the storm through the service on
-    // it, and with --cleanup drops what it created.
+    // Checks the connection, creates the demo's tables in `db`, says which, drives the storm
+    // through the service on it, and with --cleanup drops what it created; on Ctrl-C stops
+    // where it is and cleans up as at the end. The pool is closed before the temporary file
+    // is deleted.
     macro_rules! run_on {
         ($db:expr, $backend:ident) => {{
             let db = $db;
-            let records_existed = service::$backend::records_table_exists(&db).await;
-            idempotent_runtime::migrate(&db)
-                .await
-                .map_err(|e| format!("creating the idempotency-record table on {shown}: {e}"))?;
-            service::$backend::create_tables(&db)
-                .await
-                .map_err(|e| format!("creating the demo's tables on {shown}: {e}"))?;
-            eprintln!(
-                "{}",
-                tables_note(&shown, records_existed, temporary, args.cleanup)
-            );
-            let demo = service::$backend::Orders {
-                db,
-                run,
-                kv,
-                tokens,
+            let reachable =
+                unless_interrupted(&mut interrupted, idempotent_runtime::check_connection(&db))
+                    .await;
+            let records_existed = match reachable {
+                Some(Ok(())) => Some(service::$backend::records_table_exists(&db).await),
+                Some(Err(e)) => {
+                    db.close().await;
+                    return Err(database_failed(&e).into());
+                }
+                None => None,
             };
-            let report = drive(&demo, &args, shown.clone()).await;
-            if args.cleanup && !temporary {
-                service::$backend::drop_tables(&demo.db, !records_existed)
+            let work = async {
+                let records_existed = records_existed.unwrap_or(true);
+                idempotent_runtime::migrate(&db).await.map_err(|e| {
+                    format!("creating the idempotency-record table on {shown}: {e}")
+                })?;
+                service::$backend::create_tables(&db)
+                    .await
+                    .map_err(|e| format!("creating the demo's tables on {shown}: {e}"))?;
+                eprintln!(
+                    "{}",
+                    tables_note(&shown, records_existed, temporary, args.cleanup)
+                );
+                let demo = service::$backend::Orders {
+                    db: db.clone(),
+                    run,
+                    kv,
+                    tokens,
+                };
+                drive(&demo, &args, shown.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let ended = match records_existed {
+                Some(_) => unless_interrupted(&mut interrupted, work).await,
+                None => None,
+            };
+            let mut cleaned = Vec::new();
+            if let Some(records_existed) = records_existed
+                && args.cleanup
+                && !temporary
+            {
+                service::$backend::drop_tables(&db, !records_existed)
                     .await
                     .map_err(|e| format!("dropping the demo's tables on {shown}: {e}"))?;
+                cleaned.push(format!("dropped the demo's tables on {shown} (--cleanup)"));
             }
-            Ok(report?)
+            db.close().await;
+            (ended, cleaned)
         }};
     }
-    // One plain connection first: a refused port, an unknown host or a bad password is
-    // reported at once, with its cause, instead of as a pool timeout.
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        probe(&url).await?;
-        let db = match sqlx::postgres::PgPoolOptions::new()
+    let (ended, mut cleaned) = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(pool_size)
             // How long a call may wait for a pooled connection before failing (sqlx's
-            // default is 30 s): the demo's calls wait at most 10 s.
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&url)
-            .await
-        {
-            Ok(db) => db,
-            Err(e) => return Err(connect_failed(&url, e).await.into()),
-        };
+            // default is 30 s), and the bound of the first connection: 10 s.
+            .acquire_timeout(PROBE_TIMEOUT)
+            .connect_lazy(&url)
+            .map_err(|e| not_a_url(&url, &e))?;
         run_on!(db, postgres)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         let url = url.replacen("mariadb:", "mysql:", 1);
-        probe(&url).await?;
-        let db = match sqlx::mysql::MySqlPoolOptions::new()
+        let db = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(pool_size)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&url)
-            .await
-        {
-            Ok(db) => db,
-            Err(e) => return Err(connect_failed(&url, e).await.into()),
-        };
+            .acquire_timeout(PROBE_TIMEOUT)
+            .connect_lazy(&url)
+            .map_err(|e| not_a_url(&url, &e))?;
         run_on!(db, mysql)
     } else if url.starts_with("sqlite:") {
         let opts: sqlx::sqlite::SqliteConnectOptions = url
@@ -361,10 +421,26 @@ async fn main_inner(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .map_err(|e| format!("cannot open the SQLite database {shown}: {e}"))?;
         run_on!(db, sqlite)
     } else {
-        Err(
-            format!("unsupported --database-url `{shown}`: use postgres://, mysql:// or sqlite://")
-                .into(),
+        return Err(format!(
+            "unsupported --database-url `{shown}`: use postgres://, mysql:// or sqlite://"
         )
+        .into());
+    };
+    if let Some(dir) = tmp {
+        let file = dir.path().join("orders-demo.db");
+        dir.close()
+            .map_err(|e| format!("deleting the temporary SQLite file {}: {e}", file.display()))?;
+        cleaned.push(format!(
+            "deleted the temporary SQLite file {}",
+            file.display()
+        ));
+    }
+    match ended {
+        Some(report) => Ok(Ended::Report(report?)),
+        None if cleaned.is_empty() => Ok(Ended::Interrupted(format!(
+            "the tables on {shown} stay (without --cleanup they always do)"
+        ))),
+        None => Ok(Ended::Interrupted(cleaned.join("; "))),
     }
 }
 
@@ -399,7 +475,11 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let json = args.json;
     match main_inner(args).await {
-        Ok(report) => {
+        Ok(Ended::Interrupted(cleaned)) => {
+            eprintln!("interrupted (Ctrl-C): {cleaned}");
+            ExitCode::from(130)
+        }
+        Ok(Ended::Report(report)) => {
             let out = if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => s + "\n",

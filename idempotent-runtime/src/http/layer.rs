@@ -90,7 +90,7 @@ pub enum LargeRequest {
 }
 
 type ScopeFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
-type StatusFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+type StoreFn = dyn Fn(&http::response::Parts) -> bool + Send + Sync;
 
 /// Headers never stored (RFC 9110 §7.6.1 hop-by-hop fields, plus `Content-Length`, which the
 /// server writes again for the replayed body).
@@ -118,7 +118,8 @@ struct Config {
     max_request_bytes: usize,
     large_request: LargeRequest,
     max_response_bytes: usize,
-    store_status: Arc<StatusFn>,
+    /// Whether a handler response (by its status and headers) is stored and replayed.
+    store: Arc<StoreFn>,
     options: Options,
     retry_after: Duration,
     detach: bool,
@@ -160,7 +161,7 @@ impl<K: ClaimStore> IdempotencyLayer<K> {
     /// A layer storing its claims and responses in `store`, with the defaults: methods `POST`
     /// and `PATCH`, key optional (requests without one pass through untouched), keys up to
     /// [`DEFAULT_MAX_KEY_LEN`] characters, no scope, bodies up to 1 MiB in and 4 MiB out,
-    /// every status but 5xx stored, `Set-Cookie` never stored, lease 30 s, TTL 24 h,
+    /// every status but 5xx stored ([`terminal`](Self::terminal)), `Set-Cookie` never stored, lease 30 s, TTL 24 h,
     /// concurrent duplicates refused with `409` and `Retry-After: 1`, operation name `"http"`.
     pub fn new(store: K) -> Self {
         IdempotencyLayer {
@@ -177,7 +178,7 @@ impl<K: ClaimStore> IdempotencyLayer<K> {
                 max_request_bytes: 1024 * 1024,
                 large_request: LargeRequest::Reject,
                 max_response_bytes: dedup_table::DEFAULT_MAX_RESPONSE_BYTES,
-                store_status: Arc::new(|s: StatusCode| !s.is_server_error()),
+                store: Arc::new(|p: &http::response::Parts| !p.status.is_server_error()),
                 options: Options::default(),
                 retry_after: Duration::from_secs(1),
                 detach: true,
@@ -275,12 +276,57 @@ impl<K: ClaimStore> IdempotencyLayer<K> {
         })
     }
 
-    /// Which response statuses are stored and replayed (default: all but 5xx). A response
-    /// whose status is not stored reaches the client as it is and releases the claim, so the
+    /// Which response statuses are stored and replayed, every status included (default: all
+    /// but 5xx, the same as `terminal(|p| p.status.is_client_error())`). A response whose
+    /// status is not stored reaches the client as it is and releases the claim, so the
     /// client's retry runs the handler again (the draft, §2.6 leaves this to the server).
+    /// `store_status` and [`terminal`](Self::terminal) set the same rule: the last one called
+    /// wins.
+    ///
+    /// ```ignore
+    /// // Store successes only: any 4xx or 5xx releases the claim.
+    /// let layer = IdempotencyLayer::new(pool).store_status(|status| status.is_success());
+    /// ```
     pub fn store_status(self, store: impl Fn(StatusCode) -> bool + Send + Sync + 'static) -> Self {
-        let store: Arc<StatusFn> = Arc::new(store);
-        self.with(|c| c.store_status = store)
+        let store: Arc<StoreFn> = Arc::new(move |p: &http::response::Parts| store(p.status));
+        self.with(|c| c.store = store)
+    }
+
+    /// The error policy of the layer, as `terminal = "path"` is the attribute's: which error
+    /// responses (status 400 to 599) of the handler are terminal, stored and replayed to
+    /// every retry with the key for [`ttl`](Self::ttl) without running the handler again,
+    /// and which release the claim so that a retry runs it again. `terminal` sees the
+    /// response's status and headers ([`http::response::Parts`]; the body is not read yet).
+    /// Responses below 400 are always stored. Default: every 4xx terminal, every 5xx not
+    /// (`|p| p.status.is_client_error()`).
+    ///
+    /// A response that is not terminal reaches the client as it is. A terminal one is stored
+    /// like a success (the headers as [`deny_headers`](Self::deny_headers) and
+    /// [`store_set_cookie`](Self::store_set_cookie) allow; a body over
+    /// [`max_response_bytes`](Self::max_response_bytes) is passed through and released
+    /// instead). `terminal` and [`store_status`](Self::store_status) set the same rule: the
+    /// last one called wins.
+    ///
+    /// ```ignore
+    /// use http::{StatusCode, header};
+    ///
+    /// // A declined payment (402) and a validation failure (422) are final; a conflict (409),
+    /// // a rate limit (429) and any other 4xx or 5xx release the claim: the retry runs.
+    /// let payments = IdempotencyLayer::new(pool.clone()).terminal(|p| {
+    ///     matches!(p.status, StatusCode::PAYMENT_REQUIRED | StatusCode::UNPROCESSABLE_ENTITY)
+    /// });
+    ///
+    /// // Every error final unless the handler asks for a retry with `Retry-After`.
+    /// let others = IdempotencyLayer::new(pool)
+    ///     .terminal(|p| !p.headers.contains_key(header::RETRY_AFTER));
+    /// ```
+    pub fn terminal(
+        self,
+        terminal: impl Fn(&http::response::Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let store: Arc<StoreFn> =
+            Arc::new(move |p: &http::response::Parts| p.status.as_u16() < 400 || terminal(p));
+        self.with(|c| c.store = store)
     }
 
     /// How long an in-progress claim lives without renewal (default 30 s; see
@@ -578,7 +624,7 @@ where
 {
     let response = inner.call(request).await.map_err(NotStored::Inner)?;
     let (parts, body) = response.into_parts();
-    if !(config.store_status)(parts.status) {
+    if !(config.store)(&parts) {
         return Err(NotStored::Pass(Response::from_parts(parts, boxed(body))));
     }
     match buffer(boxed(body), config.max_response_bytes).await {

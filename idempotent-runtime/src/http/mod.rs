@@ -12,7 +12,7 @@
 //!
 //! | answer | when | draft |
 //! |---|---|---|
-//! | the handler's response | first request with a key (not stored: 5xx by default, see [`IdempotencyLayer::store_status`]) | §2.6 "First time request" |
+//! | the handler's response | first request with a key (stored: below 400 always, 4xx by default; not stored, the claim released: 5xx by default; see [`IdempotencyLayer::terminal`]) | §2.6 "First time request" |
 //! | the stored response + `Idempotent-Replayed: true` | the same key and payload again, after the first completed | §2.6 "Retry" |
 //! | `400` problem+json | key missing on a [`required`](IdempotencyLayer::required) route | §2.7 |
 //! | `400` problem+json | key empty, longer than [`max_key_len`](IdempotencyLayer::max_key_len), not an sf-string, or sent twice | §2.1 |

@@ -253,9 +253,13 @@ impl RedisOptions {
             )
         })?;
         let address = client.get_connection_info().addr().to_string();
-        let host = match client.get_connection_info().addr() {
-            redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
-                Some(host.clone())
+        let host = tcp_host(url);
+        // Looked at while redis-rs connects: a time-out then says whether the port accepts
+        // TCP connections (another kind of server) or not.
+        let tcp = match client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port)
+            | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                crate::connect::TcpCheck::start(host, *port, CONNECT_TIMEOUT)
             }
             _ => None,
         };
@@ -266,7 +270,16 @@ impl RedisOptions {
         let manager = match ConnectionManager::new_with_config(client, config).await {
             Ok(manager) => manager,
             Err(e) => {
-                let e = crate::ConnectError::diagnose(target, host.as_deref(), Box::new(e)).await;
+                let mut e =
+                    crate::ConnectError::diagnose(target, host.as_deref(), Box::new(e)).await;
+                if e.cause == crate::ConnectCause::TimedOut {
+                    let detail =
+                        crate::connect::TcpCheck::timed_out(tcp, "Redis", CONNECT_TIMEOUT).await;
+                    e.source = Some(Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        detail,
+                    )));
+                }
                 return Err(Error::backend(e));
             }
         };
@@ -322,8 +335,12 @@ impl RedisOptions {
     /// connection and asks the sentinels again on the next call; the failing call itself
     /// returns [`Error::Backend`] and may be retried. Each new primary's eviction policy is
     /// checked as the first one's (refused: calls fail with [`Error::Backend`] naming the
-    /// policy until the sentinels name another primary). Errors: as [`connect`](Self::connect),
-    /// and [`Error::Backend`] when no sentinel answers or none knows `service_name`.
+    /// policy until the sentinels name another primary). Errors: as [`connect`](Self::connect);
+    /// when no sentinel answers, none knows `service_name` or the primary they name cannot be
+    /// reached, [`Error::Backend`] holding a [`ConnectError`](crate::ConnectError) whose target
+    /// is the sentinels' URLs without passwords (comma-separated), whose context names the
+    /// service and whose cause is read from the last failure (refused, unknown host,
+    /// authentication, timed out, or other: a service no sentinel knows).
     #[cfg(feature = "redis-sentinel")]
     pub async fn connect_sentinel<U: AsRef<str>>(
         &self,
@@ -331,6 +348,25 @@ impl RedisOptions {
         service_name: &str,
     ) -> Result<RedisStore, Error> {
         let conn = sentinel::SentinelConn::new(sentinels, service_name, self.allow_eviction)?;
+        // The first primary, asked for now so that a failure names the sentinels and its
+        // cause (a primary refused for its eviction policy is left to the check below).
+        if let Err(e) = conn.connect().await
+            && !sentinel::is_eviction_refusal(&e)
+        {
+            let target = sentinels
+                .iter()
+                .map(|u| crate::connect::redact_url(u.as_ref()))
+                .collect::<Vec<_>>()
+                .join(",");
+            // With one sentinel, a name that does not resolve is told apart.
+            let host = match sentinels {
+                [one] => tcp_host(one.as_ref()),
+                _ => None,
+            };
+            let mut e = crate::ConnectError::diagnose(target, host.as_deref(), Box::new(e)).await;
+            e.context = format!("the primary of {service_name:?}, as its sentinels name it");
+            return Err(Error::backend(e));
+        }
         self.checked(Conn::Sentinel(Arc::new(conn)), "redis-sentinel", None)
             .await
     }
@@ -357,6 +393,17 @@ impl RedisOptions {
         };
         store.check_support(self.allow_eviction, address).await?;
         Ok(store)
+    }
+}
+
+/// The TCP host of a Redis URL (`redis://cache:6379` → `cache`), for telling an unknown host
+/// from other failures; `None` for a Unix socket or a URL redis-rs does not read.
+fn tcp_host(url: &str) -> Option<String> {
+    match redis::Client::open(url).ok()?.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+            Some(host.clone())
+        }
+        _ => None,
     }
 }
 

@@ -50,6 +50,12 @@ impl SentinelConn {
         })
     }
 
+    /// Connects to the primary the sentinels name now (the first time, at connect); errors as
+    /// the first call would meet them.
+    pub(crate) async fn connect(&self) -> Result<(), RedisError> {
+        self.connection().await.map(drop)
+    }
+
     /// The `host:port` of the primary last connected to.
     pub(crate) fn address(&self) -> String {
         self.address
@@ -92,7 +98,7 @@ impl SentinelConn {
                 if let Some(refused) = super::evicting(&address, &info) {
                     return Err(RedisError::from((
                         ErrorKind::Client,
-                        "refused the new primary",
+                        EVICTION_REFUSAL,
                         refused.to_string(),
                     )));
                 }
@@ -158,6 +164,14 @@ impl SentinelConn {
         }
         result
     }
+}
+
+/// The description of the error for a primary refused for its eviction policy.
+const EVICTION_REFUSAL: &str = "refused the new primary";
+
+/// Whether `e` is the refusal of a primary whose eviction policy can evict keys.
+pub(crate) fn is_eviction_refusal(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Client && e.to_string().contains(EVICTION_REFUSAL)
 }
 
 /// Whether `e` says the connection is gone or the node is no longer the primary.

@@ -2,8 +2,9 @@
 //! `mysql`, `sqlite`). A `sqlx::Pool` of one of them is a [`ClaimStore`] (claim-mode
 //! `dedup_table`) and, through [`TxStore`], the store of `#[tx]` calls; [`migrate`] creates
 //! the idempotency-record table; [`is_retryable`] tells a deadlock or serialization failure
-//! the caller's own transaction must rerun; a pool that lends no connection in time is
-//! explained by [`diagnose_pool_timeout`].
+//! the caller's own transaction must rerun; [`check_connection`] names a database that
+//! cannot be reached at startup, and a pool that lends no connection in time is explained by
+//! [`diagnose_pool_timeout`].
 //!
 //! All SQL is static text with bound parameters; the storage key, owner and fingerprint are hex
 //! strings and the response is a byte blob, so no user value is ever interpolated into SQL.
@@ -994,14 +995,53 @@ impl<'a, DB: SqlBackend> IntoTxStore for &&'a Pool<DB> {
 /// Creates the idempotency-record table (`idempotency_records`) and its index in `pool`'s
 /// database if they are missing. Call once at startup; safe to call concurrently.
 ///
+/// It first checks the connection as [`check_connection`] does, so a database that cannot be
+/// reached is reported with its cause within the pool's `acquire_timeout`, not after it.
+///
 /// Errors: [`Error::Backend`] when the database refuses the DDL, or holding a
-/// [`ConnectError`](crate::ConnectError) when the pool lends no connection within its
-/// `acquire_timeout` (refused, unknown host, credentials, …: see [`diagnose_pool_timeout`]).
+/// [`ConnectError`](crate::ConnectError) when no connection comes (refused, unknown host,
+/// credentials, unknown database, timed out, another kind of server: see
+/// [`check_connection`]).
 pub async fn migrate<DB: SqlBackend>(pool: &Pool<DB>) -> Result<(), Error> {
-    // One connection first, so that a pool that cannot connect says why
-    // ([`diagnose_pool_timeout`]) rather than "pool timed out".
-    drop(acquire(pool).await?);
+    check_connection(pool).await?;
     DB::migrate(pool).await
+}
+
+/// Checks that `pool` can have a connection to its database, once, at startup (before the
+/// first call, typically right after `PoolOptions::connect_lazy`), so that a database that
+/// cannot be reached is named with its cause instead of as sqlx's "pool timed out" on the
+/// first call.
+///
+/// A pool with no connection open opens one directly with its own options, bounded by its
+/// `acquire_timeout` (a single wait: a server that accepts the TCP connection but never
+/// answers the handshake costs `acquire_timeout`, then is named), and closes it again; a pool
+/// with connections open borrows one as the stores do (see [`diagnose_pool_timeout`] for what
+/// a time-out then says).
+///
+/// Errors: [`Error::Backend`] holding a [`ConnectError`](crate::ConnectError) whose target
+/// is the pool's URL without its password and whose cause is one of
+/// [`Refused`](crate::ConnectCause::Refused), [`UnknownHost`](crate::ConnectCause::UnknownHost),
+/// [`Auth`](crate::ConnectCause::Auth), [`UnknownDatabase`](crate::ConnectCause::UnknownDatabase),
+/// [`TimedOut`](crate::ConnectCause::TimedOut) (its source says whether a TCP connection
+/// opened: then the port is served by something that does not speak the database's protocol,
+/// e.g. another kind of server), [`PoolBusy`](crate::ConnectCause::PoolBusy) or
+/// [`Other`](crate::ConnectCause::Other); or sqlx's `PoolClosed`.
+pub async fn check_connection<DB: SqlBackend>(pool: &Pool<DB>) -> Result<(), Error> {
+    use sqlx::Connection as _;
+    if pool.is_closed() || pool.size() > 0 {
+        drop(acquire(pool).await?);
+        return Ok(());
+    }
+    let limit = pool.options().get_acquire_timeout();
+    let conn = connect_once::<DB>(&pool.connect_options(), limit)
+        .await
+        .map_err(|mut e| {
+            e.context =
+                format!("the pool's first connection, within its acquire_timeout of {limit:?}");
+            Error::backend(e)
+        })?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// A connection from `pool`, as `pool.acquire()`, except that sqlx's bare
@@ -1040,15 +1080,17 @@ pub(crate) async fn acquire<DB: SqlBackend>(
 /// - otherwise one connection is opened with the pool's own options (for at most the
 ///   `acquire_timeout`, 5 s at most) and closed again: its error's cause (refused, unknown
 ///   host, authentication, unknown database), [`ConnectCause::TimedOut`](crate::ConnectCause::TimedOut)
-///   when it does not answer in time, or `PoolBusy` when it opens fine (the pool's
-///   connections were busy after all).
+///   when it does not answer in time (its source says whether a plain TCP connection to the
+///   address opened meanwhile: then something listens there that does not speak the
+///   database's protocol, another kind of server), or `PoolBusy` when it opens fine (the
+///   pool's connections were busy after all).
 ///
 /// The target is the pool's URL as sqlx rebuilds it from its options, without the password and
 /// the query (`postgres://app@db:5432/orders`); for SQLite `sqlite://<file>`.
 pub async fn diagnose_pool_timeout<DB: SqlBackend>(pool: &Pool<DB>) -> crate::ConnectError {
-    use sqlx::{ConnectOptions as _, Connection as _};
+    use sqlx::Connection as _;
     let options = pool.connect_options();
-    let (target, host) = target_of::<DB>(&options);
+    let (target, _) = target_of::<DB>(&options);
     let waited = pool.options().get_acquire_timeout();
     let max = pool.options().get_max_connections();
     let open = pool.size();
@@ -1065,24 +1107,73 @@ pub async fn diagnose_pool_timeout<DB: SqlBackend>(pool: &Pool<DB>) -> crate::Co
         return busy(context);
     }
     let probe_for = waited.min(Duration::from_secs(5));
-    match tokio::time::timeout(probe_for, options.connect()).await {
-        Ok(Ok(conn)) => {
+    match connect_once::<DB>(&options, probe_for).await {
+        Ok(conn) => {
             let _ = conn.close().await;
             busy(context)
         }
-        Ok(Err(e)) => {
-            let mut err =
-                crate::ConnectError::diagnose(target.clone(), host.as_deref(), Box::new(e)).await;
+        Err(mut err) => {
             err.context = context;
             err
         }
-        Err(_) => crate::ConnectError {
-            target: target.clone(),
-            cause: crate::ConnectCause::TimedOut,
-            source: Some(Box::new(sqlx::Error::PoolTimedOut)),
-            context: format!("{context}; a fresh connection did not open within {probe_for:?}"),
-        },
     }
+}
+
+/// Opens one connection with `options` within `limit`. Errors: a
+/// [`ConnectError`](crate::ConnectError) naming the target (URL without password) and the
+/// cause; when no handshake came within `limit`, [`ConnectCause::TimedOut`](crate::ConnectCause::TimedOut)
+/// with a source saying whether a plain TCP connection to the host and port opened meanwhile
+/// (tried at the same time, so the whole wait stays `limit`): if it did, something listens
+/// there that does not speak the database's protocol.
+async fn connect_once<DB: SqlBackend>(
+    options: &<DB::Connection as sqlx::Connection>::Options,
+    limit: Duration,
+) -> Result<DB::Connection, crate::ConnectError> {
+    use sqlx::ConnectOptions as _;
+    let (target, host) = target_of::<DB>(options);
+    // Looked at while the handshake is awaited, so that it never adds to the wait.
+    let tcp = tcp_address_of::<DB>(options)
+        .and_then(|(host, port)| crate::connect::TcpCheck::start(&host, port, limit));
+    match tokio::time::timeout(limit, options.connect()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            Err(crate::ConnectError::diagnose(target, host.as_deref(), Box::new(e)).await)
+        }
+        Err(_) => {
+            let what = if DB::NAME == "MySQL" {
+                "MySQL/MariaDB"
+            } else {
+                DB::NAME
+            };
+            let detail = crate::connect::TcpCheck::timed_out(tcp, what, limit).await;
+            Err(crate::ConnectError {
+                target,
+                cause: crate::ConnectCause::TimedOut,
+                source: Some(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    detail,
+                ))),
+                context: String::new(),
+            })
+        }
+    }
+}
+
+/// The TCP host and port of a server database's `options`; `None` for SQLite and for a Unix
+/// socket.
+fn tcp_address_of<DB: SqlBackend>(
+    options: &<DB::Connection as sqlx::Connection>::Options,
+) -> Option<(String, u16)> {
+    use sqlx::ConnectOptions as _;
+    #[cfg(feature = "sqlite")]
+    if (options as &dyn std::any::Any).is::<sqlx::sqlite::SqliteConnectOptions>() {
+        return None;
+    }
+    let url = options.to_url_lossy();
+    let host = url.host_str()?;
+    // A socket path is percent-encoded into the host (`%2Fvar%2Frun%2Fpostgresql`):
+    // `TcpCheck::start` skips it.
+    Some((host.to_owned(), url.port()?))
 }
 
 /// The address of a pool's database for messages, and its host for a name look-up: the URL
