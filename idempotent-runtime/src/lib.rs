@@ -17,6 +17,17 @@ pub mod telemetry;
 #[doc(hidden)]
 pub mod __private;
 
+// The check traits of `__private` again at the root, hidden: rustc's "the trait `X` is not
+// implemented for `T`" line (which `#[diagnostic::on_unimplemented]` cannot word) then names
+// the trait alone (`ResponseType`), not its private path — rustc shortens a path to the bare
+// name only for an item re-exported at a crate's root. Not an API: the generated code names
+// them through `__private`.
+#[doc(hidden)]
+pub use __private::{ErrorType, KeyPartArg, ResponseType, TerminalErrorType};
+#[cfg(feature = "sqlx")]
+#[doc(hidden)]
+pub use __private::{KeyValueArg, SqlErrorType, TxParam, VersionValueArg};
+
 pub use connect::{ConnectCause, ConnectError};
 pub use error::{Disposition, Error, FunctionError, SqlFunctionError, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};

@@ -105,8 +105,8 @@ macro_rules! sql_text {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a database idempotent-runtime was built for",
     label = "idempotent-runtime has no `{Self}` backend in this build",
-    note = "each database needs its feature of idempotent-runtime: `postgres` for `sqlx::Postgres` (`PgPool`), `mysql` for `sqlx::MySql` (`MySqlPool`), `sqlite` for `sqlx::Sqlite` (`SqlitePool`); add it to the dependency, e.g. `idempotent-runtime = {{ version = \"0.1\", features = [\"postgres\"] }}`",
-    note = "idempotent-runtime is built on sqlx 0.9: a database type of another sqlx version is not one of its backends; use sqlx 0.9 in the application (`cargo tree -i sqlx` lists every sqlx version in the build)"
+    note = "each database needs its feature of idempotent-runtime: `postgres` for `sqlx::Postgres` (`PgPool`), `mysql` for `sqlx::MySql` (`MySqlPool`), `sqlite` for `sqlx::Sqlite` (`SqlitePool`); add it to the `features` of the idempotent-runtime dependency in Cargo.toml (e.g. `features = [\"postgres\"]`)",
+    note = "a database type of a sqlx version other than idempotent-runtime's is not one of its backends: depend on the sqlx version idempotent-runtime uses (`cargo tree -i sqlx` lists every sqlx version in the build)"
 )]
 pub trait SqlBackend: Database {
     /// `sqlx::Pool<Self>` as a [`ClaimStore`]. A pool is a store through this type (rather than
