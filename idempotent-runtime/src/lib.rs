@@ -42,7 +42,12 @@ pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlx")]
-pub use store::sql::{SqlBackend, TxStore, migrate};
+pub use store::sql::migrate;
+/// Internal plumbing of the SQL stores, hidden from the documentation; nameable as bounds in
+/// generic code (`DB: SqlBackend` for a `&sqlx::Pool<DB>`).
+#[cfg(feature = "sqlx")]
+#[doc(hidden)]
+pub use store::sql::{SqlBackend, TxStore};
 pub use store::{ClaimOrRecord, ClaimStore};
 pub use store::{LockStore, Store, TokenStore};
 

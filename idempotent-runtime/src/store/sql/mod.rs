@@ -1,6 +1,6 @@
 //! SQL backends through sqlx 0.9: PostgreSQL, MySQL/MariaDB and SQLite (features `postgres`,
 //! `mysql`, `sqlite`). A `sqlx::Pool` of one of them is a [`ClaimStore`] (claim-mode
-//! `dedup_table`) and, through [`TxStore`], the store of `#[tx]` calls; [`migrate`] creates
+//! `dedup_table`) and the store of `#[tx]` calls; [`migrate`] creates
 //! the idempotency-record table; [`is_retryable`] tells a deadlock or serialization failure
 //! the caller's own transaction must rerun; a pool that lends no connection in time is
 //! explained by [`diagnose_pool_timeout`].
@@ -102,6 +102,10 @@ macro_rules! sql_text {
 /// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite` behind the features of the
 /// same names, each in its own file (`store/sql/<database>.rs`, through `sql_backend!`).
 /// Errors: every method returns [`Error::Backend`] carrying the `sqlx::Error`.
+///
+/// Hidden from the documentation: internal plumbing of the SQL stores. Application code names
+/// it only as a bound, `DB: SqlBackend` on a generic `&sqlx::Pool<DB>`.
+#[doc(hidden)]
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a database idempotent-runtime was built for",
     label = "idempotent-runtime has no `{Self}` backend in this build",
@@ -698,6 +702,7 @@ pub use errors::is_retryable;
     label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
     note = "the memory store has no transactions: remove the `#[tx]` parameter to claim outside the body, or use a SQL store"
 )]
+#[doc(hidden)]
 pub trait TxStore: IntoTxStore + Send {
     /// The sqlx database.
     type Database: SqlBackend;
@@ -760,6 +765,7 @@ pub trait TxStore: IntoTxStore + Send {
 }
 
 /// What [`TxStore::read_or_begin`] did.
+#[doc(hidden)]
 pub enum ReadOrBegun<'c, DB: Database, R> {
     /// The record read before any transaction settled the call: `settle`'s answer. No
     /// transaction was opened.
@@ -951,7 +957,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     }
 }
 
-/// The store is [`SqlBackend::ClaimPool`] (the pool itself): without the database's feature
+/// The store is `SqlBackend::ClaimPool` (the pool itself): without the database's feature
 /// that projection has no value, so the pool is reported once, as no store, and nothing that
 /// uses it is checked further.
 #[diagnostic::do_not_recommend]
@@ -962,7 +968,7 @@ impl<DB: SqlBackend> AsClaimStore for Pool<DB> {
     }
 }
 
-/// The store is [`SqlBackend::TxPool`] (the reference itself), for the reason given on the
+/// The store is `SqlBackend::TxPool` (the reference itself), for the reason given on the
 /// [`AsClaimStore`] impl.
 #[diagnostic::do_not_recommend]
 impl<'a, DB: SqlBackend> IntoTxStore for &'a Pool<DB> {

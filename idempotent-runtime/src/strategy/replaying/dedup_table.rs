@@ -10,7 +10,7 @@
 //!   by sqlx's error kind). A rollback or a crash leaves no record. A duplicate of a completed
 //!   call opens no transaction: on a pool (or a connection outside any transaction) the record
 //!   is first read in one statement outside any transaction
-//!   ([`TxStore::read_or_begin`](crate::TxStore::read_or_begin)); completed and unexpired by
+//!   (`TxStore::read_or_begin`); completed and unexpired by
 //!   the database's clock, it is judged there (replay, or [`Error::FingerprintMismatch`]).
 //!   Absent, expired or in progress, the transaction opens on the same connection and claims
 //!   as above, judging what it reads itself.
@@ -479,7 +479,7 @@ mod transactional {
     /// A duplicate of a completed call is answered before any transaction: unless `store` is
     /// inside the caller's transaction, each attempt first reads the record in one statement
     /// outside any transaction, on the pooled connection the transaction then uses
-    /// ([`TxStore::read_or_begin`]). A record completed and unexpired by the database's clock
+    /// (`TxStore::read_or_begin`). A record completed and unexpired by the database's clock
     /// is judged as it would be inside the transaction — another fingerprint is
     /// [`Error::FingerprintMismatch`], else its response is replayed — with no `BEGIN`
     /// (on SQLite, no write lock). Anything else — no record, an expired one, one in
