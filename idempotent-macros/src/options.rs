@@ -11,9 +11,9 @@ use crate::model::{
     Fingerprint, FingerprintArg, Millis, OnBusy, OnCancel, PathExpr, SqlIdent, Store,
 };
 use crate::parse::{OptionName, RawArgs, RawOption, RawValue};
-use crate::signature::{FnInfo, reference_kind};
+use crate::signature::{DEFAULT_STORE_NAMES, FnInfo, KeyExample, reference_kind};
 use crate::strategy::Strategy;
-use crate::syntax::{UnrawString as _, field_span, respan, root_of_tokens};
+use crate::syntax::{UnrawString as _, field_span, respan, root_ident, root_of_tokens};
 
 /// `::idempotent_runtime`.
 pub(crate) fn default_runtime() -> TokenStream {
@@ -58,11 +58,25 @@ pub(crate) fn check_key(
     errors: &mut Errors,
 ) -> Option<Vec<PathExpr>> {
     let Some(option) = args.get(OptionName::Key) else {
+        // The store is never the key: `store`'s root when written, else the default's names.
+        let store_root = args
+            .get(OptionName::Store)
+            .and_then(|o| match o.value.as_ref()? {
+                RawValue::Str(lit) => syn::parse_str::<syn::Expr>(lit.value().trim()).ok(),
+                _ => None,
+            })
+            .and_then(|expr| root_ident(&expr).map(|root| root.unraw_string()));
+        let example = match info.key_example(store_root.as_deref()) {
+            KeyExample::Param(name) => format!("e.g. key = \"{name}\""),
+            KeyExample::Field(name) => format!(
+                "e.g. key = \"{name}.request_id\", the field of `{name}` that carries the request's id"
+            ),
+            KeyExample::None => "e.g. key = \"req.request_id\"; no parameter here but the store can carry it: add one, such as the request or its id".to_owned(),
+        };
         errors.at(
             Span::call_site(),
             format!(
-                "missing `key`: add key = \"...\", a path rooted at a parameter that identifies the request (e.g. key = \"{}\")",
-                info.example_path()
+                "missing `key`: add key = \"...\", a path rooted at a parameter that identifies the request ({example})"
             ),
         );
         return None;
@@ -146,7 +160,7 @@ pub(crate) fn check_store(
     for param in &info.params {
         if param.injected.is_none()
             && let Some(ident) = &param.simple
-            && ["db", "pool", "store"].iter().any(|n| ident == n)
+            && DEFAULT_STORE_NAMES.iter().any(|n| ident == n)
         {
             return Some(Store {
                 tokens: ident.to_token_stream(),
@@ -156,18 +170,22 @@ pub(crate) fn check_store(
         }
     }
     // A method's store is a field of `self`, and a macro cannot see the struct's fields: no
-    // default could try `self.db` and then `self.store`, so the field is named.
-    if info.has_self {
-        errors.at(
-            Span::call_site(),
-            "`store` is missing: a method names its store field, e.g. store = \"self.db\" (the field holding the pool or store); the macro cannot see the struct's fields",
-        );
-        return None;
-    }
-    errors.at(
-        Span::call_site(),
-        "no `store`: add `store = \"...\"` naming the backend (e.g. store = \"pool\")",
-    );
+    // default could try `self.db` and then `self.store`, so the field is named. The suggestion
+    // is a parameter whose type is a pool or store, else a store-like field the body uses.
+    let by_default = "only a parameter named `db`, `pool` or `store` is the store without it";
+    let message = match (info.store_example(), info.has_self) {
+        (Some(example), true) if example.starts_with("self.") => format!(
+            "`store` is missing: add store = \"{example}\" if that field holds the pool or store (a method names its store field: the macro cannot see the struct's fields)"
+        ),
+        (Some(example), _) => format!(
+            "`store` is missing: add store = \"{example}\", the parameter whose type is a pool or store ({by_default})"
+        ),
+        (None, true) => "`store` is missing: a method names its store field, e.g. store = \"self.db\" (the field holding the pool or store); the macro cannot see the struct's fields".to_owned(),
+        (None, false) => format!(
+            "`store` is missing: add store = \"...\", an expression rooted at a parameter that gives the backend: a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`), an `idempotent_runtime::MemoryStore` or `RedisStore`, or a `&mut` connection with `#[tx]`; no parameter here has such a type ({by_default})"
+        ),
+    };
+    errors.at(Span::call_site(), message);
     None
 }
 

@@ -43,6 +43,9 @@ pub(crate) struct FnInfo {
     pub(crate) ok_type: Option<Type>,
     /// The first and last tokens of `E` of `Result<T, E>`, or of the return type.
     pub(crate) err_span: (Span, Span),
+    /// The fields of `self` the body names (`self.db` → `db`), in order: what a missing
+    /// `store` of a method may suggest.
+    pub(crate) self_fields: Vec<String>,
 }
 
 impl FnInfo {
@@ -110,6 +113,7 @@ impl FnInfo {
             tx: None,
             tx_marked: false,
             fence: None,
+            self_fields: Vec::new(),
             ok_type,
             err_span: match &sig.output {
                 ReturnType::Default => (Span::call_site(), Span::call_site()),
@@ -153,6 +157,9 @@ impl FnInfo {
                     });
                 }
             }
+        }
+        if info.has_self {
+            self_fields(func.block.to_token_stream(), &mut info.self_fields);
         }
         info
     }
@@ -243,12 +250,53 @@ impl FnInfo {
         roots
     }
 
-    /// A plausible example path for messages (`order.code` style).
-    pub(crate) fn example_path(&self) -> String {
-        match self.roots().into_iter().find(|r| r != "self") {
-            Some(root) => format!("{root}.id"),
-            None => "order.code".to_owned(),
+    /// What to suggest for a missing `key`: a parameter that is neither the store (`store`'s
+    /// root, a parameter named like the default store, one whose type is a pool or store), nor
+    /// a connection, nor injected. A parameter named like an identifier (`request_id`,
+    /// `idempotency_key`, `*id`, `*_key`, `token`) is the key itself; else a parameter of a
+    /// struct-like type gives its field (`req.request_id`), else a plain value is the key.
+    pub(crate) fn key_example(&self, store_root: Option<&str>) -> KeyExample {
+        let candidates: Vec<(String, &Param)> = self
+            .params
+            .iter()
+            .filter(|p| {
+                p.injected.is_none()
+                    && !is_store_type(&p.ty)
+                    && !is_connection_type(&p.ty)
+                    && connection_of(&p.ty).is_none()
+            })
+            .filter_map(|p| Some((p.simple.as_ref()?.unraw_string(), p)))
+            .filter(|(name, _)| {
+                Some(name.as_str()) != store_root
+                    && (store_root.is_some() || !DEFAULT_STORE_NAMES.contains(&name.as_str()))
+            })
+            .collect();
+        if let Some((name, _)) = candidates.iter().find(|(name, _)| is_id_like(name)) {
+            return KeyExample::Param(name.clone());
         }
+        if let Some((name, _)) = candidates.iter().find(|(_, p)| !is_plain_value(&p.ty)) {
+            return KeyExample::Field(name.clone());
+        }
+        match candidates.first() {
+            Some((name, _)) => KeyExample::Param(name.clone()),
+            None => KeyExample::None,
+        }
+    }
+
+    /// What to suggest for a missing `store`: the first parameter whose type is a pool or a
+    /// store, else (in a method) a field of `self` the body uses whose name looks like a store's.
+    pub(crate) fn store_example(&self) -> Option<String> {
+        let param = self.params.iter().find_map(|p| {
+            (p.injected.is_none() && is_store_type(&p.ty))
+                .then(|| p.simple.as_ref().map(|name| name.unraw_string()))
+                .flatten()
+        });
+        param.or_else(|| {
+            self.self_fields
+                .iter()
+                .find(|field| is_store_like_name(field))
+                .map(|field| format!("self.{field}"))
+        })
     }
 
     /// Parses `lit` as an expression rooted at a parameter (or `self` in a
@@ -324,6 +372,11 @@ impl FnInfo {
     /// The connection type of the store's database (`SqliteConnection` for a
     /// `pool: &SqlitePool` store), when the store is a parameter whose type names it.
     pub(crate) fn store_connection(&self, store: &TokenStream) -> Option<&'static str> {
+        self.store_param(store).and_then(|p| connection_of(&p.ty))
+    }
+
+    /// The parameter the store is, when `store` is one bare parameter name.
+    pub(crate) fn store_param(&self, store: &TokenStream) -> Option<&Param> {
         let mut trees = store.clone().into_iter();
         let (Some(TokenTree::Ident(ident)), None) = (trees.next(), trees.next()) else {
             return None;
@@ -331,7 +384,6 @@ impl FnInfo {
         self.params
             .iter()
             .find(|p| p.simple.as_ref() == Some(&ident))
-            .and_then(|p| connection_of(&p.ty))
     }
 
     /// How to borrow a store expression: a bare reference parameter is
@@ -349,6 +401,127 @@ impl FnInfo {
             .iter()
             .find(|p| p.simple.as_ref() == Some(&expr.root))
             .map_or(StoreKind::Borrow, |p| reference_kind(&p.ty))
+    }
+}
+
+/// An example for a missing `key` (see [`FnInfo::key_example`]).
+pub(crate) enum KeyExample {
+    /// The parameter itself identifies the request (`request_id`).
+    Param(String),
+    /// A field of this parameter does (`req` → `req.request_id`).
+    Field(String),
+    /// No parameter but the store, the connection or injected ones.
+    None,
+}
+
+/// The parameter names the `store` default takes.
+pub(crate) const DEFAULT_STORE_NAMES: [&str; 3] = ["db", "pool", "store"];
+
+/// The last path segments of the types that are a store: sqlx pools, the runtime's stores and
+/// the Redis connection manager (through `&`, `&mut`, `Arc`, `Rc` and `Box`).
+const STORE_TYPES: [&str; 8] = [
+    "Pool",
+    "PgPool",
+    "SqlitePool",
+    "MySqlPool",
+    "AnyPool",
+    "RedisStore",
+    "MemoryStore",
+    "ConnectionManager",
+];
+
+/// Whether a type is a pool or store ([`STORE_TYPES`]), directly or in an `Arc`, `Rc` or `Box`.
+pub(crate) fn is_store_type(ty: &Type) -> bool {
+    type_name(ty).is_some_and(|(name, args)| {
+        STORE_TYPES.contains(&name.as_str())
+            || (matches!(name.as_str(), "Arc" | "Rc" | "Box")
+                && args.iter().any(|arg| STORE_TYPES.contains(&arg.as_str())))
+    })
+}
+
+/// The store type a type names (`MemoryStore` for `&Arc<MemoryStore>`), when it is one of the
+/// runtime's stores that have no transaction (`MemoryStore`, `RedisStore`).
+pub(crate) fn store_without_tx(ty: &Type) -> Option<&'static str> {
+    let (name, args) = type_name(ty)?;
+    let named = |name: &str| match name {
+        "MemoryStore" => Some("MemoryStore"),
+        "RedisStore" => Some("RedisStore"),
+        _ => None,
+    };
+    named(&name).or_else(|| {
+        matches!(name.as_str(), "Arc" | "Rc" | "Box")
+            .then(|| args.iter().find_map(|arg| named(arg)))
+            .flatten()
+    })
+}
+
+/// A name that reads like a request's identifier: `id`, `*_id` (`request_id`), `uuid`, `key`,
+/// `*_key` (`idempotency_key`), `token`, `*_token`.
+fn is_id_like(name: &str) -> bool {
+    let name = name.trim_start_matches('_').to_ascii_lowercase();
+    ["id", "uuid", "key", "token"]
+        .iter()
+        .any(|word| name == *word || name.ends_with(&format!("_{word}")))
+}
+
+/// A field name that reads like a store's (`db`, `pool`, `read_pool`, `store`, `redis`, …).
+fn is_store_like_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["db", "pool", "store", "redis", "database"]
+        .iter()
+        .any(|word| {
+            name == *word
+                || name.ends_with(&format!("_{word}"))
+                || name.starts_with(&format!("{word}_"))
+        })
+}
+
+/// A type whose value is one scalar or string (`u64`, `&str`, `String`, `Uuid`): a key by
+/// itself, with no field to name.
+fn is_plain_value(ty: &Type) -> bool {
+    type_name(ty).is_some_and(|(name, _)| {
+        matches!(
+            name.as_str(),
+            "str"
+                | "String"
+                | "Uuid"
+                | "u8"
+                | "u16"
+                | "u32"
+                | "u64"
+                | "u128"
+                | "usize"
+                | "i8"
+                | "i16"
+                | "i32"
+                | "i64"
+                | "i128"
+                | "isize"
+                | "bool"
+                | "char"
+        )
+    })
+}
+
+/// The fields of `self` a body names (`self.db` → `db`), each once, in order.
+fn self_fields(tokens: TokenStream, out: &mut Vec<String>) {
+    let trees: Vec<TokenTree> = tokens.into_iter().collect();
+    for (index, tree) in trees.iter().enumerate() {
+        match tree {
+            TokenTree::Group(group) => self_fields(group.stream(), out),
+            TokenTree::Ident(ident) if ident == "self" => {
+                if let (Some(TokenTree::Punct(dot)), Some(TokenTree::Ident(field))) =
+                    (trees.get(index + 1), trees.get(index + 2))
+                    && dot.as_char() == '.'
+                {
+                    let field = field.unraw_string();
+                    if !out.contains(&field) {
+                        out.push(field);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 

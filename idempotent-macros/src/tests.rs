@@ -842,7 +842,152 @@ fn store_must_resolve() {
     );
     assert_eq!(
         msg,
-        "no `store`: add `store = \"...\"` naming the backend (e.g. store = \"pool\")"
+        "`store` is missing: add store = \"backend\", the parameter whose type is a pool or store (only a parameter named `db`, `pool` or `store` is the store without it)"
+    );
+    // No parameter of a store's type: the shape, not a name that is not there.
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote!(
+            async fn place(backend: &Backend, req: R) -> Result<(), E> {
+                Ok(())
+            }
+        ),
+    );
+    assert!(
+        msg.starts_with("`store` is missing: add store = \"...\", an expression rooted at a parameter that gives the backend"),
+        "{msg}"
+    );
+    assert!(!msg.contains("\"pool\""), "{msg}");
+    // Behind an `Arc`, and a `RedisStore`, are stores too.
+    for ty in [
+        quote!(Arc<MemoryStore>),
+        quote!(&idempotent_runtime::RedisStore),
+    ] {
+        let msg = one_err(
+            quote!(strategy = "token", key = "req.id"),
+            quote!(
+                async fn place(cache: #ty, req: R) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            msg.starts_with("`store` is missing: add store = \"cache\""),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn a_method_without_store_is_shown_the_field_its_body_uses() {
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(&self, req: R) -> Result<(), E> {
+                let n = self.count;
+                insert(&self.read_pool, &req, n).await
+            }
+        },
+    );
+    assert_eq!(
+        msg,
+        "`store` is missing: add store = \"self.read_pool\" if that field holds the pool or store (a method names its store field: the macro cannot see the struct's fields)"
+    );
+}
+
+#[test]
+fn missing_key_suggests_a_request_argument_not_the_store() {
+    let key_hint = |item: TokenStream| {
+        let errors = errs(quote!(strategy = "dedup_table"), item);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors.into_iter().next().unwrap_or_default()
+    };
+    // The pool comes first, the request second: the request's field.
+    let msg = key_hint(quote! {
+        async fn place(pool: &PgPool, req: &PlaceOrder) -> Result<(), E> { Ok(()) }
+    });
+    assert_eq!(
+        msg,
+        "missing `key`: add key = \"...\", a path rooted at a parameter that identifies the request (e.g. key = \"req.request_id\", the field of `req` that carries the request's id)"
+    );
+    // A store of another name (by its type) and a `#[tx]` connection are not the key either;
+    // a parameter named like an id is the key itself, before a struct.
+    let errors = errs(
+        quote!(strategy = "dedup_table"),
+        quote! {
+            async fn place(backend: &MemoryStore, order: Order, request_id: Uuid) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(
+        errors[0].contains("(e.g. key = \"request_id\")"),
+        "{errors:#?}"
+    );
+    assert!(errors[1].contains("add store = \"backend\""), "{errors:#?}");
+    let msg = key_hint(quote! {
+        async fn place(db: &SqlitePool, #[tx] tx: &mut SqliteConnection, idempotency_key: &str) -> Result<(), E> {
+            write(&mut *tx).await
+        }
+    });
+    assert!(msg.contains("(e.g. key = \"idempotency_key\")"), "{msg}");
+    // `store = "..."` names the store: its root is never suggested, whatever its type.
+    let errors = errs(
+        quote!(strategy = "dedup_table", store = "backend.pool"),
+        quote! {
+            async fn place(backend: &Backend, amount: u64) -> Result<(), E> { Ok(()) }
+        },
+    );
+    assert!(errors[0].contains("(e.g. key = \"amount\")"), "{errors:#?}");
+    // Only the store: the shape, and that a parameter is missing.
+    let msg = key_hint(quote! {
+        async fn place(pool: &PgPool) -> Result<(), E> { Ok(()) }
+    });
+    assert!(
+        msg.contains(
+            "(e.g. key = \"req.request_id\"; no parameter here but the store can carry it"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn tx_on_a_store_without_transactions() {
+    let msg = one_err(
+        quote!(strategy = "dedup_table", key = "req.id"),
+        quote! {
+            async fn place(store: &MemoryStore, req: R, #[tx] tx: &mut SqliteConnection) -> Result<(), E> {
+                write(&mut *tx).await
+            }
+        },
+    );
+    assert!(
+        msg.starts_with("the store `store` is a `MemoryStore`, which has no transactions: with `#[tx]`, strategy `dedup_table` runs the body in a transaction the store opens"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("or remove `#[tx]` to claim in the `MemoryStore` outside the body"),
+        "{msg}"
+    );
+    assert!(!msg.contains("0."), "no version in the message: {msg}");
+    let msg = one_err(
+        quote!(
+            strategy = "pessimistic",
+            key = "req.id",
+            table = "orders",
+            store = "cache"
+        ),
+        quote! {
+            async fn place(cache: Arc<RedisStore>, req: R, #[tx] tx: &mut PgConnection) -> Result<(), E> {
+                write(&mut *tx).await
+            }
+        },
+    );
+    assert!(
+        msg.starts_with("the store `cache` is a `RedisStore`, which has no transactions"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("strategy `pessimistic` works on a SQL business table"),
+        "{msg}"
     );
 }
 

@@ -23,7 +23,7 @@ use crate::options::{
     default_version, duration, expect_str, key_columns, parse_path_option, sql_ident,
 };
 use crate::parse::{OptionName, RawArgs, RawOption};
-use crate::signature::{FnInfo, Param, connection_of, is_connection_type};
+use crate::signature::{FnInfo, Param, connection_of, is_connection_type, store_without_tx};
 use crate::strategy::{FamilyKind, Strategy, TxRule};
 use crate::syntax::{UnrawString as _, mentions_ident, root_of_tokens};
 
@@ -116,6 +116,7 @@ pub(crate) fn validate(args: &RawArgs, func: &ItemFn, mut errors: Errors) -> syn
     let store = check_store(usable(OptionName::Store), &info, &mut errors);
     if let Some((strategy, strategy_span)) = strategy {
         check_tx_given(strategy, strategy_span, &info, store.as_ref(), &mut errors);
+        check_tx_store(strategy, &info, store.as_ref(), &mut errors);
     }
 
     let fingerprint =
@@ -362,6 +363,44 @@ fn check_tx_given(
             ),
         ),
     }
+}
+
+/// A `#[tx]` store that is visibly a store without transactions (a parameter typed
+/// `MemoryStore` or `RedisStore`): one error at the store naming the rule — `#[tx]` lends the
+/// body the transaction the store opens — and the fix, instead of the store-argument trait's
+/// error (whose notes cover every kind of store). A store the macro cannot see the type of
+/// (`self.store`) is left to that trait.
+fn check_tx_store(strategy: Strategy, info: &FnInfo, store: Option<&Store>, errors: &mut Errors) {
+    let rules = strategy.rules();
+    if info.tx.is_none() || rules.tx == TxRule::Forbidden {
+        return;
+    }
+    let Some(store) = store else {
+        return;
+    };
+    let Some(kind) = info
+        .store_param(&store.tokens)
+        .and_then(|param| store_without_tx(&param.ty))
+    else {
+        return;
+    };
+    let written = store.tokens.to_string();
+    let fix = match rules.tx {
+        TxRule::Optional => format!(
+            "write store = \"...\" naming a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) of the `#[tx]` parameter's database, or remove `#[tx]` to claim in the `{kind}` outside the body (claim mode: the record is committed first and the body may use any connection)"
+        ),
+        TxRule::Required | TxRule::Forbidden => format!(
+            "write store = \"...\" naming a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) of the `#[tx]` parameter's database, or a `&mut` connection of it; strategy `{}` works on a SQL business table, which a `{kind}` cannot hold",
+            strategy.as_str()
+        ),
+    };
+    errors.at(
+        store.span,
+        format!(
+            "the store `{written}` is a `{kind}`, which has no transactions: with `#[tx]`, strategy `{}` runs the body in a transaction the store opens and lends it to the `#[tx]` parameter, so the store must be a SQL database; {fix}",
+            strategy.as_str()
+        ),
+    );
 }
 
 /// A connection parameter (`tx: &mut SqliteConnection`) that a replaying strategy would

@@ -17,6 +17,17 @@ pub mod telemetry;
 #[doc(hidden)]
 pub mod __private;
 
+// The check traits of `__private` again at the root, hidden: rustc's "the trait `X` is not
+// implemented for `T`" line (which `#[diagnostic::on_unimplemented]` cannot word) then names
+// the trait alone (`ResponseType`), not its private path — rustc shortens a path to the bare
+// name only for an item re-exported at a crate's root. Not an API: the generated code names
+// them through `__private`.
+#[doc(hidden)]
+pub use __private::{ErrorType, KeyPartArg, ResponseType, TerminalErrorType};
+#[cfg(feature = "sqlx")]
+#[doc(hidden)]
+pub use __private::{KeyValueArg, SqlErrorType, TxParam, VersionValueArg};
+
 pub use connect::{ConnectCause, ConnectError};
 pub use error::{Disposition, Error, FunctionError, SqlFunctionError, observe};
 pub use fingerprint::{Fingerprint, Fingerprinter};
@@ -30,8 +41,13 @@ pub use strategy::{OnBusy, OnCancel};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisOptions, RedisStore};
+/// Internal plumbing of the SQL stores, hidden from the documentation; nameable as bounds in
+/// generic code (`DB: SqlBackend` for a `&sqlx::Pool<DB>`).
 #[cfg(feature = "sqlx")]
-pub use store::sql::{SqlBackend, TxStore, check_connection, migrate};
+#[doc(hidden)]
+pub use store::sql::{SqlBackend, TxStore};
+#[cfg(feature = "sqlx")]
+pub use store::sql::{check_connection, migrate};
 pub use store::{ClaimOrRecord, ClaimStore};
 pub use store::{LockStore, Store, TokenStore};
 

@@ -43,8 +43,8 @@ pub struct Replay<M, E, T, P> {
 /// function's parameter. What it returns, [`Terminal`], is an `ErrorPolicy` for any `E`, so
 /// nothing after the check depends on the bound.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be stored as a terminal error: with `terminal = \"...\"` the function's error type must be `Serialize + DeserializeOwned`",
-    label = "`terminal` stores the errors this function calls terminal and replays them to duplicates",
+    message = "`{Self}` does not implement `serde::Serialize` and `serde::de::DeserializeOwned`, which the error type needs with `terminal = \"...\"`",
+    label = "`terminal` stores the errors this function calls terminal and replays them to duplicates, so the function's error type `{Self}` (the `E` of its `Result<T, E>`) must be serializable",
     note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}`; a variant wrapping another crate's error that is never terminal (`idempotent_runtime::Error`, `sqlx::Error`) can be left out with `#[serde(skip)]`, or remove `terminal` so that every error releases the claim"
 )]
 pub trait TerminalErrorType: Sized {
@@ -160,9 +160,9 @@ pub trait ReplayStrategy {
 /// `<T as ResponseType>::replaying(..)` spanned at `T`, so that a `T` that is not replayable is
 /// one error there, without a note pointing into this crate.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be stored for replay: a replaying strategy's response type must be `Serialize + DeserializeOwned`",
-    label = "the `Ok` type of this function is stored and replayed to duplicates",
-    note = "derive `serde::Serialize` and `serde::Deserialize` for a type of your own, or return a type that has them"
+    message = "`{Self}` does not implement `serde::Serialize` and `serde::de::DeserializeOwned`, which the response type of a replaying strategy needs",
+    label = "the function's response type `{Self}` (the `T` of its `Result<T, E>`) is stored and replayed to duplicates, so it must be serializable",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}` if it is your own type, or return a type that has them"
 )]
 pub trait ResponseType: Sized {
     /// The replaying family's adapter: runs `call.strategy` with the body's error passed

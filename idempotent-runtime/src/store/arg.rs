@@ -17,8 +17,8 @@ use super::{ClaimStore, LockStore, TokenStore};
     message = "`{Self}` is not a store `dedup_table` can claim keys in",
     label = "this store is a `{Self}`",
     note = "write `store = \"...\"` naming a sqlx pool (`PgPool`, `MySqlPool`, `SqlitePool`), an `idempotent_runtime::MemoryStore` or `RedisStore`, or a reference or `Arc` to one; or add a `#[tx] tx: &mut <DB>Connection` parameter to claim inside the body's transaction",
-    note = "each built-in store needs its feature of idempotent-runtime: `postgres` for `PgPool`, `mysql` for `MySqlPool`, `sqlite` for `SqlitePool`, `memory` for `MemoryStore`, `redis` for `RedisStore`; add the missing one to the dependency, e.g. `idempotent-runtime = {{ version = \"0.1\", features = [\"postgres\"] }}`",
-    note = "idempotent-runtime is built on sqlx 0.9: a pool of another sqlx version is not a store (`cargo tree -i sqlx` lists every sqlx version in the build); depend on sqlx 0.9 in the application",
+    note = "each built-in store needs its feature of idempotent-runtime: `postgres` for `PgPool`, `mysql` for `MySqlPool`, `sqlite` for `SqlitePool`, `memory` for `MemoryStore`, `redis` for `RedisStore`; add the missing one to the `features` of the idempotent-runtime dependency in Cargo.toml (e.g. `features = [\"postgres\"]`)",
+    note = "a pool of a sqlx version other than idempotent-runtime's is not a store: depend on the sqlx version idempotent-runtime uses (`cargo tree -i sqlx` lists every sqlx version in the build)",
     note = "in generic code, bound the store's type by `idempotent_runtime::ClaimStore`"
 )]
 pub trait AsClaimStore {
@@ -66,8 +66,8 @@ pub trait AsTokenStore {
     message = "`{Self}` cannot open the transaction that `#[tx]` injects",
     label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
     note = "`#[tx]` runs the body in a transaction the store opens: write `store = \"...\"` naming a sqlx pool or a `&mut` connection of the `#[tx]` parameter's database; the memory store and Redis have no transactions (remove `#[tx]` to claim outside the body)",
-    note = "each database needs its feature of idempotent-runtime: `postgres` for `PgPool`/`PgConnection`, `mysql` for `MySqlPool`/`MySqlConnection`, `sqlite` for `SqlitePool`/`SqliteConnection`; add the missing one to the dependency, e.g. `idempotent-runtime = {{ version = \"0.1\", features = [\"postgres\"] }}`",
-    note = "idempotent-runtime is built on sqlx 0.9: a pool or connection of another sqlx version cannot open its transaction (`cargo tree -i sqlx` lists every sqlx version in the build); depend on sqlx 0.9 in the application",
+    note = "each database needs its feature of idempotent-runtime: `postgres` for `PgPool`/`PgConnection`, `mysql` for `MySqlPool`/`MySqlConnection`, `sqlite` for `SqlitePool`/`SqliteConnection`; add the missing one to the `features` of the idempotent-runtime dependency in Cargo.toml (e.g. `features = [\"postgres\"]`)",
+    note = "a pool or connection of a sqlx version other than idempotent-runtime's cannot open its transaction: depend on the sqlx version idempotent-runtime uses (`cargo tree -i sqlx` lists every sqlx version in the build)",
     note = "in generic code, take the pool as `&sqlx::Pool<DB>` with `DB: idempotent_runtime::SqlBackend`"
 )]
 pub trait IntoTxStore {

@@ -1,5 +1,6 @@
 //! A method without `store`: the macro cannot see the struct's fields, so the store field is
-//! named (`store = "self.db"`) unless a parameter named `db`, `pool` or `store` is the store.
+//! named unless a parameter named `db`, `pool` or `store` is the store. The error suggests the
+//! store-like field the body uses (`self.pool`).
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};

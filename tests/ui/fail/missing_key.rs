@@ -1,4 +1,5 @@
-//! No `key`: the error says which option to add, with an example from the parameters.
+//! No `key`: the error says which option to add, with an example from the parameters: a field
+//! of the request argument, never the store (`pool` comes first here).
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};

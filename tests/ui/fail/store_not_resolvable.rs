@@ -1,4 +1,5 @@
-//! No `store` given and no parameter named `db`, `pool` or `store` to default to.
+//! No `store` given and no parameter named `db`, `pool` or `store` to default to: the error
+//! names the parameter whose type is a pool (`conn`).
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};

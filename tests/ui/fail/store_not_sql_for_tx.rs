@@ -1,4 +1,5 @@
 //! With `#[tx]` the store must be a SQL pool or connection; the memory store has no transaction.
+//! The parameter's type shows it: one error at the store naming the rule and the fix.
 
 use idempotent_runtime::idempotent;
 use idempotent_tests::{AppError, Receipt, Req};

@@ -1,6 +1,6 @@
 //! SQL backends through sqlx 0.9: PostgreSQL, MySQL/MariaDB and SQLite (features `postgres`,
 //! `mysql`, `sqlite`). A `sqlx::Pool` of one of them is a [`ClaimStore`] (claim-mode
-//! `dedup_table`) and, through [`TxStore`], the store of `#[tx]` calls; [`migrate`] creates
+//! `dedup_table`) and the store of `#[tx]` calls; [`migrate`] creates
 //! the idempotency-record table; [`is_retryable`] tells a deadlock or serialization failure
 //! the caller's own transaction must rerun; [`check_connection`] names a database that
 //! cannot be reached at startup, and a pool that lends no connection in time is explained by
@@ -103,11 +103,15 @@ macro_rules! sql_text {
 /// Implemented for `sqlx::Postgres`, `sqlx::MySql` and `sqlx::Sqlite` behind the features of the
 /// same names, each in its own file (`store/sql/<database>.rs`, through `sql_backend!`).
 /// Errors: every method returns [`Error::Backend`] carrying the `sqlx::Error`.
+///
+/// Hidden from the documentation: internal plumbing of the SQL stores. Application code names
+/// it only as a bound, `DB: SqlBackend` on a generic `&sqlx::Pool<DB>`.
+#[doc(hidden)]
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a database idempotent-runtime was built for",
     label = "idempotent-runtime has no `{Self}` backend in this build",
-    note = "each database needs its feature of idempotent-runtime: `postgres` for `sqlx::Postgres` (`PgPool`), `mysql` for `sqlx::MySql` (`MySqlPool`), `sqlite` for `sqlx::Sqlite` (`SqlitePool`); add it to the dependency, e.g. `idempotent-runtime = {{ version = \"0.1\", features = [\"postgres\"] }}`",
-    note = "idempotent-runtime is built on sqlx 0.9: a database type of another sqlx version is not one of its backends; use sqlx 0.9 in the application (`cargo tree -i sqlx` lists every sqlx version in the build)"
+    note = "each database needs its feature of idempotent-runtime: `postgres` for `sqlx::Postgres` (`PgPool`), `mysql` for `sqlx::MySql` (`MySqlPool`), `sqlite` for `sqlx::Sqlite` (`SqlitePool`); add it to the `features` of the idempotent-runtime dependency in Cargo.toml (e.g. `features = [\"postgres\"]`)",
+    note = "a database type of a sqlx version other than idempotent-runtime's is not one of its backends: depend on the sqlx version idempotent-runtime uses (`cargo tree -i sqlx` lists every sqlx version in the build)"
 )]
 pub trait SqlBackend: Database {
     /// `sqlx::Pool<Self>` as a [`ClaimStore`]. A pool is a store through this type (rather than
@@ -699,6 +703,7 @@ pub use errors::is_retryable;
     label = "with `#[tx]` this store must be a sqlx pool (`&PgPool`, `&MySqlPool`, `&SqlitePool`) or a `&mut` connection",
     note = "the memory store has no transactions: remove the `#[tx]` parameter to claim outside the body, or use a SQL store"
 )]
+#[doc(hidden)]
 pub trait TxStore: IntoTxStore + Send {
     /// The sqlx database.
     type Database: SqlBackend;
@@ -761,6 +766,7 @@ pub trait TxStore: IntoTxStore + Send {
 }
 
 /// What [`TxStore::read_or_begin`] did.
+#[doc(hidden)]
 pub enum ReadOrBegun<'c, DB: Database, R> {
     /// The record read before any transaction settled the call: `settle`'s answer. No
     /// transaction was opened.
@@ -952,7 +958,7 @@ impl<DB: SqlBackend> ClaimStore for Pool<DB> {
     }
 }
 
-/// The store is [`SqlBackend::ClaimPool`] (the pool itself): without the database's feature
+/// The store is `SqlBackend::ClaimPool` (the pool itself): without the database's feature
 /// that projection has no value, so the pool is reported once, as no store, and nothing that
 /// uses it is checked further.
 #[diagnostic::do_not_recommend]
@@ -963,7 +969,7 @@ impl<DB: SqlBackend> AsClaimStore for Pool<DB> {
     }
 }
 
-/// The store is [`SqlBackend::TxPool`] (the reference itself), for the reason given on the
+/// The store is `SqlBackend::TxPool` (the reference itself), for the reason given on the
 /// [`AsClaimStore`] impl.
 #[diagnostic::do_not_recommend]
 impl<'a, DB: SqlBackend> IntoTxStore for &'a Pool<DB> {

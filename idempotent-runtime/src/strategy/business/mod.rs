@@ -7,7 +7,7 @@
 //! the first such failure is returned as it is (only the caller can run its whole transaction
 //! again).
 //!
-//! The strategies see databases only through the generic [`TxStore`] and
+//! The strategies see databases only through the generic `TxStore` and
 //! `BusinessBackend` traits (in `store::sql::business`).
 
 use std::error::Error as StdError;

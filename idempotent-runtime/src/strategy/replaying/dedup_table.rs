@@ -311,156 +311,132 @@ where
     P: ErrorPolicy<E>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
-    telemetry::traced("dedup_table", store.backend_name(), &key).run(claim_mode(
-        store,
-        key,
-        fingerprint,
-        options,
-        same,
-        policy,
-        body,
-    ))
-}
-
-/// [`run_with_policy`], inside the call's span.
-async fn claim_mode<S, T, E, P, F>(
-    store: &S,
-    key: StorageKey,
-    fingerprint: Option<Fingerprint>,
-    options: Options,
-    same: SameValue<T>,
-    policy: P,
-    body: F,
-) -> Result<T, E>
-where
-    S: ClaimStore,
-    T: super::Replayable,
-    E: From<Error>,
-    P: ErrorPolicy<E>,
-    F: AsyncFnOnce() -> Result<T, E>,
-{
-    options.check()?;
-    let owner = new_owner()?;
-    let fp = fingerprint.map(|f| f.hex());
-    let claim = Claim {
-        key: &key,
-        fingerprint: fp.as_deref(),
-        owner: &owner,
-        lease: options.lease,
-    };
-    let started = tokio::time::Instant::now();
-    let mut backoff = Backoff::new();
-    let mut attempts = 0;
-    // When the store request that claimed was sent (not the first of its retries after a
-    // deadlock or busy error): a claim that took its whole lease may have expired.
-    let mut sent = tokio::time::Instant::now();
-    // A store whose clients do not share a clock: in-progress claims are judged by watching.
-    let watch = (!S::SHARED_CLOCK).then_some((&key, options.lease));
-    loop {
-        attempts += 1;
-        let release = || store.release_claim_detached(key.clone(), owner.clone());
-        let found = retrying(|| {
-            sent = tokio::time::Instant::now();
-            store.claim_or_read(&claim)
-        });
-        let existing = match acquiring(found, release).await? {
-            ClaimOrRecord::Claimed => break,
-            ClaimOrRecord::Existing(existing) => existing,
-        };
-        match existing {
-            None if attempts < MAX_ATTEMPTS => continue,
-            None => return Err(telemetry::check(Err(Error::InProgress))?),
-            Some(rec) => {
-                match telemetry::check(judge::<T>(rec, claim.owner, claim.fingerprint, watch))? {
-                    Verdict::Ours => break,
-                    Verdict::Replay(v) => return answer(v, &policy),
-                    Verdict::TakeOver(previous) => {
-                        let taken = retrying(|| {
-                            sent = tokio::time::Instant::now();
-                            store.take_over_claim(&claim, &previous)
-                        });
-                        if acquiring(taken, release).await? {
-                            break;
-                        }
-                    }
-                    Verdict::TakeOverUnrenewed(previous, expires_at_ms) => {
-                        let taken = retrying(|| {
-                            sent = tokio::time::Instant::now();
-                            store.take_over_unrenewed(&claim, &previous, expires_at_ms)
-                        });
-                        if acquiring(taken, release).await? {
-                            break;
-                        }
-                    }
-                    Verdict::Busy => {
-                        telemetry::check(busy(options.on_busy, started, &mut backoff).await)?
-                    }
-                }
-            }
-        }
-    }
-    telemetry::event(Decision::Claimed);
-
-    // The claimed call's steps run on the heap: only a fresh call needs them, and kept inline
-    // they made this future (and every layer awaiting it) kilobytes larger, copied between
-    // the layers on every call, replays too.
-    Box::pin(async move {
-        let took = sent.elapsed();
-        if let Err(e) = check_acquisition(took, options.lease) {
-            if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
-                tracing::warn!(?key, error = %release, "releasing a claim that outlived its lease failed; it frees itself when its lease ends");
-            }
-            telemetry::event(Decision::Released);
-            return Err(e.into());
-        }
-
-        let mut guard = DropGuard::new(options.on_cancel, || {
-            store.release_claim_detached(key.clone(), owner.clone())
-        });
-        let mut next_renewal = first_renewal(sent, options.lease);
-        let result = while_renewing(options.lease, &mut next_renewal, body(), || {
-            store.renew_claim(&key, &owner, options.lease)
-        })
-        .await;
-        guard.disarm();
-        let value = match result {
-            Ok(v) => v,
-            Err(e) => {
-                if let Some(stored) = policy.stored(&e, options.max_response_bytes) {
-                    let completion = Completing {
-                        store: store.clone(),
-                        key: key.clone(),
-                        owner: owner.clone(),
-                        response: stored,
-                        ttl: options.ttl,
-                        lease: options.lease,
-                    };
-                    // Stored or not (logged), the caller gets the body's own error.
-                    let _ = complete_with_error(completion, options.lease, next_renewal).await;
-                    return Err(e);
-                }
-                if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
-                    tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
-                }
-                telemetry::event(Decision::Released);
-                return Err(e);
-            }
-        };
-        // The effect has happened: record it even when the response cannot be kept, so a retry
-        // never runs the body a second time.
-        let bytes = response_bytes(&key, &value, options.max_response_bytes, same);
-        let completion = Completing {
-            store: store.clone(),
-            key: key.clone(),
-            owner: owner.clone(),
-            response: bytes,
-            ttl: options.ttl,
+    let traced = telemetry::traced("dedup_table", store.backend_name(), &key);
+    // The call itself, inside the call's span.
+    traced.run(async move {
+        options.check()?;
+        let owner = new_owner()?;
+        let fp = fingerprint.map(|f| f.hex());
+        let claim = Claim {
+            key: &key,
+            fingerprint: fp.as_deref(),
+            owner: &owner,
             lease: options.lease,
         };
-        telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
-        Ok(value)
+        let started = tokio::time::Instant::now();
+        let mut backoff = Backoff::new();
+        let mut attempts = 0;
+        // When the store request that claimed was sent (not the first of its retries after a
+        // deadlock or busy error): a claim that took its whole lease may have expired.
+        let mut sent = tokio::time::Instant::now();
+        // A store whose clients do not share a clock: in-progress claims are judged by watching.
+        let watch = (!S::SHARED_CLOCK).then_some((&key, options.lease));
+        loop {
+            attempts += 1;
+            let release = || store.release_claim_detached(key.clone(), owner.clone());
+            let found = retrying(|| {
+                sent = tokio::time::Instant::now();
+                store.claim_or_read(&claim)
+            });
+            let existing = match acquiring(found, release).await? {
+                ClaimOrRecord::Claimed => break,
+                ClaimOrRecord::Existing(existing) => existing,
+            };
+            match existing {
+                None if attempts < MAX_ATTEMPTS => continue,
+                None => return Err(telemetry::check(Err(Error::InProgress))?),
+                Some(rec) => {
+                    match telemetry::check(judge::<T>(rec, claim.owner, claim.fingerprint, watch))? {
+                        Verdict::Ours => break,
+                        Verdict::Replay(v) => return answer(v, &policy),
+                        Verdict::TakeOver(previous) => {
+                            let taken = retrying(|| {
+                                sent = tokio::time::Instant::now();
+                                store.take_over_claim(&claim, &previous)
+                            });
+                            if acquiring(taken, release).await? {
+                                break;
+                            }
+                        }
+                        Verdict::TakeOverUnrenewed(previous, expires_at_ms) => {
+                            let taken = retrying(|| {
+                                sent = tokio::time::Instant::now();
+                                store.take_over_unrenewed(&claim, &previous, expires_at_ms)
+                            });
+                            if acquiring(taken, release).await? {
+                                break;
+                            }
+                        }
+                        Verdict::Busy => {
+                            telemetry::check(busy(options.on_busy, started, &mut backoff).await)?
+                        }
+                    }
+                }
+            }
+        }
+        telemetry::event(Decision::Claimed);
+
+        // The claimed call's steps run on the heap: only a fresh call needs them, and kept inline
+        // they made this future (and every layer awaiting it) kilobytes larger, copied between
+        // the layers on every call, replays too.
+        Box::pin(async move {
+            let took = sent.elapsed();
+            if let Err(e) = check_acquisition(took, options.lease) {
+                if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
+                    tracing::warn!(?key, error = %release, "releasing a claim that outlived its lease failed; it frees itself when its lease ends");
+                }
+                telemetry::event(Decision::Released);
+                return Err(e.into());
+            }
+
+            let mut guard = DropGuard::new(options.on_cancel, || {
+                store.release_claim_detached(key.clone(), owner.clone())
+            });
+            let mut next_renewal = first_renewal(sent, options.lease);
+            let result = while_renewing(options.lease, &mut next_renewal, body(), || {
+                store.renew_claim(&key, &owner, options.lease)
+            })
+            .await;
+            guard.disarm();
+            let value = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    if let Some(stored) = policy.stored(&e, options.max_response_bytes) {
+                        let completion = Completing {
+                            store: store.clone(),
+                            key: key.clone(),
+                            owner: owner.clone(),
+                            response: stored,
+                            ttl: options.ttl,
+                            lease: options.lease,
+                        };
+                        // Stored or not (logged), the caller gets the body's own error.
+                        let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                        return Err(e);
+                    }
+                    if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
+                        tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
+                    }
+                    telemetry::event(Decision::Released);
+                    return Err(e);
+                }
+            };
+            // The effect has happened: record it even when the response cannot be kept, so a retry
+            // never runs the body a second time.
+            let bytes = response_bytes(&key, &value, options.max_response_bytes, same);
+            let completion = Completing {
+                store: store.clone(),
+                key: key.clone(),
+                owner: owner.clone(),
+                response: bytes,
+                ttl: options.ttl,
+                lease: options.lease,
+            };
+            telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
+            Ok(value)
+        })
+        .await
     })
-    .await
 }
 
 /// The completion of a claim-mode call, on an owned store handle (see [`Completion`]).
@@ -573,182 +549,159 @@ mod transactional {
         F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
     {
         let name = <S::Database as sqlx::Database>::NAME;
-        telemetry::traced("dedup_table", name, &key).run(in_tx(
-            store,
-            key,
-            fingerprint,
-            options,
-            same,
-            policy,
-            body,
-        ))
-    }
-
-    /// [`run_in_tx_with_policy`], inside the call's span.
-    async fn in_tx<S, T, E, P, F>(
-        mut store: S,
-        key: StorageKey,
-        fingerprint: Option<Fingerprint>,
-        options: Options,
-        same: SameValue<T>,
-        policy: P,
-        body: F,
-    ) -> Result<T, E>
-    where
-        S: TxStore,
-        T: crate::strategy::replaying::Replayable,
-        E: From<Error>,
-        P: ErrorPolicy<E>,
-        F: AsyncFnOnce(&mut <S::Database as sqlx::Database>::Connection) -> Result<T, E>,
-    {
-        options.check()?;
-        let owner = new_owner()?;
-        let fp = fingerprint.map(|f| f.hex());
-        let claim = Claim {
-            key: &key,
-            fingerprint: fp.as_deref(),
-            owner: &owner,
-            lease: options.lease,
-        };
-        let started = tokio::time::Instant::now();
-        let mut backoff = Backoff::new();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let nested = store.in_callers_transaction();
-            let may_retry = |e: &Error| !nested && is_retryable(e) && attempts < MAX_ATTEMPTS;
-            let mut tx = match store
-                .read_or_begin(&key, |rec| replay_before_begin::<T>(rec, &claim))
-                .await
-            {
-                Ok(ReadOrBegun::Begun(tx)) => tx,
-                Ok(ReadOrBegun::Settled(replay)) => {
-                    return answer(telemetry::check(replay)?, &policy);
-                }
-                Err(e) if may_retry(&e) => {
-                    telemetry::event(Decision::ContentionRetry);
-                    backoff.wait().await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+        let traced = telemetry::traced("dedup_table", name, &key);
+        // The call itself, inside the call's span.
+        traced.run(async move {
+            let mut store = store;
+            options.check()?;
+            let owner = new_owner()?;
+            let fp = fingerprint.map(|f| f.hex());
+            let claim = Claim {
+                key: &key,
+                fingerprint: fp.as_deref(),
+                owner: &owner,
+                lease: options.lease,
             };
-            let claimed =
-                match telemetry::check(claim_in_tx::<S::Database, T>(&mut *tx, &claim).await) {
-                    Ok(c) => c,
+            let started = tokio::time::Instant::now();
+            let mut backoff = Backoff::new();
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let nested = store.in_callers_transaction();
+                let may_retry = |e: &Error| !nested && is_retryable(e) && attempts < MAX_ATTEMPTS;
+                let mut tx = match store
+                    .read_or_begin(&key, |rec| replay_before_begin::<T>(rec, &claim))
+                    .await
+                {
+                    Ok(ReadOrBegun::Begun(tx)) => tx,
+                    Ok(ReadOrBegun::Settled(replay)) => {
+                        return answer(telemetry::check(replay)?, &policy);
+                    }
                     Err(e) if may_retry(&e) => {
-                        drop(tx);
                         telemetry::event(Decision::ContentionRetry);
                         backoff.wait().await;
                         continue;
                     }
-                    Err(e) => {
-                        drop(tx);
-                        return Err(settled(&mut store, nested, e).await.into());
-                    }
+                    Err(e) => return Err(e.into()),
                 };
-            match claimed {
-                InTx::Claimed => {
-                    telemetry::event(Decision::Claimed);
-                    let result = if policy.stores_errors() {
-                        // The body in a savepoint, so that a terminal error can be stored
-                        // without its writes.
-                        match in_savepoint(&mut tx, body, &policy, options.max_response_bytes).await
-                        {
-                            Savepointed::Done(result) => result,
-                            Savepointed::Terminal(e, stored) => {
-                                match S::Database::complete_claim(
-                                    &mut *tx,
-                                    &key,
-                                    &owner,
-                                    &stored,
-                                    options.ttl,
-                                )
-                                .await
-                                {
-                                    Ok(true) => match tx.commit().await {
-                                        Ok(()) => {
-                                            telemetry::event(Decision::StoredError);
-                                            crate::error::note(Disposition::Executed);
-                                        }
-                                        Err(commit) => {
-                                            tracing::warn!(?key, error = %commit, "storing the terminal error failed; a retry runs again");
-                                            let _ =
-                                                settled(&mut store, nested, commit.into()).await;
-                                        }
-                                    },
-                                    Ok(false) => {
-                                        let _ = tx.rollback().await;
-                                    }
-                                    Err(complete) => {
-                                        tracing::warn!(?key, error = %complete, "storing the terminal error failed; a retry runs again");
-                                        drop(tx);
-                                        let _ = settled(&mut store, nested, complete).await;
-                                    }
-                                }
-                                return Err(e);
-                            }
+                let claimed =
+                    match telemetry::check(claim_in_tx::<S::Database, T>(&mut *tx, &claim).await) {
+                        Ok(c) => c,
+                        Err(e) if may_retry(&e) => {
+                            drop(tx);
+                            telemetry::event(Decision::ContentionRetry);
+                            backoff.wait().await;
+                            continue;
                         }
-                    } else {
-                        body(&mut *tx).await
-                    };
-                    let value = match result {
-                        Ok(v) => v,
-                        Err(e) => {
-                            // A savepoint that cannot be rolled back is gone with the caller's
-                            // whole transaction (a deadlock in the body on MySQL).
-                            if tx.rollback().await.is_err() && nested {
-                                store.settle().await;
-                            }
-                            telemetry::event(Decision::Released);
-                            return Err(e);
-                        }
-                    };
-                    // Nothing is committed yet: a response that cannot be stored undoes the
-                    // whole call, and the caller learns why.
-                    let bytes = match storable(&value, options.max_response_bytes, same) {
-                        Ok(b) => b,
-                        Err(reason) => {
-                            let _ = tx.rollback().await;
-                            return Err(Error::Serialization(format!(
-                                "the response cannot be stored for replay, so the call was rolled back: {reason}"
-                            ))
-                            .into());
-                        }
-                    };
-                    match S::Database::complete_claim(&mut *tx, &key, &owner, &bytes, options.ttl)
-                        .await
-                    {
-                        Ok(true) => {}
-                        // Not expected: the claim lives in this transaction.
-                        Ok(false) => return Err(telemetry::check(Err(Error::LockLost))?),
                         Err(e) => {
                             drop(tx);
                             return Err(settled(&mut store, nested, e).await.into());
                         }
+                    };
+                match claimed {
+                    InTx::Claimed => {
+                        telemetry::event(Decision::Claimed);
+                        let result = if policy.stores_errors() {
+                            // The body in a savepoint, so that a terminal error can be stored
+                            // without its writes.
+                            match in_savepoint(&mut tx, body, &policy, options.max_response_bytes).await
+                            {
+                                Savepointed::Done(result) => result,
+                                Savepointed::Terminal(e, stored) => {
+                                    match S::Database::complete_claim(
+                                        &mut *tx,
+                                        &key,
+                                        &owner,
+                                        &stored,
+                                        options.ttl,
+                                    )
+                                    .await
+                                    {
+                                        Ok(true) => match tx.commit().await {
+                                            Ok(()) => {
+                                                telemetry::event(Decision::StoredError);
+                                                crate::error::note(Disposition::Executed);
+                                            }
+                                            Err(commit) => {
+                                                tracing::warn!(?key, error = %commit, "storing the terminal error failed; a retry runs again");
+                                                let _ =
+                                                    settled(&mut store, nested, commit.into()).await;
+                                            }
+                                        },
+                                        Ok(false) => {
+                                            let _ = tx.rollback().await;
+                                        }
+                                        Err(complete) => {
+                                            tracing::warn!(?key, error = %complete, "storing the terminal error failed; a retry runs again");
+                                            drop(tx);
+                                            let _ = settled(&mut store, nested, complete).await;
+                                        }
+                                    }
+                                    return Err(e);
+                                }
+                            }
+                        } else {
+                            body(&mut *tx).await
+                        };
+                        let value = match result {
+                            Ok(v) => v,
+                            Err(e) => {
+                                // A savepoint that cannot be rolled back is gone with the caller's
+                                // whole transaction (a deadlock in the body on MySQL).
+                                if tx.rollback().await.is_err() && nested {
+                                    store.settle().await;
+                                }
+                                telemetry::event(Decision::Released);
+                                return Err(e);
+                            }
+                        };
+                        // Nothing is committed yet: a response that cannot be stored undoes the
+                        // whole call, and the caller learns why.
+                        let bytes = match storable(&value, options.max_response_bytes, same) {
+                            Ok(b) => b,
+                            Err(reason) => {
+                                let _ = tx.rollback().await;
+                                return Err(Error::Serialization(format!(
+                                    "the response cannot be stored for replay, so the call was rolled back: {reason}"
+                                ))
+                                .into());
+                            }
+                        };
+                        match S::Database::complete_claim(&mut *tx, &key, &owner, &bytes, options.ttl)
+                            .await
+                        {
+                            Ok(true) => {}
+                            // Not expected: the claim lives in this transaction.
+                            Ok(false) => return Err(telemetry::check(Err(Error::LockLost))?),
+                            Err(e) => {
+                                drop(tx);
+                                return Err(settled(&mut store, nested, e).await.into());
+                            }
+                        }
+                        if let Err(e) = tx.commit().await {
+                            return Err(settled(&mut store, nested, e.into()).await.into());
+                        }
+                        record(Disposition::Executed);
+                        return Ok(value);
                     }
-                    if let Err(e) = tx.commit().await {
-                        return Err(settled(&mut store, nested, e.into()).await.into());
+                    InTx::Replay(v) => {
+                        let _ = tx.rollback().await;
+                        return answer(v, &policy);
                     }
-                    record(Disposition::Executed);
-                    return Ok(value);
-                }
-                InTx::Replay(v) => {
-                    let _ = tx.rollback().await;
-                    return answer(v, &policy);
-                }
-                InTx::Retry => {
-                    let _ = tx.rollback().await;
-                    if nested || attempts >= MAX_ATTEMPTS {
-                        return Err(telemetry::check(Err(Error::InProgress))?);
+                    InTx::Retry => {
+                        let _ = tx.rollback().await;
+                        if nested || attempts >= MAX_ATTEMPTS {
+                            return Err(telemetry::check(Err(Error::InProgress))?);
+                        }
+                        backoff.wait().await;
                     }
-                    backoff.wait().await;
-                }
-                InTx::Busy => {
-                    let _ = tx.rollback().await;
-                    telemetry::check(busy(options.on_busy, started, &mut backoff).await)?;
+                    InTx::Busy => {
+                        let _ = tx.rollback().await;
+                        telemetry::check(busy(options.on_busy, started, &mut backoff).await)?;
+                    }
                 }
             }
-        }
+        })
     }
 
     /// The answer a record read before any transaction ([`TxStore::read_or_begin`]) settles

@@ -243,129 +243,106 @@ where
     P: ErrorPolicy<E>,
     F: AsyncFnOnce(FencingToken) -> Result<T, E>,
 {
-    telemetry::traced("distributed_lock", store.backend_name(), &key).run(locked(
-        store,
-        key,
-        fingerprint,
-        options,
-        same,
-        policy,
-        body,
-    ))
-}
+    let traced = telemetry::traced("distributed_lock", store.backend_name(), &key);
+    // The call itself, inside the call's span.
+    let call = async move {
+        options.check()?;
+        let owner = new_owner()?;
+        let fp = fingerprint.map(|f| f.hex());
+        let hooks = HOOKS.try_with(Hooks::clone).unwrap_or_default();
+        let started = Instant::now();
+        let mut backoff = Backoff::new();
+        let (fence, sent) = loop {
+            let sent = Instant::now();
+            let acquired = store.acquire_lock(&key, &owner, fp.as_deref(), options.lease);
+            match acquiring(acquired, || {
+                store.release_lock_detached(key.clone(), owner.clone())
+            })
+            .await?
+            {
+                Acquired::Acquired { fence } => break (fence, sent),
+                Acquired::Replay {
+                    fingerprint,
+                    response,
+                } => {
+                    telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
+                    return answer(replayed(&response)?, &policy);
+                }
+                Acquired::Held { fingerprint } => {
+                    telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
+                    telemetry::check(busy(options.on_busy, started, &mut backoff).await)?;
+                }
+            }
+        };
+        telemetry::event(Decision::Claimed);
 
-/// [`run_with_policy`], inside the call's span.
-async fn locked<S, T, E, P, F>(
-    store: &S,
-    key: StorageKey,
-    fingerprint: Option<Fingerprint>,
-    options: Options,
-    same: SameValue<T>,
-    policy: P,
-    body: F,
-) -> Result<T, E>
-where
-    S: LockStore,
-    T: super::Replayable,
-    E: From<Error>,
-    P: ErrorPolicy<E>,
-    F: AsyncFnOnce(FencingToken) -> Result<T, E>,
-{
-    options.check()?;
-    let owner = new_owner()?;
-    let fp = fingerprint.map(|f| f.hex());
-    let hooks = HOOKS.try_with(Hooks::clone).unwrap_or_default();
-    let started = Instant::now();
-    let mut backoff = Backoff::new();
-    let (fence, sent) = loop {
-        let sent = Instant::now();
-        let acquired = store.acquire_lock(&key, &owner, fp.as_deref(), options.lease);
-        match acquiring(acquired, || {
+        let mut guard = DropGuard::new(options.on_cancel, || {
             store.release_lock_detached(key.clone(), owner.clone())
-        })
-        .await?
-        {
-            Acquired::Acquired { fence } => break (fence, sent),
-            Acquired::Replay {
-                fingerprint,
-                response,
-            } => {
-                telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
-                return answer(replayed(&response)?, &policy);
-            }
-            Acquired::Held { fingerprint } => {
-                telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
-                telemetry::check(busy(options.on_busy, started, &mut backoff).await)?;
-            }
+        });
+        if let Some(hook) = &hooks.after_acquire {
+            hook().await;
         }
-    };
-    telemetry::event(Decision::Claimed);
+        if let Err(e) = check_acquisition(sent.elapsed(), options.lease) {
+            guard.disarm();
+            let _ = store.release_lock(&key, &owner).await;
+            telemetry::event(Decision::Released);
+            return Err(e.into());
+        }
 
-    let mut guard = DropGuard::new(options.on_cancel, || {
-        store.release_lock_detached(key.clone(), owner.clone())
-    });
-    if let Some(hook) = &hooks.after_acquire {
-        hook().await;
-    }
-    if let Err(e) = check_acquisition(sent.elapsed(), options.lease) {
+        let mut next_renewal = first_renewal(sent, options.lease);
+        let result = while_renewing(
+            options.lease,
+            &mut next_renewal,
+            body(FencingToken(fence)),
+            || async {
+                if hooks.block_renewal {
+                    // Test hook: the renewal never happens, as when Redis is partitioned away.
+                    std::future::pending::<()>().await;
+                }
+                store.renew_lock(&key, &owner, options.lease).await
+            },
+        )
+        .await;
         guard.disarm();
-        let _ = store.release_lock(&key, &owner).await;
-        telemetry::event(Decision::Released);
-        return Err(e.into());
-    }
 
-    let mut next_renewal = first_renewal(sent, options.lease);
-    let result = while_renewing(
-        options.lease,
-        &mut next_renewal,
-        body(FencingToken(fence)),
-        || async {
-            if hooks.block_renewal {
-                // Test hook: the renewal never happens, as when Redis is partitioned away.
-                std::future::pending::<()>().await;
-            }
-            store.renew_lock(&key, &owner, options.lease).await
-        },
-    )
-    .await;
-    guard.disarm();
-
-    let value = match result {
-        Ok(v) => v,
-        Err(e) => {
-            if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
-                let completion = Completing {
-                    store: store.clone(),
-                    key: key.clone(),
-                    owner: owner.clone(),
-                    response: stored,
-                    ttl: options.ttl,
-                    lease: options.lease,
-                };
-                // Stored or not (logged), the caller gets the body's own error.
-                let _ = complete_with_error(completion, options.lease, next_renewal).await;
+        let value = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
+                    let completion = Completing {
+                        store: store.clone(),
+                        key: key.clone(),
+                        owner: owner.clone(),
+                        response: stored,
+                        ttl: options.ttl,
+                        lease: options.lease,
+                    };
+                    // Stored or not (logged), the caller gets the body's own error.
+                    let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                    return Err(e);
+                }
+                if let Err(release) = store.release_lock(&key, &owner).await {
+                    tracing::warn!(?key, error = %release, "releasing the lock failed; it frees itself when its lease ends");
+                }
+                telemetry::event(Decision::Released);
                 return Err(e);
             }
-            if let Err(release) = store.release_lock(&key, &owner).await {
-                tracing::warn!(?key, error = %release, "releasing the lock failed; it frees itself when its lease ends");
-            }
-            telemetry::event(Decision::Released);
-            return Err(e);
-        }
+        };
+        // The effect has happened: record it, even when the response cannot be kept, so a retry
+        // replays instead of re-running the body.
+        let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
+        let completion = Completing {
+            store: store.clone(),
+            key: key.clone(),
+            owner: owner.clone(),
+            response: bytes,
+            ttl: options.ttl,
+            lease: options.lease,
+        };
+        telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
+        Ok(value)
     };
-    // The effect has happened: record it, even when the response cannot be kept, so a retry
-    // replays instead of re-running the body.
-    let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
-    let completion = Completing {
-        store: store.clone(),
-        key: key.clone(),
-        owner: owner.clone(),
-        response: bytes,
-        ttl: options.ttl,
-        lease: options.lease,
-    };
-    telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
-    Ok(value)
+    traced.run(call)
 }
 
 /// The completion of a `distributed_lock` call, on an owned store handle (see [`Completion`]).

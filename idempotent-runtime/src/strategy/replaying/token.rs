@@ -197,136 +197,109 @@ where
     P: ErrorPolicy<E>,
     F: AsyncFnOnce() -> Result<T, E>,
 {
-    telemetry::traced("token", store.backend_name(), &binding).run(consumed(
-        store,
-        token,
-        binding,
-        fingerprint,
-        options,
-        same,
-        policy,
-        body,
-    ))
-}
-
-/// [`run_with_policy`], inside the call's span.
-#[allow(clippy::too_many_arguments)]
-async fn consumed<S, K, T, E, P, F>(
-    store: &S,
-    token: &K,
-    binding: StorageKey,
-    fingerprint: Option<Fingerprint>,
-    options: Options,
-    same: SameValue<T>,
-    policy: P,
-    body: F,
-) -> Result<T, E>
-where
-    S: TokenStore,
-    K: KeyPart + ?Sized,
-    T: super::Replayable,
-    E: From<Error>,
-    P: ErrorPolicy<E>,
-    F: AsyncFnOnce() -> Result<T, E>,
-{
-    options.check()?;
-    let key = token_key(token)?;
-    let owner = new_owner()?;
-    let fp = fingerprint.map(|f| f.hex());
-    let bind = binding.hex();
-    let sent = tokio::time::Instant::now();
-    let consumed = store.consume_token(&key, &owner, &bind, fp.as_deref(), options.lease);
-    match acquiring(consumed, || {
-        store.restore_token_detached(key.clone(), owner.clone())
-    })
-    .await?
-    {
-        Consumed::Claimed => telemetry::event(Decision::Claimed),
-        Consumed::Invalid => return Err(Error::TokenInvalid.into()),
-        Consumed::Busy {
-            binding,
-            fingerprint,
-        } => {
-            telemetry::check(check(
-                &binding,
-                fingerprint.as_deref(),
-                &bind,
-                fp.as_deref(),
-            ))?;
-            return Err(telemetry::check(Err(Error::Duplicate))?);
-        }
-        Consumed::Replay {
-            binding,
-            fingerprint,
-            response,
-        } => {
-            telemetry::check(check(
-                &binding,
-                fingerprint.as_deref(),
-                &bind,
-                fp.as_deref(),
-            ))?;
-            return answer(replayed(&response)?, &policy);
-        }
-    }
-
-    // A consumption that took its whole lease may have expired: the body does not run.
-    let took = sent.elapsed();
-    if let Err(e) = check_acquisition(took, options.lease) {
-        if let Err(restore) = store.restore_token(&key, &owner).await {
-            tracing::warn!(?key, error = %restore, "restoring a consumption that outlived its lease failed; it frees itself when its lease ends");
-        }
-        telemetry::event(Decision::Released);
-        return Err(e.into());
-    }
-
-    let mut guard = DropGuard::new(options.on_cancel, || {
-        store.restore_token_detached(key.clone(), owner.clone())
-    });
-    // Renew the consumption while the body runs, so a slow body keeps its claim on the token
-    // and a retry never runs it a second time.
-    let mut next_renewal = first_renewal(sent, options.lease);
-    let result = while_renewing(options.lease, &mut next_renewal, body(), || {
-        store.renew_token(&key, &owner, options.lease)
-    })
-    .await;
-    guard.disarm();
-    let value = match result {
-        Ok(v) => v,
-        Err(e) => {
-            if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
-                let completion = Completing {
-                    store: store.clone(),
-                    key: key.clone(),
-                    owner: owner.clone(),
-                    response: stored,
-                    ttl: options.ttl,
-                    lease: options.lease,
-                };
-                // Stored or not (logged), the caller gets the body's own error.
-                let _ = complete_with_error(completion, options.lease, next_renewal).await;
-                return Err(e);
+    let traced = telemetry::traced("token", store.backend_name(), &binding);
+    // The call itself, inside the call's span.
+    let call = async move {
+        options.check()?;
+        let key = token_key(token)?;
+        let owner = new_owner()?;
+        let fp = fingerprint.map(|f| f.hex());
+        let bind = binding.hex();
+        let sent = tokio::time::Instant::now();
+        let consumed = store.consume_token(&key, &owner, &bind, fp.as_deref(), options.lease);
+        match acquiring(consumed, || {
+            store.restore_token_detached(key.clone(), owner.clone())
+        })
+        .await?
+        {
+            Consumed::Claimed => telemetry::event(Decision::Claimed),
+            Consumed::Invalid => return Err(Error::TokenInvalid.into()),
+            Consumed::Busy {
+                binding,
+                fingerprint,
+            } => {
+                telemetry::check(check(
+                    &binding,
+                    fingerprint.as_deref(),
+                    &bind,
+                    fp.as_deref(),
+                ))?;
+                return Err(telemetry::check(Err(Error::Duplicate))?);
             }
+            Consumed::Replay {
+                binding,
+                fingerprint,
+                response,
+            } => {
+                telemetry::check(check(
+                    &binding,
+                    fingerprint.as_deref(),
+                    &bind,
+                    fp.as_deref(),
+                ))?;
+                return answer(replayed(&response)?, &policy);
+            }
+        }
+
+        // A consumption that took its whole lease may have expired: the body does not run.
+        let took = sent.elapsed();
+        if let Err(e) = check_acquisition(took, options.lease) {
             if let Err(restore) = store.restore_token(&key, &owner).await {
-                tracing::warn!(?key, error = %restore, "restoring the token failed; it frees itself when its lease ends");
+                tracing::warn!(?key, error = %restore, "restoring a consumption that outlived its lease failed; it frees itself when its lease ends");
             }
             telemetry::event(Decision::Released);
-            return Err(e);
+            return Err(e.into());
         }
+
+        let mut guard = DropGuard::new(options.on_cancel, || {
+            store.restore_token_detached(key.clone(), owner.clone())
+        });
+        // Renew the consumption while the body runs, so a slow body keeps its claim on the token
+        // and a retry never runs it a second time.
+        let mut next_renewal = first_renewal(sent, options.lease);
+        let result = while_renewing(options.lease, &mut next_renewal, body(), || {
+            store.renew_token(&key, &owner, options.lease)
+        })
+        .await;
+        guard.disarm();
+        let value = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
+                    let completion = Completing {
+                        store: store.clone(),
+                        key: key.clone(),
+                        owner: owner.clone(),
+                        response: stored,
+                        ttl: options.ttl,
+                        lease: options.lease,
+                    };
+                    // Stored or not (logged), the caller gets the body's own error.
+                    let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                    return Err(e);
+                }
+                if let Err(restore) = store.restore_token(&key, &owner).await {
+                    tracing::warn!(?key, error = %restore, "restoring the token failed; it frees itself when its lease ends");
+                }
+                telemetry::event(Decision::Released);
+                return Err(e);
+            }
+        };
+        // The effect has happened: consume the token for good, even when the response cannot be
+        // kept, so a retry never runs the body a second time.
+        let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
+        let completion = Completing {
+            store: store.clone(),
+            key: key.clone(),
+            owner: owner.clone(),
+            response: bytes,
+            ttl: options.ttl,
+            lease: options.lease,
+        };
+        telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
+        Ok(value)
     };
-    // The effect has happened: consume the token for good, even when the response cannot be
-    // kept, so a retry never runs the body a second time.
-    let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
-    let completion = Completing {
-        store: store.clone(),
-        key: key.clone(),
-        owner: owner.clone(),
-        response: bytes,
-        ttl: options.ttl,
-        lease: options.lease,
-    };
-    telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
-    Ok(value)
+    traced.run(call)
 }
 
 /// The completion of a `token` call, on an owned store handle (see [`Completion`]).
