@@ -276,71 +276,77 @@ where
         };
         telemetry::event(Decision::Claimed);
 
-        let mut guard = DropGuard::new(options.on_cancel, || {
-            store.release_lock_detached(key.clone(), owner.clone())
-        });
-        if let Some(hook) = &hooks.after_acquire {
-            hook().await;
-        }
-        if let Err(e) = check_acquisition(sent.elapsed(), options.lease) {
+        // The acquired call's steps run on the heap: only a fresh call needs them, and kept
+        // inline they made this future (and every layer awaiting it) kilobytes larger, copied
+        // between the layers on every call, replays too.
+        Box::pin(async move {
+            let mut guard = DropGuard::new(options.on_cancel, || {
+                store.release_lock_detached(key.clone(), owner.clone())
+            });
+            if let Some(hook) = &hooks.after_acquire {
+                hook().await;
+            }
+            if let Err(e) = check_acquisition(sent.elapsed(), options.lease) {
+                guard.disarm();
+                let _ = store.release_lock(&key, &owner).await;
+                telemetry::event(Decision::Released);
+                return Err(e.into());
+            }
+
+            let mut next_renewal = first_renewal(sent, options.lease);
+            let result = while_renewing(
+                options.lease,
+                &mut next_renewal,
+                body(FencingToken(fence)),
+                || async {
+                    if hooks.block_renewal {
+                        // Test hook: the renewal never happens, as when Redis is partitioned away.
+                        std::future::pending::<()>().await;
+                    }
+                    store.renew_lock(&key, &owner, options.lease).await
+                },
+            )
+            .await;
             guard.disarm();
-            let _ = store.release_lock(&key, &owner).await;
-            telemetry::event(Decision::Released);
-            return Err(e.into());
-        }
 
-        let mut next_renewal = first_renewal(sent, options.lease);
-        let result = while_renewing(
-            options.lease,
-            &mut next_renewal,
-            body(FencingToken(fence)),
-            || async {
-                if hooks.block_renewal {
-                    // Test hook: the renewal never happens, as when Redis is partitioned away.
-                    std::future::pending::<()>().await;
-                }
-                store.renew_lock(&key, &owner, options.lease).await
-            },
-        )
-        .await;
-        guard.disarm();
-
-        let value = match result {
-            Ok(v) => v,
-            Err(e) => {
-                if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
-                    let completion = Completing {
-                        store: store.clone(),
-                        key: key.clone(),
-                        owner: owner.clone(),
-                        response: stored,
-                        ttl: options.ttl,
-                        lease: options.lease,
-                    };
-                    // Stored or not (logged), the caller gets the body's own error.
-                    let _ = complete_with_error(completion, options.lease, next_renewal).await;
+            let value = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
+                        let completion = Completing {
+                            store: store.clone(),
+                            key: key.clone(),
+                            owner: owner.clone(),
+                            response: stored,
+                            ttl: options.ttl,
+                            lease: options.lease,
+                        };
+                        // Stored or not (logged), the caller gets the body's own error.
+                        let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                        return Err(e);
+                    }
+                    if let Err(release) = store.release_lock(&key, &owner).await {
+                        tracing::warn!(?key, error = %release, "releasing the lock failed; it frees itself when its lease ends");
+                    }
+                    telemetry::event(Decision::Released);
                     return Err(e);
                 }
-                if let Err(release) = store.release_lock(&key, &owner).await {
-                    tracing::warn!(?key, error = %release, "releasing the lock failed; it frees itself when its lease ends");
-                }
-                telemetry::event(Decision::Released);
-                return Err(e);
-            }
-        };
-        // The effect has happened: record it, even when the response cannot be kept, so a retry
-        // replays instead of re-running the body.
-        let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
-        let completion = Completing {
-            store: store.clone(),
-            key: key.clone(),
-            owner: owner.clone(),
-            response: bytes,
-            ttl: options.ttl,
-            lease: options.lease,
-        };
-        telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
-        Ok(value)
+            };
+            // The effect has happened: record it, even when the response cannot be kept, so a retry
+            // replays instead of re-running the body.
+            let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
+            let completion = Completing {
+                store: store.clone(),
+                key: key.clone(),
+                owner: owner.clone(),
+                response: bytes,
+                ttl: options.ttl,
+                lease: options.lease,
+            };
+            telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
+            Ok(value)
+        })
+        .await
     };
     traced.run(call)
 }

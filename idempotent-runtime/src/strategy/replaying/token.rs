@@ -241,63 +241,69 @@ where
             }
         }
 
-        // A consumption that took its whole lease may have expired: the body does not run.
-        let took = sent.elapsed();
-        if let Err(e) = check_acquisition(took, options.lease) {
-            if let Err(restore) = store.restore_token(&key, &owner).await {
-                tracing::warn!(?key, error = %restore, "restoring a consumption that outlived its lease failed; it frees itself when its lease ends");
-            }
-            telemetry::event(Decision::Released);
-            return Err(e.into());
-        }
-
-        let mut guard = DropGuard::new(options.on_cancel, || {
-            store.restore_token_detached(key.clone(), owner.clone())
-        });
-        // Renew the consumption while the body runs, so a slow body keeps its claim on the token
-        // and a retry never runs it a second time.
-        let mut next_renewal = first_renewal(sent, options.lease);
-        let result = while_renewing(options.lease, &mut next_renewal, body(), || {
-            store.renew_token(&key, &owner, options.lease)
-        })
-        .await;
-        guard.disarm();
-        let value = match result {
-            Ok(v) => v,
-            Err(e) => {
-                if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
-                    let completion = Completing {
-                        store: store.clone(),
-                        key: key.clone(),
-                        owner: owner.clone(),
-                        response: stored,
-                        ttl: options.ttl,
-                        lease: options.lease,
-                    };
-                    // Stored or not (logged), the caller gets the body's own error.
-                    let _ = complete_with_error(completion, options.lease, next_renewal).await;
-                    return Err(e);
-                }
+        // The consumed call's steps run on the heap: only a fresh call needs them, and kept
+        // inline they made this future (and every layer awaiting it) kilobytes larger, copied
+        // between the layers on every call, replays too.
+        Box::pin(async move {
+            // A consumption that took its whole lease may have expired: the body does not run.
+            let took = sent.elapsed();
+            if let Err(e) = check_acquisition(took, options.lease) {
                 if let Err(restore) = store.restore_token(&key, &owner).await {
-                    tracing::warn!(?key, error = %restore, "restoring the token failed; it frees itself when its lease ends");
+                    tracing::warn!(?key, error = %restore, "restoring a consumption that outlived its lease failed; it frees itself when its lease ends");
                 }
                 telemetry::event(Decision::Released);
-                return Err(e);
+                return Err(e.into());
             }
-        };
-        // The effect has happened: consume the token for good, even when the response cannot be
-        // kept, so a retry never runs the body a second time.
-        let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
-        let completion = Completing {
-            store: store.clone(),
-            key: key.clone(),
-            owner: owner.clone(),
-            response: bytes,
-            ttl: options.ttl,
-            lease: options.lease,
-        };
-        telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
-        Ok(value)
+
+            let mut guard = DropGuard::new(options.on_cancel, || {
+                store.restore_token_detached(key.clone(), owner.clone())
+            });
+            // Renew the consumption while the body runs, so a slow body keeps its claim on the token
+            // and a retry never runs it a second time.
+            let mut next_renewal = first_renewal(sent, options.lease);
+            let result = while_renewing(options.lease, &mut next_renewal, body(), || {
+                store.renew_token(&key, &owner, options.lease)
+            })
+            .await;
+            guard.disarm();
+            let value = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
+                        let completion = Completing {
+                            store: store.clone(),
+                            key: key.clone(),
+                            owner: owner.clone(),
+                            response: stored,
+                            ttl: options.ttl,
+                            lease: options.lease,
+                        };
+                        // Stored or not (logged), the caller gets the body's own error.
+                        let _ = complete_with_error(completion, options.lease, next_renewal).await;
+                        return Err(e);
+                    }
+                    if let Err(restore) = store.restore_token(&key, &owner).await {
+                        tracing::warn!(?key, error = %restore, "restoring the token failed; it frees itself when its lease ends");
+                    }
+                    telemetry::event(Decision::Released);
+                    return Err(e);
+                }
+            };
+            // The effect has happened: consume the token for good, even when the response cannot be
+            // kept, so a retry never runs the body a second time.
+            let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
+            let completion = Completing {
+                store: store.clone(),
+                key: key.clone(),
+                owner: owner.clone(),
+                response: bytes,
+                ttl: options.ttl,
+                lease: options.lease,
+            };
+            telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
+            Ok(value)
+        })
+        .await
     };
     traced.run(call)
 }
