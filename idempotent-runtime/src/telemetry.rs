@@ -25,7 +25,7 @@
 //!
 //! **Cost when nothing listens.** Without the `metrics` feature and with no `tracing`
 //! subscriber enabling INFO for target `idempotent`, a call creates no span and no per-call
-//! state: its future is polled as it is (the check is a load and a compare).
+//! state (the check is a load and a compare).
 //!
 //! `outcome` is one of [`Outcome::as_str`]'s names; `operation` is the table name for the
 //! business-table strategies.
@@ -216,11 +216,11 @@ pub(crate) struct Traced {
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Traced::run`]: the strategy's future polled in place when nothing
-    /// listens, else on the heap inside the call's task-local state and span.
+    /// The future of [`Traced::run`]: the strategy's future on the heap, alone when nothing
+    /// listens, else inside the call's task-local state and span.
     #[project = TracedProj]
     pub(crate) enum TracedFuture<F: Future> {
-        Quiet { #[pin] fut: F },
+        Quiet { fut: Pin<Box<F>> },
         Listening { #[pin] fut: tracing::instrument::Instrumented<tokio::task::futures::TaskLocalFuture<Call, Pin<Box<F>>>> },
     }
 }
@@ -230,7 +230,7 @@ impl<F: Future> Future for TracedFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         match self.project() {
-            TracedProj::Quiet { fut } => fut.poll(cx),
+            TracedProj::Quiet { fut } => fut.as_mut().poll(cx),
             TracedProj::Listening { fut } => fut.poll(cx),
         }
     }
@@ -239,14 +239,16 @@ impl<F: Future> Future for TracedFuture<F> {
 impl Traced {
     /// Runs the call's future in its span, recording its metrics.
     ///
-    /// When nothing listens (see [`listening`]) the future is polled as it is: no span, no
-    /// task-local state, no allocation. Otherwise it is moved to the heap first (one
-    /// allocation per call): wrapped by value in the task-local scope and the span, a debug
-    /// build copied it on the stack once per layer when first polled, which overflowed tokio's
-    /// 2 MiB worker stack under a deep caller (the fault matrix's cancelling `select!`).
+    /// The future is moved to the heap first, once (one allocation per call): the layers
+    /// above (the macro's adapter, the caller) then move a pointer, not the strategy's state
+    /// (about a kilobyte, copied at each layer's first poll, replays included); and a debug
+    /// build no longer copies it on the stack once per wrapper when first polled, which
+    /// overflowed tokio's 2 MiB worker stack under a deep caller (the fault matrix's
+    /// cancelling `select!`). When nothing listens (see [`listening`]) there is no span and
+    /// no task-local state around it.
     pub(crate) fn run<F: Future>(self, fut: F) -> TracedFuture<F> {
         match self.listening {
-            None => TracedFuture::Quiet { fut },
+            None => TracedFuture::Quiet { fut: Box::pin(fut) },
             Some((span, call)) => TracedFuture::Listening {
                 fut: CALL.scope(call, Box::pin(fut)).instrument(span),
             },

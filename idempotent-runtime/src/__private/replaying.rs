@@ -217,6 +217,8 @@ where
     };
     let policy = BodyErrors(policy);
     Split {
+        // The strategy's state is on the heap (`telemetry::Traced::run` puts it there): the
+        // layers above move a pointer, not a kilobyte.
         fut: strategy.run(key, fingerprint, same, policy, body),
         into_error,
     }

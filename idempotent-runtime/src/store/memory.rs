@@ -186,10 +186,15 @@ impl Entry {
     }
 
     fn record(&self) -> Record {
+        self.record_at(Instant::now())
+    }
+
+    /// The record as it stands at `now` (one clock read for the caller's whole step).
+    fn record_at(&self, now: Instant) -> Record {
         Record {
             owner: self.owner.to_string(),
             fingerprint: self.fingerprint.as_deref().map(str::to_owned),
-            expired: self.expired(),
+            expired: self.expires_at <= now,
             expires_at_ms: None,
             state: match &self.response {
                 None => RecordState::InProgress,
@@ -428,12 +433,13 @@ impl ClaimStore for MemoryStore {
     /// A completed, unexpired record is read under the shard's shared lock (a replay: one map
     /// read, copied out only then); otherwise one claim-or-read step under its write lock.
     async fn claim_or_read(&self, claim: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
+        let now = Instant::now();
         let completed = self
             .records()
             .map
             .get(claim.key.digest())
-            .filter(|e| e.response.is_some() && !e.expired())
-            .map(|e| e.record());
+            .filter(|e| e.response.is_some() && e.expires_at > now)
+            .map(|e| e.record_at(now));
         match completed {
             Some(record) => Ok(ClaimOrRecord::Existing(Some(record))),
             None => self.claim_now(claim),
