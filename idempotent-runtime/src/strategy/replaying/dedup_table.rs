@@ -43,8 +43,7 @@ use super::durations::{
 };
 use super::{
     Completion, DropGuard, ErrorPolicy, ReleaseAll, Replayed, SameValue, acquiring, answer, busy,
-    check_fingerprint, complete_recorded, complete_with_error, first_renewal, replayed,
-    response_bytes, while_renewing,
+    check_fingerprint, first_renewal, replayed, settle, while_renewing,
 };
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimOrRecord, ClaimStore, Record, RecordState, new_owner, retryable};
@@ -403,42 +402,25 @@ where
             })
             .await;
             guard.disarm();
-            let value = match result {
-                Ok(v) => v,
-                Err(e) => {
-                    if let Some(stored) = policy.stored(&e, options.max_response_bytes) {
-                        let completion = Completing {
-                            store: store.clone(),
-                            key: key.clone(),
-                            owner: owner.clone(),
-                            response: stored,
-                            ttl: options.ttl,
-                            lease: options.lease,
-                        };
-                        // Stored or not (logged), the caller gets the body's own error.
-                        let _ = complete_with_error(completion, options.lease, next_renewal).await;
-                        return Err(e);
-                    }
-                    if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
-                        tracing::warn!(?key, error = %release, "releasing a failed claim failed; it frees itself when its lease ends");
-                    }
-                    telemetry::event(Decision::Released);
-                    return Err(e);
-                }
-            };
-            // The effect has happened: record it even when the response cannot be kept, so a retry
-            // never runs the body a second time.
-            let bytes = response_bytes(&key, &value, options.max_response_bytes, same);
-            let completion = Completing {
-                store: store.clone(),
-                key: key.clone(),
-                owner: owner.clone(),
-                response: bytes,
-                ttl: options.ttl,
-                lease: options.lease,
-            };
-            telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
-            Ok(value)
+            settle(
+                result,
+                &key,
+                &policy,
+                options.max_response_bytes,
+                same,
+                |response| Completing {
+                    store: store.clone(),
+                    key: key.clone(),
+                    owner: owner.clone(),
+                    response,
+                    ttl: options.ttl,
+                    lease: options.lease,
+                },
+                retrying(|| store.release_claim(&key, &owner)),
+                options.lease,
+                next_renewal,
+            )
+            .await
         })
         .await
     })

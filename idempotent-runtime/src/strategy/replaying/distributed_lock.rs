@@ -36,8 +36,7 @@ use super::durations::{
 };
 use super::{
     Completion, DEFAULT_MAX_RESPONSE_BYTES, DropGuard, ErrorPolicy, ReleaseAll, SameValue,
-    acquiring, answer, busy, check_fingerprint, complete_recorded, complete_with_error,
-    first_renewal, replayed, response_bytes, while_renewing,
+    acquiring, answer, busy, check_fingerprint, first_renewal, replayed, settle, while_renewing,
 };
 use crate::store::{Acquired, LockStore, new_owner};
 use crate::strategy::{Backoff, OnBusy, OnCancel};
@@ -309,42 +308,25 @@ where
             .await;
             guard.disarm();
 
-            let value = match result {
-                Ok(v) => v,
-                Err(e) => {
-                    if let Some(stored) = policy.stored(&e, DEFAULT_MAX_RESPONSE_BYTES) {
-                        let completion = Completing {
-                            store: store.clone(),
-                            key: key.clone(),
-                            owner: owner.clone(),
-                            response: stored,
-                            ttl: options.ttl,
-                            lease: options.lease,
-                        };
-                        // Stored or not (logged), the caller gets the body's own error.
-                        let _ = complete_with_error(completion, options.lease, next_renewal).await;
-                        return Err(e);
-                    }
-                    if let Err(release) = store.release_lock(&key, &owner).await {
-                        tracing::warn!(?key, error = %release, "releasing the lock failed; it frees itself when its lease ends");
-                    }
-                    telemetry::event(Decision::Released);
-                    return Err(e);
-                }
-            };
-            // The effect has happened: record it, even when the response cannot be kept, so a retry
-            // replays instead of re-running the body.
-            let bytes = response_bytes(&key, &value, DEFAULT_MAX_RESPONSE_BYTES, same);
-            let completion = Completing {
-                store: store.clone(),
-                key: key.clone(),
-                owner: owner.clone(),
-                response: bytes,
-                ttl: options.ttl,
-                lease: options.lease,
-            };
-            telemetry::check(complete_recorded(completion, options.lease, next_renewal).await)?;
-            Ok(value)
+            settle(
+                result,
+                &key,
+                &policy,
+                DEFAULT_MAX_RESPONSE_BYTES,
+                same,
+                |response| Completing {
+                    store: store.clone(),
+                    key: key.clone(),
+                    owner: owner.clone(),
+                    response,
+                    ttl: options.ttl,
+                    lease: options.lease,
+                },
+                store.release_lock(&key, &owner),
+                options.lease,
+                next_renewal,
+            )
+            .await
         })
         .await
     };

@@ -571,6 +571,54 @@ pub(crate) async fn complete_with_error<C: Completion>(
     outcome
 }
 
+/// The end of a claim-mode call, once its body has returned `result` (the same for
+/// `dedup_table`, `distributed_lock` and `token`): an `Ok` value is recorded with
+/// [`complete_recorded`] (its JSON, at most `max_response_bytes`; `same` checks the copy read
+/// back) and returned; an error `policy` stores (terminal) is recorded with
+/// [`complete_with_error`] and returned as it was; any other error runs `release` (the claim
+/// goes back, the `released` decision) and is returned as it was. `completion` builds the
+/// strategy's [`Completion`] around the bytes to record. Errors: the body's own, or
+/// [`complete_recorded`]'s when the value could not be recorded.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn settle<T, E, P, C, R>(
+    result: Result<T, E>,
+    key: &crate::StorageKey,
+    policy: &P,
+    max_response_bytes: usize,
+    same: SameValue<T>,
+    completion: impl FnOnce(Vec<u8>) -> C,
+    release: impl Future<Output = Result<R, Error>>,
+    lease: Duration,
+    next_renewal: tokio::time::Instant,
+) -> Result<T, E>
+where
+    T: Replayable,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
+    C: Completion,
+{
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(stored) = policy.stored(&e, max_response_bytes) {
+                // Stored or not (logged), the caller gets the body's own error.
+                let _ = complete_with_error(completion(stored), lease, next_renewal).await;
+                return Err(e);
+            }
+            if let Err(release) = release.await {
+                tracing::warn!(?key, error = %release, "giving the claim back after the body's error failed; it frees itself when its lease ends");
+            }
+            crate::telemetry::event(crate::telemetry::Decision::Released);
+            return Err(e);
+        }
+    };
+    // The effect has happened: record it even when the response cannot be kept, so a retry
+    // never runs the body a second time.
+    let bytes = response_bytes(key, &value, max_response_bytes, same);
+    crate::telemetry::check(complete_recorded(completion(bytes), lease, next_renewal).await)?;
+    Ok(value)
+}
+
 /// [`complete_recorded`] without reporting the outcome.
 async fn completed<C: Completion>(
     completion: C,
