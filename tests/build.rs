@@ -57,7 +57,13 @@ fn is_executable(p: &Path) -> bool {
 }
 
 fn main() {
-    println!("cargo::rerun-if-changed=build.rs");
+    // This file's own path. `file!()` is relative to the workspace root (the parent of both
+    // packages that build with it: `tests/build.rs`, `examples/../tests/build.rs`); Cargo reads
+    // a relative path from the package's folder, and a path that does not exist there makes it
+    // run the script, and rebuild the package, every time. So the path is made absolute.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let root = Path::new(&manifest).parent().unwrap_or(Path::new(".."));
+    println!("cargo::rerun-if-changed={}", root.join(file!()).display());
     for cfg in CFGS {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }

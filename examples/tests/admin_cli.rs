@@ -286,6 +286,83 @@ async fn argument_errors_name_what_is_allowed() {
         stderr.contains("--kind record needs --operation"),
         "{stderr}"
     );
+
+    // A URL of another scheme, and a key the runtime refuses, are bad arguments too (found by
+    // a new user's run: they exited 1, as a server failure does).
+    let out = run(&[
+        "--database-url",
+        "ftp://x",
+        "inspect",
+        "--operation",
+        "op",
+        "--key",
+        "k",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "unsupported --database-url \"ftp://x\": use sqlite:PATH, postgres://… or mysql://…"
+        ),
+        "{stderr}"
+    );
+    let out = run(&[
+        "--redis-url",
+        "http://127.0.0.1:6379",
+        "inspect",
+        "--operation",
+        "op",
+        "--key",
+        "k",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unsupported --redis-url \"http://127.0.0.1:6379\""),
+        "{stderr}"
+    );
+    for key in ["", &"k".repeat(1025)] {
+        let out = run(&[
+            "--database-url",
+            "sqlite::memory:",
+            "inspect",
+            "--operation",
+            "op",
+            "--key",
+            key,
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("invalid idempotency key"), "{stderr}");
+    }
+
+    // A SQLite file that does not exist is named (the tool never creates one).
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite:{}",
+        dir.path().join("missing").join("x.db").display()
+    );
+    let out = run(&[
+        "--database-url",
+        &url,
+        "inspect",
+        "--operation",
+        "op",
+        "--key",
+        "k",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "idempotent-admin: cannot open the SQLite database {url}: "
+        )),
+        "{stderr}"
+    );
 }
 
 /// The README's recipe: a key made by the HTTP example (`POST /orders` with

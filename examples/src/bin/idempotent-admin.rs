@@ -485,6 +485,32 @@ fn check(args: &Args) {
                 .into(),
         );
     }
+    if let Some(url) = &args.database_url {
+        let known = ["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"];
+        if !known.iter().any(|s| url.starts_with(s)) {
+            fail(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "unsupported --database-url {:?}: use sqlite:PATH, postgres://… or mysql://…",
+                    idempotent_runtime::connect::redact_url(url)
+                ),
+            );
+        }
+    }
+    if let Some(urls) = &args.redis_url {
+        for node in urls.split(',').map(str::trim) {
+            if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                fail(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!(
+                        "unsupported --redis-url {:?}: use redis://… or rediss://… (Cluster \
+                         nodes comma-separated)",
+                        idempotent_runtime::connect::redact_url(node)
+                    ),
+                );
+            }
+        }
+    }
     let Some((k, _)) = key_of(&args.command) else {
         return;
     };
@@ -531,10 +557,11 @@ async fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     if let Some(urls) = &args.redis_url {
         let store = if urls.contains(',') {
             let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
-            idempotent_runtime::RedisStore::connect_cluster(&nodes).await?
+            idempotent_runtime::RedisStore::connect_cluster(&nodes).await
         } else {
-            idempotent_runtime::RedisStore::connect(urls).await?
-        };
+            idempotent_runtime::RedisStore::connect(urls).await
+        }
+        .map_err(|e| idempotent_examples::connect::connect_message(&e))?;
         return Ok(match key_of(&args.command) {
             Some((k, force)) if k.kind == Kind::Lock => locks(&store, k, force).await?,
             Some((k, force)) if k.kind == Kind::Token => tokens(&store, k, force).await?,
@@ -548,7 +575,11 @@ async fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     } else if url.starts_with("mysql") || url.starts_with("mariadb") {
         records(&sqlx::MySqlPool::connect(url).await?, &args.command, false).await?
     } else if url.starts_with("sqlite") {
-        records(&sqlx::SqlitePool::connect(url).await?, &args.command, false).await?
+        // The tool never creates a database file: a path that does not exist is an error.
+        let pool = sqlx::SqlitePool::connect(url)
+            .await
+            .map_err(|e| format!("cannot open the SQLite database {url}: {e}"))?;
+        records(&pool, &args.command, false).await?
     } else {
         return Err(format!(
             "unsupported --database-url {url:?}: use sqlite:, postgres:// or mysql://"
@@ -579,7 +610,11 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("idempotent-admin: {e}");
-            ExitCode::FAILURE
+            // A key the runtime refuses (empty, over 1,024 bytes) is a bad argument, as clap's.
+            match e.downcast_ref::<idempotent_runtime::Error>() {
+                Some(idempotent_runtime::Error::InvalidKey(_)) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
