@@ -55,3 +55,34 @@ pub async fn probe(url: &str) -> Result<(), String> {
 pub fn not_a_url(url: &str, e: &sqlx::Error) -> String {
     format!("--database-url {} does not parse: {e}", redact_url(url))
 }
+
+/// Connects to the Redis of a `--redis-url` (several comma-separated URLs: a Redis Cluster's
+/// nodes), as every example binary does. Errors: one line in the shape of a `--database-url`
+/// error — a URL of another scheme refused by name; `--redis-url: cannot connect to <URL
+/// without password>: <cause>` (the runtime's [`ConnectError`]); or `--redis-url <URL>:
+/// <error>` for a server that answered but cannot be used (too old, an evicting policy).
+pub async fn redis(urls: &str) -> Result<idempotent_runtime::RedisStore, String> {
+    let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+    if let Some(bad) = nodes
+        .iter()
+        .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+    {
+        return Err(format!(
+            "unsupported --redis-url `{}`: use redis://host:port or rediss://host:port (comma-separated node URLs select a Redis Cluster)",
+            redact_url(bad)
+        ));
+    }
+    let store = if nodes.len() > 1 {
+        idempotent_runtime::RedisStore::connect_cluster(&nodes).await
+    } else {
+        idempotent_runtime::RedisStore::connect(urls).await
+    };
+    store.map_err(|e| {
+        let line = connect_message(&e);
+        if line.starts_with("cannot connect to ") {
+            format!("--redis-url: {line}")
+        } else {
+            format!("--redis-url {}: {line}", redact_url(urls))
+        }
+    })
+}

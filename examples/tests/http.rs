@@ -710,3 +710,36 @@ fn the_binary_names_a_database_it_cannot_reach() {
     assert!(!stderr.contains("s3cret"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
+
+/// A bad `--redis-url` is said as the demo and `idempotent-admin` say it (one shared function,
+/// `idempotent_examples::connect::redis`): another scheme refused by name, a refused port in
+/// the shape of a bad `--database-url`, no password printed.
+#[test]
+fn the_binary_names_a_redis_it_cannot_reach() {
+    let run = |url: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_http"))
+            .args(["--redis-url", url, "--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run the http example");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run("http://127.0.0.1:6379");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: unsupported --redis-url `http://127.0.0.1:6379`: use redis://host:port or rediss://host:port"),
+        "{stderr}"
+    );
+    let (code, stderr) = run("redis://:s3cret@127.0.0.1:1");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: --redis-url: cannot connect to redis://127.0.0.1:1: connection refused"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use idempotent_examples::http::{App, Db, router};
-use idempotent_runtime::{ClaimStore, MemoryStore, RedisStore};
+use idempotent_runtime::{ClaimStore, MemoryStore};
 
 /// HTTP orders API made idempotent with the Idempotency-Key header.
 #[derive(Debug, Parser)]
@@ -121,12 +121,7 @@ async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return serve(db, MemoryStore::new(), &args.listen).await;
     }
     if let Some(urls) = &args.redis_url {
-        let store = if urls.contains(',') {
-            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
-            RedisStore::connect_cluster(&nodes).await?
-        } else {
-            RedisStore::connect(urls).await?
-        };
+        let store = idempotent_examples::connect::redis(urls).await?;
         return serve(db, store, &args.listen).await;
     }
     match db.clone() {

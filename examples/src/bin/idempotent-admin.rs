@@ -555,13 +555,7 @@ fn check(args: &Args) {
 
 async fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     if let Some(urls) = &args.redis_url {
-        let store = if urls.contains(',') {
-            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
-            idempotent_runtime::RedisStore::connect_cluster(&nodes).await
-        } else {
-            idempotent_runtime::RedisStore::connect(urls).await
-        }
-        .map_err(|e| idempotent_examples::connect::connect_message(&e))?;
+        let store = idempotent_examples::connect::redis(urls).await?;
         return Ok(match key_of(&args.command) {
             Some((k, force)) if k.kind == Kind::Lock => locks(&store, k, force).await?,
             Some((k, force)) if k.kind == Kind::Token => tokens(&store, k, force).await?,

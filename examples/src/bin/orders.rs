@@ -102,18 +102,6 @@ fn redact(url: &str) -> String {
     redact_url(url)
 }
 
-/// The one line saying why `--redis-url` failed, in the shape of `--database-url`'s:
-/// `--redis-url: cannot connect to <URL without password>: <cause>: <driver's error>` (the
-/// runtime's `ConnectError`), or `--redis-url <URL>: <error>` for a server that answered but
-/// cannot be used (too old, an evicting policy).
-fn redis_failed(urls: &str, e: &IdemError) -> String {
-    let line = connect_message(e);
-    if line.starts_with("cannot connect to ") {
-        return format!("--redis-url: {line}");
-    }
-    format!("--redis-url {}: {line}", redact(urls))
-}
-
 /// The one line saying why `--database-url` failed (the runtime's `ConnectError`: the URL
 /// without its password and the cause).
 fn database_failed(e: &IdemError) -> String {
@@ -231,25 +219,11 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
     })
 }
 
-/// Connects to the Redis of `--redis-url` (several comma-separated URLs: a Cluster). A URL
-/// of another scheme is refused as an unsupported `--database-url` is.
+/// Connects to the Redis of `--redis-url` ([`idempotent_examples::connect::redis`]).
 async fn connect_kv(urls: &str) -> Result<Kv, String> {
-    let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
-    if let Some(bad) = nodes
-        .iter()
-        .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-    {
-        return Err(format!(
-            "unsupported --redis-url `{}`: use redis://host:port or rediss://host:port (comma-separated node URLs select a Redis Cluster)",
-            redact(bad)
-        ));
-    }
-    let store = if nodes.len() > 1 {
-        idempotent_runtime::RedisStore::connect_cluster(&nodes).await
-    } else {
-        idempotent_runtime::RedisStore::connect(urls).await
-    };
-    store.map(Kv::Redis).map_err(|e| redis_failed(urls, &e))
+    idempotent_examples::connect::redis(urls)
+        .await
+        .map(Kv::Redis)
 }
 
 /// Says which tables the run uses and whether they stay.
