@@ -87,6 +87,11 @@ impl Fingerprint {
         crate::key::lower_hex(&self.0)
     }
 
+    /// [`hex`](Self::hex) held inline, for the store request of one call (no allocation).
+    pub(crate) fn hex_inline(&self) -> crate::key::Hex<64> {
+        crate::key::Hex::of(&self.0)
+    }
+
     /// Computes the fingerprint of one serializable value under the label `""`.
     ///
     /// Errors: [`Error::Serialization`] when `value`'s `Serialize` impl fails.

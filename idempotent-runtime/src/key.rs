@@ -131,6 +131,42 @@ pub(crate) fn lower_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// `N / 2` bytes as `N` lowercase hex characters, held inline: the owner token and the
+/// fingerprint a call sends to its store, without a heap allocation per call. Derefs to `str`;
+/// `.to_string()` where a `String` must outlive the call (a detached release).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Hex<N> {
+    /// `bytes` (exactly `N / 2` of them) as hex.
+    pub(crate) fn of(bytes: &[u8]) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        debug_assert_eq!(bytes.len() * 2, N);
+        let mut out = [b'0'; N];
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        Hex(out)
+    }
+}
+
+impl<const N: usize> std::ops::Deref for Hex<N> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII hex digits are ever written, so this never fails; an empty string would
+        // be the answer if it did.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for Hex<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// The storage key of one idempotent request: a SHA-256 digest of the operation name, the
 /// scope and the key parts, plus the operation name kept for diagnostics.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -285,6 +321,18 @@ mod tests {
             assert_eq!(u8::from_str_radix(pair, 16), Ok(i as u8), "{pair}");
             assert_eq!(pair, pair.to_lowercase());
         }
+    }
+
+    #[test]
+    fn inline_hex_is_lower_hex() {
+        let all: Vec<u8> = (0..=255).collect();
+        for chunk in all.chunks(16) {
+            assert_eq!(&*Hex::<32>::of(chunk), lower_hex(chunk));
+        }
+        for chunk in all.chunks(32) {
+            assert_eq!(&*Hex::<64>::of(chunk), lower_hex(chunk));
+        }
+        assert_eq!(format!("{:?}", Hex::<4>::of(&[0xab, 0x01])), "\"ab01\"");
     }
 
     fn k(parts: &[&str]) -> StorageKey {

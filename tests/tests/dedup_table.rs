@@ -1295,7 +1295,7 @@ mod faults {
                 .await
                 .unwrap()
                 .is_some_and(|r| {
-                    r.owner == claim.owner && r.state == RecordState::InProgress && !r.expired
+                    *r.owner == *claim.owner && r.state == RecordState::InProgress && !r.expired
                 })
     }
 

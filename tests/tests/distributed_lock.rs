@@ -371,7 +371,7 @@ async fn stale_owner_cannot_renew_release_or_complete<S: LockStore>(store: S) {
             .unwrap(),
         Acquired::Replay {
             fingerprint: None,
-            response: b"\"done\"".to_vec()
+            response: b"\"done\"".to_vec().into()
         }
     );
 }
@@ -510,7 +510,7 @@ async fn held_reports_the_holders_fingerprint_for_any_owner<S: LockStore>(store:
         assert_eq!(
             seen,
             Acquired::Held {
-                fingerprint: holder_fp.map(str::to_owned)
+                fingerprint: holder_fp.map(Into::into)
             },
             "{holder} holds, {other} asks"
         );

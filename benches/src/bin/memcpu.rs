@@ -19,9 +19,14 @@
 //! and hand-written: each `async` layer copies the future below it when first polled, so
 //! this size is copied several times a call.
 //!
-//! Usage: `memcpu annotated|hand|store|hand-store|store-setup|requests|key|fingerprint|roundtrip fresh|replay N`
+//! The sides `annotated`, `hand` and `hand-work` take a strategy after `N`: `dedup` (the
+//! default), `lock` (`distributed_lock`) or `token`. A fresh `token` call needs a token issued
+//! before it; `issue-only` after the strategy issues the tokens and stops, so `bench` can
+//! subtract the issuance.
+//!
+//! Usage: `memcpu annotated|hand|hand-work|store|hand-store|store-setup|requests|key|fingerprint|roundtrip fresh|replay N [dedup|lock|token] [issue-only]`
 
-use idempotent_benches::annotated::Claim;
+use idempotent_benches::annotated::{Claim, Lock, Token};
 use idempotent_benches::hand::memory;
 use idempotent_benches::parts;
 use idempotent_benches::{AppError, Receipt, Req};
@@ -122,33 +127,74 @@ fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
     Ok(true)
 }
 
+/// How long the tokens `memcpu ... token` issues live.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
 fn main() -> Result<(), AppError> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(side), Some(phase), Some(n)) = (args.get(1), args.get(2), args.get(3)) else {
-        eprintln!("usage: memcpu annotated|hand|hand-work|<part> fresh|replay N");
+        eprintln!(
+            "usage: memcpu annotated|hand|hand-work|<part> fresh|replay N [dedup|lock|token] [issue-only]"
+        );
         std::process::exit(2);
     };
     let n: usize = n.parse().expect("N is a number");
-    if part(side, phase, n)? {
+    let strategy = args.get(4).map_or("dedup", String::as_str);
+    // `issue-only`: a `token` run that issues its tokens and stops, subtracted from the whole
+    // run so that the token's issuance (before the call, not part of it) is not counted.
+    let issue_only = args.get(5).is_some_and(|a| a == "issue-only");
+    if strategy == "dedup" && part(side, phase, n)? {
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    let store = MemoryStore::new();
     let annotated = Claim {
-        store: MemoryStore::new(),
+        store: store.clone(),
+    };
+    let annotated_lock = Lock {
+        store: store.clone(),
+    };
+    let annotated_token = Token {
+        store: store.clone(),
     };
     let hand = memory::Claim::default();
+    let hand_lock = memory::Lock::default();
+    let hand_token = memory::Token::default();
     // `hand-work`: the hand-written call doing the framework's own work too (storage key,
     // fingerprint, owner with a random prefix, response read back), see `hand::set_framework_work`.
     idempotent_benches::hand::set_framework_work(side == "hand-work");
+    let annotated_side = match side.as_str() {
+        "annotated" => true,
+        "hand" | "hand-work" => false,
+        other => panic!("unknown side {other}"),
+    };
     let call = async |r: &Req| -> Result<Receipt, AppError> {
-        match side.as_str() {
-            "annotated" => annotated.place(r).await,
-            "hand" | "hand-work" => hand.place(r).await,
-            other => panic!("unknown side {other}"),
+        match (annotated_side, strategy) {
+            (true, "dedup") => annotated.place(r).await,
+            (true, "lock") => annotated_lock.settle(r).await,
+            (true, "token") => annotated_token.checkout(r).await,
+            (false, "dedup") => hand.place(r).await,
+            (false, "lock") => hand_lock.settle(r).await,
+            (false, "token") => hand_token.checkout(r).await,
+            (_, other) => panic!("unknown strategy {other}"),
         }
+    };
+    // The requests of `count` calls: a `token` call carries a token issued for it.
+    let requests = async |count: usize| -> Result<Vec<Req>, AppError> {
+        let mut reqs: Vec<Req> = (0..count).map(req).collect();
+        if strategy == "token" {
+            for r in &mut reqs {
+                r.id = if annotated_side {
+                    idempotent_runtime::issue_token(&store, TOKEN_TTL).await?
+                } else {
+                    hand_token.issue(TOKEN_TTL)
+                };
+            }
+        }
+        Ok(reqs)
     };
     if std::env::var_os("MEMCPU_SIZES").is_some() {
         let r = req(0);
@@ -161,12 +207,16 @@ fn main() -> Result<(), AppError> {
     rt.block_on(async {
         match phase.as_str() {
             "fresh" => {
-                for i in 0..n {
-                    std::hint::black_box(call(&req(i)).await?);
+                let reqs = requests(n).await?;
+                if issue_only {
+                    return Ok(());
+                }
+                for r in &reqs {
+                    std::hint::black_box(call(r).await?);
                 }
             }
             "replay" => {
-                let reqs: Vec<Req> = (0..FILLED).map(req).collect();
+                let reqs = requests(FILLED).await?;
                 for r in &reqs {
                     call(r).await?;
                 }

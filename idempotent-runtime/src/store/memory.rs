@@ -165,9 +165,9 @@ impl<V: Expiring> Table<V> {
 /// A `dedup_table` record.
 #[derive(Debug)]
 struct Entry {
-    owner: Box<str>,
-    fingerprint: Option<Box<str>>,
-    response: Option<Arc<[u8]>>,
+    owner: Arc<str>,
+    fingerprint: Option<Arc<str>>,
+    response: Option<bytes::Bytes>,
     expires_at: Instant,
 }
 
@@ -192,13 +192,14 @@ impl Entry {
     /// The record as it stands at `now` (one clock read for the caller's whole step).
     fn record_at(&self, now: Instant) -> Record {
         Record {
-            owner: self.owner.to_string(),
-            fingerprint: self.fingerprint.as_deref().map(str::to_owned),
+            // Shared, not copied: a replay reads the record without an allocation.
+            owner: self.owner.clone(),
+            fingerprint: self.fingerprint.clone(),
             expired: self.expires_at <= now,
             expires_at_ms: None,
             state: match &self.response {
                 None => RecordState::InProgress,
-                Some(r) => RecordState::Completed(r.to_vec()),
+                Some(r) => RecordState::Completed(r.clone()),
             },
         }
     }
@@ -337,7 +338,7 @@ impl MemoryStore {
     fn complete_now(&self, key: &StorageKey, owner: &str, response: &[u8], ttl: Duration) -> bool {
         self.with_record(key, false, |cur| match cur {
             Some(e) if &*e.owner == owner && e.response.is_none() => {
-                e.response = Some(response.into());
+                e.response = Some(bytes::Bytes::copy_from_slice(response));
                 e.expires_at = after(ttl);
                 (Change::Keep, true)
             }
@@ -488,9 +489,9 @@ impl ClaimStore for MemoryStore {
 }
 
 /// A held lock: `(owner, fingerprint, lease end, fencing token)`.
-type HeldLock = (Box<str>, Option<Box<str>>, Instant, u64);
+type HeldLock = (Box<str>, Option<Arc<str>>, Instant, u64);
 /// A stored response: `(fingerprint, response, ttl end)`.
-type StoredResponse = (Option<Box<str>>, Arc<[u8]>, Instant);
+type StoredResponse = (Option<Arc<str>>, bytes::Bytes, Instant);
 
 /// One key's lock and stored response (`distributed_lock`).
 #[derive(Debug, Default)]
@@ -525,9 +526,9 @@ impl Expiring for LockEntry {
 struct TokenEntry {
     /// `None` while issued and unused; `(owner, lease end)` while a call holds it.
     consumer: Option<(Box<str>, Instant)>,
-    binding: Option<Box<str>>,
-    fingerprint: Option<Box<str>>,
-    response: Option<Arc<[u8]>>,
+    binding: Option<Arc<str>>,
+    fingerprint: Option<Arc<str>>,
+    response: Option<bytes::Bytes>,
     expires_at: Instant,
 }
 
@@ -610,8 +611,8 @@ impl LockStore for MemoryStore {
         };
         if let Some((fp, response, _)) = e.live_response() {
             return Ok(Acquired::Replay {
-                fingerprint: fp.as_deref().map(str::to_owned),
-                response: response.to_vec(),
+                fingerprint: fp.clone(),
+                response: response.clone(),
             });
         }
         if let Some((holder, fp, _, held)) = e.live_lock() {
@@ -625,7 +626,7 @@ impl LockStore for MemoryStore {
                 return Ok(Acquired::Acquired { fence: held });
             }
             return Ok(Acquired::Held {
-                fingerprint: fp.as_deref().map(str::to_owned),
+                fingerprint: fp.clone(),
             });
         }
         // Under the key's shard lock: the key's tokens grow with its acquisitions.
@@ -668,7 +669,7 @@ impl LockStore for MemoryStore {
                 let held = e.held_by(owner);
                 if held {
                     let fp = e.lock.take().and_then(|l| l.1);
-                    e.response = Some((fp, response.into(), after(ttl)));
+                    e.response = Some((fp, bytes::Bytes::copy_from_slice(response), after(ttl)));
                 }
                 held
             })
@@ -711,14 +712,14 @@ impl TokenStore for MemoryStore {
     ) -> Result<Consumed, Error> {
         let consumed = self.with_token(token_key, |t, now| {
             let (b, f) = (
-                t.binding.as_deref().unwrap_or_default().to_owned(),
-                t.fingerprint.as_deref().map(str::to_owned),
+                t.binding.clone().unwrap_or_else(|| "".into()),
+                t.fingerprint.clone(),
             );
             if let Some(response) = &t.response {
                 return Consumed::Replay {
                     binding: b,
                     fingerprint: f,
-                    response: response.to_vec(),
+                    response: response.clone(),
                 };
             }
             // A live consumption by another owner is busy; the same owner consuming again (a
@@ -755,7 +756,7 @@ impl TokenStore for MemoryStore {
         };
         let ours = t.response.is_none() && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner);
         if ours {
-            t.response = Some(response.into());
+            t.response = Some(bytes::Bytes::copy_from_slice(response));
             t.consumer = None;
             t.expires_at = after(ttl);
         }
@@ -979,6 +980,75 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(1);
     const TTL: Duration = Duration::from_secs(10);
 
+    /// A replay reads the stored record without copying it: every read of a completed record
+    /// hands out the same response bytes, owner and fingerprint (shared, not cloned), and the
+    /// values are the ones stored. The same for a lock's and a token's stored response.
+    #[tokio::test]
+    async fn a_replay_shares_the_stored_record_instead_of_copying_it() {
+        let store = MemoryStore::new();
+        let k = key(1);
+        let c = claim(&k, "owner-a", LEASE);
+        assert!(store.try_claim(&c).await.expect("room"));
+        assert!(
+            store
+                .complete_claim(&k, "owner-a", b"{\"id\":7}", TTL)
+                .await
+                .expect("ok")
+        );
+        let read = || async {
+            match store.claim_or_read(&claim(&k, "owner-b", LEASE)).await {
+                Ok(ClaimOrRecord::Existing(Some(rec))) => rec,
+                other => panic!("expected the completed record, got {other:?}"),
+            }
+        };
+        let (first, second) = (read().await, read().await);
+        assert_eq!(&*first.owner, "owner-a");
+        assert_eq!(first.fingerprint.as_deref(), Some("fp"));
+        let (RecordState::Completed(a), RecordState::Completed(b)) = (&first.state, &second.state)
+        else {
+            panic!("expected completed records: {first:?} {second:?}");
+        };
+        assert_eq!(&a[..], b"{\"id\":7}");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the response was copied");
+        assert!(
+            Arc::ptr_eq(&first.owner, &second.owner),
+            "the owner was copied"
+        );
+        assert!(
+            Arc::ptr_eq(
+                first.fingerprint.as_ref().expect("fp"),
+                second.fingerprint.as_ref().expect("fp")
+            ),
+            "the fingerprint was copied"
+        );
+
+        // A lock's stored response.
+        let lk = key(2);
+        assert!(matches!(
+            store.acquire_lock(&lk, "owner-a", Some("fp"), LEASE).await,
+            Ok(Acquired::Acquired { .. })
+        ));
+        assert!(
+            store
+                .complete_lock(&lk, "owner-a", b"\"done\"", TTL)
+                .await
+                .expect("ok")
+        );
+        let replay = || async {
+            match store.acquire_lock(&lk, "owner-b", Some("fp"), LEASE).await {
+                Ok(Acquired::Replay {
+                    fingerprint,
+                    response,
+                }) => (fingerprint, response),
+                other => panic!("expected a replay, got {other:?}"),
+            }
+        };
+        let ((fa, ra), (fb, rb)) = (replay().await, replay().await);
+        assert_eq!(&ra[..], b"\"done\"");
+        assert_eq!(ra.as_ptr(), rb.as_ptr(), "the lock's response was copied");
+        assert!(Arc::ptr_eq(&fa.expect("fp"), &fb.expect("fp")));
+    }
+
     /// A full store refuses a new key with an error naming the capacity, and every record it
     /// holds still replays: nothing is forgotten to make room.
     #[tokio::test(start_paused = true)]
@@ -998,7 +1068,7 @@ mod tests {
         assert!(text.contains("at most 3"), "{text}");
         for k in &keys[..3] {
             let rec = store.read_record(k).await.expect("ok").expect("kept");
-            assert_eq!(rec.state, RecordState::Completed(b"r".to_vec()));
+            assert_eq!(rec.state, RecordState::Completed(b"r".to_vec().into()));
         }
         assert_eq!(store.len(), 3);
     }
@@ -1056,7 +1126,7 @@ mod tests {
         assert!(store.try_claim(&claim(&c, "a", LEASE)).await.expect("room"));
         assert_eq!(store.read_record(&a).await.expect("ok"), None);
         let kept = store.read_record(&b).await.expect("ok").expect("kept");
-        assert_eq!(kept.state, RecordState::Completed(b"r".to_vec()));
+        assert_eq!(kept.state, RecordState::Completed(b"r".to_vec().into()));
         assert_eq!(store.len(), 2);
     }
 
@@ -1188,6 +1258,6 @@ mod tests {
         );
         let rec = store.read_record(&held).await.expect("ok").expect("kept");
         assert_eq!(rec.state, RecordState::InProgress);
-        assert_eq!(rec.owner, "holder");
+        assert_eq!(&*rec.owner, "holder");
     }
 }

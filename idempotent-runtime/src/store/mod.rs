@@ -14,6 +14,7 @@
 //! in-progress claim is judged dead by watching it go unrenewed for a lease.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{Error, StorageKey};
@@ -54,17 +55,20 @@ pub struct Claim<'a> {
 pub enum RecordState {
     /// Claimed and not completed.
     InProgress,
-    /// Completed, with the serialized (JSON) response.
-    Completed(Vec<u8>),
+    /// Completed, with the serialized (JSON) response. [`Bytes`](bytes::Bytes): the memory
+    /// store hands out its stored copy without copying it, and a `Vec<u8>` read from a server
+    /// converts without a copy (`Bytes::from(vec)`).
+    Completed(bytes::Bytes),
 }
 
 /// An existing record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// The owner token of the claim that wrote it.
-    pub owner: String,
-    /// The stored fingerprint (hex), if any.
-    pub fingerprint: Option<String>,
+    /// The owner token of the claim that wrote it. Shared (`Arc<str>`, from a `String` or
+    /// `&str` with `.into()`): the memory store hands out its stored copy on every replay.
+    pub owner: Arc<str>,
+    /// The stored fingerprint (64 hex characters), if any; shared as `owner` is.
+    pub fingerprint: Option<Arc<str>>,
     /// In progress or completed.
     pub state: RecordState,
     /// `true` when the backend's clock says the lease (in progress) or TTL (completed) is over.
@@ -229,7 +233,7 @@ pub(crate) fn random_token() -> Result<String, Error> {
 /// overwhelming probability (two processes would need the same 64-bit random prefix) and
 /// within one by construction, at the cost of an atomic increment per call instead of a
 /// system call. Owner tokens only tell claims apart; they are not secrets.
-pub(crate) fn new_owner() -> Result<String, Error> {
+pub(crate) fn new_owner() -> Result<crate::key::Hex<32>, Error> {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIX: OnceLock<[u8; 8]> = OnceLock::new();
@@ -247,7 +251,7 @@ pub(crate) fn new_owner() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(prefix);
     bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    Ok(crate::key::lower_hex(&bytes))
+    Ok(crate::key::Hex::of(&bytes))
 }
 
 /// Milliseconds of a duration as the `i64` the SQL and Redis backends send, saturating.
@@ -281,15 +285,16 @@ pub enum Acquired {
     },
     /// The key has a completed response stored for replay.
     Replay {
-        /// The fingerprint (hex) stored with the response, if any.
-        fingerprint: Option<String>,
-        /// The serialized (JSON) response.
-        response: Vec<u8>,
+        /// The fingerprint (hex) stored with the response, if any (shared, as
+        /// [`Record::fingerprint`]).
+        fingerprint: Option<Arc<str>>,
+        /// The serialized (JSON) response (shared, as [`RecordState::Completed`]).
+        response: bytes::Bytes,
     },
     /// Another caller holds an unexpired lock on the key.
     Held {
         /// The fingerprint (hex) of the holder's request, if any.
-        fingerprint: Option<String>,
+        fingerprint: Option<Arc<str>>,
     },
 }
 
@@ -365,18 +370,19 @@ pub enum Consumed {
     /// Another call consumed the token and is still running.
     Busy {
         /// The binding (operation and scope, hex) of that call.
-        binding: String,
+        binding: Arc<str>,
         /// Its request fingerprint (hex), if any.
-        fingerprint: Option<String>,
+        fingerprint: Option<Arc<str>>,
     },
     /// A call completed with this token; its response is stored for replay.
     Replay {
-        /// The binding (operation and scope, hex) of that call.
-        binding: String,
+        /// The binding (operation and scope, hex) of that call (shared, as
+        /// [`Record::owner`]).
+        binding: Arc<str>,
         /// Its request fingerprint (hex), if any.
-        fingerprint: Option<String>,
-        /// The serialized (JSON) response.
-        response: Vec<u8>,
+        fingerprint: Option<Arc<str>>,
+        /// The serialized (JSON) response (shared, as [`RecordState::Completed`]).
+        response: bytes::Bytes,
     },
     /// No such token: never issued, expired, or its replay record expired.
     Invalid,

@@ -115,15 +115,15 @@ impl LockStore for RedisStore {
                 // 'c', the fingerprint's length, ':', the fingerprint, the response.
                 let (fingerprint, response) = length_prefixed(&v)?;
                 Ok(Acquired::Replay {
-                    fingerprint: opt(fingerprint.to_vec())?,
-                    response: response.to_vec(),
+                    fingerprint: opt(fingerprint.to_vec())?.map(Into::into),
+                    response: bytes::Bytes::copy_from_slice(response),
                 })
             }
             _ => {
                 // 'p', the holder's length, ':', the holder, its fingerprint.
                 let (_, fingerprint) = length_prefixed(&v)?;
                 Ok(Acquired::Held {
-                    fingerprint: opt(fingerprint.to_vec())?,
+                    fingerprint: opt(fingerprint.to_vec())?.map(Into::into),
                 })
             }
         }

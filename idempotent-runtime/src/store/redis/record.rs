@@ -183,10 +183,10 @@ fn record(o: Vec<u8>, f: Vec<u8>, s: Vec<u8>, r: Vec<u8>) -> Result<Option<Recor
         return Ok(None);
     }
     Ok(Some(Record {
-        owner: text(o)?,
-        fingerprint: opt(f)?,
+        owner: text(o)?.into(),
+        fingerprint: opt(f)?.map(Into::into),
         state: if s == b"c" {
-            RecordState::Completed(r)
+            RecordState::Completed(r.into())
         } else {
             RecordState::InProgress
         },

@@ -152,8 +152,8 @@ impl TokenStore for RedisStore {
                 let mut fields = v.splitn(6, |&b| b == b'|').skip(4);
                 let (b, f) = (fields.next(), fields.next());
                 Consumed::Busy {
-                    binding: text(b.unwrap_or_default().to_vec())?,
-                    fingerprint: opt(f.unwrap_or_default().to_vec())?,
+                    binding: text(b.unwrap_or_default().to_vec())?.into(),
+                    fingerprint: opt(f.unwrap_or_default().to_vec())?.map(Into::into),
                 }
             }
             3 => {
@@ -161,9 +161,9 @@ impl TokenStore for RedisStore {
                 let mut fields = v.splitn(4, |&b| b == b'|').skip(1);
                 let (b, f, r) = (fields.next(), fields.next(), fields.next());
                 Consumed::Replay {
-                    binding: text(b.unwrap_or_default().to_vec())?,
-                    fingerprint: opt(f.unwrap_or_default().to_vec())?,
-                    response: r.unwrap_or_default().to_vec(),
+                    binding: text(b.unwrap_or_default().to_vec())?.into(),
+                    fingerprint: opt(f.unwrap_or_default().to_vec())?.map(Into::into),
+                    response: bytes::Bytes::copy_from_slice(r.unwrap_or_default()),
                 }
             }
             _ => Consumed::Invalid,

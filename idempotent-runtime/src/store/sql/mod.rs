@@ -259,7 +259,7 @@ fn record_from_row(row: Option<RecordRow>) -> Result<Option<Record>, Error> {
     };
     let state = match (status.as_str(), response) {
         ("in_progress", _) => RecordState::InProgress,
-        ("completed", Some(r)) => RecordState::Completed(r),
+        ("completed", Some(r)) => RecordState::Completed(r.into()),
         (other, _) => {
             return Err(Error::Serialization(format!(
                 "idempotency record has status `{other}` without a usable response"
@@ -267,8 +267,8 @@ fn record_from_row(row: Option<RecordRow>) -> Result<Option<Record>, Error> {
         }
     };
     Ok(Some(Record {
-        owner,
-        fingerprint,
+        owner: owner.into(),
+        fingerprint: fingerprint.map(Into::into),
         state,
         expired: expires_at_ms <= now_ms,
         expires_at_ms: Some(expires_at_ms),

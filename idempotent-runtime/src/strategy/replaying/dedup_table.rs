@@ -113,14 +113,15 @@ async fn retrying<R, Fut: Future<Output = Result<R, Error>>>(
     let mut backoff = Backoff::new();
     let mut attempts = 1;
     loop {
+        // The step's result is dropped before the backoff's `.await`: held across it (as a
+        // `match` scrutinee would be), it would widen this future on every call.
         match step().await {
-            Err(e) if retryable(&e) && attempts < MAX_ATTEMPTS => {
-                attempts += 1;
-                telemetry::event(Decision::ContentionRetry);
-                backoff.wait().await;
-            }
+            Err(e) if retryable(&e) && attempts < MAX_ATTEMPTS => {}
             other => return other,
         }
+        attempts += 1;
+        telemetry::event(Decision::ContentionRetry);
+        backoff.wait().await;
     }
 }
 
@@ -129,10 +130,10 @@ enum Verdict<T> {
     /// A completed record: its response, or its stored terminal error.
     Replay(Replayed<T>),
     /// The record expired by the store's clock: take it over from this owner.
-    TakeOver(String),
+    TakeOver(std::sync::Arc<str>),
     /// The in-progress claim of this owner, with this stored expiry, went unrenewed for a
     /// lease (watched by this process): take it over if it still is that claim.
-    TakeOverUnrenewed(String, i64),
+    TakeOverUnrenewed(std::sync::Arc<str>, i64),
     Busy,
     /// The record is this caller's own unexpired claim.
     Ours,
@@ -150,7 +151,7 @@ fn judge<T: DeserializeOwned>(
     // `Some(unrenewed)` when the claim is judged by watching, `None` when by the clock.
     let watched = match (watch, rec.expires_at_ms) {
         (Some((key, lease)), Some(expires_at_ms))
-            if rec.state == RecordState::InProgress && rec.owner != owner =>
+            if rec.state == RecordState::InProgress && &*rec.owner != owner =>
         {
             Some(
                 unrenewed::for_a_lease(key, &rec.owner, expires_at_ms, lease)
@@ -166,7 +167,7 @@ fn judge<T: DeserializeOwned>(
         None if rec.expired => return Ok(Verdict::TakeOver(rec.owner)),
         _ => {}
     }
-    if rec.owner == owner && rec.state == RecordState::InProgress {
+    if &*rec.owner == owner && rec.state == RecordState::InProgress {
         // This caller's own claim, sent again after its reply was lost (or resent by the
         // client): claimed. Judged here, on the read the strategy makes anyway, so no store
         // needs an extra read to make its claim idempotent per owner.
@@ -315,7 +316,7 @@ where
     traced.run(async move {
         options.check()?;
         let owner = new_owner()?;
-        let fp = fingerprint.map(|f| f.hex());
+        let fp = fingerprint.map(|f| f.hex_inline());
         let claim = Claim {
             key: &key,
             fingerprint: fp.as_deref(),
@@ -335,7 +336,7 @@ where
         let watch = (!S::SHARED_CLOCK).then_some((&key, options.lease));
         loop {
             attempts += 1;
-            let release = || store.release_claim_detached(key.clone(), owner.clone());
+            let release = || store.release_claim_detached(key.clone(), owner.to_string());
             let found = retrying(|| {
                 if !std::mem::replace(&mut first_request, false) {
                     sent = tokio::time::Instant::now();
@@ -353,26 +354,30 @@ where
                     match telemetry::check(judge::<T>(rec, claim.owner, claim.fingerprint, watch))? {
                         Verdict::Ours => break,
                         Verdict::Replay(v) => return answer(v, &policy),
+                        // The rare arms' futures on the heap: inline, each would widen this
+                        // future, moved to the heap on every call, replays included.
                         Verdict::TakeOver(previous) => {
-                            let taken = retrying(|| {
+                            let taken = Box::pin(retrying(|| {
                                 sent = tokio::time::Instant::now();
                                 store.take_over_claim(&claim, &previous)
-                            });
+                            }));
                             if acquiring(taken, release).await? {
                                 break;
                             }
                         }
                         Verdict::TakeOverUnrenewed(previous, expires_at_ms) => {
-                            let taken = retrying(|| {
+                            let taken = Box::pin(retrying(|| {
                                 sent = tokio::time::Instant::now();
                                 store.take_over_unrenewed(&claim, &previous, expires_at_ms)
-                            });
+                            }));
                             if acquiring(taken, release).await? {
                                 break;
                             }
                         }
                         Verdict::Busy => {
-                            telemetry::check(busy(options.on_busy, started, &mut backoff).await)?
+                            telemetry::check(
+                                Box::pin(busy(options.on_busy, started, &mut backoff)).await,
+                            )?
                         }
                     }
                 }
@@ -394,7 +399,7 @@ where
             }
 
             let mut guard = DropGuard::new(options.on_cancel, || {
-                store.release_claim_detached(key.clone(), owner.clone())
+                store.release_claim_detached(key.clone(), owner.to_string())
             });
             let mut next_renewal = first_renewal(sent, options.lease);
             let result = while_renewing(options.lease, &mut next_renewal, body(), || {
@@ -411,7 +416,7 @@ where
                 |response| Completing {
                     store: store.clone(),
                     key: key.clone(),
-                    owner: owner.clone(),
+                    owner: owner.to_string(),
                     response,
                     ttl: options.ttl,
                     lease: options.lease,
@@ -448,11 +453,9 @@ impl<S: ClaimStore> Completion for Completing<S> {
 
     /// The record is completed under this caller's owner token: an earlier attempt landed.
     async fn landed(&self) -> Result<bool, Error> {
-        Ok(self
-            .store
-            .read_record(&self.key)
-            .await?
-            .is_some_and(|r| r.owner == self.owner && matches!(r.state, RecordState::Completed(_))))
+        Ok(self.store.read_record(&self.key).await?.is_some_and(|r| {
+            *r.owner == *self.owner && matches!(r.state, RecordState::Completed(_))
+        }))
     }
 }
 
@@ -542,7 +545,7 @@ mod transactional {
             let mut store = store;
             options.check()?;
             let owner = new_owner()?;
-            let fp = fingerprint.map(|f| f.hex());
+            let fp = fingerprint.map(|f| f.hex_inline());
             let claim = Claim {
                 key: &key,
                 fingerprint: fp.as_deref(),

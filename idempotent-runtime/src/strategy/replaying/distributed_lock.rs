@@ -247,7 +247,7 @@ where
     let call = async move {
         options.check()?;
         let owner = new_owner()?;
-        let fp = fingerprint.map(|f| f.hex());
+        let fp = fingerprint.map(|f| f.hex_inline());
         let hooks = HOOKS.try_with(Hooks::clone).unwrap_or_default();
         let started = Instant::now();
         let mut backoff = Backoff::new();
@@ -255,7 +255,7 @@ where
             let sent = Instant::now();
             let acquired = store.acquire_lock(&key, &owner, fp.as_deref(), options.lease);
             match acquiring(acquired, || {
-                store.release_lock_detached(key.clone(), owner.clone())
+                store.release_lock_detached(key.clone(), owner.to_string())
             })
             .await?
             {
@@ -280,7 +280,7 @@ where
         // between the layers on every call, replays too.
         Box::pin(async move {
             let mut guard = DropGuard::new(options.on_cancel, || {
-                store.release_lock_detached(key.clone(), owner.clone())
+                store.release_lock_detached(key.clone(), owner.to_string())
             });
             if let Some(hook) = &hooks.after_acquire {
                 hook().await;
@@ -317,7 +317,7 @@ where
                 |response| Completing {
                     store: store.clone(),
                     key: key.clone(),
-                    owner: owner.clone(),
+                    owner: owner.to_string(),
                     response,
                     ttl: options.ttl,
                     lease: options.lease,

@@ -716,16 +716,44 @@ async fn finish<C: Completion>(
 /// [`Error::Backend`] (its reply may have been lost after it ran). Acquisition is idempotent
 /// per owner, so a resent step is harmless, and releasing what was never taken is a no-op.
 /// Either way the body has not run, so releasing is safe whatever `on_cancel` says.
-pub(crate) async fn acquiring<R>(
-    step: impl Future<Output = Result<R, Error>>,
-    release: impl FnOnce(),
-) -> Result<R, Error> {
-    let mut guard = DropGuard::new(OnCancel::Release, release);
-    let result = step.await;
-    if !matches!(result, Err(Error::Backend(_))) {
-        guard.disarm();
+///
+/// A future of its own, not an `async fn`: an `async fn` keeps its `step` argument and the
+/// awaited `step` as two fields, so the step's state was held twice in every claim, replays
+/// included.
+pub(crate) fn acquiring<R, F: Future<Output = Result<R, Error>>, U: FnOnce()>(
+    step: F,
+    release: U,
+) -> Acquiring<F, U> {
+    Acquiring {
+        step,
+        guard: DropGuard::new(OnCancel::Release, release),
     }
-    result
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`acquiring`]: the step, and the guard that releases if it is dropped
+    /// unfinished or fails with a backend error.
+    pub(crate) struct Acquiring<F, U: FnOnce()> {
+        #[pin]
+        step: F,
+        guard: DropGuard<U>,
+    }
+}
+
+impl<R, F: Future<Output = Result<R, Error>>, U: FnOnce()> Future for Acquiring<F, U> {
+    type Output = Result<R, Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<R, Error>> {
+        let this = self.project();
+        let result = std::task::ready!(this.step.poll(cx));
+        if !matches!(result, Err(Error::Backend(_))) {
+            this.guard.disarm();
+        }
+        std::task::Poll::Ready(result)
+    }
 }
 
 #[cfg(test)]

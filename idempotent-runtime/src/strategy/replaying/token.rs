@@ -202,12 +202,12 @@ where
         options.check()?;
         let key = token_key(token)?;
         let owner = new_owner()?;
-        let fp = fingerprint.map(|f| f.hex());
+        let fp = fingerprint.map(|f| f.hex_inline());
         let bind = binding.hex();
         let sent = tokio::time::Instant::now();
         let consumed = store.consume_token(&key, &owner, &bind, fp.as_deref(), options.lease);
         match acquiring(consumed, || {
-            store.restore_token_detached(key.clone(), owner.clone())
+            store.restore_token_detached(key.clone(), owner.to_string())
         })
         .await?
         {
@@ -255,7 +255,7 @@ where
             }
 
             let mut guard = DropGuard::new(options.on_cancel, || {
-                store.restore_token_detached(key.clone(), owner.clone())
+                store.restore_token_detached(key.clone(), owner.to_string())
             });
             // Renew the consumption while the body runs, so a slow body keeps its claim on the token
             // and a retry never runs it a second time.
@@ -274,7 +274,7 @@ where
                 |response| Completing {
                     store: store.clone(),
                     key: key.clone(),
-                    owner: owner.clone(),
+                    owner: owner.to_string(),
                     response,
                     ttl: options.ttl,
                     lease: options.lease,
