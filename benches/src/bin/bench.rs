@@ -1050,7 +1050,7 @@ async fn main() {
 
     let callgrind = if a.callgrind && keep("memory") {
         eprintln!("callgrind (memory dedup_table, distributed_lock, token)");
-        // Instruction counts repeat exactly, so more calls add nothing but time (valgrind runs
+        // Instruction counts repeat within a few percent, so more calls add little but time (valgrind runs
         // ~50x slower): a fixed 2,000 and 12,000 calls, whatever `--calls` says.
         let n = 2_000;
         Some(callgrind(n, n * 6))
@@ -1174,7 +1174,7 @@ async fn main() {
         Ok([key, fp, rt]) => {
             let _ = writeln!(
                 md,
-                "**Where a gap comes from.** Every path makes the same store round trips, statements and scripts on both sides (Redis: counted below). What the framework adds is CPU in the caller, measured natively in this run (median of 5 × 20,000 calls, `benches/src/parts.rs`): the storage key (SHA-256 of operation, scope and key parts) {}, the request's fingerprint (canonical form, SHA-256, hex) {}, the response's JSON read back and compared (fresh calls only) {} — **{} a fresh call, {} a replay** — plus the owner token, the completion and the macro's glue (see the callgrind split below). Each path therefore runs a third side in the same rounds, *hand + framework's work*: the hand-written function doing that work too (storage key by SHA-256, canonical fingerprint, an owner token with a random per-process prefix as the runtime's, response read back and compared; `hand::set_framework_work`). *Framework's work per call* is 1/(hand + work) rate − 1/hand rate, the measured cost of that work on this path (at c = 1 added latency; at c = 32 the added cost per call of the whole run, calls overlapping on 2 cores). *Annotated ÷ (hand + work)* is what is left to the framework's own code: the protocol's steps, the completion, the macro's glue. Rows where both ratios are below 0.97× are listed under the table.\n",
+                "**Where a gap comes from.** Every path makes the same store round trips, statements and scripts on both sides (Redis: counted below). What the framework adds is CPU in the caller, measured natively in this run (median of 5 × 20,000 calls, `benches/src/parts.rs`): the storage key (SHA-256 of operation, scope and key parts) {}, the request's fingerprint (canonical form, SHA-256, hex) {}, the response's JSON read back and compared (fresh calls only) {} — **{} a fresh call, {} a replay** — plus the owner token, the completion and the macro's glue (see the callgrind split below). Each path therefore runs a third side in the same rounds, *hand + framework's work*: the hand-written function doing that work too (storage key by SHA-256, canonical fingerprint, an owner token with a random per-process prefix as the runtime's, response read back and compared; `hand::set_framework_work`). *Framework's work per call* is 1/(hand + work) rate − 1/hand rate, the measured cost of that work on this path (at c = 1 added latency; at c = 32 the added cost per call of the whole run, calls overlapping on 2 cores); on a loaded machine it carries the run's noise too, and a — is where the side doing more work was faster. *Annotated ÷ (hand + work)* is what is left to the framework's own code: the protocol's steps, the completion, the macro's glue. Rows where both ratios are below 0.97× are listed under the table.\n",
                 fmt_us(*key),
                 fmt_us(*fp),
                 fmt_us(*rt),
@@ -1247,7 +1247,7 @@ async fn main() {
         Some(Ok(rows)) => {
             let _ = writeln!(
                 md,
-                "Instructions per call (`valgrind --tool=callgrind`, repeatable whatever the load): `memcpu` runs N and 6N calls of each memory-store path's annotated function, of the hand-written one and of the hand-written one doing the framework's work, on a current-thread runtime; per call = difference in instructions ÷ 5N (start-up cancels out). Replay = 1,000 completed keys read again. A fresh `token` call's token is issued before it and its issuance subtracted (`memcpu … token issue-only`). These are the memory rows of the table above without the machine's noise: where this section is at 1.00× or less of hand + work, a memory row below 0.97× there is wall-clock noise.\n"
+                "Instructions per call (`valgrind --tool=callgrind`, repeatable whatever the load): `memcpu` runs N and 6N calls of each memory-store path's annotated function, of the hand-written one and of the hand-written one doing the framework's work, on a current-thread runtime; per call = difference in instructions ÷ 5N (start-up cancels out). Replay = 1,000 completed keys read again. A fresh `token` call's token is issued before it and its issuance subtracted (`memcpu … token issue-only`). Here a ratio above 1 is the framework's overhead (more instructions). These counts are one call at a time on one thread: they do not weigh cache misses, lock contention or atomics, which the c = 32 wall-clock rows above include. Where a path is at or below 1.00× of hand + work here, its own code executes no more instructions than the hand-written code doing the same work; a wall-clock gap left on that path is time, not work.\n"
             );
             md.push_str("| path | phase | annotated instructions/call | hand-written instructions/call | annotated ÷ hand | hand + framework's work instructions/call | annotated ÷ (hand + work) |\n|---|---|---:|---:|---:|---:|---:|\n");
             for (strategy, path) in CPU_STRATEGIES.into_iter().zip([
@@ -1319,12 +1319,12 @@ async fn main() {
                     get("fingerprint", "fresh"),
                 ),
                 (
-                    "response read back and compared (fresh only)",
+                    "response built, serialized, read back and compared (fresh only; building and serializing it the hand-written call does too)",
                     get("roundtrip", "fresh"),
                     0.0,
                 ),
                 (
-                    "rest: the annotated call's own code (owner token, options, completion, tracing, the macro's glue) less what the hand-written call does in place of the parts above (its text key, `format!` owner and amount fingerprint); negative: the latter costs more",
+                    "rest: the annotated call's own code (owner token, options, completion, tracing, the macro's glue) less what the hand-written call does in place of the parts above (its text key, `format!` owner and amount fingerprint); negative here because the read-back part above also counts building and serializing the response, which the hand-written call does too",
                     get("annotated", "fresh")
                         - get("hand", "fresh")
                         - get("key", "fresh")
@@ -1425,8 +1425,10 @@ const METHOD: &str = r#"
 - The body is pure CPU (builds the response): the figures are the protocol's cost alone. With a
   real body (a payment call, an INSERT) the ratios move towards 1.
 - Rounds: each round runs the three sides (which goes first rotates per round), each a
-  fresh phase on new keys, then a replay phase on the same keys. The table shows the median
-  round's calls/s and the median of the rounds' p99. A ratio is the median of the rounds'
+  fresh phase on new keys, then a replay phase on the same keys. The table shows each side's
+  median calls/s over the rounds (they may come from different rounds, so the quotient of two
+  shown rates can differ from the shown ratio, even in direction) and the median of the
+  rounds' p99. A ratio is the median of the rounds'
   ratios (each round's sides run seconds apart, so a round's ratio cancels the machine's
   slower drift), with the lowest and highest round in brackets: on a shared machine that
   range is the honest error bar of the row.

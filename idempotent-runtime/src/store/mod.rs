@@ -19,6 +19,12 @@ use std::time::Duration;
 
 use crate::{Error, StorageKey};
 
+/// The shared byte buffer a stored response is handed out in ([`RecordState::Completed`],
+/// [`Acquired::Replay`], [`Consumed::Replay`]): the `bytes` crate's `Bytes`, re-exported so
+/// that a store of your own needs no dependency of its own. A `Vec<u8>` converts with
+/// `.into()` (no copy); a borrowed slice with `Bytes::copy_from_slice`.
+pub use bytes::Bytes;
+
 mod arg;
 #[cfg(feature = "memory")]
 pub mod memory;
