@@ -61,7 +61,7 @@ pub struct Claim<'a> {
 pub enum RecordState {
     /// Claimed and not completed.
     InProgress,
-    /// Completed, with the serialized (JSON) response. [`Bytes`](bytes::Bytes): the memory
+    /// Completed, with the serialized (JSON) response. [`Bytes`]: the memory
     /// store hands out its stored copy without copying it, and a `Vec<u8>` read from a server
     /// converts without a copy (`Bytes::from(vec)`).
     Completed(bytes::Bytes),
