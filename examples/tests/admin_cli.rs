@@ -238,105 +238,101 @@ async fn sqlite_inspect_evict_purge() {
 }
 
 /// Argument errors exit with code 2 and say what is allowed.
+/// Runs the tool with `args` and asserts it exits with `code` and says `expected` on stderr.
+async fn refused(args: &[&str], code: i32, expected: &str) {
+    let out = run(args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
+}
+
 #[tokio::test]
 async fn argument_errors_name_what_is_allowed() {
-    let out = run(&["--database-url", "sqlite::memory:", "purge", "--batch", "0"]).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("invalid value '0' for '--batch <BATCH>': 0 is not in 1..=100000"),
-        "{stderr}"
-    );
-
-    let out = run(&["inspect", "--operation", "op", "--key", "k"]).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains(
-            "error: no store given: pass --database-url (sqlite:PATH, postgres://…, mysql://…) \
-             for the records in a SQL database, or --redis-url (redis://…, or Redis Cluster \
-             nodes comma-separated) for the records, locks and tokens in Redis"
-        ),
-        "{stderr}"
-    );
-
-    let out = run(&[
-        "--database-url",
-        "sqlite::memory:",
-        "inspect",
-        "--kind",
-        "lock",
-        "--operation",
-        "op",
-        "--key",
-        "k",
-    ])
+    refused(
+        &["--database-url", "sqlite::memory:", "purge", "--batch", "0"],
+        2,
+        "invalid value '0' for '--batch <BATCH>': 0 is not in 1..=100000",
+    )
     .await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("--kind lock: a SQL database holds no distributed_lock entries"),
-        "{stderr}"
-    );
 
-    let out = run(&["--database-url", "sqlite::memory:", "inspect", "--key", "k"]).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("--kind record needs --operation"),
-        "{stderr}"
-    );
+    refused(
+        &["inspect", "--operation", "op", "--key", "k"],
+        2,
+        "error: no store given: pass --database-url (sqlite:PATH, postgres://…, mysql://…) \
+             for the records in a SQL database, or --redis-url (redis://…, or Redis Cluster \
+             nodes comma-separated) for the records, locks and tokens in Redis",
+    )
+    .await;
+
+    refused(
+        &[
+            "--database-url",
+            "sqlite::memory:",
+            "inspect",
+            "--kind",
+            "lock",
+            "--operation",
+            "op",
+            "--key",
+            "k",
+        ],
+        2,
+        "--kind lock: a SQL database holds no distributed_lock entries",
+    )
+    .await;
+
+    refused(
+        &["--database-url", "sqlite::memory:", "inspect", "--key", "k"],
+        2,
+        "--kind record needs --operation",
+    )
+    .await;
 
     // A URL of another scheme, and a key the runtime refuses, are bad arguments too (found by
     // a new user's run: they exited 1, as a server failure does).
-    let out = run(&[
-        "--database-url",
-        "ftp://x",
-        "inspect",
-        "--operation",
-        "op",
-        "--key",
-        "k",
-    ])
-    .await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains(
-            "unsupported --database-url \"ftp://x\": use sqlite:PATH, postgres://… or mysql://…"
-        ),
-        "{stderr}"
-    );
-    let out = run(&[
-        "--redis-url",
-        "http://127.0.0.1:6379",
-        "inspect",
-        "--operation",
-        "op",
-        "--key",
-        "k",
-    ])
-    .await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("unsupported --redis-url \"http://127.0.0.1:6379\""),
-        "{stderr}"
-    );
-    for key in ["", &"k".repeat(1025)] {
-        let out = run(&[
+    refused(
+        &[
             "--database-url",
-            "sqlite::memory:",
+            "ftp://x",
             "inspect",
             "--operation",
             "op",
             "--key",
-            key,
-        ])
+            "k",
+        ],
+        2,
+        "unsupported --database-url \"ftp://x\": use sqlite:PATH, postgres://… or mysql://…",
+    )
+    .await;
+    refused(
+        &[
+            "--redis-url",
+            "http://127.0.0.1:6379",
+            "inspect",
+            "--operation",
+            "op",
+            "--key",
+            "k",
+        ],
+        2,
+        "unsupported --redis-url \"http://127.0.0.1:6379\"",
+    )
+    .await;
+    for key in ["", &"k".repeat(1025)] {
+        refused(
+            &[
+                "--database-url",
+                "sqlite::memory:",
+                "inspect",
+                "--operation",
+                "op",
+                "--key",
+                key,
+            ],
+            2,
+            "invalid idempotency key",
+        )
         .await;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("invalid idempotency key"), "{stderr}");
     }
 
     // A SQLite file that does not exist is named (the tool never creates one).
@@ -345,24 +341,20 @@ async fn argument_errors_name_what_is_allowed() {
         "sqlite:{}",
         dir.path().join("missing").join("x.db").display()
     );
-    let out = run(&[
-        "--database-url",
-        &url,
-        "inspect",
-        "--operation",
-        "op",
-        "--key",
-        "k",
-    ])
+    refused(
+        &[
+            "--database-url",
+            &url,
+            "inspect",
+            "--operation",
+            "op",
+            "--key",
+            "k",
+        ],
+        1,
+        &format!("idempotent-admin: cannot open the SQLite database {url}: "),
+    )
     .await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "idempotent-admin: cannot open the SQLite database {url}: "
-        )),
-        "{stderr}"
-    );
 }
 
 /// The README's recipe: a key made by the HTTP example (`POST /orders` with
