@@ -30,8 +30,9 @@ pub enum ConnectCause {
     UnknownDatabase,
     /// No answer in time: a firewall dropping packets, a wrong address, an overloaded server.
     TimedOut,
-    /// The server answered, but not in the store's protocol (an HTTP, SSH or other server on
-    /// that port, or TLS where plain text was expected): a wrong port, most likely.
+    /// The server answered, but not in the store's protocol, or closed the connection on the
+    /// client's first bytes (an HTTP, SSH, PostgreSQL or other server on that port, or TLS
+    /// where plain text was expected): a wrong port, most likely.
     Protocol,
     /// Connections open fine, but every one of the pool's connections stayed lent out for the
     /// whole `acquire_timeout`: raise `max_connections` or `acquire_timeout`, or look for calls
@@ -52,7 +53,7 @@ impl fmt::Display for ConnectCause {
             ConnectCause::UnknownDatabase => "the database named in the URL does not exist",
             ConnectCause::TimedOut => "timed out: no answer from that address in time",
             ConnectCause::Protocol => {
-                "the server there answered, but not in the store's protocol (is another kind of server listening on that port?)"
+                "the server there answered, but not in the store's protocol, or closed the connection at the handshake (is another kind of server listening on that port?)"
             }
             ConnectCause::PoolBusy => {
                 "every pooled connection stayed busy for the whole acquire_timeout (raise max_connections or acquire_timeout)"
@@ -245,7 +246,14 @@ pub fn cause_of(e: &(dyn std::error::Error + 'static)) -> ConnectCause {
                 // The server's answer ended in the middle of a message the driver read from
                 // its first bytes (an HTTP reply read as a PostgreSQL message's length), or
                 // was not the protocol at all.
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
+                // Or the server closed the connection on the client's first bytes, as
+                // PostgreSQL does with a Redis command read as a startup packet (the client's
+                // next write meets a reset or a broken pipe).
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted => {
                     return ConnectCause::Protocol;
                 }
                 _ => {}
@@ -278,6 +286,11 @@ pub fn cause_of(e: &(dyn std::error::Error + 'static)) -> ConnectCause {
                 return ConnectCause::TimedOut;
             }
             if e.kind() == redis::ErrorKind::Parse {
+                return ConnectCause::Protocol;
+            }
+            // The server closed the connection on the client's first command (redis-rs keeps
+            // the I/O error behind an `Arc`, out of reach of the downcast above).
+            if e.kind() == redis::ErrorKind::Io && e.is_connection_dropped() {
                 return ConnectCause::Protocol;
             }
         }
@@ -335,8 +348,14 @@ mod tests {
         assert_eq!(cause_of(&timed_out), ConnectCause::TimedOut);
         let other = std::io::Error::other("tls handshake");
         assert_eq!(cause_of(&other), ConnectCause::Other);
-        let cut = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-        assert_eq!(cause_of(&cut), ConnectCause::Protocol);
+        for kind in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+        ] {
+            let cut = std::io::Error::from(kind);
+            assert_eq!(cause_of(&cut), ConnectCause::Protocol, "{kind:?}");
+        }
     }
 
     #[tokio::test]

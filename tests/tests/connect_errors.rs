@@ -293,3 +293,82 @@ async fn an_http_server_on_the_postgres_port_is_named() {
     assert_eq!(connect_error(&e).cause, ConnectCause::Protocol, "{e}");
     assert!(e.to_string().contains("another kind of server"), "{e}");
 }
+
+/// A port served by another kind of server that drops a client without a word: after reading
+/// its first bytes (`read_first`: PostgreSQL does so with a Redis command read as a startup
+/// packet; a new user's `--redis-url` on the PostgreSQL port said only "broken pipe"), or at
+/// once (for MySQL, whose clients wait for the server to speak first).
+async fn closing_listener(read_first: bool) -> u16 {
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 512];
+                if read_first {
+                    let _ = stream.read(&mut first).await;
+                }
+                // Closed without a word: the client sees an end of stream, a reset or a broken
+                // pipe, whichever its next read or write meets first.
+                drop(stream);
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_server_closing_on_the_redis_handshake_is_named() {
+    let port = closing_listener(true).await;
+    let Err(e) = RedisStore::connect(&format!("redis://:s3cret@127.0.0.1:{port}")).await else {
+        panic!("not a Redis server");
+    };
+    assert_eq!(connect_error(&e).cause, ConnectCause::Protocol, "{e}");
+    assert!(e.to_string().contains("another kind of server"), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+}
+
+#[tokio::test]
+async fn a_server_closing_on_the_postgres_and_mysql_handshake_is_named() {
+    let port = closing_listener(true).await;
+    let pg = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&format!("postgres://app@127.0.0.1:{port}/orders"))
+        .expect("a valid URL");
+    let e = idempotent_runtime::migrate(&pg)
+        .await
+        .expect_err("not a PostgreSQL server");
+    assert_eq!(connect_error(&e).cause, ConnectCause::Protocol, "{e}");
+    let port = closing_listener(false).await;
+    let my = sqlx::mysql::MySqlPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&format!("mysql://root@127.0.0.1:{port}/test"))
+        .expect("a valid URL");
+    let e = idempotent_runtime::migrate(&my)
+        .await
+        .expect_err("not a MySQL server");
+    assert_eq!(connect_error(&e).cause, ConnectCause::Protocol, "{e}");
+}
+
+/// The case a new user met: a Redis URL naming the PostgreSQL server's port (when the suite
+/// has one).
+#[tokio::test]
+async fn a_redis_url_on_the_postgres_port_is_named() {
+    use std::str::FromStr as _;
+    let Some(pg) = idempotent_tests::backends::server_url(
+        idempotent_tests::backends::POSTGRES_ENV,
+        "PostgreSQL",
+    ) else {
+        eprintln!("skipped: IDEMPOTENT_POSTGRES_URL is unset");
+        return;
+    };
+    let options = sqlx::postgres::PgConnectOptions::from_str(&pg).expect("a PostgreSQL URL");
+    let (host, port) = (options.get_host(), options.get_port());
+    let Err(e) = RedisStore::connect(&format!("redis://{host}:{port}")).await else {
+        panic!("PostgreSQL is not a Redis server");
+    };
+    assert_eq!(connect_error(&e).cause, ConnectCause::Protocol, "{e}");
+}
