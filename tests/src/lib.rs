@@ -36,6 +36,7 @@ pub mod redis_replication;
 pub mod redis_server;
 pub mod skew;
 pub mod statements;
+pub mod supervised;
 
 pub use backends::{
     AMQP_ENV, Guard, MYSQL_ENV, NATS_ENV, POSTGRES_ENV, REDIS_CLUSTER_ENV, REDIS_ENV, amqp_url, ci,

@@ -131,17 +131,7 @@ impl MariaDbServer {
             "--skip-log-bin".to_owned(),
             "--innodb-buffer-pool-size=16M".to_owned(),
         ];
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(r#"bin=$1; shift; "$bin" "$@" & pid=$!; read _ignored; kill -9 $pid; wait $pid"#)
-            .arg("sh")
-            .arg(bin)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mariadbd");
+        let child = crate::supervised::spawn(bin, &args, d);
         self.child = Some(child);
         for _ in 0..400 {
             if self.try_sql("SELECT 1") {
@@ -154,14 +144,7 @@ impl MariaDbServer {
 
     /// SIGKILLs the server and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            use std::io::Write as _;
-            if let Some(stdin) = child.stdin.as_mut() {
-                let _ = stdin.write_all(b"stop\n");
-            }
-            drop(child.stdin.take());
-            let _ = child.wait();
-        }
+        crate::supervised::stop(&mut self.child);
     }
 
     /// [`stop`](Self::stop) (a crash), then starts it again on the same port and data.

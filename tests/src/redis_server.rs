@@ -97,8 +97,8 @@ pub fn free_port() -> u16 {
 
 /// A `redis-server` process the suite owns, on a loopback port, in a temporary directory.
 ///
-/// It runs under `sh`, which kills it when its stdin closes: the server dies with the test
-/// binary even when statics are never dropped. [`stop`](Self::stop) and
+/// It runs under `sh` ([`supervised`](crate::supervised)): the server dies with the test
+/// binary, and its directory is removed, even when statics are never dropped. [`stop`](Self::stop) and
 /// [`restart`](Self::restart) simulate outages.
 pub struct RedisServer {
     /// The port it listens on.
@@ -170,16 +170,7 @@ impl RedisServer {
             args.extend(["--appendonly", "no"]);
         }
         args.extend(self.args.iter().map(String::as_str));
-        let child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(r#"redis-server "$@" & pid=$!; read _ignored; kill -9 $pid; wait $pid"#)
-            .arg("sh")
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
+        let child = crate::supervised::spawn("redis-server", &args, self.dir.path());
         self.child = Some(child);
         self.wait_answering();
     }
@@ -227,14 +218,7 @@ impl RedisServer {
 
     /// Kills the server (`SIGKILL`: an outage, not a clean shutdown) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            use std::io::Write as _;
-            if let Some(stdin) = child.stdin.as_mut() {
-                let _ = stdin.write_all(b"stop\n");
-            }
-            drop(child.stdin.take());
-            let _ = child.wait();
-        }
+        crate::supervised::stop(&mut self.child);
     }
 
     /// [`stop`](Self::stop), then starts it again on the same port and directory (an AOF
