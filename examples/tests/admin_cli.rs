@@ -352,7 +352,41 @@ async fn argument_errors_name_what_is_allowed() {
             "k",
         ],
         1,
-        &format!("idempotent-admin: cannot open the SQLite database {url}: "),
+        &format!(
+            "idempotent-admin: no SQLite database at {} (the tool never creates one; check --database-url)",
+            dir.path().join("missing").join("x.db").display()
+        ),
+    )
+    .await;
+    // A bad key is a bad argument whatever the store: refused before any connection.
+    refused(
+        &[
+            "--database-url",
+            &url,
+            "inspect",
+            "--operation",
+            "op",
+            "--key",
+            "",
+        ],
+        2,
+        "invalid idempotency key",
+    )
+    .await;
+    refused(
+        &[
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "evict",
+            "--kind",
+            "lock",
+            "--operation",
+            "op",
+            "--key",
+            "",
+        ],
+        2,
+        "invalid idempotency key",
     )
     .await;
 }

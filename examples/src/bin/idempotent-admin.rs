@@ -29,6 +29,7 @@
 //! reads no environment variables.
 
 use std::process::ExitCode;
+use std::str::FromStr as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -551,6 +552,11 @@ fn check(args: &Args) {
         ),
         _ => {}
     }
+    // A key the runtime refuses (empty, over 1,024 bytes) is refused before any connection,
+    // so it is the error a user sees whatever the store's state.
+    if let Err(e) = header(k, false) {
+        fail(clap::error::ErrorKind::ValueValidation, e.to_string());
+    }
 }
 
 async fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
@@ -570,7 +576,17 @@ async fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         records(&sqlx::MySqlPool::connect(url).await?, &args.command, false).await?
     } else if url.starts_with("sqlite") {
         // The tool never creates a database file: a path that does not exist is an error.
-        let pool = sqlx::SqlitePool::connect(url)
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .map_err(|e| format!("--database-url {url} does not parse: {e}"))?;
+        let path = options.get_filename();
+        if !url.contains(":memory:") && !url.contains("mode=memory") && !path.exists() {
+            return Err(format!(
+                "no SQLite database at {} (the tool never creates one; check --database-url)",
+                path.display()
+            )
+            .into());
+        }
+        let pool = sqlx::SqlitePool::connect_with(options)
             .await
             .map_err(|e| format!("cannot open the SQLite database {url}: {e}"))?;
         records(&pool, &args.command, false).await?

@@ -108,6 +108,16 @@ fn database_failed(e: &IdemError) -> String {
     format!("--database-url: {}", connect_message(e))
 }
 
+/// `n` and `noun`, plural unless `n` is 1: "1 key", "7 keys".
+fn counted(n: impl Into<u128>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// What the storm sends, said once before it starts: the requests per operation, and how
 /// `--requests` was rounded to whole keys.
 fn storm_plan(requests: usize) -> String {
@@ -116,9 +126,11 @@ fn storm_plan(requests: usize) -> String {
     let workers = service::WORKERS_PER_PERIOD;
     let periods = (requests / workers).max(1);
     let mut line = format!(
-        "storm: {} requests per operation = {keys} keys x {per_key} (a first call, 3 concurrent duplicates, 1 with another payload, 2 retries); settle_period: {} = {periods} periods x {workers} workers",
+        "storm: {} requests per operation = {} x {per_key} (a first call, 3 concurrent duplicates, 1 with another payload, 2 retries); settle_period: {} = {} x {workers} workers",
         keys * per_key,
+        counted(keys as u64, "key"),
         periods * workers,
+        counted(periods as u64, "period"),
     );
     if keys * per_key != requests {
         line.push_str(&format!(
@@ -176,16 +188,16 @@ async fn drive<D: Demo>(demo: &D, args: &Args, database: String) -> Result<Repor
             p99_ms: quantile_ms(&mut lat, 0.99),
         };
         eprintln!(
-            "[{:>2}/{}] {:<20} {:<20} on {:<13} {} requests, {} keys: {} effects, {} errors ({:.1} s){}",
+            "[{:>2}/{}] {:<20} {:<20} on {:<13} {}, {}: {}, {} ({:.1} s){}",
             i + 1,
             OPERATIONS.len(),
             op.name,
             op.strategy,
             backend,
-            line.requests,
-            line.keys,
-            line.effects,
-            line.errors,
+            counted(line.requests, "request"),
+            counted(line.keys, "key"),
+            counted(line.effects, "effect"),
+            counted(line.errors, "error"),
             started.elapsed().as_secs_f64(),
             if line.effects == line.keys && line.errors == 0 {
                 ""
@@ -429,8 +441,13 @@ fn verdict(report: &Report) -> String {
         .filter(|o| o.effects != o.keys || o.errors != 0)
         .map(|o| {
             format!(
-                "{} ({} on {}: {} effects for {} keys, {} errors)",
-                o.operation, o.strategy, o.backend, o.effects, o.keys, o.errors
+                "{} ({} on {}: {} for {}, {})",
+                o.operation,
+                o.strategy,
+                o.backend,
+                counted(o.effects, "effect"),
+                counted(o.keys, "key"),
+                counted(o.errors, "error")
             )
         })
         .collect();
@@ -486,5 +503,32 @@ async fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One key is "1 key", not "1 keys" (a new user's `--requests 7`); whole numbers stay
+    /// plural, and the rounding is said.
+    #[test]
+    fn the_plan_counts_in_words() {
+        assert_eq!(counted(1_u64, "key"), "1 key");
+        assert_eq!(counted(0_u64, "error"), "0 errors");
+        assert_eq!(counted(7_u64, "request"), "7 requests");
+        let one = storm_plan(7);
+        assert!(one.contains("= 1 key x 7 "), "{one}");
+        assert!(one.contains("= 1 period x 8 workers"), "{one}");
+        assert!(!one.contains("rounded"), "{one}");
+        let many = storm_plan(75);
+        assert!(
+            many.contains("70 requests per operation = 10 keys x 7"),
+            "{many}"
+        );
+        assert!(
+            many.contains("; --requests 75 rounded down to whole keys"),
+            "{many}"
+        );
     }
 }
