@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md: builds the bench binaries in release mode and runs them.
-#   scripts/bench.sh                 # default run: 2,000 calls a phase, 3 rounds, a few minutes
+#   scripts/bench.sh                 # default run: 2,000 calls a phase, 3 rounds, ~10 minutes after the release build
 #   scripts/bench.sh --long          # 10,000 calls a phase
 #   scripts/bench.sh --growth        # adds the PostgreSQL growth section (slow)
 # Other flags: --calls N, --rounds N, --only SUBSTRING, --sqlite-pool N, --no-callgrind, --redis-url URL,

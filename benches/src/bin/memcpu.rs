@@ -9,10 +9,11 @@
 //! `complete_claim` — on storage keys built beforehand) against `hand-store` (the hand-written
 //! sharded map's steps on keys built beforehand); `key` (the storage key: SHA-256 of operation,
 //! scope and key parts, as the macro builds it), `fingerprint` (the canonical form of the
-//! request, SHA-256, hex), `roundtrip` (the response's JSON read back and compared with `==`,
-//! the check a `PartialEq` response gets; the hand-written side serializes only). For those
-//! three `fresh` and `replay` are the same work; `requests` only builds the requests those
-//! three build, and its count is subtracted from theirs. `store-setup` builds the keys `store` and
+//! request, SHA-256, hex), `roundtrip` (the response built, serialized, read back and compared with
+//! `==`, the check a `PartialEq` response gets) less `response` (the response built and
+//! serialized, which the hand-written side does too): the read-back alone. For those
+//! four `fresh` and `replay` are the same work; `requests` only builds the requests those
+//! four build, and its count is subtracted from theirs. `store-setup` builds the keys `store` and
 //! `hand-store` use and stops: its count is subtracted from theirs.
 //!
 //! With `MEMCPU_SIZES` set it first prints the size in bytes of one call's future, annotated
@@ -24,7 +25,7 @@
 //! before it; `issue-only` after the strategy issues the tokens and stops, so `bench` can
 //! subtract the issuance.
 //!
-//! Usage: `memcpu annotated|hand|hand-work|store|hand-store|store-setup|requests|key|fingerprint|roundtrip fresh|replay N [dedup|lock|token] [issue-only]`
+//! Usage: `memcpu annotated|hand|hand-work|store|hand-store|store-setup|requests|key|fingerprint|response|roundtrip fresh|replay N [dedup|lock|token] [issue-only]`
 
 use idempotent_benches::annotated::{Claim, Lock, Token};
 use idempotent_benches::hand::memory;
@@ -60,6 +61,11 @@ fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
         "fingerprint" => {
             for i in 0..n {
                 std::hint::black_box(parts::fingerprint(&req(i))?);
+            }
+        }
+        "response" => {
+            for i in 0..n {
+                std::hint::black_box(parts::response(&req(i))?);
             }
         }
         "roundtrip" => {
