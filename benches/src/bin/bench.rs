@@ -399,6 +399,48 @@ fn table(
 struct LoadSampler {
     samples: Arc<Mutex<Vec<f64>>>,
     stop: Arc<AtomicBool>,
+    /// Other processes' CPU ticks at the start (see [`cpu_ticks`]).
+    cpu_before: Option<u64>,
+}
+
+/// The process names whose CPU is the benchmark's own: this binary, the `memcpu` runs under
+/// valgrind, and the servers it drives.
+const OWN_PROCESSES: [&str; 7] = [
+    "bench",
+    "memcpu",
+    "valgrind",
+    "postgres",
+    "mariadbd",
+    "mysqld",
+    "redis-server",
+];
+
+/// The CPU ticks used so far by the processes not named in [`OWN_PROCESSES`], their exited
+/// children included (`utime + stime + cutime + cstime` of every `/proc/<pid>/stat`). Linux
+/// only. A child that exits during the run counts in its parent's total with its whole
+/// lifetime, so this errs towards "busy".
+fn cpu_ticks() -> Option<u64> {
+    let mut others = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
+            continue;
+        };
+        if OWN_PROCESSES.contains(&&text[open + 1..close]) {
+            continue;
+        }
+        // After the name: state is field 3; utime, stime, cutime, cstime are fields 14–17.
+        let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+        others += rest
+            .get(11..15)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(others)
 }
 
 fn loadavg() -> Option<f64> {
@@ -423,7 +465,22 @@ impl LoadSampler {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        LoadSampler { samples, stop }
+        LoadSampler {
+            samples,
+            stop,
+            cpu_before: cpu_ticks(),
+        }
+    }
+
+    /// The share of the machine's CPU (all cores) that other processes than the benchmark and
+    /// its servers used since the start, 0.0–1.0; `None` where `/proc` cannot tell.
+    fn others_share(&self, elapsed: Duration, cores: usize) -> Option<f64> {
+        let before = self.cpu_before?;
+        let after = cpu_ticks()?;
+        // USER_HZ is 100 on every Linux architecture the benchmark runs on.
+        let capacity = elapsed.as_secs_f64() * 100.0 * cores as f64;
+        let others = after.saturating_sub(before) as f64;
+        Some((others.max(0.0) / capacity).min(1.0))
     }
 
     /// (min, mean, max)
@@ -1112,6 +1169,8 @@ async fn main() {
     // ------------------------------------------------------------------ report
     eprintln!("framework CPU per call (key, fingerprint, round trip)");
     let parts = idempotent_benches::parts::timed(20_000).map_err(|e| e.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let others = load.others_share(started.elapsed(), cores);
     let (lmin, lmean, lmax) = load.finish();
     let elapsed = started.elapsed().as_secs_f64();
     let names: Vec<String> = paths.iter().map(|p| p.name.clone()).collect();
@@ -1144,11 +1203,17 @@ async fn main() {
     let _ = writeln!(md, "- Machine: {}.", machine());
     let _ = writeln!(
         md,
-        "- Load average (1 min) during the run: min {lmin:.2}, mean {lmean:.2}, max {lmax:.2}{}.",
-        if lmean > 1.0 {
-            " — the machine was busy (other builds or tests were running), so absolute figures are low and noisy; the ratios compare sides measured in the same rounds, alternating which goes first"
-        } else {
-            ""
+        "- Load average (1 min) during the run: min {lmin:.2}, mean {lmean:.2}, max {lmax:.2}, the benchmark's own client tasks and the PostgreSQL, MariaDB and Redis servers it drives included (at c = 32 they alone keep it above the number of cores). {}",
+        match others {
+            Some(share) if share > 0.05 => format!(
+                "Other processes used {:.0}% of the machine's CPU meanwhile (`/proc/<pid>/stat` of every process but the benchmark and its servers): the machine was busy, so absolute figures are low and noisy; the ratios compare sides measured in the same rounds, alternating which goes first.",
+                share * 100.0
+            ),
+            Some(share) => format!(
+                "Other processes used {:.1}% of the machine's CPU meanwhile (`/proc/<pid>/stat` of every process but the benchmark and its servers): a quiet machine.",
+                share * 100.0
+            ),
+            None => "Other processes' CPU could not be read (`/proc`).".to_owned(),
         }
     );
     let _ = writeln!(
