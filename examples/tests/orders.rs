@@ -178,9 +178,10 @@ fn a_small_run_on_a_sqlite_file_reports_progress_and_cleans_up() {
 }
 
 /// Starts the demo with `args`, waits (by reading its stderr) for the storm's first progress
-/// line, sends it SIGINT (`kill -INT`, as Ctrl-C does) and returns its exit status and whole
-/// stderr. `--requests 100000` makes the storm last far longer than the signal takes.
-fn interrupt_the_storm(args: &[&str]) -> (std::process::ExitStatus, String) {
+/// line, sends it `signal` (`-INT`, as Ctrl-C does, or `-TERM`, as `timeout`, `docker stop`
+/// and systemd do) and returns its exit status and whole stderr. `--requests 100000` makes
+/// the storm last far longer than the signal takes.
+fn interrupt_the_storm(signal: &str, args: &[&str]) -> (std::process::ExitStatus, String) {
     use std::io::{BufRead as _, Read as _};
     let mut child = Command::new(env!("CARGO_BIN_EXE_orders"))
         .args(["--requests", "100000"])
@@ -202,10 +203,10 @@ fn interrupt_the_storm(args: &[&str]) -> (std::process::ExitStatus, String) {
         }
     }
     let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .expect("run kill");
-    assert!(kill.success(), "kill -INT failed");
+    assert!(kill.success(), "kill {signal} failed");
     stderr.read_to_string(&mut seen).expect("read stderr");
     let status = child.wait().expect("wait for the demo");
     (status, seen)
@@ -226,7 +227,7 @@ fn temp_file_of(stderr: &str) -> std::path::PathBuf {
 /// directory are deleted, the demo says so and exits 130.
 #[test]
 fn ctrl_c_on_the_default_run_deletes_the_temporary_file() {
-    let (status, stderr) = interrupt_the_storm(&[]);
+    let (status, stderr) = interrupt_the_storm("-INT", &[]);
     assert_eq!(status.code(), Some(130), "{stderr}");
     let file = temp_file_of(&stderr);
     assert!(
@@ -246,13 +247,32 @@ fn ctrl_c_on_the_default_run_deletes_the_temporary_file() {
     );
 }
 
+/// SIGTERM (a new user's `kill -TERM`: `timeout`, `docker stop` and systemd send it) is
+/// handled as Ctrl-C is: the temporary file and its directory are deleted, exit 143.
+#[test]
+fn sigterm_on_the_default_run_deletes_the_temporary_file() {
+    let (status, stderr) = interrupt_the_storm("-TERM", &[]);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    let file = temp_file_of(&stderr);
+    assert!(
+        stderr.lines().any(|l| l
+            == format!(
+                "interrupted (SIGTERM): deleted the temporary SQLite file {}",
+                file.display()
+            )),
+        "{stderr}"
+    );
+    let dir = file.parent().expect("its directory");
+    assert!(!dir.exists(), "{} still exists", dir.display());
+}
+
 /// Ctrl-C with `--cleanup` on a SQLite file of the test's own: the demo's tables are dropped.
 #[test]
 fn ctrl_c_with_cleanup_drops_the_tables_on_a_sqlite_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("interrupted.db");
     let url = format!("sqlite://{}", file.display());
-    let (status, stderr) = interrupt_the_storm(&["--database-url", &url, "--cleanup"]);
+    let (status, stderr) = interrupt_the_storm("-INT", &["--database-url", &url, "--cleanup"]);
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(
         stderr.lines().any(|l| l
@@ -297,7 +317,7 @@ fn ctrl_c_with_cleanup_drops_the_tables_on_postgres() {
     });
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let (status, stderr) = interrupt_the_storm(&["--database-url", &url, "--cleanup"]);
+    let (status, stderr) = interrupt_the_storm("-INT", &["--database-url", &url, "--cleanup"]);
     let left: Vec<String> = rt.block_on(async {
         let left = sqlx::query_scalar(
             "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
