@@ -358,6 +358,27 @@ async fn argument_errors_name_what_is_allowed() {
         ),
     )
     .await;
+    // A database without the records table (not the service's database) is said so, with
+    // the driver's error (found by a new user's run: the driver's error alone).
+    let empty = dir.path().join("empty.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", empty.display()))
+        .await
+        .unwrap();
+    pool.close().await;
+    refused(
+        &[
+            "--database-url",
+            &format!("sqlite:{}", empty.display()),
+            "inspect",
+            "--operation",
+            "op",
+            "--key",
+            "k",
+        ],
+        1,
+        "idempotent-admin: this database has no idempotency_records table: is it the service's database?",
+    )
+    .await;
     // A bad key is a bad argument whatever the store: refused before any connection.
     refused(
         &[

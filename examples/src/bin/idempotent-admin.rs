@@ -598,6 +598,23 @@ async fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     })
 }
 
+/// Whether `e` or one of its sources is a database's "no such table" (PostgreSQL SQLSTATE
+/// 42P01, MySQL/MariaDB 1146, SQLite's "no such table"): a URL naming a database the service
+/// does not use.
+fn missing_table(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(sqlx::Error::Database(db)) = err.downcast_ref::<sqlx::Error>()
+            && (matches!(db.code().as_deref(), Some("42P01" | "1146"))
+                || db.message().starts_with("no such table"))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -620,6 +637,12 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("idempotent-admin: {e}");
+            if missing_table(e.as_ref()) {
+                eprintln!(
+                    "idempotent-admin: this database has no idempotency_records table: is it the \
+                     service's database? (the service's `idempotent_runtime::migrate` creates it)"
+                );
+            }
             // A key the runtime refuses (empty, over 1,024 bytes) is a bad argument, as clap's.
             match e.downcast_ref::<idempotent_runtime::Error>() {
                 Some(idempotent_runtime::Error::InvalidKey(_)) => ExitCode::from(2),
