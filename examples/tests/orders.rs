@@ -52,7 +52,7 @@ fn an_unknown_scheme_is_refused() {
         &out,
         &[
             "unsupported --database-url",
-            "postgres://, mysql:// or sqlite://",
+            "postgres://, mysql:// (or mariadb://) or sqlite://",
         ],
     );
 }
@@ -417,7 +417,7 @@ fn a_bad_redis_url_is_named_like_a_bad_database_url() {
         (
             format!("redis://:pw@127.0.0.1:{http}"),
             format!("redis://127.0.0.1:{http}"),
-            "the server there answered, but not in the store's protocol (is another kind of server listening on that port?)".to_owned(),
+            "the server there answered, but not in the store's protocol, or closed the connection at the handshake (is another kind of server listening on that port?)".to_owned(),
         ),
     ] {
         let out = orders(&["--redis-url", &url]);
@@ -441,7 +441,7 @@ fn another_kind_of_server_on_the_database_port_is_named() {
     let stderr = refused(
         &out,
         &[&format!(
-            "error: --database-url: cannot connect to postgres://app@127.0.0.1:{http}/orders (the pool's first connection, within its acquire_timeout of 10s): the server there answered, but not in the store's protocol (is another kind of server listening on that port?)"
+            "error: --database-url: cannot connect to postgres://app@127.0.0.1:{http}/orders (the pool's first connection, within its acquire_timeout of 10s): the server there answered, but not in the store's protocol, or closed the connection at the handshake (is another kind of server listening on that port?)"
         )],
     );
     assert!(!stderr.contains("pw@"), "{stderr}");
