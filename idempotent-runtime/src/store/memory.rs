@@ -168,8 +168,11 @@ impl<V: Expiring> Table<V> {
         let swept_lately = self
             .full_since()
             .is_some_and(|at| now.saturating_duration_since(at) < FULL_SWEEP_EVERY);
-        let live = if swept_lately && self.counted() >= self.capacity {
-            self.counted()
+        let still_full = swept_lately
+            .then(|| self.counted())
+            .filter(|&n| n >= self.capacity);
+        let live = if let Some(n) = still_full {
+            n
         } else {
             let mut live = self.sweep(now, Some(key));
             if live >= self.capacity {
