@@ -9,4 +9,5 @@ pub mod consumers;
 pub mod http;
 pub mod report;
 pub mod service;
+pub mod signal;
 pub mod storm;

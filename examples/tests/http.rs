@@ -743,3 +743,43 @@ fn the_binary_names_a_redis_it_cannot_reach() {
     assert!(!stderr.contains("s3cret"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
+
+/// SIGTERM (`docker stop`, systemd) or Ctrl-C stops the HTTP example cleanly, as the orders
+/// demo: it stops listening, says so, exits 0 and its temporary SQLite directory is gone (it
+/// was left behind, as the demo's was, before signals were caught).
+#[test]
+fn the_binary_stops_cleanly_on_sigterm_and_ctrl_c() {
+    use std::io::{BufRead as _, Read as _};
+    for (signal, name) in [("-TERM", "SIGTERM"), ("-INT", "Ctrl-C")] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_http"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the http example");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+        let mut seen = String::new();
+        let file = loop {
+            let mut line = String::new();
+            let n = stderr.read_line(&mut line).expect("read stderr");
+            assert!(n > 0, "the server ended before listening:\n{seen}");
+            seen.push_str(&line);
+            if let Some(rest) = line.strip_prefix("temporary SQLite file ") {
+                break std::path::PathBuf::from(&rest[..rest.find(" (").expect("a note")]);
+            }
+        };
+        assert!(file.exists(), "{} missing while serving", file.display());
+        let kill = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(kill.success(), "kill {signal} failed");
+        stderr.read_to_string(&mut seen).expect("read stderr");
+        let status = child.wait().expect("wait for the server");
+        assert_eq!(status.code(), Some(0), "{seen}");
+        assert!(seen.contains(&format!("stopped ({name})")), "{seen}");
+        let dir = file.parent().expect("its directory");
+        assert!(!dir.exists(), "{} still exists", dir.display());
+    }
+}

@@ -42,6 +42,7 @@ async fn serve<K: ClaimStore>(
     db: Db,
     store: K,
     listen: &str,
+    temporary: Option<&std::path::Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     db.create_tables().await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -51,6 +52,14 @@ async fn serve<K: ClaimStore>(
         db_name(&db),
         store.backend_name()
     );
+    if let Some(dir) = temporary {
+        eprintln!(
+            "temporary SQLite file {} (deleted when the server stops on Ctrl-C or SIGTERM)",
+            dir.join("http-demo.db").display()
+        );
+    }
+    // Ctrl-C or SIGTERM: stop taking requests, finish those in flight, return (so that the
+    // temporary SQLite directory is deleted).
     axum::serve(
         listener,
         router(App {
@@ -59,7 +68,13 @@ async fn serve<K: ClaimStore>(
             hook: None,
         }),
     )
+    .with_graceful_shutdown(async {
+        let _ = idempotent_examples::signal::interruption().await;
+    })
     .await?;
+    if let Some((signal, _)) = idempotent_examples::signal::interrupted_by() {
+        eprintln!("stopped ({signal})");
+    }
     Ok(())
 }
 
@@ -72,7 +87,7 @@ fn db_name(db: &Db) -> &'static str {
 }
 
 async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let (url, _tmp) = match &args.database_url {
+    let (url, tmp) = match &args.database_url {
         Some(u) => (u.clone(), None),
         None => {
             let dir = tempfile::tempdir()?;
@@ -80,6 +95,7 @@ async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (format!("sqlite://{}", path.display()), Some(dir))
         }
     };
+    let temporary = tmp.as_ref().map(|d| d.path());
     use idempotent_examples::connect::{PROBE_TIMEOUT, connect_message, not_a_url};
     // The first connection through the runtime (`check_connection`): an unreachable server
     // is named with its cause within the pool's acquire_timeout.
@@ -115,27 +131,30 @@ async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .await?,
         )
     } else {
-        return Err("unsupported --database-url: use postgres://, mysql:// or sqlite://".into());
+        return Err(
+            "unsupported --database-url: use postgres://, mysql:// (or mariadb://) or sqlite://"
+                .into(),
+        );
     };
     if args.memory_store {
-        return serve(db, MemoryStore::new(), &args.listen).await;
+        return serve(db, MemoryStore::new(), &args.listen, temporary).await;
     }
     if let Some(urls) = &args.redis_url {
         let store = idempotent_examples::connect::redis(urls).await?;
-        return serve(db, store, &args.listen).await;
+        return serve(db, store, &args.listen, temporary).await;
     }
     match db.clone() {
         Db::Postgres(pool) => {
             idempotent_runtime::migrate(&pool).await?;
-            serve(db, pool, &args.listen).await
+            serve(db, pool, &args.listen, temporary).await
         }
         Db::MySql(pool) => {
             idempotent_runtime::migrate(&pool).await?;
-            serve(db, pool, &args.listen).await
+            serve(db, pool, &args.listen, temporary).await
         }
         Db::Sqlite(pool) => {
             idempotent_runtime::migrate(&pool).await?;
-            serve(db, pool, &args.listen).await
+            serve(db, pool, &args.listen, temporary).await
         }
     }
 }

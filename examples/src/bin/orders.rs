@@ -266,27 +266,6 @@ enum Ended {
     Interrupted(String),
 }
 
-/// The signal that interrupted the demo: 0 none yet, else its number (2 SIGINT, 15 SIGTERM).
-static INTERRUPTED_BY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Resolves at the first Ctrl-C (SIGINT) or SIGTERM (what `timeout`, `docker stop` and
-/// systemd send), noting which in [`INTERRUPTED_BY`]. Both are listened for from its first
-/// poll. Errors: a handler that cannot be installed.
-async fn interruption() -> std::io::Result<()> {
-    #[cfg(unix)]
-    let signal = {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| 2),
-            _ = term.recv() => Ok(15),
-        }
-    };
-    #[cfg(not(unix))]
-    let signal = tokio::signal::ctrl_c().await.map(|()| 2);
-    INTERRUPTED_BY.store(signal?, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
-}
-
 /// `work`, unless `interrupted` (Ctrl-C or SIGTERM) comes first: then `None` and `work` is dropped
 /// (its in-flight calls cancelled).
 async fn unless_interrupted<T>(
@@ -302,7 +281,7 @@ async fn unless_interrupted<T>(
 async fn main_inner(args: Args) -> Result<Ended, Box<dyn std::error::Error>> {
     // Ctrl-C, listened for from here on: polled once now so that the handler is installed
     // before the first line is printed; each step below is raced against it.
-    let interrupted = interruption();
+    let interrupted = idempotent_examples::signal::interruption();
     tokio::pin!(interrupted);
     match futures_util::poll!(interrupted.as_mut()) {
         std::task::Poll::Pending => {}
@@ -488,17 +467,10 @@ async fn main() -> ExitCode {
     let json = args.json;
     match main_inner(args).await {
         Ok(Ended::Interrupted(cleaned)) => {
-            // 128 + the signal's number, as a shell reports a process the signal killed.
-            match INTERRUPTED_BY.load(std::sync::atomic::Ordering::Relaxed) {
-                15 => {
-                    eprintln!("interrupted (SIGTERM): {cleaned}");
-                    ExitCode::from(143)
-                }
-                _ => {
-                    eprintln!("interrupted (Ctrl-C): {cleaned}");
-                    ExitCode::from(130)
-                }
-            }
+            let (signal, code) =
+                idempotent_examples::signal::interrupted_by().unwrap_or(("Ctrl-C", 130));
+            eprintln!("interrupted ({signal}): {cleaned}");
+            ExitCode::from(code)
         }
         Ok(Ended::Report(report)) => {
             let out = if json {
