@@ -223,17 +223,16 @@ fn temp_file_of(stderr: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(path)
 }
 
-/// Ctrl-C during the default run (a temporary SQLite file): the storm stops, the file and its
-/// directory are deleted, the demo says so and exits 130.
-#[test]
-fn ctrl_c_on_the_default_run_deletes_the_temporary_file() {
-    let (status, stderr) = interrupt_the_storm("-INT", &[]);
-    assert_eq!(status.code(), Some(130), "{stderr}");
+/// `signal` during the default run (a temporary SQLite file): the storm stops, the file and
+/// its directory are deleted, the demo says so with `name` and exits `code`.
+fn an_interrupted_default_run_deletes_the_temporary_file(signal: &str, name: &str, code: i32) {
+    let (status, stderr) = interrupt_the_storm(signal, &[]);
+    assert_eq!(status.code(), Some(code), "{stderr}");
     let file = temp_file_of(&stderr);
     assert!(
         stderr.lines().any(|l| l
             == format!(
-                "interrupted (Ctrl-C): deleted the temporary SQLite file {}",
+                "interrupted ({name}): deleted the temporary SQLite file {}",
                 file.display()
             )),
         "{stderr}"
@@ -247,23 +246,17 @@ fn ctrl_c_on_the_default_run_deletes_the_temporary_file() {
     );
 }
 
+/// Ctrl-C during the default run: exit 130.
+#[test]
+fn ctrl_c_on_the_default_run_deletes_the_temporary_file() {
+    an_interrupted_default_run_deletes_the_temporary_file("-INT", "Ctrl-C", 130);
+}
+
 /// SIGTERM (a new user's `kill -TERM`: `timeout`, `docker stop` and systemd send it) is
-/// handled as Ctrl-C is: the temporary file and its directory are deleted, exit 143.
+/// handled as Ctrl-C is: exit 143.
 #[test]
 fn sigterm_on_the_default_run_deletes_the_temporary_file() {
-    let (status, stderr) = interrupt_the_storm("-TERM", &[]);
-    assert_eq!(status.code(), Some(143), "{stderr}");
-    let file = temp_file_of(&stderr);
-    assert!(
-        stderr.lines().any(|l| l
-            == format!(
-                "interrupted (SIGTERM): deleted the temporary SQLite file {}",
-                file.display()
-            )),
-        "{stderr}"
-    );
-    let dir = file.parent().expect("its directory");
-    assert!(!dir.exists(), "{} still exists", dir.display());
+    an_interrupted_default_run_deletes_the_temporary_file("-TERM", "SIGTERM", 143);
 }
 
 /// Ctrl-C with `--cleanup` on a SQLite file of the test's own: the demo's tables are dropped.
