@@ -574,8 +574,9 @@ mod transactional {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let claimed =
-                    match telemetry::check(claim_in_tx::<S::Database, T>(&mut *tx, &claim).await) {
+                let claimed = match telemetry::check(
+                    claim_in_tx::<S::Database, T>(&mut *tx, &claim, !nested).await,
+                ) {
                         Ok(c) => c,
                         Err(e) if may_retry(&e) => {
                             drop(tx);
@@ -772,16 +773,35 @@ mod transactional {
         Busy,
     }
 
+    /// The claim inside the transaction. `read_first`: the record was read before the
+    /// transaction began ([`TxStore::read_or_begin`]) and did not settle the call, so it is
+    /// most likely missing and the claim most likely lands: the plain `INSERT … ON CONFLICT DO
+    /// NOTHING` ([`SqlBackend::try_claim`]), with the record read only after a conflict (its
+    /// new statement sees the record the conflicting transaction committed). Inside the
+    /// caller's transaction nothing was read first, and a duplicate is as likely as a new key:
+    /// [`SqlBackend::claim_or_read`] (on PostgreSQL one statement either way). On MySQL/MariaDB
+    /// and SQLite both are the same two statements.
     async fn claim_in_tx<DB: SqlBackend, T: DeserializeOwned>(
         conn: &mut DB::Connection,
         claim: &Claim<'_>,
+        read_first: bool,
     ) -> Result<InTx<T>, Error> {
-        let rec = match DB::claim_or_read(conn, claim).await? {
-            ClaimOrRecord::Claimed => return Ok(InTx::Claimed),
-            ClaimOrRecord::Existing(Some(rec)) => rec,
+        let found = if read_first {
+            if DB::try_claim(&mut *conn, claim).await? {
+                return Ok(InTx::Claimed);
+            }
+            None
+        } else {
+            match DB::claim_or_read(&mut *conn, claim).await? {
+                ClaimOrRecord::Claimed => return Ok(InTx::Claimed),
+                ClaimOrRecord::Existing(rec) => rec,
+            }
+        };
+        let rec = match found {
+            Some(rec) => rec,
             // PostgreSQL's one-statement read sees the snapshot its statement started with: a
             // record committed by the transaction the claim waited for needs a fresh look.
-            ClaimOrRecord::Existing(None) => match DB::read_record(conn, claim.key).await? {
+            None => match DB::read_record(conn, claim.key).await? {
                 Some(rec) => rec,
                 None => return Ok(InTx::Retry),
             },
