@@ -38,6 +38,11 @@ struct Args {
     only: Option<String>,
     sqlite_pool: u32,
     redis_url: Option<String>,
+    /// Runs only this side (`annotated`, `hand`, `hand-work`): for profiling one side under
+    /// `perf record`, with `--write` to a scratch file (the ratios need all three).
+    side: Option<String>,
+    /// The main table's concurrencies, default 1 and 32.
+    concurrency: Vec<usize>,
     postgres_url: String,
     mysql_url: String,
     raw: String,
@@ -54,6 +59,8 @@ fn args() -> Args {
         only: None,
         sqlite_pool: 8,
         redis_url: None,
+        side: None,
+        concurrency: vec![1, 32],
         postgres_url: std::env::var("IDEMPOTENT_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
         mysql_url: std::env::var("IDEMPOTENT_MYSQL_URL")
@@ -78,6 +85,20 @@ fn args() -> Args {
                 a.sqlite_pool = value().parse().unwrap_or_else(|_| usage("--sqlite-pool N"))
             }
             "--redis-url" => a.redis_url = Some(value()),
+            "--side" => {
+                let side = value();
+                if !SIDES.contains(&side.as_str()) {
+                    usage("--side annotated|hand|hand-work")
+                }
+                a.side = Some(side)
+            }
+            "--concurrency" => {
+                a.concurrency = value()
+                    .split(',')
+                    .map(|c| c.trim().parse().ok().filter(|&c: &usize| c > 0))
+                    .collect::<Option<Vec<usize>>>()
+                    .unwrap_or_else(|| usage("--concurrency N[,N…] (positive)"))
+            }
             "--postgres-url" => a.postgres_url = value(),
             "--mysql-url" => a.mysql_url = value(),
             "-h" | "--help" => usage(""),
@@ -91,7 +112,8 @@ fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: bench [--calls N (2000)] [--long (10000 calls)] [--rounds N (3)] [--growth] \
          [--no-callgrind] [--only SUBSTRING] [--sqlite-pool N (8)] [--write BENCHMARKS.md] [--redis-url URL (default: a \
-         throwaway redis-server)] [--postgres-url URL] [--mysql-url URL]"
+         throwaway redis-server)] [--postgres-url URL] [--mysql-url URL] [--side annotated|hand|hand-work] \
+         [--concurrency N[,N…] (1,32)]"
     );
     std::process::exit(2)
 }
@@ -213,6 +235,9 @@ async fn run_path(
             let order = [round % 3, (round + 1) % 3, (round + 2) % 3];
             for side_i in order {
                 let side = SIDES[side_i];
+                if a.side.as_deref().is_some_and(|only| only != side) {
+                    continue;
+                }
                 let (call, prepare) = if side_i == 0 { &p.annotated } else { &p.hand };
                 hand::set_framework_work(side_i == 2);
                 let tenant = format!("{run_id}r{round}c{c}s{side_i}");
@@ -1099,7 +1124,7 @@ async fn main() {
 
     // ------------------------------------------------------------------ run
     let mut results = Results::default();
-    let concurrency = [1, 32];
+    let concurrency = a.concurrency.clone();
     for p in &paths {
         eprintln!("{}", p.name);
         run_path(
@@ -1534,6 +1559,9 @@ const METHOD: &str = r#"
 - Flags of `scripts/bench.sh` (passed to `bench`): `--calls N` (default 2,000 per phase),
   `--long` (10,000), `--rounds N` (3), `--growth` (adds the growth section, slow: it pre-fills
   10^6 rows once and runs c up to 128), `--only SUBSTRING` (paths whose name contains it),
+  `--side annotated|hand|hand-work` and `--concurrency N[,N…]` (one side at chosen
+  concurrencies, to profile it alone: `perf record target/release/bench --only "token · Redis"
+  --side annotated --concurrency 32 --no-callgrind --write /tmp/scratch.md`),
   `--sqlite-pool N` (the SQLite pool's connections, default 8), `--no-callgrind`. Without `--growth`, the growth section of the existing BENCHMARKS.md is kept
   as it was, with the date it was last run.
 "#;
