@@ -36,6 +36,15 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds `other`'s calls, time and latencies (the chunks of one side's phase, run
+    /// interleaved with the other sides' chunks) to these.
+    pub fn merge(&mut self, other: Stats) {
+        self.calls += other.calls;
+        self.seconds += other.seconds;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_by(f64::total_cmp);
+    }
+
     pub fn per_second(&self) -> f64 {
         self.calls as f64 / self.seconds
     }

@@ -216,6 +216,8 @@ const PARTS: [&str; 8] = [
     "roundtrip",
 ];
 const PHASES: [&str; 2] = ["fresh", "replay"];
+/// How many slices each side's phase is cut into; the sides run their slices in turn.
+const CHUNKS: usize = 10;
 /// The memory paths `memcpu` counts instructions of: `dedup_table`, `distributed_lock`, `token`.
 const CPU_STRATEGIES: [&str; 3] = ["dedup", "lock", "token"];
 
@@ -232,35 +234,67 @@ async fn run_path(
     for &c in concurrency {
         for round in 0..a.rounds {
             // Each side goes first, second and third in turn.
-            let order = [round % 3, (round + 1) % 3, (round + 2) % 3];
-            for side_i in order {
-                let side = SIDES[side_i];
-                if a.side.as_deref().is_some_and(|only| only != side) {
-                    continue;
-                }
-                let (call, prepare) = if side_i == 0 { &p.annotated } else { &p.hand };
+            let order: Vec<usize> = [round % 3, (round + 1) % 3, (round + 2) % 3]
+                .into_iter()
+                .filter(|&i| a.side.as_deref().is_none_or(|only| only == SIDES[i]))
+                .collect();
+            // Each side's requests, in CHUNKS slices (prepared before anything is timed).
+            let mut chunks: [Vec<Arc<Vec<Req>>>; 3] = Default::default();
+            for &side_i in &order {
+                let prepare = if side_i == 0 {
+                    &p.annotated.1
+                } else {
+                    &p.hand.1
+                };
                 hand::set_framework_work(side_i == 2);
                 let tenant = format!("{run_id}r{round}c{c}s{side_i}");
-                let reqs = Arc::new(
-                    prepare(tenant, calls)
-                        .await
-                        .unwrap_or_else(|e| panic!("{}: preparing: {e}", p.name)),
-                );
-                for ph in PHASES {
-                    let before = match (p.redis, redis_conn.as_mut()) {
-                        (true, Some(conn)) => Some(commandstats(conn).await),
-                        _ => None,
-                    };
-                    let s = phase(call, reqs.clone(), c)
-                        .await
-                        .unwrap_or_else(|e| panic!("{} {side} {ph} c={c}: {e}", p.name));
-                    if let (Some(before), Some(conn)) = (before, redis_conn.as_mut()) {
-                        let (sent, inside) = script_counts(&before, &commandstats(conn).await);
-                        let e = results.redis.entry((p.name.clone(), ph, side)).or_default();
-                        e.0 += sent;
-                        e.1 += inside;
-                        e.2 += s.calls as u64;
+                let reqs = prepare(tenant, calls)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: preparing: {e}", p.name));
+                let per = reqs.len().div_ceil(CHUNKS).max(1);
+                chunks[side_i] = reqs.chunks(per).map(|r| Arc::new(r.to_vec())).collect();
+            }
+            for ph in PHASES {
+                let mut merged: [Option<Stats>; 3] = Default::default();
+                // The sides take turns chunk by chunk, so a disturbance of the machine lasting
+                // less than a phase falls on all of them alike.
+                for chunk in 0..CHUNKS {
+                    for &side_i in &order {
+                        let Some(reqs) = chunks[side_i].get(chunk) else {
+                            continue;
+                        };
+                        let side = SIDES[side_i];
+                        let call = if side_i == 0 {
+                            &p.annotated.0
+                        } else {
+                            &p.hand.0
+                        };
+                        hand::set_framework_work(side_i == 2);
+                        let before = match (p.redis, redis_conn.as_mut()) {
+                            (true, Some(conn)) => Some(commandstats(conn).await),
+                            _ => None,
+                        };
+                        let s = phase(call, reqs.clone(), c)
+                            .await
+                            .unwrap_or_else(|e| panic!("{} {side} {ph} c={c}: {e}", p.name));
+                        if let (Some(before), Some(conn)) = (before, redis_conn.as_mut()) {
+                            let (sent, inside) = script_counts(&before, &commandstats(conn).await);
+                            let e = results.redis.entry((p.name.clone(), ph, side)).or_default();
+                            e.0 += sent;
+                            e.1 += inside;
+                            e.2 += s.calls as u64;
+                        }
+                        match &mut merged[side_i] {
+                            Some(m) => m.merge(s),
+                            slot => *slot = Some(s),
+                        }
                     }
+                }
+                for &side_i in &order {
+                    let side = SIDES[side_i];
+                    let Some(s) = merged[side_i].take() else {
+                        continue;
+                    };
                     eprintln!(
                         "  {:<40} c={c:<3} round {round} {side:<9} {ph:<6} {:>9.0} calls/s p99 {:>8.0} µs",
                         p.name,
@@ -1544,7 +1578,11 @@ const METHOD: &str = r#"
 - The body is pure CPU (builds the response): the figures are the protocol's cost alone. With a
   real body (a payment call, an INSERT) the ratios move towards 1.
 - Rounds: each round runs the three sides (which goes first rotates per round), each a
-  fresh phase on new keys, then a replay phase on the same keys. The table shows each side's
+  fresh phase on new keys, then a replay phase on the same keys. A phase is cut into 10
+  slices and the sides take turns slice by slice (annotated, hand, hand + work, then the next
+  slice), so a disturbance of the machine shorter than a phase — another process, a frequency
+  step — falls on all three sides alike instead of on whichever side was running; a side's
+  figures are its slices' together. The table shows each side's
   median calls/s over the rounds (they may come from different rounds, so the quotient of two
   shown rates can differ from the shown ratio, even in direction) and the median of the
   rounds' p99. A ratio is the median of the rounds'
