@@ -62,7 +62,47 @@ pub fn not_a_url(url: &str, e: &sqlx::Error) -> String {
 /// without password>: <cause>` (the runtime's [`ConnectError`]); or `--redis-url <URL>:
 /// <error>` for a server that answered but cannot be used (too old, an evicting policy).
 pub async fn redis(urls: &str) -> Result<idempotent_runtime::RedisStore, String> {
+    let nodes = redis_nodes(urls)?;
+    let store = if nodes.len() > 1 {
+        idempotent_runtime::RedisStore::connect_cluster(&nodes).await
+    } else {
+        idempotent_runtime::RedisStore::connect(nodes[0]).await
+    };
+    store.map_err(|e| {
+        let line = connect_message(&e);
+        let line = if line.starts_with("cannot connect to ") {
+            format!("--redis-url: {line}")
+        } else {
+            format!("--redis-url {}: {line}", redact_nodes(&nodes))
+        };
+        // redis-rs's answer from a standalone server asked for its cluster slots.
+        if nodes.len() > 1 && line.contains("cluster support disabled") {
+            format!(
+                "{line} (several comma-separated --redis-url nodes select Redis Cluster mode; for one standalone server give one URL)"
+            )
+        } else {
+            line
+        }
+    })
+}
+
+/// The node URLs of a `--redis-url` (comma-separated; one for a standalone server), checked
+/// before any connection: each non-empty and `redis://` or `rediss://`. Errors: one line
+/// naming the problem — an empty value, an empty node (an extra comma) by its position, or a
+/// node of another scheme (its URL without password).
+pub fn redis_nodes(urls: &str) -> Result<Vec<&str>, String> {
     let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+    if nodes.iter().all(|n| n.is_empty()) {
+        return Err("--redis-url is empty: give redis://host:port (or several comma-separated node URLs for a Redis Cluster)".into());
+    }
+    if let Some(i) = nodes.iter().position(|n| n.is_empty()) {
+        return Err(format!(
+            "--redis-url `{}` has an empty node URL (node {} of {}): remove the extra comma",
+            redact_nodes(&nodes),
+            i + 1,
+            nodes.len()
+        ));
+    }
     if let Some(bad) = nodes
         .iter()
         .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
@@ -72,17 +112,29 @@ pub async fn redis(urls: &str) -> Result<idempotent_runtime::RedisStore, String>
             redact_url(bad)
         ));
     }
-    let store = if nodes.len() > 1 {
-        idempotent_runtime::RedisStore::connect_cluster(&nodes).await
-    } else {
-        idempotent_runtime::RedisStore::connect(urls).await
-    };
-    store.map_err(|e| {
-        let line = connect_message(&e);
-        if line.starts_with("cannot connect to ") {
-            format!("--redis-url: {line}")
-        } else {
-            format!("--redis-url {}: {line}", redact_url(urls))
-        }
-    })
+    Ok(nodes)
+}
+
+/// A list of node URLs, each without its password (one `redact_url` over the whole list
+/// would miss a password after the first node's path), joined by commas.
+fn redact_nodes(nodes: &[&str]) -> String {
+    nodes
+        .iter()
+        .map(|n| redact_url(n))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Checks the scheme of a `--database-url` before any connection: `postgres:`/`postgresql:`,
+/// `mysql:`/`mariadb:` or `sqlite:`. Errors: one line naming the URL (without password) and
+/// the schemes taken.
+pub fn database_scheme(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 5] = ["postgres:", "postgresql:", "mysql:", "mariadb:", "sqlite:"];
+    if SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Ok(());
+    }
+    Err(format!(
+        "unsupported --database-url `{}`: use postgres://, mysql:// (or mariadb://) or sqlite://",
+        redact_url(url)
+    ))
 }

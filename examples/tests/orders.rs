@@ -55,6 +55,83 @@ fn an_unknown_scheme_is_refused() {
             "postgres://, mysql:// (or mariadb://) or sqlite://",
         ],
     );
+    // A usage error, as clap's own: exit 2.
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// Malformed URLs are usage errors, refused with exit 2 before anything connects or is
+/// created, each in one line naming the problem: an empty `--redis-url`, an empty node (an
+/// extra comma), a node of another scheme in a Cluster list, an in-memory SQLite database.
+#[test]
+fn malformed_urls_are_usage_errors_named_in_one_line() {
+    for (args, needle) in [
+        (vec!["--redis-url", ""], "--redis-url is empty"),
+        (vec!["--redis-url", " , "], "--redis-url is empty"),
+        (
+            vec!["--redis-url", "redis://127.0.0.1:1,"],
+            "has an empty node URL (node 2 of 2): remove the extra comma",
+        ),
+        (
+            vec![
+                "--redis-url",
+                "redis://:pw@127.0.0.1:1,,redis://127.0.0.1:2",
+            ],
+            "has an empty node URL (node 2 of 3)",
+        ),
+        (
+            vec![
+                "--redis-url",
+                "redis://127.0.0.1:1/0,,redis://:pw@127.0.0.1:2",
+            ],
+            "`redis://127.0.0.1:1/0,,redis://127.0.0.1:2` has an empty node URL",
+        ),
+        (
+            vec!["--redis-url", "redis://127.0.0.1:1,http://127.0.0.1:2"],
+            "unsupported --redis-url `http://127.0.0.1:2`",
+        ),
+        (
+            vec!["--database-url", "sqlite::memory:"],
+            "in-memory SQLite",
+        ),
+        (
+            vec!["--database-url", "http://:pw@127.0.0.1:5432"],
+            "unsupported --database-url `http://127.0.0.1:5432`",
+        ),
+    ] {
+        let out = orders(&args);
+        let stderr = refused(&out, &[needle]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(!stderr.contains("pw@"), "{args:?}: {stderr}");
+    }
+}
+
+/// Several comma-separated `--redis-url` nodes on one standalone server: redis-rs's answer
+/// ("cluster support disabled") comes with the reason — a list selects Redis Cluster mode.
+#[test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "no Redis: IDEMPOTENT_REDIS_URL is not set and redis-server is not on PATH"
+)]
+fn a_node_list_on_a_standalone_server_names_cluster_mode() {
+    let url = match std::env::var(idempotent_tests::REDIS_ENV) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => idempotent_tests::throwaway_redis_url()
+            .or_else(|| idempotent_tests::server_url(idempotent_tests::REDIS_ENV, "Redis")),
+    };
+    let Some(url) = url else {
+        return;
+    };
+    let out = orders(&["--redis-url", &format!("{url},{url}")]);
+    let stderr = refused(
+        &out,
+        &[
+            "cluster support disabled",
+            "several comma-separated --redis-url nodes select Redis Cluster mode; for one standalone server give one URL",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
 
 /// A port nothing listens on (1, reserved): refused at once, with the URL minus its password.

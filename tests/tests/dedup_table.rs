@@ -1545,6 +1545,14 @@ mod statements_per_call {
             Some("COMMIT"),
             "{fresh:?}"
         );
+        // The record was read first and found missing, so the claim is the plain `INSERT … ON
+        // CONFLICT DO NOTHING` (`INSERT 0 1`), not the claim-or-read statement, whose read
+        // joins the table again on every fresh call (its tag: `SELECT 1`).
+        assert_eq!(
+            fresh.commands.get(..3),
+            Some(&["SELECT 0", "BEGIN", "INSERT 0 1"].map(String::from)[..]),
+            "{fresh:?}"
+        );
         assert_eq!(svc.ledger.count(&r).await, 1);
 
         let one_read = PgLog {

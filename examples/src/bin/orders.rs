@@ -407,10 +407,11 @@ async fn main_inner(args: Args) -> Result<Ended, Box<dyn std::error::Error>> {
             .map_err(|e| format!("cannot open the SQLite database {shown}: {e}"))?;
         run_on!(db, sqlite)
     } else {
-        return Err(format!(
-            "unsupported --database-url `{shown}`: use postgres://, mysql:// (or mariadb://) or sqlite://"
-        )
-        .into());
+        // `usage_of_urls` refused every other scheme before the run.
+        return Err(idempotent_examples::connect::database_scheme(&url)
+            .err()
+            .unwrap_or_else(|| format!("unsupported --database-url `{shown}`"))
+            .into());
     };
     if let Some(dir) = tmp {
         let file = dir.path().join("orders-demo.db");
@@ -428,6 +429,20 @@ async fn main_inner(args: Args) -> Result<Ended, Box<dyn std::error::Error>> {
         ))),
         None => Ok(Ended::Interrupted(cleaned.join("; "))),
     }
+}
+
+/// Checks `--database-url` and `--redis-url` before anything connects: the database's
+/// scheme, no in-memory SQLite, Redis node URLs non-empty and `redis://`/`rediss://`. Errors:
+/// the first problem, in one line.
+fn usage_of_urls(args: &Args) -> Result<(), String> {
+    if let Some(url) = &args.database_url {
+        idempotent_examples::connect::database_scheme(url)?;
+        refuse_sqlite_memory(&redact(url))?;
+    }
+    if let Some(urls) = &args.redis_url {
+        idempotent_examples::connect::redis_nodes(urls)?;
+    }
+    Ok(())
 }
 
 /// The last line of the text summary: OK, or FAILED naming each failed operation and why.
@@ -464,6 +479,11 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // A malformed URL is a usage error, as clap's own: exit 2 before anything is created.
+    if let Err(e) = usage_of_urls(&args) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let json = args.json;
     match main_inner(args).await {
         Ok(Ended::Interrupted(cleaned)) => {
