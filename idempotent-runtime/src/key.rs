@@ -262,7 +262,10 @@ impl KeyBuilder {
         let mut total = 0usize;
         for (i, (_, bytes)) in self.parts.iter().enumerate() {
             if bytes.is_empty() {
-                return Err(Error::InvalidKey(format!("key part {} is empty", i + 1)));
+                return Err(Error::InvalidKey(match self.parts.len() {
+                    1 => "the key is empty".to_owned(),
+                    n => format!("key part {} of {n} is empty", i + 1),
+                }));
             }
             total += bytes.len();
         }
@@ -452,5 +455,39 @@ mod tests {
         assert!(e(KeyBuilder::new("op").part(long.as_str()).finish()));
         let max = "x".repeat(MAX_KEY_BYTES);
         assert!(KeyBuilder::new("op").part(max.as_str()).finish().is_ok());
+    }
+
+    /// An empty part is named by what the caller wrote: "the key" for a one-part key, its
+    /// position among several otherwise.
+    #[test]
+    fn an_empty_part_is_named_as_the_caller_sees_it() {
+        let reason = |r: Result<StorageKey, Error>| match r {
+            Err(Error::InvalidKey(reason)) => reason,
+            other => panic!("expected InvalidKey, got {other:?}"),
+        };
+        assert_eq!(
+            reason(KeyBuilder::new("op").part("").finish()),
+            "the key is empty"
+        );
+        assert_eq!(
+            reason(KeyBuilder::new("op").part("a").part("").part("c").finish()),
+            "key part 2 of 3 is empty"
+        );
+    }
+
+    /// A token too long or empty is called a token, not a key.
+    #[test]
+    fn a_bad_token_is_named_a_token() {
+        let reason = |r: Result<StorageKey, Error>| match r {
+            Err(Error::InvalidKey(reason)) => reason,
+            other => panic!("expected InvalidKey, got {other:?}"),
+        };
+        use crate::strategy::token::token_key;
+        assert_eq!(reason(token_key("")), "the token is empty");
+        let long = "t".repeat(2000);
+        assert_eq!(
+            reason(token_key(long.as_str())),
+            "the token is 2000 bytes; the limit is 1024"
+        );
     }
 }

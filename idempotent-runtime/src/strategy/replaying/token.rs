@@ -80,10 +80,20 @@ impl Options {
 
 /// The storage key of a token (its own namespace, independent of any operation).
 ///
-/// Errors: [`Error::InvalidKey`] for an empty or oversized token.
+/// Errors: [`Error::InvalidKey`] for an empty or oversized token, saying "the token" ("the
+/// token is empty", "the token is 2000 bytes; the limit is 1024").
 #[doc(hidden)]
 pub fn token_key<K: KeyPart + ?Sized>(token: &K) -> Result<StorageKey, Error> {
-    KeyBuilder::new(TOKEN_OPERATION).part(token).finish()
+    KeyBuilder::new(TOKEN_OPERATION)
+        .part(token)
+        .finish()
+        .map_err(|e| match e {
+            // The token is the key's only part: `KeyBuilder` says "the key".
+            Error::InvalidKey(reason) => {
+                Error::InvalidKey(reason.replacen("the key", "the token", 1))
+            }
+            other => other,
+        })
 }
 
 /// Issues a one-time token valid for `ttl`: 16 random bytes from the OS RNG as 32 lowercase
