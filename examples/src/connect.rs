@@ -87,9 +87,10 @@ pub async fn redis(urls: &str) -> Result<idempotent_runtime::RedisStore, String>
 }
 
 /// The node URLs of a `--redis-url` (comma-separated; one for a standalone server), checked
-/// before any connection: each non-empty and `redis://` or `rediss://`. Errors: one line
-/// naming the problem — an empty value, an empty node (an extra comma) by its position, or a
-/// node of another scheme (its URL without password).
+/// before any connection: each non-empty and `redis://` (`rediss://` is refused: the
+/// runtime's Redis client is built without TLS). Errors: one line naming the problem — an
+/// empty value, an empty node (an extra comma) by its position, `rediss://`, or a node of
+/// another scheme (its URL without password).
 pub fn redis_nodes(urls: &str) -> Result<Vec<&str>, String> {
     let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
     if nodes.iter().all(|n| n.is_empty()) {
@@ -103,12 +104,15 @@ pub fn redis_nodes(urls: &str) -> Result<Vec<&str>, String> {
             nodes.len()
         ));
     }
-    if let Some(bad) = nodes
-        .iter()
-        .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-    {
+    if let Some(tls) = nodes.iter().find(|u| u.starts_with("rediss://")) {
         return Err(format!(
-            "unsupported --redis-url `{}`: use redis://host:port or rediss://host:port (comma-separated node URLs select a Redis Cluster)",
+            "unsupported --redis-url `{}`: rediss:// (TLS) is not built in (the runtime's Redis client is compiled without TLS); use redis://host:port",
+            redact_url(tls)
+        ));
+    }
+    if let Some(bad) = nodes.iter().find(|u| !u.starts_with("redis://")) {
+        return Err(format!(
+            "unsupported --redis-url `{}`: use redis://host:port (comma-separated node URLs select a Redis Cluster)",
             redact_url(bad)
         ));
     }
@@ -125,16 +129,24 @@ fn redact_nodes(nodes: &[&str]) -> String {
         .join(",")
 }
 
-/// Checks the scheme of a `--database-url` before any connection: `postgres:`/`postgresql:`,
-/// `mysql:`/`mariadb:` or `sqlite:`. Errors: one line naming the URL (without password) and
-/// the schemes taken.
+/// Checks a `--database-url` before any connection: its scheme (`postgres:`/`postgresql:`,
+/// `mysql:`/`mariadb:` or `sqlite:`) and that sqlx parses it as that database's options (a
+/// port out of range, an unknown `sslmode`). Errors: one line naming the URL (without
+/// password) and the schemes taken, or [`not_a_url`]'s.
 pub fn database_scheme(url: &str) -> Result<(), String> {
-    const SCHEMES: [&str; 5] = ["postgres:", "postgresql:", "mysql:", "mariadb:", "sqlite:"];
-    if SCHEMES.iter().any(|s| url.starts_with(s)) {
-        return Ok(());
-    }
-    Err(format!(
-        "unsupported --database-url `{}`: use postgres://, mysql:// (or mariadb://) or sqlite://",
-        redact_url(url)
-    ))
+    let parsed = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        url.parse::<sqlx::postgres::PgConnectOptions>().map(drop)
+    } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        url.replacen("mariadb:", "mysql:", 1)
+            .parse::<sqlx::mysql::MySqlConnectOptions>()
+            .map(drop)
+    } else if url.starts_with("sqlite:") {
+        url.parse::<sqlx::sqlite::SqliteConnectOptions>().map(drop)
+    } else {
+        return Err(format!(
+            "unsupported --database-url `{}`: use postgres://, mysql:// (or mariadb://) or sqlite://",
+            redact_url(url)
+        ));
+    };
+    parsed.map_err(|e| not_a_url(url, &e))
 }

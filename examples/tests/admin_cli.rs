@@ -315,7 +315,7 @@ async fn argument_errors_name_what_is_allowed() {
             "k",
         ],
         2,
-        "unsupported --redis-url \"http://127.0.0.1:6379\"",
+        "unsupported --redis-url `http://127.0.0.1:6379`: use redis://host:port",
     )
     .await;
     for key in ["", &"k".repeat(1025)] {

@@ -729,7 +729,7 @@ fn the_binary_names_a_redis_it_cannot_reach() {
     let (code, stderr) = run("http://127.0.0.1:6379");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.starts_with("error: unsupported --redis-url `http://127.0.0.1:6379`: use redis://host:port or rediss://host:port"),
+        stderr.starts_with("error: unsupported --redis-url `http://127.0.0.1:6379`: use redis://host:port (comma-separated node URLs select a Redis Cluster)"),
         "{stderr}"
     );
     let (code, stderr) = run("redis://:s3cret@127.0.0.1:1");

@@ -97,6 +97,20 @@ fn malformed_urls_are_usage_errors_named_in_one_line() {
             vec!["--database-url", "http://:pw@127.0.0.1:5432"],
             "unsupported --database-url `http://127.0.0.1:5432`",
         ),
+        (vec!["--database-url", "sqlite://"], "names no SQLite file"),
+        (vec!["--database-url", "sqlite:"], "names no SQLite file"),
+        (
+            vec!["--database-url", "postgres://app:pw@127.0.0.1:99999/x"],
+            "--database-url postgres://app@127.0.0.1:99999/x does not parse",
+        ),
+        (
+            vec!["--database-url", "mysql://root:pw@127.0.0.1:99999/x"],
+            "does not parse",
+        ),
+        (
+            vec!["--redis-url", "rediss://:pw@127.0.0.1:6380"],
+            "rediss:// (TLS) is not built in",
+        ),
     ] {
         let out = orders(&args);
         let stderr = refused(&out, &[needle]);
@@ -104,6 +118,21 @@ fn malformed_urls_are_usage_errors_named_in_one_line() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
         assert!(!stderr.contains("pw@"), "{args:?}: {stderr}");
     }
+}
+
+/// A PostgreSQL URL without a host (`postgres:///db`: a local Unix socket, or localhost)
+/// is tried, not a crash: sqlx 0.9.0's URL rebuilding panicked on the socket directory it
+/// defaults to, inside the runtime's connect diagnosis.
+#[test]
+fn a_postgres_url_without_a_host_is_tried_not_a_crash() {
+    let out = orders(&[
+        "--database-url",
+        "postgres:///no_such_db?user=idempotent_no_such_role",
+    ]);
+    let stderr = refused(&out, &["--database-url"]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
 
 /// Several comma-separated `--redis-url` nodes on one standalone server: redis-rs's answer
@@ -453,7 +482,7 @@ fn a_bad_redis_url_is_named_like_a_bad_database_url() {
         &out,
         &[
             "unsupported --redis-url `http://127.0.0.1:6379`",
-            "use redis://host:port or rediss://host:port",
+            "use redis://host:port (comma-separated node URLs select a Redis Cluster)",
         ],
     );
     assert!(!stderr.contains("pw"), "{stderr}");

@@ -300,9 +300,33 @@ pub fn cause_of(e: &(dyn std::error::Error + 'static)) -> ConnectCause {
 }
 
 /// `url` without its password (`postgres://app:secret@db/orders` → `postgres://app@db/orders`,
-/// `redis://:secret@cache:6379` → `redis://cache:6379`); text that is not a URL with
-/// credentials is returned as it is.
+/// `redis://:secret@cache:6379` → `redis://cache:6379`), nor its `password=` and
+/// `sslpassword=` query parameters (`postgres://app@db/orders?password=secret&sslmode=require`
+/// → `postgres://app@db/orders?sslmode=require`); text that is not a URL with credentials is
+/// returned as it is.
 pub fn redact_url(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return redact_user_info(url);
+    };
+    // `password=` (PostgreSQL's and MySQL's connection parameter) and `sslpassword=` (the
+    // client key's) are dropped from the query too.
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            !(name.eq_ignore_ascii_case("password") || name.eq_ignore_ascii_case("sslpassword"))
+        })
+        .collect();
+    let base = redact_user_info(base);
+    if kept.is_empty() {
+        base
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// [`redact_url`]'s first half: the password of the URL's user information.
+fn redact_user_info(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -322,6 +346,22 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_url_drops_password_parameters() {
+        assert_eq!(
+            redact_url("postgres://app@db/orders?password=hunter2&sslmode=require"),
+            "postgres://app@db/orders?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("mysql://root:pw@db/test?PASSWORD=x&sslpassword=y"),
+            "mysql://root@db/test"
+        );
+        assert_eq!(
+            redact_url("postgres://db/orders?sslmode=require&password="),
+            "postgres://db/orders?sslmode=require"
+        );
+    }
 
     #[test]
     fn redact_url_drops_only_the_password() {

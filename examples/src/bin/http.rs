@@ -46,6 +46,15 @@ async fn serve<K: ClaimStore>(
 ) -> Result<(), Box<dyn std::error::Error>> {
     db.create_tables().await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    // Ctrl-C or SIGTERM: stop taking requests, finish those in flight, return (so that the
+    // temporary SQLite directory is deleted). Listened for from here, before the lines below
+    // tell a supervisor the server is up: a signal right after them was the default action
+    // (death, the directory left) while the handler was not installed yet.
+    let mut interrupted = Box::pin(idempotent_examples::signal::interruption());
+    if let std::task::Poll::Ready(r) = futures_util::poll!(interrupted.as_mut()) {
+        r?;
+        return Ok(());
+    }
     eprintln!(
         "listening on http://{} (ledger: {}, idempotency records: {})",
         listener.local_addr()?,
@@ -58,8 +67,6 @@ async fn serve<K: ClaimStore>(
             dir.join("http-demo.db").display()
         );
     }
-    // Ctrl-C or SIGTERM: stop taking requests, finish those in flight, return (so that the
-    // temporary SQLite directory is deleted).
     axum::serve(
         listener,
         router(App {
@@ -68,8 +75,8 @@ async fn serve<K: ClaimStore>(
             hook: None,
         }),
     )
-    .with_graceful_shutdown(async {
-        let _ = idempotent_examples::signal::interruption().await;
+    .with_graceful_shutdown(async move {
+        let _ = interrupted.await;
     })
     .await?;
     if let Some((signal, _)) = idempotent_examples::signal::interrupted_by() {

@@ -498,19 +498,10 @@ fn check(args: &Args) {
             );
         }
     }
-    if let Some(urls) = &args.redis_url {
-        for node in urls.split(',').map(str::trim) {
-            if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
-                fail(
-                    clap::error::ErrorKind::ValueValidation,
-                    format!(
-                        "unsupported --redis-url {:?}: use redis://… or rediss://… (Cluster \
-                         nodes comma-separated)",
-                        idempotent_runtime::connect::redact_url(node)
-                    ),
-                );
-            }
-        }
+    if let Some(urls) = &args.redis_url
+        && let Err(problem) = idempotent_examples::connect::redis_nodes(urls)
+    {
+        fail(clap::error::ErrorKind::ValueValidation, problem);
     }
     let Some((k, _)) = key_of(&args.command) else {
         return;

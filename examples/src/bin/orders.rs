@@ -80,8 +80,19 @@ fn count_in<const MIN: usize, const MAX: usize>(s: &str) -> Result<usize, String
 /// pool would get a database of its own (tables created on one are missing on the others).
 fn refuse_sqlite_memory(url: &str) -> Result<(), String> {
     let lower = url.to_ascii_lowercase();
-    if lower.starts_with("sqlite:") && (lower.contains(":memory:") || lower.contains("mode=memory"))
-    {
+    let Some(rest) = lower.strip_prefix("sqlite:") else {
+        return Ok(());
+    };
+    // `sqlite:` and `sqlite://` name no file: SQLite gives each connection a private temporary
+    // database, as it gives an in-memory one.
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(format!(
+            "--database-url `{url}` names no SQLite file: each connection of the demo's pool would get a private temporary database of its own; leave --database-url out (a fresh SQLite file in the temp directory, deleted at exit) or give a file, e.g. sqlite://orders.db"
+        ));
+    }
+    if lower.contains(":memory:") || lower.contains("mode=memory") {
         return Err(format!(
             "--database-url `{url}`: an in-memory SQLite database belongs to one connection, and the demo runs a pool of them (each would see a database of its own); leave --database-url out (a fresh SQLite file in the temp directory, deleted at exit) or give a file, e.g. sqlite://orders.db"
         ));
@@ -432,8 +443,8 @@ async fn main_inner(args: Args) -> Result<Ended, Box<dyn std::error::Error>> {
 }
 
 /// Checks `--database-url` and `--redis-url` before anything connects: the database's
-/// scheme, no in-memory SQLite, Redis node URLs non-empty and `redis://`/`rediss://`. Errors:
-/// the first problem, in one line.
+/// scheme and syntax, no in-memory or file-less SQLite, Redis node URLs non-empty and
+/// `redis://`. Errors: the first problem, in one line.
 fn usage_of_urls(args: &Args) -> Result<(), String> {
     if let Some(url) = &args.database_url {
         idempotent_examples::connect::database_scheme(url)?;

@@ -1165,39 +1165,177 @@ async fn connect_once<DB: SqlBackend>(
     }
 }
 
-/// The TCP host and port of a server database's `options`; `None` for SQLite and for a Unix
-/// socket.
+/// Where a server database's `options` point, read from their fields: sqlx's own URL
+/// rebuilding (`ConnectOptions::to_url_lossy`) panics in sqlx 0.9.0 when the host is a Unix
+/// socket directory — the default host of `postgres:///db` on a machine with a local server —
+/// and on an empty host (`BUG: generated un-parseable URL: EmptyHost`). `None` for SQLite.
+struct ServerAddress<'a> {
+    scheme: &'static str,
+    user: &'a str,
+    /// A host name or address; empty when none was given.
+    host: &'a str,
+    port: u16,
+    /// The Unix socket (a directory on PostgreSQL, a file on MySQL) the connection uses
+    /// instead of TCP: set explicitly, or a host starting with `/`.
+    socket: Option<String>,
+    database: Option<&'a str>,
+}
+
+fn address_of<DB: SqlBackend>(
+    options: &<DB::Connection as sqlx::Connection>::Options,
+) -> Option<ServerAddress<'_>> {
+    let options = options as &dyn std::any::Any;
+    let socket_of = |socket: Option<&std::path::PathBuf>, host: &str| {
+        socket
+            .map(|p| p.display().to_string())
+            .or_else(|| host.starts_with('/').then(|| host.to_owned()))
+    };
+    #[cfg(feature = "postgres")]
+    if let Some(o) = options.downcast_ref::<sqlx::postgres::PgConnectOptions>() {
+        return Some(ServerAddress {
+            scheme: "postgres",
+            user: o.get_username(),
+            host: o.get_host(),
+            port: o.get_port(),
+            socket: socket_of(o.get_socket(), o.get_host()),
+            database: o.get_database(),
+        });
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(o) = options.downcast_ref::<sqlx::mysql::MySqlConnectOptions>() {
+        return Some(ServerAddress {
+            scheme: "mysql",
+            user: o.get_username(),
+            host: o.get_host(),
+            port: o.get_port(),
+            socket: socket_of(o.get_socket(), o.get_host()),
+            database: o.get_database(),
+        });
+    }
+    None
+}
+
+/// The TCP host and port of a server database's `options`; `None` for SQLite, for a Unix
+/// socket and for an empty host.
 fn tcp_address_of<DB: SqlBackend>(
     options: &<DB::Connection as sqlx::Connection>::Options,
 ) -> Option<(String, u16)> {
-    use sqlx::ConnectOptions as _;
-    #[cfg(feature = "sqlite")]
-    if (options as &dyn std::any::Any).is::<sqlx::sqlite::SqliteConnectOptions>() {
+    let a = address_of::<DB>(options)?;
+    if a.socket.is_some() || a.host.is_empty() {
         return None;
     }
-    let url = options.to_url_lossy();
-    let host = url.host_str()?;
-    // A socket path is percent-encoded into the host (`%2Fvar%2Frun%2Fpostgresql`):
-    // `TcpCheck::start` skips it.
-    Some((host.to_owned(), url.port()?))
+    Some((a.host.to_owned(), a.port))
 }
 
-/// The address of a pool's database for messages, and its host for a name look-up: the URL
-/// sqlx rebuilds from `options` without password and query; for SQLite, whose URL rebuilding
-/// panics on in-memory databases in sqlx 0.9.0, `sqlite://<file>` and no host.
+/// The address of a pool's database for messages, and its host for a name look-up:
+/// `scheme://user@host:port/database` without password or query (a Unix socket shown as
+/// `[unix socket PATH]`, with no host to look up); for SQLite `sqlite://<file>` and no host.
 fn target_of<DB: SqlBackend>(
     options: &<DB::Connection as sqlx::Connection>::Options,
 ) -> (String, Option<String>) {
-    use sqlx::ConnectOptions as _;
     #[cfg(feature = "sqlite")]
     if let Some(o) =
         (options as &dyn std::any::Any).downcast_ref::<sqlx::sqlite::SqliteConnectOptions>()
     {
         return (format!("sqlite://{}", o.get_filename().display()), None);
     }
-    let mut url = options.to_url_lossy();
-    let host = url.host_str().map(str::to_owned);
-    let _ = url.set_password(None);
-    url.set_query(None);
-    (url.to_string(), host)
+    let Some(a) = address_of::<DB>(options) else {
+        return (
+            format!("the {} database", <DB as sqlx::Database>::NAME),
+            None,
+        );
+    };
+    let user = if a.user.is_empty() {
+        String::new()
+    } else {
+        format!("{}@", a.user)
+    };
+    let database = a.database.map(|d| format!("/{d}")).unwrap_or_default();
+    match a.socket {
+        Some(socket) => (
+            format!("{}://{user}[unix socket {socket}]{database}", a.scheme),
+            None,
+        ),
+        None => {
+            // An IPv6 address in brackets, as in a URL.
+            let host = if a.host.contains(':') {
+                format!("[{}]", a.host)
+            } else {
+                a.host.to_owned()
+            };
+            (
+                format!("{}://{user}{host}:{}{database}", a.scheme, a.port),
+                (!a.host.is_empty()).then(|| a.host.to_owned()),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_of;
+
+    /// sqlx 0.9.0's `to_url_lossy` panics ("BUG: generated un-parseable URL: EmptyHost") on a
+    /// PostgreSQL socket directory as host — the default of `postgres:///db` on a machine with
+    /// a local server — and on an empty host: the target is built from the fields instead.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_postgres_target_never_panics_and_names_a_socket() {
+        use sqlx::postgres::{PgConnectOptions, Postgres};
+        let socket = PgConnectOptions::new_without_pgpass()
+            .host("/var/run/postgresql")
+            .port(5432)
+            .username("app")
+            .password("secret")
+            .database("orders");
+        assert_eq!(
+            target_of::<Postgres>(&socket),
+            (
+                "postgres://app@[unix socket /var/run/postgresql]/orders".to_owned(),
+                None
+            )
+        );
+        let tcp = PgConnectOptions::new_without_pgpass()
+            .host("db.example")
+            .port(6543)
+            .username("app")
+            .password("secret")
+            .database("orders");
+        assert_eq!(
+            target_of::<Postgres>(&tcp),
+            (
+                "postgres://app@db.example:6543/orders".to_owned(),
+                Some("db.example".to_owned())
+            )
+        );
+        let v6 = PgConnectOptions::new_without_pgpass()
+            .host("::1")
+            .port(5432)
+            .username("app");
+        assert_eq!(target_of::<Postgres>(&v6).0, "postgres://app@[::1]:5432");
+        let empty = PgConnectOptions::new_without_pgpass()
+            .host("")
+            .username("app");
+        assert_eq!(target_of::<Postgres>(&empty).1, None);
+        // Whatever the machine's default host, a URL without one parses and is described.
+        let default: PgConnectOptions = "postgres:///test".parse().expect("parses");
+        assert!(target_of::<Postgres>(&default).0.starts_with("postgres://"));
+    }
+
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn a_mysql_target_names_a_socket() {
+        use sqlx::mysql::{MySql, MySqlConnectOptions};
+        let socket = MySqlConnectOptions::new()
+            .socket("/run/mysqld/mysqld.sock")
+            .username("root")
+            .database("test");
+        assert_eq!(
+            target_of::<MySql>(&socket),
+            (
+                "mysql://root@[unix socket /run/mysqld/mysqld.sock]/test".to_owned(),
+                None
+            )
+        );
+    }
 }
