@@ -468,6 +468,53 @@ fn other_server(answer: Option<&'static [u8]>) -> u16 {
     port
 }
 
+/// Ctrl-C while the demo is still connecting (to a port that accepts and never answers) says
+/// that nothing was created there, not that "the tables stay": there are none.
+#[test]
+fn ctrl_c_while_connecting_says_nothing_was_created() {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (accepted, connecting) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+            let _ = accepted.send(());
+        }
+    });
+    let url = format!("postgres://app@127.0.0.1:{port}/orders");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orders"))
+        .args(["--database-url", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the demo");
+    connecting
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the demo connects");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let status = child.wait().expect("wait for the demo");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "interrupted (Ctrl-C): while connecting to {url}: nothing was created there"
+        )),
+        "{stderr}"
+    );
+}
+
 const HTTP_400: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 

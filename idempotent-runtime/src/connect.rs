@@ -80,8 +80,14 @@ pub struct ConnectError {
 }
 
 impl fmt::Display for ConnectError {
+    /// `cannot connect to <target> (<context>): <cause>: <source>`; a busy pool, where
+    /// connecting works, `no free connection in the pool of <target> (<context>): <cause>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot connect to {}", self.target)?;
+        if self.cause == ConnectCause::PoolBusy {
+            write!(f, "no free connection in the pool of {}", self.target)?;
+        } else {
+            write!(f, "cannot connect to {}", self.target)?;
+        }
         if !self.context.is_empty() {
             write!(f, " ({})", self.context)?;
         }

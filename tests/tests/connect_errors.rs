@@ -64,6 +64,13 @@ async fn a_pool_whose_connections_are_all_busy_says_so() {
         .expect_err("the connection is held");
     assert_eq!(connect_error(&e).cause, ConnectCause::PoolBusy);
     assert!(e.to_string().contains("1 of 1 connections open"), "{e}");
+    // Connecting works: the message says the pool had no free connection, not "cannot connect".
+    assert!(
+        e.to_string()
+            .contains("no free connection in the pool of sqlite://"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("cannot connect"), "{e}");
     drop(held);
     idempotent_runtime::migrate(&pool)
         .await

@@ -383,47 +383,48 @@ async fn main_inner(args: Args) -> Result<Ended, Box<dyn std::error::Error>> {
                 cleaned.push(format!("dropped the demo's tables on {shown} (--cleanup)"));
             }
             db.close().await;
-            (ended, cleaned)
+            (ended, cleaned, records_existed.is_some())
         }};
     }
-    let (ended, mut cleaned) = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let db = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(pool_size)
-            // How long a call may wait for a pooled connection before failing (sqlx's
-            // default is 30 s), and the bound of the first connection: 10 s.
-            .acquire_timeout(PROBE_TIMEOUT)
-            .connect_lazy(&url)
-            .map_err(|e| not_a_url(&url, &e))?;
-        run_on!(db, postgres)
-    } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-        let url = url.replacen("mariadb:", "mysql:", 1);
-        let db = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(pool_size)
-            .acquire_timeout(PROBE_TIMEOUT)
-            .connect_lazy(&url)
-            .map_err(|e| not_a_url(&url, &e))?;
-        run_on!(db, mysql)
-    } else if url.starts_with("sqlite:") {
-        let opts: sqlx::sqlite::SqliteConnectOptions = url
-            .parse()
-            .map_err(|e| format!("--database-url {shown} is not a SQLite URL: {e}"))?;
-        let opts = opts
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(30));
-        let db = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await
-            .map_err(|e| format!("cannot open the SQLite database {shown}: {e}"))?;
-        run_on!(db, sqlite)
-    } else {
-        // `usage_of_urls` refused every other scheme before the run.
-        return Err(idempotent_examples::connect::database_scheme(&url)
-            .err()
-            .unwrap_or_else(|| format!("unsupported --database-url `{shown}`"))
-            .into());
-    };
+    let (ended, mut cleaned, connected) =
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let db = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(pool_size)
+                // How long a call may wait for a pooled connection before failing (sqlx's
+                // default is 30 s), and the bound of the first connection: 10 s.
+                .acquire_timeout(PROBE_TIMEOUT)
+                .connect_lazy(&url)
+                .map_err(|e| not_a_url(&url, &e))?;
+            run_on!(db, postgres)
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            let db = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(pool_size)
+                .acquire_timeout(PROBE_TIMEOUT)
+                .connect_lazy(&url)
+                .map_err(|e| not_a_url(&url, &e))?;
+            run_on!(db, mysql)
+        } else if url.starts_with("sqlite:") {
+            let opts: sqlx::sqlite::SqliteConnectOptions = url
+                .parse()
+                .map_err(|e| format!("--database-url {shown} is not a SQLite URL: {e}"))?;
+            let opts = opts
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(30));
+            let db = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(opts)
+                .await
+                .map_err(|e| format!("cannot open the SQLite database {shown}: {e}"))?;
+            run_on!(db, sqlite)
+        } else {
+            // `usage_of_urls` refused every other scheme before the run.
+            return Err(idempotent_examples::connect::database_scheme(&url)
+                .err()
+                .unwrap_or_else(|| format!("unsupported --database-url `{shown}`"))
+                .into());
+        };
     if let Some(dir) = tmp {
         let file = dir.path().join("orders-demo.db");
         dir.close()
@@ -435,6 +436,9 @@ async fn main_inner(args: Args) -> Result<Ended, Box<dyn std::error::Error>> {
     }
     match ended {
         Some(report) => Ok(Ended::Report(report?)),
+        None if cleaned.is_empty() && !connected => Ok(Ended::Interrupted(format!(
+            "while connecting to {shown}: nothing was created there"
+        ))),
         None if cleaned.is_empty() => Ok(Ended::Interrupted(format!(
             "the tables on {shown} stay (without --cleanup they always do)"
         ))),
