@@ -130,16 +130,26 @@ fn redact_nodes(nodes: &[&str]) -> String {
 }
 
 /// Checks a `--database-url` before any connection: its scheme (`postgres:`/`postgresql:`,
-/// `mysql:`/`mariadb:` or `sqlite:`) and that sqlx parses it as that database's options (a
-/// port out of range, an unknown `sslmode`). Errors: one line naming the URL (without
-/// password) and the schemes taken, or [`not_a_url`]'s.
+/// `mysql:`/`mariadb:` or `sqlite:`), that sqlx parses it as that database's options (a
+/// port out of range, an unknown `sslmode`), and on MySQL/MariaDB that it names a database.
+/// Errors: one line naming the URL (without password) and the problem — the schemes taken,
+/// the missing database — or [`not_a_url`]'s.
 pub fn database_scheme(url: &str) -> Result<(), String> {
     let parsed = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         url.parse::<sqlx::postgres::PgConnectOptions>().map(drop)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-        url.replacen("mariadb:", "mysql:", 1)
+        let options = url
+            .replacen("mariadb:", "mysql:", 1)
             .parse::<sqlx::mysql::MySqlConnectOptions>()
-            .map(drop)
+            .map_err(|e| not_a_url(url, &e))?;
+        // MySQL/MariaDB has no default database: every statement would fail with error 1046.
+        if options.get_database().is_none() {
+            return Err(format!(
+                "--database-url `{}` names no database: add one, e.g. mysql://user@host:3306/orders",
+                redact_url(url)
+            ));
+        }
+        Ok(())
     } else if url.starts_with("sqlite:") {
         url.parse::<sqlx::sqlite::SqliteConnectOptions>().map(drop)
     } else {

@@ -108,6 +108,10 @@ fn malformed_urls_are_usage_errors_named_in_one_line() {
             "does not parse",
         ),
         (
+            vec!["--database-url", "mariadb://root:pw@127.0.0.1:3306"],
+            "`mariadb://root@127.0.0.1:3306` names no database",
+        ),
+        (
             vec!["--redis-url", "rediss://:pw@127.0.0.1:6380"],
             "rediss:// (TLS) is not built in",
         ),
