@@ -301,7 +301,7 @@ async fn argument_errors_name_what_is_allowed() {
             "k",
         ],
         2,
-        "unsupported --database-url \"ftp://x\": use sqlite:PATH, postgres://… or mysql://…",
+        "unsupported --database-url `ftp://x`: use postgres://, mysql:// (or mariadb://) or sqlite://",
     )
     .await;
     refused(

@@ -711,6 +711,37 @@ fn the_binary_names_a_database_it_cannot_reach() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
 
+/// A malformed `--database-url` is refused as the demo refuses it (one shared check,
+/// `idempotent_examples::connect::database_scheme`), before any connection, in one line,
+/// without the password.
+#[test]
+fn a_malformed_database_url_is_named_before_any_connection() {
+    for (url, needle) in [
+        (
+            "ftp://:pw@x/y",
+            "error: unsupported --database-url `ftp://x/y`: use postgres://, mysql:// (or mariadb://) or sqlite://",
+        ),
+        (
+            "mysql://root:pw@127.0.0.1:1",
+            "error: --database-url `mysql://root@127.0.0.1:1` names no database",
+        ),
+        (
+            "postgres://app:pw@127.0.0.1:99999/x",
+            "error: --database-url postgres://app@127.0.0.1:99999/x does not parse",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_http"))
+            .args(["--database-url", url, "--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run the http example");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.starts_with(needle), "{url}: {stderr}");
+        assert!(!stderr.contains("pw"), "{url}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{url}: one line: {stderr}");
+    }
+}
+
 /// A bad `--redis-url` is said as the demo and `idempotent-admin` say it (one shared function,
 /// `idempotent_examples::connect::redis`): another scheme refused by name, a refused port in
 /// the shape of a bad `--database-url`, no password printed.

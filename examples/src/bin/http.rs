@@ -95,7 +95,11 @@ fn db_name(db: &Db) -> &'static str {
 
 async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (url, tmp) = match &args.database_url {
-        Some(u) => (u.clone(), None),
+        // Scheme, syntax and (MySQL) database checked before any connection, as the demo does.
+        Some(u) => {
+            idempotent_examples::connect::database_scheme(u)?;
+            (u.clone(), None)
+        }
         None => {
             let dir = tempfile::tempdir()?;
             let path = dir.path().join("http-demo.db");
@@ -138,10 +142,8 @@ async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .await?,
         )
     } else {
-        return Err(
-            "unsupported --database-url: use postgres://, mysql:// (or mariadb://) or sqlite://"
-                .into(),
-        );
+        // Not reached: `database_scheme` refused every other scheme.
+        return Err("unsupported --database-url".into());
     };
     if args.memory_store {
         return serve(db, MemoryStore::new(), &args.listen, temporary).await;

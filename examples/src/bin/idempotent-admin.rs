@@ -486,17 +486,10 @@ fn check(args: &Args) {
                 .into(),
         );
     }
-    if let Some(url) = &args.database_url {
-        let known = ["sqlite:", "postgres:", "postgresql:", "mysql:", "mariadb:"];
-        if !known.iter().any(|s| url.starts_with(s)) {
-            fail(
-                clap::error::ErrorKind::ValueValidation,
-                format!(
-                    "unsupported --database-url {:?}: use sqlite:PATH, postgres://… or mysql://…",
-                    idempotent_runtime::connect::redact_url(url)
-                ),
-            );
-        }
+    if let Some(url) = &args.database_url
+        && let Err(problem) = idempotent_examples::connect::database_scheme(url)
+    {
+        fail(clap::error::ErrorKind::ValueValidation, problem);
     }
     if let Some(urls) = &args.redis_url
         && let Err(problem) = idempotent_examples::connect::redis_nodes(urls)
