@@ -54,7 +54,7 @@ pub enum Error {
     /// The body ran and returned `Ok` — **its effect happened** — but its response could not
     /// be recorded: completing the claim, lock or token (claim-mode `dedup_table`,
     /// `distributed_lock`, `token`) kept failing with backend errors, retried with backoff
-    /// while the lease was renewed, for `retried_for` (as long as the lease). The record is
+    /// while the lease was renewed, for `retried_for` (from the first failure, up to the lease; zero when the error was not worth retrying). The record is
     /// not written and the key stays in progress until its lease ends: a retry meanwhile gets
     /// [`Error::InProgress`] (or [`Error::Duplicate`] for `token`), and a retry after the lease
     /// may run the body a second time. Treat the call as succeeded-but-unconfirmed: reconcile

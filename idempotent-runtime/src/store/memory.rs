@@ -42,11 +42,14 @@ const MIN_SWEEP: usize = 4096;
 /// instead of every refused call walking the whole table (unless an entry is removed meanwhile).
 const FULL_SWEEP_EVERY: Duration = Duration::from_millis(10);
 
-/// `d` from now, clamped to a century: a lease or TTL of `Duration::MAX` (which the
-/// strategies' floors allow) means "for good", not an overflow.
-fn after(d: Duration) -> Instant {
+/// `d` after `now`, clamped to a century: a lease or TTL of `Duration::MAX` (which the
+/// strategies' floors allow) means "for good", not an overflow. Each store step reads the
+/// clock once, before taking its shard lock, and passes that reading on (a clock read is
+/// ~20 ns, several a call were a measurable share of a memory-store call): a wait for the lock
+/// makes the end it sets earlier, never later.
+fn after(now: Instant, d: Duration) -> Instant {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
-    Instant::now() + d.min(CENTURY)
+    now + d.min(CENTURY)
 }
 
 /// An entry that ends: a sweep drops it once it is [`dead`](Expiring::dead).
@@ -244,21 +247,17 @@ struct Entry {
 }
 
 impl Entry {
-    fn expired(&self) -> bool {
-        self.expires_at <= Instant::now()
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at <= now
     }
 
-    fn claim(c: &Claim<'_>) -> Entry {
+    fn claim(c: &Claim<'_>, now: Instant) -> Entry {
         Entry {
             owner: c.owner.into(),
             fingerprint: c.fingerprint.map(Into::into),
             response: None,
-            expires_at: after(c.lease),
+            expires_at: after(now, c.lease),
         }
-    }
-
-    fn record(&self) -> Record {
-        self.record_at(Instant::now())
     }
 
     /// The record as it stands at `now` (one clock read for the caller's whole step).
@@ -343,23 +342,23 @@ impl MemoryStore {
     }
 
     /// Applies `step` to the live record of `key` (`None`: absent, or dead and awaiting a
-    /// sweep) under the key's shard lock. `step` returns the record to keep (`Some`, put in
-    /// place) or `None` (remove it), and a result. [`Table::room`] is checked first when
-    /// `may_add`.
+    /// sweep) under the key's shard lock, judged at `now` (read by the caller before the
+    /// lock), which `step` gets too. `step` returns what to do with the record ([`Change`])
+    /// and a result. [`Table::room`] is checked first when `may_add`.
     fn with_record<R>(
         &self,
         key: &StorageKey,
         may_add: bool,
-        step: impl FnOnce(Option<&mut Entry>) -> (Change<Entry>, R),
+        now: Instant,
+        step: impl FnOnce(Option<&mut Entry>, Instant) -> (Change<Entry>, R),
     ) -> Result<R, Error> {
         let table = self.records();
         if may_add {
             table.room(key.digest())?;
         }
-        let now = Instant::now();
         Ok(match table.map.entry(*key.digest()) {
             Slot::Vacant(v) => {
-                let (change, r) = step(None);
+                let (change, r) = step(None, now);
                 if let Change::Put(e) = change {
                     v.insert(e);
                     table.added(key.digest());
@@ -368,7 +367,7 @@ impl MemoryStore {
             }
             Slot::Occupied(mut o) => {
                 let live = !o.get().dead(now);
-                let (change, r) = step(live.then(|| o.get_mut()));
+                let (change, r) = step(live.then(|| o.get_mut()), now);
                 match change {
                     Change::Put(e) => {
                         o.insert(e);
@@ -385,33 +384,36 @@ impl MemoryStore {
     }
 
     /// Claims `c.key`, or returns the record that holds it, in one step under the key's
-    /// shard lock.
-    fn claim_now(&self, c: &Claim<'_>) -> Result<ClaimOrRecord, Error> {
-        self.with_record(c.key, true, |cur| match cur {
-            None => (Change::Put(Entry::claim(c)), ClaimOrRecord::Claimed),
+    /// shard lock, judged at `now`.
+    fn claim_now(&self, c: &Claim<'_>, now: Instant) -> Result<ClaimOrRecord, Error> {
+        self.with_record(c.key, true, now, |cur, now| match cur {
+            None => (Change::Put(Entry::claim(c, now)), ClaimOrRecord::Claimed),
             // The same owner claiming again (a resent claim): still theirs, lease reset.
             Some(e) if &*e.owner == c.owner && e.response.is_none() => {
-                e.expires_at = after(c.lease);
+                e.expires_at = after(now, c.lease);
                 (Change::Keep, ClaimOrRecord::Claimed)
             }
-            Some(e) => (Change::Keep, ClaimOrRecord::Existing(Some(e.record()))),
+            Some(e) => (
+                Change::Keep,
+                ClaimOrRecord::Existing(Some(e.record_at(now))),
+            ),
         })
     }
 
     fn take_over_now(&self, c: &Claim<'_>, previous_owner: &str) -> Result<bool, Error> {
-        self.with_record(c.key, true, |cur| match cur {
-            Some(e) if &*e.owner == previous_owner && e.expired() => {
-                (Change::Put(Entry::claim(c)), true)
+        self.with_record(c.key, true, Instant::now(), |cur, now| match cur {
+            Some(e) if &*e.owner == previous_owner && e.expired(now) => {
+                (Change::Put(Entry::claim(c, now)), true)
             }
             _ => (Change::Keep, false),
         })
     }
 
     fn complete_now(&self, key: &StorageKey, owner: &str, response: &[u8], ttl: Duration) -> bool {
-        self.with_record(key, false, |cur| match cur {
+        self.with_record(key, false, Instant::now(), |cur, now| match cur {
             Some(e) if &*e.owner == owner && e.response.is_none() => {
                 e.response = Some(bytes::Bytes::copy_from_slice(response));
-                e.expires_at = after(ttl);
+                e.expires_at = after(now, ttl);
                 (Change::Keep, true)
             }
             _ => (Change::Keep, false),
@@ -420,9 +422,9 @@ impl MemoryStore {
     }
 
     fn renew_now(&self, key: &StorageKey, owner: &str, lease: Duration) -> bool {
-        self.with_record(key, false, |cur| match cur {
+        self.with_record(key, false, Instant::now(), |cur, now| match cur {
             Some(e) if &*e.owner == owner && e.response.is_none() => {
-                e.expires_at = after(lease);
+                e.expires_at = after(now, lease);
                 (Change::Keep, true)
             }
             _ => (Change::Keep, false),
@@ -431,7 +433,7 @@ impl MemoryStore {
     }
 
     fn release_now(&self, key: &StorageKey, owner: &str) {
-        let _ = self.with_record(key, false, |cur| match cur {
+        let _ = self.with_record(key, false, Instant::now(), |cur, _| match cur {
             Some(e) if &*e.owner == owner && e.response.is_none() => (Change::Remove, ()),
             _ => (Change::Keep, ()),
         });
@@ -443,7 +445,7 @@ impl MemoryStore {
             .map
             .get(key.digest())
             .filter(|e| !e.dead(now))
-            .map(|e| e.record())
+            .map(|e| e.record_at(now))
     }
 
     /// Number of live records (claims and completed records within their lease or TTL, and
@@ -500,7 +502,7 @@ impl AsTokenStore for MemoryStore {
 
 impl ClaimStore for MemoryStore {
     async fn try_claim(&self, claim: &Claim<'_>) -> Result<bool, Error> {
-        Ok(self.claim_now(claim)? == ClaimOrRecord::Claimed)
+        Ok(self.claim_now(claim, Instant::now())? == ClaimOrRecord::Claimed)
     }
 
     /// A completed, unexpired record is read under the shard's shared lock (a replay: one map
@@ -515,7 +517,7 @@ impl ClaimStore for MemoryStore {
             .map(|e| e.record_at(now));
         match completed {
             Some(record) => Ok(ClaimOrRecord::Existing(Some(record))),
-            None => self.claim_now(claim),
+            None => self.claim_now(claim, now),
         }
     }
 
@@ -575,14 +577,14 @@ struct LockEntry {
 }
 
 impl LockEntry {
-    fn live_lock(&self) -> Option<&HeldLock> {
-        self.lock.as_ref().filter(|l| l.2 > Instant::now())
+    fn live_lock(&self, now: Instant) -> Option<&HeldLock> {
+        self.lock.as_ref().filter(|l| l.2 > now)
     }
-    fn live_response(&self) -> Option<&StoredResponse> {
-        self.response.as_ref().filter(|r| r.2 > Instant::now())
+    fn live_response(&self, now: Instant) -> Option<&StoredResponse> {
+        self.response.as_ref().filter(|r| r.2 > now)
     }
-    fn held_by(&self, owner: &str) -> bool {
-        self.live_lock().is_some_and(|l| &*l.0 == owner)
+    fn held_by(&self, owner: &str, now: Instant) -> bool {
+        self.live_lock(now).is_some_and(|l| &*l.0 == owner)
     }
 }
 
@@ -619,12 +621,18 @@ impl MemoryStore {
         &self.inner.tokens
     }
 
-    /// Runs `step` on `key`'s lock entry (absent: `None`), under its shard lock.
-    fn with_lock<R>(&self, key: &StorageKey, step: impl FnOnce(&mut LockEntry) -> R) -> Option<R> {
+    /// Runs `step` on `key`'s lock entry (absent: `None`), under its shard lock, with the
+    /// clock read once before the lock.
+    fn with_lock<R>(
+        &self,
+        key: &StorageKey,
+        step: impl FnOnce(&mut LockEntry, Instant) -> R,
+    ) -> Option<R> {
+        let now = Instant::now();
         self.locks()
             .map
             .get_mut(key.digest())
-            .map(|mut e| step(&mut e))
+            .map(|mut e| step(&mut e, now))
     }
 
     /// Runs `step` on the live (unexpired) token `token_key` (absent or expired: `None`), under
@@ -640,8 +648,8 @@ impl MemoryStore {
     }
 
     fn release_lock_now(&self, key: &StorageKey, owner: &str) -> bool {
-        self.with_lock(key, |e| {
-            let held = e.held_by(owner);
+        self.with_lock(key, |e, now| {
+            let held = e.held_by(owner, now);
             if held {
                 e.lock = None;
             }
@@ -674,6 +682,7 @@ impl LockStore for MemoryStore {
     ) -> Result<Acquired, Error> {
         let table = self.locks();
         table.room(key.digest())?;
+        let now = Instant::now();
         let mut e = match table.map.entry(*key.digest()) {
             Slot::Occupied(o) => o.into_ref(),
             Slot::Vacant(v) => {
@@ -681,19 +690,19 @@ impl LockStore for MemoryStore {
                 v.insert(LockEntry::default())
             }
         };
-        if let Some((fp, response, _)) = e.live_response() {
+        if let Some((fp, response, _)) = e.live_response(now) {
             return Ok(Acquired::Replay {
                 fingerprint: fp.clone(),
                 response: response.clone(),
             });
         }
-        if let Some((holder, fp, _, held)) = e.live_lock() {
+        if let Some((holder, fp, _, held)) = e.live_lock(now) {
             if &**holder == owner {
                 // The same owner acquiring again (a resent acquisition): still theirs, with
                 // the fence it holds, lease reset.
                 let held = *held;
                 if let Some(l) = e.lock.as_mut() {
-                    l.2 = after(lease);
+                    l.2 = after(now, lease);
                 }
                 return Ok(Acquired::Acquired { fence: held });
             }
@@ -706,7 +715,7 @@ impl LockStore for MemoryStore {
         e.lock = Some((
             owner.into(),
             fingerprint.map(Into::into),
-            after(lease),
+            after(now, lease),
             fence,
         ));
         Ok(Acquired::Acquired { fence })
@@ -719,10 +728,10 @@ impl LockStore for MemoryStore {
         lease: Duration,
     ) -> Result<bool, Error> {
         Ok(self
-            .with_lock(key, |e| {
-                let held = e.held_by(owner);
+            .with_lock(key, |e, now| {
+                let held = e.held_by(owner, now);
                 if let Some(l) = e.lock.as_mut().filter(|_| held) {
-                    l.2 = after(lease);
+                    l.2 = after(now, lease);
                 }
                 held
             })
@@ -737,11 +746,12 @@ impl LockStore for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, Error> {
         Ok(self
-            .with_lock(key, |e| {
-                let held = e.held_by(owner);
+            .with_lock(key, |e, now| {
+                let held = e.held_by(owner, now);
                 if held {
                     let fp = e.lock.take().and_then(|l| l.1);
-                    e.response = Some((fp, bytes::Bytes::copy_from_slice(response), after(ttl)));
+                    e.response =
+                        Some((fp, bytes::Bytes::copy_from_slice(response), after(now, ttl)));
                 }
                 held
             })
@@ -766,7 +776,7 @@ impl TokenStore for MemoryStore {
             binding: None,
             fingerprint: None,
             response: None,
-            expires_at: after(ttl),
+            expires_at: after(Instant::now(), ttl),
         };
         if table.map.insert(*token_key.digest(), entry).is_none() {
             table.added(token_key.digest());
@@ -805,10 +815,11 @@ impl TokenStore for MemoryStore {
                     fingerprint: f,
                 };
             }
-            t.consumer = Some((owner.into(), after(lease)));
+            let ends = after(now, lease);
+            t.consumer = Some((owner.into(), ends));
             t.binding = Some(binding.into());
             t.fingerprint = fingerprint.map(Into::into);
-            t.expires_at = t.expires_at.max(after(lease));
+            t.expires_at = t.expires_at.max(ends);
             Consumed::Claimed
         });
         Ok(consumed.unwrap_or(Consumed::Invalid))
@@ -823,6 +834,7 @@ impl TokenStore for MemoryStore {
     ) -> Result<bool, Error> {
         // Not `with_token`: a consumption whose token's TTL ended mid-body still completes (the
         // consumer's lease extended the TTL; this only matters for leases longer than it).
+        let now = Instant::now();
         let Some(mut t) = self.tokens().map.get_mut(token_key.digest()) else {
             return Ok(false);
         };
@@ -830,7 +842,7 @@ impl TokenStore for MemoryStore {
         if ours {
             t.response = Some(bytes::Bytes::copy_from_slice(response));
             t.consumer = None;
-            t.expires_at = after(ttl);
+            t.expires_at = after(now, ttl);
         }
         Ok(ours)
     }
@@ -841,13 +853,15 @@ impl TokenStore for MemoryStore {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, Error> {
+        let now = Instant::now();
         let Some(mut t) = self.tokens().map.get_mut(token_key.digest()) else {
             return Ok(false);
         };
         let ours = t.response.is_none() && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner);
         if ours {
-            t.consumer = Some((owner.into(), after(lease)));
-            t.expires_at = t.expires_at.max(after(lease));
+            let ends = after(now, lease);
+            t.consumer = Some((owner.into(), ends));
+            t.expires_at = t.expires_at.max(ends);
         }
         Ok(ours)
     }
@@ -866,7 +880,7 @@ impl crate::admin::AdminStore for MemoryStore {
         use crate::admin::KeyState;
         let now = Instant::now();
         Ok(match self.records().map.get(key.digest()) {
-            Some(e) if !e.expired() => match e.response {
+            Some(e) if !e.expired(now) => match e.response {
                 None => KeyState::InProgress {
                     owner: e.owner.to_string(),
                     lease_left: e.expires_at.saturating_duration_since(now),
@@ -886,12 +900,12 @@ impl crate::admin::AdminStore for MemoryStore {
         force: bool,
     ) -> Result<crate::admin::Evicted, Error> {
         use crate::admin::Evicted;
-        let evicted = self.with_record(key, false, |cur| match cur {
+        let evicted = self.with_record(key, false, Instant::now(), |cur, now| match cur {
             None => (Change::Keep, Evicted::Absent),
-            Some(e) if e.response.is_none() && !e.expired() && !force => (
+            Some(e) if e.response.is_none() && !e.expired(now) && !force => (
                 Change::Keep,
                 Evicted::LiveClaim {
-                    lease_left: e.expires_at.saturating_duration_since(Instant::now()),
+                    lease_left: e.expires_at.saturating_duration_since(now),
                 },
             ),
             Some(_) => (Change::Remove, Evicted::Removed),
@@ -920,14 +934,14 @@ impl crate::admin::LockAdminStore for MemoryStore {
             .map
             .get(key.digest())
             .and_then(|e| {
-                if let Some((owner, _, ends, fence)) = e.live_lock() {
+                if let Some((owner, _, ends, fence)) = e.live_lock(now) {
                     return Some(LockState::Held {
                         owner: owner.to_string(),
                         fence: Some(*fence),
                         lease_left: ends.saturating_duration_since(now),
                     });
                 }
-                e.live_response()
+                e.live_response(now)
                     .map(|(_, response, ends)| LockState::Completed {
                         expires_in: ends.saturating_duration_since(now),
                         response: StoredResponse::from_bytes(response),
@@ -950,12 +964,12 @@ impl crate::admin::LockAdminStore for MemoryStore {
         };
         let e = o.get();
         let now = Instant::now();
-        if let Some((_, _, ends, _)) = e.live_lock().filter(|_| !force) {
+        if let Some((_, _, ends, _)) = e.live_lock(now).filter(|_| !force) {
             return Ok(Evicted::LiveClaim {
                 lease_left: ends.saturating_duration_since(now),
             });
         }
-        let live = e.live_lock().is_some() || e.live_response().is_some();
+        let live = e.live_lock(now).is_some() || e.live_response(now).is_some();
         o.remove();
         table.removed(key.digest());
         Ok(if live {

@@ -251,8 +251,15 @@ where
         let hooks = HOOKS.try_with(Hooks::clone).unwrap_or_default();
         let started = Instant::now();
         let mut backoff = Backoff::new();
+        // The first request goes out at `started` (nothing waits in between); a retry after a
+        // busy answer reads the clock again.
+        let mut first_request = true;
         let (fence, sent) = loop {
-            let sent = Instant::now();
+            let sent = if std::mem::replace(&mut first_request, false) {
+                started
+            } else {
+                Instant::now()
+            };
             let acquired = store.acquire_lock(&key, &owner, fp.as_deref(), options.lease);
             match acquiring(acquired, || {
                 store.release_lock_detached(key.clone(), owner.to_string())

@@ -16,7 +16,7 @@
 //!   dropped mid-body (keep the claim until its lease ends, or give it back at once);
 //! - **completion**: `complete_recorded` records the response by compare-and-set on the owner,
 //!   in a task of its own that outlives the caller's future, retrying backend errors for up to
-//!   the lease while renewing it;
+//!   the lease from the first failure while renewing it;
 //! - **acquisition**: `acquiring` releases by owner when an acquisition step failed with a
 //!   backend error (its reply may have been lost) or the caller gave up while it was in flight;
 //! - [`Replayable`], the bound on a replayed response type;
@@ -529,7 +529,7 @@ pub(crate) trait Completion: Send + Sync + 'static {
 /// tokio runtime, so the record is written even then.
 ///
 /// The task retries every [`Error::Backend`] with backoff (5 ms doubling to 100 ms) for up to
-/// `lease`, renewing the lease meanwhile on the schedule the body's renewal left (`next_renewal`): the effect has happened, so a
+/// `lease` from the first failure, renewing the lease meanwhile on the schedule the body's renewal left (`next_renewal`): the effect has happened, so a
 /// retry of the call should replay, not re-run. `Ok(())` marks the call executed;
 /// [`Error::LockLost`] when the claim is no longer this caller's (it expired and was taken
 /// over); [`Error::Unrecorded`] when the record could not be written (the claim then stays in
@@ -673,33 +673,39 @@ impl<F: Future<Output = Result<(), Error>> + Send + 'static> Drop for Detaching<
 }
 
 /// The completion task: tries `completion` until it answers, retrying backend errors for up to
-/// `lease` while renewing the claim.
+/// `lease` from the first failure while renewing the claim.
 async fn finish<C: Completion>(
     completion: C,
     lease: Duration,
     mut next_renewal: tokio::time::Instant,
 ) -> Result<(), Error> {
-    let started = tokio::time::Instant::now();
     let attempts = async {
         let mut backoff = Backoff::new();
-        let mut failed = false;
+        // When the first attempt failed: the retries last up to `lease` from then. Read only
+        // on a failure, so a completion that lands at once reads no clock.
+        let mut failed_at: Option<tokio::time::Instant> = None;
         loop {
             match completion.complete().await {
                 Ok(true) => return Ok(()),
-                Ok(false) if failed && completion.landed().await.unwrap_or(false) => {
+                Ok(false) if failed_at.is_some() && completion.landed().await.unwrap_or(false) => {
                     return Ok(());
                 }
                 Ok(false) => return Err(Error::LockLost),
-                Err(e @ Error::Backend(_)) if started.elapsed() + backoff.next() < lease => {
+                Err(e @ Error::Backend(_))
+                    if failed_at
+                        .get_or_insert_with(tokio::time::Instant::now)
+                        .elapsed()
+                        + backoff.next()
+                        < lease =>
+                {
                     tracing::warn!(error = %e, "recording the response failed; retrying while the lease lasts");
                     crate::telemetry::event(crate::telemetry::Decision::CompletionRetried);
-                    failed = true;
                     backoff.wait().await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the body's effect happened but its response could not be recorded; the claim stays until its lease ends");
                     return Err(Error::Unrecorded {
-                        retried_for: started.elapsed(),
+                        retried_for: failed_at.map_or(Duration::ZERO, |at| at.elapsed()),
                         last: Box::new(e),
                     });
                 }
