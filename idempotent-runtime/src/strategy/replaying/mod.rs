@@ -439,20 +439,52 @@ impl<F: FnOnce()> Drop for DropGuard<F> {
 /// its claim, lock or token. When a renewal reports the claim lost (`Ok(false)`) renewing
 /// stops and the body runs on; its completion is then refused (compare-and-set on the owner).
 /// Shared by `dedup_table` claim mode, `distributed_lock` and `token`.
-pub(crate) async fn while_renewing<R, Fut>(
+///
+/// A future of its own, not an `async fn`: an `async fn` keeps its `body` argument and the
+/// pinned body as two fields (and `tokio::select!` pads them), so every fresh call's future held
+/// the body twice. This one holds the body and the renewal loop once each.
+pub(crate) fn while_renewing<R, B, Fut>(
     lease: Duration,
     next: &mut tokio::time::Instant,
-    body: impl Future<Output = R>,
+    body: B,
     renew: impl FnMut() -> Fut,
-) -> R
+) -> WhileRenewing<B, impl Future<Output = ()>>
 where
+    B: Future<Output = R>,
     Fut: Future<Output = Result<bool, crate::Error>>,
 {
-    let mut body = std::pin::pin!(body);
-    tokio::select! {
-        biased;
-        r = &mut body => r,
-        () = keep_renewed(lease, next, renew) => body.await,
+    WhileRenewing {
+        body,
+        renewing: keep_renewed(lease, next, renew),
+        renewed_for_good: false,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`while_renewing`]: the body, polled first on every wake-up, and the
+    /// renewal loop, polled after it until the loop ends (the claim was lost).
+    pub(crate) struct WhileRenewing<B, K> {
+        #[pin]
+        body: B,
+        #[pin]
+        renewing: K,
+        // The renewal loop ended: only the body is polled from then on.
+        renewed_for_good: bool,
+    }
+}
+
+impl<B: Future, K: Future<Output = ()>> Future for WhileRenewing<B, K> {
+    type Output = B::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<B::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(r) = this.body.poll(cx) {
+            return std::task::Poll::Ready(r);
+        }
+        if !*this.renewed_for_good && this.renewing.poll(cx).is_ready() {
+            *this.renewed_for_good = true;
+        }
+        std::task::Poll::Pending
     }
 }
 
@@ -534,41 +566,50 @@ pub(crate) trait Completion: Send + Sync + 'static {
 /// [`Error::LockLost`] when the claim is no longer this caller's (it expired and was taken
 /// over); [`Error::Unrecorded`] when the record could not be written (the claim then stays in
 /// progress until its lease ends).
-pub(crate) async fn complete_recorded<C: Completion>(
+pub(crate) fn complete_recorded<C: Completion>(
     completion: C,
     lease: Duration,
     next_renewal: tokio::time::Instant,
-) -> Result<(), Error> {
-    let outcome = completed(completion, lease, next_renewal).await;
-    if outcome.is_ok() {
-        crate::error::record(crate::Disposition::Executed);
+) -> impl Future<Output = Result<(), Error>> + Send {
+    // Not an `async fn`, here and in the three functions below: an `async fn` keeps each
+    // argument twice (as passed, and moved into its body), which made the future of a fresh
+    // call, boxed on every call, hundreds of bytes (on SQL stores kilobytes) larger.
+    let completing = completed(completion, lease, next_renewal);
+    async move {
+        let outcome = completing.await;
+        if outcome.is_ok() {
+            crate::error::record(crate::Disposition::Executed);
+        }
+        outcome
     }
-    outcome
 }
 
 /// Records a terminal error the body returned, as [`complete_recorded`] records a response
 /// (`completion` holds the stored error): `Ok(())` reports the call's `stored_error` decision,
 /// [`Error::LockLost`] its `lock_lost` decision (the claim was taken over: nothing stored).
 /// On failure the error is logged and returned; the caller gets the body's error either way.
-pub(crate) async fn complete_with_error<C: Completion>(
+pub(crate) fn complete_with_error<C: Completion>(
     completion: C,
     lease: Duration,
     next_renewal: tokio::time::Instant,
-) -> Result<(), Error> {
-    let outcome = completed(completion, lease, next_renewal).await;
-    match &outcome {
-        Ok(()) => {
-            crate::telemetry::event(crate::telemetry::Decision::StoredError);
-            crate::error::note(crate::Disposition::Executed);
-        }
-        Err(e) => {
-            if matches!(e, Error::LockLost) {
-                crate::telemetry::event(crate::telemetry::Decision::LockLost);
+) -> impl Future<Output = Result<(), Error>> + Send {
+    let completing = completed(completion, lease, next_renewal);
+    async move {
+        let outcome = completing.await;
+        match &outcome {
+            Ok(()) => {
+                crate::telemetry::event(crate::telemetry::Decision::StoredError);
+                crate::error::note(crate::Disposition::Executed);
             }
-            tracing::warn!(error = %e, "the body's terminal error could not be stored; the caller gets it, a retry may run again");
+            Err(e) => {
+                if matches!(e, Error::LockLost) {
+                    crate::telemetry::event(crate::telemetry::Decision::LockLost);
+                }
+                tracing::warn!(error = %e, "the body's terminal error could not be stored; the caller gets it, a retry may run again");
+            }
         }
+        outcome
     }
-    outcome
 }
 
 /// The end of a claim-mode call, once its body has returned `result` (the same for
@@ -580,7 +621,7 @@ pub(crate) async fn complete_with_error<C: Completion>(
 /// strategy's [`Completion`] around the bytes to record. Errors: the body's own, or
 /// [`complete_recorded`]'s when the value could not be recorded.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn settle<T, E, P, C, R>(
+pub(crate) fn settle<T, E, P, C, R>(
     result: Result<T, E>,
     key: &crate::StorageKey,
     policy: &P,
@@ -590,41 +631,43 @@ pub(crate) async fn settle<T, E, P, C, R>(
     release: impl Future<Output = Result<R, Error>>,
     lease: Duration,
     next_renewal: tokio::time::Instant,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>>
 where
     T: Replayable,
     E: From<Error>,
     P: ErrorPolicy<E>,
     C: Completion,
 {
-    let value = match result {
-        Ok(v) => v,
-        Err(e) => {
-            if let Some(stored) = policy.stored(&e, max_response_bytes) {
-                // Stored or not (logged), the caller gets the body's own error.
-                let _ = complete_with_error(completion(stored), lease, next_renewal).await;
+    async move {
+        let value = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(stored) = policy.stored(&e, max_response_bytes) {
+                    // Stored or not (logged), the caller gets the body's own error.
+                    let _ = complete_with_error(completion(stored), lease, next_renewal).await;
+                    return Err(e);
+                }
+                if let Err(release) = release.await {
+                    tracing::warn!(?key, error = %release, "giving the claim back after the body's error failed; it frees itself when its lease ends");
+                }
+                crate::telemetry::event(crate::telemetry::Decision::Released);
                 return Err(e);
             }
-            if let Err(release) = release.await {
-                tracing::warn!(?key, error = %release, "giving the claim back after the body's error failed; it frees itself when its lease ends");
-            }
-            crate::telemetry::event(crate::telemetry::Decision::Released);
-            return Err(e);
-        }
-    };
-    // The effect has happened: record it even when the response cannot be kept, so a retry
-    // never runs the body a second time.
-    let bytes = response_bytes(key, &value, max_response_bytes, same);
-    crate::telemetry::check(complete_recorded(completion(bytes), lease, next_renewal).await)?;
-    Ok(value)
+        };
+        // The effect has happened: record it even when the response cannot be kept, so a retry
+        // never runs the body a second time.
+        let bytes = response_bytes(key, &value, max_response_bytes, same);
+        crate::telemetry::check(complete_recorded(completion(bytes), lease, next_renewal).await)?;
+        Ok(value)
+    }
 }
 
 /// [`complete_recorded`] without reporting the outcome.
-async fn completed<C: Completion>(
+fn completed<C: Completion>(
     completion: C,
     lease: Duration,
     next_renewal: tokio::time::Instant,
-) -> Result<(), Error> {
+) -> Detaching<impl Future<Output = Result<(), Error>> + Send + 'static> {
     // Polled right here, not spawned: a task per call cost a spawn, a cross-worker wake-up
     // and a join on every fresh call. The future is on the heap and owned by `Detaching`: if
     // the caller's future is dropped before it finishes, its `Drop` hands what is left to a
@@ -634,7 +677,7 @@ async fn completed<C: Completion>(
         finish(completion, lease, next_renewal),
         tracing::Span::current(),
     ));
-    Detaching(Some(task)).await
+    Detaching(Some(task))
 }
 
 /// A completion awaited in place, whose remainder is spawned if it is dropped unfinished.
@@ -674,45 +717,52 @@ impl<F: Future<Output = Result<(), Error>> + Send + 'static> Drop for Detaching<
 
 /// The completion task: tries `completion` until it answers, retrying backend errors for up to
 /// `lease` from the first failure while renewing the claim.
-async fn finish<C: Completion>(
+///
+/// Not an `async fn`: an `async fn` keeps each argument twice (as passed, and moved into the
+/// body), and this future is boxed on every fresh call.
+fn finish<C: Completion>(
     completion: C,
     lease: Duration,
     mut next_renewal: tokio::time::Instant,
-) -> Result<(), Error> {
-    let attempts = async {
-        let mut backoff = Backoff::new();
-        // When the first attempt failed: the retries last up to `lease` from then. Read only
-        // on a failure, so a completion that lands at once reads no clock.
-        let mut failed_at: Option<tokio::time::Instant> = None;
-        loop {
-            match completion.complete().await {
-                Ok(true) => return Ok(()),
-                Ok(false) if failed_at.is_some() && completion.landed().await.unwrap_or(false) => {
-                    return Ok(());
-                }
-                Ok(false) => return Err(Error::LockLost),
-                Err(e @ Error::Backend(_))
-                    if failed_at
-                        .get_or_insert_with(tokio::time::Instant::now)
-                        .elapsed()
-                        + backoff.next()
-                        < lease =>
-                {
-                    tracing::warn!(error = %e, "recording the response failed; retrying while the lease lasts");
-                    crate::telemetry::event(crate::telemetry::Decision::CompletionRetried);
-                    backoff.wait().await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the body's effect happened but its response could not be recorded; the claim stays until its lease ends");
-                    return Err(Error::Unrecorded {
-                        retried_for: failed_at.map_or(Duration::ZERO, |at| at.elapsed()),
-                        last: Box::new(e),
-                    });
+) -> impl Future<Output = Result<(), Error>> + Send {
+    async move {
+        let attempts = async {
+            let mut backoff = Backoff::new();
+            // When the first attempt failed: the retries last up to `lease` from then. Read only
+            // on a failure, so a completion that lands at once reads no clock.
+            let mut failed_at: Option<tokio::time::Instant> = None;
+            loop {
+                match completion.complete().await {
+                    Ok(true) => return Ok(()),
+                    Ok(false)
+                        if failed_at.is_some() && completion.landed().await.unwrap_or(false) =>
+                    {
+                        return Ok(());
+                    }
+                    Ok(false) => return Err(Error::LockLost),
+                    Err(e @ Error::Backend(_))
+                        if failed_at
+                            .get_or_insert_with(tokio::time::Instant::now)
+                            .elapsed()
+                            + backoff.next()
+                            < lease =>
+                    {
+                        tracing::warn!(error = %e, "recording the response failed; retrying while the lease lasts");
+                        crate::telemetry::event(crate::telemetry::Decision::CompletionRetried);
+                        backoff.wait().await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the body's effect happened but its response could not be recorded; the claim stays until its lease ends");
+                        return Err(Error::Unrecorded {
+                            retried_for: failed_at.map_or(Duration::ZERO, |at| at.elapsed()),
+                            last: Box::new(e),
+                        });
+                    }
                 }
             }
-        }
-    };
-    while_renewing(lease, &mut next_renewal, attempts, || completion.renew()).await
+        };
+        while_renewing(lease, &mut next_renewal, attempts, || completion.renew()).await
+    }
 }
 
 /// Runs one acquisition step (claim, take-over, lock, token consumption) so that the key is
