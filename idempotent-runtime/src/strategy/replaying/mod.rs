@@ -620,7 +620,8 @@ pub(crate) fn complete_with_error<C: Completion>(
 /// goes back, the `released` decision) and is returned as it was. `completion` builds the
 /// strategy's [`Completion`] around the bytes to record. Errors: the body's own, or
 /// [`complete_recorded`]'s when the value could not be recorded.
-#[allow(clippy::too_many_arguments)]
+// `manual_async_fn`: written out on purpose, see `complete_recorded`.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
 pub(crate) fn settle<T, E, P, C, R>(
     result: Result<T, E>,
     key: &crate::StorageKey,
@@ -720,6 +721,7 @@ impl<F: Future<Output = Result<(), Error>> + Send + 'static> Drop for Detaching<
 ///
 /// Not an `async fn`: an `async fn` keeps each argument twice (as passed, and moved into the
 /// body), and this future is boxed on every fresh call.
+#[allow(clippy::manual_async_fn)]
 fn finish<C: Completion>(
     completion: C,
     lease: Duration,
