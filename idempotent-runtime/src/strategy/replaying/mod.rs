@@ -1016,4 +1016,71 @@ mod tests {
         assert!(!same(br#""\u00e9""#, br#""\u00c9""#));
         assert!(!same(b"{", b"{"), "not JSON");
     }
+
+    /// `while_renewing` on tokio's paused clock: the renewals sent (each answering
+    /// `answers[i]`, then `Ok(true)`), the body's output, and where the schedule was left.
+    mod renewing {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+
+        use tokio::time::Instant;
+
+        use super::super::{first_renewal, while_renewing};
+        use crate::Error;
+
+        const LEASE: Duration = Duration::from_millis(300);
+
+        async fn run(
+            body_ms: u64,
+            answers: &[Result<bool, ()>],
+        ) -> (usize, &'static str, Duration) {
+            let start = Instant::now();
+            let sent = AtomicUsize::new(0);
+            let mut next = first_renewal(start, LEASE);
+            let body = async {
+                tokio::time::sleep(Duration::from_millis(body_ms)).await;
+                "done"
+            };
+            let out = while_renewing(LEASE, &mut next, body, || {
+                let i = sent.fetch_add(1, Ordering::SeqCst);
+                let answer = answers.get(i).cloned().unwrap_or(Ok(true));
+                async move { answer.map_err(|()| Error::Backend("down".into())) }
+            })
+            .await;
+            (sent.load(Ordering::SeqCst), out, next - start)
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_body_done_before_the_first_renewal_renews_nothing() {
+            assert_eq!(run(0, &[]).await, (0, "done", Duration::from_millis(100)));
+            assert_eq!(run(99, &[]).await, (0, "done", Duration::from_millis(100)));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn renews_every_third_of_the_lease_while_the_body_runs() {
+            // Due at 100, 200 and 300 ms; the body ends at 350 ms: three renewals, the next
+            // one due at 400 ms for the completion to carry on.
+            assert_eq!(run(350, &[]).await, (3, "done", Duration::from_millis(400)));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_body_is_polled_before_a_renewal_due_at_the_same_instant() {
+            assert_eq!(run(300, &[]).await, (2, "done", Duration::from_millis(300)));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_lost_claim_stops_renewing_and_the_body_runs_on() {
+            let (sent, out, _) = run(1000, &[Ok(false)]).await;
+            assert_eq!((sent, out), (1, "done"));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_failed_renewal_is_retried_after_a_quarter_period() {
+            // Fails at 100 ms, retried at 125 ms, then due every 100 ms: 125, 225, 325.
+            assert_eq!(
+                run(350, &[Err(())]).await,
+                (4, "done", Duration::from_millis(425))
+            );
+        }
+    }
 }
