@@ -443,14 +443,13 @@ impl<F: FnOnce()> Drop for DropGuard<F> {
 /// A future of its own, not an `async fn`: an `async fn` keeps its `body` argument and the
 /// pinned body as two fields (and `tokio::select!` pads them), so every fresh call's future held
 /// the body twice. This one holds the body and the renewal loop once each.
-pub(crate) fn while_renewing<R, B, Fut>(
+pub(crate) fn while_renewing<B: Future, Fut>(
     lease: Duration,
     next: &mut tokio::time::Instant,
     body: B,
     renew: impl FnMut() -> Fut,
 ) -> WhileRenewing<B, impl Future<Output = ()>>
 where
-    B: Future<Output = R>,
     Fut: Future<Output = Result<bool, crate::Error>>,
 {
     WhileRenewing {
