@@ -251,22 +251,17 @@ where
         let hooks = HOOKS.try_with(Hooks::clone).unwrap_or_default();
         let started = Instant::now();
         let mut backoff = Backoff::new();
-        // The first request goes out at `started` (nothing waits in between); a retry after a
-        // busy answer reads the clock again.
-        let mut first_request = true;
-        let (fence, sent) = loop {
-            let sent = if std::mem::replace(&mut first_request, false) {
-                started
-            } else {
-                Instant::now()
-            };
+        // When the acquisition request went out: the first at `started` (nothing waits in
+        // between), a retry after a busy answer when its wait ended.
+        let mut sent = started;
+        let fence = loop {
             let acquired = store.acquire_lock(&key, &owner, fp.as_deref(), options.lease);
             match acquiring(acquired, || {
                 store.release_lock_detached(key.clone(), owner.to_string())
             })
             .await?
             {
-                Acquired::Acquired { fence } => break (fence, sent),
+                Acquired::Acquired { fence } => break fence,
                 Acquired::Replay {
                     fingerprint,
                     response,
@@ -277,6 +272,7 @@ where
                 Acquired::Held { fingerprint } => {
                     telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
                     telemetry::check(busy(options.on_busy, started, &mut backoff).await)?;
+                    sent = Instant::now();
                 }
             }
         };
