@@ -523,6 +523,67 @@ mod replicas_one {
     async fn token_waits_for_one_replica() {
         acquisition_waits_for_one_replica(Strategy::Token).await
     }
+
+    /// After `SCRIPT FLUSH` the next fresh call and the next replay of each strategy reload
+    /// their scripts (`EVALSHA` answered `NOSCRIPT`, then `EVAL` with the same keys and
+    /// arguments) and succeed with one effect per key, on a store sending scripts alone and
+    /// on one sending each acquisition and completion in a pipeline with `WAIT`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(has_redis_server),
+        ignore = "needs redis-server on PATH (starts servers of its own)"
+    )]
+    async fn noscript_after_script_flush_reloads_with_and_without_wait() {
+        if !available() {
+            return;
+        }
+        let set = RedisReplicaSet::start(&[]);
+        let noscript = || {
+            set.primary
+                .error_stats()
+                .get("NOSCRIPT")
+                .copied()
+                .unwrap_or(0)
+        };
+        for waiting in [false, true] {
+            let options = if waiting {
+                RedisStore::options().wait_for_replicas(1, WAIT)
+            } else {
+                RedisStore::options()
+            };
+            let store = options.connect(&set.primary_url()).await.unwrap();
+            for strategy in [Strategy::Lock, Strategy::Dedup, Strategy::Token] {
+                let svc = Svc::new(store.clone(), &set.replica_url(), strategy.pattern()).await;
+                let tenant = unique("t");
+                let first = strategy.request(&store, &tenant, "first").await;
+                let second = strategy.request(&store, &tenant, "second").await;
+                let what = format!("{strategy:?}, waiting for a replica: {waiting}");
+
+                set.primary.cli(&["SCRIPT", "FLUSH"]);
+                let before = noscript();
+                let (got, how) = strategy.call(&svc, &first).await;
+                assert_eq!(how, Some(Disposition::Executed), "{what}: {got:?}");
+                assert!(
+                    noscript() > before,
+                    "{what}: the server never answered NOSCRIPT"
+                );
+                let receipt = got.unwrap();
+
+                set.primary.cli(&["SCRIPT", "FLUSH"]);
+                let before = noscript();
+                let (again, how) = strategy.call(&svc, &first).await;
+                assert_eq!(how, Some(Disposition::Replayed), "{what}: {again:?}");
+                assert_eq!(again.unwrap(), receipt, "{what}: the replay");
+                assert!(noscript() > before, "{what}: the replay never met NOSCRIPT");
+
+                set.primary.cli(&["SCRIPT", "FLUSH"]);
+                let (got, how) = strategy.call(&svc, &second).await;
+                assert_eq!(how, Some(Disposition::Executed), "{what}: {got:?}");
+                assert_eq!(svc.fx.count(&first), 1, "{what}");
+                assert_eq!(svc.fx.count(&second), 1, "{what}");
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------ issue 13: Sentinel failover mid-storm

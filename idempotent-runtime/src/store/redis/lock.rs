@@ -92,8 +92,7 @@ impl LockStore for RedisStore {
         let ((code, v), acknowledged): ((i64, Vec<u8>), _) = self
             .eval_waiting(
                 LOCK_ACQUIRE
-                    .key(&lock_key)
-                    .key(&fence_key)
+                    .keys(&[&lock_key, &fence_key])
                     .arg(value)
                     .arg(millis(lease).max(1))
                     .arg(owner),
@@ -137,7 +136,7 @@ impl LockStore for RedisStore {
     ) -> Result<bool, Error> {
         self.eval_cas(
             LOCK_RENEW
-                .key(rkey(key, "lock"))
+                .key(&rkey(key, "lock"))
                 .arg(owner)
                 .arg(millis(lease).max(1)),
         )
@@ -169,7 +168,7 @@ impl LockStore for RedisStore {
     }
 
     async fn release_lock(&self, key: &StorageKey, owner: &str) -> Result<bool, Error> {
-        self.eval_cas(LOCK_RELEASE.key(rkey(key, "lock")).arg(owner))
+        self.eval_cas(LOCK_RELEASE.key(&rkey(key, "lock")).arg(owner))
             .await
     }
 
@@ -210,7 +209,7 @@ impl crate::admin::LockAdminStore for RedisStore {
         use crate::admin::{LockState, StoredResponse};
         let [lock_key, fence_key] = rkeys(key, ["lock", "fence"]);
         let (v, ttl, fence): (Vec<u8>, i64, Vec<u8>) = self
-            .eval(LOCK_INSPECT.key(&lock_key).key(&fence_key))
+            .eval(&mut LOCK_INSPECT.keys(&[&lock_key, &fence_key]))
             .await?;
         Ok(match v.first() {
             Some(b'p') => {
@@ -247,7 +246,7 @@ impl crate::admin::LockAdminStore for RedisStore {
         let (what, ttl): (String, i64) = self
             .eval(
                 LOCK_EVICT
-                    .key(rkey(key, "lock"))
+                    .key(&rkey(key, "lock"))
                     .arg(if force { "1" } else { "0" }),
             )
             .await?;

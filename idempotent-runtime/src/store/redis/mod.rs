@@ -38,6 +38,7 @@
 //! ([`ClaimStore`](crate::ClaimStore)), `lock.rs` ([`LockStore`](crate::LockStore)), `token.rs`
 //! ([`TokenStore`](crate::TokenStore)).
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -89,52 +90,62 @@ impl Lua {
 
     /// A call of this script without keys (on a Cluster, redis-rs sends it to any node).
     fn keyless(&self) -> Call<'_> {
-        Call {
-            lua: self,
-            keys: Vec::new(),
-            args: Vec::new(),
-        }
+        self.keys(&[])
     }
 
     /// A call of this script with `key` as `KEYS[1]`.
-    fn key<K: ToRedisArgs>(&self, key: K) -> Call<'_> {
-        let mut call = Call {
-            lua: self,
-            keys: Vec::new(),
-            args: Vec::new(),
-        };
-        call.key(key);
-        call
+    fn key(&self, key: &str) -> Call<'_> {
+        self.keys(&[key])
+    }
+
+    /// A call of this script with `keys` as `KEYS`.
+    fn keys(&self, keys: &[&str]) -> Call<'_> {
+        // Room for the keys and a few arguments (owner, lease, fingerprint…): most calls write
+        // their command without growing it; a response to store grows it once.
+        let mut cmd = Cmd::with_capacity(3 + keys.len() + 5, 256);
+        cmd.arg("EVALSHA").arg(&self.sha).arg(keys.len());
+        for key in keys {
+            cmd.arg(*key);
+        }
+        Call { lua: self, cmd }
     }
 }
 
-/// One call of a [`Lua`] script: its `KEYS` and `ARGV`.
+/// One call of a [`Lua`] script: `EVALSHA sha numkeys KEYS… ARGV…`, written argument by
+/// argument straight into the command sent (no per-argument buffers, no copy on the way).
 pub(super) struct Call<'a> {
     lua: &'a Lua,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    cmd: Cmd,
 }
 
 impl Call<'_> {
-    fn key<K: ToRedisArgs>(&mut self, key: K) -> &mut Self {
-        self.keys.extend(key.to_redis_args());
-        self
-    }
-
     fn arg<A: ToRedisArgs>(&mut self, arg: A) -> &mut Self {
-        self.args.extend(arg.to_redis_args());
+        self.cmd.arg(arg);
         self
     }
 
-    /// `EVALSHA sha n keys… args…`, or with `source`, `EVAL script n keys… args…`.
-    fn cmd(&self, source: bool) -> Cmd {
-        let mut cmd = if source {
-            redis::cmd("EVAL").arg(self.lua.code).take()
-        } else {
-            redis::cmd("EVALSHA").arg(&self.lua.sha).take()
-        };
-        cmd.arg(self.keys.len()).arg(&self.keys).arg(&self.args);
-        cmd
+    /// `EVALSHA sha n keys… args…`, or with `source`, `EVAL script n keys… args…` (built
+    /// only then: a node answered `NOSCRIPT`).
+    fn cmd(&self, source: bool) -> Cow<'_, Cmd> {
+        if !source {
+            return Cow::Borrowed(&self.cmd);
+        }
+        let args = self.cmd.args_iter().skip(2);
+        let size = args
+            .clone()
+            .fold(self.lua.code.len() + 4, |n, arg| match arg {
+                redis::Arg::Simple(bytes) => n + bytes.len(),
+                _ => n,
+            });
+        let mut cmd = Cmd::with_capacity(args.len() + 2, size);
+        cmd.arg("EVAL").arg(self.lua.code);
+        // Every argument is `Simple`: the store never writes a `SCAN` cursor.
+        for arg in args {
+            if let redis::Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        Cow::Owned(cmd)
     }
 }
 
@@ -508,7 +519,7 @@ impl RedisStore {
             use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
             let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
             let reply = c
-                .route_command(CHECK.keyless().cmd(true), routing)
+                .route_command(CHECK.keyless().cmd(true).into_owned(), routing)
                 .await
                 .map_err(Error::backend)?;
             let Value::Map(nodes) = reply else {
@@ -643,7 +654,7 @@ impl RedisStore {
         for source in [false, true] {
             let mut pipe = redis::pipe();
             pipe.ignore_errors()
-                .add_command(call.cmd(source))
+                .add_command(call.cmd(source).into_owned())
                 .add_command(wait.clone());
             let values = self.query_pipe(&pipe).await.map_err(Error::backend)?;
             let [script, acked]: [Value; 2] = values.try_into().map_err(|_| {

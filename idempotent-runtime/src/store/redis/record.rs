@@ -111,7 +111,7 @@ impl ClaimStore for RedisStore {
 
     async fn read_record(&self, key: &StorageKey) -> Result<Option<Record>, Error> {
         let (o, f, s, r): (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) =
-            self.eval(&mut REC_READ.key(rkey(key, "rec"))).await?;
+            self.eval(&mut REC_READ.key(&rkey(key, "rec"))).await?;
         record(o, f, s, r)
     }
 
@@ -156,7 +156,7 @@ impl ClaimStore for RedisStore {
     ) -> Result<bool, Error> {
         self.eval_cas(
             REC_RENEW
-                .key(rkey(key, "rec"))
+                .key(&rkey(key, "rec"))
                 .arg(owner)
                 .arg(millis(lease).max(1)),
         )
@@ -165,7 +165,7 @@ impl ClaimStore for RedisStore {
 
     async fn release_claim(&self, key: &StorageKey, owner: &str) -> Result<(), Error> {
         let _: i64 = self
-            .eval(REC_RELEASE.key(rkey(key, "rec")).arg(owner))
+            .eval(REC_RELEASE.key(&rkey(key, "rec")).arg(owner))
             .await?;
         Ok(())
     }
@@ -231,7 +231,7 @@ impl crate::admin::AdminStore for RedisStore {
     async fn inspect_key(&self, key: &StorageKey) -> Result<crate::admin::KeyState, Error> {
         use crate::admin::KeyState;
         let (state, owner, ttl): (Vec<u8>, String, i64) =
-            self.eval(&mut REC_INSPECT.key(rkey(key, "rec"))).await?;
+            self.eval(&mut REC_INSPECT.key(&rkey(key, "rec"))).await?;
         Ok(match state.as_slice() {
             b"p" => KeyState::InProgress {
                 owner,
@@ -254,7 +254,7 @@ impl crate::admin::AdminStore for RedisStore {
         let (what, ttl): (String, i64) = self
             .eval(
                 REC_EVICT
-                    .key(rkey(key, "rec"))
+                    .key(&rkey(key, "rec"))
                     .arg(if force { "1" } else { "0" }),
             )
             .await?;

@@ -202,7 +202,7 @@ impl TokenStore for RedisStore {
     ) -> Result<bool, Error> {
         self.eval_cas(
             TOKEN_RENEW
-                .key(rkey(token_key, "tok"))
+                .key(&rkey(token_key, "tok"))
                 .arg(owner)
                 .arg(millis(lease).max(1)),
         )
@@ -210,7 +210,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn restore_token(&self, token_key: &StorageKey, owner: &str) -> Result<bool, Error> {
-        self.eval_cas(TOKEN_RESTORE.key(rkey(token_key, "tok")).arg(owner))
+        self.eval_cas(TOKEN_RESTORE.key(&rkey(token_key, "tok")).arg(owner))
             .await
     }
 
@@ -258,7 +258,7 @@ impl crate::admin::TokenAdminStore for RedisStore {
     ) -> Result<crate::admin::TokenState, Error> {
         use crate::admin::{StoredResponse, TokenState};
         let (v, ttl, now): (Vec<u8>, i64, i64) = self
-            .eval(&mut TOKEN_INSPECT.key(rkey(token_key, "tok")))
+            .eval(&mut TOKEN_INSPECT.key(&rkey(token_key, "tok")))
             .await?;
         let ms = |d: i64| Duration::from_millis(u64::try_from(d).unwrap_or(0));
         let malformed = || Error::Serialization("a stored token is malformed".into());
@@ -316,7 +316,7 @@ impl crate::admin::TokenAdminStore for RedisStore {
         let (what, left): (String, i64) = self
             .eval(
                 TOKEN_EVICT
-                    .key(rkey(token_key, "tok"))
+                    .key(&rkey(token_key, "tok"))
                     .arg(if force { "1" } else { "0" }),
             )
             .await?;
