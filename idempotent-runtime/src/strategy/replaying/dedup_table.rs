@@ -391,7 +391,9 @@ where
         Box::pin(async move {
             let took = sent.elapsed();
             if let Err(e) = check_acquisition(took, options.lease) {
-                if let Err(release) = retrying(|| store.release_claim(&key, &owner)).await {
+                if let Err(release) =
+                    Box::pin(retrying(|| store.release_claim(&key, &owner))).await
+                {
                     tracing::warn!(?key, error = %release, "releasing a claim that outlived its lease failed; it frees itself when its lease ends");
                 }
                 telemetry::event(Decision::Released);
@@ -421,7 +423,7 @@ where
                     ttl: options.ttl,
                     lease: options.lease,
                 },
-                retrying(|| store.release_claim(&key, &owner)),
+                || retrying(|| store.release_claim(&key, &owner)),
                 options.lease,
                 next_renewal,
             )

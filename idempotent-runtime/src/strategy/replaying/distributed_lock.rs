@@ -271,7 +271,7 @@ where
                 }
                 Acquired::Held { fingerprint } => {
                     telemetry::check(check_fingerprint(fingerprint.as_deref(), fp.as_deref()))?;
-                    telemetry::check(busy(options.on_busy, started, &mut backoff).await)?;
+                    telemetry::check(Box::pin(busy(options.on_busy, started, &mut backoff)).await)?;
                     sent = Instant::now();
                 }
             }
@@ -290,7 +290,7 @@ where
             }
             if let Err(e) = check_acquisition(sent.elapsed(), options.lease) {
                 guard.disarm();
-                let _ = store.release_lock(&key, &owner).await;
+                let _ = Box::pin(store.release_lock(&key, &owner)).await;
                 telemetry::event(Decision::Released);
                 return Err(e.into());
             }
@@ -325,7 +325,7 @@ where
                     ttl: options.ttl,
                     lease: options.lease,
                 },
-                store.release_lock(&key, &owner),
+                || store.release_lock(&key, &owner),
                 options.lease,
                 next_renewal,
             )

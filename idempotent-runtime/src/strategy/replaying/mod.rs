@@ -518,7 +518,10 @@ async fn keep_renewed<Fut>(
         // Scheduled before the round trip: if the body finishes while this renewal is in
         // flight (its future dropped), the completion does not resend it at once.
         *next = tokio::time::Instant::now() + every;
-        match renew().await {
+        // On the heap: a renewal is due once a third of a lease, while this loop's state sits
+        // beside the body's (and the completion's) in every fresh call; inline, the store's
+        // request future (kilobytes on SQL stores) widened each of them.
+        match Box::pin(renew()).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(
@@ -621,18 +624,19 @@ pub(crate) fn complete_with_error<C: Completion>(
 /// [`complete_recorded`]'s when the value could not be recorded.
 // `manual_async_fn`: written out on purpose, see `complete_recorded`.
 #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
-pub(crate) fn settle<T, E, P, C, R>(
+pub(crate) fn settle<T, E, P, C, R, Rel>(
     result: Result<T, E>,
     key: &crate::StorageKey,
     policy: &P,
     max_response_bytes: usize,
     same: SameValue<T>,
     completion: impl FnOnce(Vec<u8>) -> C,
-    release: impl Future<Output = Result<R, Error>>,
+    release: impl FnOnce() -> Rel,
     lease: Duration,
     next_renewal: tokio::time::Instant,
 ) -> impl Future<Output = Result<T, E>>
 where
+    Rel: Future<Output = Result<R, Error>>,
     T: Replayable,
     E: From<Error>,
     P: ErrorPolicy<E>,
@@ -647,7 +651,9 @@ where
                     let _ = complete_with_error(completion(stored), lease, next_renewal).await;
                     return Err(e);
                 }
-                if let Err(release) = release.await {
+                // Made and run only on this path, on the heap: the store's request future
+                // would otherwise widen every fresh call's completion.
+                if let Err(release) = Box::pin(release()).await {
                     tracing::warn!(?key, error = %release, "giving the claim back after the body's error failed; it frees itself when its lease ends");
                 }
                 crate::telemetry::event(crate::telemetry::Decision::Released);
@@ -735,8 +741,10 @@ fn finish<C: Completion>(
             loop {
                 match completion.complete().await {
                     Ok(true) => return Ok(()),
+                    // `landed` is asked only after a failed attempt: its future on the heap.
                     Ok(false)
-                        if failed_at.is_some() && completion.landed().await.unwrap_or(false) =>
+                        if failed_at.is_some()
+                            && Box::pin(completion.landed()).await.unwrap_or(false) =>
                     {
                         return Ok(());
                     }

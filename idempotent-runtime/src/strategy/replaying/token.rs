@@ -257,7 +257,7 @@ where
             // A consumption that took its whole lease may have expired: the body does not run.
             let took = sent.elapsed();
             if let Err(e) = check_acquisition(took, options.lease) {
-                if let Err(restore) = store.restore_token(&key, &owner).await {
+                if let Err(restore) = Box::pin(store.restore_token(&key, &owner)).await {
                     tracing::warn!(?key, error = %restore, "restoring a consumption that outlived its lease failed; it frees itself when its lease ends");
                 }
                 telemetry::event(Decision::Released);
@@ -289,7 +289,7 @@ where
                     ttl: options.ttl,
                     lease: options.lease,
                 },
-                store.restore_token(&key, &owner),
+                || store.restore_token(&key, &owner),
                 options.lease,
                 next_renewal,
             )
