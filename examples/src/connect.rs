@@ -129,6 +129,36 @@ fn redact_nodes(nodes: &[&str]) -> String {
         .join(",")
 }
 
+/// `url` with its scheme in lower case (`POSTGRES://app@db/orders` → `postgres://app@db/orders`):
+/// URL schemes are case-insensitive (RFC 3986, section 3.1), while the binaries pick a backend
+/// by comparing schemes. A `--redis-url` list has each comma-separated node's scheme lowered.
+/// Text without a scheme is returned as it is. The binaries' `--database-url` and
+/// `--redis-url` take their value through it (a clap `value_parser`, which never fails here).
+pub fn lowercase_scheme(url: &str) -> Result<String, std::convert::Infallible> {
+    fn one(url: &str) -> String {
+        let scheme_len = url
+            .find(':')
+            .filter(|&n| {
+                n > 0
+                    && url[..n].starts_with(|c: char| c.is_ascii_alphabetic())
+                    && url[..n]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            })
+            .unwrap_or(0);
+        format!(
+            "{}{}",
+            url[..scheme_len].to_ascii_lowercase(),
+            &url[scheme_len..]
+        )
+    }
+    // Only a list of Redis nodes is split: a database URL may hold commas in its query.
+    if url.contains(',') && one(url).starts_with("redis") {
+        return Ok(url.split(',').map(one).collect::<Vec<_>>().join(","));
+    }
+    Ok(one(url))
+}
+
 /// Checks a `--database-url` before any connection: its scheme (`postgres:`/`postgresql:`,
 /// `mysql:`/`mariadb:` or `sqlite:`), that sqlx parses it as that database's options (a
 /// port out of range, an unknown `sslmode`), and on MySQL/MariaDB that it names a database.
@@ -159,4 +189,33 @@ pub fn database_scheme(url: &str) -> Result<(), String> {
         ));
     };
     parsed.map_err(|e| not_a_url(url, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lowercase_scheme;
+
+    #[test]
+    fn a_scheme_is_lowered_and_nothing_else() {
+        let lowered = |u: &str| lowercase_scheme(u).unwrap_or_else(|e| match e {});
+        assert_eq!(
+            lowered("POSTGRES://App:PW@DB:5432/Orders?sslmode=require"),
+            "postgres://App:PW@DB:5432/Orders?sslmode=require"
+        );
+        assert_eq!(lowered("MariaDB://root@h/Test"), "mariadb://root@h/Test");
+        assert_eq!(lowered("SQLite:/Tmp/Demo.db"), "sqlite:/Tmp/Demo.db");
+        assert_eq!(
+            lowered("REDIS://A:6379,Redis://B:6379"),
+            "redis://A:6379,redis://B:6379"
+        );
+        // A database URL's commas are not a node list.
+        assert_eq!(
+            lowered("POSTGRES://db/x?options=A,B"),
+            "postgres://db/x?options=A,B"
+        );
+        // No scheme: as it is.
+        assert_eq!(lowered("/Tmp/Demo.db"), "/Tmp/Demo.db");
+        assert_eq!(lowered(""), "");
+        assert_eq!(lowered(":Memory:"), ":Memory:");
+    }
 }

@@ -287,6 +287,27 @@ fn a_small_run_on_a_sqlite_file_reports_progress_and_cleans_up() {
     }
 }
 
+/// URL schemes are case-insensitive (RFC 3986, section 3.1): `SQLITE://` runs as `sqlite://`,
+/// and an unknown scheme in capitals is still refused as a usage error.
+#[test]
+fn a_scheme_in_capitals_is_the_same_scheme() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("SQLITE://{}", dir.path().join("Upper.db").display());
+    let out = orders(&["--requests", "7", "--database-url", &url]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("OK: every operation applied exactly one effect per key"),
+        "{stdout}"
+    );
+    let out = orders(&["--database-url", "FTP://example.invalid/x"]);
+    refused(
+        &out,
+        &["unsupported --database-url", "ftp://example.invalid/x"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
 /// Starts the demo with `args`, waits (by reading its stderr) for the storm's first progress
 /// line, sends it `signal` (`-INT`, as Ctrl-C does, or `-TERM`, as `timeout`, `docker stop`
 /// and systemd do) and returns its exit status and whole stderr. `--requests 100000` makes

@@ -24,11 +24,11 @@ struct Args {
     /// Database of the ledger (postgres://…, mysql://…, sqlite://path). Default: a fresh
     /// SQLite file in the system temp directory. It also keeps the idempotency records unless
     /// `--redis-url` or `--memory-store` is given.
-    #[arg(long)]
+    #[arg(long, value_parser = idempotent_examples::connect::lowercase_scheme)]
     database_url: Option<String>,
     /// Keep the idempotency records in Redis (`redis://127.0.0.1:6379`; several comma-separated
     /// node URLs select a Redis Cluster).
-    #[arg(long, conflicts_with = "memory_store")]
+    #[arg(long, conflicts_with = "memory_store", value_parser = idempotent_examples::connect::lowercase_scheme)]
     redis_url: Option<String>,
     /// Keep the idempotency records in the in-process memory store.
     #[arg(long)]

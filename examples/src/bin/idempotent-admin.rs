@@ -45,11 +45,11 @@ use idempotent_runtime::admin::{
 )]
 struct Args {
     /// The database holding `idempotency_records`: `sqlite:PATH`, `postgres://…` or `mysql://…`.
-    #[arg(long, conflicts_with = "redis_url")]
+    #[arg(long, conflicts_with = "redis_url", value_parser = idempotent_examples::connect::lowercase_scheme)]
     database_url: Option<String>,
     /// The Redis holding the records, locks and tokens instead: `redis://…`, or Cluster nodes
     /// comma-separated.
-    #[arg(long)]
+    #[arg(long, value_parser = idempotent_examples::connect::lowercase_scheme)]
     redis_url: Option<String>,
     /// Print one JSON object (durations in `…_ms` fields, times in Unix ms) instead of a table.
     #[arg(long)]

@@ -34,13 +34,13 @@ use idempotent_runtime::connect::redact_url;
 struct Args {
     /// Database URL (postgres://…, mysql://…, sqlite://path). Default: a fresh SQLite file in
     /// the system temp directory.
-    #[arg(long)]
+    #[arg(long, value_parser = idempotent_examples::connect::lowercase_scheme)]
     database_url: Option<String>,
     /// Redis for every operation that does not need the database: `reserve_stock`
     /// (dedup_table, claim mode), `settle_period` (distributed_lock) and `checkout` (token)
     /// (`redis://127.0.0.1:6379`; several comma-separated node URLs select a Redis Cluster).
     /// Default: the in-process memory store.
-    #[arg(long)]
+    #[arg(long, value_parser = idempotent_examples::connect::lowercase_scheme)]
     redis_url: Option<String>,
     /// Requests per operation, 7 to 100000 (rounded down to whole keys of 7 requests each;
     /// `settle_period` sends 8 per key).
