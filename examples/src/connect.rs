@@ -53,7 +53,14 @@ pub async fn probe(url: &str) -> Result<(), String> {
 
 /// `url` (without its password) does not parse as its scheme's URL.
 pub fn not_a_url(url: &str, e: &sqlx::Error) -> String {
-    format!("--database-url {} does not parse: {e}", redact_url(url))
+    // sqlx 0.9 wraps some option errors twice ("error with configuration: error with
+    // configuration: unknown value …"): said once.
+    const WRAPPER: &str = "error with configuration: ";
+    let mut text = e.to_string();
+    while text.starts_with(WRAPPER) && text[WRAPPER.len()..].starts_with(WRAPPER) {
+        text.drain(..WRAPPER.len());
+    }
+    format!("--database-url {} does not parse: {text}", redact_url(url))
 }
 
 /// Connects to the Redis of a `--redis-url` (several comma-separated URLs: a Redis Cluster's

@@ -112,6 +112,13 @@ fn malformed_urls_are_usage_errors_named_in_one_line() {
             "`mariadb://root@127.0.0.1:3306` names no database",
         ),
         (
+            vec![
+                "--database-url",
+                "postgres://app:pw@127.0.0.1/x?sslmode=bogus",
+            ],
+            "does not parse: error with configuration: unknown value \"bogus\" for `ssl_mode`",
+        ),
+        (
             vec!["--redis-url", "rediss://:pw@127.0.0.1:6380"],
             "rediss:// (TLS) is not built in",
         ),
@@ -121,6 +128,11 @@ fn malformed_urls_are_usage_errors_named_in_one_line() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
         assert!(!stderr.contains("pw@"), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("error with configuration").count(),
+            usize::from(stderr.contains("error with configuration")),
+            "{args:?}: sqlx's wrapper said once: {stderr}"
+        );
     }
 }
 

@@ -561,7 +561,7 @@ async fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     } else if url.starts_with("sqlite") {
         // The tool never creates a database file: a path that does not exist is an error.
         let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-            .map_err(|e| format!("--database-url {url} does not parse: {e}"))?;
+            .map_err(|e| idempotent_examples::connect::not_a_url(url, &e))?;
         let path = options.get_filename();
         if !url.contains(":memory:") && !url.contains("mode=memory") && !path.exists() {
             return Err(format!(
