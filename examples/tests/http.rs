@@ -713,7 +713,7 @@ fn the_binary_names_a_database_it_cannot_reach() {
 
 /// A malformed `--database-url` is refused as the demo refuses it (one shared check,
 /// `idempotent_examples::connect::database_scheme`), before any connection, in one line,
-/// without the password.
+/// without the password, as a usage error (exit 2).
 #[test]
 fn a_malformed_database_url_is_named_before_any_connection() {
     for (url, needle) in [
@@ -735,7 +735,8 @@ fn a_malformed_database_url_is_named_before_any_connection() {
             .output()
             .expect("run the http example");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        // A usage error, as clap's own and as in the `orders` demo: exit 2.
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
         assert!(stderr.starts_with(needle), "{url}: {stderr}");
         assert!(!stderr.contains("pw"), "{url}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{url}: one line: {stderr}");
@@ -743,8 +744,9 @@ fn a_malformed_database_url_is_named_before_any_connection() {
 }
 
 /// A bad `--redis-url` is said as the demo and `idempotent-admin` say it (one shared function,
-/// `idempotent_examples::connect::redis`): another scheme refused by name, a refused port in
-/// the shape of a bad `--database-url`, no password printed.
+/// `idempotent_examples::connect::redis`): another scheme or an empty node refused by name
+/// (exit 2), a refused port in the shape of a bad `--database-url` (exit 1), no password
+/// printed.
 #[test]
 fn the_binary_names_a_redis_it_cannot_reach() {
     let run = |url: &str| {
@@ -757,12 +759,20 @@ fn the_binary_names_a_redis_it_cannot_reach() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // Malformed: a usage error (exit 2) before anything connects.
     let (code, stderr) = run("http://127.0.0.1:6379");
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.starts_with("error: unsupported --redis-url `http://127.0.0.1:6379`: use redis://host:port (comma-separated node URLs select a Redis Cluster)"),
         "{stderr}"
     );
+    let (code, stderr) = run("redis://:s3cret@127.0.0.1:1,");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: --redis-url `redis://127.0.0.1:1,` has an empty node URL (node 2 of 2): remove the extra comma\n"
+    );
+    // Well formed but unreachable: a failed run (exit 1).
     let (code, stderr) = run("redis://:s3cret@127.0.0.1:1");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(

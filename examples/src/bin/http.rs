@@ -95,11 +95,8 @@ fn db_name(db: &Db) -> &'static str {
 
 async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (url, tmp) = match &args.database_url {
-        // Scheme, syntax and (MySQL) database checked before any connection, as the demo does.
-        Some(u) => {
-            idempotent_examples::connect::database_scheme(u)?;
-            (u.clone(), None)
-        }
+        // Scheme, syntax and (MySQL) database checked in `main`, before any connection.
+        Some(u) => (u.clone(), None),
         None => {
             let dir = tempfile::tempdir()?;
             let path = dir.path().join("http-demo.db");
@@ -170,7 +167,23 @@ async fn main_inner(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match main_inner(Args::parse()).await {
+    let args = Args::parse();
+    // A malformed URL is a usage error, as clap's own (and as in the `orders` demo): one line,
+    // exit 2, before anything is created or connects.
+    let usage = args
+        .database_url
+        .as_deref()
+        .map_or(Ok(()), idempotent_examples::connect::database_scheme)
+        .and_then(|()| {
+            args.redis_url.as_deref().map_or(Ok(()), |u| {
+                idempotent_examples::connect::redis_nodes(u).map(drop)
+            })
+        });
+    if let Err(e) = usage {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match main_inner(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
