@@ -247,6 +247,12 @@ impl KeyBuilder {
 
     /// Validates and hashes the key; see the type docs for the errors.
     pub fn finish(self) -> Result<StorageKey, Error> {
+        self.finish_named("the key")
+    }
+
+    /// [`finish`](Self::finish), naming the key parts `what` in its errors ("the token is
+    /// empty" for a one-time token, whose only key part is the token).
+    pub(crate) fn finish_named(self, what: &str) -> Result<StorageKey, Error> {
         if self.operation.is_empty() {
             return Err(Error::InvalidKey("the operation name is empty".into()));
         }
@@ -257,13 +263,13 @@ impl KeyBuilder {
             )));
         }
         if self.parts.is_empty() {
-            return Err(Error::InvalidKey("the key has no parts".into()));
+            return Err(Error::InvalidKey(format!("{what} has no parts")));
         }
         let mut total = 0usize;
         for (i, (_, bytes)) in self.parts.iter().enumerate() {
             if bytes.is_empty() {
                 return Err(Error::InvalidKey(match self.parts.len() {
-                    1 => "the key is empty".to_owned(),
+                    1 => format!("{what} is empty"),
                     n => format!("key part {} of {n} is empty", i + 1),
                 }));
             }
@@ -271,7 +277,7 @@ impl KeyBuilder {
         }
         if total > MAX_KEY_BYTES {
             return Err(Error::InvalidKey(format!(
-                "the key is {total} bytes; the limit is {MAX_KEY_BYTES}"
+                "{what} is {total} bytes; the limit is {MAX_KEY_BYTES}"
             )));
         }
         if let Some(scope) = &self.scope {

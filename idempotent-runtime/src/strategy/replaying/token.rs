@@ -86,14 +86,7 @@ impl Options {
 pub fn token_key<K: KeyPart + ?Sized>(token: &K) -> Result<StorageKey, Error> {
     KeyBuilder::new(TOKEN_OPERATION)
         .part(token)
-        .finish()
-        .map_err(|e| match e {
-            // The token is the key's only part: `KeyBuilder` says "the key".
-            Error::InvalidKey(reason) => {
-                Error::InvalidKey(reason.replacen("the key", "the token", 1))
-            }
-            other => other,
-        })
+        .finish_named("the token")
 }
 
 /// Issues a one-time token valid for `ttl`: 16 random bytes from the OS RNG as 32 lowercase
