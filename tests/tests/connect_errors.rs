@@ -88,6 +88,54 @@ async fn a_redis_on_a_closed_port_says_refused_without_the_password() {
     assert!(!e.to_string().contains("s3cret"), "{e}");
 }
 
+/// A server that wants a password: connecting without one (the server answers the first
+/// command with `NOAUTH`) and with a wrong one (`WRONGPASS` in the handshake) are both named
+/// as authentication failures with the URL, without the password.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "needs redis-server on PATH (starts a server of its own)"
+)]
+async fn a_redis_wanting_a_password_says_authentication_with_none_and_a_wrong_one() {
+    if !idempotent_tests::redis_server_on_path() {
+        return;
+    }
+    let server = idempotent_tests::RedisServer::start(&[]);
+    // Set after start: the harness's readiness `PING` goes without a password.
+    server.cli(&["CONFIG", "SET", "requirepass", "right-one"]);
+    let port = server.port;
+    for (url, target) in [
+        (
+            format!("redis://127.0.0.1:{port}"),
+            format!("redis://127.0.0.1:{port}"),
+        ),
+        (
+            format!("redis://:wr0ng@127.0.0.1:{port}"),
+            format!("redis://127.0.0.1:{port}"),
+        ),
+    ] {
+        let Err(e) = RedisStore::connect(&url).await else {
+            panic!("{url}: the server wants a password");
+        };
+        let c = connect_error(&e);
+        assert_eq!(c.cause, ConnectCause::Auth, "{url}: {e}");
+        assert_eq!(c.target, target, "{e}");
+        assert!(
+            e.to_string().contains(&format!(
+                "cannot connect to {target}: authentication failed"
+            )),
+            "{url}: {e}"
+        );
+        assert!(!e.to_string().contains("wr0ng"), "{e}");
+    }
+    let store = RedisStore::connect(&format!("redis://:right-one@127.0.0.1:{port}")).await;
+    assert!(
+        store.is_ok(),
+        "the right password connects: {:?}",
+        store.err()
+    );
+}
+
 /// `.invalid` never resolves (RFC 2606).
 #[tokio::test]
 async fn an_unknown_redis_host_is_named() {

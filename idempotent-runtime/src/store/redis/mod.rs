@@ -294,8 +294,22 @@ impl RedisOptions {
                 return Err(Error::backend(e));
             }
         };
-        self.checked(Conn::Single(manager), "redis", Some(address))
+        match self
+            .checked(Conn::Single(manager), "redis", Some(address))
             .await
+        {
+            // A server that wants a password and got none answers the first command, the check
+            // script, with `NOAUTH`: said as a refused password is, naming the URL.
+            Err(Error::Backend(source))
+                if source
+                    .downcast_ref::<RedisError>()
+                    .is_some_and(refused_auth) =>
+            {
+                let e = crate::ConnectError::diagnose(target, host.as_deref(), source).await;
+                Err(Error::backend(e))
+            }
+            other => other,
+        }
     }
 
     /// Wraps an existing [`ConnectionManager`] (your own timeouts, TLS, credentials) after
@@ -564,6 +578,8 @@ impl RedisStore {
             // A server error is the server refusing the script; anything else (unreachable,
             // timed out, a sentinel that knows no such service) says so itself.
             match source.downcast_ref::<RedisError>() {
+                // Kept as it is: `connect` names it as an authentication failure.
+                Some(e) if refused_auth(e) => Error::Backend(source),
                 Some(e) if matches!(e.kind(), ErrorKind::Server(_)) => cannot_run(&address, e),
                 _ => Error::Backend(
                     format!("Redis at {address} failed the connection check: {source}").into(),
@@ -717,6 +733,12 @@ impl RedisStore {
             handle.spawn(f(self.clone()));
         }
     }
+}
+
+/// `e` is the server refusing the client's credentials: none given (`NOAUTH`) or wrong ones
+/// (`WRONGPASS`, or redis-rs's `AuthenticationFailed` during its handshake).
+fn refused_auth(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 /// The server at `node` refused the check script with `e`.
