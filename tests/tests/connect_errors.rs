@@ -90,7 +90,8 @@ async fn a_redis_on_a_closed_port_says_refused_without_the_password() {
 
 /// A server that wants a password: connecting without one (the server answers the first
 /// command with `NOAUTH`) and with a wrong one (`WRONGPASS` in the handshake) are both named
-/// as authentication failures with the URL, without the password.
+/// as authentication failures with the URL, without the password; so is a connection the
+/// caller made without the password (`from_manager`).
 #[tokio::test]
 #[cfg_attr(
     not(has_redis_server),
@@ -128,6 +129,21 @@ async fn a_redis_wanting_a_password_says_authentication_with_none_and_a_wrong_on
         );
         assert!(!e.to_string().contains("wr0ng"), "{e}");
     }
+    // A connection made by the caller (`from_manager`) without the password: the same cause
+    // (the store does not know the manager's URL).
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a Redis URL");
+    let manager = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("connecting sends no command that needs the password");
+    let Err(e) = RedisStore::from_manager(manager).await else {
+        panic!("from_manager: the server wants a password");
+    };
+    let c = connect_error(&e);
+    assert_eq!(c.cause, ConnectCause::Auth, "from_manager: {e}");
+    assert!(
+        e.to_string().contains("authentication failed"),
+        "from_manager: {e}"
+    );
     let store = RedisStore::connect(&format!("redis://:right-one@127.0.0.1:{port}")).await;
     assert!(
         store.is_ok(),

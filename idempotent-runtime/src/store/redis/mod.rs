@@ -294,22 +294,19 @@ impl RedisOptions {
                 return Err(Error::backend(e));
             }
         };
-        match self
-            .checked(Conn::Single(manager), "redis", Some(address))
+        self.checked(Conn::Single(manager), "redis", Some(address))
             .await
-        {
-            // A server that wants a password and got none answers the first command, the check
-            // script, with `NOAUTH`: said as a refused password is, naming the URL.
-            Err(Error::Backend(source))
-                if source
-                    .downcast_ref::<RedisError>()
-                    .is_some_and(refused_auth) =>
-            {
-                let e = crate::ConnectError::diagnose(target, host.as_deref(), source).await;
-                Err(Error::backend(e))
-            }
-            other => other,
-        }
+            .map_err(|e| match e {
+                // A connection failure the check found (credentials refused) names the URL
+                // it was given, as one found while connecting does.
+                Error::Backend(mut source) => {
+                    if let Some(c) = source.downcast_mut::<crate::ConnectError>() {
+                        c.target = target;
+                    }
+                    Error::Backend(source)
+                }
+                other => other,
+            })
     }
 
     /// Wraps an existing [`ConnectionManager`] (your own timeouts, TLS, credentials) after
@@ -578,8 +575,14 @@ impl RedisStore {
             // A server error is the server refusing the script; anything else (unreachable,
             // timed out, a sentinel that knows no such service) says so itself.
             match source.downcast_ref::<RedisError>() {
-                // Kept as it is: `connect` names it as an authentication failure.
-                Some(e) if refused_auth(e) => Error::Backend(source),
+                // Credentials refused (none given: `NOAUTH` on this first command): said as a
+                // connection failure of the server, as a wrong password in the handshake is.
+                Some(e) if refused_auth(e) => Error::backend(crate::ConnectError {
+                    target: address.clone(),
+                    cause: crate::ConnectCause::Auth,
+                    source: Some(source),
+                    context: String::new(),
+                }),
                 Some(e) if matches!(e.kind(), ErrorKind::Server(_)) => cannot_run(&address, e),
                 _ => Error::Backend(
                     format!("Redis at {address} failed the connection check: {source}").into(),
