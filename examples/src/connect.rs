@@ -136,6 +136,19 @@ fn redact_nodes(nodes: &[&str]) -> String {
         .join(",")
 }
 
+/// The usage check every binary runs on its URL flags before anything connects:
+/// `--database-url` through [`database_scheme`], `--redis-url` through [`redis_nodes`].
+/// Errors: the first problem, in one line (the binaries print it and exit 2).
+pub fn check_urls(database_url: Option<&str>, redis_url: Option<&str>) -> Result<(), String> {
+    if let Some(url) = database_url {
+        database_scheme(url)?;
+    }
+    if let Some(urls) = redis_url {
+        redis_nodes(urls)?;
+    }
+    Ok(())
+}
+
 /// `url` with its scheme in lower case (`POSTGRES://app@db/orders` → `postgres://app@db/orders`):
 /// URL schemes are case-insensitive (RFC 3986, section 3.1), while the binaries pick a backend
 /// by comparing schemes. A `--redis-url` list has each comma-separated node's scheme lowered.

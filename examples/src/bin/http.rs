@@ -170,16 +170,10 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     // A malformed URL is a usage error, as clap's own (and as in the `orders` demo): one line,
     // exit 2, before anything is created or connects.
-    let usage = args
-        .database_url
-        .as_deref()
-        .map_or(Ok(()), idempotent_examples::connect::database_scheme)
-        .and_then(|()| {
-            args.redis_url.as_deref().map_or(Ok(()), |u| {
-                idempotent_examples::connect::redis_nodes(u).map(drop)
-            })
-        });
-    if let Err(e) = usage {
+    if let Err(e) = idempotent_examples::connect::check_urls(
+        args.database_url.as_deref(),
+        args.redis_url.as_deref(),
+    ) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

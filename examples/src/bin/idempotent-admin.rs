@@ -486,14 +486,10 @@ fn check(args: &Args) {
                 .into(),
         );
     }
-    if let Some(url) = &args.database_url
-        && let Err(problem) = idempotent_examples::connect::database_scheme(url)
-    {
-        fail(clap::error::ErrorKind::ValueValidation, problem);
-    }
-    if let Some(urls) = &args.redis_url
-        && let Err(problem) = idempotent_examples::connect::redis_nodes(urls)
-    {
+    if let Err(problem) = idempotent_examples::connect::check_urls(
+        args.database_url.as_deref(),
+        args.redis_url.as_deref(),
+    ) {
         fail(clap::error::ErrorKind::ValueValidation, problem);
     }
     let Some((k, _)) = key_of(&args.command) else {

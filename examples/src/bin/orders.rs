@@ -444,14 +444,14 @@ async fn main_inner(args: Args) -> Result<Ended, Box<dyn std::error::Error>> {
 /// scheme and syntax, no in-memory or file-less SQLite, Redis node URLs non-empty and
 /// `redis://`. Errors: the first problem, in one line.
 fn usage_of_urls(args: &Args) -> Result<(), String> {
-    if let Some(url) = &args.database_url {
-        idempotent_examples::connect::database_scheme(url)?;
-        refuse_sqlite_memory(&redact(url))?;
+    idempotent_examples::connect::check_urls(
+        args.database_url.as_deref(),
+        args.redis_url.as_deref(),
+    )?;
+    match &args.database_url {
+        Some(url) => refuse_sqlite_memory(&redact(url)),
+        None => Ok(()),
     }
-    if let Some(urls) = &args.redis_url {
-        idempotent_examples::connect::redis_nodes(urls)?;
-    }
-    Ok(())
 }
 
 /// The last line of the text summary: OK, or FAILED naming each failed operation and why.
