@@ -131,13 +131,7 @@ impl Call<'_> {
             return Cow::Borrowed(&self.cmd);
         }
         let args = self.cmd.args_iter().skip(2);
-        let size = args
-            .clone()
-            .fold(self.lua.code.len() + 4, |n, arg| match arg {
-                redis::Arg::Simple(bytes) => n + bytes.len(),
-                _ => n,
-            });
-        let mut cmd = Cmd::with_capacity(args.len() + 2, size);
+        let mut cmd = Cmd::with_capacity(args.len() + 2, self.lua.code.len() + 256);
         cmd.arg("EVAL").arg(self.lua.code);
         // Every argument is `Simple`: the store never writes a `SCAN` cursor.
         for arg in args {
