@@ -162,11 +162,13 @@ impl ConnectError {
 /// driver connects, so that a driver's time-out can tell "nothing answers at that address"
 /// from "something accepts connections there but does not speak the store's protocol"
 /// (another kind of server) without waiting any longer.
+#[cfg(any(feature = "sqlx", feature = "redis"))]
 pub(crate) struct TcpCheck {
     address: String,
     opened: tokio::task::JoinHandle<bool>,
 }
 
+#[cfg(any(feature = "sqlx", feature = "redis"))]
 impl TcpCheck {
     /// Starts the check of `host:port` (a TCP connection, closed at once, within `limit`);
     /// `None` without a tokio runtime or for a Unix socket path.

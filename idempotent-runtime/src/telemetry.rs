@@ -299,6 +299,7 @@ pub(crate) fn traced(strategy: &'static str, store: &'static str, key: &StorageK
 }
 
 /// A business-table call on `table`, by `strategy` on a `store` (its backend name).
+#[cfg(feature = "sqlx")]
 pub(crate) fn traced_business(strategy: &'static str, store: &'static str, table: &str) -> Traced {
     let span = listening(
         || tracing::info_span!(target: "idempotent", "idempotent.call", table, strategy, store),

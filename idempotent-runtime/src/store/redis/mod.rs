@@ -39,7 +39,9 @@
 //! ([`TokenStore`](crate::TokenStore)).
 
 use std::borrow::Cow;
-use std::sync::{Arc, LazyLock};
+#[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

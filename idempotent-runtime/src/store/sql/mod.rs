@@ -1212,6 +1212,9 @@ fn address_of<DB: SqlBackend>(
             database: o.get_database(),
         });
     }
+    // Built with SQLite alone there is no server to name.
+    #[cfg(not(any(feature = "postgres", feature = "mysql")))]
+    let _ = (options, socket_of);
     None
 }
 

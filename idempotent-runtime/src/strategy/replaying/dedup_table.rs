@@ -45,6 +45,7 @@ use super::{
     Completion, DropGuard, ErrorPolicy, ReleaseAll, Replayed, SameValue, acquiring, answer, busy,
     check_fingerprint, first_renewal, replayed, settle, while_renewing,
 };
+#[cfg(feature = "sqlx")]
 use crate::error::{Disposition, record};
 use crate::store::{Claim, ClaimOrRecord, ClaimStore, Record, RecordState, new_owner, retryable};
 use crate::strategy::{Backoff, OnBusy, OnCancel};
