@@ -123,6 +123,18 @@ pub fn redis_nodes(urls: &str) -> Result<Vec<&str>, String> {
             redact_url(bad)
         ));
     }
+    // What redis-rs itself refuses (a port out of range, a database that is not a number), as a
+    // bad `--database-url` is: before anything connects.
+    for node in &nodes {
+        if let Err(e) = ::redis::Client::open(*node) {
+            return Err(format!(
+                "--redis-url {} does not parse: {}",
+                redact_url(node),
+                // redis-rs appends its error kind (" - InvalidClientConfig"): the reason alone.
+                e.to_string().split(" - ").next().unwrap_or_default()
+            ));
+        }
+    }
     Ok(nodes)
 }
 

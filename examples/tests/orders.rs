@@ -122,6 +122,17 @@ fn malformed_urls_are_usage_errors_named_in_one_line() {
             vec!["--redis-url", "rediss://:pw@127.0.0.1:6380"],
             "rediss:// (TLS) is not built in",
         ),
+        (
+            vec!["--redis-url", "redis://:pw@127.0.0.1:99999"],
+            "--redis-url redis://127.0.0.1:99999 does not parse",
+        ),
+        (
+            vec![
+                "--redis-url",
+                "redis://127.0.0.1:1,redis://:pw@127.0.0.1:6379/abc",
+            ],
+            "--redis-url redis://127.0.0.1:6379/abc does not parse",
+        ),
     ] {
         let out = orders(&args);
         let stderr = refused(&out, &[needle]);
