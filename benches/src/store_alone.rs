@@ -45,6 +45,8 @@ impl Store {
         };
         match self.store.claim_or_read(&claim).await? {
             ClaimOrRecord::Claimed => {}
+            // The store judged it a replay of the same fingerprint itself.
+            ClaimOrRecord::Replay(_) => return Ok(receipt(req, 0)),
             ClaimOrRecord::Existing(Some(r)) if r.fingerprint.as_deref() != Some(FP) => {
                 return Err(mismatch());
             }

@@ -35,7 +35,16 @@ use idempotent_runtime::store::{Claim as ClaimStep, ClaimOrRecord};
 use idempotent_runtime::{ClaimStore, MemoryStore, StorageKey};
 use std::time::Duration;
 
-const FILLED: usize = 1_000;
+/// Completed keys a `replay` run fills and replays round-robin: 1,000 by default (all in
+/// cache, for callgrind); `MEMCPU_FILLED=100000` replays as many keys as `bench` does, for
+/// timing the cache-cold working set natively.
+fn filled() -> usize {
+    std::env::var("MEMCPU_FILLED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1_000)
+}
 
 fn req(i: usize) -> Req {
     Req {
@@ -74,7 +83,8 @@ fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
             }
         }
         "store" | "hand-store" | "store-setup" => {
-            let keys: Vec<(StorageKey, String)> = (0..n.max(FILLED))
+            let filled = filled();
+            let keys: Vec<(StorageKey, String)> = (0..n.max(filled))
                 .map(|i| {
                     let r = req(i);
                     Ok((parts::key(&r)?, format!("hand.claim:{}:{}", r.tenant, r.id)))
@@ -109,6 +119,7 @@ fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
                         .complete_claim(key, owner, &response, Duration::from_secs(86_400))
                         .await
                         .unwrap_or(false),
+                    Ok(ClaimOrRecord::Replay(_)) => true,
                     Ok(ClaimOrRecord::Existing(Some(r))) => r.fingerprint.as_deref() == Some(&fp),
                     _ => false,
                 }
@@ -119,11 +130,11 @@ fn part(side: &str, phase: &str, n: usize) -> Result<bool, AppError> {
                         assert!(step(i).await);
                     }
                 } else {
-                    for i in 0..FILLED {
+                    for i in 0..filled {
                         assert!(step(i).await);
                     }
                     for i in 0..n {
-                        assert!(step(i % FILLED).await);
+                        assert!(step(i % filled).await);
                     }
                 }
             });
@@ -222,12 +233,13 @@ fn main() -> Result<(), AppError> {
                 }
             }
             "replay" => {
-                let reqs = requests(FILLED).await?;
+                let filled = filled();
+                let reqs = requests(filled).await?;
                 for r in &reqs {
                     call(r).await?;
                 }
                 for i in 0..n {
-                    std::hint::black_box(call(&reqs[i % FILLED]).await?);
+                    std::hint::black_box(call(&reqs[i % filled]).await?);
                 }
             }
             other => panic!("unknown phase {other}"),

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::{Error, StorageKey};
 
 /// The shared byte buffer a stored response is handed out in ([`RecordState::Completed`],
-/// [`Acquired::Replay`], [`Consumed::Replay`]): the `bytes` crate's `Bytes`, re-exported so
+/// [`Consumed::Replay`]): the `bytes` crate's `Bytes`, re-exported so
 /// that a store of your own needs no dependency of its own. A `Vec<u8>` converts with
 /// `.into()` (no copy); a borrowed slice with `Bytes::copy_from_slice`.
 pub use bytes::Bytes;
@@ -61,9 +61,9 @@ pub struct Claim<'a> {
 pub enum RecordState {
     /// Claimed and not completed.
     InProgress,
-    /// Completed, with the serialized (JSON) response. [`Bytes`]: the memory
-    /// store hands out its stored copy without copying it, and a `Vec<u8>` read from a server
-    /// converts without a copy (`Bytes::from(vec)`).
+    /// Completed, with the serialized (JSON) response. [`Bytes`]: a `Vec<u8>` read from a
+    /// server converts without a copy (`Bytes::from(vec)`); the memory store answers a replay
+    /// with [`ClaimOrRecord::Replay`] and builds this only on its rarer reads.
     Completed(bytes::Bytes),
 }
 
@@ -94,6 +94,15 @@ pub enum ClaimOrRecord {
     /// A record exists, and this is it as [`ClaimStore::read_record`] returns it (`None` when
     /// it vanished between the claim attempt and the read of a store that makes two steps).
     Existing(Option<Record>),
+    /// A completed, unexpired record whose stored fingerprint equals the claim's
+    /// ([`Claim::fingerprint`]; or one of the two is `None`): its stored response (the JSON
+    /// bytes, as [`RecordState::Completed`] holds them), to replay as it is. A store may answer
+    /// this instead of [`Existing`](Self::Existing) when it judged the record in the same
+    /// atomic step: the memory store does, comparing the fingerprint in place and handing out
+    /// one shared buffer (an `Arc<[u8]>`, whose count sits with its bytes) instead of a copy
+    /// of every field of the record. Any other record (in progress, expired, another
+    /// fingerprint) must be answered as `Existing`, so the strategy judges it.
+    Replay(Arc<[u8]>),
 }
 
 /// What every store has, whichever strategies it serves: a name for logs and the demo.
@@ -292,10 +301,15 @@ pub enum Acquired {
     /// The key has a completed response stored for replay.
     Replay {
         /// The fingerprint (hex) stored with the response, if any (shared, as
-        /// [`Record::fingerprint`]).
+        /// [`Record::fingerprint`]). A store that has compared it with the `fingerprint` passed
+        /// to [`acquire_lock`](LockStore::acquire_lock) and found the two equal may answer
+        /// `None`: the memory store does, reading it in place rather than handing out a
+        /// handle to it.
         fingerprint: Option<Arc<str>>,
-        /// The serialized (JSON) response (shared, as [`RecordState::Completed`]).
-        response: bytes::Bytes,
+        /// The serialized (JSON) response, in one shared buffer (an `Arc<[u8]>`, whose count
+        /// sits with its bytes): the memory store hands out its stored copy; a response read
+        /// from a server converts with `.into()` (one copy, beside a round trip).
+        response: Arc<[u8]>,
     },
     /// Another caller holds an unexpired lock on the key.
     Held {

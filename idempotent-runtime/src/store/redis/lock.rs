@@ -115,7 +115,7 @@ impl LockStore for RedisStore {
                 let (fingerprint, response) = length_prefixed(&v)?;
                 Ok(Acquired::Replay {
                     fingerprint: opt(fingerprint.to_vec())?.map(Into::into),
-                    response: bytes::Bytes::copy_from_slice(response),
+                    response: response.into(),
                 })
             }
             _ => {

@@ -347,6 +347,10 @@ where
             let existing = match acquiring(found, release).await? {
                 ClaimOrRecord::Claimed => break,
                 ClaimOrRecord::Existing(existing) => existing,
+                // Judged by the store in its own step (the memory store): the response alone.
+                ClaimOrRecord::Replay(response) => {
+                    return answer(telemetry::check(replayed(&response))?, &policy);
+                }
             };
             match existing {
                 None if attempts < MAX_ATTEMPTS => continue,
@@ -798,6 +802,7 @@ mod transactional {
             match DB::claim_or_read(&mut *conn, claim).await? {
                 ClaimOrRecord::Claimed => return Ok(InTx::Claimed),
                 ClaimOrRecord::Existing(rec) => rec,
+                ClaimOrRecord::Replay(response) => return Ok(InTx::Replay(replayed(&response)?)),
             }
         };
         let rec = match found {
