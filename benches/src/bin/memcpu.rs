@@ -25,6 +25,10 @@
 //! before it; `issue-only` after the strategy issues the tokens and stops, so `bench` can
 //! subtract the issuance.
 //!
+//! `MEMCPU_FILLED=N` replays `N` keys instead of 1,000 (see [`filled`]): with 100,000 the
+//! records outgrow the CPU's caches as in `bench`, and `valgrind --tool=cachegrind
+//! --cache-sim=yes` counts the cache misses of a replay.
+//!
 //! Usage: `memcpu annotated|hand|hand-work|store|hand-store|store-setup|requests|key|fingerprint|response|roundtrip fresh|replay N [dedup|lock|token] [issue-only]`
 
 use idempotent_benches::annotated::{Claim, Lock, Token};
