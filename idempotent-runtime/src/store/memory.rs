@@ -788,7 +788,7 @@ impl LockStore for MemoryStore {
         let now = Instant::now();
         let mut e = self.locks().entry_or_default(key.digest())?;
         if let Some((fp, response, _)) = e.live_response(now) {
-            // The fingerprint compared in place: handed out only when it differs.
+            // The fingerprint compared in place: handed out only when both are set and differ.
             let differs =
                 matches!((fp, fingerprint), (Some(stored), Some(ours)) if **stored != *ours);
             return Ok(Acquired::Replay {

@@ -155,9 +155,11 @@ pub trait ClaimStore: Store + Clone + 'static + AsClaimStore {
     /// already `claim.owner`'s unexpired in-progress claim), `Ok(false)` when a record exists.
     fn try_claim(&self, claim: &Claim<'_>) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// [`try_claim`](Self::try_claim), and when a record exists, that record: the first step
-    /// of every `dedup_table` claim-mode call, so a replay needs one store request where the
-    /// store can answer both in one step (Redis: one script). The default makes the two calls
+    /// [`try_claim`](Self::try_claim), and when a record exists, that record — or, for a
+    /// completed record this step has judged a replay itself, its response alone
+    /// ([`ClaimOrRecord::Replay`]; the memory store does): the first step of every
+    /// `dedup_table` claim-mode call, so a replay needs one store request where the store can
+    /// answer both in one step (Redis: one script). The default makes the two calls
     /// (`try_claim`, then `read_record` when it answered `false`).
     fn claim_or_read(
         &self,
@@ -302,9 +304,10 @@ pub enum Acquired {
     Replay {
         /// The fingerprint (hex) stored with the response, if any (shared, as
         /// [`Record::fingerprint`]). A store that has compared it with the `fingerprint` passed
-        /// to [`acquire_lock`](LockStore::acquire_lock) and found the two equal may answer
-        /// `None`: the memory store does, reading it in place rather than handing out a
-        /// handle to it.
+        /// to [`acquire_lock`](LockStore::acquire_lock) may answer `None` when the comparison
+        /// cannot be a mismatch (the two are equal, or the caller passed `None`): the memory
+        /// store does, reading it in place rather than handing out a handle to it. So it is
+        /// `Some` for certain only when both are set and differ.
         fingerprint: Option<Arc<str>>,
         /// The serialized (JSON) response, in one shared buffer (an `Arc<[u8]>`, whose count
         /// sits with its bytes): the memory store hands out its stored copy; a response read
