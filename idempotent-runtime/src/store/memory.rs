@@ -25,6 +25,7 @@ use super::{
     Acquired, AsClaimStore, AsLockStore, AsTokenStore, Claim, ClaimOrRecord, ClaimStore, Consumed,
     LockStore, Record, RecordState, Store, TokenStore,
 };
+use crate::strategy::replaying::check_fingerprint;
 use crate::{Error, StorageKey};
 
 /// How long past its lease or TTL an entry is kept before a sweep may drop it: the strategies
@@ -286,19 +287,29 @@ impl<V: Expiring> Table<V> {
     where
         V: Default,
     {
-        let mut checked = false;
+        Ok(match self.slot(key, true)? {
+            Slot::Occupied(o) => o.into_ref(),
+            Slot::Vacant(v) => {
+                self.added(key);
+                v.insert(V::default())
+            }
+        })
+    }
+
+    /// The slot of `key` under its shard's write lock. When `may_add` and the key has no
+    /// entry, [`room`](Self::room) is checked first — past its cheap check, after letting go
+    /// of the shard lock (a sweep takes every shard's) and looking again; a key that has an
+    /// entry reads no stripe.
+    fn slot(&self, key: &[u8; 32], may_add: bool) -> Result<Slot<'_, [u8; 32], V>, Error> {
+        let mut checked = !may_add;
         loop {
             match self.map.entry(*key) {
-                Slot::Occupied(o) => return Ok(o.into_ref()),
-                Slot::Vacant(v) if checked || self.below_mark(key) => {
-                    self.added(key);
-                    return Ok(v.insert(V::default()));
-                }
-                Slot::Vacant(v) => {
+                Slot::Vacant(v) if !checked && !self.below_mark(key) => {
                     drop(v);
                     self.room(key)?;
                     checked = true;
                 }
+                slot => return Ok(slot),
             }
         }
     }
@@ -366,10 +377,7 @@ impl Entry {
     /// fingerprint equals `fingerprint` (or either is `None`): a replay, judged in place.
     fn replay_at(&self, now: Instant, fingerprint: Option<&str>) -> Option<Arc<[u8]>> {
         let response = self.response.as_ref()?;
-        let same = match (&self.fingerprint, fingerprint) {
-            (Some(stored), Some(ours)) => **stored == *ours,
-            _ => true,
-        };
+        let same = check_fingerprint(self.fingerprint.as_deref(), fingerprint).is_ok();
         (same && self.expires_at > now).then(|| response.clone())
     }
 }
@@ -453,18 +461,7 @@ impl MemoryStore {
         step: impl FnOnce(Option<&mut Entry>, Instant) -> (Change<Entry>, R),
     ) -> Result<R, Error> {
         let table = self.records();
-        let mut checked = !may_add;
-        let slot = loop {
-            match table.map.entry(*key.digest()) {
-                Slot::Vacant(v) if !checked && !table.below_mark(key.digest()) => {
-                    drop(v);
-                    table.room(key.digest())?;
-                    checked = true;
-                }
-                slot => break slot,
-            }
-        };
-        Ok(match slot {
+        Ok(match table.slot(key.digest(), may_add)? {
             Slot::Vacant(v) => {
                 let (change, r) = step(None, now);
                 if let Change::Put(e) = change {
@@ -789,8 +786,7 @@ impl LockStore for MemoryStore {
         let mut e = self.locks().entry_or_default(key.digest())?;
         if let Some((fp, response, _)) = e.live_response(now) {
             // The fingerprint compared in place: handed out only when both are set and differ.
-            let differs =
-                matches!((fp, fingerprint), (Some(stored), Some(ours)) if **stored != *ours);
+            let differs = check_fingerprint(fp.as_deref(), fingerprint).is_err();
             return Ok(Acquired::Replay {
                 fingerprint: if differs { fp.clone() } else { None },
                 response: response.clone(),
