@@ -704,7 +704,7 @@ struct TokenEntry {
     consumer: Option<(Box<str>, Instant)>,
     binding: Option<Arc<str>>,
     fingerprint: Option<Arc<str>>,
-    response: Option<bytes::Bytes>,
+    response: Option<Arc<[u8]>>,
     expires_at: Instant,
 }
 
@@ -888,15 +888,25 @@ impl TokenStore for MemoryStore {
         lease: Duration,
     ) -> Result<Consumed, Error> {
         let consumed = self.with_token(token_key, |t, now| {
-            let (b, f) = (
-                t.binding.clone().unwrap_or_else(|| "".into()),
-                t.fingerprint.clone(),
-            );
+            // The binding and fingerprint of the call that holds or completed the token.
+            let theirs = |t: &TokenEntry| {
+                (
+                    t.binding.clone().unwrap_or_else(|| "".into()),
+                    t.fingerprint.clone(),
+                )
+            };
             if let Some(response) = &t.response {
+                // Judged in place: the same call's replay is its response alone.
+                let same = t.binding.as_deref() == Some(binding)
+                    && check_fingerprint(t.fingerprint.as_deref(), fingerprint).is_ok();
+                if same {
+                    return Consumed::Matched(response.clone());
+                }
+                let (binding, fingerprint) = theirs(t);
                 return Consumed::Replay {
-                    binding: b,
-                    fingerprint: f,
-                    response: response.clone(),
+                    binding,
+                    fingerprint,
+                    response: bytes::Bytes::from_owner(response.clone()),
                 };
             }
             // A live consumption by another owner is busy; the same owner consuming again (a
@@ -905,9 +915,10 @@ impl TokenStore for MemoryStore {
                 .as_ref()
                 .is_some_and(|c| c.1 > now && &*c.0 != owner)
             {
+                let (binding, fingerprint) = theirs(t);
                 return Consumed::Busy {
-                    binding: b,
-                    fingerprint: f,
+                    binding,
+                    fingerprint,
                 };
             }
             let ends = after(now, lease);
@@ -935,7 +946,7 @@ impl TokenStore for MemoryStore {
         };
         let ours = t.response.is_none() && t.consumer.as_ref().is_some_and(|c| &*c.0 == owner);
         if ours {
-            t.response = Some(bytes::Bytes::copy_from_slice(response));
+            t.response = Some(response.into());
             t.consumer = None;
             t.expires_at = after(now, ttl);
         }
@@ -1166,7 +1177,8 @@ mod tests {
     /// [`ClaimOrRecord::Replay`] with the one stored buffer, every time; a claim of another
     /// fingerprint gets the whole record (owner, stored fingerprint, response), which the
     /// strategy judges a mismatch. The same for a lock's stored response, whose fingerprint is
-    /// handed out only when it differs.
+    /// handed out only when it differs, and for a completed token ([`Consumed::Matched`] for
+    /// the same binding and fingerprint, every field for another).
     #[tokio::test]
     async fn a_replay_is_judged_in_place_and_shares_the_stored_response() {
         let store = MemoryStore::new();
@@ -1256,6 +1268,55 @@ mod tests {
         let (fc, rc) = replay(Some("other")).await;
         assert_eq!(fc.as_deref(), Some("fp"), "a different one is");
         assert!(Arc::ptr_eq(&ra, &rc));
+
+        // A completed token: the same binding and fingerprint (or none) get the stored
+        // response alone, shared; another fingerprint or binding gets every field.
+        let tk = key(3);
+        store.issue_token(&tk, TTL).await.expect("room");
+        assert_eq!(
+            store
+                .consume_token(&tk, "owner-a", "bind", Some("fp"), LEASE)
+                .await
+                .expect("ok"),
+            Consumed::Claimed
+        );
+        assert!(
+            store
+                .complete_token(&tk, "owner-a", b"\"paid\"", TTL)
+                .await
+                .expect("ok")
+        );
+        let consume = |binding: &'static str, fingerprint| {
+            let store = store.clone();
+            let tk = tk.clone();
+            async move {
+                store
+                    .consume_token(&tk, "owner-b", binding, fingerprint, LEASE)
+                    .await
+                    .expect("ok")
+            }
+        };
+        let (Consumed::Matched(ta), Consumed::Matched(tb)) = (
+            consume("bind", Some("fp")).await,
+            consume("bind", None).await,
+        ) else {
+            panic!("expected the same call's replays");
+        };
+        assert_eq!(&ta[..], b"\"paid\"");
+        assert!(Arc::ptr_eq(&ta, &tb), "the token's response was copied");
+        for (binding, fingerprint) in [("bind", Some("other")), ("another", Some("fp"))] {
+            match consume(binding, fingerprint).await {
+                Consumed::Replay {
+                    binding,
+                    fingerprint,
+                    response,
+                } => {
+                    assert_eq!((&*binding, fingerprint.as_deref()), ("bind", Some("fp")));
+                    assert_eq!(response.as_ptr(), ta.as_ptr(), "the response was copied");
+                }
+                other => panic!("expected the completed token's fields, got {other:?}"),
+            }
+        }
     }
 
     /// A full store refuses a new key with an error naming the capacity, and every record it

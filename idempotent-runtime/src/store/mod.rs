@@ -407,6 +407,15 @@ pub enum Consumed {
         /// The serialized (JSON) response (shared, as [`RecordState::Completed`]).
         response: bytes::Bytes,
     },
+    /// A call completed with this token under the same binding and a fingerprint equal to
+    /// this call's (or one of the two is `None`): its stored response (the JSON bytes, as
+    /// [`Replay::response`](Consumed::Replay::response) holds them), to replay as it is. A
+    /// store may answer this instead of [`Replay`](Self::Replay) when it judged the
+    /// completed token in the same atomic step: the memory store does, comparing binding and
+    /// fingerprint in place and handing out one shared buffer (an `Arc<[u8]>`, whose count
+    /// sits with its bytes) instead of a copy of every field. A completed token of another
+    /// binding or fingerprint must be answered as `Replay`, so the strategy judges it.
+    Matched(Arc<[u8]>),
     /// No such token: never issued, expired, or its replay record expired.
     Invalid,
 }

@@ -228,6 +228,7 @@ where
                 ))?;
                 return Err(telemetry::check(Err(Error::Duplicate))?);
             }
+            Consumed::Matched(response) => return answer(replayed(&response)?, &policy),
             Consumed::Replay {
                 binding,
                 fingerprint,
