@@ -250,6 +250,14 @@ impl KeyBuilder {
         self.finish_named("the key")
     }
 
+    /// [`finish`](Self::finish) for a `token` call's key, whose key part is the one-time token:
+    /// its errors say "the token" ("the token is empty", "the token is 2000 bytes; the limit
+    /// is 1024"), not "the key". Used by the code `#[idempotent]` generates.
+    #[doc(hidden)]
+    pub fn finish_token(self) -> Result<StorageKey, Error> {
+        self.finish_named("the token")
+    }
+
     /// [`finish`](Self::finish), naming the key parts `what` in its errors ("the token is
     /// empty" for a one-time token, whose only key part is the token).
     pub(crate) fn finish_named(self, what: &str) -> Result<StorageKey, Error> {

@@ -178,9 +178,15 @@ async fn unknown_or_expired_token_is_invalid<S: TokenStore + 'static>(store: S) 
         matches!(e, Err(AppError::Idempotency(Error::TokenInvalid))),
         "{e:?}"
     );
+    // A malformed token's error names the token, not "the key" (found by a new user).
     let e = svc.checkout(&req(&t, "", 1)).await;
     assert!(
-        matches!(e, Err(AppError::Idempotency(Error::InvalidKey(_)))),
+        matches!(&e, Err(AppError::Idempotency(Error::InvalidKey(m))) if m == "the token is empty"),
+        "{e:?}"
+    );
+    let e = svc.checkout(&req(&t, &"x".repeat(1025), 1)).await;
+    assert!(
+        matches!(&e, Err(AppError::Idempotency(Error::InvalidKey(m))) if m == "the token is 1025 bytes; the limit is 1024"),
         "{e:?}"
     );
     assert_eq!(svc.total(), 0);
@@ -363,6 +369,58 @@ async fn fields_with_separators_never_pass_for_another_owner<S: TokenStore>(stor
     assert!(store.complete_token(&key, "a", b"{}", HOUR).await.unwrap());
 }
 
+/// A token restored after its own TTL passed while a body held it is gone, not issued again
+/// for the consumer's lease: the retry, and any other operation, get `TokenInvalid`, as README
+/// says ("the restored token keeps the expiry `issue_token` gave it"). Both with the 5 s lease
+/// (never renewed in the body's 450 ms) and with the 300 ms lease renewed past the token's
+/// TTL. Found by a new user: the memory store kept a restored token for the whole lease.
+async fn a_restored_token_keeps_the_expiry_it_was_issued_with<S: TokenStore + 'static>(store: S) {
+    let svc = Svc::new(store);
+    for short_lease in [false, true] {
+        let token = issue_token(&svc.store, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let r = req(&unique("t"), &token, 9);
+        svc.gate.arm();
+        svc.fail_next.store(true, SeqCst);
+        let first = tokio::spawn({
+            let (svc, r) = (svc.clone(), r.clone());
+            async move {
+                if short_lease {
+                    svc.checkout_short(&r).await
+                } else {
+                    svc.checkout(&r).await
+                }
+            }
+        });
+        svc.gate.entered.notified().await;
+        // Waiting out the token's TTL while the body holds it (time passing, not ordering).
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        svc.gate.release.notify_one();
+        let failed = first.await.unwrap();
+        assert!(matches!(failed, Err(AppError::Rejected)), "{failed:?}");
+        let retry = svc.checkout(&r).await;
+        assert!(
+            matches!(retry, Err(AppError::Idempotency(Error::TokenInvalid))),
+            "short lease {short_lease}: {retry:?}"
+        );
+        let other = svc.refund(&r).await;
+        assert!(
+            matches!(other, Err(AppError::Idempotency(Error::TokenInvalid))),
+            "short lease {short_lease}: {other:?}"
+        );
+        let key = idempotent_runtime::strategy::token::token_key(&token).unwrap();
+        assert!(
+            matches!(
+                svc.store.consume_token(&key, "x", "b", None, HOUR).await,
+                Ok(idempotent_runtime::store::Consumed::Invalid)
+            ),
+            "short lease {short_lease}: the store still holds the token"
+        );
+    }
+    assert_eq!(svc.total(), 0);
+}
+
 /// `issue_token` with a TTL no call could use in time (zero, below the lease floor) is refused
 /// with the option named, and stores nothing (found by a new user: a zero TTL gave a token
 /// that was invalid before anyone could use it).
@@ -386,6 +444,7 @@ async fn unusable_token_ttl_is_refused<S: TokenStore>(store: S) {
 }
 
 idempotent_tests::on_kv_backends!(
+    a_restored_token_keeps_the_expiry_it_was_issued_with,
     unusable_token_ttl_is_refused,
     fields_with_separators_never_pass_for_another_owner,
     response_serde_writes_like_another_is_not_replayed,

@@ -264,7 +264,12 @@ fn key_statement(config: &Config, replaying: &Replaying, local: &Ident) -> Token
             quote_spanned!(span=> &(#expr), #builder),
         );
     }
-    let value = try_runtime(config, quote!(#builder.finish()));
+    // A token's errors name the token ("the token is empty"), as the token's own key does.
+    let finish = match replaying.mode {
+        ReplayMode::Token(_) => quote!(finish_token),
+        _ => quote!(finish),
+    };
+    let value = try_runtime(config, quote!(#builder.#finish()));
     quote!(let #local = #value;)
 }
 

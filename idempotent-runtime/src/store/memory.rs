@@ -87,6 +87,8 @@ struct Table<V> {
     /// than `capacity`, so a write below its stripe's mark never overfills the table.
     stripes: Box<[Stripe]>,
     capacity: usize,
+    /// What the table holds, for the "full" error: "records", "locks" or "tokens".
+    holds: &'static str,
     /// The last sweep's mark was the capacity (twice its live entries reached it): a stripe
     /// that reaches its mark then has its share of the room left handed out again from the
     /// counts ([`Table::remark`], no walk), and the table sweeps only once it is full. Without
@@ -114,7 +116,7 @@ fn stripe_of(key: &[u8; 32]) -> usize {
 }
 
 impl<V: Expiring> Table<V> {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, holds: &'static str) -> Self {
         let table = Table {
             map: DashMap::with_hasher_and_shard_amount(
                 foldhash::fast::RandomState::default(),
@@ -122,6 +124,7 @@ impl<V: Expiring> Table<V> {
             ),
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             capacity,
+            holds,
             capped: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             sweeps: AtomicUsize::new(0),
@@ -235,10 +238,10 @@ impl<V: Expiring> Table<V> {
         if live >= self.capacity {
             return Err(Error::Backend(
                 format!(
-                    "the memory store is full: {live} live records of at most {} \
+                    "the memory store is full: {live} live {} of at most {} \
                      (MemoryStore::with_capacity); a new key is refused rather than forgetting \
                      another key's record",
-                    self.capacity
+                    self.holds, self.capacity
                 )
                 .into(),
             ));
@@ -435,9 +438,9 @@ impl MemoryStore {
         let capacity = usize::try_from(max_records).unwrap_or(usize::MAX).max(1);
         MemoryStore {
             inner: Arc::new(Tables {
-                records: Table::new(capacity),
-                locks: Table::new(capacity),
-                tokens: Table::new(capacity),
+                records: Table::new(capacity, "records"),
+                locks: Table::new(capacity, "locks"),
+                tokens: Table::new(capacity, "tokens"),
                 fence: AtomicU64::new(0),
             }),
         }
@@ -705,7 +708,12 @@ struct TokenEntry {
     binding: Option<Arc<str>>,
     fingerprint: Option<Arc<str>>,
     response: Option<Arc<[u8]>>,
+    /// When the entry ends: the token's own expiry, pushed out while a consumer's lease runs
+    /// past it, then the response's TTL once completed.
     expires_at: Instant,
+    /// The expiry `issue_token` gave the token, which a restored token goes back to (expired
+    /// at once when it has passed), as the Redis store's restore script does.
+    issued_until: Instant,
 }
 
 impl Expiring for TokenEntry {
@@ -767,6 +775,8 @@ impl MemoryStore {
                 t.consumer = None;
                 t.binding = None;
                 t.fingerprint = None;
+                // Back to the token's own expiry: a consumer's lease no longer keeps it.
+                t.expires_at = t.issued_until;
             }
             ours
         })
@@ -866,12 +876,14 @@ impl TokenStore for MemoryStore {
     async fn issue_token(&self, token_key: &StorageKey, ttl: Duration) -> Result<(), Error> {
         let table = self.tokens();
         table.room(token_key.digest())?;
+        let until = after(Instant::now(), ttl);
         let entry = TokenEntry {
             consumer: None,
             binding: None,
             fingerprint: None,
             response: None,
-            expires_at: after(Instant::now(), ttl),
+            expires_at: until,
+            issued_until: until,
         };
         if table.map.insert(*token_key.digest(), entry).is_none() {
             table.added(token_key.digest());
@@ -1335,7 +1347,16 @@ mod tests {
             .expect_err("full");
         let text = err.to_string();
         assert!(text.contains("the memory store is full"), "{text}");
-        assert!(text.contains("at most 3"), "{text}");
+        assert!(text.contains("3 live records of at most 3"), "{text}");
+        // Each table names what it holds (found by a new user: full tokens said "records").
+        for k in &keys[..3] {
+            store.issue_token(k, TTL).await.expect("room");
+        }
+        let full = store.issue_token(&keys[3], TTL).await.expect_err("full");
+        assert!(
+            full.to_string().contains("3 live tokens of at most 3"),
+            "{full}"
+        );
         for k in &keys[..3] {
             let rec = store.read_record(k).await.expect("ok").expect("kept");
             assert_eq!(rec.state, RecordState::Completed(b"r".to_vec().into()));

@@ -480,7 +480,11 @@ pub trait TokenStore: Store + Clone + 'static + AsTokenStore<Store = Self> {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Puts the token back to issued (the body failed retryably), if `owner` consumed it.
+    /// Puts the token back to issued (the body failed retryably), if `owner` consumed it:
+    /// unbound, with the expiry [`issue_token`](TokenStore::issue_token) gave it — gone at once
+    /// when that has passed while the consumer held it (a consumer's lease never lengthens the
+    /// token's own life). `Ok(true)` when it was `owner`'s consumption (restored or expired),
+    /// `Ok(false)` otherwise.
     fn restore_token(
         &self,
         token_key: &StorageKey,

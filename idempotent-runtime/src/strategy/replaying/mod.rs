@@ -90,7 +90,7 @@ pub(crate) fn storable<T: Serialize + DeserializeOwned>(
     let bytes = serde_json::to_vec(value).map_err(|e| format!("it failed to serialize: {e}"))?;
     if bytes.len() > limit {
         return Err(format!(
-            "it is {} bytes of JSON; the limit is {limit} (Options::max_response_bytes)",
+            "it is {} bytes of JSON; the limit is {limit} bytes",
             bytes.len()
         ));
     }
