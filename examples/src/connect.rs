@@ -194,9 +194,15 @@ pub fn lowercase_scheme(url: &str) -> Result<String, std::convert::Infallible> {
 /// Checks a `--database-url` before any connection: its scheme (`postgres:`/`postgresql:`,
 /// `mysql:`/`mariadb:` or `sqlite:`), that sqlx parses it as that database's options (a
 /// port out of range, an unknown `sslmode`), and on MySQL/MariaDB that it names a database.
-/// Errors: one line naming the URL (without password) and the problem — the schemes taken,
+/// Errors: one line naming the URL (without password) and the problem — an empty URL, the schemes taken,
 /// the missing database — or [`not_a_url`]'s.
 pub fn database_scheme(url: &str) -> Result<(), String> {
+    if url.trim().is_empty() {
+        return Err(
+            "--database-url is empty: give a postgres://, mysql:// (or mariadb://) or sqlite:// URL"
+                .into(),
+        );
+    }
     let parsed = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         url.parse::<sqlx::postgres::PgConnectOptions>().map(drop)
     } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
@@ -225,7 +231,16 @@ pub fn database_scheme(url: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::lowercase_scheme;
+    use super::{database_scheme, lowercase_scheme};
+
+    /// An empty `--database-url` is named empty, not "unsupported `` " (found by a new user).
+    #[test]
+    fn an_empty_database_url_is_named_empty() {
+        for url in ["", "  "] {
+            let e = database_scheme(url).expect_err("empty");
+            assert!(e.starts_with("--database-url is empty"), "{e}");
+        }
+    }
 
     #[test]
     fn a_scheme_is_lowered_and_nothing_else() {

@@ -97,6 +97,7 @@ fn malformed_urls_are_usage_errors_named_in_one_line() {
             vec!["--database-url", "http://:pw@127.0.0.1:5432"],
             "unsupported --database-url `http://127.0.0.1:5432`",
         ),
+        (vec!["--database-url", ""], "--database-url is empty"),
         (vec!["--database-url", "sqlite://"], "names no SQLite file"),
         (vec!["--database-url", "sqlite:"], "names no SQLite file"),
         (
