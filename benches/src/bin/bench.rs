@@ -929,8 +929,9 @@ async fn main() {
     // ------------------------------------------------------------------ paths
     // Every memory path's records, locks and tokens stay for their 24 h TTL: room for all the
     // keys of every round at every concurrency (the default 1,000,000 fills at 5+ long rounds).
-    let memory_keys = a.calls * calls_scale("memory") * a.rounds * a.concurrency.len() * 2;
-    let mem = MemoryStore::with_capacity(memory_keys.max(1_000_000) as u64);
+    let memory_keys = (a.calls * calls_scale("memory") * a.rounds * a.concurrency.len() * 2)
+        .max(1_000_000) as u64;
+    let mem = MemoryStore::with_capacity(memory_keys);
     let mut paths: Vec<PathDef> = Vec::new();
     // `obj.method(&r)` for each request, on a clone of the shared `obj`.
     macro_rules! method {
@@ -969,7 +970,7 @@ async fn main() {
                 .unwrap_or_default();
         let (s, h) = (
             Arc::new(store_alone::Store {
-                store: MemoryStore::with_capacity(memory_keys.max(1_000_000) as u64),
+                store: MemoryStore::with_capacity(memory_keys),
                 response: response.clone(),
             }),
             Arc::new(store_alone::Hand::new(response)),

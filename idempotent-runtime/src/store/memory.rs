@@ -909,8 +909,13 @@ impl TokenStore for MemoryStore {
             };
             if let Some(response) = &t.response {
                 // Judged in place: the same call's replay is its response alone.
-                let same = t.binding.as_deref() == Some(binding)
-                    && check_fingerprint(t.fingerprint.as_deref(), fingerprint).is_ok();
+                let same = crate::strategy::replaying::token::check(
+                    t.binding.as_deref().unwrap_or_default(),
+                    t.fingerprint.as_deref(),
+                    binding,
+                    fingerprint,
+                )
+                .is_ok();
                 if same {
                     return Consumed::Matched(response.clone());
                 }

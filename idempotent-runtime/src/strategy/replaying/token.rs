@@ -112,7 +112,10 @@ pub async fn issue_token<S: TokenStore>(store: &S, ttl: Duration) -> Result<Stri
     Ok(token)
 }
 
-fn check(
+/// How a token consumed or completed by a call of binding `stored_binding` is judged for a
+/// call of `binding`: another operation or scope is [`Error::TokenInvalid`], then the
+/// fingerprint rule ([`check_fingerprint`]). The memory store applies it in place.
+pub(crate) fn check(
     stored_binding: &str,
     stored_fp: Option<&str>,
     binding: &str,
